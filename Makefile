@@ -1,0 +1,59 @@
+# kubeforge developer commands. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+$(BIN)/kubeforge: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+.PHONY: install
+install: $(BIN)/kubeforge ## Create the virtualenv with kubeforge and its pinned dependencies
+
+.PHONY: system-deps
+system-deps: ## Install the Debian packages the tests need (etcd, openssl, Go toolchain for the API server build)
+	bash platform/local/install-system-deps.sh
+
+.PHONY: controlplane-build
+controlplane-build: install ## Find kube-apiserver and etcd, building kube-apiserver once if missing (cached)
+	$(BIN)/kubeforge controlplane build
+
+.PHONY: crds
+crds: install ## Regenerate crds/ from the API models
+	$(BIN)/kubeforge crds write crds
+
+.PHONY: lint
+lint: install ## Ruff, import layering, and a check that crds/ is current
+	$(BIN)/ruff check src tests
+	$(BIN)/lint-imports
+	$(BIN)/python -m pytest -q tests/unit/test_crdgen.py -k committed
+
+.PHONY: test-unit
+test-unit: install ## Unit tests only (no servers)
+	$(BIN)/python -m pytest tests/unit
+
+.PHONY: test
+test: install lint ## Everything: lint, unit, integration (real servers on 127.0.0.1) and end-to-end tests
+	$(BIN)/python -m pytest tests
+
+.PHONY: controlplane-up
+controlplane-up: install ## Start a local API server + etcd (prints the kubeconfig to use)
+	$(BIN)/kubeforge controlplane up
+
+.PHONY: controlplane-down
+controlplane-down: install ## Stop the local control plane
+	$(BIN)/kubeforge controlplane down
+
+.PHONY: clean
+clean: ## Remove the virtualenv and caches (not the built kube-apiserver)
+	rm -rf $(VENV) .pytest_cache .ruff_cache build src/*.egg-info

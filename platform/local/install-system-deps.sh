@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Debian/Ubuntu packages kubeforge's local runtime and tests need. Idempotent.
+#   etcd-server  the API server's store
+#   openssl      keys for the local API server's service accounts
+#   golang-go, rsync, dpkg-dev  building kube-apiserver from Debian's source package (once)
+set -euo pipefail
+sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+pkgs=(etcd-server openssl golang-go rsync dpkg-dev golang-github-modern-go-reflect2-dev python3-venv)
+missing=()
+for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo_ apt-get update -qq
+  sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# Debian starts etcd as a service on install; kubeforge runs its own on a free port.
+if command -v systemctl >/dev/null 2>&1; then sudo_ systemctl disable --now etcd >/dev/null 2>&1 || true; fi

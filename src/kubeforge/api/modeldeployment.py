@@ -1,0 +1,380 @@
+"""ModelDeployment: serve a registered model with Triton behind the kubeforge gateway.
+
+The rollout fields follow Flagger's Canary (steps, analysis interval, failure limit,
+metric thresholds) and the model fields follow KServe's InferenceService runtime
+settings, in one resource that also follows an MLflow registry alias.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import ConfigDict, Field, model_validator
+
+from .meta import (
+    Conditions,
+    CRDInfo,
+    Duration,
+    KubeModel,
+    ObjectName,
+    PrinterColumn,
+    RegistryName,
+    Resource,
+    age_column,
+    exactly_one_of,
+    ready_column,
+    reason_column,
+)
+
+ALIAS_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]*$"
+
+# Metrics the analysis knows without a query: they are read from the gateway's own metrics.
+BUILTIN_METRICS: dict[str, str] = {
+    "error-rate": "fraction of canary requests that failed (0..1); use max",
+    "latency-p99": "99th percentile canary latency in milliseconds; use max",
+    "latency-p50": "median canary latency in milliseconds; use max",
+    "agreement": "fraction of canary predictions that agree with stable on mirrored requests (0..1); use min",
+    "drift-psi": "largest population stability index over the canary's input features; use max",
+}
+
+
+class ModelRef(KubeModel):
+    """A registered model in MLflow, by alias or by version."""
+
+    model_config = exactly_one_of("alias", "version")
+
+    name: RegistryName
+    """Registered model name in MLflow."""
+    alias: Annotated[str, Field(pattern=ALIAS_PATTERN, max_length=255)] | None = None
+    """Registry alias to resolve (e.g. champion). Set this or version."""
+    version: Annotated[int, Field(ge=1)] | None = None
+    """Exact registered version. Set this or alias."""
+
+    @model_validator(mode="after")
+    def _alias_or_version(self) -> ModelRef:
+        if (self.alias is None) == (self.version is None):
+            raise ValueError("set exactly one of alias or version")
+        return self
+
+
+class DynamicBatching(KubeModel):
+    """Triton dynamic batching: requests wait briefly to be batched together."""
+
+    max_queue_delay_microseconds: Annotated[int, Field(ge=0, le=10_000_000)] = 100
+    """Longest a request waits for others to batch with."""
+    preferred_batch_sizes: Annotated[list[Annotated[int, Field(ge=1, le=65536)]], Field(max_length=16)] = Field(
+        default_factory=list
+    )
+    """Batch sizes Triton tries to form; empty lets it use the largest it can."""
+
+
+class TritonRuntime(KubeModel):
+    """How each model version is served by Triton."""
+
+    backend: Literal["python", "pytorch_libtorch"] = "python"
+    """python runs the TorchScript model with torch in Triton's python backend (any Triton build);
+    pytorch_libtorch uses the libtorch backend of NVIDIA's Triton images."""
+    image: Annotated[str, Field(min_length=1, max_length=512)] | None = None
+    """Triton container image; the operator's default when omitted."""
+    max_batch_size: Annotated[int, Field(ge=0, le=65536)] = 64
+    """Largest batch Triton accepts; 0 disables batching."""
+    dynamic_batching: DynamicBatching | None = None
+    """Enable dynamic batching with these settings."""
+    instances: Annotated[int, Field(ge=1, le=64)] = 1
+    """Model instances per Triton server (instance_group count)."""
+    gpus: Annotated[int, Field(ge=0, le=16)] = 0
+    """NVIDIA GPUs per Triton replica; instances run as KIND_GPU when > 0."""
+
+
+class Autoscaling(KubeModel):
+    """Horizontal autoscaling of each version's Triton replicas."""
+
+    min_replicas: Annotated[int, Field(ge=1, le=1000)] = 1
+    """Fewest replicas."""
+    max_replicas: Annotated[int, Field(ge=1, le=1000)] = 4
+    """Most replicas."""
+    target_cpu_utilization: Annotated[int, Field(ge=1, le=100)] = 80
+    """Average CPU utilisation (percent of request) to scale at."""
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscaling:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError("maxReplicas must be >= minReplicas")
+        return self
+
+
+class CanaryStep(KubeModel):
+    """One step of a canary rollout."""
+
+    weight: Annotated[int, Field(ge=1, le=100)]
+    """Percent of live traffic sent to the canary during this step."""
+    pause: Duration = "1m"
+    """How long the step lasts before analysis may advance it."""
+
+
+class AnalysisMetric(KubeModel):
+    """A check run every analysis interval; the canary fails the check when out of bounds."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [{"required": ["query"]}, {"properties": {"name": {"enum": list(BUILTIN_METRICS)}}}],
+        }
+    )
+
+    name: Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)]
+    """A built-in metric (error-rate, latency-p99, latency-p50, agreement, drift-psi) or, with query, any name."""
+    query: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
+    """PromQL returning one number for a custom metric; {{canary}} and {{stable}} expand to the versions' labels."""
+    max: float | None = None
+    """Fail when the value is above this."""
+    min: float | None = None
+    """Fail when the value is below this."""
+
+    @model_validator(mode="after")
+    def _known_and_bounded(self) -> AnalysisMetric:
+        if self.query is None and self.name not in BUILTIN_METRICS:
+            raise ValueError(
+                f"unknown metric {self.name!r}: use one of {', '.join(BUILTIN_METRICS)} or give a PromQL query"
+            )
+        if self.max is None and self.min is None:
+            raise ValueError(f"metric {self.name!r} needs a threshold: set max or min")
+        return self
+
+
+class Analysis(KubeModel):
+    """Metric checks that gate each canary step."""
+
+    interval: Duration = "30s"
+    """How often the metrics are checked."""
+    failure_limit: Annotated[int, Field(ge=1, le=100)] = 2
+    """Failed checks in a row that roll the canary back."""
+    min_requests: Annotated[int, Field(ge=0, le=1_000_000)] = 20
+    """Canary requests needed in an interval before its metrics count; fewer is neither pass nor fail."""
+    metrics: Annotated[list[AnalysisMetric], Field(min_length=1, max_length=32)] = Field(
+        default_factory=lambda: [AnalysisMetric(name="error-rate", max=0.01)]
+    )
+    """Checks to run; by default the canary error rate must stay at or below 1 %."""
+
+
+class Canary(KubeModel):
+    """Progressive rollout of a new model version."""
+
+    model: ModelRef
+    """Version to roll out."""
+    steps: Annotated[list[CanaryStep], Field(min_length=1, max_length=20)]
+    """Traffic steps, with strictly increasing weights; passing the last one promotes the canary."""
+    analysis: Analysis = Field(default_factory=Analysis)
+    """Checks gating each step."""
+    scale_down_delay: Duration = "30s"
+    """How long the old stable keeps running after a promotion, so in-flight requests finish."""
+
+    @model_validator(mode="after")
+    def _increasing(self) -> Canary:
+        weights = [s.weight for s in self.steps]
+        for i in range(1, len(weights)):
+            if weights[i] <= weights[i - 1]:
+                raise ValueError(
+                    f"steps[{i}].weight is {weights[i]}, not more than steps[{i - 1}].weight {weights[i - 1]}: "
+                    "weights must strictly increase"
+                )
+        return self
+
+
+class Shadow(KubeModel):
+    """A version that receives a mirror of live traffic; its answers are compared, never returned."""
+
+    model: ModelRef
+    """Version to mirror traffic to."""
+    percent: Annotated[int, Field(ge=1, le=100)] = 100
+    """Percent of live requests mirrored."""
+
+
+class Fallback(KubeModel):
+    """Retry a failed request once on the stable version."""
+
+    enabled: bool = True
+    """Retry on the stable version when the chosen version errors, times out or is not ready."""
+    timeout_ms: Annotated[int, Field(ge=1, le=600_000)] = 5000
+    """Per-try timeout of an upstream request, in milliseconds."""
+
+
+class Routing(KubeModel):
+    """How requests are assigned to versions."""
+
+    sticky_header: Annotated[str, Field(pattern=r"^[A-Za-z0-9-]+$", max_length=128)] | None = None
+    """Request header whose value pins a caller to one version (A/B tests); weighted random when omitted."""
+
+
+class FeatureEnrichment(KubeModel):
+    """Fill model inputs from a FeatureView's online store."""
+
+    feature_view: ObjectName
+    """FeatureView in the same namespace."""
+    entity_key: Annotated[str, Field(min_length=1, max_length=256)]
+    """Request parameter that carries the entity key."""
+
+
+class SecretRef(KubeModel):
+    """Reference to a Secret in the same namespace."""
+
+    name: ObjectName
+    """Secret name."""
+
+
+class Auth(KubeModel):
+    """Bearer-token authentication at the gateway."""
+
+    secret_ref: SecretRef
+    """Secret whose key `tokens` lists one token per line, optionally `token model1,model2` to limit it."""
+
+
+class ModelDeploymentSpec(KubeModel):
+    """Desired state of a ModelDeployment."""
+
+    model: ModelRef
+    """Stable model version; with an alias, the version it points at when the deployment is created."""
+    follow_alias: bool = False
+    """When the alias in model moves to a new version, roll that version out as a canary (needs canary.steps)."""
+    runtime: TritonRuntime = Field(default_factory=TritonRuntime)
+    """Triton settings for every version."""
+    replicas: Annotated[int, Field(ge=0, le=1000)] = 1
+    """Triton replicas per version when autoscaling is not set."""
+    autoscaling: Autoscaling | None = None
+    """Scale each version's Triton replicas on CPU."""
+    canary: Canary | None = None
+    """Roll a new version out progressively, gated by metrics."""
+    shadow: Shadow | None = None
+    """Mirror traffic to a version and report how it compares."""
+    fallback: Fallback = Field(default_factory=Fallback)
+    """Retry failed requests on the stable version."""
+    routing: Routing = Field(default_factory=Routing)
+    """Sticky assignment of callers to versions."""
+    features: FeatureEnrichment | None = None
+    """Enrich requests with online features."""
+    auth: Auth | None = None
+    """Require bearer tokens at the gateway."""
+
+    @model_validator(mode="after")
+    def _follow_needs_alias(self) -> ModelDeploymentSpec:
+        if self.follow_alias and self.model.alias is None:
+            raise ValueError("followAlias needs model.alias: set an alias to follow, or drop followAlias")
+        return self
+
+
+Role = Literal["stable", "canary", "shadow"]
+
+
+class TrafficTarget(KubeModel):
+    """Share of traffic one version gets."""
+
+    version: str
+    """Registered model version."""
+    role: Role
+    """stable, canary or shadow (shadow percent is mirrored, not served)."""
+    percent: Annotated[int, Field(ge=0, le=100)]
+    """Percent of live requests."""
+
+
+class MetricResult(KubeModel):
+    """Outcome of one metric check."""
+
+    name: str
+    """Metric name."""
+    value: float | None = None
+    """Measured value; empty when there was not enough data."""
+    threshold: str
+    """The bound it was checked against, e.g. "<= 0.01"."""
+    passed: bool | None = None
+    """True or false; empty when there was not enough data."""
+
+
+class AnalysisStatus(KubeModel):
+    """The most recent canary analysis."""
+
+    time: str | None = None
+    """When it ran (RFC 3339)."""
+    failed_checks: Annotated[int, Field(ge=0)] = 0
+    """Failed checks in a row so far."""
+    results: list[MetricResult] = Field(default_factory=list)
+    """Per-metric outcomes."""
+
+
+class ShadowReport(KubeModel):
+    """How the shadow version compares with live answers."""
+
+    version: str | None = None
+    """Shadow version."""
+    samples: Annotated[int, Field(ge=0)] = 0
+    """Mirrored requests compared."""
+    agreement: float | None = None
+    """Fraction of mirrored requests where shadow and live agree (classes equal / relative error within tolerance)."""
+    latency_delta_ms: float | None = None
+    """Mean shadow latency minus live latency, in milliseconds."""
+
+
+class FailureInfo(KubeModel):
+    """The last thing that went wrong."""
+
+    reason: str
+    """CamelCase reason."""
+    message: str
+    """What happened and what to do."""
+    time: str | None = None
+    """When (RFC 3339)."""
+
+
+class ModelDeploymentStatus(KubeModel):
+    """Observed state of a ModelDeployment, written by the operator."""
+
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    """The .metadata.generation this status describes."""
+    conditions: Conditions = Field(default_factory=list)
+    """Ready, Progressing, Degraded, CanaryReady, Promoted, RolledBack."""
+    stable_version: str | None = None
+    """Version serving the stable share."""
+    canary_version: str | None = None
+    """Version being rolled out."""
+    canary_weight: Annotated[int, Field(ge=0, le=100)] | None = None
+    """Percent of traffic on the canary now."""
+    shadow_version: str | None = None
+    """Version receiving mirrored traffic."""
+    current_step: Annotated[int, Field(ge=0)] | None = None
+    """Index of the canary step in progress."""
+    step_started: str | None = None
+    """When the current step started (RFC 3339)."""
+    traffic: list[TrafficTarget] = Field(default_factory=list)
+    """Traffic split now in force."""
+    analysis: AnalysisStatus | None = None
+    """Latest canary analysis."""
+    shadow_report: ShadowReport | None = None
+    """Shadow comparison."""
+    url: str | None = None
+    """Inference endpoint (Open Inference Protocol v2)."""
+    last_failure: FailureInfo | None = None
+    """Last failure, kept after recovery for reference."""
+
+
+class ModelDeployment(Resource):
+    """Serves a registered model with Triton, with canary, shadow and fallback routing."""
+
+    crd: ClassVar[CRDInfo] = CRDInfo(
+        plural="modeldeployments",
+        short_names=("md",),
+        printer_columns=(
+            PrinterColumn("Model", ".spec.model.name", description="Registered model name"),
+            PrinterColumn("Stable", ".status.stableVersion", description="Stable version"),
+            PrinterColumn("Canary", ".status.canaryVersion", description="Canary version"),
+            PrinterColumn("Weight", ".status.canaryWeight", "integer", "Percent of traffic on the canary"),
+            PrinterColumn("Shadow", ".status.shadowVersion", description="Shadow version", priority=1),
+            ready_column(),
+            reason_column(),
+            PrinterColumn("URL", ".status.url", description="Inference endpoint", priority=1),
+            age_column(),
+        ),
+    )
+
+    kind: Literal["ModelDeployment"] = "ModelDeployment"
+    spec: ModelDeploymentSpec
+    """Desired state."""
+    status: ModelDeploymentStatus | None = None
+    """Observed state, written by the operator."""

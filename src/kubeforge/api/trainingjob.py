@@ -1,0 +1,244 @@
+"""TrainingJob: train a model on a dataset and register the result in MLflow.
+
+Shaped after Kubeflow Trainer's TrainJob and batch/v1 Job: the run-control fields
+(backoffLimit, activeDeadlineSeconds, ttlSecondsAfterFinished, suspend) mean what they
+mean on a Job, and the operator maps them onto the Job it creates.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from .meta import (
+    ColumnName,
+    Conditions,
+    CRDInfo,
+    KubeModel,
+    PrinterColumn,
+    Quantity,
+    RegistryName,
+    Resource,
+    Toleration,
+    UniqueNames,
+    age_column,
+    exactly_one_of,
+    ready_column,
+    reason_column,
+)
+
+Architecture = Literal["logistic", "mlp"]
+Task = Literal["classification", "regression"]
+DatasetFormat = Literal["csv", "json", "jsonl", "parquet"]
+ENTRYPOINT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class Hyperparameters(KubeModel):
+    """Settings of the training loop and of the built-in architectures."""
+
+    epochs: Annotated[int, Field(ge=1, le=100000)] = 20
+    """Passes over the training split."""
+    batch_size: Annotated[int, Field(ge=1, le=1048576)] = 64
+    """Examples per optimizer step (per replica when replicas > 1)."""
+    learning_rate: Annotated[float, Field(gt=0, le=10)] = 0.001
+    """Optimizer step size."""
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    """Optimizer: adam, adamw or sgd (with momentum 0.9)."""
+    weight_decay: Annotated[float, Field(ge=0, le=1)] = 0.0
+    """L2 penalty applied by the optimizer."""
+    hidden_units: Annotated[list[Annotated[int, Field(ge=1, le=65536)]], Field(max_length=16)] = [64, 64]
+    """Widths of the hidden layers of the mlp architecture (ignored by logistic)."""
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    """Dropout probability after each hidden layer of the mlp architecture."""
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 42
+    """Seed for weight initialisation and shuffling, so a run can be repeated."""
+
+
+class ModelSpec(KubeModel):
+    """What to train and the registered model name the result is stored under."""
+
+    model_config = exactly_one_of("architecture", "entrypoint")
+
+    name: RegistryName
+    """Registered model name in MLflow; each successful run adds a version to it."""
+    architecture: Architecture | None = None
+    """Built-in architecture: logistic (softmax/linear regression) or mlp. Set this or entrypoint."""
+    entrypoint: Annotated[str, Field(pattern=ENTRYPOINT_PATTERN, max_length=512)] | None = None
+    """A user model as "module:factory"; factory(n_features, n_outputs, **args) returns a torch.nn.Module.
+    Set this or architecture."""
+    args: dict[str, str] = Field(default_factory=dict)
+    """Keyword arguments passed to the entrypoint factory, as strings."""
+    task: Task = "classification"
+    """classification (softmax over classes, accuracy/F1 reported) or regression (MSE, RMSE/R2 reported)."""
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    """Training loop and architecture settings."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if (self.architecture is None) == (self.entrypoint is None):
+            raise ValueError("set exactly one of spec.model.architecture or spec.model.entrypoint")
+        return self
+
+
+class FeatureViewSource(KubeModel):
+    """Training data built by a point-in-time join against a FeatureView."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)]
+    """Name of the FeatureView in the TrainingJob's namespace."""
+    entities_uri: Annotated[str, Field(min_length=1, max_length=2048)]
+    """Entity dataframe (join keys, event timestamp and the target column) to join features onto."""
+
+
+class DatasetSpec(KubeModel):
+    """Where the training data comes from and which columns mean what."""
+
+    model_config = exactly_one_of("uri", "featureView")
+
+    uri: Annotated[str, Field(min_length=1, max_length=2048)] | None = None
+    """File or directory of files: a local path or an fsspec URI (s3://, gs://, file://). Set this or featureView."""
+    format: DatasetFormat | None = None
+    """csv, json, jsonl or parquet; taken from the file extension when omitted."""
+    feature_view: FeatureViewSource | None = None
+    """Build the dataset from a FeatureView with a point-in-time join. Set this or uri."""
+    target: ColumnName
+    """Column holding the label (classification) or value (regression) to predict."""
+    features: UniqueNames | None = None
+    """Feature columns, in the order the model takes them; all columns but the target when omitted."""
+    validation_split: Annotated[float, Field(ge=0, le=0.9)] = 0.2
+    """Fraction of rows held out for validation metrics."""
+    split_seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+    """Seed of the train/validation split."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetSpec:
+        if (self.uri is None) == (self.feature_view is None):
+            raise ValueError("set exactly one of spec.dataset.uri or spec.dataset.featureView")
+        return self
+
+
+class Resources(KubeModel):
+    """Compute for each training replica."""
+
+    cpu: Quantity = "1"
+    """CPU request and limit per replica, e.g. 2 or 500m."""
+    memory: Quantity = "2Gi"
+    """Memory request and limit per replica, e.g. 4Gi."""
+    gpus: Annotated[int, Field(ge=0, le=16)] = 0
+    """NVIDIA GPUs per replica (nvidia.com/gpu); training uses CUDA when > 0."""
+
+
+class CheckpointSpec(KubeModel):
+    """Periodic checkpoints, so a restarted attempt resumes instead of starting over."""
+
+    uri: Annotated[str, Field(min_length=1, max_length=2048)]
+    """Directory (local path or fsspec URI) to write checkpoints to and resume from."""
+    every_epochs: Annotated[int, Field(ge=1, le=100000)] = 1
+    """Write a checkpoint every this many epochs."""
+
+
+class RegisterSpec(KubeModel):
+    """How the trained model version is labelled in the MLflow registry."""
+
+    alias: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$", max_length=255)] | None = None
+    """Alias to point at the new version (e.g. candidate); a ModelDeployment can follow it."""
+    tags: dict[str, str] = Field(default_factory=dict)
+    """Extra tags on the model version, next to the lineage tags kubeforge writes."""
+
+
+class TrainingJobSpec(KubeModel):
+    """Desired state of a TrainingJob."""
+
+    model: ModelSpec
+    """Model to train and the registered name it is stored under."""
+    dataset: DatasetSpec
+    """Training data and its columns."""
+    resources: Resources = Field(default_factory=Resources)
+    """Compute per replica."""
+    replicas: Annotated[int, Field(ge=1, le=64)] = 1
+    """Training processes; more than 1 runs torch DistributedDataParallel (gloo on CPU, nccl on GPU)."""
+    image: Annotated[str, Field(min_length=1, max_length=512)] | None = None
+    """Trainer container image; the operator's default when omitted."""
+    backoff_limit: Annotated[int, Field(ge=0, le=100)] = 3
+    """Retries before the TrainingJob is marked Failed; counted on the TrainingJob, across Job deletions."""
+    active_deadline_seconds: Annotated[int, Field(ge=1)] | None = None
+    """Wall-clock limit for the whole TrainingJob, retries included."""
+    ttl_seconds_after_finished: Annotated[int, Field(ge=0)] | None = None
+    """Delete the finished Job (not the TrainingJob) this long after it ends."""
+    suspend: bool = False
+    """Pause: running pods are stopped and nothing starts until set back to false."""
+    checkpoint: CheckpointSpec | None = None
+    """Checkpoint and resume; without it a retry starts from epoch 1."""
+    registration: RegisterSpec = Field(default_factory=RegisterSpec, alias="register")
+    """Registry alias and tags for the resulting model version."""
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    """Node labels the training pods must be scheduled on."""
+    tolerations: Annotated[list[Toleration], Field(max_length=32)] = Field(default_factory=list)
+    """Tolerations of the training pods (e.g. for tainted GPU nodes)."""
+
+
+TrainingPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
+
+
+class MLflowRef(KubeModel):
+    """Where the run and the registered model version live in MLflow."""
+
+    experiment_id: str | None = None
+    """MLflow experiment id."""
+    run_id: str | None = None
+    """MLflow run that trained the model."""
+    model_version: str | None = None
+    """Registered model version created by the run."""
+    model_uri: str | None = None
+    """URI that loads the version, models:/<name>/<version>."""
+
+
+class TrainingJobStatus(KubeModel):
+    """Observed state of a TrainingJob, written by the operator."""
+
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    """The .metadata.generation this status describes."""
+    phase: TrainingPhase | None = None
+    """Pending, Running, Succeeded, Failed or Suspended."""
+    conditions: Conditions = Field(default_factory=list)
+    """Ready, Running, Succeeded, Failed, Suspended."""
+    attempts: Annotated[int, Field(ge=0)] = 0
+    """Attempts started so far, retries included."""
+    job_name: str | None = None
+    """Name of the batch/v1 Job running the current attempt."""
+    start_time: datetime | None = None
+    """When the first attempt started."""
+    completion_time: datetime | None = None
+    """When the TrainingJob succeeded or failed for good."""
+    mlflow: MLflowRef | None = None
+    """MLflow run and model version produced."""
+    metrics: dict[str, float] = Field(default_factory=dict)
+    """Final validation metrics, e.g. accuracy, f1, rmse."""
+
+
+class TrainingJob(Resource):
+    """Trains a model on a dataset and registers it in MLflow with its lineage."""
+
+    crd: ClassVar[CRDInfo] = CRDInfo(
+        plural="trainingjobs",
+        short_names=("tj",),
+        printer_columns=(
+            PrinterColumn("Model", ".spec.model.name", description="Registered model name"),
+            PrinterColumn("Phase", ".status.phase", description="Pending, Running, Succeeded, Failed or Suspended"),
+            ready_column(),
+            PrinterColumn("Version", ".status.mlflow.modelVersion", description="Registered model version"),
+            PrinterColumn("Attempts", ".status.attempts", "integer", "Attempts started"),
+            reason_column(),
+            age_column(),
+        ),
+    )
+
+    kind: Literal["TrainingJob"] = "TrainingJob"
+    spec: TrainingJobSpec
+    """Desired state."""
+    status: TrainingJobStatus | None = None
+    """Observed state, written by the operator."""
+
+
+__all__ = ["TrainingJob", "TrainingJobSpec", "TrainingJobStatus"]

@@ -1,0 +1,145 @@
+"""The `kubeforge` command line."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+
+
+def _data_home() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "kubeforge"
+
+
+def _default_cp_dir() -> Path:
+    return Path(os.environ.get("KUBEFORGE_DATA_DIR") or _data_home()) / "controlplane"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """kubeforge: train, register, serve and roll out models on Kubernetes."""
+
+
+@main.command()
+def version() -> None:
+    """Print the kubeforge version."""
+    click.echo(f"kubeforge {__version__}")
+
+
+@main.group(invoke_without_command=True)
+@click.pass_context
+def crds(ctx: click.Context) -> None:
+    """Print the CRDs as YAML (pipe into `kubectl apply -f -`), or apply/write them."""
+    if ctx.invoked_subcommand is None:
+        from .api import crdgen
+
+        click.echo("---\n".join(crdgen.render(k) for k in crdgen.KINDS), nl=False)
+
+
+@crds.command("write")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path), default=Path("crds"))
+def crds_write(directory: Path) -> None:
+    """Regenerate the CRD files in DIRECTORY (default: crds/)."""
+    from .api import crdgen
+
+    for path in crdgen.write(directory):
+        click.echo(f"wrote {path}")
+
+
+@crds.command("apply")
+@click.option("--kubeconfig", type=click.Path(dir_okay=False), help="Defaults to $KUBECONFIG or ~/.kube/config.")
+def crds_apply(kubeconfig: str | None) -> None:
+    """Install or update the CRDs in the cluster (server-side apply)."""
+    from .api import crdgen
+    from .core import kube
+
+    api = kube.api_client(kubeconfig)
+    for kind in crdgen.KINDS:
+        obj = crdgen.crd(kind)
+        kube.apply(api, obj)
+        click.echo(f"customresourcedefinition/{obj['metadata']['name']} applied")
+
+
+@main.group()
+def controlplane() -> None:
+    """A local Kubernetes API server + etcd on 127.0.0.1 (no kubelet: pods never run)."""
+
+
+_cp_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=_default_cp_dir,
+    show_default="$KUBEFORGE_DATA_DIR/controlplane or ~/.local/share/kubeforge/controlplane",
+    help="Where etcd data, certificates, logs and the kubeconfig live; kept across down/up.",
+)
+
+
+@controlplane.command("up")
+@_cp_dir_option
+@click.option("--no-build", is_flag=True, help="Fail instead of building kube-apiserver when it is missing.")
+def controlplane_up(data_dir: Path, no_build: bool) -> None:
+    """Start the control plane in the background and print how to use it."""
+    from .local.binaries import BinaryNotFound
+    from .local.controlplane import ControlPlane, status
+
+    running, state = status(data_dir)
+    if running and state:
+        click.echo(f"already running: {state.server}")
+    else:
+        try:
+            state = ControlPlane(data_dir, build=not no_build).start()
+        except (BinaryNotFound, RuntimeError, TimeoutError) as err:
+            raise click.ClickException(str(err)) from err
+        click.echo(f"control plane ready: {state.server}")
+    click.echo(f"kubeconfig: {state.kubeconfig}")
+    click.echo(f"use it:     export KUBECONFIG={state.kubeconfig}")
+    click.echo("then:       kubectl apply -f crds/ && kubectl apply -f crds/samples/")
+
+
+@controlplane.command("down")
+@_cp_dir_option
+def controlplane_down(data_dir: Path) -> None:
+    """Stop the control plane; its data stays in the data directory."""
+    from .local.controlplane import ControlPlane, status
+
+    running, state = status(data_dir)
+    if state is None:
+        click.echo("not running")
+        return
+    ControlPlane(data_dir).stop()
+    click.echo("stopped" if running else "stopped (it had already exited)")
+
+
+@controlplane.command("status")
+@_cp_dir_option
+def controlplane_status(data_dir: Path) -> None:
+    """Say whether the control plane is running; exit 1 when it is not."""
+    from .local.controlplane import status
+
+    running, state = status(data_dir)
+    if not running or state is None:
+        click.echo("not running")
+        sys.exit(1)
+    click.echo(f"running: {state.server} (apiserver pid {state.apiserver_pid}, etcd pid {state.etcd_pid})")
+    click.echo(f"kubeconfig: {state.kubeconfig}")
+
+
+@controlplane.command("build")
+def controlplane_build() -> None:
+    """Find kube-apiserver and etcd, building kube-apiserver once if it is missing."""
+    from .local import binaries
+
+    try:
+        click.echo(f"kube-apiserver: {binaries.kube_apiserver(build=True)}")
+        click.echo(f"etcd:           {binaries.etcd()}")
+    except binaries.BinaryNotFound as err:
+        raise click.ClickException(str(err)) from err
+
+
+if __name__ == "__main__":
+    main()

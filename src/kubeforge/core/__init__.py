@@ -1,0 +1,1 @@
+"""Shared plumbing for operators and components: Kubernetes client helpers, conditions, settings."""

@@ -1,0 +1,118 @@
+"""Child processes of the local runtime: ports, start, readiness, stop.
+
+Every server kubeforge starts locally (etcd, kube-apiserver, MLflow, Triton, the
+gateway) goes through these helpers, so all of them log to a file, run in their own
+session (a Ctrl-C in the terminal does not half-kill them) and stop the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import time
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn(argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start argv in its own session with stdout and stderr appended to log."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            list(argv),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=dict(env) if env is not None else None,
+        )
+
+
+def alive(pid: int) -> bool:
+    """Whether pid is a running (not zombie) process."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError):
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+        return state != "Z"
+    return True
+
+
+def terminate(pid: int, timeout: float = 10.0) -> None:
+    """SIGTERM the process group of pid, SIGKILL it after timeout, and reap it if it is our child."""
+
+    def signal_group(sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+    def reap() -> None:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+
+    if not alive(pid):
+        reap()
+        return
+    signal_group(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reap()
+        if not alive(pid):
+            return
+        time.sleep(0.05)
+    signal_group(signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while alive(pid) and time.monotonic() < deadline:  # not our child: wait for it to go
+        reap()
+        time.sleep(0.02)
+
+
+def log_tail(log: Path, chars: int = 3000) -> str:
+    return log.read_text(errors="replace")[-chars:] if log.exists() else ""
+
+
+def wait_http(
+    url: str,
+    proc: subprocess.Popen[bytes] | None = None,
+    log: Path | None = None,
+    timeout: float = 60.0,
+    headers: Mapping[str, str] | None = None,
+) -> None:
+    """Poll url until it answers 200; fail early with the log's tail if proc exits."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # loopback servers with self-signed certificates
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            name = Path(str(proc.args[0])).name  # type: ignore[index]
+            raise RuntimeError(
+                f"{name} exited with code {proc.returncode} while starting:\n{log_tail(log) if log else ''}"
+            )
+        try:
+            req = urllib.request.Request(url, headers=dict(headers or {}))
+            with urllib.request.urlopen(req, context=ctx, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError as err:
+            last = str(err)
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} not ready after {timeout:.0f}s: {last}")

@@ -1,0 +1,74 @@
+"""Fixtures that start real servers on 127.0.0.1: one of each per test session.
+
+They stop their processes when the session ends, failed tests included.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kubeforge.local import mlflow_server
+from kubeforge.local.controlplane import ControlPlane
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Kubectl:
+    """kubectl bound to one kubeconfig; returns CompletedProcess so tests can read stderr."""
+
+    def __init__(self, kubeconfig: Path):
+        self.env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+
+    def __call__(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            ["kubectl", *args], input=input, env=self.env, capture_output=True, text=True, timeout=120
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+        return proc
+
+
+@pytest.fixture(scope="session")
+def controlplane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """A real kube-apiserver + etcd for the whole test session."""
+    with ControlPlane(tmp_path_factory.mktemp("controlplane")) as cp:
+        yield cp
+
+
+@pytest.fixture(scope="session")
+def kubectl(controlplane: ControlPlane) -> Kubectl:
+    return Kubectl(controlplane.kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def crds_installed(kubectl: Kubectl) -> None:
+    """The committed CRDs, applied with kubectl and established."""
+    from kubeforge.api import crdgen
+
+    kubectl("apply", "-f", str(REPO / "crds"))
+    names = [f"crd/{kind.crd.crd_name}" for kind in crdgen.KINDS]
+    kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
+
+
+@pytest.fixture
+def namespace(kubectl: Kubectl, request: pytest.FixtureRequest) -> str:
+    """A fresh namespace per test (namespaces are never reused, so tests cannot see each other's objects)."""
+    name = "t-" + request.node.name.lower().replace("_", "-").replace("[", "-").replace("]", "")[:40].strip("-")
+    name = f"{name}-{os.urandom(3).hex()}"
+    kubectl("create", "namespace", name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[mlflow_server.MLflowServer]:
+    """A real MLflow tracking server and registry (sqlite + local artifacts)."""
+    server = mlflow_server.start(tmp_path_factory.mktemp("mlflow"))
+    try:
+        yield server
+    finally:
+        server.stop()

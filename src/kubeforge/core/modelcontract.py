@@ -1,0 +1,64 @@
+"""What a kubeforge model version in MLflow contains: the contract between trainer and serving.
+
+The trainer writes it, the Triton exporter and the drift monitor read it. Keeping the
+names here means neither side guesses the other's layout.
+
+A registered model version (``models:/<name>/<version>``) is an MLflow model logged by
+the trainer's run under :data:`MODEL_ARTIFACT_PATH` with ``mlflow.pytorch`` (so
+``mlflow.pytorch.load_model`` works) and a tensor signature. Next to it, in the same
+run, the trainer logs:
+
+- :data:`TORCHSCRIPT_ARTIFACT` — ``torch.jit.save`` of the model *including* its input
+  normalisation, taking raw features ``float32 [batch, n_features]`` and returning
+  ``float32 [batch, n_outputs]`` (class probabilities, or the predicted value);
+- :data:`BASELINE_ARTIFACT` — per-feature histograms of the training data, what drift
+  detection compares live inputs against (see :class:`Baseline`).
+
+Tags on the model version carry the task and the lineage (:data:`TAG_PREFIX` + name).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+MODEL_ARTIFACT_PATH = "model"
+TORCHSCRIPT_ARTIFACT = "kubeforge/model.torchscript.pt"
+BASELINE_ARTIFACT = "kubeforge/baseline.json"
+
+# Tensor names in the MLflow signature and in the Triton model config.
+INPUT_NAME = "features"
+OUTPUT_NAME = "outputs"
+
+TAG_PREFIX = "kubeforge."
+TAG_TASK = TAG_PREFIX + "task"  # "classification" | "regression"
+TAG_FEATURES = TAG_PREFIX + "features"  # JSON list of feature names, in input order
+TAG_CLASSES = TAG_PREFIX + "classes"  # JSON list of class labels (classification), in output order
+TAG_DATASET_URI = TAG_PREFIX + "dataset.uri"
+TAG_DATASET_SHA256 = TAG_PREFIX + "dataset.sha256"
+TAG_DATASET_ROWS = TAG_PREFIX + "dataset.rows"
+TAG_JOB_NAMESPACE = TAG_PREFIX + "trainingjob.namespace"
+TAG_JOB_NAME = TAG_PREFIX + "trainingjob.name"
+TAG_JOB_UID = TAG_PREFIX + "trainingjob.uid"
+TAG_CODE_VERSION = TAG_PREFIX + "code.version"
+TAG_METRIC_PREFIX = TAG_PREFIX + "metric."  # + metric name, e.g. kubeforge.metric.accuracy
+
+Task = Literal["classification", "regression"]
+
+
+class FeatureHistogram(BaseModel):
+    """Histogram of one feature over the training data (fixed bin edges, counts per bin)."""
+
+    name: str
+    edges: list[float] = Field(description="Bin edges, len(counts) + 1 of them, increasing")
+    counts: list[int] = Field(description="Training rows per bin")
+    mean: float
+    std: float
+
+
+class Baseline(BaseModel):
+    """Drift baseline of a model version."""
+
+    rows: int
+    features: list[FeatureHistogram]

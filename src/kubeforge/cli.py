@@ -141,5 +141,22 @@ def controlplane_build() -> None:
         raise click.ClickException(str(err)) from err
 
 
+@main.group()
+def operator() -> None:
+    """The kubeforge operators."""
+
+
+@operator.command("run")
+@click.option("--kind", "kinds", multiple=True, type=click.Choice(["trainingjob"]), help="Only these kinds.")
+@click.option("--namespace", "-n", "namespaces", multiple=True, help="Only these namespaces (default: all).")
+@click.option("--verbose", "-v", is_flag=True)
+@click.option("--liveness", metavar="URL", help="Serve a health endpoint, e.g. http://0.0.0.0:8080/healthz.")
+def operator_run(kinds: tuple[str, ...], namespaces: tuple[str, ...], verbose: bool, liveness: str | None) -> None:
+    """Run the operators against $KUBECONFIG (or in-cluster credentials) until stopped."""
+    from .operators.run import run
+
+    run(list(kinds) or None, list(namespaces) or None, verbose, liveness)
+
+
 if __name__ == "__main__":
     main()

@@ -1,1 +1,1 @@
-"""kubeforge operators."""
+"""kopf operators, one subpackage per kind. Importing a handlers module registers its handlers."""

@@ -1,0 +1,53 @@
+"""Status conditions in the metav1.Condition shape, set the way kstatus readers expect.
+
+``lastTransitionTime`` moves only when ``status`` changes, so "since when" stays true
+while reasons and messages are refreshed.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+TRUE, FALSE, UNKNOWN = "True", "False", "Unknown"
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def set_condition(
+    conditions: list[dict[str, Any]],
+    type_: str,
+    status: str,
+    reason: str,
+    message: str = "",
+    generation: int | None = None,
+    now: str | None = None,
+) -> list[dict[str, Any]]:
+    """A copy of conditions with type_ set; other types are kept in their order."""
+    out = [dict(c) for c in conditions]
+    new = {"type": type_, "status": status, "reason": reason, "message": message}
+    if generation is not None:
+        new["observedGeneration"] = generation
+    for i, cond in enumerate(out):
+        if cond.get("type") == type_:
+            same = cond.get("status") == status
+            new["lastTransitionTime"] = cond.get("lastTransitionTime") if same else (now or now_rfc3339())
+            out[i] = new
+            return out
+    new["lastTransitionTime"] = now or now_rfc3339()
+    out.append(new)
+    return out
+
+
+def get_condition(conditions: list[dict[str, Any]] | None, type_: str) -> dict[str, Any] | None:
+    for cond in conditions or []:
+        if cond.get("type") == type_:
+            return cond
+    return None
+
+
+def is_true(conditions: list[dict[str, Any]] | None, type_: str) -> bool:
+    cond = get_condition(conditions, type_)
+    return bool(cond and cond.get("status") == TRUE)

@@ -1,0 +1,90 @@
+"""A small client for the MLflow model registry REST API.
+
+Operators only resolve aliases and read model versions; the full ``mlflow`` package
+costs seconds of import time (and pulls in feast's request-header plugin on first
+use), which would slow every operator start. This speaks the documented REST API.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+
+class MLflowError(RuntimeError):
+    """MLflow answered with an error or could not be reached."""
+
+
+class NotFound(MLflowError):
+    """The registered model, version or alias does not exist."""
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    name: str
+    version: str
+    run_id: str
+    source: str
+    tags: dict[str, str] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ModelVersion:
+        return cls(
+            name=data["name"],
+            version=str(data["version"]),
+            run_id=data.get("run_id", ""),
+            source=data.get("source", ""),
+            tags={t["key"]: t.get("value", "") for t in data.get("tags", [])},
+            aliases=tuple(data.get("aliases", [])),
+        )
+
+
+class MLflowRegistry:
+    """Read access to registered model versions over HTTP."""
+
+    def __init__(self, tracking_uri: str, timeout: float = 10.0):
+        self.tracking_uri = tracking_uri.rstrip("/")
+        self._http = httpx.Client(base_url=self.tracking_uri, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _get(self, path: str, params: dict[str, Any]) -> dict[str, Any]:
+        try:
+            resp = self._http.get(f"/api/2.0/mlflow/{path}", params=params)
+        except httpx.HTTPError as err:
+            raise MLflowError(f"MLflow at {self.tracking_uri} is unreachable: {err}") from err
+        if resp.status_code == 404 or (resp.status_code == 400 and "RESOURCE_DOES_NOT_EXIST" in resp.text):
+            raise NotFound(resp.json().get("message", resp.text))
+        if resp.status_code >= 400:
+            raise MLflowError(f"MLflow {path} failed ({resp.status_code}): {resp.text[:500]}")
+        return resp.json()
+
+    def by_alias(self, name: str, alias: str) -> ModelVersion:
+        data = self._get("registered-models/alias", {"name": name, "alias": alias})
+        return ModelVersion.from_json(data["model_version"])
+
+    def by_version(self, name: str, version: int | str) -> ModelVersion:
+        data = self._get("model-versions/get", {"name": name, "version": str(version)})
+        return ModelVersion.from_json(data["model_version"])
+
+    def search(self, name: str) -> list[ModelVersion]:
+        """All versions of a registered model, newest first."""
+        out: list[ModelVersion] = []
+        token = None
+        while True:
+            params: dict[str, Any] = {"filter": f"name='{name}'", "max_results": 200}
+            if token:
+                params["page_token"] = token
+            data = self._get("model-versions/search", params)
+            out += [ModelVersion.from_json(v) for v in data.get("model_versions", [])]
+            token = data.get("next_page_token")
+            if not token:
+                return sorted(out, key=lambda v: int(v.version), reverse=True)

@@ -1,0 +1,16 @@
+"""Labels and annotations kubeforge puts on what it creates, so each child can be traced back."""
+
+from __future__ import annotations
+
+PART_OF = "app.kubernetes.io/part-of"
+MANAGED_BY = "app.kubernetes.io/managed-by"
+COMPONENT = "app.kubernetes.io/component"
+TRAININGJOB = "kubeforge.dev/trainingjob"
+ATTEMPT = "kubeforge.dev/attempt"
+MODELDEPLOYMENT = "kubeforge.dev/modeldeployment"
+MODEL_VERSION = "kubeforge.dev/model-version"
+ROLE = "kubeforge.dev/role"
+
+
+def common(component: str) -> dict[str, str]:
+    return {PART_OF: "kubeforge", MANAGED_BY: "kubeforge-operator", COMPONENT: component}

@@ -1,0 +1,170 @@
+"""Pure builders of a TrainingJob's children. No I/O: unit-tested without a cluster.
+
+Each attempt is its own Job named ``<trainingjob>-a<attempt>`` with ``backoffLimit: 0``:
+the retry budget is counted on the TrainingJob, so deleting a Job cannot reset it, and a
+failed attempt's Job stays around for ``kubectl logs``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from ...api import TrainingJob
+from ...core.kube import Capabilities, owner_reference
+from .. import labels
+from ..settings import Settings
+
+SPEC_MOUNT = "/etc/kubeforge"
+SPEC_FILE = "trainingjob.yaml"
+RENDEZVOUS_PORT = 29500
+TERMINATION_LOG = "/dev/termination-log"
+
+
+def spec_configmap_name(name: str) -> str:
+    return f"{name}-spec"
+
+
+def job_name(name: str, attempt: int) -> str:
+    return f"{name}-a{attempt}"
+
+
+def service_name(name: str) -> str:
+    return f"{name}-workers"
+
+
+def _meta(owner: dict[str, Any], name: str, extra_labels: dict[str, str] | None = None) -> dict[str, Any]:
+    meta = owner["metadata"]
+    return {
+        "name": name,
+        "namespace": meta["namespace"],
+        "labels": {**labels.common("trainer"), labels.TRAININGJOB: meta["name"], **(extra_labels or {})},
+        "ownerReferences": [owner_reference(owner)],
+    }
+
+
+def spec_configmap(owner: dict[str, Any], tj: TrainingJob) -> dict[str, Any]:
+    """The TrainingJob (spec and identity) as the trainer reads it from its mounted file."""
+    data = {
+        "apiVersion": tj.api_version,
+        "kind": tj.kind,
+        "metadata": {k: owner["metadata"][k] for k in ("name", "namespace", "uid")},
+        "spec": tj.spec.to_wire(),
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(owner, spec_configmap_name(owner["metadata"]["name"])),
+        "data": {SPEC_FILE: yaml.safe_dump(data, sort_keys=False)},
+    }
+
+
+def headless_service(owner: dict[str, Any]) -> dict[str, Any]:
+    """Stable DNS names for the workers of multi-replica training (rank 0 is the rendezvous host)."""
+    name = owner["metadata"]["name"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(owner, service_name(name)),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {labels.TRAININGJOB: name},
+            "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT}],
+        },
+    }
+
+
+def _resources(tj: TrainingJob) -> dict[str, Any]:
+    res = tj.spec.resources
+    amounts: dict[str, Any] = {"cpu": str(res.cpu), "memory": str(res.memory)}
+    limits = dict(amounts)
+    if res.gpus:
+        limits["nvidia.com/gpu"] = str(res.gpus)
+    return {"requests": amounts, "limits": limits}
+
+
+def _command(owner: dict[str, Any], tj: TrainingJob, attempt: int) -> list[str]:
+    spec_path = f"{SPEC_MOUNT}/{SPEC_FILE}"
+    if tj.spec.replicas == 1:
+        return ["kubeforge", "train", "--spec", spec_path]
+    name = owner["metadata"]["name"]
+    master = f"{job_name(name, attempt)}-0.{service_name(name)}"
+    return [
+        "torchrun",
+        f"--nnodes={tj.spec.replicas}",
+        "--nproc-per-node=1",
+        "--node-rank=$(JOB_COMPLETION_INDEX)",
+        f"--master-addr={master}",
+        f"--master-port={RENDEZVOUS_PORT}",
+        "-m",
+        "kubeforge.training.main",
+        "--spec",
+        spec_path,
+    ]
+
+
+def job(
+    owner: dict[str, Any],
+    tj: TrainingJob,
+    attempt: int,
+    settings: Settings,
+    caps: Capabilities,
+    deadline_seconds: int | None,
+) -> dict[str, Any]:
+    """The batch/v1 Job running one attempt."""
+    meta = owner["metadata"]
+    name = meta["name"]
+    pod_labels = {**labels.common("trainer"), labels.TRAININGJOB: name, labels.ATTEMPT: str(attempt)}
+    env = [
+        {"name": "MLFLOW_TRACKING_URI", "value": settings.mlflow_tracking_uri},
+        {"name": "KUBEFORGE_TRAININGJOB_NAMESPACE", "value": meta["namespace"]},
+        {"name": "KUBEFORGE_TRAININGJOB_NAME", "value": name},
+        {"name": "KUBEFORGE_TRAININGJOB_UID", "value": meta["uid"]},
+        {"name": "KUBEFORGE_ATTEMPT", "value": str(attempt)},
+        {"name": "KUBEFORGE_TERMINATION_LOG", "value": TERMINATION_LOG},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "containers": [
+            {
+                "name": "trainer",
+                "image": tj.spec.image or settings.trainer_image,
+                "command": _command(owner, tj, attempt),
+                "env": env,
+                "resources": _resources(tj),
+                "volumeMounts": [{"name": "spec", "mountPath": SPEC_MOUNT, "readOnly": True}],
+                "terminationMessagePath": TERMINATION_LOG,
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+            }
+        ],
+        "volumes": [{"name": "spec", "configMap": {"name": spec_configmap_name(name)}}],
+    }
+    if tj.spec.node_selector:
+        pod_spec["nodeSelector"] = dict(tj.spec.node_selector)
+    if tj.spec.tolerations:
+        pod_spec["tolerations"] = [t.to_wire() for t in tj.spec.tolerations]
+    job_spec: dict[str, Any] = {
+        "backoffLimit": 0,
+        "completions": tj.spec.replicas,
+        "parallelism": tj.spec.replicas,
+        "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
+    }
+    if tj.spec.replicas > 1:
+        # Indexed pods get stable hostnames <job>-<index> under the headless Service.
+        job_spec["completionMode"] = "Indexed"
+        pod_spec["subdomain"] = service_name(name)
+    if deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = max(1, deadline_seconds)
+    if tj.spec.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = tj.spec.ttl_seconds_after_finished
+    if caps.job_suspend:
+        job_spec["suspend"] = False
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _meta(owner, job_name(name, attempt), {labels.ATTEMPT: str(attempt)}),
+        "spec": job_spec,
+    }

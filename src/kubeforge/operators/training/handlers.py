@@ -1,0 +1,89 @@
+"""kopf handlers for TrainingJob: thin glue between watch events and :func:`plan.plan`.
+
+Every trigger (a TrainingJob event, an event of one of its Jobs, a periodic timer for
+unfinished ones) runs the same level-based reconcile under a per-object lock, so the
+order in which events arrive does not matter.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from ...api import API_VERSION
+from ...core import kube
+from ...core import modelcontract as mc
+from ...core.mlflow_rest import MLflowError, MLflowRegistry, ModelVersion
+from ..labels import TRAININGJOB
+from ..runtime import context
+from .plan import TERMINAL, plan, with_registration
+
+GROUP, VERSION = API_VERSION.split("/")
+_locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+
+
+def _registered_version(registry: MLflowRegistry, model: str, uid: str) -> ModelVersion | None:
+    for version in registry.search(model):  # newest first
+        if version.tags.get(mc.TAG_JOB_UID) == uid:
+            return version
+    return None
+
+
+def reconcile(namespace: str, name: str, logger: Any) -> None:
+    ctx = context()
+    with _locks[(namespace, name)]:
+        body = kube.get(ctx.api, API_VERSION, "TrainingJob", name, namespace)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return
+        old_status = body.get("status") or {}
+        job = None
+        if job_name := old_status.get("jobName"):
+            job = kube.get(ctx.api, "batch/v1", "Job", job_name, namespace)
+        now = datetime.now(UTC)
+        p = plan(body, job, ctx.settings, ctx.capabilities, now)
+        for obj in p.apply:
+            kube.apply(ctx.api, obj)
+        for job_to_delete in p.delete_jobs:
+            kube.delete(ctx.api, "batch/v1", "Job", job_to_delete, namespace)
+        status = p.status
+        if p.needs_registration:
+            model = body["spec"]["model"]["name"]
+            try:
+                version = _registered_version(ctx.registry, model, body["metadata"]["uid"])
+            except MLflowError as err:
+                logger.warning(f"MLflow lookup for {model} failed, will retry: {err}")
+                version = None
+            status = with_registration(status, version, model, body["metadata"]["uid"], now)
+            if version is not None:
+                p.events.append(("Normal", "ModelRegistered", f"registered as {version.uri}"))
+        if kube.patch_status(ctx.api, API_VERSION, "TrainingJob", name, namespace, old_status, status):
+            for type_, reason, message in p.events:
+                kube.event(ctx.api, body, type_, reason, message, component="kubeforge-trainingjob")
+
+
+@kopf.on.event(GROUP, VERSION, "trainingjobs")
+def trainingjob_event(event: dict[str, Any], name: str, namespace: str, logger: Any, **_: Any) -> None:
+    if event.get("type") != "DELETED":
+        reconcile(namespace, name, logger)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={TRAININGJOB: kopf.PRESENT})
+def job_event(labels: dict[str, str], namespace: str, logger: Any, **_: Any) -> None:
+    """A Job of a TrainingJob changed (e.g. completed): reconcile its owner."""
+    reconcile(namespace, labels[TRAININGJOB], logger)
+
+
+def _unfinished(status: dict[str, Any], **_: Any) -> bool:
+    if status.get("phase") not in TERMINAL:
+        return True
+    return status.get("phase") == "Succeeded" and not (status.get("mlflow") or {}).get("modelVersion")
+
+
+@kopf.timer(GROUP, VERSION, "trainingjobs", interval=10, idle=5, when=_unfinished)
+def trainingjob_timer(name: str, namespace: str, logger: Any, **_: Any) -> None:
+    """Deadlines and missed events: re-check unfinished TrainingJobs every few seconds."""
+    reconcile(namespace, name, logger)

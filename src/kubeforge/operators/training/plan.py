@@ -1,0 +1,268 @@
+"""The TrainingJob state machine: from what is observed to what should be done. No I/O.
+
+``plan()`` is level-based: given the TrainingJob, the Job of its current attempt (or
+None) and the clock, it returns the children to apply or delete, the new status and the
+events to record. Running it twice on the same input gives the same answer, so a
+restarted operator picks up where the last one stopped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import PurePosixPath
+from typing import Any
+
+from ...api import InvalidResource, TrainingJob, parse
+from ...core import modelcontract as mc
+from ...core.conditions import FALSE, TRUE, set_condition
+from ...core.kube import Capabilities
+from ...core.mlflow_rest import ModelVersion
+from ..settings import Settings
+from . import children
+
+# Condition types.
+READY, RUNNING, SUCCEEDED, FAILED, SUSPENDED = "Ready", "Running", "Succeeded", "Failed", "Suspended"
+
+# Condition reasons: constants, so clients can switch on them.
+INVALID_SPEC = "InvalidSpec"
+UNSUPPORTED = "UnsupportedByCluster"
+JOB_CREATED = "JobCreated"
+JOB_RUNNING = "JobRunning"
+JOB_SUCCEEDED = "JobSucceeded"
+JOB_FAILED = "JobFailed"
+JOB_DELETED = "JobDeleted"
+RETRYING = "Retrying"
+BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
+DEADLINE_EXCEEDED = "DeadlineExceeded"
+SUSPENDED_BY_USER = "SuspendedByUser"
+MODEL_REGISTERED = "ModelRegistered"
+REGISTRATION_MISSING = "RegistrationMissing"
+
+_EXTENSIONS = {".csv": "csv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+TERMINAL = ("Succeeded", "Failed")
+
+
+@dataclass
+class Plan:
+    """What reconcile must do, in order: apply, delete, then write status and events."""
+
+    apply: list[dict[str, Any]] = field(default_factory=list)
+    delete_jobs: list[str] = field(default_factory=list)
+    status: dict[str, Any] = field(default_factory=dict)
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+    needs_registration: bool = False
+
+
+def semantic_errors(tj: TrainingJob, caps: Capabilities) -> list[tuple[str, str, str]]:
+    """(reason, field, message) for problems a schema cannot see."""
+    errors: list[tuple[str, str, str]] = []
+    ds = tj.spec.dataset
+    if ds.uri and ds.format:
+        suffix = PurePosixPath(ds.uri.rstrip("/")).suffix.lower()
+        inferred = _EXTENSIONS.get(suffix)
+        if inferred and inferred != ds.format:
+            errors.append(
+                (
+                    INVALID_SPEC,
+                    "spec.dataset.format",
+                    f"format is {ds.format!r} but spec.dataset.uri ends in {suffix!r}: "
+                    f"set format to {inferred!r} or omit it",
+                )
+            )
+    if ds.features and ds.target in ds.features:
+        errors.append(
+            (INVALID_SPEC, "spec.dataset.features", f"lists the target column {ds.target!r}: remove it from features")
+        )
+    if tj.spec.replicas > 1 and not caps.indexed_jobs:
+        errors.append(
+            (
+                UNSUPPORTED,
+                "spec.replicas",
+                f"replicas={tj.spec.replicas} needs Indexed Jobs (Kubernetes 1.21+); this cluster is "
+                f"{caps.major}.{caps.minor}: use replicas: 1",
+            )
+        )
+    return errors
+
+
+def _job_state(job: dict[str, Any] | None) -> tuple[str, str]:
+    """('complete'|'failed'|'active'|'missing', message) from a Job's conditions."""
+    if job is None:
+        return "missing", ""
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("status") != "True":
+            continue
+        if cond.get("type") == "Complete":
+            return "complete", cond.get("message") or ""
+        if cond.get("type") == "Failed":
+            reason = cond.get("reason") or "Failed"
+            return "failed", f"{reason}: {cond.get('message') or 'the training pod failed'}"
+    return "active", ""
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+def _fmt(ts: datetime) -> str:
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class _Status:
+    """The status being built, with helpers that keep conditions consistent with the phase."""
+
+    def __init__(self, old: dict[str, Any], generation: int | None, now: datetime):
+        self.s = dict(old)
+        self.s["observedGeneration"] = generation
+        self.s.setdefault("attempts", 0)
+        self.generation, self.now = generation, _fmt(now)
+
+    def cond(self, type_: str, status: str, reason: str, message: str = "") -> None:
+        self.s["conditions"] = set_condition(
+            self.s.get("conditions") or [], type_, status, reason, message, self.generation, self.now
+        )
+
+    def phase(self, phase: str, reason: str, message: str) -> None:
+        self.s["phase"] = phase
+        self.cond(READY, TRUE if phase == "Succeeded" else FALSE, reason, message)
+        self.cond(RUNNING, TRUE if phase == "Running" else FALSE, reason, message)
+        self.cond(SUSPENDED, TRUE if phase == "Suspended" else FALSE, reason, message)
+        if phase in TERMINAL:
+            self.cond(SUCCEEDED, TRUE if phase == "Succeeded" else FALSE, reason, message)
+            self.cond(FAILED, TRUE if phase == "Failed" else FALSE, reason, message)
+            self.s.setdefault("completionTime", self.now)
+
+
+def plan(
+    body: dict[str, Any],
+    job: dict[str, Any] | None,
+    settings: Settings,
+    caps: Capabilities,
+    now: datetime,
+) -> Plan:
+    """Decide the next step for the TrainingJob in body, whose current-attempt Job is job."""
+    meta = body["metadata"]
+    old = dict(body.get("status") or {})
+    st = _Status(old, meta.get("generation"), now)
+    out = Plan()
+
+    try:
+        # Only the spec is the user's; a status this operator wrote is not re-validated.
+        tj = parse({"kind": body["kind"], "metadata": {"name": meta["name"]}, "spec": body.get("spec")})
+    except InvalidResource as err:
+        st.phase("Failed", INVALID_SPEC, str(err))
+        out.status = st.s
+        out.events.append(("Warning", INVALID_SPEC, str(err)))
+        return out
+    assert isinstance(tj, TrainingJob)
+    problems = semantic_errors(tj, caps)
+    if problems and not (old.get("phase") in TERMINAL and old.get("attempts")):
+        reason = problems[0][0]
+        message = "; ".join(f"{f}: {m}" for _, f, m in problems)
+        st.phase("Failed", reason, message)
+        out.status = st.s
+        if old.get("phase") != "Failed" or (old.get("conditions") and message not in str(old["conditions"])):
+            out.events.append(("Warning", reason, message))
+        return out
+
+    if old.get("phase") in TERMINAL and old.get("attempts"):
+        # Finished for good; a succeeded job may still wait for its registry lookup.
+        out.needs_registration = old.get("phase") == "Succeeded" and not (old.get("mlflow") or {}).get("modelVersion")
+        out.status = old
+        return out
+
+    name = meta["name"]
+    attempts = int(old.get("attempts") or 0)
+    start = _parse_time(old.get("startTime"))
+    deadline = tj.spec.active_deadline_seconds
+    remaining = None if deadline is None or start is None else deadline - int((now - start).total_seconds())
+
+    def start_attempt(number: int, reason: str, message: str, event: str) -> None:
+        st.s["attempts"] = number
+        st.s["jobName"] = children.job_name(name, number)
+        st.s.setdefault("startTime", st.now)
+        left = deadline if remaining is None else remaining
+        out.apply.append(children.spec_configmap(body, tj))
+        if tj.spec.replicas > 1:
+            out.apply.append(children.headless_service(body))
+        out.apply.append(children.job(body, tj, number, settings, caps, left))
+        st.phase("Running", reason, message)
+        out.events.append(("Warning" if reason == RETRYING else "Normal", reason, event))
+
+    if remaining is not None and remaining <= 0:
+        if job is not None:
+            out.delete_jobs.append(job["metadata"]["name"])
+        msg = f"activeDeadlineSeconds={deadline} passed after {attempts} attempt(s)"
+        st.phase("Failed", DEADLINE_EXCEEDED, msg)
+        out.events.append(("Warning", DEADLINE_EXCEEDED, msg))
+        out.status = st.s
+        return out
+
+    if tj.spec.suspend:
+        if job is not None:
+            out.delete_jobs.append(job["metadata"]["name"])
+        if old.get("phase") != "Suspended":
+            out.events.append(("Normal", SUSPENDED_BY_USER, "training stopped; set spec.suspend=false to resume"))
+        st.phase("Suspended", SUSPENDED_BY_USER, "spec.suspend is true")
+        out.status = st.s
+        return out
+
+    state, detail = _job_state(job)
+    budget = tj.spec.backoff_limit + 1  # the first attempt plus backoffLimit retries
+
+    if attempts == 0:
+        msg = f"attempt 1/{budget} started as Job {children.job_name(name, 1)}"
+        start_attempt(1, JOB_CREATED, msg, msg)
+    elif state == "missing" and old.get("phase") == "Suspended":
+        msg = f"resumed: attempt {attempts}/{budget} restarted as Job {children.job_name(name, attempts)}"
+        start_attempt(attempts, JOB_CREATED, msg, msg)
+    elif state in ("missing", "failed"):
+        why = detail if state == "failed" else f"Job {children.job_name(name, attempts)} was deleted"
+        if attempts < budget:
+            start_attempt(
+                attempts + 1,
+                RETRYING,
+                f"attempt {attempts} failed ({why}); retry {attempts + 1}/{budget}",
+                f"attempt {attempts} failed: {why}; starting attempt {attempts + 1}",
+            )
+        else:
+            msg = f"{attempts} attempt(s) failed, backoffLimit={tj.spec.backoff_limit} reached; last: {why}"
+            reason = BACKOFF_LIMIT_EXCEEDED if attempts > 1 else (JOB_FAILED if state == "failed" else JOB_DELETED)
+            st.phase("Failed", reason, msg)
+            out.events.append(("Warning", reason, msg))
+    elif state == "complete":
+        st.phase("Succeeded", JOB_SUCCEEDED, f"attempt {attempts} succeeded")
+        out.needs_registration = True
+        out.events.append(("Normal", JOB_SUCCEEDED, f"training finished in attempt {attempts}"))
+    elif old.get("phase") != "Running":
+        # Active, but reported otherwise (e.g. by an older operator): report Running.
+        msg = f"attempt {attempts}/{budget} running as Job {children.job_name(name, attempts)}"
+        st.phase("Running", JOB_RUNNING, msg)
+    out.status = st.s
+    return out
+
+
+def with_registration(
+    status: dict[str, Any], version: ModelVersion | None, model_name: str, uid: str, now: datetime
+) -> dict[str, Any]:
+    """status after looking the succeeded run's model version up in MLflow.
+
+    version is None when no version of model_name carries this TrainingJob's uid (yet).
+    """
+    st = _Status(status, status.get("observedGeneration"), now)
+    if version is None:
+        st.cond(
+            READY,
+            FALSE,
+            REGISTRATION_MISSING,
+            f"the Job succeeded but no version of registered model {model_name!r} carries "
+            f"{mc.TAG_JOB_UID}={uid}; check the trainer's log (kubectl logs job/{status.get('jobName')})",
+        )
+        return st.s
+    st.s["mlflow"] = {"runId": version.run_id, "modelVersion": version.version, "modelUri": version.uri}
+    st.s["metrics"] = {
+        k[len(mc.TAG_METRIC_PREFIX) :]: float(v) for k, v in version.tags.items() if k.startswith(mc.TAG_METRIC_PREFIX)
+    }
+    st.cond(READY, TRUE, MODEL_REGISTERED, f"registered as {version.uri}")
+    return st.s

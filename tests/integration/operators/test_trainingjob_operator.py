@@ -1,0 +1,165 @@
+"""The TrainingJob operator as a real process against a real API server and MLflow.
+
+There is no kubelet here, so pods never run: tests mark Jobs Complete or Failed
+themselves through the Job status subresource, as envtest users do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from tests.integration.operators.conftest import Operator, wait_for
+
+pytestmark = pytest.mark.integration
+GROUP, VERSION, PLURAL = "kubeforge.dev", "v1alpha1", "trainingjobs"
+
+
+def create_tj(api: client.ApiClient, namespace: str, name: str, **spec: Any) -> dict[str, Any]:
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "TrainingJob",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"name": name, "architecture": "logistic"},
+            "dataset": {"uri": "/data/iris.csv", "target": "species"},
+            **spec,
+        },
+    }
+    return client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+
+
+def get_tj(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    return client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+
+
+def status(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    return get_tj(api, namespace, name).get("status") or {}
+
+
+def condition(api: client.ApiClient, namespace: str, name: str, type_: str = "Ready") -> dict[str, Any]:
+    return next((c for c in status(api, namespace, name).get("conditions", []) if c["type"] == type_), {})
+
+
+def jobs(api: client.ApiClient, namespace: str) -> list[str]:
+    return sorted(j.metadata.name for j in client.BatchV1Api(api).list_namespaced_job(namespace).items)
+
+
+def mark_job(api: client.ApiClient, namespace: str, job: str, type_: str, message: str = "") -> None:
+    now = "2026-01-01T00:00:00Z"
+    cond = {"type": type_, "status": "True", "lastProbeTime": now, "lastTransitionTime": now, "message": message}
+    if type_ == "Failed":
+        cond["reason"] = "BackoffLimitExceeded"
+    body = {"status": {"conditions": [cond], **({"succeeded": 1} if type_ == "Complete" else {"failed": 1})}}
+    client.BatchV1Api(api).patch_namespaced_job_status(job, namespace, body)
+
+
+def event_reasons(api: client.ApiClient, namespace: str, name: str) -> list[str]:
+    items = client.CoreV1Api(api).list_namespaced_event(namespace).items
+    return [
+        e.reason for e in sorted(items, key=lambda e: e.metadata.creation_timestamp) if e.involved_object.name == name
+    ]
+
+
+def test_creates_a_job_with_resources_env_and_owner(operator: Operator, api: client.ApiClient, namespace: str) -> None:
+    tj = create_tj(
+        api,
+        namespace,
+        "iris",
+        resources={"cpu": "2", "memory": "3Gi", "gpus": 1},
+        tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    )
+    wait_for(lambda: jobs(api, namespace) == ["iris-a1"], what="Job iris-a1")
+    job = client.BatchV1Api(api).read_namespaced_job("iris-a1", namespace)
+    owner = job.metadata.owner_references[0]
+    assert (owner.kind, owner.name, owner.uid, owner.controller) == ("TrainingJob", "iris", tj["metadata"]["uid"], True)
+    container = job.spec.template.spec.containers[0]
+    assert container.resources.limits == {"cpu": "2", "memory": "3Gi", "nvidia.com/gpu": "1"}
+    env = {e.name: e.value for e in container.env}
+    assert env["MLFLOW_TRACKING_URI"] == operator.mlflow_url
+    assert env["KUBEFORGE_TRAININGJOB_NAME"] == "iris" and env["KUBEFORGE_TRAININGJOB_UID"] == tj["metadata"]["uid"]
+    assert job.spec.template.spec.tolerations[0].key == "nvidia.com/gpu"
+    cm = client.CoreV1Api(api).read_namespaced_config_map("iris-spec", namespace)
+    assert "target: species" in cm.data["trainingjob.yaml"]
+    wait_for(lambda: status(api, namespace, "iris").get("phase") == "Running", what="phase Running")
+    assert status(api, namespace, "iris")["attempts"] == 1
+    assert "JobCreated" in event_reasons(api, namespace, "iris")
+
+
+def test_failed_jobs_are_retried_then_the_trainingjob_fails_with_the_reason(
+    operator: Operator, api: client.ApiClient, namespace: str
+) -> None:
+    create_tj(api, namespace, "flaky", backoffLimit=1)
+    wait_for(lambda: jobs(api, namespace) == ["flaky-a1"], what="first attempt")
+    mark_job(api, namespace, "flaky-a1", "Failed", "pod exited with code 3")
+    wait_for(lambda: jobs(api, namespace) == ["flaky-a1", "flaky-a2"], what="second attempt")
+    assert status(api, namespace, "flaky")["attempts"] == 2
+    mark_job(api, namespace, "flaky-a2", "Failed", "pod exited with code 3")
+    wait_for(lambda: status(api, namespace, "flaky").get("phase") == "Failed", what="phase Failed")
+    ready = condition(api, namespace, "flaky")
+    assert ready["status"] == "False" and ready["reason"] == "BackoffLimitExceeded"
+    assert "pod exited with code 3" in ready["message"]
+    assert condition(api, namespace, "flaky", "Failed")["status"] == "True"
+    assert jobs(api, namespace) == ["flaky-a1", "flaky-a2"], "no third attempt"
+    reasons = event_reasons(api, namespace, "flaky")
+    assert reasons.count("Retrying") == 1 and "BackoffLimitExceeded" in reasons
+
+
+def test_deleting_the_job_does_not_reset_the_retry_budget(
+    operator: Operator, api: client.ApiClient, namespace: str
+) -> None:
+    create_tj(api, namespace, "deleted", backoffLimit=1)
+    wait_for(lambda: jobs(api, namespace) == ["deleted-a1"], what="first attempt")
+    client.BatchV1Api(api).delete_namespaced_job("deleted-a1", namespace, propagation_policy="Background")
+    wait_for(lambda: jobs(api, namespace) == ["deleted-a2"], what="replacement attempt")
+    client.BatchV1Api(api).delete_namespaced_job("deleted-a2", namespace, propagation_policy="Background")
+    wait_for(lambda: status(api, namespace, "deleted").get("phase") == "Failed", what="phase Failed")
+    assert status(api, namespace, "deleted")["attempts"] == 2
+    assert jobs(api, namespace) == []
+
+
+def test_suspend_stops_the_attempt_and_resume_restarts_it(
+    operator: Operator, api: client.ApiClient, namespace: str
+) -> None:
+    create_tj(api, namespace, "pausable")
+    wait_for(lambda: jobs(api, namespace) == ["pausable-a1"], what="first attempt")
+    custom = client.CustomObjectsApi(api)
+    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "pausable", {"spec": {"suspend": True}})
+    wait_for(lambda: status(api, namespace, "pausable").get("phase") == "Suspended", what="phase Suspended")
+    wait_for(lambda: jobs(api, namespace) == [], what="Job removed while suspended")
+    assert condition(api, namespace, "pausable", "Suspended")["status"] == "True"
+    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "pausable", {"spec": {"suspend": False}})
+    wait_for(lambda: jobs(api, namespace) == ["pausable-a1"], what="Job back after resume")
+    wait_for(lambda: status(api, namespace, "pausable").get("phase") == "Running", what="phase Running")
+    assert status(api, namespace, "pausable")["attempts"] == 1, "suspend is not a failed attempt"
+
+
+def test_invalid_spec_sets_ready_false_naming_the_field_and_creates_nothing(
+    operator: Operator, api: client.ApiClient, namespace: str
+) -> None:
+    create_tj(api, namespace, "mismatch", dataset={"uri": "/data/iris.parquet", "format": "csv", "target": "species"})
+    wait_for(lambda: condition(api, namespace, "mismatch").get("reason") == "InvalidSpec", what="InvalidSpec")
+    ready = condition(api, namespace, "mismatch")
+    assert ready["status"] == "False" and "spec.dataset.format" in ready["message"]
+    assert "InvalidSpec" in event_reasons(api, namespace, "mismatch")
+    assert jobs(api, namespace) == []
+    assert client.CoreV1Api(api).list_namespaced_config_map(namespace).items == []
+
+
+def test_a_restarted_operator_creates_nothing_twice(operator: Operator, api: client.ApiClient, namespace: str) -> None:
+    create_tj(api, namespace, "steady", backoffLimit=2)
+    wait_for(lambda: jobs(api, namespace) == ["steady-a1"], what="first attempt")
+    wait_for(lambda: status(api, namespace, "steady").get("phase") == "Running", what="phase Running")
+    before = get_tj(api, namespace, "steady")
+    events_before = event_reasons(api, namespace, "steady")
+    operator.stop()
+    operator.start()
+    create_tj(api, namespace, "marker")  # once the new operator handled this, it has seen "steady" too
+    wait_for(lambda: status(api, namespace, "marker").get("phase") == "Running", what="new operator working")
+    assert jobs(api, namespace) == ["marker-a1", "steady-a1"]
+    after = get_tj(api, namespace, "steady")
+    assert after["status"] == before["status"]
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"], "status rewritten"
+    assert event_reasons(api, namespace, "steady") == events_before

@@ -1,0 +1,136 @@
+"""One attempt of a TrainingJob: load data, resume or start, train, register.
+
+Every replica runs this; rank 0 alone talks to MLflow and writes checkpoints, so a
+job with several replicas produces one run and one model version. Everything that can
+be wrong with the input (spec, data, user model, checkpoint) is checked before the
+MLflow run starts, so a bad job leaves no half-made run behind.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import mlflow
+import torch
+
+from kubeforge.api.trainingjob import TrainingJobSpec
+from kubeforge.core import modelcontract as contract
+
+from . import baseline, datasets, distributed, models, registration, tracking
+from .checkpoint import Checkpoint, Store, capture_rng, restore_rng
+from .distributed import Context
+from .loop import EpochResult, Loop, make_optimizer
+from .registration import Identity
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where this attempt reports: MLflow and the TrainingJob it belongs to."""
+
+    tracking_uri: str
+    experiment: str | None = None
+    identity: Identity = field(default_factory=Identity)
+
+
+def run(spec: TrainingJobSpec, settings: Settings) -> dict[str, Any] | None:
+    """Train and register; the result for the operator on rank 0, None on other ranks."""
+    ctx = distributed.start(spec.replicas)
+    try:
+        return _attempt(spec, settings, ctx)
+    finally:
+        distributed.stop(ctx)
+
+
+def _attempt(spec: TrainingJobSpec, settings: Settings, ctx: Context) -> dict[str, Any] | None:
+    hp, task = spec.model.hyperparameters, spec.model.task
+    data = datasets.load(spec.dataset, task)
+    torch.manual_seed(hp.seed)
+    network = models.build(spec.model, len(data.features), len(data.classes) or 1).to(ctx.device)
+    optimizer = make_optimizer(network, hp)
+    store = Store(spec.checkpoint.uri) if spec.checkpoint else None
+    resumed = store.latest(data.sha256) if store else None
+    if resumed:
+        network.load_state_dict(resumed.model)
+        optimizer.load_state_dict(resumed.optimizer)
+        restore_rng(resumed.rng)
+    standardiser = models.Standardiser.fit(data.x_train, data.y_train, task)
+    loop = Loop(network, optimizer, (data.x_train, data.y_train, data.x_val, data.y_val), standardiser, task, hp, ctx)
+    first_epoch = resumed.epoch + 1 if resumed else 1
+    if not ctx.is_main:
+        loop.fit(first_epoch, lambda _: None)
+        return None
+
+    tags = registration.lineage_tags(spec, data, settings.identity)
+    tracking.connect(settings.tracking_uri)
+    experiment = mlflow.set_experiment(settings.experiment or spec.model.name)
+    with mlflow.start_run(run_id=resumed.run_id if resumed else None, run_name=settings.identity.name or None) as run:
+        run_id = run.info.run_id
+        if resumed:
+            print(f"resuming run {run_id} after epoch {resumed.epoch} from {spec.checkpoint.uri}", flush=True)
+        else:
+            print(f"started run {run_id} in experiment {experiment.name!r}", flush=True)
+            mlflow.log_params(_params(spec, data))
+            mlflow.set_tags(tags)
+
+        def on_epoch(result: EpochResult) -> None:
+            print(_progress(result), flush=True)
+            values = {"train_loss": result.train_loss} | {f"val_{k}": v for k, v in result.metrics.items()}
+            mlflow.log_metrics(values, step=result.epoch, synchronous=False)
+            if store and (result.epoch % spec.checkpoint.every_epochs == 0 or result.epoch == result.epochs):
+                state = Checkpoint(
+                    epoch=result.epoch,
+                    model=network.state_dict(),
+                    optimizer=optimizer.state_dict(),
+                    rng=capture_rng(),
+                    run_id=run_id,
+                    dataset_sha256=data.sha256,
+                )
+                store.save(state)
+
+        loop.fit(first_epoch, on_epoch)
+        final = loop.evaluate()
+        mlflow.log_metrics(final, step=hp.epochs)
+        mlflow.flush_async_logging()
+        with warnings.catch_warnings():
+            # TorchScript is deprecated upstream but is the format the model contract and Triton take.
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\.", category=DeprecationWarning)
+            scripted = models.export(network, standardiser, task, data.x_train[:8])
+            registered = registration.register(
+                spec,
+                run_id,
+                scripted,
+                len(data.classes) or 1,
+                baseline.compute(data.x_train, data.features),
+                tags | {contract.TAG_METRIC_PREFIX + k: repr(v) for k, v in final.items()},
+            )
+    return {
+        "experimentId": experiment.experiment_id,
+        "runId": run_id,
+        "modelVersion": registered.version,
+        "modelUri": registered.model_uri,
+        "metrics": final,
+    }
+
+
+def _progress(result: EpochResult) -> str:
+    """The line users follow with kubectl logs."""
+    scores = " ".join(f"val_{k}={v:.4f}" for k, v in result.metrics.items())
+    return f"epoch {result.epoch}/{result.epochs} train_loss={result.train_loss:.4f} {scores} {result.seconds:.2f}s"
+
+
+def _params(spec: TrainingJobSpec, data: datasets.Dataset) -> dict[str, Any]:
+    hp = spec.model.hyperparameters.model_dump()
+    return {
+        **hp,
+        "hidden_units": ",".join(map(str, hp["hidden_units"])),
+        "architecture": spec.model.architecture or spec.model.entrypoint,
+        "task": spec.model.task,
+        "replicas": spec.replicas,
+        "dataset_uri": data.uri,
+        "train_rows": len(data.x_train),
+        "validation_rows": len(data.x_val),
+        "n_features": len(data.features),
+        **{f"arg.{k}": v for k, v in spec.model.args.items()},
+    }

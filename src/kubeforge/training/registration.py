@@ -1,0 +1,114 @@
+"""Register the trained model in MLflow exactly as :mod:`kubeforge.core.modelcontract` describes.
+
+Serving and drift monitoring read what is written here, so every name comes from the
+contract module. The same TorchScript module is logged twice: as the ``mlflow.pytorch``
+model (so ``mlflow.pytorch.load_model`` and pyfunc work, and log_model does not need an
+input example) and as the standalone artifact the Triton exporter copies.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import mlflow.pytorch
+import numpy as np
+import torch
+from mlflow.models import ModelSignature
+from mlflow.tracking import MlflowClient
+from mlflow.types import Schema, TensorSpec
+
+import kubeforge
+from kubeforge.api.trainingjob import TrainingJobSpec
+from kubeforge.core import modelcontract as contract
+
+from .datasets import Dataset
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The TrainingJob this run belongs to, for lineage (empty when run outside Kubernetes)."""
+
+    namespace: str = ""
+    name: str = ""
+    uid: str = ""
+
+
+@dataclass(frozen=True)
+class Registered:
+    version: str
+    model_uri: str
+
+
+def lineage_tags(spec: TrainingJobSpec, dataset: Dataset, identity: Identity) -> dict[str, str]:
+    """Tags saying what the model is and where it came from, for the run and the model version."""
+    tags = {
+        contract.TAG_TASK: spec.model.task,
+        contract.TAG_FEATURES: json.dumps(dataset.features),
+        contract.TAG_DATASET_URI: dataset.uri,
+        contract.TAG_DATASET_SHA256: dataset.sha256,
+        contract.TAG_DATASET_ROWS: str(dataset.rows),
+        contract.TAG_JOB_NAMESPACE: identity.namespace,
+        contract.TAG_JOB_NAME: identity.name,
+        contract.TAG_JOB_UID: identity.uid,
+        contract.TAG_CODE_VERSION: kubeforge.__version__,
+    }
+    if spec.model.task == "classification":
+        tags[contract.TAG_CLASSES] = json.dumps(dataset.classes)
+    return tags
+
+
+def _signature(n_features: int, n_outputs: int) -> ModelSignature:
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_features), contract.INPUT_NAME)]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_outputs), contract.OUTPUT_NAME)]),
+    )
+
+
+def register(
+    spec: TrainingJobSpec,
+    run_id: str,
+    scripted: torch.jit.ScriptModule,
+    n_outputs: int,
+    baseline: contract.Baseline,
+    tags: dict[str, str],
+) -> Registered:
+    """Log the model and its artifacts to the active run and add a version under spec.model.name.
+
+    A retried attempt that finds a version already registered from this run (the pod
+    died after registering) returns that version instead of adding a duplicate.
+    """
+    name = spec.model.name
+    client = MlflowClient()
+    existing = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if existing:
+        version = max(existing, key=lambda v: int(v.version)).version
+    else:
+        _log_artifacts(scripted, baseline)
+        info = mlflow.pytorch.log_model(
+            scripted,
+            name=contract.MODEL_ARTIFACT_PATH,
+            signature=_signature(len(baseline.features), n_outputs),
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"],
+            serialization_format="pickle",
+        )
+        version = mlflow.register_model(info.model_uri, name, tags={**tags, **spec.registration.tags}).version
+    if spec.registration.alias:
+        client.set_registered_model_alias(name, spec.registration.alias, version)
+    return Registered(version=str(version), model_uri=f"models:/{name}/{version}")
+
+
+def _log_artifacts(scripted: torch.jit.ScriptModule, baseline: contract.Baseline) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        for artifact in (contract.TORCHSCRIPT_ARTIFACT, contract.BASELINE_ARTIFACT):
+            local = Path(tmp) / artifact
+            local.parent.mkdir(parents=True, exist_ok=True)
+            if artifact == contract.TORCHSCRIPT_ARTIFACT:
+                torch.jit.save(scripted, str(local))
+            else:
+                local.write_text(baseline.model_dump_json())
+            mlflow.log_artifact(str(local), artifact_path=posixpath.dirname(artifact) or None)

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .serving.commands import serving
 
 
 def _data_home() -> Path:
@@ -139,6 +140,22 @@ def controlplane_build() -> None:
         click.echo(f"etcd:           {binaries.etcd()}")
     except binaries.BinaryNotFound as err:
         raise click.ClickException(str(err)) from err
+
+
+main.add_command(serving)
+
+
+@main.command(
+    "train",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
+    add_help_option=False,
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def train(args: tuple[str, ...]) -> None:
+    """Train and register a model from a TrainingJob spec (what training pods run); --help for options."""
+    from .training.main import main as train_main
+
+    sys.exit(train_main(list(args)))
 
 
 @main.group()

@@ -20,6 +20,9 @@ class Settings:
     """Image of the inference gateway."""
     prometheus_url: str
     """Prometheus that canary analysis queries for custom metrics."""
+    service_addressing: str = "dns"
+    """How the gateway's route table addresses Triton: "dns" (<service>.<namespace>.svc, in a cluster) or
+    "endpoints" (the Service's first endpoint address, for the local runtime, which has no cluster DNS)."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -32,4 +35,5 @@ class Settings:
             triton_image=env("KUBEFORGE_TRITON_IMAGE", "nvcr.io/nvidia/tritonserver:24.10-py3"),
             gateway_image=env("KUBEFORGE_GATEWAY_IMAGE", f"ghcr.io/kubeforge/kubeforge:{__version__}"),
             prometheus_url=env("KUBEFORGE_PROMETHEUS_URL", "http://prometheus-operated:9090"),
+            service_addressing=env("KUBEFORGE_SERVICE_ADDRESSING", "dns"),
         )

@@ -8,7 +8,6 @@ MLflow run starts, so a bad job leaves no half-made run behind.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,18 +92,15 @@ def _attempt(spec: TrainingJobSpec, settings: Settings, ctx: Context) -> dict[st
         final = loop.evaluate()
         mlflow.log_metrics(final, step=hp.epochs)
         mlflow.flush_async_logging()
-        with warnings.catch_warnings():
-            # TorchScript is deprecated upstream but is the format the model contract and Triton take.
-            warnings.filterwarnings("ignore", message=r"`torch\.jit\.", category=DeprecationWarning)
-            scripted = models.export(network, standardiser, task, data.x_train[:8])
-            registered = registration.register(
-                spec,
-                run_id,
-                scripted,
-                len(data.classes) or 1,
-                baseline.compute(data.x_train, data.features),
-                tags | {contract.TAG_METRIC_PREFIX + k: repr(v) for k, v in final.items()},
-            )
+        scripted = models.export(network, standardiser, task, data.x_train[:8])
+        registered = registration.register(
+            spec,
+            run_id,
+            scripted,
+            len(data.classes) or 1,
+            baseline.compute(data.x_train, data.features),
+            tags | {contract.TAG_METRIC_PREFIX + k: repr(v) for k, v in final.items()},
+        )
     return {
         "experimentId": experiment.experiment_id,
         "runId": run_id,

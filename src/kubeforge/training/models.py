@@ -11,6 +11,9 @@ or values, as :mod:`kubeforge.core.modelcontract` promises.
 from __future__ import annotations
 
 import importlib
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -131,5 +134,13 @@ def export(network: nn.Module, standardiser: Standardiser, task: Task, example: 
     tabular models are; example is a few raw training rows.
     """
     module = ServingModule(network, standardiser, task).cpu().eval()
-    with torch.no_grad():
+    with torch.no_grad(), quiet_torchscript():
         return torch.jit.trace(module, torch.as_tensor(example, dtype=torch.float32))
+
+
+@contextmanager
+def quiet_torchscript() -> Iterator[None]:
+    """Silence torch's TorchScript deprecation warnings: it is the format the model contract and Triton take."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.", category=DeprecationWarning)
+        yield

@@ -27,6 +27,7 @@ from kubeforge.api.trainingjob import TrainingJobSpec
 from kubeforge.core import modelcontract as contract
 
 from .datasets import Dataset
+from .models import quiet_torchscript
 
 
 @dataclass(frozen=True)
@@ -88,14 +89,16 @@ def register(
     if existing:
         version = max(existing, key=lambda v: int(v.version)).version
     else:
-        _log_artifacts(scripted, baseline)
-        info = mlflow.pytorch.log_model(
-            scripted,
-            name=contract.MODEL_ARTIFACT_PATH,
-            signature=_signature(len(baseline.features), n_outputs),
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"],
-            serialization_format="pickle",
-        )
+        with quiet_torchscript():
+            _log_artifacts(scripted, baseline)
+            # "pickle" is how mlflow.pytorch names its torch.jit.save path for a ScriptModule.
+            info = mlflow.pytorch.log_model(
+                scripted,
+                name=contract.MODEL_ARTIFACT_PATH,
+                signature=_signature(len(baseline.features), n_outputs),
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"],
+                serialization_format="pickle",
+            )
         version = mlflow.register_model(info.model_uri, name, tags={**tags, **spec.registration.tags}).version
     if spec.registration.alias:
         client.set_registered_model_alias(name, spec.registration.alias, version)

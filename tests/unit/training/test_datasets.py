@@ -1,0 +1,146 @@
+"""Loading TrainingJob datasets: every format, directories, fsspec URIs, and a clear error for each bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pytest
+
+from kubeforge.api.trainingjob import DatasetSpec
+from kubeforge.training import datasets
+from kubeforge.training.errors import TrainerError
+from kubeforge.training.main import main
+from tests.unit.training import data
+
+FORMATS = ("csv", "json", "jsonl", "parquet")
+
+
+def _load(uri: str | Path, task: str = "classification", **spec: object) -> datasets.Dataset:
+    fields = {"uri": str(uri), "target": "target", **spec}
+    return datasets.load(DatasetSpec.model_validate(fields), task)
+
+
+def test_every_format_yields_the_same_arrays(tmp_path: Path) -> None:
+    frame = data.breast_cancer()
+    loaded = [_load(data.write(frame, tmp_path / f"bc.{fmt}", fmt)) for fmt in FORMATS]
+    for other in loaded[1:]:
+        np.testing.assert_allclose(other.x_train, loaded[0].x_train, rtol=1e-6)
+        np.testing.assert_array_equal(other.y_val, loaded[0].y_val)
+    first = loaded[0]
+    assert first.rows == 569
+    assert len(first.x_val) == round(569 * 0.2)
+    assert first.features == [c for c in frame.columns if c != "target"]
+    assert first.classes == [0, 1]
+
+
+def test_string_labels_become_class_indices_in_sorted_order(tmp_path: Path) -> None:
+    loaded = _load(data.write(data.iris(), tmp_path / "iris.jsonl", "jsonl"))
+    assert loaded.classes == ["setosa", "versicolor", "virginica"]
+    assert set(np.unique(loaded.y_train)) == {0, 1, 2}
+    assert loaded.y_train.dtype == np.int64
+
+
+def test_directory_of_parts_and_memory_uri(tmp_path: Path) -> None:
+    frame = data.diabetes()
+    data.write(frame.iloc[:200], tmp_path / "parts" / "part-0.parquet", "parquet")
+    data.write(frame.iloc[200:], tmp_path / "parts" / "part-1.parquet", "parquet")
+    (tmp_path / "parts" / "_SUCCESS").write_text("")
+    with fsspec.open("memory://kf-test/diabetes.csv", "w") as f:
+        frame.to_csv(f, index=False)
+    from_dir = _load(tmp_path / "parts", "regression", target="progression")
+    from_memory = _load("memory://kf-test/diabetes.csv", "regression", target="progression")
+    assert from_dir.rows == from_memory.rows == 442
+    np.testing.assert_allclose(np.sort(from_dir.y_train), np.sort(from_memory.y_train))
+    assert from_dir.y_train.dtype == np.float32
+
+
+def test_features_and_split_follow_the_spec(tmp_path: Path) -> None:
+    path = data.write(data.breast_cancer(), tmp_path / "bc.csv", "csv")
+    chosen = ["worst_area", "mean_radius"]
+    a = _load(path, features=chosen, validationSplit=0.5, splitSeed=7)
+    b = _load(path, features=chosen, validationSplit=0.5, splitSeed=7)
+    c = _load(path, features=chosen, validationSplit=0.5, splitSeed=8)
+    assert a.features == chosen
+    assert a.x_train.shape == (285, 2)
+    np.testing.assert_array_equal(a.x_val, b.x_val)
+    assert not np.array_equal(a.x_val, c.x_val)
+
+
+def test_feature_view_is_refused_clearly() -> None:
+    spec = DatasetSpec.model_validate({"featureView": {"name": "fv", "entitiesUri": "e.parquet"}, "target": "y"})
+    with pytest.raises(TrainerError, match=r"spec\.dataset\.featureView: .* not supported by this trainer yet"):
+        datasets.load(spec, "classification")
+
+
+def _bad_datasets(tmp: Path) -> dict[str, tuple[dict, str]]:
+    """name -> (dataset fields, the message a user must see)."""
+    frame = data.breast_cancer()
+    text = frame.head(8).astype({"mean_radius": object})
+    text.loc[3, "mean_radius"] = "red"
+    holes = frame.head(20).copy()
+    holes.loc[[5, 7], "mean_texture"] = np.nan
+    holes.loc[9, "target"] = np.nan
+    (tmp / "empty.csv").write_text("")
+    (tmp / "header-only.csv").write_text("a,b,target\n")
+    data.write(frame.head(5), tmp / "mixed" / "a.csv", "csv")
+    data.write(frame.head(5).drop(columns="mean_area"), tmp / "mixed" / "b.csv", "csv")
+    return {
+        "missing file": ({"uri": str(tmp / "nope.csv")}, f"no such file or directory: {tmp / 'nope.csv'}"),
+        "missing target": (
+            {"uri": str(data.write(frame, tmp / "bc.csv", "csv")), "target": "label"},
+            "column 'label' is not in the dataset; available columns: mean_radius, mean_texture",
+        ),
+        "non-numeric feature": (
+            {"uri": str(data.write(text, tmp / "text.json", "json"))},
+            "feature column 'mean_radius' is not numeric: row 3 holds 'red'",
+        ),
+        "empty file": ({"uri": str(tmp / "empty.csv")}, f"dataset file {tmp / 'empty.csv'} is empty (no rows)"),
+        "header only": ({"uri": str(tmp / "header-only.csv")}, "header-only.csv is empty (no rows)"),
+        "NaNs": (
+            {"uri": str(data.write(holes, tmp / "holes.parquet", "parquet"))},
+            "dataset has 3 missing values (NaN or empty) in 3 rows; columns: mean_texture (2), target (1); "
+            "rows (0-based, header excluded): 5, 7, 9",
+        ),
+        "mismatched schema": ({"uri": str(tmp / "mixed")}, "have different columns"),
+        "format mismatch": (
+            {"uri": str(tmp / "bc.csv"), "format": "parquet"},
+            "spec.dataset.format is 'parquet' but",
+        ),
+        "unknown extension": (
+            {"uri": str(Path(data.write(frame, tmp / "bc.data", "csv")))},
+            "spec.dataset.format: cannot tell the format",
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing file",
+        "missing target",
+        "non-numeric feature",
+        "empty file",
+        "header only",
+        "NaNs",
+        "mismatched schema",
+        "format mismatch",
+        "unknown extension",
+    ],
+)
+def test_bad_dataset_exits_non_zero_with_its_message(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fields, message = _bad_datasets(tmp_path)[case]
+    termination_log = tmp_path / "termination-log"
+    monkeypatch.setenv("KUBEFORGE_TERMINATION_LOG", str(termination_log))
+    spec = data.spec_file(tmp_path / "spec.json", fields.pop("uri"), fields.pop("target", "target"), dataset=fields)
+
+    code = main(["--spec", str(spec), "--tracking-uri", "http://127.0.0.1:9"])
+
+    err = capsys.readouterr().err
+    assert code == 1
+    assert message in err
+    assert err.count("error: ") == 1
+    assert message in termination_log.read_text()

@@ -164,7 +164,9 @@ def operator() -> None:
 
 
 @operator.command("run")
-@click.option("--kind", "kinds", multiple=True, type=click.Choice(["trainingjob"]), help="Only these kinds.")
+@click.option(
+    "--kind", "kinds", multiple=True, type=click.Choice(["trainingjob", "modeldeployment"]), help="Only these kinds."
+)
 @click.option("--namespace", "-n", "namespaces", multiple=True, help="Only these namespaces (default: all).")
 @click.option("--verbose", "-v", is_flag=True)
 @click.option("--liveness", metavar="URL", help="Serve a health endpoint, e.g. http://0.0.0.0:8080/healthz.")

@@ -33,8 +33,7 @@ BUILTIN_METRICS: dict[str, str] = {
     "error-rate": "fraction of canary requests that failed (0..1); use max",
     "latency-p99": "99th percentile canary latency in milliseconds; use max",
     "latency-p50": "median canary latency in milliseconds; use max",
-    "agreement": "fraction of canary predictions that agree with stable on mirrored requests (0..1); use min",
-    "drift-psi": "largest population stability index over the canary's input features; use max",
+    "agreement": "fraction of the shadow version's mirrored predictions that agree with live answers (0..1); use min",
 }
 
 
@@ -122,7 +121,7 @@ class AnalysisMetric(KubeModel):
     )
 
     name: Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)]
-    """A built-in metric (error-rate, latency-p99, latency-p50, agreement, drift-psi) or, with query, any name."""
+    """A built-in metric (error-rate, latency-p99, latency-p50, agreement) or, with query, any name."""
     query: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
     """PromQL returning one number for a custom metric; {{canary}} and {{stable}} expand to the versions' labels."""
     max: float | None = None
@@ -255,9 +254,12 @@ class ModelDeploymentSpec(KubeModel):
     """Require bearer tokens at the gateway."""
 
     @model_validator(mode="after")
-    def _follow_needs_alias(self) -> ModelDeploymentSpec:
+    def _consistent(self) -> ModelDeploymentSpec:
         if self.follow_alias and self.model.alias is None:
             raise ValueError("followAlias needs model.alias: set an alias to follow, or drop followAlias")
+        metrics = self.canary.analysis.metrics if self.canary else []
+        if any(m.name == "agreement" and m.query is None for m in metrics) and self.shadow is None:
+            raise ValueError("canary.analysis metric agreement compares shadow answers with live ones: set spec.shadow")
         return self
 
 
@@ -323,6 +325,15 @@ class FailureInfo(KubeModel):
     """When (RFC 3339)."""
 
 
+class RetiringVersion(KubeModel):
+    """A replaced stable version that keeps running briefly so in-flight requests finish."""
+
+    version: str
+    """Registered model version."""
+    after: str
+    """When its Triton is removed (RFC 3339)."""
+
+
 class ModelDeploymentStatus(KubeModel):
     """Observed state of a ModelDeployment, written by the operator."""
 
@@ -346,6 +357,10 @@ class ModelDeploymentStatus(KubeModel):
     """Traffic split now in force."""
     analysis: AnalysisStatus | None = None
     """Latest canary analysis."""
+    rolled_back_version: str | None = None
+    """Last version the analysis rolled back; it is not rolled out again until the target moves to another one."""
+    retiring: list[RetiringVersion] = Field(default_factory=list)
+    """Old stable versions still running until their scale-down delay passes."""
     shadow_report: ShadowReport | None = None
     """Shadow comparison."""
     url: str | None = None

@@ -9,7 +9,10 @@ import logging
 import kopf
 
 # Handler modules per kind; importing one registers its handlers with kopf.
-HANDLERS = {"trainingjob": "kubeforge.operators.training.handlers"}
+HANDLERS = {
+    "trainingjob": "kubeforge.operators.training.handlers",
+    "modeldeployment": "kubeforge.operators.deployment.handlers",
+}
 
 
 def run(

@@ -1,0 +1,261 @@
+"""Pure builders of a ModelDeployment's children. No I/O: unit-tested without a cluster.
+
+Per live version (stable, canary, shadow): a Deployment running Triton, whose init
+container exports the version from MLflow into an emptyDir model repository, and a
+Service. Per ModelDeployment: one gateway Deployment + Service and the route table
+ConfigMap it hot-reloads. A gateway per ModelDeployment keeps one model's traffic,
+tokens and metrics apart from another's and lets each scale on its own.
+
+Ports reach container args as ``$(KUBEFORGE_PORT_<NAME>)``, expanded from the
+container's env as Kubernetes does; the local runtime overrides those env values
+with free loopback ports and runs exactly the same pod specs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import yaml
+
+from ...api import ModelDeployment
+from ...core.kube import owner_reference
+from ...serving.routes import ModelRoute, RouteTable, VersionRoute
+from .. import labels
+from ..settings import Settings
+
+REPO_MOUNT = "/models"
+ROUTES_MOUNT = "/etc/kubeforge/routes"
+ROUTES_FILE = "routes.yaml"
+TOKENS_MOUNT = "/etc/kubeforge/tokens"
+PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
+GATEWAY_PORT = 8080
+
+
+def version_name(md: str, version: str) -> str:
+    return f"{md}-v{version}"
+
+
+def gateway_name(md: str) -> str:
+    return f"{md}-gateway"
+
+
+def routes_name(md: str) -> str:
+    return f"{md}-routes"
+
+
+def triton_model_name(registered: str) -> str:
+    """Model directory name inside Triton (the registered name, made path-safe)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", registered)
+
+
+def _meta(owner: dict[str, Any], name: str, component: str, extra: dict[str, str] | None = None) -> dict[str, Any]:
+    md = owner["metadata"]["name"]
+    return {
+        "name": name,
+        "namespace": owner["metadata"]["namespace"],
+        "labels": {**labels.common(component), labels.MODELDEPLOYMENT: md, **(extra or {})},
+        "ownerReferences": [owner_reference(owner)],
+    }
+
+
+def _port_env(ports: dict[str, int]) -> list[dict[str, str]]:
+    return [{"name": f"KUBEFORGE_PORT_{name.upper()}", "value": str(port)} for name, port in ports.items()]
+
+
+def _container_ports(ports: dict[str, int]) -> list[dict[str, Any]]:
+    return [{"name": name, "containerPort": port} for name, port in ports.items()]
+
+
+def _service(owner: dict[str, Any], name: str, component: str, selector: dict[str, str], ports: dict[str, int]) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(owner, name, component, {k: v for k, v in selector.items() if k != labels.COMPONENT}),
+        "spec": {
+            "selector": selector,
+            "ports": [{"name": n, "port": p, "targetPort": n} for n, p in ports.items()],
+        },
+    }
+
+
+def triton_deployment(
+    owner: dict[str, Any], md: ModelDeployment, model: str, version: str, role: str, settings: Settings
+) -> dict[str, Any]:
+    """Triton serving one registered version, exported from MLflow by an init container."""
+    name = version_name(owner["metadata"]["name"], version)
+    rt = md.spec.runtime
+    selector = {labels.MODELDEPLOYMENT: owner["metadata"]["name"], labels.MODEL_VERSION: version}
+    pod_labels = {**labels.common("triton"), **selector, labels.ROLE: role}
+    resources: dict[str, Any] = {}
+    if rt.gpus:
+        resources = {"limits": {"nvidia.com/gpu": str(rt.gpus)}}
+    exporter = {
+        "name": "export",
+        "image": settings.gateway_image,
+        "command": [
+            "kubeforge",
+            "serving",
+            "export",
+            "--model",
+            model,
+            "--version",
+            version,
+            "--repository",
+            REPO_MOUNT,
+            "--triton-name",
+            triton_model_name(model),
+            "--runtime",
+            json.dumps(rt.to_wire(), sort_keys=True),
+        ],
+        "env": [{"name": "MLFLOW_TRACKING_URI", "value": settings.mlflow_tracking_uri}],
+        "volumeMounts": [{"name": "models", "mountPath": REPO_MOUNT}],
+    }
+    triton = {
+        "name": "triton",
+        "image": rt.image or settings.triton_image,
+        "command": [
+            "tritonserver",
+            f"--model-repository={REPO_MOUNT}",
+            "--model-control-mode=explicit",
+            f"--load-model={triton_model_name(model)}",
+            "--http-port=$(KUBEFORGE_PORT_HTTP)",
+            "--grpc-port=$(KUBEFORGE_PORT_GRPC)",
+            "--metrics-port=$(KUBEFORGE_PORT_METRICS)",
+            "--exit-timeout-secs=10",
+        ],
+        "env": _port_env(PORTS),
+        "ports": _container_ports(PORTS),
+        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 2},
+        "volumeMounts": [{"name": "models", "mountPath": REPO_MOUNT}],
+        **({"resources": resources} if resources else {}),
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(owner, name, "triton", {labels.MODEL_VERSION: version, labels.ROLE: role}),
+        "spec": {
+            "replicas": md.spec.replicas if md.spec.autoscaling is None else md.spec.autoscaling.min_replicas,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": pod_labels},
+                "spec": {
+                    "initContainers": [exporter],
+                    "containers": [triton],
+                    "volumes": [{"name": "models", "emptyDir": {}}],
+                },
+            },
+        },
+    }
+
+
+def triton_service(owner: dict[str, Any], version: str) -> dict[str, Any]:
+    selector = {labels.MODELDEPLOYMENT: owner["metadata"]["name"], labels.MODEL_VERSION: version}
+    return _service(owner, version_name(owner["metadata"]["name"], version), "triton", selector, PORTS)
+
+
+def autoscaler(owner: dict[str, Any], md: ModelDeployment, version: str) -> dict[str, Any]:
+    """autoscaling/v1 (served by every Kubernetes release) on CPU utilisation."""
+    scaling = md.spec.autoscaling
+    assert scaling is not None
+    name = version_name(owner["metadata"]["name"], version)
+    return {
+        "apiVersion": "autoscaling/v1",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _meta(owner, name, "triton", {labels.MODEL_VERSION: version}),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicas": scaling.min_replicas,
+            "maxReplicas": scaling.max_replicas,
+            "targetCPUUtilizationPercentage": scaling.target_cpu_utilization,
+        },
+    }
+
+
+def route_table(md: ModelDeployment, name: str, task: str, versions: list[dict[str, Any]]) -> RouteTable:
+    """The gateway's table: clients call the model by the ModelDeployment's name.
+
+    versions: [{version, role, url, model, weight, percent}] for what is live and ready.
+    """
+    return RouteTable(
+        models={
+            name: ModelRoute(
+                versions=[
+                    VersionRoute(
+                        version=v["version"],
+                        role=v["role"],
+                        url=v["url"],
+                        triton_model=triton_model_name(v["model"]),
+                        weight=v.get("weight", 0),
+                        percent=v.get("percent", 0),
+                    )
+                    for v in versions
+                ],
+                task=task,  # type: ignore[arg-type]
+                sticky_header=md.spec.routing.sticky_header,
+                fallback=md.spec.fallback.enabled,
+                timeout_ms=md.spec.fallback.timeout_ms,
+            )
+        }
+    )
+
+
+def routes_configmap(owner: dict[str, Any], table: RouteTable) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(owner, routes_name(owner["metadata"]["name"]), "gateway"),
+        "data": {ROUTES_FILE: yaml.safe_dump(table.to_wire(), sort_keys=True)},
+    }
+
+
+def gateway_deployment(owner: dict[str, Any], md: ModelDeployment, settings: Settings) -> dict[str, Any]:
+    name = owner["metadata"]["name"]
+    selector = {labels.MODELDEPLOYMENT: name, labels.COMPONENT: "gateway"}
+    args = [
+        "kubeforge",
+        "serving",
+        "gateway",
+        "--routes",
+        f"{ROUTES_MOUNT}/{ROUTES_FILE}",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "$(KUBEFORGE_PORT_HTTP)",
+    ]
+    volumes: list[dict[str, Any]] = [{"name": "routes", "configMap": {"name": routes_name(name)}}]
+    mounts: list[dict[str, Any]] = [{"name": "routes", "mountPath": ROUTES_MOUNT, "readOnly": True}]
+    if md.spec.auth is not None:
+        args += ["--tokens", f"{TOKENS_MOUNT}/tokens"]
+        volumes.append({"name": "tokens", "secret": {"secretName": md.spec.auth.secret_ref.name}})
+        mounts.append({"name": "tokens", "mountPath": TOKENS_MOUNT, "readOnly": True})
+    ports = {"http": GATEWAY_PORT}
+    container = {
+        "name": "gateway",
+        "image": settings.gateway_image,
+        "command": args,
+        "env": _port_env(ports),
+        "ports": _container_ports(ports),
+        "readinessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 2},
+        "volumeMounts": mounts,
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(owner, gateway_name(name), "gateway"),
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": {**labels.common("gateway"), **selector}},
+                "spec": {"containers": [container], "volumes": volumes},
+            },
+        },
+    }
+
+
+def gateway_service(owner: dict[str, Any]) -> dict[str, Any]:
+    name = owner["metadata"]["name"]
+    selector = {labels.MODELDEPLOYMENT: name, labels.COMPONENT: "gateway"}
+    return _service(owner, gateway_name(name), "gateway", selector, {"http": GATEWAY_PORT})

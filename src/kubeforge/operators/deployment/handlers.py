@@ -1,0 +1,261 @@
+"""kopf handlers for ModelDeployment: resolve, observe, analyse, then :func:`rollout.plan`.
+
+Triggers: the ModelDeployment's own events, events of its Deployments and Endpoints
+(readiness and addresses), a 2-second timer while a canary or shadow is live (analysis
+intervals, step pauses) and a slower one that follows registry aliases. Each runs the
+same level-based reconcile under a per-object lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import kopf
+from kubernetes import client
+
+from ...api import API_VERSION, ModelDeployment, parse
+from ...api.validation import InvalidResource
+from ...core import kube
+from ...core import modelcontract as mc
+from ...core.mlflow_rest import MLflowError, NotFound
+from ..labels import COMPONENT, MODEL_VERSION, MODELDEPLOYMENT
+from ..runtime import Context, context
+from . import analysis as an
+from . import children
+from .rollout import Observed, Resolved, analysis_due, canary_settings, plan
+
+GROUP, VERSION = API_VERSION.split("/")
+_locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+_applied: dict[tuple[str, str, str], str] = {}  # (kind, namespace, name) -> hash of what this process applied
+_snapshots: dict[tuple[str, str], an.Snapshot] = {}  # (uid, version) -> last scrape
+_resolve_cache: dict[tuple[str, str], tuple[float, str]] = {}
+RESOLVE_TTL = 3.0
+
+
+def _resolve_one(ctx: Context, name: str, alias: str | None, version: int | None) -> str:
+    key = (name, alias or f"v{version}")
+    hit = _resolve_cache.get(key)
+    if hit and time.monotonic() - hit[0] < RESOLVE_TTL:
+        return hit[1]
+    mv = ctx.registry.by_alias(name, alias) if alias else ctx.registry.by_version(name, version or 0)
+    _resolve_cache[key] = (time.monotonic(), mv.version)
+    if mv.tags.get(mc.TAG_TASK):
+        _resolve_cache[(name, "task")] = (time.monotonic(), mv.tags[mc.TAG_TASK])
+    return mv.version
+
+
+def resolve(ctx: Context, md: ModelDeployment) -> Resolved:
+    refs = {"stable": md.spec.model}
+    if md.spec.canary is not None:
+        refs["canary"] = md.spec.canary.model
+    if md.spec.shadow is not None:
+        refs["shadow"] = md.spec.shadow.model
+    found: dict[str, str] = {}
+    errors: dict[str, str] = {}
+    for role, ref in refs.items():
+        field = {"stable": "spec.model", "canary": "spec.canary.model", "shadow": "spec.shadow.model"}[role]
+        what = f"alias {ref.alias!r}" if ref.alias else f"version {ref.version}"
+        try:
+            found[role] = _resolve_one(ctx, ref.name, ref.alias, ref.version)
+        except NotFound:
+            errors[role] = f"{field}: {what} of registered model {ref.name!r} does not exist in MLflow"
+        except MLflowError as err:
+            errors[role] = f"{field}: cannot resolve {what} of {ref.name!r}: {err}"
+    task_hit = _resolve_cache.get((md.spec.model.name, "task"))
+    return Resolved(
+        found.get("stable"),
+        found.get("canary"),
+        found.get("shadow"),
+        task_hit[1] if task_hit else "classification",
+        errors,
+    )
+
+
+def _endpoint_url(endpoints: Any, port_name: str) -> str | None:
+    for subset in endpoints.subsets or []:
+        port = next((p.port for p in subset.ports or [] if p.name == port_name), None)
+        if subset.addresses and port:
+            return f"http://{subset.addresses[0].ip}:{port}"
+    return None
+
+
+def observe(ctx: Context, body: dict[str, Any]) -> Observed:
+    ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    selector = f"{MODELDEPLOYMENT}={name}"
+    apps = client.AppsV1Api(ctx.api)
+    ready: set[str] = set()
+    gateway_ready = False
+    for dep in apps.list_namespaced_deployment(ns, label_selector=selector).items:
+        available = (dep.status.available_replicas or 0) >= 1
+        if dep.metadata.labels.get(COMPONENT) == "gateway":
+            gateway_ready = available
+        elif available and dep.metadata.labels.get(MODEL_VERSION):
+            ready.add(dep.metadata.labels[MODEL_VERSION])
+    urls: dict[str, str] = {}
+    gateway_url = None
+    if ctx.settings.service_addressing == "endpoints":
+        for ep in client.CoreV1Api(ctx.api).list_namespaced_endpoints(ns, label_selector=selector).items:
+            url = _endpoint_url(ep, "http")
+            if url is None:
+                continue
+            if ep.metadata.name == children.gateway_name(name):
+                gateway_url = url
+            elif version := (ep.metadata.labels or {}).get(MODEL_VERSION):
+                urls[version] = url
+    else:
+        svc = client.CoreV1Api(ctx.api).list_namespaced_service(ns, label_selector=selector).items
+        for s in svc:
+            version = (s.metadata.labels or {}).get(MODEL_VERSION)
+            if version:
+                urls[version] = f"http://{s.metadata.name}.{ns}.svc:{children.PORTS['http']}"
+        gateway_url = f"http://{children.gateway_name(name)}.{ns}.svc:{children.GATEWAY_PORT}"
+    return Observed(frozenset(ready), urls, gateway_ready, gateway_url)
+
+
+def _scrape(url: str | None) -> str | None:
+    if not url:
+        return None
+    try:
+        resp = httpx.get(f"{url}/metrics", timeout=5)
+        return resp.text if resp.status_code == 200 else None
+    except httpx.HTTPError:
+        return None
+
+
+def _analyse(ctx: Context, body: dict[str, Any], md: ModelDeployment, text: str | None) -> list[dict[str, Any]] | None:
+    status = body.get("status") or {}
+    canary, stable = status.get("canaryVersion"), status.get("stableVersion")
+    _, analysis, _ = canary_settings(md)
+    uid, name = body["metadata"]["uid"], body["metadata"]["name"]
+    if text is None:
+        return [an.verdict(m, None) for m in analysis.metrics]  # gateway unreachable: no data
+    canary_now = an.parse(text, name, canary)
+    shadow = status.get("shadowVersion")
+    shadow_now = an.parse(text, name, shadow) if shadow else None
+    prev = _snapshots.get((uid, canary))
+    prev_shadow = _snapshots.get((uid, shadow)) if shadow else None
+    _snapshots[(uid, canary)] = canary_now
+    if shadow_now is not None:
+        _snapshots[(uid, shadow)] = shadow_now
+    if prev is None:
+        return [an.verdict(m, None) for m in analysis.metrics]  # first look: the next interval has data
+    shadow_delta = shadow_now.minus(prev_shadow) if shadow_now is not None and prev_shadow is not None else None
+    return an.evaluate(analysis, canary_now.minus(prev), shadow_delta, ctx.settings.prometheus_url, canary, stable)
+
+
+def _apply(ctx: Context, obj: dict[str, Any]) -> None:
+    key = (obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
+    digest = hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+    if _applied.get(key) == digest:
+        return
+    kube.apply(ctx.api, obj)
+    _applied[key] = digest
+
+
+def _prune(ctx: Context, namespace: str, name: str, live: set[str]) -> None:
+    """Delete the Triton children of versions that are no longer live."""
+    selector = f"{MODELDEPLOYMENT}={name},{MODEL_VERSION}"
+    kinds = [("apps/v1", "Deployment"), ("v1", "Service"), ("autoscaling/v1", "HorizontalPodAutoscaler")]
+    for api_version, kind in kinds:
+        for obj in kube.resource(ctx.api, api_version, kind).get(namespace=namespace, label_selector=selector).items:
+            if obj.metadata.labels[MODEL_VERSION] not in live:
+                kube.delete(ctx.api, api_version, kind, obj.metadata.name, namespace)
+                _applied.pop((kind, namespace, obj.metadata.name), None)
+
+
+def reconcile(namespace: str, name: str, logger: Any) -> None:
+    ctx = context()
+    with _locks[(namespace, name)]:
+        body = kube.get(ctx.api, API_VERSION, "ModelDeployment", name, namespace)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return
+        now = datetime.now(UTC)
+        try:
+            md = parse({"kind": "ModelDeployment", "metadata": {"name": name}, "spec": body.get("spec")})
+            assert isinstance(md, ModelDeployment)
+            resolved = resolve(ctx, md)
+        except InvalidResource:
+            md, resolved = None, Resolved()
+        observed = observe(ctx, body)
+        old_status = body.get("status") or {}
+        results = None
+        metrics_text = None
+        if md is not None and (old_status.get("canaryVersion") or old_status.get("shadowVersion")):
+            due = analysis_due(old_status, md, now)
+            if due or old_status.get("shadowVersion"):
+                metrics_text = _scrape(observed.gateway_url)
+            if due:
+                results = _analyse(ctx, body, md, metrics_text)
+        p = plan(body, resolved, observed, results, ctx.settings, now)
+        for obj in p.apply:
+            _apply(ctx, obj)
+        _prune(ctx, namespace, name, set(p.live_versions))
+        shadow = p.status.get("shadowVersion")
+        if shadow and metrics_text:
+            p.status["shadowReport"] = an.shadow_report(an.parse(metrics_text, name, shadow), shadow)
+        if kube.patch_status(ctx.api, API_VERSION, "ModelDeployment", name, namespace, old_status, p.status):
+            for type_, reason, message in p.events:
+                kube.event(ctx.api, body, type_, reason, message, component="kubeforge-modeldeployment")
+
+
+@kopf.on.event(GROUP, VERSION, "modeldeployments")
+def modeldeployment_event(event: dict[str, Any], name: str, namespace: str, logger: Any, **_: Any) -> None:
+    if event.get("type") != "DELETED":
+        reconcile(namespace, name, logger)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={MODELDEPLOYMENT: kopf.PRESENT})
+def deployment_event(labels: dict[str, str], namespace: str, logger: Any, **_: Any) -> None:
+    """Readiness of a version's Triton or of the gateway changed."""
+    reconcile(namespace, labels[MODELDEPLOYMENT], logger)
+
+
+@kopf.on.event("", "v1", "endpoints", labels={MODELDEPLOYMENT: kopf.PRESENT})
+def endpoints_event(labels: dict[str, str], namespace: str, logger: Any, **_: Any) -> None:
+    """Addresses changed (the route table carries them when service addressing is by endpoints)."""
+    reconcile(namespace, labels[MODELDEPLOYMENT], logger)
+
+
+def _rolling(status: dict[str, Any], **_: Any) -> bool:
+    return bool(status.get("canaryVersion") or status.get("shadowVersion") or status.get("retiring"))
+
+
+@kopf.timer(GROUP, VERSION, "modeldeployments", interval=2, when=_rolling)
+def rollout_timer(name: str, namespace: str, logger: Any, **_: Any) -> None:
+    """Step pauses, analysis intervals, shadow reports and scale-down delays run on the clock."""
+    reconcile(namespace, name, logger)
+
+
+def _follows(spec: dict[str, Any], **_: Any) -> bool:
+    return bool(spec.get("followAlias") or spec.get("canary"))
+
+
+@kopf.timer(GROUP, VERSION, "modeldeployments", interval=10, when=_follows)
+def alias_timer(name: str, namespace: str, logger: Any, **_: Any) -> None:
+    """Registry aliases move outside Kubernetes: poll them (MLflow webhooks are optional)."""
+    reconcile(namespace, name, logger)
+
+
+@kopf.on.delete(GROUP, VERSION, "modeldeployments")
+def modeldeployment_deleted(name: str, namespace: str, uid: str, **_: Any) -> None:
+    """Remove every child, also where no garbage collector runs (the local runtime); MLflow is left as it was."""
+    ctx = context()
+    selector = f"{MODELDEPLOYMENT}={name}"
+    for api_version, kind in [
+        ("apps/v1", "Deployment"),
+        ("v1", "Service"),
+        ("v1", "ConfigMap"),
+        ("autoscaling/v1", "HorizontalPodAutoscaler"),
+    ]:
+        for obj in kube.resource(ctx.api, api_version, kind).get(namespace=namespace, label_selector=selector).items:
+            kube.delete(ctx.api, api_version, kind, obj.metadata.name, namespace)
+            _applied.pop((kind, namespace, obj.metadata.name), None)
+    for key in [k for k in _snapshots if k[0] == uid]:
+        del _snapshots[key]

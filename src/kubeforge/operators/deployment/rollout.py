@@ -1,0 +1,447 @@
+"""The ModelDeployment state machine: versions, canary steps, promotion, rollback. No I/O.
+
+Level-based like the TrainingJob's: ``plan()`` takes the resource, what the registry
+resolved, which versions' Triton is ready, the latest analysis (if one was due) and
+the clock, and returns the children, the status and the events. All rollout state
+(step, weight, failed checks, what was rolled back) lives in the status, so a
+restarted operator resumes at the same step.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ...api import InvalidResource, ModelDeployment, parse
+from ...api.modeldeployment import Analysis, CanaryStep
+from ...core.conditions import FALSE, TRUE, set_condition
+from ..settings import Settings
+from . import children
+
+# Condition types.
+READY, PROGRESSING, DEGRADED = "Ready", "Progressing", "Degraded"
+CANARY_READY, PROMOTED, ROLLED_BACK = "CanaryReady", "Promoted", "RolledBack"
+
+# Reasons.
+INVALID_SPEC = "InvalidSpec"
+SERVING = "Serving"
+WAITING_FOR_STABLE = "WaitingForStable"
+WAITING_FOR_GATEWAY = "WaitingForGateway"
+MODEL_NOT_FOUND = "ModelNotFound"
+CANARY_NOT_FOUND = "CanaryNotFound"
+SHADOW_NOT_FOUND = "ShadowNotFound"
+REGISTRY_UNAVAILABLE = "RegistryUnavailable"
+CANARY_STARTED = "CanaryStarted"
+CANARY_NOT_READY = "CanaryNotReady"
+STEP_ADVANCED = "StepAdvanced"
+WAITING_FOR_ANALYSIS = "WaitingForAnalysis"
+CANARY_PROMOTED = "CanaryPromoted"
+ANALYSIS_FAILED = "AnalysisFailed"
+STABLE_REPLACED = "StableReplaced"
+NO_ROLLOUT = "NoRollout"
+AS_EXPECTED = "AsExpected"
+
+# A followAlias rollout without spec.canary uses these steps and the default analysis.
+DEFAULT_STEPS = (
+    CanaryStep(weight=10, pause="30s"),
+    CanaryStep(weight=50, pause="30s"),
+    CanaryStep(weight=100, pause="30s"),
+)
+
+
+def seconds(duration: str) -> float:
+    """Go-style duration ("1m30s", "250ms") in seconds."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    return sum(float(n) * units[u] for n, u in re.findall(r"([0-9.]+)(ms|s|m|h)", duration))
+
+
+def _ts(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_ts(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What the registry said about spec.model, the canary and the shadow."""
+
+    stable: str | None = None
+    canary: str | None = None
+    shadow: str | None = None
+    task: str = "classification"
+    errors: dict[str, str] = field(default_factory=dict)  # role -> message
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What runs: which versions' Triton is available, their addresses, the gateway's."""
+
+    ready_versions: frozenset[str] = frozenset()
+    version_urls: dict[str, str] = field(default_factory=dict)  # version -> Triton URL for the route table
+    gateway_ready: bool = False
+    gateway_url: str | None = None
+
+
+@dataclass
+class Plan:
+    apply: list[dict[str, Any]] = field(default_factory=list)
+    live_versions: dict[str, str] = field(default_factory=dict)  # version -> role
+    status: dict[str, Any] = field(default_factory=dict)
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    analysis_due: bool = False
+
+
+def canary_settings(md: ModelDeployment) -> tuple[tuple[CanaryStep, ...], Analysis, float]:
+    if md.spec.canary is not None:
+        c = md.spec.canary
+        return tuple(c.steps), c.analysis, seconds(c.scale_down_delay)
+    return DEFAULT_STEPS, Analysis(), 30.0
+
+
+def analysis_due(status: dict[str, Any], md: ModelDeployment, now: datetime) -> bool:
+    """Whether the canary carries traffic and its analysis interval has passed."""
+    if not status.get("canaryVersion") or not status.get("canaryWeight"):
+        return False
+    _, analysis, _ = canary_settings(md)
+    last = _parse_ts((status.get("analysis") or {}).get("time"))
+    return last is None or (now - last).total_seconds() >= seconds(analysis.interval)
+
+
+def describe_failure(results: list[dict[str, Any]]) -> str:
+    failed = [r for r in results if r.get("passed") is False]
+    return "; ".join(f"{r['name']} = {r['value']:.4g}, wanted {r['threshold']}" for r in failed)
+
+
+class _Status:
+    def __init__(self, old: dict[str, Any], generation: int | None, now: datetime):
+        self.s: dict[str, Any] = {k: v for k, v in old.items() if v is not None}
+        self.s["observedGeneration"] = generation
+        self.generation, self.now = generation, _ts(now)
+
+    def cond(self, type_: str, status: str, reason: str, message: str = "") -> None:
+        self.s["conditions"] = set_condition(
+            self.s.get("conditions") or [], type_, status, reason, message, self.generation, self.now
+        )
+
+    def clear(self, *keys: str) -> None:
+        for key in keys:
+            self.s.pop(key, None)
+
+
+def plan(
+    body: dict[str, Any],
+    resolved: Resolved,
+    observed: Observed,
+    analysis_results: list[dict[str, Any]] | None,
+    settings: Settings,
+    now: datetime,
+) -> Plan:
+    meta = body["metadata"]
+    old = dict(body.get("status") or {})
+    st = _Status(old, meta.get("generation"), now)
+    out = Plan()
+    try:
+        md = parse({"kind": body["kind"], "metadata": {"name": meta["name"]}, "spec": body.get("spec")})
+    except InvalidResource as err:
+        st.cond(READY, FALSE, INVALID_SPEC, str(err))
+        st.cond(DEGRADED, TRUE, INVALID_SPEC, str(err))
+        if not _same_condition(old, READY, INVALID_SPEC, str(err)):
+            out.events.append(("Warning", INVALID_SPEC, str(err)))
+        # Whatever was live keeps serving; nothing new is created from an invalid spec.
+        out.live_versions = _previously_live(old)
+        out.status = st.s
+        return out
+    assert isinstance(md, ModelDeployment)
+    name = meta["name"]
+    steps, analysis, scale_down = canary_settings(md)
+
+    # --- stable -----------------------------------------------------------------------
+    stable = old.get("stableVersion")
+    if stable is None:
+        if resolved.stable is None:
+            msg = resolved.errors.get("stable", "spec.model did not resolve to a version")
+            st.cond(READY, FALSE, MODEL_NOT_FOUND, msg)
+            st.cond(DEGRADED, TRUE, MODEL_NOT_FOUND, msg)
+            st.s["lastFailure"] = {"reason": MODEL_NOT_FOUND, "message": msg, "time": st.now}
+            if not _same_condition(old, READY, MODEL_NOT_FOUND, msg):
+                out.events.append(("Warning", MODEL_NOT_FOUND, msg))
+            out.status = st.s
+            return out
+        stable = resolved.stable
+        out.events.append(("Normal", "StableSelected", f"serving version {stable}"))
+    elif md.spec.model.version is not None and resolved.stable and resolved.stable != stable:
+        # The user pinned another version: switch directly (a canary is spec.canary's job).
+        _retire(st, stable, now, scale_down)
+        out.events.append(("Normal", STABLE_REPLACED, f"stable version {stable} -> {resolved.stable}"))
+        stable = resolved.stable
+        st.clear("canaryVersion", "canaryWeight", "currentStep", "stepStarted", "analysis")
+    st.s["stableVersion"] = stable
+
+    # --- canary target ----------------------------------------------------------------
+    target: str | None = None
+    target_role = "canary" if md.spec.canary is not None and not md.spec.follow_alias else "stable"
+    if md.spec.follow_alias:
+        target = resolved.stable
+    elif md.spec.canary is not None:
+        target = resolved.canary
+    if target == stable:
+        target = None
+    degraded: list[tuple[str, str]] = []
+    if target_role in resolved.errors:
+        reason = CANARY_NOT_FOUND if target_role == "canary" else MODEL_NOT_FOUND
+        degraded.append((reason, resolved.errors[target_role] + f"; version {stable} keeps serving"))
+    if target is not None and target == old.get("rolledBackVersion"):
+        target = None  # rolled back: not again until the target moves on
+
+    canary = old.get("canaryVersion")
+    if canary is not None and canary != target:
+        if target is None and canary != old.get("rolledBackVersion"):
+            out.events.append(("Normal", NO_ROLLOUT, f"canary {canary} withdrawn: no longer the rollout target"))
+        st.clear("canaryVersion", "canaryWeight", "currentStep", "stepStarted", "analysis")
+        canary = None
+    if canary is None and target is not None:
+        canary = target
+        st.s.update({"canaryVersion": canary, "canaryWeight": 0, "currentStep": 0})
+        st.clear("stepStarted", "analysis")
+        msg = f"rolling out version {canary} over {len(steps)} step(s); stable is {stable}"
+        st.cond(PROGRESSING, TRUE, CANARY_STARTED, msg)
+        st.cond(PROMOTED, FALSE, CANARY_STARTED, msg)
+        out.events.append(("Normal", CANARY_STARTED, msg))
+
+    # --- canary progress ----------------------------------------------------------------
+    if canary is not None:
+        step = int(st.s.get("currentStep") or 0)
+        if canary not in observed.ready_versions:
+            st.s["canaryWeight"] = 0
+            st.cond(CANARY_READY, FALSE, CANARY_NOT_READY, f"waiting for Triton of version {canary}")
+        else:
+            st.cond(CANARY_READY, TRUE, AS_EXPECTED, f"Triton of version {canary} is available")
+            if st.s.get("stepStarted") is None:
+                st.s["stepStarted"] = st.now
+                st.s["canaryWeight"] = steps[step].weight
+                msg = f"step {step + 1}/{len(steps)}: {steps[step].weight}% of traffic to version {canary}"
+                st.cond(PROGRESSING, TRUE, STEP_ADVANCED, msg)
+                out.events.append(("Normal", STEP_ADVANCED, msg))
+        if analysis_results is not None:
+            prev = dict(st.s.get("analysis") or {})
+            failed = sum(1 for r in analysis_results if r.get("passed") is False)
+            passed = any(r.get("passed") is True for r in analysis_results)
+            failures = (
+                int(prev.get("failedChecks") or 0) + 1 if failed else (0 if passed else prev.get("failedChecks", 0))
+            )
+            st.s["analysis"] = {"time": st.now, "failedChecks": failures, "results": analysis_results}
+            if failures >= analysis.failure_limit:
+                _rollback(st, out, canary, stable, analysis_results, failures)
+                canary = None
+        if canary is not None and st.s.get("stepStarted") and st.s.get("canaryWeight"):
+            _maybe_advance(st, out, md, steps, canary, now)
+            if st.s.get("promotedVersion"):
+                promoted = st.s.pop("promotedVersion")
+                _retire(st, stable, now, scale_down)
+                stable, canary = promoted, None
+                st.s["stableVersion"] = stable
+        out.analysis_due = canary is not None and analysis_due(st.s, md, now)
+    if canary is None:
+        st.cond(CANARY_READY, FALSE, NO_ROLLOUT, "no canary")
+        if not _is(st.s, ROLLED_BACK) and not _is(st.s, PROMOTED):
+            st.cond(PROGRESSING, FALSE, NO_ROLLOUT, f"version {stable} is stable; no rollout in progress")
+
+    # --- shadow -------------------------------------------------------------------------
+    shadow = resolved.shadow if md.spec.shadow is not None else None
+    if shadow in (stable, canary):
+        shadow = None
+    if "shadow" in resolved.errors:
+        degraded.append((SHADOW_NOT_FOUND, resolved.errors["shadow"]))
+    if shadow:
+        st.s["shadowVersion"] = shadow
+    else:
+        st.clear("shadowVersion", "shadowReport")
+
+    # --- retiring versions ----------------------------------------------------------------
+    retiring = [
+        r
+        for r in st.s.get("retiring", [])
+        if _parse_ts(r["after"]) > now and r["version"] not in (stable, canary, shadow)
+    ]
+    if retiring:
+        st.s["retiring"] = retiring
+    else:
+        st.clear("retiring")
+
+    # --- children -------------------------------------------------------------------------
+    live = {stable: "stable"}
+    if canary:
+        live[canary] = "canary"
+    if shadow:
+        live[shadow] = "shadow"
+    for r in retiring:
+        live.setdefault(r["version"], "stable")
+    out.live_versions = live
+    model = md.spec.model.name
+    for version, role in live.items():
+        version_model = _model_of(md, role)
+        out.apply.append(children.triton_deployment(body, md, version_model, version, role, settings))
+        out.apply.append(children.triton_service(body, version))
+        if md.spec.autoscaling is not None:
+            out.apply.append(children.autoscaler(body, md, version))
+    routes = _routes(st.s, md, observed, model, stable, canary, shadow)
+    out.apply.append(children.routes_configmap(body, children.route_table(md, name, resolved.task, routes)))
+    out.apply.append(children.gateway_deployment(body, md, settings))
+    out.apply.append(children.gateway_service(body))
+    st.s["traffic"] = [
+        {"version": r["version"], "role": r["role"], "percent": r.get("weight") or r.get("percent", 0)} for r in routes
+    ]
+    if observed.gateway_url:
+        st.s["url"] = f"{observed.gateway_url}/v2/models/{name}"
+
+    # --- readiness ----------------------------------------------------------------------
+    if stable not in observed.ready_versions:
+        st.cond(READY, FALSE, WAITING_FOR_STABLE, f"waiting for Triton of version {stable} to become available")
+    elif not observed.gateway_ready:
+        st.cond(READY, FALSE, WAITING_FOR_GATEWAY, "waiting for the gateway to become available")
+    else:
+        st.cond(READY, TRUE, SERVING, f"version {stable} is serving")
+    if degraded:
+        reason, message = degraded[0]
+        st.cond(DEGRADED, TRUE, reason, "; ".join(m for _, m in degraded))
+        if not _same_condition(old, DEGRADED, reason, st.s["conditions"][-1]["message"]):
+            out.events.append(("Warning", reason, message))
+            st.s["lastFailure"] = {"reason": reason, "message": message, "time": st.now}
+    elif not _is(st.s, ROLLED_BACK) or canary is not None:
+        st.cond(DEGRADED, FALSE, AS_EXPECTED, "")
+    out.status = st.s
+    return out
+
+
+def _model_of(md: ModelDeployment, role: str) -> str:
+    if role == "canary" and md.spec.canary is not None and not md.spec.follow_alias:
+        return md.spec.canary.model.name
+    if role == "shadow" and md.spec.shadow is not None:
+        return md.spec.shadow.model.name
+    return md.spec.model.name
+
+
+def _routes(
+    s: dict[str, Any],
+    md: ModelDeployment,
+    observed: Observed,
+    model: str,
+    stable: str,
+    canary: str | None,
+    shadow: str | None,
+) -> list[dict[str, Any]]:
+    """Route table entries; a version enters only once its address is known (stable always)."""
+    weight = int(s.get("canaryWeight") or 0) if canary else 0
+    routes: list[dict[str, Any]] = []
+    stable_url = observed.version_urls.get(stable)
+    if stable_url is None:
+        return routes
+    if canary and weight and canary in observed.version_urls:
+        routes.append(
+            {
+                "version": canary,
+                "role": "canary",
+                "url": observed.version_urls[canary],
+                "model": _model_of(md, "canary"),
+                "weight": weight,
+            }
+        )
+    else:
+        weight = 0
+    routes.insert(0, {"version": stable, "role": "stable", "url": stable_url, "model": model, "weight": 100 - weight})
+    if weight == 100:
+        routes[0]["weight"] = 0
+    if shadow and shadow in observed.ready_versions and shadow in observed.version_urls and md.spec.shadow:
+        routes.append(
+            {
+                "version": shadow,
+                "role": "shadow",
+                "url": observed.version_urls[shadow],
+                "model": _model_of(md, "shadow"),
+                "percent": md.spec.shadow.percent,
+            }
+        )
+    return routes
+
+
+def _maybe_advance(
+    st: _Status, out: Plan, md: ModelDeployment, steps: tuple[CanaryStep, ...], canary: str, now: datetime
+) -> None:
+    """Advance when the step's pause has passed and the analysis since the step began passed."""
+    step = int(st.s.get("currentStep") or 0)
+    started = _parse_ts(st.s["stepStarted"])
+    assert started is not None
+    if (now - started).total_seconds() < seconds(steps[step].pause):
+        return
+    last = st.s.get("analysis") or {}
+    last_time = _parse_ts(last.get("time"))
+    passed = last.get("failedChecks", 0) == 0 and any(r.get("passed") for r in last.get("results", []))
+    if last_time is None or last_time < started or not passed:
+        st.cond(
+            PROGRESSING,
+            TRUE,
+            WAITING_FOR_ANALYSIS,
+            f"step {step + 1}/{len(steps)}: waiting for a passing analysis of version {canary}",
+        )
+        return
+    if step + 1 >= len(steps):
+        msg = f"version {canary} promoted to stable after {len(steps)} step(s)"
+        st.s["promotedVersion"] = canary
+        st.clear("canaryVersion", "canaryWeight", "currentStep", "stepStarted")
+        st.cond(PROMOTED, TRUE, CANARY_PROMOTED, msg)
+        st.cond(ROLLED_BACK, FALSE, CANARY_PROMOTED, msg)
+        st.cond(PROGRESSING, FALSE, CANARY_PROMOTED, msg)
+        out.events.append(("Normal", CANARY_PROMOTED, msg))
+        return
+    step += 1
+    st.s.update({"currentStep": step, "canaryWeight": steps[step].weight, "stepStarted": _ts(now)})
+    msg = f"step {step + 1}/{len(steps)}: {steps[step].weight}% of traffic to version {canary}"
+    st.cond(PROGRESSING, TRUE, STEP_ADVANCED, msg)
+    out.events.append(("Normal", STEP_ADVANCED, msg))
+
+
+def _rollback(st: _Status, out: Plan, canary: str, stable: str, results: list[dict[str, Any]], failures: int) -> None:
+    msg = (
+        f"version {canary} rolled back after {failures} failed check(s): {describe_failure(results)}; "
+        f"version {stable} serves all traffic"
+    )
+    st.s["rolledBackVersion"] = canary
+    st.clear("canaryVersion", "canaryWeight", "currentStep", "stepStarted")
+    st.cond(ROLLED_BACK, TRUE, ANALYSIS_FAILED, msg)
+    st.cond(PROMOTED, FALSE, ANALYSIS_FAILED, msg)
+    st.cond(PROGRESSING, FALSE, ANALYSIS_FAILED, msg)
+    st.cond(DEGRADED, TRUE, ANALYSIS_FAILED, msg)
+    st.s["lastFailure"] = {"reason": ANALYSIS_FAILED, "message": msg, "time": st.now}
+    out.events.append(("Warning", "RolledBack", msg))
+
+
+def _retire(st: _Status, version: str, now: datetime, delay: float) -> None:
+    after = _ts(now + timedelta(seconds=delay))
+    st.s["retiring"] = [r for r in st.s.get("retiring", []) if r["version"] != version] + [
+        {"version": version, "after": after}
+    ]
+
+
+def _is(s: dict[str, Any], type_: str) -> bool:
+    return any(c["type"] == type_ and c["status"] == TRUE for c in s.get("conditions") or [])
+
+
+def _same_condition(old: dict[str, Any], type_: str, reason: str, message: str) -> bool:
+    return any(
+        c.get("type") == type_ and c.get("reason") == reason and c.get("message") == message
+        for c in old.get("conditions") or []
+    )
+
+
+def _previously_live(old: dict[str, Any]) -> dict[str, str]:
+    live = {}
+    for key, role in (("stableVersion", "stable"), ("canaryVersion", "canary"), ("shadowVersion", "shadow")):
+        if old.get(key):
+            live[old[key]] = role
+    for r in old.get("retiring") or []:
+        live.setdefault(r["version"], "stable")
+    return live

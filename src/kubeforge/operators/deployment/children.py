@@ -176,8 +176,11 @@ def autoscaler(owner: dict[str, Any], md: ModelDeployment, version: str) -> dict
 def route_table(md: ModelDeployment, name: str, task: str, versions: list[dict[str, Any]]) -> RouteTable:
     """The gateway's table: clients call the model by the ModelDeployment's name.
 
-    versions: [{version, role, url, model, weight, percent}] for what is live and ready.
+    versions: [{version, role, url, model, weight, percent}] for what is live and ready; empty until
+    the stable version has an address, when the gateway serves no model yet.
     """
+    if not versions:
+        return RouteTable(models={})
     return RouteTable(
         models={
             name: ModelRoute(

@@ -1,0 +1,190 @@
+"""The ModelDeployment rollout state machine, driven step by step with a fake clock."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import yaml
+
+from kubeforge.operators.deployment import analysis as an
+from kubeforge.operators.deployment.rollout import Observed, Plan, Resolved, plan
+from kubeforge.operators.settings import Settings
+
+SETTINGS = Settings("http://mlflow:5000", "kf:1", "triton:1", "kf:1", "http://prom:9090")
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+URLS = {v: f"http://127.0.0.1:90{v}" for v in ("1", "2", "3")}
+EVERYTHING_READY = Observed(frozenset({"1", "2", "3"}), URLS, True, "http://127.0.0.1:8080")
+PASS = [{"name": "error-rate", "threshold": "<= 0.01", "value": 0.0, "passed": True}]
+FAIL = [{"name": "error-rate", "threshold": "<= 0.01", "value": 0.42, "passed": False}]
+
+
+def md(**spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "kubeforge.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "clf", "namespace": "ml", "uid": "u1", "generation": 1},
+        "spec": {"model": {"name": "clf", "alias": "champion"}, **spec},
+    }
+
+
+CANARY = {
+    "model": {"name": "clf", "alias": "candidate"},
+    "steps": [{"weight": 20, "pause": "10s"}, {"weight": 60, "pause": "10s"}],
+    "analysis": {"interval": "5s", "failureLimit": 2},
+    "scaleDownDelay": "30s",
+}
+
+
+def run(
+    body: dict[str, Any],
+    resolved: Resolved,
+    observed: Observed = EVERYTHING_READY,
+    results: list[dict[str, Any]] | None = None,
+    now: datetime = T0,
+) -> Plan:
+    p = plan(body, resolved, observed, results, SETTINGS, now)
+    body["status"] = p.status
+    return p
+
+
+def cond(body: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in body["status"]["conditions"] if c["type"] == type_)
+
+
+def routes(p: Plan) -> dict[str, Any]:
+    cm = next(o for o in p.apply if o["kind"] == "ConfigMap")
+    return yaml.safe_load(cm["data"]["routes.yaml"])["models"]["clf"]
+
+
+def weights(p: Plan) -> dict[str, int]:
+    return {v["version"]: v.get("weight", 0) for v in routes(p)["versions"] if v["role"] != "shadow"}
+
+
+def test_first_version_serves_once_triton_and_gateway_are_ready() -> None:
+    b = md()
+    p = run(b, Resolved(stable="1"), Observed())
+    names = sorted(o["metadata"]["name"] for o in p.apply)
+    assert names == ["clf-gateway", "clf-gateway", "clf-routes", "clf-v1", "clf-v1"]
+    triton = next(o for o in p.apply if o["kind"] == "Deployment" and o["metadata"]["name"] == "clf-v1")
+    pod = triton["spec"]["template"]["spec"]
+    assert pod["initContainers"][0]["command"][:3] == ["kubeforge", "serving", "export"]
+    assert "--load-model=clf" in pod["containers"][0]["command"]
+    assert cond(b, "Ready")["reason"] == "WaitingForStable"
+    p = run(b, Resolved(stable="1"))
+    assert cond(b, "Ready")["status"] == "True"
+    assert weights(p) == {"1": 100}
+    assert b["status"]["url"] == "http://127.0.0.1:8080/v2/models/clf"
+    assert b["status"]["traffic"] == [{"version": "1", "role": "stable", "percent": 100}]
+
+
+def test_canary_walks_its_steps_and_is_promoted() -> None:
+    b = md(canary=CANARY)
+    r = Resolved(stable="1", canary="2")
+    run(b, r, Observed(frozenset({"1"}), URLS, True, "http://gw"))
+    assert b["status"]["canaryVersion"] == "2" and b["status"]["canaryWeight"] == 0
+    assert cond(b, "CanaryReady")["status"] == "False"
+    p = run(b, r)  # canary Triton ready: step 1
+    assert weights(p) == {"1": 80, "2": 20}
+    assert cond(b, "Progressing")["reason"] == "StepAdvanced"
+    p = run(b, r, results=PASS, now=T0 + timedelta(seconds=5))
+    assert b["status"]["currentStep"] == 0, "pause not over yet"
+    p = run(b, r, results=PASS, now=T0 + timedelta(seconds=11))
+    assert weights(p) == {"1": 40, "2": 60} and b["status"]["currentStep"] == 1
+    p = run(b, r, results=PASS, now=T0 + timedelta(seconds=22))
+    assert b["status"]["stableVersion"] == "2" and "canaryVersion" not in b["status"]
+    assert cond(b, "Promoted")["status"] == "True"
+    assert weights(p) == {"2": 100}
+    assert set(p.live_versions) == {"1", "2"}, "old stable kept for the scale-down delay"
+    p = run(b, r, now=T0 + timedelta(seconds=60))
+    assert set(p.live_versions) == {"2"}
+    assert [e[1] for e in p.events] == []
+
+
+def test_a_failing_canary_is_rolled_back_naming_the_metric_and_not_retried() -> None:
+    b = md(canary=CANARY)
+    r = Resolved(stable="1", canary="2")
+    run(b, r)
+    p = run(b, r, results=FAIL, now=T0 + timedelta(seconds=5))
+    assert b["status"]["analysis"]["failedChecks"] == 1 and weights(p) == {"1": 80, "2": 20}
+    p = run(b, r, results=FAIL, now=T0 + timedelta(seconds=10))
+    assert weights(p) == {"1": 100}
+    rolled = cond(b, "RolledBack")
+    assert rolled["status"] == "True" and "error-rate = 0.42" in rolled["message"] and "<= 0.01" in rolled["message"]
+    assert b["status"]["lastFailure"]["reason"] == "AnalysisFailed"
+    assert ("Warning", "RolledBack") in [(e[0], e[1]) for e in p.events]
+    assert set(p.live_versions) == {"1"}
+    p = run(b, r, now=T0 + timedelta(seconds=20))
+    assert "canaryVersion" not in b["status"] and set(p.live_versions) == {"1"}
+    p = run(b, Resolved(stable="1", canary="3"), now=T0 + timedelta(seconds=30))
+    assert b["status"]["canaryVersion"] == "3", "a new target starts a new rollout"
+
+
+def test_no_data_neither_passes_nor_fails() -> None:
+    b = md(canary=CANARY)
+    r = Resolved(stable="1", canary="2")
+    run(b, r)
+    nodata = [{"name": "error-rate", "threshold": "<= 0.01"}]
+    run(b, r, results=nodata, now=T0 + timedelta(seconds=11))
+    assert b["status"]["currentStep"] == 0 and b["status"]["analysis"]["failedChecks"] == 0
+    assert cond(b, "Progressing")["reason"] == "WaitingForAnalysis"
+
+
+def test_following_an_alias_starts_a_rollout_when_it_moves() -> None:
+    b = md(followAlias=True)
+    run(b, Resolved(stable="1"))
+    assert "canaryVersion" not in b["status"]
+    run(b, Resolved(stable="2"))
+    assert b["status"]["stableVersion"] == "1" and b["status"]["canaryVersion"] == "2"
+    assert cond(b, "Progressing")["status"] == "True"
+
+
+def test_an_alias_pointing_nowhere_degrades_but_keeps_serving() -> None:
+    b = md(canary=CANARY)
+    run(b, Resolved(stable="1"))
+    msg = "spec.canary.model: alias 'candidate' of registered model 'clf' does not exist in MLflow"
+    p = run(b, Resolved(stable="1", errors={"canary": msg}))
+    assert cond(b, "Degraded")["status"] == "True" and msg in cond(b, "Degraded")["message"]
+    assert cond(b, "Ready")["status"] == "True"
+    assert weights(p) == {"1": 100}
+    assert any(e[1] == "CanaryNotFound" for e in p.events)
+    assert not any(e[1] == "CanaryNotFound" for e in run(b, Resolved(stable="1", errors={"canary": msg})).events)
+
+
+def test_invalid_spec_is_refused_naming_the_field_and_keeps_what_runs() -> None:
+    b = md()
+    run(b, Resolved(stable="1"))
+    b["spec"]["canary"] = {"model": {"name": "clf", "version": 2}, "steps": [{"weight": 50}, {"weight": 10}]}
+    p = run(b, Resolved())
+    assert cond(b, "Ready")["reason"] == "InvalidSpec"
+    assert "spec.canary" in cond(b, "Ready")["message"] and "strictly increase" in cond(b, "Ready")["message"]
+    assert p.apply == [] and p.live_versions == {"1": "stable"}
+
+
+def test_shadow_gets_a_mirror_percent_once_ready() -> None:
+    b = md(shadow={"model": {"name": "clf", "version": 3}, "percent": 25})
+    p = run(b, Resolved(stable="1", shadow="3"))
+    shadow = next(v for v in routes(p)["versions"] if v["role"] == "shadow")
+    assert shadow == {"version": "3", "role": "shadow", "url": URLS["3"], "tritonModel": "clf", "weight": 0, "percent": 25}
+    assert b["status"]["shadowVersion"] == "3"
+
+
+def test_histogram_quantile_matches_promql() -> None:
+    buckets = {0.001: 50.0, 0.002: 90.0, 0.005: 100.0, float("inf"): 100.0}
+    assert an.quantile(0.5, buckets) == 0.001
+    assert abs(an.quantile(0.99, buckets) - 0.0047) < 1e-9
+
+
+def test_error_rate_from_two_scrapes() -> None:
+    def text(ok: int, err: int) -> str:
+        return (
+            "# TYPE kubeforge_upstream_requests counter\n"
+            f'kubeforge_upstream_requests_total{{model="clf",version="2",role="canary",outcome="ok"}} {ok}\n'
+            f'kubeforge_upstream_requests_total{{model="clf",version="2",role="canary",outcome="error"}} {err}\n'
+            f'kubeforge_upstream_requests_total{{model="clf",version="1",role="stable",outcome="error"}} 999\n'
+        )
+
+    delta = an.parse(text(150, 30), "clf", "2").minus(an.parse(text(100, 10), "clf", "2"))
+    assert delta.tries == 70
+    assert an.builtin("error-rate", delta, None, 20) == 20 / 70
+    assert an.builtin("error-rate", delta, None, 100) is None, "below minRequests: no verdict"

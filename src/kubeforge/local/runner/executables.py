@@ -1,0 +1,43 @@
+"""What a container's command[0] becomes on this machine, where images do not exist.
+
+The operators only run kubeforge's own programs: ``kubeforge`` and ``torchrun`` are the
+executables installed beside this Python (the installed kubeforge stands in for the
+image), and ``tritonserver`` is the one from the Triton virtualenv, with the
+environment and backend directory its python backend needs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from .. import triton
+
+
+class NotRunnable(Exception):
+    """The container's command has no local counterpart."""
+
+
+class Executables:
+    """Resolves commands; finds the Triton layout once, on first use."""
+
+    LOCAL = ("kubeforge", "torchrun")
+
+    def __init__(self) -> None:
+        self._triton: triton.Layout | None = None
+
+    def resolve(self, words: list[str], pod_dir: Path) -> tuple[list[str], dict[str, str]]:
+        """(argv, base environment) for command + args words of a container."""
+        if not words:
+            raise NotRunnable("the container has no command: image entrypoints cannot run locally")
+        head, rest = words[0], words[1:]
+        if head in self.LOCAL:
+            return [str(Path(sys.executable).parent / head), *rest], dict(os.environ)
+        if head == "tritonserver":
+            if self._triton is None:
+                self._triton = triton.Layout.find(triton.default_venv())
+            if not any(arg.startswith("--backend-directory") for arg in rest):
+                rest = [*rest, f"--backend-directory={self._triton.backend_directory(pod_dir / 'backends')}"]
+            return [str(self._triton.server), *rest], self._triton.env()
+        raise NotRunnable(f"command {head!r} cannot run locally (only {', '.join([*self.LOCAL, 'tritonserver'])})")

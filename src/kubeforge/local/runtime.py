@@ -1,0 +1,210 @@
+"""`kubeforge up` / `down` / `status`: the whole platform on one machine, in one data directory.
+
+Parts, in start order: the control plane and MLflow (concurrently: MLflow's ~10 s start
+dominates), the CRDs, the operators and the workload runner. A part that is already
+running is reused, so a warm ``up`` takes a second or two; a part that a freshly started
+part's address feeds (the operators read the kubeconfig and MLflow's URL) is restarted
+with it. Pids and ports go to ``<data dir>/local.json`` for ``status`` and ``down``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..api import crdgen
+from ..core import kube
+from . import mlflow_server
+from .controlplane import ControlPlane, ControlPlaneState
+from .controlplane import status as controlplane_status
+from .processes import alive, free_port, spawn, terminate, wait_http
+from .runner import stop_workloads
+from .runner.loop import state_dir
+
+STATE_FILE = "local.json"
+CRD_ESTABLISHED_TIMEOUT = 30.0
+
+
+def default_data_dir() -> Path:
+    """$KUBEFORGE_DATA_DIR, else $XDG_DATA_HOME/kubeforge, else ~/.local/share/kubeforge."""
+    if explicit := os.environ.get("KUBEFORGE_DATA_DIR"):
+        return Path(explicit)
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "kubeforge"
+
+
+@dataclass
+class LocalState:
+    """The processes `kubeforge up` started besides the control plane (which keeps its own state)."""
+
+    mlflow_pid: int = 0
+    mlflow_port: int = 0
+    operator_pid: int = 0
+    operator_port: int = 0
+    runner_pid: int = 0
+
+    @classmethod
+    def read(cls, data_dir: Path) -> LocalState:
+        path = data_dir / STATE_FILE
+        return cls(**json.loads(path.read_text())) if path.exists() else cls()
+
+    def write(self, data_dir: Path) -> None:
+        (data_dir / STATE_FILE).write_text(json.dumps(asdict(self), indent=2))
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://127.0.0.1:{self.mlflow_port}"
+
+
+@dataclass
+class Layout:
+    """Where each part keeps its data and logs under the data directory."""
+
+    root: Path
+
+    @property
+    def controlplane(self) -> Path:
+        return self.root / "controlplane"
+
+    @property
+    def mlflow(self) -> Path:
+        return self.root / "mlflow"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.controlplane / "kubeconfig"
+
+    @property
+    def workloads(self) -> Path:
+        return state_dir(self.root) / "pods"
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _running(pid: int) -> bool:
+    return pid > 0 and alive(pid)  # pid 0 would be our own process group
+
+
+def _stop(pid: int) -> None:
+    if pid > 0:
+        terminate(pid)
+
+
+def _controlplane(layout: Layout) -> tuple[ControlPlaneState, bool]:
+    """(state, freshly started)."""
+    running, state = controlplane_status(layout.controlplane)
+    if running and state:
+        return state, False
+    return ControlPlane(layout.controlplane).start(), True
+
+
+def _mlflow(layout: Layout, saved: LocalState) -> tuple[int, int, bool]:
+    """(pid, port, freshly started); keeps its last port when free, so tracking URIs stay valid."""
+    if _running(saved.mlflow_pid):
+        return saved.mlflow_pid, saved.mlflow_port, False
+    port = saved.mlflow_port if saved.mlflow_port and _port_free(saved.mlflow_port) else None
+    server = mlflow_server.start(layout.mlflow, port)
+    return server.pid, server.port, True
+
+
+def _apply_crds(kubeconfig: Path) -> None:
+    api = kube.api_client(kubeconfig)
+    names = [kube.apply(api, crdgen.crd(kind))["metadata"]["name"] for kind in crdgen.KINDS]
+    deadline = time.monotonic() + CRD_ESTABLISHED_TIMEOUT
+    while names and time.monotonic() < deadline:
+        crd = kube.get(api, "apiextensions.k8s.io/v1", "CustomResourceDefinition", names[0], None)  # type: ignore[arg-type]
+        conditions = (crd or {}).get("status", {}).get("conditions") or []
+        if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
+            names.pop(0)
+        else:
+            time.sleep(0.1)
+    if names:
+        raise TimeoutError(f"CRDs not established after {CRD_ESTABLISHED_TIMEOUT:.0f}s: {names}")
+
+
+def _module(*argv: str) -> list[str]:
+    return [sys.executable, "-m", *argv]
+
+
+def _operator(layout: Layout, mlflow_url: str) -> tuple[int, int]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(layout.kubeconfig),
+        "KUBEFORGE_MLFLOW_TRACKING_URI": mlflow_url,
+        "KUBEFORGE_SERVICE_ADDRESSING": "endpoints",
+    }
+    argv = _module("kubeforge.cli", "operator", "run", "--liveness", f"http://127.0.0.1:{port}/healthz")
+    log = layout.logs / "operator.log"
+    proc = spawn(argv, log, env)
+    wait_http(f"http://127.0.0.1:{port}/healthz", proc, log, timeout=60)
+    return proc.pid, port
+
+
+def _runner(layout: Layout) -> int:
+    argv = _module("kubeforge.local.runner", "--kubeconfig", str(layout.kubeconfig), "--data-dir", str(layout.root))
+    return spawn(argv, layout.logs / "runner.log", {**os.environ, "PYTHONUNBUFFERED": "1"}).pid
+
+
+def up(data_dir: Path) -> tuple[ControlPlaneState, LocalState]:
+    """Start (or reuse) every part; returns where they are."""
+    layout = Layout(data_dir)
+    layout.logs.mkdir(parents=True, exist_ok=True)
+    state = LocalState.read(data_dir)
+    with ThreadPoolExecutor(2) as pool:
+        cp_future, mlflow_future = pool.submit(_controlplane, layout), pool.submit(_mlflow, layout, state)
+        controlplane, cp_fresh = cp_future.result()
+        state.mlflow_pid, state.mlflow_port, mlflow_fresh = mlflow_future.result()
+    state.write(data_dir)
+    _apply_crds(layout.kubeconfig)
+    if cp_fresh or mlflow_fresh or not _running(state.operator_pid):
+        _stop(state.operator_pid)
+        state.operator_pid, state.operator_port = _operator(layout, state.mlflow_url)
+        state.write(data_dir)
+    if cp_fresh or not _running(state.runner_pid):
+        _stop(state.runner_pid)
+        state.runner_pid = _runner(layout)
+        state.write(data_dir)
+    return controlplane, state
+
+
+def status(data_dir: Path) -> list[tuple[str, bool, str]]:
+    """(part, running, where) for each part."""
+    layout = Layout(data_dir)
+    state = LocalState.read(data_dir)
+    cp_running, cp = controlplane_status(layout.controlplane)
+    return [
+        ("control plane", cp_running, f"{cp.server}, kubeconfig {cp.kubeconfig}" if cp else "not started"),
+        ("MLflow", _running(state.mlflow_pid), state.mlflow_url if state.mlflow_port else "not started"),
+        ("operators", _running(state.operator_pid), f"pid {state.operator_pid}, log {layout.logs / 'operator.log'}"),
+        ("runner", _running(state.runner_pid), f"pid {state.runner_pid}, log {layout.logs / 'runner.log'}"),
+    ]
+
+
+def down(data_dir: Path) -> int:
+    """Stop everything `up` started, workloads first; data stays. Returns how many workload pods were stopped."""
+    layout = Layout(data_dir)
+    state = LocalState.read(data_dir)
+    _stop(state.runner_pid)  # first, so it does not restart the workloads stopped next
+    stopped = stop_workloads(data_dir)
+    _stop(state.operator_pid)
+    _stop(state.mlflow_pid)
+    ControlPlane(layout.controlplane).stop()
+    LocalState(mlflow_port=state.mlflow_port).write(data_dir)  # the next `up` keeps MLflow's URL
+    return stopped

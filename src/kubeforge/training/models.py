@@ -131,9 +131,10 @@ def export(network: nn.Module, standardiser: Standardiser, task: Task, example: 
     """TorchScript of the trained network with its normalisation and output transform, on CPU.
 
     Tracing (rather than scripting) accepts any feed-forward user module, which is what
-    tabular models are; example is a few raw training rows.
+    tabular models are; example is a few raw training rows. Parameters are frozen so
+    inference outside ``torch.no_grad`` does not build autograd graphs.
     """
-    module = ServingModule(network, standardiser, task).cpu().eval()
+    module = ServingModule(network, standardiser, task).cpu().eval().requires_grad_(False)
     with torch.no_grad(), quiet_torchscript():
         return torch.jit.trace(module, torch.as_tensor(example, dtype=torch.float32))
 

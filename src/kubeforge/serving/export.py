@@ -65,7 +65,7 @@ def _tensors(schema: object, label: str, what: str, default_name: str) -> list[T
     if not specs or not all(isinstance(s, TensorSpec) for s in specs):
         raise ExportError(f"{label}: the signature's {what} must be tensors (mlflow TensorSpec), got {schema}")
     named = [s.name or (default_name if len(specs) == 1 else f"{default_name}_{i}") for i, s in enumerate(specs)]
-    return [tritonconfig.tensor_from_numpy(n, s.type, s.shape) for n, s in zip(named, specs)]
+    return [tritonconfig.tensor_from_numpy(n, s.type, s.shape) for n, s in zip(named, specs, strict=True)]
 
 
 def export(

@@ -97,8 +97,12 @@ def build(
         cfg.default_model_filename = "model.pt"
     # Every version directory present is served: a repository holds the versions its pod serves.
     cfg.version_policy.all.SetInParent()
-    cfg.input.extend(_io(t, n, batched, pb.ModelInput) for t, n in zip(inputs, tensor_names(inputs, flavour)))
-    cfg.output.extend(_io(t, n, batched, pb.ModelOutput) for t, n in zip(outputs, tensor_names(outputs, flavour)))
+    cfg.input.extend(
+        _io(t, n, batched, pb.ModelInput) for t, n in zip(inputs, tensor_names(inputs, flavour), strict=True)
+    )
+    cfg.output.extend(
+        _io(t, n, batched, pb.ModelOutput) for t, n in zip(outputs, tensor_names(outputs, flavour), strict=True)
+    )
     db = runtime.dynamic_batching
     if db is not None:
         if not batched:

@@ -3,19 +3,25 @@ tritonserver serving them, and gateway processes in front of it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from kubeforge.api.modeldeployment import DynamicBatching, ModelRef, TritonRuntime
 from kubeforge.core import modelcontract as mc
 from kubeforge.local import triton as local_triton
+from kubeforge.local.processes import free_port, spawn, terminate, wait_http
 from kubeforge.serving import export
 
 N_FEATURES = 4
@@ -127,3 +133,134 @@ def canary_triton(mlflow, registered, triton_venv, tmp_path) -> Iterator[local_t
     server = local_triton.start(repo, tmp_path, models=[registered.name], venv=triton_venv)
     yield server
     server.stop()
+
+
+def body(rows: list[list[float]]) -> bytes:
+    """A JSON inference request for the classifier."""
+    shape = [len(rows), N_FEATURES]
+    flat = [v for row in rows for v in row]
+    return json.dumps({"inputs": [{"name": mc.INPUT_NAME, "datatype": "FP32", "shape": shape, "data": flat}]}).encode()
+
+
+def table(
+    registered: Registered,
+    stable_url: str,
+    canary: tuple[str, int] | None = None,
+    shadow: tuple[str, int] | None = None,
+    **route: object,
+) -> dict:
+    """A route table for the classifier: stable always, canary (url, weight) and shadow (url, percent) optional."""
+    versions = [
+        {"version": registered.stable, "role": "stable", "url": stable_url, "weight": 100 - (canary or ("", 0))[1]}
+    ]
+    if canary:
+        versions.append({"version": registered.canary, "role": "canary", "url": canary[0], "weight": canary[1]})
+    if shadow:
+        versions.append({"version": registered.shadow, "role": "shadow", "url": shadow[0], "percent": shadow[1]})
+    return {"models": {registered.name: {"versions": versions, **route}}}
+
+
+class Gateway:
+    """A gateway process on loopback; its route table lives behind a symlink, as a ConfigMap mount does."""
+
+    def __init__(self, workdir: Path, routes: dict, tokens: str | None = None):
+        self.workdir = workdir
+        workdir.mkdir(parents=True)
+        self.mount = workdir / "routes"
+        self.generation = 0
+        self.write(routes)
+        self.port = free_port()
+        argv = [sys.executable, "-m", "kubeforge.serving", "gateway", "--routes", str(self.mount / "routes.yaml")]
+        argv += ["--port", str(self.port), "--reload-interval", "0.2"]
+        if tokens is not None:
+            (workdir / "tokens").write_text(tokens)
+            argv += ["--tokens", str(workdir / "tokens")]
+        self.log = workdir / "gateway.log"
+        self.proc = spawn(argv, self.log)
+        wait_http(f"{self.url}/v2/health/ready", self.proc, self.log, timeout=60)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def write(self, routes: dict | str) -> None:
+        """Swap the mounted table the way the kubelet updates a ConfigMap volume."""
+        self.generation += 1
+        data = self.workdir / f"..data-{self.generation}"
+        data.mkdir()
+        (data / "routes.yaml").write_text(routes if isinstance(routes, str) else yaml.safe_dump(routes))
+        self.mount.mkdir(exist_ok=True)
+        link = self.mount / "..data"
+        tmp = self.mount / "..data_tmp"
+        tmp.symlink_to(data)
+        tmp.replace(link)
+        if not (self.mount / "routes.yaml").is_symlink():
+            (self.mount / "routes.yaml").symlink_to("..data/routes.yaml")
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of a metric's samples whose labels include the given ones."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        total = 0.0
+        text = httpx.get(f"{self.url}/metrics").text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    total += sample.value
+        return total
+
+    def stop(self) -> None:
+        terminate(self.proc.pid)
+
+
+@pytest.fixture
+def gateway(tmp_path) -> Iterator[Callable[..., Gateway]]:
+    """Start gateways with a route table (and tokens); all stop after the test."""
+    started: list[Gateway] = []
+
+    def start(routes: dict, tokens: str | None = None) -> Gateway:
+        gw = Gateway(tmp_path / f"gw{len(started)}", routes, tokens)
+        started.append(gw)
+        return gw
+
+    yield start
+    for gw in started:
+        gw.stop()
+
+
+@dataclass
+class Result:
+    status: int
+    version: str | None
+    seconds: float
+    content: bytes
+
+
+async def _send(url: str, requests: list[tuple[bytes, dict[str, str]]], concurrency: int, on_done=None) -> list[Result]:
+    results: list[Result | None] = [None] * len(requests)
+    queue = iter(enumerate(requests))
+    async with httpx.AsyncClient(timeout=30) as client:
+
+        async def worker() -> None:
+            for i, (payload, headers) in queue:
+                start = time.perf_counter()
+                try:
+                    resp = await client.post(url, content=payload, headers=headers)
+                    results[i] = Result(
+                        resp.status_code,
+                        resp.headers.get("kubeforge-model-version"),
+                        time.perf_counter() - start,
+                        resp.content,
+                    )
+                except httpx.HTTPError as err:
+                    results[i] = Result(-1, None, time.perf_counter() - start, str(err).encode())
+                if on_done is not None:
+                    await on_done(i)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return [r for r in results if r is not None]
+
+
+def send(url: str, requests: list[tuple[bytes, dict[str, str]]], concurrency: int = 4, on_done=None) -> list[Result]:
+    """POST each (body, headers) to url with bounded concurrency; failures come back as status -1."""
+    return asyncio.run(_send(url, requests, concurrency, on_done))

@@ -1,0 +1,59 @@
+"""`kubeforge serving ...` commands: export a model version, run the gateway."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.group("serving")
+def serving() -> None:
+    """Triton model repositories and the inference gateway."""
+
+
+@serving.command("export")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", required=True, help="MLflow tracking server.")
+@click.option("--model", "name", required=True, help="Registered model name.")
+@click.option("--version", type=int, help="Registered version (or --alias).")
+@click.option("--alias", help="Registry alias to resolve (or --version).")
+@click.option("--repository", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--runtime", "runtime_json", help="TritonRuntime as JSON (the ModelDeployment's spec.runtime).")
+@click.option("--triton-name", help="Model name inside Triton (default: the registered name).")
+def export_command(
+    tracking_uri: str,
+    name: str,
+    version: int | None,
+    alias: str | None,
+    repository: Path,
+    runtime_json: str | None,
+    triton_name: str | None,
+) -> None:
+    """Write a registered model version into a Triton model repository."""
+    from kubeforge.api.modeldeployment import ModelRef, TritonRuntime
+
+    from .export import ExportError, export
+
+    try:
+        ref = ModelRef(name=name, version=version, alias=alias)
+        runtime = TritonRuntime.model_validate_json(runtime_json) if runtime_json else TritonRuntime()
+        out = export(tracking_uri, ref, repository, runtime, triton_name)
+    except (ExportError, ValueError) as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(f"exported {name} version {out.version} to {out.directory}")
+
+
+@serving.command("gateway")
+@click.option("--routes", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Route table file.")
+@click.option("--tokens", type=click.Path(dir_okay=False, path_type=Path), help="Bearer token file; no auth without.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8080, show_default=True)
+@click.option("--max-body-bytes", type=int, default=16 * 1024 * 1024, show_default=True)
+@click.option("--reload-interval", type=float, default=1.0, show_default=True, help="Seconds between file checks.")
+def gateway_command(
+    routes: Path, tokens: Path | None, host: str, port: int, max_body_bytes: int, reload_interval: float
+) -> None:
+    """Serve the Open Inference Protocol in front of Triton, routed by the route table."""
+    from .gateway import Settings, serve
+
+    serve(Settings(routes, tokens, max_body_bytes, reload_interval), host, port)

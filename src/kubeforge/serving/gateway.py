@@ -1,0 +1,309 @@
+"""The inference gateway: Open Inference Protocol v2 over REST in front of Triton.
+
+Clients (tritonclient included) call it as they would call Triton. Per request it picks
+a version from the route table (weighted or sticky), checks the input against that
+version's cached metadata, forwards the body unchanged, falls back once to the stable
+version when the chosen one fails, mirrors to the shadow after answering, and records
+metrics per model, version and role. The route table and the token file hot-reload;
+a request in flight keeps the table it started with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import zlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .auth import Forbidden, Tokens, Unauthorized
+from .filewatch import FileWatch
+from .metrics import FALLBACKS, REGISTRY, RELOADS
+from .oip import HEADER_LENGTH, BadRequest, validate
+from .routes import Route, RouteTable, Target, compile_table
+from .shadow import Job, Mirror
+from .upstream import Answer, UpstreamFailure, Upstreams
+
+log = logging.getLogger(__name__)
+
+VERSION_HEADER = "kubeforge-model-version"
+ROLE_HEADER = "kubeforge-model-role"
+FORWARDED = ("content-type", HEADER_LENGTH, "content-encoding")
+
+
+@dataclass
+class Settings:
+    """How a gateway runs; the CLI fills it from flags."""
+
+    routes: Path
+    tokens: Path | None = None
+    max_body_bytes: int = 16 * 1024 * 1024
+    reload_interval: float = 1.0
+    health_interval: float = 1.0
+    shadow_queue: int = 256
+
+
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    """An Open Inference Protocol error body."""
+    return Response(json.dumps({"error": message}), status, headers, media_type="application/json")
+
+
+class Gateway:
+    """Route table, tokens, upstream pool and shadow mirror of one gateway process."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.routes: dict[str, Route] = {}
+        self.loaded = False
+        self.tokens: Tokens | None = None
+        self.upstreams = Upstreams()
+        self.mirror = Mirror(self.upstreams, capacity=settings.shadow_queue)
+        self._route_watch = FileWatch(settings.routes)
+        self._token_watch = FileWatch(settings.tokens) if settings.tokens else None
+
+    # --- configuration -------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Apply changed route table and token files; a malformed one is refused and the old one kept."""
+        content = self._route_watch.changed()
+        if content is not None:
+            try:
+                table = RouteTable.parse(content)
+            except Exception as err:
+                RELOADS.labels("routes", "failed").inc()
+                log.error("route table %s refused, keeping the previous one: %s", self.settings.routes, err)
+            else:
+                known = {t.key: t for r in self.routes.values() for t in r.versions.values()}
+                self.routes = compile_table(table, known)  # one assignment: requests see old or new, never half
+                self.loaded = True
+                RELOADS.labels("routes", "ok").inc()
+                log.info("route table loaded: %s", ", ".join(sorted(self.routes)) or "no models")
+        if self._token_watch is not None:
+            tokens = self._token_watch.changed()
+            if tokens is not None:
+                try:
+                    self.tokens = Tokens(tokens.decode())
+                except (ValueError, UnicodeDecodeError) as err:
+                    RELOADS.labels("tokens", "failed").inc()
+                    log.error("token file %s refused, keeping the previous one: %s", self.settings.tokens, err)
+                else:
+                    RELOADS.labels("tokens", "ok").inc()
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reload_interval)
+            try:
+                self.reload()
+            except OSError as err:
+                log.error("cannot read configuration: %s", err)
+
+    async def _health(self) -> None:
+        while True:
+            targets = {t.key: t for r in self.routes.values() for t in r.versions.values()}
+            await asyncio.gather(*(self.upstreams.probe(t) for t in targets.values()))
+            await asyncio.sleep(self.settings.health_interval)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _: FastAPI) -> AsyncIterator[None]:
+        self.reload()
+        if self.settings.tokens and self.tokens is None:
+            raise RuntimeError(f"token file {self.settings.tokens} is missing or has no tokens")
+        tasks = [asyncio.create_task(c) for c in (self._watch(), self._health(), self.mirror.run())]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.upstreams.close()
+
+    # --- request path ----------------------------------------------------------------------
+
+    def _route(self, request: Request) -> tuple[Route, Target | None]:
+        """The route and, for /versions/{v}/ paths, the pinned version; raises for unknown ones."""
+        name = request.path_params["name"]
+        route = self.routes.get(name)
+        if route is None:
+            raise HTTPException(404, f"unknown model {name!r}")
+        if self.tokens is not None:
+            try:
+                self.tokens.check(request.headers.get("authorization"), name)
+            except Unauthorized as err:
+                raise HTTPException(401, str(err), {"www-authenticate": "Bearer"}) from None
+            except Forbidden as err:
+                raise HTTPException(403, str(err)) from None
+        version = request.path_params.get("version")
+        if version is None:
+            return route, None
+        target = route.versions.get(version)
+        if target is None or target.role == "shadow":
+            raise HTTPException(404, f"model {name!r} has no version {version!r} in service")
+        return route, target
+
+    async def _body(self, request: Request) -> bytes:
+        limit = self.settings.max_body_bytes
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise BadRequest(f"request body of {length} bytes is over the {limit}-byte limit", 413)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BadRequest(f"request body is over the {limit}-byte limit", 413)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _plain(self, body: bytes, encoding: str | None) -> bytes:
+        """The body as validation reads it: compressed requests (tritonclient can send them) inflated,
+        bounded by the body limit so a small compressed bomb cannot blow up."""
+        if not encoding or encoding == "identity":
+            return body
+        if encoding not in ("gzip", "deflate"):
+            raise BadRequest(f"unsupported content-encoding {encoding!r}", 415)
+        inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+        try:
+            plain = inflater.decompress(body, self.settings.max_body_bytes + 1)
+        except zlib.error as err:
+            raise BadRequest(f"body is not valid {encoding}: {err}") from None
+        if len(plain) > self.settings.max_body_bytes or inflater.unconsumed_tail:
+            raise BadRequest("request body inflates past the body limit", 413)
+        return plain
+
+    async def infer(self, request: Request) -> Response:
+        start = time.perf_counter()
+        route, pinned = self._route(request)
+        headers = request.headers
+        target = pinned or route.pick(headers.get(route.sticky_header) if route.sticky_header else None)
+        can_fall_back = pinned is None and route.spec.fallback and target is not route.stable
+        if can_fall_back and not target.ready:
+            FALLBACKS.labels(route.name, target.version, target.role, "not_ready").inc()
+            target, can_fall_back = route.stable, False
+        try:
+            body = await self._body(request)
+            schema = target.schema or await self.upstreams.schema(target)
+            if schema is None and can_fall_back:
+                FALLBACKS.labels(route.name, target.version, target.role, "not_ready").inc()
+                target, can_fall_back = route.stable, False
+                schema = target.schema or await self.upstreams.schema(target)
+            if schema is None:
+                message = f"model {route.name!r} version {target.version} is not ready"
+                return self._answered(target, start, error(503, message))
+            header_length = headers.get(HEADER_LENGTH)
+            validate(
+                self._plain(body, headers.get("content-encoding")),
+                int(header_length) if header_length and header_length.isdigit() else (-1 if header_length else None),
+                schema,
+            )
+        except BadRequest as err:
+            return self._answered(target, start, error(err.status, str(err)))
+        forward = {k: v for k in FORWARDED if (v := headers.get(k)) is not None}
+        try:
+            answer = await self.upstreams.infer(target, body, forward, route.timeout)
+        except UpstreamFailure as err:
+            if not can_fall_back:
+                return self._answered(target, start, error(504 if err.reason == "timeout" else 502, str(err)))
+            FALLBACKS.labels(route.name, target.version, target.role, err.reason).inc()
+            target = route.stable
+            try:
+                answer = await self.upstreams.infer(target, body, forward, route.timeout)
+            except UpstreamFailure as again:
+                return self._answered(target, start, error(504 if again.reason == "timeout" else 502, str(again)))
+        response = self._answered(target, start, self._response(answer))
+        if answer.status == 200 and pinned is None and (shadow := route.mirror()) is not None:
+            self.mirror.submit(Job(route, shadow, body, forward, answer))
+        return response
+
+    @staticmethod
+    def _response(answer: Answer) -> Response:
+        response = Response(answer.content, answer.status, media_type=answer.content_type)
+        if answer.header_length is not None:
+            response.headers[HEADER_LENGTH] = answer.header_length
+        return response
+
+    def _answered(self, target: Target, start: float, response: Response) -> Response:
+        response.headers[VERSION_HEADER] = target.version
+        response.headers[ROLE_HEADER] = target.role
+        self.upstreams.bind(target).answered(response.status_code, time.perf_counter() - start)
+        return response
+
+    async def metadata(self, request: Request) -> Response:
+        route, pinned = self._route(request)
+        target = pinned or route.stable
+        suffix = "/config" if request.url.path.endswith("/config") else ""
+        try:
+            resp = await self.upstreams.get(target, suffix)
+        except httpx.HTTPError as err:
+            return error(503, f"model {route.name!r} version {target.version} unreachable: {type(err).__name__}")
+        if resp.status_code != 200:
+            return Response(resp.content, resp.status_code, media_type="application/json")
+        body: dict[str, Any] = resp.json()
+        body["name"] = route.name
+        if not suffix and pinned is None:
+            body["versions"] = sorted(t.version for t in route.versions.values() if t.role != "shadow")
+        return Response(json.dumps(body), 200, {VERSION_HEADER: target.version}, media_type="application/json")
+
+    async def model_ready(self, request: Request) -> Response:
+        route, pinned = self._route(request)
+        target = pinned or route.stable
+        ready = await self.upstreams.probe(target)
+        return Response(status_code=200 if ready else 503)
+
+    async def server_ready(self, _: Request) -> Response:
+        ready = self.loaded and all(r.stable.ready for r in self.routes.values())
+        return Response(status_code=200 if ready else 503)
+
+
+async def _live(_: Request) -> Response:
+    return Response(status_code=200)
+
+
+async def _server_metadata(_: Request) -> Response:
+    return Response(json.dumps({"name": "kubeforge-gateway", "version": "v2", "extensions": ["binary_tensor_data"]}))
+
+
+async def _metrics(_: Request) -> Response:
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _http_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return error(exc.status_code, str(exc.detail), dict(exc.headers or {}))
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The gateway's ASGI app. Hot routes are plain Starlette routes: no per-request body models."""
+    gw = Gateway(settings)
+    app = FastAPI(lifespan=gw.lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.gateway = gw
+    app.add_exception_handler(HTTPException, _http_error)
+    add = app.router.add_route
+    add("/v2", _server_metadata, ["GET"])
+    add("/v2/health/live", _live, ["GET"])
+    add("/v2/health/ready", gw.server_ready, ["GET"])
+    add("/metrics", _metrics, ["GET"])
+    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        add(prefix + "/infer", gw.infer, ["POST"])
+        add(prefix + "/ready", gw.model_ready, ["GET"])
+        add(prefix + "/config", gw.metadata, ["GET"])
+        add(prefix, gw.metadata, ["GET"])
+    return app
+
+
+def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080) -> None:
+    """Run the gateway with uvicorn (uvloop and httptools when installed)."""
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(settings), host=host, port=port, access_log=False, log_level="warning")

@@ -1,0 +1,96 @@
+"""The gateway's Prometheus metrics: what canary analysis and dashboards query.
+
+Every series about model traffic carries model, version and role, so error rate and
+latency percentiles can be computed per version and compared between stable and canary.
+Upstream series count each try (a canary error that a fallback hid still counts against
+the canary); request series count what callers saw.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+REGISTRY = CollectorRegistry()
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_DELTA_BUCKETS = (-1, -0.1, -0.01, -0.005, -0.002, -0.001, 0, 0.001, 0.002, 0.005, 0.01, 0.1, 1)
+_LABELS = ("model", "version", "role")
+
+REQUESTS = Counter(
+    "kubeforge_gateway_requests",
+    "Inference requests answered by the gateway, by the version that answered and HTTP status code",
+    [*_LABELS, "code"],
+    registry=REGISTRY,
+)
+REQUEST_DURATION = Histogram(
+    "kubeforge_gateway_request_duration_seconds",
+    "Time from request received to response ready in the gateway, by the version that answered",
+    _LABELS,
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+UPSTREAM_REQUESTS = Counter(
+    "kubeforge_upstream_requests",
+    "Tries sent to Triton (live and shadow); outcome ok, error (5xx, refused, reset) or timeout",
+    [*_LABELS, "outcome"],
+    registry=REGISTRY,
+)
+UPSTREAM_DURATION = Histogram(
+    "kubeforge_upstream_request_duration_seconds",
+    "Duration of one try against Triton",
+    _LABELS,
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+FALLBACKS = Counter(
+    "kubeforge_fallbacks",
+    "Requests retried on the stable version, by the version that failed and why (error, timeout, not_ready)",
+    ["model", "version", "role", "reason"],
+    registry=REGISTRY,
+)
+SHADOW_REQUESTS = Counter(
+    "kubeforge_shadow_requests",
+    "Mirrored requests by outcome: ok, error, dropped (queue full)",
+    ["model", "version", "outcome"],
+    registry=REGISTRY,
+)
+SHADOW_PREDICTIONS = Counter(
+    "kubeforge_shadow_predictions",
+    "Mirrored predictions (rows) compared with the live answer: agree or disagree",
+    ["model", "version", "result"],
+    registry=REGISTRY,
+)
+SHADOW_LATENCY_DELTA = Histogram(
+    "kubeforge_shadow_latency_delta_seconds",
+    "Shadow try duration minus the live try duration of the same request",
+    ["model", "version"],
+    buckets=_DELTA_BUCKETS,
+    registry=REGISTRY,
+)
+RELOADS = Counter(
+    "kubeforge_route_table_reloads",
+    "Route table (and token file) reloads by result: ok or failed (the previous one stays in force)",
+    ["file", "result"],
+    registry=REGISTRY,
+)
+
+
+class TargetMetrics:
+    """Metric children bound to one version, so the request path does no label lookups."""
+
+    def __init__(self, model: str, version: str, role: str):
+        labels = (model, version, role)
+        self.duration = REQUEST_DURATION.labels(*labels)
+        self.upstream_duration = UPSTREAM_DURATION.labels(*labels)
+        self.ok = UPSTREAM_REQUESTS.labels(*labels, "ok")
+        self.error = UPSTREAM_REQUESTS.labels(*labels, "error")
+        self.timeout = UPSTREAM_REQUESTS.labels(*labels, "timeout")
+        self.labels = labels
+        self._codes: dict[int, object] = {}
+
+    def answered(self, code: int, seconds: float) -> None:
+        child = self._codes.get(code)
+        if child is None:
+            child = self._codes[code] = REQUESTS.labels(*self.labels, str(code))
+        child.inc()  # type: ignore[attr-defined]
+        self.duration.observe(seconds)

@@ -1,0 +1,189 @@
+"""Open Inference Protocol v2 request checks and response decoding.
+
+The gateway forwards request bodies to Triton byte for byte; it only reads them to
+refuse bad input itself, with a 4xx that names the offending input, instead of letting a
+malformed tensor reach a model. Checks run against the version's metadata, fetched from
+Triton once and cached. Binary tensor data (the extension tritonclient uses by default)
+is checked by size: the JSON header says how many bytes each tensor has.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+# Open Inference Protocol datatype -> numpy dtype (BYTES has no fixed item size).
+NUMPY: dict[str, str] = {
+    "BOOL": "bool",
+    "UINT8": "uint8",
+    "UINT16": "uint16",
+    "UINT32": "uint32",
+    "UINT64": "uint64",
+    "INT8": "int8",
+    "INT16": "int16",
+    "INT32": "int32",
+    "INT64": "int64",
+    "FP16": "float16",
+    "FP32": "float32",
+    "FP64": "float64",
+}
+HEADER_LENGTH = "inference-header-content-length"
+
+
+class BadRequest(ValueError):
+    """Input the gateway refuses; status is 400 (invalid) or 413 (too large)."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class TensorSchema:
+    datatype: str
+    shape: tuple[int, ...]  # -1 where any size goes (the batch dimension among them)
+
+
+@dataclass(frozen=True)
+class Schema:
+    """What a model version accepts, from Triton's model metadata and config."""
+
+    model: str
+    inputs: dict[str, TensorSchema]
+    outputs: frozenset[str]
+    max_batch_size: int
+
+    @classmethod
+    def from_triton(cls, model: str, metadata: dict[str, Any], config: dict[str, Any]) -> Schema:
+        return cls(
+            model=model,
+            inputs={i["name"]: TensorSchema(i["datatype"], tuple(i["shape"])) for i in metadata["inputs"]},
+            outputs=frozenset(o["name"] for o in metadata["outputs"]),
+            max_batch_size=int(config.get("max_batch_size", 0)),
+        )
+
+
+def _no_constants(name: str) -> float:
+    raise BadRequest(f"{name} is not a number JSON allows")
+
+
+def _int_range(datatype: str) -> tuple[int, int]:
+    info = np.iinfo(NUMPY[datatype])
+    return int(info.min), int(info.max)
+
+
+def _check_values(name: str, datatype: str, data: Any, count: int) -> None:
+    flat: list[Any] = []
+    stack = [data]
+    while stack:  # flatten nested lists in order, without recursion
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(reversed(item))
+        else:
+            flat.append(item)
+    if len(flat) != count:
+        raise BadRequest(f"input {name!r}: data has {len(flat)} elements, shape needs {count}")
+    if datatype == "BYTES":
+        ok = all(type(v) is str for v in flat)
+    elif datatype == "BOOL":
+        ok = all(type(v) is bool for v in flat)
+    elif datatype.startswith("FP"):
+        top = float(np.finfo(NUMPY[datatype]).max)  # NaN and infinities fail the comparison too
+        ok = all(type(v) in (int, float) and -top <= v <= top for v in flat)
+    else:
+        lo, hi = _int_range(datatype)
+        ok = all(type(v) is int and lo <= v <= hi for v in flat)
+    if not ok:
+        raise BadRequest(f"input {name!r}: data holds values that are not {datatype}")
+
+
+def _check_input(inp: Any, schema: Schema, seen: set[str]) -> int:
+    """Check one input; returns the binary bytes it announces."""
+    if not isinstance(inp, dict) or not isinstance(inp.get("name"), str):
+        raise BadRequest("each input must be an object with a name")
+    name = inp["name"]
+    spec = schema.inputs.get(name)
+    if spec is None:
+        raise BadRequest(f"unknown input {name!r} for model {schema.model!r}; it takes {sorted(schema.inputs)}")
+    if name in seen:
+        raise BadRequest(f"input {name!r} appears twice")
+    seen.add(name)
+    if inp.get("datatype") != spec.datatype:
+        raise BadRequest(f"input {name!r} has datatype {inp.get('datatype')!r}, the model takes {spec.datatype}")
+    shape = inp.get("shape")
+    if (
+        not isinstance(shape, list)
+        or len(shape) != len(spec.shape)
+        or not all(type(d) is int and d >= 1 and (w == -1 or d == w) for d, w in zip(shape, spec.shape, strict=True))
+    ):
+        raise BadRequest(f"input {name!r} has shape {shape}, the model takes {list(spec.shape)} (-1: any size >= 1)")
+    if schema.max_batch_size and shape[0] > schema.max_batch_size:
+        raise BadRequest(f"input {name!r} has batch size {shape[0]}, more than the model's {schema.max_batch_size}")
+    count = math.prod(shape)
+    params = inp.get("parameters")
+    if params is not None and not isinstance(params, dict):
+        raise BadRequest(f"input {name!r}: parameters must be an object")
+    size = (params or {}).get("binary_data_size")
+    if size is None:
+        if "data" not in inp:
+            raise BadRequest(f"input {name!r} has neither data nor binary_data_size")
+        _check_values(name, spec.datatype, inp["data"], count)
+        return 0
+    if "data" in inp:
+        raise BadRequest(f"input {name!r} has both data and binary_data_size")
+    itemsize = np.dtype(NUMPY[spec.datatype]).itemsize if spec.datatype in NUMPY else None
+    if type(size) is not int or size < 0 or (itemsize is not None and size != count * itemsize):
+        raise BadRequest(f"input {name!r}: binary_data_size {size!r} does not fit shape {shape} of {spec.datatype}")
+    return size
+
+
+def validate(body: bytes, header_length: int | None, schema: Schema) -> None:
+    """Raise BadRequest unless body is an inference request this version accepts."""
+    if header_length is not None and not 0 < header_length <= len(body):
+        raise BadRequest(f"{HEADER_LENGTH} {header_length} does not fit a body of {len(body)} bytes")
+    try:
+        request = json.loads(body[:header_length] if header_length else body, parse_constant=_no_constants)
+    except (ValueError, RecursionError) as err:
+        raise BadRequest(f"request body is not valid JSON: {err}") from None
+    if not isinstance(request, dict):
+        raise BadRequest("request body must be a JSON object")
+    inputs = request.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise BadRequest("request needs a non-empty inputs list")
+    seen: set[str] = set()
+    binary = sum(_check_input(inp, schema, seen) for inp in inputs)
+    missing = sorted(set(schema.inputs) - seen)
+    if missing:
+        raise BadRequest(f"missing input {missing[0]!r} for model {schema.model!r}")
+    if binary != (len(body) - header_length if header_length else 0):
+        raise BadRequest("binary tensor sizes do not add up to the bytes after the JSON header")
+    outputs = request.get("outputs", [])
+    if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
+        raise BadRequest("outputs must be a list of objects")
+    for out in outputs:
+        if out.get("name") not in schema.outputs:
+            raise BadRequest(f"unknown output {out.get('name')!r}; the model returns {sorted(schema.outputs)}")
+    for key in ("parameters", "id"):
+        if key in request and not isinstance(request[key], dict if key == "parameters" else str):
+            raise BadRequest(f"{key} has the wrong type")
+
+
+def decode_outputs(content: bytes, header_length: int | None) -> dict[str, np.ndarray]:
+    """The output tensors of a Triton response, JSON or binary."""
+    header = json.loads(content[:header_length] if header_length else content)
+    offset = header_length or 0
+    out: dict[str, np.ndarray] = {}
+    for o in header.get("outputs", []):
+        dtype = np.dtype(NUMPY.get(o["datatype"], "object"))
+        size = (o.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            arr = np.frombuffer(content, dtype=dtype, count=size // dtype.itemsize, offset=offset)
+            offset += size
+        else:
+            arr = np.asarray(o["data"], dtype=dtype)
+        out[o["name"]] = arr.reshape(o["shape"])
+    return out

@@ -1,0 +1,173 @@
+"""The route table: which Triton answers for which model version, and how traffic splits.
+
+The operator writes it (a ConfigMap mounted into the gateway); the gateway reads it and
+hot-reloads it. Live traffic splits between the stable and canary versions by integer
+weights, either at random or, with a sticky header, by a stable hash of the header's
+value, so an A/B caller stays on one version for as long as the weights do not change.
+A shadow version gets a mirror of a percentage of requests and never answers a caller.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import Field, model_validator
+
+from kubeforge.api.meta import KubeModel
+from kubeforge.api.modeldeployment import Role
+
+Task = Literal["classification", "regression"]
+
+
+class VersionRoute(KubeModel):
+    """One model version and the Triton serving it."""
+
+    version: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[0-9]+$")]
+    """Registered model version."""
+    role: Role
+    """stable, canary or shadow."""
+    url: Annotated[str, Field(pattern=r"^https?://[^/\s]+$")]
+    """Triton's HTTP endpoint, e.g. http://clf-v3.models.svc:8000."""
+    triton_model: Annotated[str, Field(min_length=1, max_length=255)] | None = None
+    """Model name inside Triton; the route's model name when omitted."""
+    weight: Annotated[int, Field(ge=0, le=1_000_000)] = 0
+    """Share of live traffic (stable and canary; relative to the other's weight)."""
+    percent: Annotated[int, Field(ge=0, le=100)] = 0
+    """Percent of live requests mirrored (shadow only)."""
+
+
+class ModelRoute(KubeModel):
+    """How requests for one model name are served."""
+
+    versions: Annotated[list[VersionRoute], Field(min_length=1, max_length=3)]
+    """One stable, at most one canary and at most one shadow."""
+    task: Task = "classification"
+    """How shadow answers are compared: argmax agreement (classification) or relative error (regression)."""
+    tolerance: Annotated[float, Field(ge=0)] = 0.01
+    """Largest relative error at which a regression shadow answer still agrees."""
+    sticky_header: Annotated[str, Field(pattern=r"^[A-Za-z0-9-]+$", max_length=128)] | None = None
+    """Request header whose value pins a caller to a version."""
+    fallback: bool = True
+    """Retry once on the stable version when the chosen one fails, times out or is not ready."""
+    timeout_ms: Annotated[int, Field(ge=1, le=600_000)] = 5000
+    """Per-try timeout of an upstream request."""
+
+    @model_validator(mode="after")
+    def _roles(self) -> ModelRoute:
+        roles = Counter(v.role for v in self.versions)
+        if roles["stable"] != 1:
+            raise ValueError(f"needs exactly one stable version, has {roles['stable']}")
+        for role in ("canary", "shadow"):
+            if roles[role] > 1:
+                raise ValueError(f"at most one {role} version, has {roles[role]}")
+        if len({v.version for v in self.versions}) != len(self.versions):
+            raise ValueError("a version appears twice")
+        if sum(v.weight for v in self.versions if v.role != "shadow") == 0:
+            raise ValueError("stable and canary weights are all 0: no version would get traffic")
+        if any(v.role == "shadow" and v.weight for v in self.versions):
+            raise ValueError("a shadow version has a weight: shadows get a mirror (percent), not traffic")
+        return self
+
+
+class RouteTable(KubeModel):
+    """Every model the gateway serves."""
+
+    models: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=255)], ModelRoute]
+    """Model name (as clients call it) to its route."""
+
+    @classmethod
+    def parse(cls, text: str | bytes) -> RouteTable:
+        """From YAML or JSON (JSON is YAML)."""
+        return cls.model_validate(yaml.safe_load(text))
+
+
+@dataclass(eq=False)
+class Target:
+    """A version as the gateway calls it. Kept across reloads (by key) with its readiness and schema."""
+
+    model: str
+    version: str
+    url: str
+    triton_model: str
+    role: Role = "stable"
+    ready: bool = True
+    schema: Any = None  # the version's input schema, once fetched from Triton
+    metrics: Any = None  # labelled metric children, bound once per target
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        return (self.model, self.url, self.triton_model, self.version)
+
+    @property
+    def base(self) -> str:
+        return f"/v2/models/{self.triton_model}/versions/{self.version}"
+
+
+@dataclass(eq=False)
+class Route:
+    """A ModelRoute compiled for the request path."""
+
+    name: str
+    spec: ModelRoute
+    stable: Target
+    canary: Target | None = None
+    shadow: Target | None = None
+    canary_weight: int = 0
+    total_weight: int = 1
+    shadow_percent: int = 0
+    sticky_header: str | None = None
+    timeout: float = 5.0
+    versions: dict[str, Target] = field(default_factory=dict)
+
+    def pick(self, sticky_value: str | None = None) -> Target:
+        """The version a live request goes to."""
+        if self.canary is None or self.canary_weight == 0:
+            return self.stable
+        if sticky_value is not None:
+            point = zlib.crc32(sticky_value.encode()) % self.total_weight
+        else:
+            point = random.randrange(self.total_weight)
+        return self.canary if point < self.canary_weight else self.stable
+
+    def mirror(self) -> Target | None:
+        """The shadow to mirror this request to, if this request is in the mirrored percentage."""
+        if self.shadow is not None and random.random() * 100 < self.shadow_percent:
+            return self.shadow
+        return None
+
+
+def compile_table(table: RouteTable, known: dict[tuple[str, str, str, str], Target]) -> dict[str, Route]:
+    """Routes for the request path, reusing the Targets (readiness, schemas) of the previous table."""
+    routes: dict[str, Route] = {}
+    for name, spec in table.models.items():
+        targets: dict[str, Target] = {}
+        by_role: dict[str, tuple[Target, VersionRoute]] = {}
+        for v in spec.versions:
+            fresh = Target(name, v.version, v.url.rstrip("/"), v.triton_model or name, v.role)
+            target = known.get(fresh.key, fresh)
+            target.role = v.role
+            targets[v.version] = target
+            by_role[v.role] = (target, v)
+        stable, stable_spec = by_role["stable"]
+        canary, canary_spec = by_role.get("canary", (None, None))
+        shadow, shadow_spec = by_role.get("shadow", (None, None))
+        canary_weight = canary_spec.weight if canary_spec else 0
+        routes[name] = Route(
+            name=name,
+            spec=spec,
+            stable=stable,
+            canary=canary,
+            shadow=shadow,
+            canary_weight=canary_weight,
+            total_weight=stable_spec.weight + canary_weight,
+            shadow_percent=shadow_spec.percent if shadow_spec else 0,
+            sticky_header=spec.sticky_header.lower() if spec.sticky_header else None,
+            timeout=spec.timeout_ms / 1000,
+            versions=targets,
+        )
+    return routes

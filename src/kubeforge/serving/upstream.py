@@ -1,0 +1,109 @@
+"""Calls from the gateway to Triton over one shared keep-alive connection pool.
+
+Request bodies go out exactly as they came in (JSON or binary tensor data), and Triton's
+response bytes come back untouched: the gateway never re-encodes tensors. A 5xx,
+a refused or reset connection and a timeout are failures the caller may fall back
+from; a 4xx is Triton's verdict on the input and goes to the client as it is.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import httpx
+
+from .metrics import TargetMetrics
+from .oip import HEADER_LENGTH, Schema
+from .routes import Target
+
+
+class UpstreamFailure(Exception):
+    """A try that failed in a way worth retrying elsewhere; reason is error or timeout."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Answer:
+    """Triton's response to one try."""
+
+    status: int
+    content: bytes
+    content_type: str
+    header_length: str | None
+    seconds: float
+
+
+class Upstreams:
+    """The shared HTTP client and what the gateway asks of Triton through it."""
+
+    def __init__(self, max_connections: int = 512):
+        self.client = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            timeout=5.0,
+            headers={"accept-encoding": "identity"},  # Triton compressing loopback answers only costs CPU
+        )
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    @staticmethod
+    def bind(target: Target) -> TargetMetrics:
+        if target.metrics is None or target.metrics.labels[2] != target.role:
+            target.metrics = TargetMetrics(target.model, target.version, target.role)
+        return target.metrics
+
+    async def infer(self, target: Target, body: bytes, headers: dict[str, str], timeout: float) -> Answer:
+        metrics = self.bind(target)
+        start = time.perf_counter()
+        try:
+            resp = await self.client.post(
+                f"{target.url}{target.base}/infer", content=body, headers=headers, timeout=timeout
+            )
+        except httpx.TimeoutException as err:
+            metrics.timeout.inc()
+            raise UpstreamFailure("timeout", f"version {target.version} timed out after {timeout:g}s") from err
+        except httpx.HTTPError as err:
+            metrics.error.inc()
+            target.ready = False  # refused or reset: route around it until the health check sees it back
+            raise UpstreamFailure("error", f"version {target.version} unreachable: {type(err).__name__}") from err
+        seconds = time.perf_counter() - start
+        metrics.upstream_duration.observe(seconds)
+        if resp.status_code >= 500:
+            metrics.error.inc()
+            raise UpstreamFailure("error", f"version {target.version} answered {resp.status_code}")
+        metrics.ok.inc()
+        return Answer(
+            resp.status_code,
+            resp.content,
+            resp.headers.get("content-type", "application/json"),
+            resp.headers.get(HEADER_LENGTH),
+            seconds,
+        )
+
+    async def get(self, target: Target, suffix: str = "", timeout: float = 2.0) -> httpx.Response:
+        return await self.client.get(f"{target.url}{target.base}{suffix}", timeout=timeout)
+
+    async def probe(self, target: Target) -> bool:
+        """Refresh target.ready (and its schema, once) from Triton."""
+        try:
+            target.ready = (await self.get(target, "/ready")).status_code == 200
+            if target.ready and target.schema is None:
+                await self.schema(target)
+        except httpx.HTTPError:
+            target.ready = False
+        return target.ready
+
+    async def schema(self, target: Target) -> Schema | None:
+        """The version's input schema, fetched once; None while Triton cannot tell."""
+        if target.schema is None:
+            try:
+                meta, config = await self.get(target), await self.get(target, "/config")
+                if meta.status_code == config.status_code == 200:
+                    target.schema = Schema.from_triton(target.model, meta.json(), config.json())
+            except (httpx.HTTPError, ValueError, KeyError):
+                return None
+        return target.schema

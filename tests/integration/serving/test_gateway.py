@@ -1,0 +1,245 @@
+"""The gateway in front of a real tritonserver: protocol, routing, shadow, fallback, reload, auth, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import socket
+import statistics
+import time
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+
+from kubeforge.core import modelcontract as mc
+
+from .conftest import N_FEATURES, body, send, table
+
+pytestmark = pytest.mark.integration
+
+ROW = [0.7, 0.1, 0.2, 0.3]
+
+
+def infer_url(gw, name: str = "clf") -> str:
+    return f"{gw.url}/v2/models/{name}/infer"
+
+
+def test_tritonclient_works_unchanged_through_the_gateway(gateway, triton, registered):
+    gw = gateway(table(registered, triton.url))
+    x = np.array([ROW, [-0.5, 0, 0, 0]], dtype=np.float32)
+    via_gateway = httpclient.InferenceServerClient(gw.url.removeprefix("http://"))
+    direct = httpclient.InferenceServerClient(triton.url.removeprefix("http://"))
+    assert via_gateway.is_server_live() and via_gateway.is_server_ready()
+    assert via_gateway.is_model_ready(registered.name)
+    meta = via_gateway.get_model_metadata(registered.name)
+    assert meta["name"] == registered.name and meta["versions"] == [registered.stable]
+    assert meta["inputs"][0]["name"] == mc.INPUT_NAME
+    assert via_gateway.get_model_config(registered.name)["max_batch_size"] == 8
+    for binary in (True, False):  # tritonclient's default binary tensor extension, and plain JSON
+        inp = httpclient.InferInput(mc.INPUT_NAME, list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=binary)
+        out = [httpclient.InferRequestedOutput(mc.OUTPUT_NAME, binary_data=binary)]
+        got = via_gateway.infer(registered.name, [inp], outputs=out).as_numpy(mc.OUTPUT_NAME)
+        want = direct.infer(registered.name, [inp], model_version=registered.stable, outputs=out)
+        np.testing.assert_array_equal(got, want.as_numpy(mc.OUTPUT_NAME))
+    pinned = via_gateway.infer(registered.name, [inp], model_version=registered.stable)
+    assert pinned.as_numpy(mc.OUTPUT_NAME).shape == (2, 2)
+
+
+def test_weights_are_honoured(gateway, triton, registered):
+    gw = gateway(table(registered, triton.url, canary=(triton.url, 20)))
+    n = 1500
+    results = send(infer_url(gw), [(body([ROW]), {})] * n, concurrency=8)
+    assert all(r.status == 200 for r in results)
+    canary = sum(r.version == registered.canary for r in results)
+    assert sum(r.version == registered.stable for r in results) + canary == n
+    mean, sd = n * 0.2, math.sqrt(n * 0.2 * 0.8)
+    assert abs(canary - mean) < 4.5 * sd, f"{canary} of {n} on the canary, expected about {mean:.0f}"
+
+
+def test_sticky_callers_stay_on_one_version(gateway, triton, registered):
+    gw = gateway(table(registered, triton.url, canary=(triton.url, 50), stickyHeader="x-user"))
+    users = [f"user-{i}" for i in range(150)]
+    requests = [(body([ROW]), {"x-user": u}) for u in users for _ in range(3)]
+    random.Random(1).shuffle(requests)
+    results = send(infer_url(gw), requests, concurrency=8)
+    seen: dict[str, set[str | None]] = {}
+    for (_, headers), r in zip(requests, results, strict=True):
+        assert r.status == 200
+        seen.setdefault(headers["x-user"], set()).add(r.version)
+    assert all(len(v) == 1 for v in seen.values())
+    on_canary = sum(v == {registered.canary} for v in seen.values())
+    assert 40 < on_canary < 110  # both versions get callers
+
+
+def _shadow_inputs(n: int, disagreeing: int) -> list[bytes]:
+    """Rows where stable (threshold 0) and shadow (threshold 0.5) disagree exactly `disagreeing` times."""
+    rows = [[0.25, 0, 0, 0]] * disagreeing + [[1.0, 0, 0, 0], [-1.0, 0, 0, 0]] * ((n - disagreeing) // 2)
+    random.Random(2).shuffle(rows)
+    return [body([r]) for r in rows]
+
+
+def _wait_for(predicate, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.1)
+
+
+def test_shadow_is_compared_and_never_changes_live_answers(gateway, triton, registered):
+    payloads = _shadow_inputs(200, 50)
+    plain = gateway(table(registered, triton.url))
+    mirrored = gateway(table(registered, triton.url, shadow=(triton.url, 100)))
+    without = send(infer_url(plain), [(p, {}) for p in payloads])
+    with_shadow = send(infer_url(mirrored), [(p, {}) for p in payloads])
+    assert [r.content for r in with_shadow] == [r.content for r in without]
+    assert {r.version for r in with_shadow} == {registered.stable}
+    labels = {"model": registered.name, "version": registered.shadow}
+    _wait_for(lambda: mirrored.metric("kubeforge_shadow_requests_total", outcome="ok", **labels) == 200)
+    assert mirrored.metric("kubeforge_shadow_predictions_total", result="agree", **labels) == 150
+    assert mirrored.metric("kubeforge_shadow_predictions_total", result="disagree", **labels) == 50
+    assert mirrored.metric("kubeforge_shadow_latency_delta_seconds_count", **labels) == 200
+    assert plain.metric("kubeforge_shadow_requests_total") == 0
+
+
+def test_failing_or_slow_shadow_costs_live_traffic_nothing(gateway, triton, registered):
+    hung = socket.socket()  # accepts connections into its backlog and never answers: a hung shadow
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(1024)
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+    try:
+        payloads = [(body([ROW]), {})] * 150
+        base = gateway(table(registered, triton.url))
+        hung_url = f"http://127.0.0.1:{hung.getsockname()[1]}"
+        slow = gateway(table(registered, triton.url, shadow=(hung_url, 100), timeoutMs=300))
+        failing = gateway(table(registered, triton.url, shadow=(f"http://127.0.0.1:{dead.getsockname()[1]}", 100)))
+        send(infer_url(base), payloads[:20])  # warm connections
+        baseline = send(infer_url(base), payloads, concurrency=2)
+        for gw in (slow, failing):
+            send(infer_url(gw), payloads[:20])
+            results = send(infer_url(gw), payloads, concurrency=2)
+            assert all(r.status == 200 and r.version == registered.stable for r in results)
+            median, base_median = (statistics.median(r.seconds for r in rs) for rs in (results, baseline))
+            assert median < 2 * base_median + 0.002, f"live median {median * 1e3:.2f} ms vs {base_median * 1e3:.2f} ms"
+        shadow = {"model": registered.name, "version": registered.shadow}
+        _wait_for(lambda: failing.metric("kubeforge_shadow_requests_total", outcome="error", **shadow) >= 100)
+        _wait_for(lambda: slow.metric("kubeforge_upstream_requests_total", outcome="timeout", **shadow) >= 2)
+        assert slow.metric("kubeforge_shadow_requests_total", outcome="ok", **shadow) == 0
+    finally:
+        hung.close()
+        dead.close()
+
+
+def test_killing_the_canary_under_load_fails_no_request(gateway, triton, canary_triton, registered):
+    gw = gateway(table(registered, triton.url, canary=(canary_triton.url, 50), timeoutMs=2000))
+
+    async def kill_at(i: int) -> None:
+        if i == 150:  # a crash, not a graceful shutdown: Triton finishing in-flight work would hide it
+            os.killpg(canary_triton.pid, signal.SIGKILL)
+
+    results = send(infer_url(gw), [(body([ROW]), {})] * 600, concurrency=8, on_done=kill_at)
+    failed = [r for r in results if r.status != 200]
+    assert not failed, f"{len(failed)} failed, e.g. {failed[0].status} {failed[0].content[:200]!r}"
+    assert {r.version for r in results[:100]} == {registered.stable, registered.canary}
+    assert {r.version for r in results[-100:]} == {registered.stable}
+    assert gw.metric("kubeforge_fallbacks_total", model=registered.name, version=registered.canary) > 0
+    assert gw.metric("kubeforge_upstream_requests_total", version=registered.canary, outcome="error") > 0
+
+
+def test_route_table_hot_reloads_under_load_and_refuses_malformed_ones(gateway, triton, registered):
+    gw = gateway(table(registered, triton.url))
+    tables = [
+        table(registered, triton.url, canary=(triton.url, 100 - 1)),
+        "models: {clf: {versions: [{version: '1', role: canary, url: 'http://x', weight: 5}]}}",  # no stable
+        "models: [not, a, map",
+    ]
+
+    async def swap(i: int) -> None:
+        if i in (100, 200, 300):
+            gw.write(tables[(i // 100) - 1])
+
+    results = send(infer_url(gw), [(body([ROW]), {})] * 500, concurrency=8, on_done=swap)
+    assert all(r.status == 200 for r in results)
+    assert {r.version for r in results[:80]} == {registered.stable}
+    time.sleep(0.5)
+    assert gw.metric("kubeforge_route_table_reloads_total", file="routes", result="failed") == 2
+    assert gw.metric("kubeforge_route_table_reloads_total", file="routes", result="ok") == 2
+    after = send(infer_url(gw), [(body([ROW]), {})] * 100)
+    assert sum(r.version == registered.canary for r in after) > 80  # the last good table (99 % canary) stays
+
+
+def test_bearer_tokens(gateway, triton, registered):
+    gw = gateway(table(registered, triton.url), tokens="# callers\nopen-all\nonly-other other-model\n")
+    url, payload = infer_url(gw), body([ROW])
+    statuses = [
+        send(url, [(payload, headers)])[0]
+        for headers in ({}, {"authorization": "Bearer nope"}, {"authorization": "Bearer only-other"})
+    ]
+    assert [r.status for r in statuses] == [401, 401, 403]
+    assert all("error" in json.loads(r.content) for r in statuses)
+    assert send(url, [(payload, {"authorization": "Bearer open-all"})])[0].status == 200
+    client = httpclient.InferenceServerClient(gw.url.removeprefix("http://"))
+    assert client.is_server_ready()  # probes stay open
+    with pytest.raises(Exception, match=r"401|bearer"):
+        client.get_model_metadata(registered.name)
+
+
+def _bad_payloads(rng: random.Random, n: int) -> list[tuple[bytes, dict[str, str]]]:
+    """Requests that are wrong in one or two ways: shape, dtype, names, data, sizes, JSON itself."""
+    good = {"inputs": [{"name": mc.INPUT_NAME, "datatype": "FP32", "shape": [1, N_FEATURES], "data": ROW}]}
+    junk = [None, True, -1, 0, 3.5, 1e308, "x", [], {}, [[1]], "FP32", 2**70, [1, 2, 3, 4, 5], {"a": 1}]
+    mutations = [
+        lambda r, i: i.update(shape=rng.choice([[1], [1, 5], [2, N_FEATURES], [9, N_FEATURES], [0, 4], [1, 4, 1]])),
+        lambda r, i: i.update(datatype=rng.choice(["FP64", "INT32", "BYTES", "fp32", "BOOL", None, 7])),
+        lambda r, i: i.update(name=rng.choice(["feature", "", None, 3, "outputs"])),
+        lambda r, i: i.update(data=rng.choice([ROW[:3], [*ROW, 1.0], ["a"] * 4, [True] * 4, [[ROW, ROW]], None, {}])),
+        lambda r, i: i.pop(rng.choice(["data", "shape", "datatype", "name"]), None),
+        lambda r, i: i.update({rng.choice(["shape", "data", "datatype", "name"]): rng.choice(junk)}),
+        lambda r, i: i.update(
+            parameters=rng.choice([[], "x", 3, *({"binary_data_size": v} for v in (3, 16, -1, "16"))])
+        ),
+        lambda r, i: r.update(inputs=rng.choice([[], None, "x", [i, i], [None], {}])),
+        lambda r, i: r.update(outputs=rng.choice([[{"name": "nope"}], "x", [1], [{}]])),
+        lambda r, i: r.pop("inputs", None),
+    ]
+    out: list[tuple[bytes, dict[str, str]]] = []
+    for _ in range(n):
+        request = json.loads(json.dumps(good))
+        for mutate in rng.sample(mutations, rng.choice([1, 2])):
+            inputs = request.get("inputs")
+            target = inputs[0] if isinstance(inputs, list) and inputs and isinstance(inputs[0], dict) else {}
+            mutate(request, target)
+        data = json.dumps(request).encode()
+        headers: dict[str, str] = {}
+        kind = rng.random()
+        if kind < 0.1:
+            data = data[: rng.randrange(len(data))]  # truncated JSON
+        elif kind < 0.15:
+            data = rng.choice([b"", b"null", b"[]", b"\xff\xfe", b"NaN", b'{"inputs": [{"data": [NaN]}]}'])
+        elif kind < 0.2:
+            headers["inference-header-content-length"] = rng.choice(["0", "5", "999999", "abc", "-3"])
+        elif kind < 0.25:
+            headers["content-encoding"] = rng.choice(["gzip", "br"])
+        if data == json.dumps(good).encode() and not headers:
+            continue  # the mutations cancelled out
+        out.append((data, headers))
+    return out
+
+
+def test_fuzzed_bad_input_gets_4xx_never_5xx(gateway, triton, registered):
+    gw = gateway(table(registered, triton.url))
+    requests = _bad_payloads(random.Random(7), 400)
+    assert len(requests) > 350
+    results = send(infer_url(gw), requests, concurrency=4)
+    server_errors = [(req, r.status, r.content) for req, r in zip(requests, results, strict=True) if r.status >= 500]
+    assert not server_errors, server_errors[:3]
+    assert all(400 <= r.status < 500 for r in results), {r.status for r in results}
+    assert all("error" in json.loads(r.content) for r in results)
+    too_big = send(infer_url(gw), [(b"{" + b" " * (17 * 1024 * 1024) + b"}", {})])[0]
+    assert too_big.status == 413
+    assert send(infer_url(gw), [(body([ROW]), {})])[0].status == 200

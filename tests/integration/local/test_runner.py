@@ -99,7 +99,12 @@ def gateway(replicas: int = 1) -> list[dict[str, Any]]:
     }
     pod = {"containers": [container], "volumes": [{"name": "routes", "configMap": {"name": "routes"}}]}
     return [
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "routes"}, "data": {"routes.yaml": "models: {}"}},
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "routes"},
+            "data": {"routes.yaml": "models: {}"},
+        },
         {
             "apiVersion": "apps/v1",
             "kind": "Deployment",

@@ -2,7 +2,8 @@
 
 The API server refuses loopback addresses in v1 Endpoints, but not in EndpointSlices
 (the object kube-proxy and DNS read today), so each Service whose selector matches
-local pods gets one slice per pod, with that pod's local ports under the Service's
+local pods gets one slice per pod (labelled with the Service's labels and
+``kubernetes.io/service-name``), with that pod's local ports under the Service's
 port names. Ready pods are ``ready: true``; the others are listed as not ready.
 """
 
@@ -54,7 +55,8 @@ def _slice(version: str, service: client.V1Service, pod: PodState) -> dict[str, 
         "metadata": {
             "name": f"{service.metadata.name}-{pod.name}"[:253],
             "namespace": pod.namespace,
-            "labels": {SERVICE_NAME: service.metadata.name, MANAGED_BY: RUNNER},
+            # The Service's labels too, as the EndpointSlice controller copies them: readers select by them.
+            "labels": {**(service.metadata.labels or {}), SERVICE_NAME: service.metadata.name, MANAGED_BY: RUNNER},
         },
         "addressType": "IPv4",
         "endpoints": [{"addresses": [LOOPBACK], "conditions": {"ready": ready}}],

@@ -1,0 +1,110 @@
+"""`kubeforge up` and `down` end to end, in a temporary data directory."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from kubeforge.api import crdgen
+from kubeforge.local.processes import alive
+
+
+def _sessions(sids: set[int]) -> list[Path]:
+    """/proc entries of the live processes in the given sessions (each part runs in a session of its own).
+
+    Zombies do not count: they hold no sockets, and here nothing may be left to reap them."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split() if proc.name.isdigit() else []
+            if fields and fields[0] != "Z" and int(fields[3]) in sids:
+                found.append(proc)
+        except OSError:
+            continue
+    return found
+
+
+def listening_ports(sids: set[int]) -> set[int]:
+    """TCP ports that processes of the given sessions listen on (from /proc/net/tcp{,6} and their fds)."""
+    inodes = set()
+    for proc in _sessions(sids):
+        with contextlib.suppress(OSError):
+            for fd in (proc / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if (link := os.readlink(fd)).startswith("socket:["):
+                        inodes.add(link[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in (line.split() for line in Path(table).read_text().splitlines()[1:]):
+            if row[3] == "0A" and row[9] in inodes:  # LISTEN
+                ports.add(int(row[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def all_listening_ports() -> set[int]:
+    return {
+        int(row[1].rsplit(":", 1)[1], 16)
+        for table in ("/proc/net/tcp", "/proc/net/tcp6")
+        for row in (line.split() for line in Path(table).read_text().splitlines()[1:])
+        if row[3] == "0A"
+    }
+
+
+def local(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KUBEFORGE_DATA_DIR": str(data_dir)}
+    argv = [sys.executable, "-m", "kubeforge.local.commands", *args]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=240)
+
+
+def recorded_pids(data_dir: Path) -> list[int]:
+    state = json.loads((data_dir / "local.json").read_text())
+    cp = json.loads((data_dir / "controlplane" / "controlplane.json").read_text())
+    return [state[k] for k in ("mlflow_pid", "operator_pid", "runner_pid")] + [cp["etcd_pid"], cp["apiserver_pid"]]
+
+
+@pytest.mark.timeout(400)
+def test_up_status_down(tmp_path):
+    up = local(tmp_path, "up")
+    try:
+        assert up.returncode == 0, up.stderr
+        export = next(line for line in up.stdout.splitlines() if line.startswith("export KUBECONFIG="))
+        kubeconfig = export.split("=", 1)[1]
+        mlflow_url = next(line.split()[-1] for line in up.stdout.splitlines() if line.startswith("MLflow UI:"))
+        pids = recorded_pids(tmp_path)
+
+        crds = subprocess.run(
+            ["kubectl", "get", "crd", "-o", "name"],
+            env={**os.environ, "KUBECONFIG": kubeconfig},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for kind in crdgen.KINDS:
+            assert f"customresourcedefinition.apiextensions.k8s.io/{kind.crd.crd_name}" in crds
+        with urllib.request.urlopen(f"{mlflow_url}/health", timeout=5) as resp:
+            assert resp.status == 200
+
+        status = local(tmp_path, "status")
+        assert status.returncode == 0, status.stdout
+        assert status.stdout.count("running") == 4
+
+        again = local(tmp_path, "up")  # warm: everything is reused
+        assert again.returncode == 0, again.stderr
+        assert recorded_pids(tmp_path) == pids
+        ours = listening_ports(set(pids))
+        assert len(ours) >= 4  # API server, etcd, MLflow, operator health
+    finally:
+        down = local(tmp_path, "down")
+    assert down.returncode == 0, down.stderr
+    assert not [pid for pid in pids if alive(pid)]
+    assert not _sessions(set(pids))  # nothing of any part (MLflow's workers included) is left
+    assert not ours & all_listening_ports()
+    assert local(tmp_path, "status").returncode == 1
+    assert (tmp_path / "controlplane" / "etcd").is_dir()  # data survives down

@@ -74,7 +74,7 @@ def _attempt(spec: TrainingJobSpec, settings: Settings, ctx: Context) -> dict[st
             mlflow.set_tags(tags)
 
         def on_epoch(result: EpochResult) -> None:
-            print(_progress(result), flush=True)
+            print(progress_line(result), flush=True)
             values = {"train_loss": result.train_loss} | {f"val_{k}": v for k, v in result.metrics.items()}
             mlflow.log_metrics(values, step=result.epoch, synchronous=False)
             if store and (result.epoch % spec.checkpoint.every_epochs == 0 or result.epoch == result.epochs):
@@ -110,7 +110,7 @@ def _attempt(spec: TrainingJobSpec, settings: Settings, ctx: Context) -> dict[st
     }
 
 
-def _progress(result: EpochResult) -> str:
+def progress_line(result: EpochResult) -> str:
     """The line users follow with kubectl logs."""
     scores = " ".join(f"val_{k}={v:.4f}" for k, v in result.metrics.items())
     return f"epoch {result.epoch}/{result.epochs} train_loss={result.train_loss:.4f} {scores} {result.seconds:.2f}s"

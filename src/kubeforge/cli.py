@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .local.commands import down, local, status, up
 from .serving.commands import serving
 
 
@@ -142,7 +143,8 @@ def controlplane_build() -> None:
         raise click.ClickException(str(err)) from err
 
 
-main.add_command(serving)
+for command in (serving, up, down, status, local):
+    main.add_command(command)
 
 
 @main.command(

@@ -27,7 +27,9 @@ def set_condition(
 ) -> list[dict[str, Any]]:
     """A copy of conditions with type_ set; other types are kept in their order."""
     out = [dict(c) for c in conditions]
-    new = {"type": type_, "status": status, "reason": reason, "message": message}
+    new = {"type": type_, "status": status, "reason": reason}
+    if message:  # an empty message is left out: some API server releases read "" as null and reject it
+        new["message"] = message
     if generation is not None:
         new["observedGeneration"] = generation
     for i, cond in enumerate(out):

@@ -40,7 +40,12 @@ def _dynamic(api: client.ApiClient) -> dynamic.DynamicClient:
 
 
 def resource(api: client.ApiClient, api_version: str, kind: str) -> Any:
-    """The discovered API resource for apiVersion/kind (cached per client)."""
+    """The discovered API resource for apiVersion/kind (cached per client).
+
+    api_version may be a bare group ("discovery.k8s.io"): the server's preferred version is used.
+    """
+    if "/" not in api_version and "." in api_version:
+        return _dynamic(api).resources.get(group=api_version, kind=kind, preferred=True)
     return _dynamic(api).resources.get(api_version=api_version, kind=kind)
 
 

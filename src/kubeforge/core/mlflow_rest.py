@@ -61,8 +61,15 @@ class MLflowRegistry:
             resp = self._http.get(f"/api/2.0/mlflow/{path}", params=params)
         except httpx.HTTPError as err:
             raise MLflowError(f"MLflow at {self.tracking_uri} is unreachable: {err}") from err
-        if resp.status_code == 404 or (resp.status_code == 400 and "RESOURCE_DOES_NOT_EXIST" in resp.text):
-            raise NotFound(resp.json().get("message", resp.text))
+        if resp.status_code in (400, 404):
+            try:
+                body = resp.json()
+            except ValueError:
+                body = {}
+            message = str(body.get("message", resp.text))
+            # A missing version is RESOURCE_DOES_NOT_EXIST; a missing alias is a 400 that says "not found".
+            if body.get("error_code") == "RESOURCE_DOES_NOT_EXIST" or "not found" in message.lower():
+                raise NotFound(message)
         if resp.status_code >= 400:
             raise MLflowError(f"MLflow {path} failed ({resp.status_code}): {resp.text[:500]}")
         return resp.json()

@@ -25,7 +25,12 @@ class Operator:
 
     def start(self) -> None:
         port = free_port()
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "KUBEFORGE_MLFLOW_TRACKING_URI": self.mlflow_url}
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "KUBEFORGE_MLFLOW_TRACKING_URI": self.mlflow_url,
+            "KUBEFORGE_SERVICE_ADDRESSING": "endpoints",  # no cluster DNS here, as in the local runtime
+        }
         argv = [
             sys.executable,
             "-m",

@@ -8,7 +8,8 @@ tokens and metrics apart from another's and lets each scale on its own.
 
 Ports reach container args as ``$(KUBEFORGE_PORT_<NAME>)``, expanded from the
 container's env as Kubernetes does; the local runtime overrides those env values
-with free loopback ports and runs exactly the same pod specs.
+with free loopback ports, runs exactly the same pod specs, and publishes the
+addresses as EndpointSlices carrying the Service's labels.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ def _port_env(ports: dict[str, int]) -> list[dict[str, str]]:
 
 
 def _container_ports(ports: dict[str, int]) -> list[dict[str, Any]]:
-    return [{"name": name, "containerPort": port} for name, port in ports.items()]
+    # protocol is part of the list-map key: server-side apply on older API servers needs it spelt out.
+    return [{"name": name, "containerPort": port, "protocol": "TCP"} for name, port in ports.items()]
 
 
 def _service(owner: dict[str, Any], name: str, component: str, selector: dict[str, str], ports: dict[str, int]) -> dict:
@@ -75,7 +77,7 @@ def _service(owner: dict[str, Any], name: str, component: str, selector: dict[st
         "metadata": _meta(owner, name, component, {k: v for k, v in selector.items() if k != labels.COMPONENT}),
         "spec": {
             "selector": selector,
-            "ports": [{"name": n, "port": p, "targetPort": n} for n, p in ports.items()],
+            "ports": [{"name": n, "port": p, "targetPort": n, "protocol": "TCP"} for n, p in ports.items()],
         },
     }
 

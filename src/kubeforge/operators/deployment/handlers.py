@@ -78,11 +78,15 @@ def resolve(ctx: Context, md: ModelDeployment) -> Resolved:
     )
 
 
-def _endpoint_url(endpoints: Any, port_name: str) -> str | None:
-    for subset in endpoints.subsets or []:
-        port = next((p.port for p in subset.ports or [] if p.name == port_name), None)
-        if subset.addresses and port:
-            return f"http://{subset.addresses[0].ip}:{port}"
+SERVICE_NAME = "kubernetes.io/service-name"
+
+
+def _slice_url(endpoint_slice: Any, port_name: str) -> str | None:
+    """http://address:port of the first ready endpoint of an EndpointSlice."""
+    port = next((p["port"] for p in endpoint_slice.get("ports") or [] if p.get("name") == port_name), None)
+    for endpoint in endpoint_slice.get("endpoints") or []:
+        if port and endpoint.get("addresses") and (endpoint.get("conditions") or {}).get("ready", True):
+            return f"http://{endpoint['addresses'][0]}:{port}"
     return None
 
 
@@ -101,13 +105,16 @@ def observe(ctx: Context, body: dict[str, Any]) -> Observed:
     urls: dict[str, str] = {}
     gateway_url = None
     if ctx.settings.service_addressing == "endpoints":
-        for ep in client.CoreV1Api(ctx.api).list_namespaced_endpoints(ns, label_selector=selector).items:
-            url = _endpoint_url(ep, "http")
+        # EndpointSlices, not Endpoints: they may carry loopback addresses (the local runtime's).
+        slices = kube.resource(ctx.api, "discovery.k8s.io", "EndpointSlice").get(namespace=ns, label_selector=selector)
+        for item in slices.to_dict()["items"]:
+            service = item["metadata"]["labels"].get(SERVICE_NAME, "")
+            url = _slice_url(item, "http")
             if url is None:
                 continue
-            if ep.metadata.name == children.gateway_name(name):
+            if service == children.gateway_name(name):
                 gateway_url = url
-            elif version := (ep.metadata.labels or {}).get(MODEL_VERSION):
+            elif version := item["metadata"]["labels"].get(MODEL_VERSION):
                 urls[version] = url
     else:
         svc = client.CoreV1Api(ctx.api).list_namespaced_service(ns, label_selector=selector).items
@@ -217,7 +224,7 @@ def deployment_event(labels: dict[str, str], namespace: str, logger: Any, **_: A
     reconcile(namespace, labels[MODELDEPLOYMENT], logger)
 
 
-@kopf.on.event("", "v1", "endpoints", labels={MODELDEPLOYMENT: kopf.PRESENT})
+@kopf.on.event("discovery.k8s.io", "endpointslices", labels={MODELDEPLOYMENT: kopf.PRESENT})
 def endpoints_event(labels: dict[str, str], namespace: str, logger: Any, **_: Any) -> None:
     """Addresses changed (the route table carries them when service addressing is by endpoints)."""
     reconcile(namespace, labels[MODELDEPLOYMENT], logger)

@@ -71,7 +71,7 @@ def headless_service(owner: dict[str, Any]) -> dict[str, Any]:
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
             "selector": {labels.TRAININGJOB: name},
-            "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT}],
+            "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT, "protocol": "TCP"}],
         },
     }
 

@@ -172,9 +172,11 @@ def test_deleting_removes_everything_it_created(
     core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
     selector = f"{MD_LABEL}=doomed"
     wait_for(
-        lambda: not apps.list_namespaced_deployment(namespace, label_selector=selector).items
-        and not core.list_namespaced_service(namespace, label_selector=selector).items
-        and not core.list_namespaced_config_map(namespace, label_selector=selector).items,
+        lambda: (
+            not apps.list_namespaced_deployment(namespace, label_selector=selector).items
+            and not core.list_namespaced_service(namespace, label_selector=selector).items
+            and not core.list_namespaced_config_map(namespace, label_selector=selector).items
+        ),
         what="children removed",
     )
     assert registry.get_model_version_by_alias("doomed", "champion").version == "1", "MLflow untouched"

@@ -165,7 +165,14 @@ def test_shadow_gets_a_mirror_percent_once_ready() -> None:
     b = md(shadow={"model": {"name": "clf", "version": 3}, "percent": 25})
     p = run(b, Resolved(stable="1", shadow="3"))
     shadow = next(v for v in routes(p)["versions"] if v["role"] == "shadow")
-    assert shadow == {"version": "3", "role": "shadow", "url": URLS["3"], "tritonModel": "clf", "weight": 0, "percent": 25}
+    assert shadow == {
+        "version": "3",
+        "role": "shadow",
+        "url": URLS["3"],
+        "tritonModel": "clf",
+        "weight": 0,
+        "percent": 25,
+    }
     assert b["status"]["shadowVersion"] == "3"
 
 

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 from fastapi import FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
@@ -221,8 +220,9 @@ class Gateway:
             except UpstreamFailure as again:
                 return self._answered(target, start, error(504 if again.reason == "timeout" else 502, str(again)))
         response = self._answered(target, start, self._response(answer))
-        if answer.status == 200 and pinned is None and (shadow := route.mirror()) is not None:
-            self.mirror.submit(Job(route, shadow, body, forward, answer))
+        if answer.status == 200 and pinned is None:
+            for mirrored in route.mirrors(target):
+                self.mirror.submit(Job(route, mirrored, body, forward, answer))
         return response
 
     @staticmethod
@@ -244,7 +244,7 @@ class Gateway:
         suffix = "/config" if request.url.path.endswith("/config") else ""
         try:
             resp = await self.upstreams.get(target, suffix)
-        except httpx.HTTPError as err:
+        except (OSError, TimeoutError) as err:
             return error(503, f"model {route.name!r} version {target.version} unreachable: {type(err).__name__}")
         if resp.status_code != 200:
             return Response(resp.content, resp.status_code, media_type="application/json")

@@ -38,7 +38,8 @@ class VersionRoute(KubeModel):
     weight: Annotated[int, Field(ge=0, le=1_000_000)] = 0
     """Share of live traffic (stable and canary; relative to the other's weight)."""
     percent: Annotated[int, Field(ge=0, le=100)] = 0
-    """Percent of live requests mirrored (shadow only)."""
+    """Percent of live requests mirrored to a shadow; for a canary, percent of the requests the stable
+    version answered that are also sent to the canary to compare answers (canary agreement)."""
 
 
 class ModelRoute(KubeModel):
@@ -120,6 +121,7 @@ class Route:
     canary_weight: int = 0
     total_weight: int = 1
     shadow_percent: int = 0
+    canary_compare_percent: int = 0
     sticky_header: str | None = None
     timeout: float = 5.0
     versions: dict[str, Target] = field(default_factory=dict)
@@ -134,11 +136,20 @@ class Route:
             point = random.randrange(self.total_weight)
         return self.canary if point < self.canary_weight else self.stable
 
-    def mirror(self) -> Target | None:
-        """The shadow to mirror this request to, if this request is in the mirrored percentage."""
+    def mirrors(self, answered: Target) -> list[Target]:
+        """Versions to mirror a request to after answered answered it: the shadow, and the canary
+        when the stable version answered and the request falls in the compared percentage."""
+        out = []
         if self.shadow is not None and random.random() * 100 < self.shadow_percent:
-            return self.shadow
-        return None
+            out.append(self.shadow)
+        if (
+            answered is self.stable
+            and self.canary is not None
+            and self.canary_compare_percent
+            and random.random() * 100 < self.canary_compare_percent
+        ):
+            out.append(self.canary)
+        return out
 
 
 def compile_table(table: RouteTable, known: dict[tuple[str, str, str, str], Target]) -> dict[str, Route]:
@@ -166,6 +177,7 @@ def compile_table(table: RouteTable, known: dict[tuple[str, str, str, str], Targ
             canary_weight=canary_weight,
             total_weight=stable_spec.weight + canary_weight,
             shadow_percent=shadow_spec.percent if shadow_spec else 0,
+            canary_compare_percent=canary_spec.percent if canary_spec else 0,
             sticky_header=spec.sticky_header.lower() if spec.sticky_header else None,
             timeout=spec.timeout_ms / 1000,
             versions=targets,

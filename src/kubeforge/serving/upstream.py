@@ -11,8 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import httpx
-
+from .http1 import Client, ConnectionFailed, Reply
 from .metrics import TargetMetrics
 from .oip import HEADER_LENGTH, Schema
 from .routes import Target
@@ -40,15 +39,11 @@ class Answer:
 class Upstreams:
     """The shared HTTP client and what the gateway asks of Triton through it."""
 
-    def __init__(self, max_connections: int = 512):
-        self.client = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-            timeout=5.0,
-            headers={"accept-encoding": "identity"},  # Triton compressing loopback answers only costs CPU
-        )
+    def __init__(self, max_connections: int = 256):
+        self.client = Client(max_idle_per_origin=max_connections)
 
     async def close(self) -> None:
-        await self.client.aclose()
+        await self.client.close()
 
     @staticmethod
     def bind(target: Target) -> TargetMetrics:
@@ -60,13 +55,11 @@ class Upstreams:
         metrics = self.bind(target)
         start = time.perf_counter()
         try:
-            resp = await self.client.post(
-                f"{target.url}{target.base}/infer", content=body, headers=headers, timeout=timeout
-            )
-        except httpx.TimeoutException as err:
+            resp = await self.client.request("POST", target.url, target.base + "/infer", body, headers, timeout)
+        except TimeoutError as err:
             metrics.timeout.inc()
             raise UpstreamFailure("timeout", f"version {target.version} timed out after {timeout:g}s") from err
-        except httpx.HTTPError as err:
+        except ConnectionFailed as err:
             metrics.error.inc()
             target.ready = False  # refused or reset: route around it until the health check sees it back
             raise UpstreamFailure("error", f"version {target.version} unreachable: {type(err).__name__}") from err
@@ -84,8 +77,9 @@ class Upstreams:
             seconds,
         )
 
-    async def get(self, target: Target, suffix: str = "", timeout: float = 2.0) -> httpx.Response:
-        return await self.client.get(f"{target.url}{target.base}{suffix}", timeout=timeout)
+    async def get(self, target: Target, suffix: str = "", timeout: float = 2.0) -> Reply:
+        """GET a path under the version (metadata, /config, /ready); raises OSError or TimeoutError."""
+        return await self.client.request("GET", target.url, target.base + suffix, timeout=timeout)
 
     async def probe(self, target: Target) -> bool:
         """Refresh target.ready (and its schema, once) from Triton."""
@@ -93,7 +87,7 @@ class Upstreams:
             target.ready = (await self.get(target, "/ready")).status_code == 200
             if target.ready and target.schema is None:
                 await self.schema(target)
-        except httpx.HTTPError:
+        except (OSError, TimeoutError):
             target.ready = False
         return target.ready
 
@@ -104,6 +98,6 @@ class Upstreams:
                 meta, config = await self.get(target), await self.get(target, "/config")
                 if meta.status_code == config.status_code == 200:
                     target.schema = Schema.from_triton(target.model, meta.json(), config.json())
-            except (httpx.HTTPError, ValueError, KeyError):
+            except (OSError, TimeoutError, ValueError, KeyError):
                 return None
         return target.schema

@@ -1,0 +1,62 @@
+"""Route table parsing and version choice."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from pydantic import ValidationError
+
+from kubeforge.serving.routes import RouteTable, compile_table
+
+URL = "http://triton:8000"
+
+
+def route_table(*versions: dict, **extra) -> RouteTable:
+    return RouteTable.model_validate({"models": {"clf": {"versions": list(versions), **extra}}})
+
+
+def v(version: str, role: str, **kw) -> dict:
+    return {"version": version, "role": role, "url": URL, **kw}
+
+
+def test_weighted_choice_follows_weights():
+    routes = compile_table(route_table(v("1", "stable", weight=3), v("2", "canary", weight=1)), {})
+    random.seed(3)
+    picks = [routes["clf"].pick().version for _ in range(4000)]
+    assert 900 < picks.count("2") < 1100
+
+
+def test_sticky_values_always_pick_the_same_version_and_spread_over_both():
+    routes = compile_table(route_table(v("1", "stable", weight=50), v("2", "canary", weight=50)), {})
+    route = routes["clf"]
+    first = {f"u{i}": route.pick(f"u{i}").version for i in range(400)}
+    assert all(route.pick(k).version == want for k, want in first.items())
+    assert 120 < list(first.values()).count("2") < 280
+
+
+def test_reload_keeps_readiness_and_schema_of_unchanged_versions():
+    old = compile_table(route_table(v("1", "stable", weight=1)), {})
+    target = old["clf"].stable
+    target.ready, target.schema = False, "cached"
+    known = {t.key: t for r in old.values() for t in r.versions.values()}
+    new = compile_table(route_table(v("1", "stable", weight=9), v("2", "canary", weight=1)), known)
+    assert new["clf"].stable is target and new["clf"].canary is not None and new["clf"].canary.schema is None
+
+
+@pytest.mark.parametrize(
+    ("versions", "message"),
+    [
+        ([v("1", "canary", weight=1)], "exactly one stable"),
+        ([v("1", "stable", weight=1), v("2", "canary"), v("3", "canary")], "at most one canary"),
+        ([v("1", "stable", weight=1), v("1", "canary", weight=1)], "appears twice"),
+        ([v("1", "stable", weight=0)], "weights are all 0"),
+        ([v("1", "stable", weight=1), v("2", "shadow", weight=5)], "shadows get a mirror"),
+        ([v("1", "stable", weight=1, url="triton:8000")], "url"),
+    ],
+)
+def test_malformed_tables_are_refused(versions, message):
+    with pytest.raises(ValidationError, match=message):
+        RouteTable.model_validate({"models": {"clf": {"versions": versions}}})
+    with pytest.raises(ValidationError):
+        RouteTable.parse("models: {clf: {versions: [], bogus: 1}}")

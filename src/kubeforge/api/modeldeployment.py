@@ -33,7 +33,7 @@ BUILTIN_METRICS: dict[str, str] = {
     "error-rate": "fraction of canary requests that failed (0..1); use max",
     "latency-p99": "99th percentile canary latency in milliseconds; use max",
     "latency-p50": "median canary latency in milliseconds; use max",
-    "agreement": "fraction of the shadow version's mirrored predictions that agree with live answers (0..1); use min",
+    "agreement": "fraction of compared predictions where the canary agrees with stable (0..1); use min",
 }
 
 
@@ -149,6 +149,9 @@ class Analysis(KubeModel):
     """Failed checks in a row that roll the canary back."""
     min_requests: Annotated[int, Field(ge=0, le=1_000_000)] = 20
     """Canary requests needed in an interval before its metrics count; fewer is neither pass nor fail."""
+    compare_percent: Annotated[int, Field(ge=1, le=100)] = 50
+    """With the agreement metric: percent of requests answered by stable that are also sent to the canary
+    (answers compared, never returned) to measure how often the two agree."""
     metrics: Annotated[list[AnalysisMetric], Field(min_length=1, max_length=32)] = Field(
         default_factory=lambda: [AnalysisMetric(name="error-rate", max=0.01)]
     )
@@ -257,9 +260,6 @@ class ModelDeploymentSpec(KubeModel):
     def _consistent(self) -> ModelDeploymentSpec:
         if self.follow_alias and self.model.alias is None:
             raise ValueError("followAlias needs model.alias: set an alias to follow, or drop followAlias")
-        metrics = self.canary.analysis.metrics if self.canary else []
-        if any(m.name == "agreement" and m.query is None for m in metrics) and self.shadow is None:
-            raise ValueError("canary.analysis metric agreement compares shadow answers with live ones: set spec.shadow")
         return self
 
 

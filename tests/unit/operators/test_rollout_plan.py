@@ -193,5 +193,20 @@ def test_error_rate_from_two_scrapes() -> None:
 
     delta = an.parse(text(150, 30), "clf", "2").minus(an.parse(text(100, 10), "clf", "2"))
     assert delta.tries == 70
-    assert an.builtin("error-rate", delta, None, 20) == 20 / 70
-    assert an.builtin("error-rate", delta, None, 100) is None, "below minRequests: no verdict"
+    assert an.builtin("error-rate", delta, 20) == 20 / 70
+    assert an.builtin("error-rate", delta, 100) is None, "below minRequests: no verdict"
+
+
+def test_agreement_compares_the_canary_with_stable() -> None:
+    spec = {**CANARY, "analysis": {"metrics": [{"name": "agreement", "min": 0.9}], "comparePercent": 40}}
+    b = md(canary=spec)
+    p = run(b, Resolved(stable="1", canary="2"))
+    canary = next(v for v in routes(p)["versions"] if v["role"] == "canary")
+    assert canary["percent"] == 40, "stable-answered requests are mirrored to the canary for comparison"
+    text = (
+        "# TYPE kubeforge_shadow_predictions counter\n"
+        'kubeforge_shadow_predictions_total{model="clf",version="2",result="agree"} 30\n'
+        'kubeforge_shadow_predictions_total{model="clf",version="2",result="disagree"} 70\n'
+    )
+    snap = an.parse(text, "clf", "2").minus(an.Snapshot())
+    assert an.builtin("agreement", snap, 20) == 0.3

@@ -60,3 +60,23 @@ def test_malformed_tables_are_refused(versions, message):
         RouteTable.model_validate({"models": {"clf": {"versions": versions}}})
     with pytest.raises(ValidationError):
         RouteTable.parse("models: {clf: {versions: [], bogus: 1}}")
+
+
+def test_stable_answers_are_compared_with_the_canary_at_its_percent() -> None:
+    from kubeforge.serving.routes import RouteTable, compile_table
+
+    table = RouteTable.model_validate(
+        {
+            "models": {
+                "m": {
+                    "versions": [
+                        {"version": "1", "role": "stable", "url": "http://a:1", "weight": 50},
+                        {"version": "2", "role": "canary", "url": "http://b:1", "weight": 50, "percent": 100},
+                    ]
+                }
+            }
+        }
+    )
+    route = compile_table(table, {})["m"]
+    assert route.mirrors(route.stable) == [route.canary]
+    assert route.mirrors(route.canary) == [], "the canary's own answers have nothing to be compared with"

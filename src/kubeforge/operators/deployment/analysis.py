@@ -116,11 +116,10 @@ def verdict(metric: AnalysisMetric, value: float | None) -> dict[str, Any]:
     return {**result, "value": round(value, 6), "passed": passed}
 
 
-def builtin(name: str, canary: Snapshot, shadow: Snapshot | None, min_requests: int) -> float | None:
+def builtin(name: str, canary: Snapshot, min_requests: int) -> float | None:
     if name == "agreement":
-        if shadow is None or shadow.agree + shadow.disagree < max(min_requests, 1):
-            return None
-        return shadow.agree / (shadow.agree + shadow.disagree)
+        compared = canary.agree + canary.disagree
+        return canary.agree / compared if compared >= max(min_requests, 1) else None
     if canary.tries < max(min_requests, 1):
         return None
     if name == "error-rate":
@@ -148,7 +147,6 @@ def promql(prometheus_url: str, query: str, canary: str, stable: str, timeout: f
 def evaluate(
     analysis: Analysis,
     canary_delta: Snapshot,
-    shadow_delta: Snapshot | None,
     prometheus_url: str,
     canary: str,
     stable: str,
@@ -159,7 +157,7 @@ def evaluate(
         if metric.query is not None:
             value = promql(prometheus_url, metric.query, canary, stable)
         else:
-            value = builtin(metric.name, canary_delta, shadow_delta, analysis.min_requests)
+            value = builtin(metric.name, canary_delta, analysis.min_requests)
         results.append(verdict(metric, value))
     return results
 

@@ -144,17 +144,11 @@ def _analyse(ctx: Context, body: dict[str, Any], md: ModelDeployment, text: str 
     if text is None:
         return [an.verdict(m, None) for m in analysis.metrics]  # gateway unreachable: no data
     canary_now = an.parse(text, name, canary)
-    shadow = status.get("shadowVersion")
-    shadow_now = an.parse(text, name, shadow) if shadow else None
     prev = _snapshots.get((uid, canary))
-    prev_shadow = _snapshots.get((uid, shadow)) if shadow else None
     _snapshots[(uid, canary)] = canary_now
-    if shadow_now is not None:
-        _snapshots[(uid, shadow)] = shadow_now
     if prev is None:
         return [an.verdict(m, None) for m in analysis.metrics]  # first look: the next interval has data
-    shadow_delta = shadow_now.minus(prev_shadow) if shadow_now is not None and prev_shadow is not None else None
-    return an.evaluate(analysis, canary_now.minus(prev), shadow_delta, ctx.settings.prometheus_url, canary, stable)
+    return an.evaluate(analysis, canary_now.minus(prev), ctx.settings.prometheus_url, canary, stable)
 
 
 def _apply(ctx: Context, obj: dict[str, Any]) -> None:

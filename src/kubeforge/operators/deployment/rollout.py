@@ -341,6 +341,8 @@ def _routes(
     if stable_url is None:
         return routes
     if canary and weight and canary in observed.version_urls:
+        _, analysis, _ = canary_settings(md)
+        compares = any(m.name == "agreement" and m.query is None for m in analysis.metrics)
         routes.append(
             {
                 "version": canary,
@@ -348,6 +350,7 @@ def _routes(
                 "url": observed.version_urls[canary],
                 "model": _model_of(md, "canary"),
                 "weight": weight,
+                "percent": analysis.compare_percent if compares else 0,
             }
         )
     else:

@@ -4,7 +4,7 @@ Starts MLflow, registers a tiny classifier, exports it, starts tritonserver and 
 process, then sends the same requests to Triton and to the gateway in alternating
 rounds at concurrency 1 and 16, with a minimal keep-alive HTTP/1.1 client so the load
 generator costs as little CPU as possible. Prints added p50/p99 latency and the
-throughput ratio. Run: .venv/bin/python tests/benchmarks/bench_gateway.py
+throughput ratio. Run from the repository root: .venv/bin/python -m tests.benchmarks.bench_gateway
 """
 
 from __future__ import annotations
@@ -17,15 +17,13 @@ import time
 from pathlib import Path
 
 import yaml
+from tests.integration.serving.conftest import RUNTIME, Threshold, body, register, signature
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from kubeforge.api.modeldeployment import ModelRef  # noqa: E402
-from kubeforge.local import mlflow_server  # noqa: E402
-from kubeforge.local import triton as local_triton  # noqa: E402
-from kubeforge.local.processes import free_port, spawn, terminate, wait_http  # noqa: E402
-from kubeforge.serving import export  # noqa: E402
-from tests.integration.serving.conftest import RUNTIME, Threshold, body, register, signature  # noqa: E402
+from kubeforge.api.modeldeployment import ModelRef
+from kubeforge.local import mlflow_server
+from kubeforge.local import triton as local_triton
+from kubeforge.local.processes import free_port, spawn, terminate, wait_http
+from kubeforge.serving import export
 
 ROUNDS = 6
 PER_ROUND = {1: 300, 16: 1200}
@@ -92,7 +90,7 @@ def main() -> None:
         for concurrency, per_round in PER_ROUND.items():
             lat: dict[str, list[float]] = {k: [] for k in targets}
             rps: dict[str, list[float]] = {k: [] for k in targets}
-            for k, (p, path) in targets.items():  # warm-up
+            for p, path in targets.values():  # warm-up
                 asyncio.run(_round(p, path, concurrency, per_round // 4))
             for _ in range(ROUNDS):  # alternate, so drift on a shared machine hits both alike
                 for k, (p, path) in targets.items():

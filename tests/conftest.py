@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 
 from kubeforge.local import mlflow_server
 from kubeforge.local.controlplane import ControlPlane
+from kubeforge.local.processes import spawn, terminate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,3 +74,49 @@ def mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[mlflow_server.M
         yield server
     finally:
         server.stop()
+
+
+RUNNER_NAMESPACE_LABEL = "kubeforge.dev/local-runner=enabled"
+
+
+class RunnerProcess:
+    """The local workload runner as a child process that tests can kill and start again.
+
+    It only runs workloads in namespaces labelled RUNNER_NAMESPACE_LABEL (see the
+    ``runner_namespace`` fixture), so tests that play the kubelet themselves keep theirs.
+    """
+
+    def __init__(self, kubeconfig: Path, data_dir: Path):
+        self.kubeconfig, self.data_dir = kubeconfig, data_dir
+        self.log = data_dir / "runner.log"
+        self.pid: int | None = None
+
+    def start(self) -> None:
+        argv = [sys.executable, "-m", "kubeforge.local.runner", "--kubeconfig", str(self.kubeconfig)]
+        argv += ["--data-dir", str(self.data_dir), "--interval", "0.2", "--namespace-selector", RUNNER_NAMESPACE_LABEL]
+        self.pid = spawn(argv, self.log, {**os.environ, "PYTHONUNBUFFERED": "1"}).pid
+
+    def stop(self) -> None:
+        if self.pid:
+            terminate(self.pid)
+            self.pid = None
+
+
+@pytest.fixture(scope="session")
+def runner(controlplane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunnerProcess]:
+    from kubeforge.local.runner import stop_workloads
+
+    proc = RunnerProcess(controlplane.kubeconfig, tmp_path_factory.mktemp("runner"))
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        stop_workloads(proc.data_dir)
+
+
+@pytest.fixture
+def runner_namespace(namespace: str, kubectl: Kubectl, runner: RunnerProcess) -> str:
+    """A fresh namespace whose kubeforge workloads the local runner runs."""
+    kubectl("label", "namespace", namespace, RUNNER_NAMESPACE_LABEL)
+    return namespace

@@ -78,8 +78,9 @@ def local() -> None:
 @click.option("--kubeconfig", type=click.Path(dir_okay=False, exists=True, path_type=Path), required=True)
 @_data_dir
 @click.option("--interval", type=float, default=0.5, show_default=True, help="Seconds between reconciliations.")
+@click.option("--namespace-selector", help="Only run workloads in namespaces with these labels, e.g. team=ml.")
 @click.option("--verbose", "-v", is_flag=True)
-def runner(kubeconfig: Path, data_dir: Path, interval: float, verbose: bool) -> None:
+def runner(kubeconfig: Path, data_dir: Path, interval: float, namespace_selector: str | None, verbose: bool) -> None:
     """Run kubeforge's Jobs and Deployments as local processes (the local kubelet) until stopped."""
     import logging
 
@@ -89,7 +90,7 @@ def runner(kubeconfig: Path, data_dir: Path, interval: float, verbose: bool) -> 
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
     )
-    Runner(kube.api_client(kubeconfig), data_dir, interval).run()
+    Runner(kube.api_client(kubeconfig), data_dir, interval, namespace_selector).run()
 
 
 local_runtime = click.Group("kubeforge", commands=[up, down, status, local])

@@ -48,8 +48,11 @@ def _wants_gpu(spec: dict[str, Any]) -> bool:
 class Runner:
     """Plays kubelet and workload controllers for kubeforge-managed Jobs and Deployments."""
 
-    def __init__(self, api: client.ApiClient, data_dir: Path, interval: float = 0.5):
+    def __init__(
+        self, api: client.ApiClient, data_dir: Path, interval: float = 0.5, namespace_selector: str | None = None
+    ):
         self.api = api
+        self.namespace_selector = namespace_selector  # None: every namespace
         self.dir = state_dir(data_dir)
         self.interval = interval
         self.state = RunnerState.load(self.dir)
@@ -74,8 +77,14 @@ class Runner:
     def tick(self) -> None:
         self.snapshot = Snapshot(self.api)
         seen = set()
+        namespaces = None
+        if self.namespace_selector:
+            listed = client.CoreV1Api(self.api).list_namespace(label_selector=self.namespace_selector).items
+            namespaces = {ns.metadata.name for ns in listed}
         for api_version, kind, sync in KINDS:
             for obj in kube.resource(self.api, api_version, kind).get().to_dict()["items"]:
+                if namespaces is not None and obj["metadata"]["namespace"] not in namespaces:
+                    continue
                 obj.update(apiVersion=api_version, kind=kind)
                 seen.add(obj["metadata"]["uid"])
                 if obj["metadata"].get("labels", {}).get(labels.MANAGED_BY) != MANAGED:

@@ -160,6 +160,20 @@ def train(args: tuple[str, ...]) -> None:
     sys.exit(train_main(list(args)))
 
 
+@main.command()
+@click.option(
+    "--data-dir", type=click.Path(file_okay=False, path_type=Path), help="Local runtime data (default: as `up`)."
+)
+@click.option("--examples", type=click.Path(file_okay=False, path_type=Path), default=Path("docs/examples"))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-output"))
+def demo(data_dir: Path | None, examples: Path, out: Path) -> None:
+    """Train, serve, canary-promote v2 and roll back a broken v3, with live traffic; writes a summary and a plot."""
+    from .local import runtime
+    from .local.demo import Demo
+
+    Demo(data_dir or runtime.default_data_dir(), examples, out).run()
+
+
 @main.group()
 def operator() -> None:
     """The kubeforge operators."""

@@ -1,13 +1,13 @@
-"""The ModelDeployment operator as a real process against a real API server and real MLflow.
+"""The ModelDeployment operator as a real process, with a real data plane.
 
-No kubelet runs here: the tests mark Deployments available and write the Services'
-Endpoints themselves (as envtest users do), with the operator addressing Triton by
-endpoints as in the local runtime. The analysis path with real gateway and Triton
-processes is covered by the local runtime's end-to-end test.
+The local workload runner plays the kubelet: the Triton and gateway Deployments the
+operator creates run as real processes (Triton exports each version from a real MLflow
+in its init container), and live traffic goes through the real gateway with tritonclient.
 """
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -16,12 +16,14 @@ import pytest
 from kubernetes import client
 from mlflow import MlflowClient
 
-from kubeforge.core import kube
+from kubeforge.local.demo import Traffic
 from tests.integration.operators.conftest import Operator, wait_for
+from tests.integration.serving.conftest import N_FEATURES, Threshold, register, signature
 
 pytestmark = pytest.mark.integration
 GROUP, VERSION, PLURAL = "kubeforge.dev", "v1alpha1", "modeldeployments"
-MD_LABEL, VERSION_LABEL = "kubeforge.dev/modeldeployment", "kubeforge.dev/model-version"
+MD_LABEL = "kubeforge.dev/modeldeployment"
+ROWS = [[random.Random(i).uniform(-1, 1) for _ in range(N_FEATURES)] for i in range(200)]
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +31,10 @@ def registry(mlflow) -> Iterator[MlflowClient]:
     yield MlflowClient(tracking_uri=mlflow.url, registry_uri=mlflow.url)
 
 
-def register(registry: MlflowClient, name: str, versions: int, aliases: dict[str, int]) -> None:
-    """Registered versions with aliases; their content does not matter to the operator."""
-    registry.create_registered_model(name)
-    for _ in range(versions):
-        registry.create_model_version(name, source="s3://models/unused", tags={"kubeforge.task": "classification"})
+def model(mlflow, registry: MlflowClient, name: str, thresholds: list[float], aliases: dict[str, int]) -> None:
+    """Registered versions of a two-class model; versions with different thresholds disagree on some inputs."""
+    for t in thresholds:
+        register(mlflow.url, name, Threshold(t, 1.0), signature())
     for alias, version in aliases.items():
         registry.set_registered_model_alias(name, alias, str(version))
 
@@ -52,104 +53,152 @@ def cond(api: client.ApiClient, namespace: str, name: str, type_: str) -> dict[s
     return next((c for c in status(api, namespace, name).get("conditions", []) if c["type"] == type_), {})
 
 
+def ready(api: client.ApiClient, namespace: str, name: str, timeout: float = 120) -> dict[str, Any]:
+    wait_for(lambda: cond(api, namespace, name, "Ready").get("status") == "True", timeout, f"{name} Ready")
+    return status(api, namespace, name)
+
+
 def deployments(api: client.ApiClient, namespace: str) -> list[str]:
     return sorted(d.metadata.name for d in client.AppsV1Api(api).list_namespaced_deployment(namespace).items)
 
 
-def play_kubelet(api: client.ApiClient, namespace: str) -> None:
-    """Mark every Deployment available and give every Service a 127.0.0.1 EndpointSlice."""
-    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
-    slices = kube.resource(api, "discovery.k8s.io", "EndpointSlice")
-    for dep in apps.list_namespaced_deployment(namespace).items:
-        if not dep.status.available_replicas:
-            apps.patch_namespaced_deployment_status(
-                dep.metadata.name,
-                namespace,
-                {"status": {"replicas": 1, "readyReplicas": 1, "availableReplicas": 1, "updatedReplicas": 1}},
-            )
-    for svc in core.list_namespaced_service(namespace).items:
-        port = 20000 + sum(map(ord, svc.metadata.name)) % 10000
-        body = {
-            "apiVersion": slices.group_version,
-            "kind": "EndpointSlice",
-            "metadata": {
-                "name": svc.metadata.name,
-                "namespace": namespace,
-                "labels": {**svc.metadata.labels, "kubernetes.io/service-name": svc.metadata.name},
-            },
-            "addressType": "IPv4",
-            "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True}}],
-            "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
-        }
-        kube.apply(api, body)
+def traffic(api: client.ApiClient, namespace: str, name: str) -> Traffic:
+    url = status(api, namespace, name)["url"].split("/v2/")[0]
+    caller = Traffic(url, name, ROWS, rate=50)
+    caller.start()
+    return caller
 
 
-def settle(api: client.ApiClient, namespace: str, check, what: str, timeout: float = 40) -> Any:
-    def step():
-        play_kubelet(api, namespace)
-        return check()
-
-    return wait_for(step, timeout=timeout, what=what)
+CANARY_ANALYSIS = {"interval": "2s", "failureLimit": 2, "minRequests": 5, "comparePercent": 100}
 
 
-def test_serves_the_aliased_version_and_reports_ready(
-    operator: Operator, api: client.ApiClient, namespace: str, registry
+def test_serves_the_aliased_version_through_the_gateway(
+    operator: Operator, api: client.ApiClient, runner_namespace: str, mlflow, registry
 ) -> None:
-    register(registry, "serve-me", 2, {"champion": 2})
-    create_md(api, namespace, "serve-me", model={"name": "serve-me", "alias": "champion"})
-    settle(api, namespace, lambda: cond(api, namespace, "serve-me", "Ready").get("status") == "True", "Ready")
-    st = status(api, namespace, "serve-me")
+    ns = runner_namespace
+    model(mlflow, registry, "serve-me", [0.0, 0.0], {"champion": 2})
+    create_md(api, ns, "serve-me", model={"name": "serve-me", "alias": "champion"})
+    st = ready(api, ns, "serve-me")
     assert st["stableVersion"] == "2"
     assert st["traffic"] == [{"version": "2", "role": "stable", "percent": 100}]
-    assert st["url"].startswith("http://127.0.0.1:") and st["url"].endswith("/v2/models/serve-me")
-    assert deployments(api, namespace) == ["serve-me-gateway", "serve-me-v2"]
-    routes = client.CoreV1Api(api).read_namespaced_config_map("serve-me-routes", namespace).data["routes.yaml"]
-    assert "tritonModel: serve-me" in routes and "version: '2'" in routes
+    assert deployments(api, ns) == ["serve-me-gateway", "serve-me-v2"]
+    caller = traffic(api, ns, "serve-me")
+    time.sleep(2)
+    caller.stop()
+    assert caller.samples and all(s.ok and s.version == "2" for s in caller.samples)
 
 
-def test_canary_starts_and_an_operator_restart_resumes_the_same_step(
-    operator: Operator, api: client.ApiClient, namespace: str, registry
+def test_a_healthy_canary_walks_its_steps_and_is_promoted(
+    operator: Operator, api: client.ApiClient, runner_namespace: str, mlflow, registry
 ) -> None:
-    register(registry, "roll", 2, {"champion": 1, "candidate": 2})
+    ns = runner_namespace
+    model(mlflow, registry, "good", [0.0, 0.0], {"champion": 1})
     canary = {
-        "model": {"name": "roll", "alias": "candidate"},
+        "model": {"name": "good", "alias": "candidate"},
+        "steps": [{"weight": 30, "pause": "3s"}, {"weight": 70, "pause": "3s"}],
+        "scaleDownDelay": "2s",
+        "analysis": {
+            **CANARY_ANALYSIS,
+            "metrics": [{"name": "error-rate", "max": 0.01}, {"name": "agreement", "min": 0.95}],
+        },
+    }
+    create_md(api, ns, "good", model={"name": "good", "alias": "champion"}, canary=canary)
+    ready(api, ns, "good")
+    caller = traffic(api, ns, "good")
+    try:
+        registry.set_registered_model_alias("good", "candidate", "2")
+        seen_weights = set()
+
+        def promoted() -> bool:
+            st = status(api, ns, "good")
+            seen_weights.add(st.get("canaryWeight"))
+            return st.get("stableVersion") == "2"
+
+        wait_for(promoted, 180, "promotion of version 2")
+    finally:
+        caller.stop()
+    assert {30, 70} <= seen_weights, seen_weights
+    assert cond(api, ns, "good", "Promoted")["status"] == "True"
+    assert not [s for s in caller.samples if not s.ok], "no request may fail during a rollout"
+    assert {s.version for s in caller.samples} == {"1", "2"}
+    wait_for(lambda: deployments(api, ns) == ["good-gateway", "good-v2"], 60, "old stable scaled away")
+
+
+def test_a_disagreeing_canary_is_rolled_back_naming_the_metric_and_no_request_fails(
+    operator: Operator, api: client.ApiClient, runner_namespace: str, mlflow, registry
+) -> None:
+    ns = runner_namespace
+    # Version 2 answers class 1 only above 0.5: it disagrees with version 1 on a quarter of the inputs.
+    model(mlflow, registry, "bad", [0.0, 0.5], {"champion": 1})
+    canary = {
+        "model": {"name": "bad", "alias": "candidate"},
+        "steps": [{"weight": 50, "pause": "30s"}, {"weight": 100}],
+        "analysis": {**CANARY_ANALYSIS, "metrics": [{"name": "agreement", "min": 0.95}]},
+    }
+    create_md(api, ns, "bad", model={"name": "bad", "alias": "champion"}, canary=canary)
+    ready(api, ns, "bad")
+    caller = traffic(api, ns, "bad")
+    try:
+        registry.set_registered_model_alias("bad", "candidate", "2")
+        wait_for(lambda: status(api, ns, "bad").get("canaryWeight") == 50, 120, "canary taking traffic")
+        started = time.monotonic()
+        wait_for(lambda: status(api, ns, "bad").get("rolledBackVersion") == "2", 60, "rollback")
+        rolled_back_after = time.monotonic() - started
+    finally:
+        caller.stop()
+    message = cond(api, ns, "bad", "RolledBack")["message"]
+    assert "agreement = 0.7" in message or "agreement = 0.6" in message or "agreement = 0.8" in message, message
+    assert "wanted >= 0.95" in message
+    # Two failed checks at a 2 s interval; the first interval only takes a baseline, plus the timer's tick.
+    assert rolled_back_after < 3 * 2 + 4, rolled_back_after
+    assert status(api, ns, "bad")["traffic"] == [{"version": "1", "role": "stable", "percent": 100}]
+    assert not [s for s in caller.samples if not s.ok], "no request may fail while rolling back"
+    events = client.CoreV1Api(api).list_namespaced_event(ns).items
+    assert any(e.reason == "RolledBack" and e.involved_object.name == "bad" for e in events)
+
+
+def test_an_operator_restart_resumes_at_the_same_step(
+    operator: Operator, api: client.ApiClient, runner_namespace: str, mlflow, registry
+) -> None:
+    ns = runner_namespace
+    model(mlflow, registry, "resume", [0.0, 0.0], {"champion": 1, "candidate": 2})
+    canary = {
+        "model": {"name": "resume", "alias": "candidate"},
         "steps": [{"weight": 30, "pause": "1h"}, {"weight": 100}],
     }
-    create_md(api, namespace, "roll", model={"name": "roll", "alias": "champion"}, canary=canary)
-    settle(api, namespace, lambda: status(api, namespace, "roll").get("canaryWeight") == 30, "step 1 at 30%")
-    before = status(api, namespace, "roll")
-    assert before["canaryVersion"] == "2" and before["currentStep"] == 0
-    assert {t["version"]: t["percent"] for t in before["traffic"]} == {"1": 70, "2": 30}
-    names = deployments(api, namespace)
+    create_md(api, ns, "resume", model={"name": "resume", "alias": "champion"}, canary=canary)
+    settled = [{"version": "1", "role": "stable", "percent": 70}, {"version": "2", "role": "canary", "percent": 30}]
+    wait_for(lambda: status(api, ns, "resume").get("traffic") == settled, 120, "step 1 at 30%")
+    before = status(api, ns, "resume")
+    names = deployments(api, ns)
     operator.stop()
     operator.start()
-    time.sleep(3)  # the new operator has listed everything and ticked its timers
-    after = status(api, namespace, "roll")
+    time.sleep(4)  # the new operator has listed everything and its timers have ticked
+    after = status(api, ns, "resume")
     for key in ("canaryVersion", "canaryWeight", "currentStep", "stepStarted", "traffic"):
         assert after[key] == before[key], key
-    assert deployments(api, namespace) == names == ["roll-gateway", "roll-v1", "roll-v2"]
+    assert deployments(api, ns) == names == ["resume-gateway", "resume-v1", "resume-v2"]
 
 
-def test_moving_the_alias_starts_a_rollout_and_a_missing_version_degrades(
-    operator: Operator, api: client.ApiClient, namespace: str, registry
+def test_a_moving_alias_starts_a_rollout_and_a_missing_one_degrades(
+    operator: Operator, api: client.ApiClient, runner_namespace: str, mlflow, registry
 ) -> None:
-    register(registry, "follow", 3, {"prod": 1})
-    create_md(api, namespace, "follow", model={"name": "follow", "alias": "prod"}, followAlias=True)
-    settle(api, namespace, lambda: cond(api, namespace, "follow", "Ready").get("status") == "True", "Ready")
-    registry.set_registered_model_alias("follow", "prod", "3")
-    settle(api, namespace, lambda: status(api, namespace, "follow").get("canaryVersion") == "3", "rollout of v3")
-    assert cond(api, namespace, "follow", "Progressing")["status"] == "True"
+    ns = runner_namespace
+    model(mlflow, registry, "follow", [0.0, 0.0], {"prod": 1})
+    create_md(api, ns, "follow", model={"name": "follow", "alias": "prod"}, followAlias=True)
+    ready(api, ns, "follow")
+    registry.set_registered_model_alias("follow", "prod", "2")
+    wait_for(lambda: status(api, ns, "follow").get("canaryVersion") == "2", 60, "rollout of version 2")
+    assert cond(api, ns, "follow", "Progressing")["status"] == "True"
     registry.delete_registered_model_alias("follow", "prod")
-    settle(api, namespace, lambda: cond(api, namespace, "follow", "Degraded").get("status") == "True", "Degraded")
-    degraded = cond(api, namespace, "follow", "Degraded")
+    wait_for(lambda: cond(api, ns, "follow", "Degraded").get("status") == "True", 60, "Degraded")
+    degraded = cond(api, ns, "follow", "Degraded")
     assert "alias 'prod'" in degraded["message"] and "does not exist" in degraded["message"]
-    assert cond(api, namespace, "follow", "Ready")["status"] == "True", "the stable version keeps serving"
-    assert status(api, namespace, "follow")["stableVersion"] == "1"
+    assert cond(api, ns, "follow", "Ready")["status"] == "True", "the stable version keeps serving"
+    assert status(api, ns, "follow")["stableVersion"] == "1"
 
 
-def test_invalid_specs_are_refused_naming_the_field(
-    operator: Operator, api: client.ApiClient, namespace: str, registry
-) -> None:
+def test_invalid_specs_are_refused_naming_the_field(operator: Operator, api: client.ApiClient, namespace: str) -> None:
     create_md(
         api,
         namespace,
@@ -162,20 +211,21 @@ def test_invalid_specs_are_refused_naming_the_field(
     assert deployments(api, namespace) == []
 
 
-def test_deleting_removes_everything_it_created(
-    operator: Operator, api: client.ApiClient, namespace: str, registry
+def test_deleting_removes_everything_it_created_and_leaves_mlflow(
+    operator: Operator, api: client.ApiClient, runner_namespace: str, mlflow, registry
 ) -> None:
-    register(registry, "doomed", 1, {"champion": 1})
-    create_md(api, namespace, "doomed", model={"name": "doomed", "alias": "champion"})
-    settle(api, namespace, lambda: cond(api, namespace, "doomed", "Ready").get("status") == "True", "Ready")
-    client.CustomObjectsApi(api).delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "doomed")
+    ns = runner_namespace
+    model(mlflow, registry, "doomed", [0.0], {"champion": 1})
+    create_md(api, ns, "doomed", model={"name": "doomed", "alias": "champion"})
+    ready(api, ns, "doomed")
+    client.CustomObjectsApi(api).delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "doomed")
     core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
     selector = f"{MD_LABEL}=doomed"
     wait_for(
         lambda: (
-            not apps.list_namespaced_deployment(namespace, label_selector=selector).items
-            and not core.list_namespaced_service(namespace, label_selector=selector).items
-            and not core.list_namespaced_config_map(namespace, label_selector=selector).items
+            not apps.list_namespaced_deployment(ns, label_selector=selector).items
+            and not core.list_namespaced_service(ns, label_selector=selector).items
+            and not core.list_namespaced_config_map(ns, label_selector=selector).items
         ),
         what="children removed",
     )

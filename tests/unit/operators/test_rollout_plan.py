@@ -14,7 +14,7 @@ from kubeforge.operators.settings import Settings
 SETTINGS = Settings("http://mlflow:5000", "kf:1", "triton:1", "kf:1", "http://prom:9090")
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 URLS = {v: f"http://127.0.0.1:90{v}" for v in ("1", "2", "3")}
-EVERYTHING_READY = Observed(frozenset({"1", "2", "3"}), URLS, True, "http://127.0.0.1:8080")
+EVERYTHING_READY = Observed(frozenset({"1", "2", "3"}), URLS, True, "http://127.0.0.1:8080", True)
 PASS = [{"name": "error-rate", "threshold": "<= 0.01", "value": 0.0, "passed": True}]
 FAIL = [{"name": "error-rate", "threshold": "<= 0.01", "value": 0.42, "passed": False}]
 
@@ -81,7 +81,7 @@ def test_first_version_serves_once_triton_and_gateway_are_ready() -> None:
 def test_canary_walks_its_steps_and_is_promoted() -> None:
     b = md(canary=CANARY)
     r = Resolved(stable="1", canary="2")
-    run(b, r, Observed(frozenset({"1"}), URLS, True, "http://gw"))
+    run(b, r, Observed(frozenset({"1"}), URLS, True, "http://gw", True))
     assert b["status"]["canaryVersion"] == "2" and b["status"]["canaryWeight"] == 0
     assert cond(b, "CanaryReady")["status"] == "False"
     p = run(b, r)  # canary Triton ready: step 1
@@ -210,3 +210,17 @@ def test_agreement_compares_the_canary_with_stable() -> None:
     )
     snap = an.parse(text, "clf", "2").minus(an.Snapshot())
     assert an.builtin("agreement", snap, 20) == 0.3
+
+
+def test_promotion_leaves_the_canary_pods_untouched() -> None:
+    b = md(canary=CANARY)
+    r = Resolved(stable="1", canary="2")
+    before = run(b, r)
+    run(b, r, results=PASS, now=T0 + timedelta(seconds=11))
+    after = run(b, r, results=PASS, now=T0 + timedelta(seconds=22))
+    assert b["status"]["stableVersion"] == "2"
+
+    def template(p: Plan) -> dict[str, Any]:
+        return next(o for o in p.apply if o["metadata"]["name"] == "clf-v2" and o["kind"] == "Deployment")["spec"]
+
+    assert template(after) == template(before), "a changed pod template would restart the new stable's Triton"

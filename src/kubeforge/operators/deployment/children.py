@@ -89,7 +89,8 @@ def triton_deployment(
     name = version_name(owner["metadata"]["name"], version)
     rt = md.spec.runtime
     selector = {labels.MODELDEPLOYMENT: owner["metadata"]["name"], labels.MODEL_VERSION: version}
-    pod_labels = {**labels.common("triton"), **selector, labels.ROLE: role}
+    # The role stays off the pod template: promoting a canary must not restart its Triton.
+    pod_labels = {**labels.common("triton"), **selector}
     resources: dict[str, Any] = {}
     if rt.gpus:
         resources = {"limits": {"nvidia.com/gpu": str(rt.gpus)}}

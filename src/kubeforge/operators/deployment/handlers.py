@@ -123,7 +123,13 @@ def observe(ctx: Context, body: dict[str, Any]) -> Observed:
             if version:
                 urls[version] = f"http://{s.metadata.name}.{ns}.svc:{children.PORTS['http']}"
         gateway_url = f"http://{children.gateway_name(name)}.{ns}.svc:{children.GATEWAY_PORT}"
-    return Observed(frozenset(ready), urls, gateway_ready, gateway_url)
+    model_ready = False
+    if gateway_ready and gateway_url:
+        try:
+            model_ready = httpx.get(f"{gateway_url}/v2/models/{name}/ready", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            model_ready = False
+    return Observed(frozenset(ready), urls, gateway_ready, gateway_url, model_ready)
 
 
 def _scrape(url: str | None) -> str | None:
@@ -225,12 +231,13 @@ def endpoints_event(labels: dict[str, str], namespace: str, logger: Any, **_: An
 
 
 def _rolling(status: dict[str, Any], **_: Any) -> bool:
-    return bool(status.get("canaryVersion") or status.get("shadowVersion") or status.get("retiring"))
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    return not ready or bool(status.get("canaryVersion") or status.get("shadowVersion") or status.get("retiring"))
 
 
 @kopf.timer(GROUP, VERSION, "modeldeployments", interval=2, when=_rolling)
 def rollout_timer(name: str, namespace: str, logger: Any, **_: Any) -> None:
-    """Step pauses, analysis intervals, shadow reports and scale-down delays run on the clock."""
+    """Step pauses, analysis intervals, shadow reports, scale-down delays and readiness run on the clock."""
     reconcile(namespace, name, logger)
 
 

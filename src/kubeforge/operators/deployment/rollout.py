@@ -84,6 +84,7 @@ class Observed:
     version_urls: dict[str, str] = field(default_factory=dict)  # version -> Triton URL for the route table
     gateway_ready: bool = False
     gateway_url: str | None = None
+    model_ready: bool = False  # the gateway answers /v2/models/<name>/ready: the route table is in force
 
 
 @dataclass
@@ -215,9 +216,11 @@ def plan(
     # --- canary progress ----------------------------------------------------------------
     if canary is not None:
         step = int(st.s.get("currentStep") or 0)
-        if canary not in observed.ready_versions:
+        if canary not in observed.ready_versions or stable not in observed.ready_versions:
+            # Steps start once both serve: a step's pause measures the canary under real traffic.
             st.s["canaryWeight"] = 0
-            st.cond(CANARY_READY, FALSE, CANARY_NOT_READY, f"waiting for Triton of version {canary}")
+            waiting = canary if canary not in observed.ready_versions else stable
+            st.cond(CANARY_READY, FALSE, CANARY_NOT_READY, f"waiting for Triton of version {waiting}")
         else:
             st.cond(CANARY_READY, TRUE, AS_EXPECTED, f"Triton of version {canary} is available")
             if st.s.get("stepStarted") is None:
@@ -303,6 +306,8 @@ def plan(
         st.cond(READY, FALSE, WAITING_FOR_STABLE, f"waiting for Triton of version {stable} to become available")
     elif not observed.gateway_ready:
         st.cond(READY, FALSE, WAITING_FOR_GATEWAY, "waiting for the gateway to become available")
+    elif not observed.model_ready:
+        st.cond(READY, FALSE, WAITING_FOR_GATEWAY, f"waiting for the gateway to serve {name} (route table reload)")
     else:
         st.cond(READY, TRUE, SERVING, f"version {stable} is serving")
     if degraded:

@@ -20,6 +20,10 @@ $(BIN)/kubeforge: pyproject.toml
 .PHONY: install
 install: $(BIN)/kubeforge ## Create the virtualenv with kubeforge and its pinned dependencies
 
+.PHONY: triton-venv
+triton-venv: ## Triton's own virtualenv (.venv-triton: tritonserver with the python backend, numpy<2)
+	bash src/kubeforge/local/install-triton.sh .venv-triton
+
 .PHONY: system-deps
 system-deps: ## Install the Debian packages the tests need (etcd, openssl, Go toolchain for the API server build)
 	bash platform/local/install-system-deps.sh
@@ -43,8 +47,26 @@ test-unit: install ## Unit tests only (no servers)
 	$(BIN)/python -m pytest tests/unit
 
 .PHONY: test
-test: install lint ## Everything: lint, unit, integration (real servers on 127.0.0.1) and end-to-end tests
+test: install triton-venv lint ## Everything: lint, unit, integration (real servers on 127.0.0.1) and end-to-end tests
 	$(BIN)/python -m pytest tests
+
+.PHONY: demo
+demo: install triton-venv ## The whole loop on this machine: train, serve, canary-promote v2, roll back a bad v3
+	$(BIN)/kubeforge demo --examples docs/examples --out demo-output
+
+.PHONY: up
+up: install triton-venv ## Start the local platform (control plane, MLflow, operators, runner)
+	$(BIN)/kubeforge up
+
+.PHONY: down
+down: install ## Stop the local platform; its data stays
+	$(BIN)/kubeforge down
+
+.PHONY: bench
+bench: install triton-venv ## Benchmarks (print ratios measured in one run; see docs/benchmarks.md)
+	$(BIN)/python tests/benchmarks/bench_trainer.py
+	$(BIN)/python -m tests.benchmarks.bench_gateway
+	$(BIN)/python -m tests.benchmarks.bench_operator
 
 .PHONY: controlplane-up
 controlplane-up: install ## Start a local API server + etcd (prints the kubeconfig to use)

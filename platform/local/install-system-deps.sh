@@ -3,9 +3,10 @@
 #   etcd-server  the API server's store
 #   openssl      keys for the local API server's service accounts
 #   golang-go, rsync, dpkg-dev  building kube-apiserver from Debian's source package (once)
+#   lua5.1, lua-cjson  running the Argo CD health check in tests (Argo CD speaks Lua 5.1)
 set -euo pipefail
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
-pkgs=(etcd-server openssl golang-go rsync dpkg-dev golang-github-modern-go-reflect2-dev python3-venv)
+pkgs=(etcd-server openssl golang-go rsync dpkg-dev golang-github-modern-go-reflect2-dev python3-venv lua5.1 lua-cjson)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

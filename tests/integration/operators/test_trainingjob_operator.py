@@ -6,6 +6,8 @@ themselves through the Job status subresource, as envtest users do.
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 import pytest
@@ -163,3 +165,51 @@ def test_a_restarted_operator_creates_nothing_twice(operator: Operator, api: cli
     assert after["status"] == before["status"]
     assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"], "status rewritten"
     assert event_reasons(api, namespace, "steady") == events_before
+
+
+def test_a_completed_job_fills_in_the_registered_version_from_mlflow(
+    operator: Operator, api: client.ApiClient, namespace: str, mlflow, tmp_path
+) -> None:
+    """The trainer runs here as the pod would (same spec file, same identity), then the Job is marked Complete."""
+    import subprocess
+    import sys
+
+    import yaml
+    from sklearn.datasets import load_breast_cancer
+
+    data = tmp_path / "cancer.csv"
+    load_breast_cancer(as_frame=True).frame.rename(columns=lambda c: c.replace(" ", "_")).to_csv(data, index=False)
+    tj = create_tj(
+        api,
+        namespace,
+        "cancer",
+        model={"name": f"cancer-{namespace}", "architecture": "logistic", "hyperparameters": {"epochs": 3}},
+        dataset={"uri": str(data), "target": "target"},
+        register={"alias": "candidate"},
+    )
+    wait_for(lambda: jobs(api, namespace) == ["cancer-a1"], what="Job cancer-a1")
+    spec = client.CoreV1Api(api).read_namespaced_config_map("cancer-spec", namespace).data["trainingjob.yaml"]
+    (tmp_path / "trainingjob.yaml").write_text(spec)
+    assert yaml.safe_load(spec)["metadata"]["uid"] == tj["metadata"]["uid"]
+    trained = subprocess.run(
+        [sys.executable, "-m", "kubeforge.cli", "train", "--spec", str(tmp_path / "trainingjob.yaml")],
+        env={**os.environ, "MLFLOW_TRACKING_URI": mlflow.url},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert trained.returncode == 0, trained.stderr
+    result = json.loads(trained.stdout.strip().splitlines()[-1])["kubeforge.result"]
+    mark_job(api, namespace, "cancer-a1", "Complete")
+    wait_for(lambda: (status(api, namespace, "cancer").get("mlflow") or {}).get("modelVersion"), 60, "model version")
+    st = status(api, namespace, "cancer")
+    assert st["phase"] == "Succeeded"
+    assert st["mlflow"] == {
+        "runId": result["runId"],
+        "modelVersion": result["modelVersion"],
+        "modelUri": f"models:/cancer-{namespace}/{result['modelVersion']}",
+    }
+    assert st["metrics"]["accuracy"] == pytest.approx(result["metrics"]["accuracy"])
+    ready = condition(api, namespace, "cancer")
+    assert ready["status"] == "True" and ready["reason"] == "ModelRegistered"
+    assert "ModelRegistered" in event_reasons(api, namespace, "cancer")

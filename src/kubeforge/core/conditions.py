@@ -12,8 +12,16 @@ from typing import Any
 TRUE, FALSE, UNKNOWN = "True", "False", "Unknown"
 
 
+def rfc3339(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_rfc3339(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
 def now_rfc3339() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return rfc3339(datetime.now(UTC))
 
 
 def set_condition(
@@ -53,3 +61,21 @@ def get_condition(conditions: list[dict[str, Any]] | None, type_: str) -> dict[s
 def is_true(conditions: list[dict[str, Any]] | None, type_: str) -> bool:
     cond = get_condition(conditions, type_)
     return bool(cond and cond.get("status") == TRUE)
+
+
+class StatusDraft:
+    """A status being computed from the last one: conditions stamped with one generation and time."""
+
+    def __init__(self, old: dict[str, Any], generation: int | None, now: datetime):
+        self.s: dict[str, Any] = {k: v for k, v in old.items() if v is not None}
+        self.s["observedGeneration"] = generation
+        self.generation, self.now = generation, rfc3339(now)
+
+    def cond(self, type_: str, status: str, reason: str, message: str = "") -> None:
+        self.s["conditions"] = set_condition(
+            self.s.get("conditions") or [], type_, status, reason, message, self.generation, self.now
+        )
+
+    def clear(self, *keys: str) -> None:
+        for key in keys:
+            self.s.pop(key, None)

@@ -54,8 +54,22 @@ def alive(pid: int) -> bool:
     return True
 
 
+def group_alive(pgid: int) -> bool:
+    """Whether any live (non-zombie) process is still in process group pgid."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                return True
+    return False
+
+
 def terminate(pid: int, timeout: float = 10.0) -> None:
-    """SIGTERM the process group of pid, SIGKILL it after timeout, and reap it if it is our child."""
+    """Stop pid and everything in its process group: SIGTERM, then SIGKILL after timeout.
+
+    Returns once no live member of the group is left (a child such as tritonserver may
+    take longer to exit than the wrapper that started it), reaping pid if it is our child.
+    """
 
     def signal_group(sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -63,24 +77,22 @@ def terminate(pid: int, timeout: float = 10.0) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
 
-    def reap() -> None:
+    def gone() -> bool:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
+        return not alive(pid) and not group_alive(pid)
 
-    if not alive(pid):
-        reap()
+    if gone():
         return
     signal_group(signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        reap()
-        if not alive(pid):
+        if gone():
             return
         time.sleep(0.05)
     signal_group(signal.SIGKILL)
     deadline = time.monotonic() + 5
-    while alive(pid) and time.monotonic() < deadline:  # not our child: wait for it to go
-        reap()
+    while not gone() and time.monotonic() < deadline:
         time.sleep(0.02)
 
 

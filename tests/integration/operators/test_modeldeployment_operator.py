@@ -17,6 +17,9 @@ from kubernetes import client
 from mlflow import MlflowClient
 
 from kubeforge.local.demo import Traffic
+from kubeforge.local.processes import alive
+from kubeforge.local.runner.state import RunnerState
+from tests.conftest import RunnerProcess
 from tests.integration.operators.conftest import Operator, wait_for
 from tests.integration.serving.conftest import N_FEATURES, Threshold, register, signature
 
@@ -230,3 +233,44 @@ def test_deleting_removes_everything_it_created_and_leaves_mlflow(
         what="children removed",
     )
     assert registry.get_model_version_by_alias("doomed", "champion").version == "1", "MLflow untouched"
+
+
+def test_a_runner_killed_mid_rollout_is_restarted_and_the_rollout_finishes_without_duplicates(
+    operator: Operator, api: client.ApiClient, runner_namespace: str, runner: RunnerProcess, mlflow, registry
+) -> None:
+    ns = runner_namespace
+    model(mlflow, registry, "survive", [0.0, 0.0], {"champion": 1})
+    canary = {
+        "model": {"name": "survive", "alias": "candidate"},
+        "steps": [{"weight": 50, "pause": "4s"}, {"weight": 100, "pause": "2s"}],
+        "scaleDownDelay": "1s",
+        "analysis": {**CANARY_ANALYSIS, "metrics": [{"name": "error-rate", "max": 0.01}]},
+    }
+    create_md(api, ns, "survive", model={"name": "survive", "alias": "champion"}, canary=canary)
+    ready(api, ns, "survive")
+    caller = traffic(api, ns, "survive")
+    try:
+        registry.set_registered_model_alias("survive", "candidate", "2")
+        wait_for(lambda: status(api, ns, "survive").get("canaryWeight") == 50, 120, "canary at 50%")
+        before = pods(runner, ns)
+        runner.stop()
+        runner.start()
+        wait_for(lambda: status(api, ns, "survive").get("stableVersion") == "2", 120, "promotion after restart")
+    finally:
+        caller.stop()
+    assert not [s for s in caller.samples if not s.ok]
+    # The restarted runner adopted the processes it found: the same pids, one pod per Deployment.
+    after = pods(runner, ns)
+    for owner in ("survive-gateway", "survive-v2"):
+        assert after[owner] == before[owner], owner
+
+
+def pods(runner: RunnerProcess, namespace: str) -> dict[str, list[int]]:
+    """Deployment name -> pids of its running local pod processes, from the runner's own state."""
+    state = RunnerState.load(runner.data_dir / "runner")
+    out: dict[str, list[int]] = {}
+    for pod in state.pods.values():
+        if pod.namespace == namespace:
+            owner = pod.name.rsplit("-", 2)[0]
+            out.setdefault(owner, []).extend(c.pid for c in pod.containers if c.pid and alive(c.pid))
+    return out

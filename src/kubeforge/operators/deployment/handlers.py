@@ -34,6 +34,7 @@ from .rollout import Observed, Resolved, analysis_due, canary_settings, plan
 GROUP, VERSION = API_VERSION.split("/")
 _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
 _applied: dict[tuple[str, str, str], str] = {}  # (kind, namespace, name) -> hash of what this process applied
+_pruned: dict[tuple[str, str], tuple[str, frozenset[str]]] = {}  # (namespace, name) -> (uid, live versions)
 _snapshots: dict[tuple[str, str], an.Snapshot] = {}  # (uid, version) -> last scrape
 _resolve_cache: dict[tuple[str, str], tuple[float, str]] = {}
 RESOLVE_TTL = 3.0
@@ -166,8 +167,15 @@ def _apply(ctx: Context, obj: dict[str, Any]) -> None:
     _applied[key] = digest
 
 
-def _prune(ctx: Context, namespace: str, name: str, live: set[str]) -> None:
-    """Delete the Triton children of versions that are no longer live."""
+def _prune(ctx: Context, namespace: str, name: str, uid: str, live: set[str]) -> None:
+    """Delete the Triton children of versions that are no longer live.
+
+    Only versions that were live get children, so nothing can need deleting while the live set
+    is the one this process last pruned to: the three list calls are skipped then (they read
+    every object of the namespace from etcd, which dominates a steady reconcile's cost).
+    """
+    if _pruned.get((namespace, name)) == (uid, frozenset(live)):
+        return
     selector = f"{MODELDEPLOYMENT}={name},{MODEL_VERSION}"
     kinds = [("apps/v1", "Deployment"), ("v1", "Service"), ("autoscaling/v1", "HorizontalPodAutoscaler")]
     for api_version, kind in kinds:
@@ -175,6 +183,7 @@ def _prune(ctx: Context, namespace: str, name: str, live: set[str]) -> None:
             if obj.metadata.labels[MODEL_VERSION] not in live:
                 kube.delete(ctx.api, api_version, kind, obj.metadata.name, namespace)
                 _applied.pop((kind, namespace, obj.metadata.name), None)
+    _pruned[(namespace, name)] = (uid, frozenset(live))
 
 
 def reconcile(namespace: str, name: str, logger: Any) -> None:
@@ -203,7 +212,7 @@ def reconcile(namespace: str, name: str, logger: Any) -> None:
         p = plan(body, resolved, observed, results, ctx.settings, now)
         for obj in p.apply:
             _apply(ctx, obj)
-        _prune(ctx, namespace, name, set(p.live_versions))
+        _prune(ctx, namespace, name, body["metadata"]["uid"], set(p.live_versions))
         shadow = p.status.get("shadowVersion")
         if shadow and metrics_text:
             p.status["shadowReport"] = an.shadow_report(an.parse(metrics_text, name, shadow), shadow)
@@ -265,5 +274,6 @@ def modeldeployment_deleted(name: str, namespace: str, uid: str, **_: Any) -> No
         for obj in kube.resource(ctx.api, api_version, kind).get(namespace=namespace, label_selector=selector).items:
             kube.delete(ctx.api, api_version, kind, obj.metadata.name, namespace)
             _applied.pop((kind, namespace, obj.metadata.name), None)
+    _pruned.pop((namespace, name), None)
     for key in [k for k in _snapshots if k[0] == uid]:
         del _snapshots[key]

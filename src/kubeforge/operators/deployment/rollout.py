@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from ...api import InvalidResource, ModelDeployment, parse
 from ...api.modeldeployment import Analysis, CanaryStep
-from ...core.conditions import FALSE, TRUE, set_condition
+from ...core.conditions import FALSE, TRUE, StatusDraft, parse_rfc3339, rfc3339
 from ..settings import Settings
 from . import children
 
@@ -55,14 +55,6 @@ def seconds(duration: str) -> float:
     """Go-style duration ("1m30s", "250ms") in seconds."""
     units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
     return sum(float(n) * units[u] for n, u in re.findall(r"([0-9.]+)(ms|s|m|h)", duration))
-
-
-def _ts(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse_ts(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
 
 @dataclass(frozen=True)
@@ -108,29 +100,13 @@ def analysis_due(status: dict[str, Any], md: ModelDeployment, now: datetime) -> 
     if not status.get("canaryVersion") or not status.get("canaryWeight"):
         return False
     _, analysis, _ = canary_settings(md)
-    last = _parse_ts((status.get("analysis") or {}).get("time"))
+    last = parse_rfc3339((status.get("analysis") or {}).get("time"))
     return last is None or (now - last).total_seconds() >= seconds(analysis.interval)
 
 
 def describe_failure(results: list[dict[str, Any]]) -> str:
     failed = [r for r in results if r.get("passed") is False]
     return "; ".join(f"{r['name']} = {r['value']:.4g}, wanted {r['threshold']}" for r in failed)
-
-
-class _Status:
-    def __init__(self, old: dict[str, Any], generation: int | None, now: datetime):
-        self.s: dict[str, Any] = {k: v for k, v in old.items() if v is not None}
-        self.s["observedGeneration"] = generation
-        self.generation, self.now = generation, _ts(now)
-
-    def cond(self, type_: str, status: str, reason: str, message: str = "") -> None:
-        self.s["conditions"] = set_condition(
-            self.s.get("conditions") or [], type_, status, reason, message, self.generation, self.now
-        )
-
-    def clear(self, *keys: str) -> None:
-        for key in keys:
-            self.s.pop(key, None)
 
 
 def plan(
@@ -143,7 +119,7 @@ def plan(
 ) -> Plan:
     meta = body["metadata"]
     old = dict(body.get("status") or {})
-    st = _Status(old, meta.get("generation"), now)
+    st = StatusDraft(old, meta.get("generation"), now)
     out = Plan()
     try:
         md = parse({"kind": body["kind"], "metadata": {"name": meta["name"]}, "spec": body.get("spec")})
@@ -268,7 +244,7 @@ def plan(
     retiring = [
         r
         for r in st.s.get("retiring", [])
-        if _parse_ts(r["after"]) > now and r["version"] not in (stable, canary, shadow)
+        if parse_rfc3339(r["after"]) > now and r["version"] not in (stable, canary, shadow)
     ]
     if retiring:
         st.s["retiring"] = retiring
@@ -377,16 +353,16 @@ def _routes(
 
 
 def _maybe_advance(
-    st: _Status, out: Plan, md: ModelDeployment, steps: tuple[CanaryStep, ...], canary: str, now: datetime
+    st: StatusDraft, out: Plan, md: ModelDeployment, steps: tuple[CanaryStep, ...], canary: str, now: datetime
 ) -> None:
     """Advance when the step's pause has passed and the analysis since the step began passed."""
     step = int(st.s.get("currentStep") or 0)
-    started = _parse_ts(st.s["stepStarted"])
+    started = parse_rfc3339(st.s["stepStarted"])
     assert started is not None
     if (now - started).total_seconds() < seconds(steps[step].pause):
         return
     last = st.s.get("analysis") or {}
-    last_time = _parse_ts(last.get("time"))
+    last_time = parse_rfc3339(last.get("time"))
     passed = last.get("failedChecks", 0) == 0 and any(r.get("passed") for r in last.get("results", []))
     if last_time is None or last_time < started or not passed:
         st.cond(
@@ -406,13 +382,15 @@ def _maybe_advance(
         out.events.append(("Normal", CANARY_PROMOTED, msg))
         return
     step += 1
-    st.s.update({"currentStep": step, "canaryWeight": steps[step].weight, "stepStarted": _ts(now)})
+    st.s.update({"currentStep": step, "canaryWeight": steps[step].weight, "stepStarted": rfc3339(now)})
     msg = f"step {step + 1}/{len(steps)}: {steps[step].weight}% of traffic to version {canary}"
     st.cond(PROGRESSING, TRUE, STEP_ADVANCED, msg)
     out.events.append(("Normal", STEP_ADVANCED, msg))
 
 
-def _rollback(st: _Status, out: Plan, canary: str, stable: str, results: list[dict[str, Any]], failures: int) -> None:
+def _rollback(
+    st: StatusDraft, out: Plan, canary: str, stable: str, results: list[dict[str, Any]], failures: int
+) -> None:
     msg = (
         f"version {canary} rolled back after {failures} failed check(s): {describe_failure(results)}; "
         f"version {stable} serves all traffic"
@@ -427,8 +405,8 @@ def _rollback(st: _Status, out: Plan, canary: str, stable: str, results: list[di
     out.events.append(("Warning", "RolledBack", msg))
 
 
-def _retire(st: _Status, version: str, now: datetime, delay: float) -> None:
-    after = _ts(now + timedelta(seconds=delay))
+def _retire(st: StatusDraft, version: str, now: datetime, delay: float) -> None:
+    after = rfc3339(now + timedelta(seconds=delay))
     st.s["retiring"] = [r for r in st.s.get("retiring", []) if r["version"] != version] + [
         {"version": version, "after": after}
     ]

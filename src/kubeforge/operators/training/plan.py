@@ -9,13 +9,13 @@ restarted operator picks up where the last one stopped.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Any
 
 from ...api import InvalidResource, TrainingJob, parse
 from ...core import modelcontract as mc
-from ...core.conditions import FALSE, TRUE, set_condition
+from ...core.conditions import FALSE, TRUE, StatusDraft, parse_rfc3339
 from ...core.kube import Capabilities
 from ...core.mlflow_rest import ModelVersion
 from ..settings import Settings
@@ -101,27 +101,12 @@ def _job_state(job: dict[str, Any] | None) -> tuple[str, str]:
     return "active", ""
 
 
-def _parse_time(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
-
-
-def _fmt(ts: datetime) -> str:
-    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-class _Status:
-    """The status being built, with helpers that keep conditions consistent with the phase."""
+class _Status(StatusDraft):
+    """The status being built, with a phase whose conditions always agree with it."""
 
     def __init__(self, old: dict[str, Any], generation: int | None, now: datetime):
-        self.s = dict(old)
-        self.s["observedGeneration"] = generation
+        super().__init__(old, generation, now)
         self.s.setdefault("attempts", 0)
-        self.generation, self.now = generation, _fmt(now)
-
-    def cond(self, type_: str, status: str, reason: str, message: str = "") -> None:
-        self.s["conditions"] = set_condition(
-            self.s.get("conditions") or [], type_, status, reason, message, self.generation, self.now
-        )
 
     def phase(self, phase: str, reason: str, message: str) -> None:
         self.s["phase"] = phase
@@ -174,7 +159,7 @@ def plan(
 
     name = meta["name"]
     attempts = int(old.get("attempts") or 0)
-    start = _parse_time(old.get("startTime"))
+    start = parse_rfc3339(old.get("startTime"))
     deadline = tj.spec.active_deadline_seconds
     remaining = None if deadline is None or start is None else deadline - int((now - start).total_seconds())
 

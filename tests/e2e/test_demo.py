@@ -1,0 +1,79 @@
+"""The demo's story end to end, in a temporary data dir: what `make demo` shows a newcomer.
+
+Real everything: API server, operators, the local runner playing kubelet, MLflow, the
+trainer, Triton per version and the gateway; traffic through tritonclient.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+from kubernetes import client
+
+from kubeforge.core import kube
+from kubeforge.local import runtime
+from kubeforge.local.demo import Demo
+from kubeforge.local.processes import alive
+from kubeforge.local.runner.state import RunnerState
+from tests.conftest import REPO
+from tests.e2e.test_up_down import _sessions, all_listening_ports, listening_ports, recorded_pids
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.mark.timeout(900)
+def test_train_serve_promote_and_roll_back_with_no_failed_request(tmp_path: Path) -> None:
+    data, out = tmp_path / "kubeforge", tmp_path / "out"
+    try:
+        result = Demo(data, REPO / "docs" / "examples", out).run()
+        api = kube.api_client(runtime.Layout(data).kubeconfig)
+        custom = client.CustomObjectsApi(api)
+        jobs = {
+            name: custom.get_namespaced_custom_object("kubeforge.dev", "v1alpha1", "default", "trainingjobs", name)
+            for name in ("cancer-v1", "cancer-v2", "cancer-v3")
+        }
+        assert {n: j["status"]["phase"] for n, j in jobs.items()} == dict.fromkeys(jobs, "Succeeded")
+        assert [j["status"]["mlflow"]["modelVersion"] for j in jobs.values()] == ["1", "2", "3"]
+        assert jobs["cancer-v2"]["status"]["metrics"]["accuracy"] > 0.9
+
+        md = custom.get_namespaced_custom_object("kubeforge.dev", "v1alpha1", "default", "modeldeployments", "cancer")
+        st = md["status"]
+        assert st["stableVersion"] == "2" and st["rolledBackVersion"] == "3"
+        conditions = {c["type"]: c for c in st["conditions"]}
+        assert conditions["Ready"]["status"] == "True"
+        assert conditions["RolledBack"]["status"] == "True" and "agreement" in conditions["RolledBack"]["message"]
+        events = client.CoreV1Api(api).list_namespaced_event("default").items
+        reasons = {e.reason for e in events if e.involved_object.name == "cancer"}
+        assert {"CanaryStarted", "StepAdvanced", "CanaryPromoted", "RolledBack"} <= reasons
+
+        samples = result["samples"]
+        assert len(samples) > 200
+        assert [s for s in samples if not s.ok] == [], "no request fails during rollouts and rollback"
+        assert {s.version for s in samples} == {"1", "2", "3"}
+        assert (out / "rollout.png").stat().st_size > 10_000
+        assert "| 3 | cancer-v3 |" in (out / "summary.md").read_text()
+
+        # A prediction through the gateway with the standard client, answered by the stable version.
+        gateway = httpclient.InferenceServerClient(st["url"].split("/v2/")[0].removeprefix("http://"))
+        row = np.zeros((1, 30), dtype=np.float32)
+        inp = httpclient.InferInput("features", list(row.shape), "FP32")
+        inp.set_data_from_numpy(row)
+        answer = gateway.infer("cancer", [inp])
+        probabilities = answer.as_numpy("outputs")
+        assert probabilities.shape == (1, 2) and abs(float(probabilities.sum()) - 1) < 1e-4
+        assert answer.get_response()["model_version"] == "2"
+
+        pids = recorded_pids(data)
+        workload_pids = [c.pid for p in RunnerState.load(data / "runner").pods.values() for c in p.containers if c.pid]
+        ours = listening_ports(set(pids + workload_pids))
+        assert len(ours) >= 6  # API server, etcd, MLflow, operator health, gateway, Triton
+    finally:
+        runtime.down(data)
+    assert not [pid for pid in pids + workload_pids if alive(pid)]
+    assert not _sessions(set(pids + workload_pids))
+    assert not ours & all_listening_ports()
+    assert json.loads((data / "local.json").read_text())  # state kept for the next `up`

@@ -152,8 +152,9 @@ def test_a_disagreeing_canary_is_rolled_back_naming_the_metric_and_no_request_fa
     message = cond(api, ns, "bad", "RolledBack")["message"]
     assert "agreement = 0.7" in message or "agreement = 0.6" in message or "agreement = 0.8" in message, message
     assert "wanted >= 0.95" in message
-    # Two failed checks at a 2 s interval; the first interval only takes a baseline, plus the timer's tick.
-    assert rolled_back_after < 3 * 2 + 4, rolled_back_after
+    # Two failed checks at a 2 s interval (the first look only takes a baseline), with room for a busy
+    # machine: far sooner than the 30 s step pause after which a passing canary would advance.
+    assert rolled_back_after < 15, rolled_back_after
     assert status(api, ns, "bad")["traffic"] == [{"version": "1", "role": "stable", "percent": 100}]
     assert not [s for s in caller.samples if not s.ok], "no request may fail while rolling back"
     events = client.CoreV1Api(api).list_namespaced_event(ns).items

@@ -1,0 +1,338 @@
+"""ModelDeployment operator: apply-to-children latency, bulk convergence rate, memory.
+
+Starts a local control plane, applies the CRDs, starts MLflow with one registered
+model and alias, then the real operator process (`kubeforge operator run`, endpoints
+addressing). The control plane has no kubelet, so no pod runs and no gateway becomes
+reachable; the operator still resolves the version, creates every child and writes
+status, which is what a user waits for after `kubectl apply`. Measures, in one run:
+
+1. ``kubectl apply -f -`` of one ModelDeployment until its Triton Deployment and
+   Service, gateway Deployment and Service and route ConfigMap all exist (--applies
+   times, one at a time): p50 / p90 / max;
+2. --count ModelDeployments created at once from a thread pool until every one has its
+   children and a status with observedGeneration and stableVersion: resources per second;
+3. resident memory of the operator process tree after that, and its CPU seconds.
+
+Run from the repository root: .venv/bin/python -m tests.benchmarks.bench_operator [--count 500] [--applies 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+
+from kubeforge.api import API_VERSION, crdgen
+from kubeforge.core import kube
+from kubeforge.local import mlflow_server
+from kubeforge.local.controlplane import ControlPlane
+from kubeforge.local.processes import free_port, spawn, terminate, wait_http
+from kubeforge.operators.deployment import children
+from kubeforge.operators.labels import MODELDEPLOYMENT
+
+MODEL, ALIAS = "bench-model", "champion"
+GROUP, VERSION = API_VERSION.split("/")
+POLL_S = 0.01  # apply-latency polling; one poll is 3 list calls, so a cycle stays under 20 ms
+TARGETS = {"p50_ms": 300.0, "rate": 50.0, "rss_mb": 150.0}
+
+
+def _manifest(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "ModelDeployment",
+        "metadata": {"name": name},
+        "spec": {"model": {"name": MODEL, "alias": ALIAS}},
+    }
+
+
+def _expected(name: str, version: str) -> set[tuple[str, str]]:
+    """(kind, name) of every child the operator creates for a ModelDeployment serving version."""
+    return {
+        ("Deployment", children.version_name(name, version)),
+        ("Service", children.version_name(name, version)),
+        ("Deployment", children.gateway_name(name)),
+        ("Service", children.gateway_name(name)),
+        ("ConfigMap", children.routes_name(name)),
+    }
+
+
+def _raw_items(call: Callable[..., Any], namespace: str, **kwargs: Any) -> list[dict[str, Any]]:
+    """A list call's items as plain JSON: the client's model classes cost seconds at 1,000 objects."""
+    resp = call(namespace, _preload_content=False, **kwargs)
+    return json.loads(resp.data)["items"]
+
+
+def _children(api: client.ApiClient, namespace: str, selector: str | None = None) -> set[tuple[str, str]]:
+    """(kind, name) of the Deployments, Services and ConfigMaps labelled as a ModelDeployment's children."""
+    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    calls = {
+        "Deployment": apps.list_namespaced_deployment,
+        "Service": core.list_namespaced_service,
+        "ConfigMap": core.list_namespaced_config_map,
+    }
+    selector = selector or MODELDEPLOYMENT
+    return {
+        (kind, item["metadata"]["name"])
+        for kind, call in calls.items()
+        for item in _raw_items(call, namespace, label_selector=selector)
+    }
+
+
+def _tree(pid: int) -> list[int]:
+    """pid and all its descendants, from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    found, frontier = [pid], [pid]
+    while frontier:
+        frontier = [p for p, parent in parents.items() if parent in frontier]
+        found += frontier
+    return found
+
+
+def rss_mb(pid: int) -> float:
+    """VmRSS of pid and its descendants, in MB."""
+    total_kb = 0
+    for p in _tree(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total_kb += int(line.split()[1])
+    return total_kb * 1024 / 1e6
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of pid and its descendants."""
+    ticks = 0
+    for p in _tree(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _pct(values: list[float], q: float) -> float:
+    """Nearest-rank quantile; q = 0.5 is the median's upper neighbour for an even count, 1.0 the max."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def install_crds(api: client.ApiClient) -> None:
+    """Apply the CRDs and wait until the API server serves them."""
+    for kind in crdgen.KINDS:
+        kube.apply(api, crdgen.crd(kind))
+    ext = client.ApiextensionsV1Api(api)
+    deadline = time.monotonic() + 60
+    for kind in crdgen.KINDS:
+        while not any(
+            c.type == "Established" and c.status == "True"
+            for c in ext.read_custom_resource_definition(kind.crd.crd_name).status.conditions or []
+        ):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"CRD {kind.crd.crd_name} not established")
+            time.sleep(0.1)
+
+
+def register_model(url: str) -> str:
+    """One registered version with an alias: the operator only resolves it, nothing is downloaded."""
+    from mlflow.tracking import MlflowClient
+
+    ml = MlflowClient(tracking_uri=url, registry_uri=url)
+    ml.create_registered_model(MODEL)
+    version = ml.create_model_version(MODEL, source="s3://models/unused").version
+    ml.set_registered_model_alias(MODEL, ALIAS, version)
+    return str(version)
+
+
+@contextlib.contextmanager
+def operator(kubeconfig: Path, mlflow_url: str, log: Path) -> Iterator[int]:
+    """The operator as users run it locally; yields its pid once its liveness endpoint answers."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(kubeconfig),
+        "KUBEFORGE_MLFLOW_TRACKING_URI": mlflow_url,
+        "KUBEFORGE_SERVICE_ADDRESSING": "endpoints",  # no cluster DNS lookups
+    }
+    argv = [sys.executable, "-m", "kubeforge.cli", "operator", "run", "--liveness", f"http://127.0.0.1:{port}/healthz"]
+    proc = spawn(argv, log, env)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", proc, log, timeout=90)
+        yield proc.pid
+    finally:
+        terminate(proc.pid)
+
+
+def apply_latency(
+    api: client.ApiClient, kubeconfig: Path, version: str, applies: int
+) -> tuple[list[float], list[float]]:
+    """Seconds from starting `kubectl apply` until all children exist, and until kubectl returned."""
+    namespace = "bench-apply"
+    client.CoreV1Api(api).create_namespace({"metadata": {"name": namespace}})
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    to_children, to_kubectl = [], []
+    for i in range(applies):
+        name = f"apply-{i}"
+        want = _expected(name, version)
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            ["kubectl", "apply", "-n", namespace, "-f", "-"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps(_manifest(name)).encode())
+        proc.stdin.close()
+        kubectl_done = None
+        deadline = start + 60
+        while True:
+            if kubectl_done is None and proc.poll() is not None:
+                kubectl_done = time.perf_counter()
+                if proc.returncode:
+                    raise RuntimeError(f"kubectl apply failed: {proc.stderr.read().decode()}")  # type: ignore[union-attr]
+            if kubectl_done is not None and want <= _children(api, namespace, f"{MODELDEPLOYMENT}={name}"):
+                break
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"children of {name} missing after 60 s")
+            time.sleep(POLL_S)
+        to_children.append(time.perf_counter() - start)
+        to_kubectl.append(kubectl_done - start)
+    return to_children, to_kubectl
+
+
+def converge(api: client.ApiClient, version: str, count: int) -> float:
+    """Seconds from the first create until all count ModelDeployments have children and status."""
+    namespace = "bench-bulk"
+    client.CoreV1Api(api).create_namespace({"metadata": {"name": namespace}})
+    custom = client.CustomObjectsApi(api)
+    names = [f"bulk-{i}" for i in range(count)]
+    want = set().union(*(_expected(n, version) for n in names))
+    start = time.perf_counter()
+    with ThreadPoolExecutor(16) as pool:
+        list(
+            pool.map(
+                lambda n: custom.create_namespaced_custom_object(
+                    GROUP, VERSION, namespace, "modeldeployments", _manifest(n)
+                ),
+                names,
+            )
+        )
+    created = time.perf_counter() - start
+    print(f"  created {count} in {created:.2f} s", flush=True)
+    have: set[tuple[str, str]] = set()
+    deadline = start + max(120.0, count)
+    while True:
+        if not want <= have:
+            have = _children(api, namespace)
+        if want <= have:
+            resp = custom.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, "modeldeployments", _preload_content=False
+            )
+            items = json.loads(resp.data)["items"]
+            done = sum(
+                1
+                for md in items
+                if (md.get("status") or {}).get("observedGeneration") == md["metadata"]["generation"]
+                and (md.get("status") or {}).get("stableVersion") == version
+            )
+            if done == count:
+                return time.perf_counter() - start
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"{len(want - have)} children missing after {deadline - start:.0f} s")
+        time.sleep(0.1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=500, help="ModelDeployments created at once")
+    parser.add_argument("--applies", type=int, default=50, help="one-at-a-time kubectl applies")
+    parser.add_argument("--settle", type=float, default=10.0, help="seconds to watch the operator after convergence")
+    args = parser.parse_args()
+    load_start = os.getloadavg()
+    with contextlib.ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kubeforge-bench-op-")))
+        cp = stack.enter_context(ControlPlane())
+        api = kube.api_client(cp.kubeconfig)
+        install_crds(api)
+        ml = mlflow_server.start(work / "mlflow")
+        stack.callback(ml.stop)
+        version = register_model(ml.url)
+        log = work / "operator.log"
+        try:
+            pid = stack.enter_context(operator(cp.kubeconfig, ml.url, log))
+        except BaseException:
+            print(log.read_text(errors="replace")[-3000:], file=sys.stderr)
+            raise
+        cpu_idle, rss_start = cpu_seconds(pid), rss_mb(pid)
+        print(f"operator pid {pid} up; rss {rss_start:.0f} MB; cpu {cpu_idle:.1f} s", flush=True)
+
+        print(f"1. kubectl apply -> children, {args.applies} one at a time", flush=True)
+        lat, kubectl = apply_latency(api, cp.kubeconfig, version, args.applies)
+        cpu_after_applies = cpu_seconds(pid)
+        rss_applies = rss_mb(pid)
+
+        print(f"2. {args.count} ModelDeployments at once", flush=True)
+        elapsed = converge(api, version, args.count)
+        cpu_after_converge = cpu_seconds(pid)
+        rss_converged = rss_mb(pid)
+        rss_peak = rss_converged
+        settle_end = time.monotonic() + args.settle
+        while time.monotonic() < settle_end:
+            time.sleep(0.5)
+            rss_peak = max(rss_peak, rss_mb(pid))
+        cpu_settled = cpu_seconds(pid)
+        load_end = os.getloadavg()
+
+    total = args.applies + args.count
+    p50 = _pct(lat, 0.5) * 1000
+    after = [a - k for a, k in zip(lat, kubectl, strict=True)]
+    rate = args.count / elapsed
+    settled_cpu = (cpu_settled - cpu_after_converge) / args.settle * 100
+    rows = [
+        ("load average (1 min) at start / end", f"{load_start[0]:.2f} / {load_end[0]:.2f} on {os.cpu_count()} CPUs"),
+        ("apply -> children p50 / p90 / max", _ms(lat, 0.5, 0.9, 1.0)),
+        ("  kubectl apply itself, p50", _ms(kubectl, 0.5)),
+        ("  children after kubectl returned, p50 / p90", _ms(after, 0.5, 0.9)),
+        (f"  target p50 <= {TARGETS['p50_ms']:.0f} ms", _verdict(p50 <= TARGETS["p50_ms"])),
+        (f"{args.count} at once: converged in", f"{elapsed:.2f} s = {rate:.1f} resources/s"),
+        (f"  target >= {TARGETS['rate']:.0f}/s", _verdict(rate >= TARGETS["rate"])),
+        (f"operator RSS at {total} resources, converged / peak", f"{rss_converged:.0f} / {rss_peak:.0f} MB"),
+        (f"  target <= {TARGETS['rss_mb']:.0f} MB", _verdict(rss_peak <= TARGETS["rss_mb"])),
+        ("  after startup / after the applies", f"{rss_start:.0f} / {rss_applies:.0f} MB"),
+        (
+            "operator CPU: startup / applies / bulk",
+            f"{cpu_idle:.1f} / {cpu_after_applies - cpu_idle:.1f} / {cpu_after_converge - cpu_after_applies:.1f} s",
+        ),
+        (f"operator CPU over {args.settle:.0f} s after convergence", f"{settled_cpu:.0f} % of a core"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print()
+    for label, value in rows:
+        print(f"{label:<{width}}  {value}")
+
+
+def _ms(values: list[float], *quantiles: float) -> str:
+    return " / ".join(f"{_pct(values, q) * 1000:.0f}" for q in quantiles) + " ms"
+
+
+def _verdict(met: bool) -> str:
+    return "met" if met else "MISSED"
+
+
+if __name__ == "__main__":
+    main()

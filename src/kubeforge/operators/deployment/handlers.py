@@ -29,7 +29,7 @@ from ..labels import COMPONENT, MODEL_VERSION, MODELDEPLOYMENT
 from ..runtime import Context, context
 from . import analysis as an
 from . import children
-from .rollout import Observed, Resolved, analysis_due, canary_settings, plan
+from .rollout import WAITING_FOR_ROUTES, Observed, Resolved, analysis_due, canary_settings, plan
 
 GROUP, VERSION = API_VERSION.split("/")
 _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
@@ -239,24 +239,32 @@ def endpoints_event(labels: dict[str, str], namespace: str, logger: Any, **_: An
     reconcile(namespace, labels[MODELDEPLOYMENT], logger)
 
 
+def _ready_reason(status: dict[str, Any]) -> str | None:
+    return next((c.get("reason") for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+
+
 def _rolling(status: dict[str, Any], **_: Any) -> bool:
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
-    return not ready or bool(status.get("canaryVersion") or status.get("shadowVersion") or status.get("retiring"))
+    """On the clock: rollouts, shadows, scale-down delays, and a route-table reload nothing else signals."""
+    if _ready_reason(status) == WAITING_FOR_ROUTES:
+        return True
+    return bool(status.get("canaryVersion") or status.get("shadowVersion") or status.get("retiring"))
 
 
 @kopf.timer(GROUP, VERSION, "modeldeployments", interval=2, when=_rolling)
 def rollout_timer(name: str, namespace: str, logger: Any, **_: Any) -> None:
-    """Step pauses, analysis intervals, shadow reports, scale-down delays and readiness run on the clock."""
+    """Step pauses, analysis intervals, shadow reports, scale-down delays and route reloads run on the clock."""
     reconcile(namespace, name, logger)
 
 
-def _follows(spec: dict[str, Any], **_: Any) -> bool:
-    return bool(spec.get("followAlias") or spec.get("canary"))
+def _polled(spec: dict[str, Any], status: dict[str, Any], **_: Any) -> bool:
+    """Registry aliases move outside Kubernetes, and a reconcile that failed is not retried by its event."""
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    return bool(spec.get("followAlias") or spec.get("canary")) or not ready
 
 
-@kopf.timer(GROUP, VERSION, "modeldeployments", interval=10, when=_follows)
-def alias_timer(name: str, namespace: str, logger: Any, **_: Any) -> None:
-    """Registry aliases move outside Kubernetes: poll them (MLflow webhooks are optional)."""
+@kopf.timer(GROUP, VERSION, "modeldeployments", interval=10, when=_polled)
+def poll_timer(name: str, namespace: str, logger: Any, **_: Any) -> None:
+    """Follow registry aliases (MLflow webhooks are optional) and retry what is not Ready yet."""
     reconcile(namespace, name, logger)
 
 

@@ -29,6 +29,7 @@ INVALID_SPEC = "InvalidSpec"
 SERVING = "Serving"
 WAITING_FOR_STABLE = "WaitingForStable"
 WAITING_FOR_GATEWAY = "WaitingForGateway"
+WAITING_FOR_ROUTES = "WaitingForRoutes"
 MODEL_NOT_FOUND = "ModelNotFound"
 CANARY_NOT_FOUND = "CanaryNotFound"
 SHADOW_NOT_FOUND = "ShadowNotFound"
@@ -283,7 +284,7 @@ def plan(
     elif not observed.gateway_ready:
         st.cond(READY, FALSE, WAITING_FOR_GATEWAY, "waiting for the gateway to become available")
     elif not observed.model_ready:
-        st.cond(READY, FALSE, WAITING_FOR_GATEWAY, f"waiting for the gateway to serve {name} (route table reload)")
+        st.cond(READY, FALSE, WAITING_FOR_ROUTES, f"waiting for the gateway to serve {name} (route table reload)")
     else:
         st.cond(READY, TRUE, SERVING, f"version {stable} is serving")
     if degraded:

@@ -75,19 +75,28 @@ class Loop:
             range(len(x_train)), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=hp.seed
         )
 
+    def _order(self, epoch: int) -> torch.Tensor:
+        """This replica's shuffled row indices for epoch: the same for the same seed and epoch, so a
+        resumed run sees what an uninterrupted one would. One replica skips the sampler's Python list."""
+        if self.ctx.world_size == 1:
+            generator = torch.Generator().manual_seed(self.hp.seed + epoch)
+            return torch.randperm(len(self.x_train), generator=generator).to(self.ctx.device)
+        self.sampler.set_epoch(epoch)
+        return torch.as_tensor(list(self.sampler), device=self.ctx.device)
+
     def train_epoch(self, epoch: int) -> float:
         """One pass over this replica's shard; the mean loss over all replicas."""
         self.model.train()
-        self.sampler.set_epoch(epoch)
-        order = torch.as_tensor(list(self.sampler), device=self.ctx.device)
-        total = torch.zeros(2, device=self.ctx.device)
-        for batch in order.split(self.hp.batch_size):
+        batches = self._order(epoch).split(self.hp.batch_size)
+        losses = []
+        for batch in batches:
             self.optimizer.zero_grad(set_to_none=True)
             loss = self.loss(self.model(self.x_train[batch]), self.y_train[batch])
             loss.backward()
             self.optimizer.step()
-            total[0] += loss.detach() * len(batch)
-            total[1] += len(batch)
+            losses.append(loss.detach())
+        sizes = torch.tensor([len(b) for b in batches], dtype=losses[0].dtype, device=self.ctx.device)
+        total = torch.stack([torch.stack(losses) @ sizes, sizes.sum()])
         total = distributed.sum_across(total, self.ctx)
         return (total[0] / total[1]).item()
 

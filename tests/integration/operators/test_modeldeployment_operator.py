@@ -8,6 +8,7 @@ in its init container), and live traffic goes through the real gateway with trit
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -150,8 +151,9 @@ def test_a_disagreeing_canary_is_rolled_back_naming_the_metric_and_no_request_fa
     finally:
         caller.stop()
     message = cond(api, ns, "bad", "RolledBack")["message"]
-    assert "agreement = 0.7" in message or "agreement = 0.6" in message or "agreement = 0.8" in message, message
-    assert "wanted >= 0.95" in message
+    # The message names the metric, the value measured (about 0.75, give or take sampling) and the bound.
+    measured = float(re.search(r"agreement = ([0-9.]+), wanted >= 0\.95", message).group(1))
+    assert 0.4 < measured < 0.95, message
     # Two failed checks at a 2 s interval (the first look only takes a baseline), with room for a busy
     # machine: far sooner than the 30 s step pause after which a passing canary would advance.
     assert rolled_back_after < 15, rolled_back_after

@@ -165,7 +165,8 @@ def test_route_table_hot_reloads_under_load_and_refuses_malformed_ones(gateway, 
 
     results = send(infer_url(gw), [(body([ROW]), {})] * 500, concurrency=8, on_done=swap)
     assert all(r.status == 200 for r in results)
-    assert {r.version for r in results[:80]} == {registered.stable}
+    # Well before the swap at the 100th answer (a straggler among the first 80 can land after it).
+    assert {r.version for r in results[:50]} == {registered.stable}
     time.sleep(0.5)
     assert gw.metric("kubeforge_route_table_reloads_total", file="routes", result="failed") == 2
     assert gw.metric("kubeforge_route_table_reloads_total", file="routes", result="ok") == 2

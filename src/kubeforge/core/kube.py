@@ -107,6 +107,24 @@ def patch_status(
     return True
 
 
+def write_status(
+    api: client.ApiClient,
+    body: dict[str, Any],
+    old: dict[str, Any] | None,
+    new: dict[str, Any],
+    events: list[tuple[str, str, str]],
+    component: str,
+) -> bool:
+    """Patch body's status when it changed, and only then record events (type, reason, message):
+    events mark transitions, so a resync that changes nothing stays silent."""
+    meta = body["metadata"]
+    if not patch_status(api, body["apiVersion"], body["kind"], meta["name"], meta["namespace"], old, new):
+        return False
+    for type_, reason, message in events:
+        event(api, body, type_, reason, message, component=component)
+    return True
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What the API server's version supports, for fields that newer clusters added."""

@@ -216,9 +216,7 @@ def reconcile(namespace: str, name: str, logger: Any) -> None:
         shadow = p.status.get("shadowVersion")
         if shadow and metrics_text:
             p.status["shadowReport"] = an.shadow_report(an.parse(metrics_text, name, shadow), shadow)
-        if kube.patch_status(ctx.api, API_VERSION, "ModelDeployment", name, namespace, old_status, p.status):
-            for type_, reason, message in p.events:
-                kube.event(ctx.api, body, type_, reason, message, component="kubeforge-modeldeployment")
+        kube.write_status(ctx.api, body, old_status, p.status, p.events, component="kubeforge-modeldeployment")
 
 
 @kopf.on.event(GROUP, VERSION, "modeldeployments")

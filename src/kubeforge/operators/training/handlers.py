@@ -60,9 +60,7 @@ def reconcile(namespace: str, name: str, logger: Any) -> None:
             status = with_registration(status, version, model, body["metadata"]["uid"], now)
             if version is not None:
                 p.events.append(("Normal", "ModelRegistered", f"registered as {version.uri}"))
-        if kube.patch_status(ctx.api, API_VERSION, "TrainingJob", name, namespace, old_status, status):
-            for type_, reason, message in p.events:
-                kube.event(ctx.api, body, type_, reason, message, component="kubeforge-trainingjob")
+        kube.write_status(ctx.api, body, old_status, status, p.events, component="kubeforge-trainingjob")
 
 
 @kopf.on.event(GROUP, VERSION, "trainingjobs")

@@ -25,18 +25,25 @@ _data_dir = click.option(
     help="Everything the local runtime keeps (cluster state, MLflow, workloads, logs); survives down/up.",
 )
 
+_listen_address = click.option(
+    "--listen-address",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the workloads' servers (Triton, gateways) bind to; 0.0.0.0 exposes them to the network.",
+)
+
 
 @click.command("up")
 @_data_dir
-def up(data_dir: Path) -> None:
+@_listen_address
+def up(data_dir: Path, listen_address: str) -> None:
     """Run the platform locally: control plane, CRDs, MLflow, operators and workload runner."""
     from . import runtime
-    from .binaries import BinaryNotFound
 
     try:
-        cp, state = runtime.up(data_dir)
-    except (BinaryNotFound, RuntimeError, TimeoutError) as err:
-        raise click.ClickException(f"{err}\n(`kubeforge down --data-dir {data_dir}` stops what did start)") from err
+        cp, state = runtime.up(data_dir, listen_address)
+    except runtime.UpFailed as err:
+        raise click.ClickException(str(err)) from err
     layout = runtime.Layout(data_dir)
     click.echo(f"API server:  {cp.server}")
     click.echo(f"MLflow UI:   {state.mlflow_url}")
@@ -79,8 +86,16 @@ def local() -> None:
 @_data_dir
 @click.option("--interval", type=float, default=0.5, show_default=True, help="Seconds between reconciliations.")
 @click.option("--namespace-selector", help="Only run workloads in namespaces with these labels, e.g. team=ml.")
+@_listen_address
 @click.option("--verbose", "-v", is_flag=True)
-def runner(kubeconfig: Path, data_dir: Path, interval: float, namespace_selector: str | None, verbose: bool) -> None:
+def runner(
+    kubeconfig: Path,
+    data_dir: Path,
+    interval: float,
+    namespace_selector: str | None,
+    listen_address: str,
+    verbose: bool,
+) -> None:
     """Run kubeforge's Jobs and Deployments as local processes (the local kubelet) until stopped."""
     import logging
 
@@ -90,7 +105,7 @@ def runner(kubeconfig: Path, data_dir: Path, interval: float, namespace_selector
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
     )
-    Runner(kube.api_client(kubeconfig), data_dir, interval, namespace_selector).run()
+    Runner(kube.api_client(kubeconfig), data_dir, interval, namespace_selector, listen_address).run()
 
 
 local_runtime = click.Group("kubeforge", commands=[up, down, status, local])

@@ -143,6 +143,9 @@ class ControlPlane:
                 f"--cert-dir={pki}",
                 f"--token-auth-file={token_file}",
                 "--authorization-mode=RBAC",
+                # No controller manager creates ServiceAccounts or their tokens here, so the
+                # admission step that requires them would refuse every Pod (as envtest does).
+                "--disable-admission-plugins=ServiceAccount",
                 f"--service-account-key-file={sa_key}",
                 f"--service-account-signing-key-file={sa_key}",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",

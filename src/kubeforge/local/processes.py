@@ -15,7 +15,7 @@ import ssl
 import subprocess
 import time
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 
@@ -128,3 +128,29 @@ def wait_http(
             last = str(err)
         time.sleep(0.1)
     raise TimeoutError(f"{url} not ready after {timeout:.0f}s: {last}")
+
+
+def ancestors() -> set[int]:
+    """This process and every process above it."""
+    pids, pid = set(), os.getpid()
+    while pid > 1 and pid not in pids:
+        pids.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            break
+    return pids
+
+
+def find(matches: Callable[[list[str]], bool]) -> list[int]:
+    """Live processes of this user, other than this one and its ancestors, whose argv matches."""
+    skip, uid, found = ancestors(), os.getuid(), []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(cmdline.parent.name)
+            if pid in skip or cmdline.parent.stat().st_uid != uid:
+                continue
+            argv = cmdline.read_bytes().decode(errors="replace").split("\0")[:-1]
+            if argv and matches(argv) and alive(pid):
+                found.append(pid)
+    return found

@@ -5,6 +5,11 @@ dominates), the CRDs, the operators and the workload runner. A part that is alre
 running is reused, so a warm ``up`` takes a second or two; a part that a freshly started
 part's address feeds (the operators read the kubeconfig and MLflow's URL) is restarted
 with it. Pids and ports go to ``<data dir>/local.json`` for ``status`` and ``down``.
+
+An ``up`` that fails stops every part it started itself and says which part failed, so
+nothing is left running that ``down`` would not know of. ``down`` stops the parts it knows
+and then any process still running from this data directory (a part started by an
+``up`` that was killed, a container whose wrapper died), so it leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,12 +29,16 @@ from ..core import kube
 from . import mlflow_server
 from .controlplane import ControlPlane, ControlPlaneState
 from .controlplane import status as controlplane_status
-from .processes import alive, free_port, spawn, terminate, wait_http
+from .processes import alive, find, free_port, spawn, terminate, wait_http
 from .runner import stop_workloads
 from .runner.loop import state_dir
 
 STATE_FILE = "local.json"
 CRD_ESTABLISHED_TIMEOUT = 30.0
+
+
+class UpFailed(RuntimeError):
+    """A part of the local platform did not start; what this ``up`` started was stopped again."""
 
 
 def default_data_dir() -> Path:
@@ -153,41 +163,79 @@ def _operator(layout: Layout, mlflow_url: str) -> tuple[int, int]:
     argv = _module("kubeforge.cli", "operator", "run", "--liveness", f"http://127.0.0.1:{port}/healthz")
     log = layout.logs / "operator.log"
     proc = spawn(argv, log, env)
-    wait_http(f"http://127.0.0.1:{port}/healthz", proc, log, timeout=60)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", proc, log, timeout=60)
+    except BaseException:
+        terminate(proc.pid)
+        raise
     return proc.pid, port
 
 
-def _runner(layout: Layout) -> int:
+def _runner(layout: Layout, listen_address: str) -> int:
     argv = _module("kubeforge.local.runner", "--kubeconfig", str(layout.kubeconfig), "--data-dir", str(layout.root))
+    argv += ["--listen-address", listen_address]
     return spawn(argv, layout.logs / "runner.log", {**os.environ, "PYTHONUNBUFFERED": "1"}).pid
 
 
-def up(data_dir: Path) -> tuple[ControlPlaneState, LocalState]:
-    """Start (or reuse) every part; returns where they are."""
-    layout = Layout(data_dir)
+def up(data_dir: Path, listen_address: str = "127.0.0.1") -> tuple[ControlPlaneState, LocalState]:
+    """Start (or reuse) every part; returns where they are. Raises UpFailed, having stopped what it started."""
+    layout = Layout(data_dir.resolve())
     layout.logs.mkdir(parents=True, exist_ok=True)
-    state = LocalState.read(data_dir)
-    with ThreadPoolExecutor(2) as pool:
-        cp_future, mlflow_future = pool.submit(_controlplane, layout), pool.submit(_mlflow, layout, state)
-        controlplane, cp_fresh = cp_future.result()
-        state.mlflow_pid, state.mlflow_port, mlflow_fresh = mlflow_future.result()
-    state.write(data_dir)
-    _apply_crds(layout.kubeconfig)
-    if cp_fresh or mlflow_fresh or not _running(state.operator_pid):
-        _stop(state.operator_pid)
-        state.operator_pid, state.operator_port = _operator(layout, state.mlflow_url)
-        state.write(data_dir)
-    if cp_fresh or not _running(state.runner_pid):
-        _stop(state.runner_pid)
-        state.runner_pid = _runner(layout)
-        state.write(data_dir)
+    state = LocalState.read(layout.root)
+    started: list[tuple[str, Callable[[], None]]] = []  # (part, how to stop it), in start order
+    failed: list[tuple[str, BaseException]] = []
+    part = "control plane"
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            cp_future, mlflow_future = pool.submit(_controlplane, layout), pool.submit(_mlflow, layout, state)
+            failures = {name: f.exception() for name, f in (("control plane", cp_future), ("MLflow", mlflow_future))}
+        if failures["MLflow"] is None:
+            state.mlflow_pid, state.mlflow_port, mlflow_fresh = mlflow_future.result()
+            state.write(layout.root)
+            if mlflow_fresh:
+                started.append(("MLflow", lambda: _stop(state.mlflow_pid)))
+        if failures["control plane"] is None:
+            controlplane, cp_fresh = cp_future.result()
+            if cp_fresh:
+                started.append(("control plane", ControlPlane(layout.controlplane).stop))
+        failed = [(name, err) for name, err in failures.items() if err is not None]
+        if failed:
+            part = " and ".join(name for name, _ in failed)
+            raise failed[0][1]  # type: ignore[misc]
+        part = "CRDs"
+        _apply_crds(layout.kubeconfig)
+        part = "operators"
+        if cp_fresh or mlflow_fresh or not _running(state.operator_pid):
+            _stop(state.operator_pid)
+            state.operator_pid, state.operator_port = _operator(layout, state.mlflow_url)
+            state.write(layout.root)
+            started.append(("operators", lambda: _stop(state.operator_pid)))
+        part = "runner"
+        if cp_fresh or not _running(state.runner_pid):
+            _stop(state.runner_pid)
+            state.runner_pid = _runner(layout, listen_address)
+            state.write(layout.root)
+    except Exception as err:
+        for _, stop in reversed(started):
+            stop()
+        names = [name for name, _ in started]
+        if "MLflow" in names:
+            state.mlflow_pid = 0
+        if "operators" in names:
+            state.operator_pid = 0
+        state.write(layout.root)
+        why = "; ".join(f"{name}: {e}" for name, e in failed) or str(err)
+        raise UpFailed(
+            f"{part} failed to start: {why}\n"
+            f"Stopped what this `up` had started ({', '.join(names) or 'nothing'}). Logs: {layout.logs}"
+        ) from err
     return controlplane, state
 
 
 def status(data_dir: Path) -> list[tuple[str, bool, str]]:
     """(part, running, where) for each part."""
-    layout = Layout(data_dir)
-    state = LocalState.read(data_dir)
+    layout = Layout(data_dir.resolve())
+    state = LocalState.read(layout.root)
     cp_running, cp = controlplane_status(layout.controlplane)
     return [
         ("control plane", cp_running, f"{cp.server}, kubeconfig {cp.kubeconfig}" if cp else "not started"),
@@ -197,14 +245,36 @@ def status(data_dir: Path) -> list[tuple[str, bool, str]]:
     ]
 
 
+def leftovers(data_dir: Path) -> list[int]:
+    """Processes still running from data_dir: the servers and containers of the local runtime.
+
+    They are recognised by their command line, which names a path under the data directory
+    (etcd's and MLflow's stores, the API server's certificates, the runner's data directory,
+    a container's pod directory), and by their program, so a user's editor or `tail -f` of
+    a log there is never among them.
+    """
+    root = str(data_dir.resolve())
+    programs = ("etcd", "kube-apiserver", "sh", "tritonserver", "triton_python_backend_stub")
+
+    def ours(argv: list[str]) -> bool:
+        program = Path(argv[0]).name
+        if program not in programs and not (program.startswith("python") and "-m" in argv):
+            return False
+        return any(root in arg for arg in argv[1:])
+
+    return find(ours)
+
+
 def down(data_dir: Path) -> int:
     """Stop everything `up` started, workloads first; data stays. Returns how many workload pods were stopped."""
-    layout = Layout(data_dir)
-    state = LocalState.read(data_dir)
+    layout = Layout(data_dir.resolve())
+    state = LocalState.read(layout.root)
     _stop(state.runner_pid)  # first, so it does not restart the workloads stopped next
-    stopped = stop_workloads(data_dir)
+    stopped = stop_workloads(layout.root)
     _stop(state.operator_pid)
     _stop(state.mlflow_pid)
     ControlPlane(layout.controlplane).stop()
-    LocalState(mlflow_port=state.mlflow_port).write(data_dir)  # the next `up` keeps MLflow's URL
+    for pid in leftovers(layout.root):
+        _stop(pid)
+    LocalState(mlflow_port=state.mlflow_port).write(layout.root)  # the next `up` keeps MLflow's URL
     return stopped

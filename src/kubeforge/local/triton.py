@@ -156,7 +156,7 @@ def start(
         "--model-control-mode=explicit",
         "--http-address=127.0.0.1", f"--http-port={http_port}",
         "--grpc-address=127.0.0.1", f"--grpc-port={grpc_port}",
-        f"--metrics-port={metrics_port}",
+        "--metrics-address=127.0.0.1", f"--metrics-port={metrics_port}",
         f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
         "--exit-timeout-secs=5",
         "--log-verbose=0",

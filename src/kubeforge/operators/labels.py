@@ -14,3 +14,8 @@ ROLE = "kubeforge.dev/role"
 
 def common(component: str) -> dict[str, str]:
     return {PART_OF: "kubeforge", MANAGED_BY: "kubeforge-operator", COMPONENT: component}
+
+
+LISTEN_ADDRESS_ENV = "KUBEFORGE_LISTEN_ADDRESS"
+"""Env var with the address the servers in kubeforge's pods bind to: 0.0.0.0 in a cluster (the pod's
+own network), replaced by the local runtime with 127.0.0.1 so nothing it runs is reachable from outside."""

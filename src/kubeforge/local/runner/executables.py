@@ -20,12 +20,17 @@ class NotRunnable(Exception):
 
 
 class Executables:
-    """Resolves commands; finds the Triton layout once, on first use."""
+    """Resolves commands; finds the Triton layout once, on first use.
+
+    listen_address is what the servers in local pods bind to (127.0.0.1 unless the user asks
+    otherwise): on a node it would be the pod's own network, here it is the machine's.
+    """
 
     LOCAL = ("kubeforge", "torchrun")
 
-    def __init__(self) -> None:
+    def __init__(self, listen_address: str = "127.0.0.1") -> None:
         self._triton: triton.Layout | None = None
+        self.listen_address = listen_address
 
     def resolve(self, words: list[str], pod_dir: Path) -> tuple[list[str], dict[str, str]]:
         """(argv, base environment) for command + args words of a container."""

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ...operators.labels import LISTEN_ADDRESS_ENV
 from .executables import Executables
 from .expand import PathRewriter, expand, port_env_name
 from .snapshot import Snapshot
@@ -65,6 +66,7 @@ def build(pod: PodState, container: dict[str, Any], snapshot: Snapshot, executab
     rewrite = PathRewriter({k: v.rstrip("/") for k, v in mounts.items()})
     ports = [p for p in pod.ports if p["container"] == container["name"]]
     overrides = {port_env_name(str(p["name"])): str(p["local"]) for p in ports if p["name"]}
+    overrides[LISTEN_ADDRESS_ENV] = executables.listen_address
     if pod.indexed:
         env["JOB_COMPLETION_INDEX"] = str(pod.index)
     for entry in container.get("env", []):

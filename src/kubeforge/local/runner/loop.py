@@ -3,6 +3,8 @@
 It polls the API server (every ``interval`` seconds) rather than watching: a list of a
 handful of objects from a loopback API server costs less than keeping watches healthy
 across API server restarts, and a level-based tick recovers from any missed change.
+Each tick also keeps a Pod object per local pod (see podobjects), and every few seconds
+the garbage collector removes kubeforge objects whose owners are gone (see gc).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import secrets
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +22,9 @@ from kubernetes import client
 
 from ...core import kube
 from ...operators import labels
-from . import deployments, endpoints, jobs, pods
+from . import deployments, endpoints, gc, jobs, pods
 from .executables import Executables
+from .podobjects import PodObjects
 from .snapshot import Snapshot
 from .state import PodState, RunnerState, running
 
@@ -31,6 +35,7 @@ MANAGED = "kubeforge-operator"
 GPU = "nvidia.com/gpu"
 NOT_RUN = f"not labelled {labels.MANAGED_BY}={MANAGED}: the local runtime only runs kubeforge's own workloads"
 KINDS = (("batch/v1", "Job", jobs.sync), ("apps/v1", "Deployment", deployments.sync))
+GC_INTERVAL = 5.0
 
 
 def state_dir(data_dir: Path) -> Path:
@@ -49,15 +54,22 @@ class Runner:
     """Plays kubelet and workload controllers for kubeforge-managed Jobs and Deployments."""
 
     def __init__(
-        self, api: client.ApiClient, data_dir: Path, interval: float = 0.5, namespace_selector: str | None = None
+        self,
+        api: client.ApiClient,
+        data_dir: Path,
+        interval: float = 0.5,
+        namespace_selector: str | None = None,
+        listen_address: str = "127.0.0.1",
     ):
         self.api = api
         self.namespace_selector = namespace_selector  # None: every namespace
         self.dir = state_dir(data_dir)
         self.interval = interval
         self.state = RunnerState.load(self.dir)
-        self.executables = Executables()
+        self.executables = Executables(listen_address)
         self.snapshot = Snapshot(api)
+        self.pod_objects = PodObjects(api)
+        self.next_gc = 0.0
         self.stopping = threading.Event()
 
     def run(self) -> None:
@@ -81,6 +93,7 @@ class Runner:
         if self.namespace_selector:
             listed = client.CoreV1Api(self.api).list_namespace(label_selector=self.namespace_selector).items
             namespaces = {ns.metadata.name for ns in listed}
+        templates: dict[str, dict[str, Any]] = {}
         for api_version, kind, sync in KINDS:
             for obj in kube.resource(self.api, api_version, kind).get().to_dict()["items"]:
                 if namespaces is not None and obj["metadata"]["namespace"] not in namespaces:
@@ -90,13 +103,18 @@ class Runner:
                 if obj["metadata"].get("labels", {}).get(labels.MANAGED_BY) != MANAGED:
                     self.warn_once(obj, "NotRunLocally", NOT_RUN)
                     continue
+                templates[obj["metadata"]["uid"]] = obj["spec"]["template"]
                 sync(self, obj)
         for pod in list(self.state.pods.values()):
             if pod.owner_uid not in seen:
                 log.info("%s: owner deleted", pod.key)
                 self.remove_pod(pod)
+        self.pod_objects.sync(self, templates, namespaces)
         endpoints.publish(self.api, self.state.pods.values())
         self.state.save(self.dir)
+        if time.monotonic() >= self.next_gc:
+            self.next_gc = time.monotonic() + GC_INTERVAL
+            gc.collect(self.api, namespaces)
 
     def create_pod(
         self, owner: dict[str, Any], template: dict[str, Any], index: int = 0, indexed: bool = False
@@ -105,6 +123,7 @@ class Runner:
         middle = index if owner["kind"] == "Job" else pods.template_hash(template)
         name = f"{meta['name']}-{middle}-{secrets.token_hex(3)}"
         pod = pods.new(meta["namespace"], name, meta["uid"], template, self.dir / "pods", index, indexed)
+        pod.owner = {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": meta["name"]}
         self.state.pods[pod.key] = pod
         containers = [*template["spec"].get("initContainers", []), *template["spec"]["containers"]]
         if any(

@@ -2,7 +2,13 @@
 
 Each container runs through a tiny ``sh`` wrapper in its own session: the wrapper writes
 the exit code to a file when the program ends, so an exit that happens while the runner
-is down is still known when it comes back.
+is down is still known when it comes back. The wrapper leads the container's process
+group, and a container ends with its whole group: a program whose wrapper was killed is
+stopped too, so it cannot hold the ports its restarted self needs.
+
+A stopped pod (``kubeforge down``) starts over from its init containers, as a kubelet does
+when it recreates a pod sandbox: its emptyDir volumes are gone, and the init containers
+are what fills them (a Triton pod's model repository).
 """
 
 from __future__ import annotations
@@ -18,11 +24,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from ...core.conditions import now_rfc3339
 from ..processes import free_port, log_tail, spawn, terminate
 from . import launch, volumes
 from .executables import Executables, NotRunnable
 from .snapshot import Snapshot
-from .state import ContainerState, PodState, process_start, running
+from .state import ContainerState, PodState, process_start, running, strays
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +64,17 @@ def new(
     pod_dir.mkdir(parents=True, exist_ok=True)
     labels = dict(template.get("metadata", {}).get("labels", {}))
     return PodState(
-        namespace, name, owner_uid, template_hash(template), labels, str(pod_dir), index, indexed, ports, containers
+        namespace,
+        name,
+        owner_uid,
+        template_hash(template),
+        labels,
+        str(pod_dir),
+        index,
+        indexed,
+        ports,
+        containers,
+        created=now_rfc3339(),
     )
 
 
@@ -79,7 +96,10 @@ def _start(pod: PodState, c: ContainerState, spec: dict[str, Any], snapshot: Sna
         stale.unlink(missing_ok=True)
     log_file = log_path(pod, c.name)
     proc = spawn(["/bin/sh", "-c", WRAPPER, "sh", str(_exit_file(pod, c.name)), pod.dir, *run.argv], log_file, run.env)
+    if c.exit_code is not None:
+        c.last_exit = terminated(c)
     c.pid, c.started, c.exit_code, c.probe, c.ready = proc.pid, process_start(proc.pid), None, run.probe, False
+    c.started_at, c.finished_at = now_rfc3339(), None
     log.info("%s: started container %s (pid %d), log %s", pod.key, c.name, proc.pid, log_file)
 
 
@@ -96,6 +116,9 @@ def _observe(pod: PodState, c: ContainerState, spec: dict[str, Any], restart: bo
     """Record the exit of a container whose process is gone."""
     if c.pid is None or running(c):
         return
+    if strays(c):
+        log.warning("%s: container %s's wrapper is gone but its processes are not; stopping them", pod.key, c.name)
+        terminate(c.pid)
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(c.pid, os.WNOHANG)
     try:
@@ -103,10 +126,21 @@ def _observe(pod: PodState, c: ContainerState, spec: dict[str, Any], restart: bo
     except (OSError, ValueError):
         c.exit_code = KILLED  # the wrapper itself was killed
     c.message = _termination_message(pod, c, _container(spec, c.name))
-    c.pid, c.ready = None, False
+    c.pid, c.ready, c.finished_at = None, False, now_rfc3339()
     log.info("%s: container %s exited with code %d", pod.key, c.name, c.exit_code)
-    if restart and not c.init:
+    if restart and (c.exit_code or not c.init):  # a finished init container is done, not crashed
         c.not_before = time.time() + min(MAX_BACKOFF, 2.0**c.restarts)
+
+
+def terminated(c: ContainerState) -> dict[str, object]:
+    """The container's last exit as a kubelet reports it (``state.terminated`` / ``lastState.terminated``)."""
+    return {
+        "exitCode": c.exit_code,
+        "reason": "Completed" if c.exit_code == 0 else "Error",
+        **({"message": c.message} if c.message else {}),
+        "startedAt": c.started_at,
+        "finishedAt": c.finished_at,
+    }
 
 
 def failure(c: ContainerState) -> str:
@@ -135,9 +169,12 @@ def step(pod: PodState, spec: dict[str, Any], snapshot: Snapshot, exe: Executabl
         for c in (c for c in pod.containers if c.init):
             if c.exit_code == 0:
                 continue
-            if c.exit_code is not None:
+            if c.exit_code is not None and not restart:
                 pod.phase, pod.message = "Failed", "init " + failure(c)
-            elif c.pid is None:
+            elif c.exit_code is not None and time.time() >= c.not_before:
+                c.restarts += 1  # restartPolicy Always: a failed init container retries with back-off
+                _start(pod, c, spec, snapshot, exe)
+            elif c.pid is None and c.exit_code is None:
                 _start(pod, c, spec, snapshot, exe)
             return
         mains = [c for c in pod.containers if not c.init]
@@ -164,9 +201,19 @@ def step(pod: PodState, spec: dict[str, Any], snapshot: Snapshot, exe: Executabl
 
 
 def stop(pod: PodState) -> None:
-    """Stop every process of pod (containers and their children) and drop its volumes."""
+    """Stop every process of pod (containers and their children) and drop its volumes.
+
+    A pod that had not finished starts over from its first init container when it runs
+    again: its volumes are gone with the sandbox.
+    """
     for c in pod.containers:
-        if running(c):
+        if running(c) or strays(c):
             terminate(c.pid)  # type: ignore[arg-type]
         c.pid, c.ready = None, False
     shutil.rmtree(Path(pod.dir) / "volumes", ignore_errors=True)
+    if not pod.finished:
+        for c in pod.containers:
+            if c.exit_code is not None:
+                c.last_exit = terminated(c)
+            c.exit_code, c.not_before = None, 0.0
+        pod.phase, pod.message = "Pending", ""

@@ -12,7 +12,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..processes import alive
+from ..processes import alive, group_alive
 
 STATE_FILE = "state.json"
 TERMINAL = ("Succeeded", "Failed")
@@ -34,6 +34,13 @@ class ContainerState:
     probe: str | None = None
     """URL of the readiness probe, on the container's local port."""
     ready: bool = False
+    started_at: str | None = None
+    """RFC 3339 time the current (or last) process started, for the Pod's containerStatuses."""
+    finished_at: str | None = None
+    """RFC 3339 time the last process ended."""
+    last_exit: dict[str, object] | None = None
+    """The previous run's termination ({exitCode, reason, message, startedAt, finishedAt}), kept across a
+    restart so the Pod's ``lastState.terminated`` explains a crash loop, as a kubelet's does."""
 
 
 @dataclass
@@ -52,6 +59,12 @@ class PodState:
     containers: list[ContainerState] = field(default_factory=list)
     phase: str = "Pending"
     message: str = ""
+    created: str = ""
+    """RFC 3339 creation time: the Pod's startTime."""
+    published: bool = False
+    """Whether the Pod object exists in the API server: one that disappears afterwards was deleted."""
+    owner: dict[str, str] = field(default_factory=dict)
+    """apiVersion, kind and name of the Job or Deployment the pod belongs to."""
 
     @property
     def key(self) -> str:
@@ -79,6 +92,17 @@ def running(container: ContainerState) -> bool:
     """Whether the container's recorded process is still the one that was started."""
     pid = container.pid
     return pid is not None and alive(pid) and process_start(pid) == container.started
+
+
+def strays(container: ContainerState) -> bool:
+    """Whether processes the container started outlive its wrapper (say, the wrapper was killed).
+
+    The wrapper leads the container's process group, so its pid names the group. While any
+    member is alive the kernel does not hand that pid to a new process, so a live group
+    whose leader is gone is the container's own leftovers, never someone else's.
+    """
+    pid = container.pid
+    return pid is not None and not alive(pid) and group_alive(pid)
 
 
 @dataclass

@@ -61,8 +61,10 @@ def _meta(owner: dict[str, Any], name: str, component: str, extra: dict[str, str
     }
 
 
-def _port_env(ports: dict[str, int]) -> list[dict[str, str]]:
-    return [{"name": f"KUBEFORGE_PORT_{name.upper()}", "value": str(port)} for name, port in ports.items()]
+def _server_env(ports: dict[str, int]) -> list[dict[str, str]]:
+    """The address to listen on and each named port, as env vars the command line refers to."""
+    listen = {"name": labels.LISTEN_ADDRESS_ENV, "value": "0.0.0.0"}
+    return [listen, *({"name": f"KUBEFORGE_PORT_{name.upper()}", "value": str(port)} for name, port in ports.items())]
 
 
 def _container_ports(ports: dict[str, int]) -> list[dict[str, Any]]:
@@ -113,6 +115,7 @@ def triton_deployment(
             json.dumps(rt.to_wire(), sort_keys=True),
         ],
         "env": [{"name": "MLFLOW_TRACKING_URI", "value": settings.mlflow_tracking_uri}],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [{"name": "models", "mountPath": REPO_MOUNT}],
     }
     triton = {
@@ -123,12 +126,17 @@ def triton_deployment(
             f"--model-repository={REPO_MOUNT}",
             "--model-control-mode=explicit",
             f"--load-model={triton_model_name(model)}",
+            f"--http-address=$({labels.LISTEN_ADDRESS_ENV})",
             "--http-port=$(KUBEFORGE_PORT_HTTP)",
+            f"--grpc-address=$({labels.LISTEN_ADDRESS_ENV})",
             "--grpc-port=$(KUBEFORGE_PORT_GRPC)",
+            f"--metrics-address=$({labels.LISTEN_ADDRESS_ENV})",
             "--metrics-port=$(KUBEFORGE_PORT_METRICS)",
             "--exit-timeout-secs=10",
         ],
-        "env": _port_env(PORTS),
+        "env": _server_env(PORTS),
+        # Why Triton exits (a model that fails to load) reaches the Pod's status and so lastFailure.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "ports": _container_ports(PORTS),
         "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 2},
         "volumeMounts": [{"name": "models", "mountPath": REPO_MOUNT}],
@@ -226,7 +234,7 @@ def gateway_deployment(owner: dict[str, Any], md: ModelDeployment, settings: Set
         "--routes",
         f"{ROUTES_MOUNT}/{ROUTES_FILE}",
         "--host",
-        "0.0.0.0",
+        f"$({labels.LISTEN_ADDRESS_ENV})",
         "--port",
         "$(KUBEFORGE_PORT_HTTP)",
     ]
@@ -241,7 +249,8 @@ def gateway_deployment(owner: dict[str, Any], md: ModelDeployment, settings: Set
         "name": "gateway",
         "image": settings.gateway_image,
         "command": args,
-        "env": _port_env(ports),
+        "env": _server_env(ports),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "ports": _container_ports(ports),
         "readinessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 2},
         "volumeMounts": mounts,

@@ -1,6 +1,6 @@
 # kubeforge developer commands. `make help` lists them.
 SHELL := /bin/bash
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
@@ -47,15 +47,15 @@ test-unit: install ## Unit tests only (no servers)
 	$(BIN)/python -m pytest tests/unit
 
 .PHONY: test
-test: install triton-venv lint ## Everything: lint, unit, integration (real servers on 127.0.0.1) and end-to-end tests
+test: system-deps install triton-venv controlplane-build lint ## Everything: lint, unit, integration (real servers on 127.0.0.1) and end-to-end tests
 	$(BIN)/python -m pytest tests
 
 .PHONY: demo
-demo: install triton-venv ## The whole loop on this machine: train, serve, canary-promote v2, roll back a bad v3
+demo: system-deps install triton-venv controlplane-build ## The whole loop on this machine: train, serve, canary-promote v2, roll back a bad v3
 	$(BIN)/kubeforge demo --examples docs/examples --out demo-output
 
 .PHONY: up
-up: install triton-venv ## Start the local platform (control plane, MLflow, operators, runner)
+up: system-deps install triton-venv controlplane-build ## Start the local platform (control plane, MLflow, operators, runner)
 	$(BIN)/kubeforge up
 
 .PHONY: down

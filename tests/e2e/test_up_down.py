@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from kubeforge.api import crdgen
+from kubeforge.local import runtime
 from kubeforge.local.processes import alive
 
 
@@ -31,8 +33,14 @@ def _sessions(sids: set[int]) -> list[Path]:
     return found
 
 
-def listening_ports(sids: set[int]) -> set[int]:
-    """TCP ports that processes of the given sessions listen on (from /proc/net/tcp{,6} and their fds)."""
+def _address(hex_address: str) -> str:
+    """An address from /proc/net/tcp{,6}: 32-bit words in host (little-endian) byte order."""
+    raw = b"".join(bytes.fromhex(hex_address[i : i + 8])[::-1] for i in range(0, len(hex_address), 8))
+    return str(ipaddress.ip_address(raw))
+
+
+def listening_sockets(sids: set[int]) -> set[tuple[str, int]]:
+    """(address, port) of the TCP sockets that processes of the given sessions listen on."""
     inodes = set()
     for proc in _sessions(sids):
         with contextlib.suppress(OSError):
@@ -40,12 +48,18 @@ def listening_ports(sids: set[int]) -> set[int]:
                 with contextlib.suppress(OSError):
                     if (link := os.readlink(fd)).startswith("socket:["):
                         inodes.add(link[8:-1])
-    ports = set()
+    sockets = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for row in (line.split() for line in Path(table).read_text().splitlines()[1:]):
             if row[3] == "0A" and row[9] in inodes:  # LISTEN
-                ports.add(int(row[1].rsplit(":", 1)[1], 16))
-    return ports
+                address, port = row[1].rsplit(":", 1)
+                sockets.add((_address(address), int(port, 16)))
+    return sockets
+
+
+def listening_ports(sids: set[int]) -> set[int]:
+    """TCP ports that processes of the given sessions listen on (from /proc/net/tcp{,6} and their fds)."""
+    return {port for _, port in listening_sockets(sids)}
 
 
 def all_listening_ports() -> set[int]:
@@ -98,8 +112,10 @@ def test_up_status_down(tmp_path):
         again = local(tmp_path, "up")  # warm: everything is reused
         assert again.returncode == 0, again.stderr
         assert recorded_pids(tmp_path) == pids
-        ours = listening_ports(set(pids))
+        sockets = listening_sockets(set(pids))
+        ours = {port for _, port in sockets}
         assert len(ours) >= 4  # API server, etcd, MLflow, operator health
+        assert {address for address, _ in sockets} == {"127.0.0.1"}, sockets
     finally:
         down = local(tmp_path, "down")
     assert down.returncode == 0, down.stderr
@@ -108,3 +124,28 @@ def test_up_status_down(tmp_path):
     assert not ours & all_listening_ports()
     assert local(tmp_path, "status").returncode == 1
     assert (tmp_path / "controlplane" / "etcd").is_dir()  # data survives down
+
+
+@pytest.mark.timeout(400)
+def test_a_failed_up_stops_what_it_started_and_names_the_part(tmp_path):
+    # etcd cannot use its data directory (a file stands where the directory should be): the
+    # control plane fails while MLflow, started beside it, comes up.
+    (tmp_path / "controlplane").mkdir()
+    (tmp_path / "controlplane" / "etcd").write_text("not a directory")
+    failed = local(tmp_path, "up")
+    assert failed.returncode == 1
+    assert "control plane failed to start: etcd exited with code" in failed.stderr, failed.stderr
+    assert "Stopped what this `up` had started (MLflow)" in failed.stderr
+    assert not runtime.leftovers(tmp_path), "a failed up leaves nothing running"
+    state = json.loads((tmp_path / "local.json").read_text())
+    assert state["mlflow_pid"] == 0 and state["mlflow_port"]
+
+    (tmp_path / "controlplane" / "etcd").unlink()
+    up = local(tmp_path, "up")
+    try:
+        assert up.returncode == 0, up.stderr
+        again = json.loads((tmp_path / "local.json").read_text())
+        assert again["mlflow_port"] == state["mlflow_port"]  # one MLflow, on the port it had
+    finally:
+        local(tmp_path, "down")
+    assert not runtime.leftovers(tmp_path)

@@ -168,7 +168,8 @@ def test_deployment_serves_restarts_adopts_and_scales_to_zero(kubectl, runner, n
     runner.start()
     wait_for(lambda: "adopted processes: [" in runner.log.read_text(), what="runner restart")
     assert local_pids(runner, namespace) == [pid] and alive(pid) and live(address)
-    assert available(kubectl, namespace)
+    wait_for(lambda: available(kubectl, namespace), 10, "Deployment Available after adoption")
+    assert local_pids(runner, namespace) == [pid]
 
     kubectl("scale", "-n", namespace, "deployment/gw", "--replicas=0")
     wait_for(lambda: not alive(pid) and not local_pids(runner, namespace), 30, "gateway stopped")

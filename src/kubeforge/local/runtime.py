@@ -224,7 +224,7 @@ def up(data_dir: Path, listen_address: str = "127.0.0.1") -> tuple[ControlPlaneS
         if "operators" in names:
             state.operator_pid = 0
         state.write(layout.root)
-        why = "; ".join(f"{name}: {e}" for name, e in failed) or str(err)
+        why = "; ".join(f"{name}: {e}" for name, e in failed) if len(failed) > 1 else str(err)
         raise UpFailed(
             f"{part} failed to start: {why}\n"
             f"Stopped what this `up` had started ({', '.join(names) or 'nothing'}). Logs: {layout.logs}"

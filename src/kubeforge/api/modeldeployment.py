@@ -311,7 +311,11 @@ class ShadowReport(KubeModel):
     agreement: float | None = None
     """Fraction of mirrored requests where shadow and live agree (classes equal / relative error within tolerance)."""
     latency_delta_ms: float | None = None
-    """Mean shadow latency minus live latency, in milliseconds."""
+    """Mean shadow latency minus live latency of the same request, in milliseconds (negative: shadow faster)."""
+    latency_delta_p50_ms: float | None = None
+    """Median of shadow minus live latency, in milliseconds, interpolated within the gateway's histogram buckets."""
+    latency_delta_p99_ms: float | None = None
+    """99th percentile of shadow minus live latency, in milliseconds, interpolated as the median is."""
 
 
 class FailureInfo(KubeModel):

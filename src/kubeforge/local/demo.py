@@ -156,7 +156,7 @@ class Demo:
             "modeldeployments",
             "cancer",
             lambda o: _cond(o, "Ready") == "True",
-            lambda o: f"  ModelDeployment cancer: {_reason(o, 'Ready')}",
+            _ready_line,
         )
         url = md["status"]["url"].split("/v2/")[0]
         self.say(f"serving at {md['status']['url']}; sending traffic with tritonclient")
@@ -199,8 +199,15 @@ def _cond(obj: dict[str, Any], type_: str, key: str = "status") -> str | None:
     return None
 
 
-def _reason(obj: dict[str, Any], type_: str) -> str:
-    return f"{_cond(obj, type_, 'reason')}: {_cond(obj, type_, 'message') or ''}"
+def _ready_line(obj: dict[str, Any]) -> str:
+    """Progress of a ModelDeployment on its way to Ready. Until the operator has written a Ready condition
+    there is no reason to show, only that the operator has not answered yet."""
+    kind_name = f"  ModelDeployment {obj['metadata']['name']}"
+    reason = _cond(obj, "Ready", "reason")
+    if reason is None:
+        return f"{kind_name}: waiting for the operator"
+    message = _message(obj, "Ready")
+    return f"{kind_name}: {reason}: {message}" if message else f"{kind_name}: {reason}"
 
 
 def _message(obj: dict[str, Any], type_: str) -> str:

@@ -8,12 +8,15 @@ the canary); request series count what callers saw.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry()
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-_DELTA_BUCKETS = (-1, -0.1, -0.01, -0.005, -0.002, -0.001, 0, 0.001, 0.002, 0.005, 0.01, 0.1, 1)
+# Symmetric around 0 and as fine as the latency buckets up to 100 ms, so the delta percentiles the
+# operator interpolates from them stay within a few milliseconds where shadows usually differ.
+_DELTA_STEPS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
+_DELTA_BUCKETS = (*(-s for s in reversed(_DELTA_STEPS)), 0, *_DELTA_STEPS)
 _LABELS = ("model", "version", "role")
 
 REQUESTS = Counter(
@@ -65,6 +68,15 @@ SHADOW_LATENCY_DELTA = Histogram(
     "Shadow try duration minus the live try duration of the same request",
     ["model", "version"],
     buckets=_DELTA_BUCKETS,
+    registry=REGISTRY,
+)
+# The histogram above has negative buckets, for which Prometheus clients expose no _sum; without
+# this running sum its observations would give percentiles but no mean.
+SHADOW_LATENCY_DELTA_SUM = Gauge(
+    "kubeforge_shadow_latency_delta_sum_seconds",
+    "Running sum of shadow minus live try durations (negative when the shadow is faster); divided by "
+    "kubeforge_shadow_latency_delta_seconds_count it gives the mean delta",
+    ["model", "version"],
     registry=REGISTRY,
 )
 RELOADS = Counter(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .metrics import SHADOW_LATENCY_DELTA, SHADOW_PREDICTIONS, SHADOW_REQUESTS
+from .metrics import SHADOW_LATENCY_DELTA, SHADOW_LATENCY_DELTA_SUM, SHADOW_PREDICTIONS, SHADOW_REQUESTS
 from .oip import decode_outputs
 from .routes import Route, Target
 from .upstream import Answer, UpstreamFailure, Upstreams
@@ -84,7 +84,9 @@ class Mirror:
             SHADOW_REQUESTS.labels(name, version, "error").inc()
             return
         SHADOW_REQUESTS.labels(name, version, "ok").inc()
-        SHADOW_LATENCY_DELTA.labels(name, version).observe(answer.seconds - job.live.seconds)
+        delta = answer.seconds - job.live.seconds
+        SHADOW_LATENCY_DELTA.labels(name, version).observe(delta)
+        SHADOW_LATENCY_DELTA_SUM.labels(name, version).inc(delta)
         live = decode_outputs(job.live.content, _int(job.live.header_length))
         shadow = decode_outputs(answer.content, _int(answer.header_length))
         agree = disagree = 0

@@ -22,6 +22,7 @@ UPSTREAM = "kubeforge_upstream_requests"
 UPSTREAM_DURATION = "kubeforge_upstream_request_duration_seconds"
 SHADOW_PREDICTIONS = "kubeforge_shadow_predictions"
 SHADOW_DELTA = "kubeforge_shadow_latency_delta_seconds"
+SHADOW_DELTA_SUM = "kubeforge_shadow_latency_delta_sum_seconds"
 
 
 @dataclass
@@ -29,25 +30,31 @@ class Snapshot:
     """Cumulative counters of one version, as scraped."""
 
     outcomes: dict[str, float] = field(default_factory=dict)  # ok / error / timeout
-    buckets: dict[float, float] = field(default_factory=dict)  # le -> cumulative count
+    buckets: dict[float, float] = field(default_factory=dict)  # le -> cumulative count of try durations
     agree: float = 0.0
     disagree: float = 0.0
-    delta_sum: float = 0.0
+    delta_buckets: dict[float, float] = field(default_factory=dict)  # le -> cumulative count of shadow deltas
+    delta_sum: float = 0.0  # a gauge, not a counter: it falls whenever the shadow answers faster
     delta_count: float = 0.0
 
     def minus(self, prev: Snapshot) -> Snapshot:
-        """Increase since prev; a counter that went down means the gateway restarted, so take it whole."""
+        """Increase since prev; a counter that went down means the gateway restarted, so take it whole.
+
+        The delta sum may go down on its own, so whether the gateway restarted is read from the delta count.
+        """
 
         def d(now: float, before: float) -> float:
             return now - before if now >= before else now
 
+        restarted = self.delta_count < prev.delta_count
         return Snapshot(
-            {k: d(v, prev.outcomes.get(k, 0.0)) for k, v in self.outcomes.items()},
-            {k: d(v, prev.buckets.get(k, 0.0)) for k, v in self.buckets.items()},
-            d(self.agree, prev.agree),
-            d(self.disagree, prev.disagree),
-            d(self.delta_sum, prev.delta_sum),
-            d(self.delta_count, prev.delta_count),
+            outcomes={k: d(v, prev.outcomes.get(k, 0.0)) for k, v in self.outcomes.items()},
+            buckets={k: d(v, prev.buckets.get(k, 0.0)) for k, v in self.buckets.items()},
+            agree=d(self.agree, prev.agree),
+            disagree=d(self.disagree, prev.disagree),
+            delta_buckets={k: d(v, prev.delta_buckets.get(k, 0.0)) for k, v in self.delta_buckets.items()},
+            delta_sum=self.delta_sum if restarted else self.delta_sum - prev.delta_sum,
+            delta_count=d(self.delta_count, prev.delta_count),
         )
 
     @property
@@ -65,15 +72,16 @@ def parse(text: str, model: str, version: str) -> Snapshot:
                 continue
             if sample.name == UPSTREAM + "_total":
                 snap.outcomes[labels["outcome"]] = snap.outcomes.get(labels["outcome"], 0.0) + sample.value
-            elif sample.name == UPSTREAM_DURATION + "_bucket":
+            elif sample.name in (UPSTREAM_DURATION + "_bucket", SHADOW_DELTA + "_bucket"):
+                buckets = snap.buckets if sample.name.startswith(UPSTREAM_DURATION) else snap.delta_buckets
                 le = float(labels["le"])
-                snap.buckets[le] = snap.buckets.get(le, 0.0) + sample.value
+                buckets[le] = buckets.get(le, 0.0) + sample.value
             elif sample.name == SHADOW_PREDICTIONS + "_total":
                 if labels.get("result") == "agree":
                     snap.agree += sample.value
                 else:
                     snap.disagree += sample.value
-            elif sample.name == SHADOW_DELTA + "_sum":
+            elif sample.name == SHADOW_DELTA_SUM:
                 snap.delta_sum += sample.value
             elif sample.name == SHADOW_DELTA + "_count":
                 snap.delta_count += sample.value
@@ -81,22 +89,23 @@ def parse(text: str, model: str, version: str) -> Snapshot:
 
 
 def quantile(q: float, buckets: dict[float, float]) -> float | None:
-    """histogram_quantile over cumulative buckets, as PromQL computes it (linear within a bucket)."""
+    """histogram_quantile over cumulative buckets, as PromQL computes it, so the operator's figures match
+    a dashboard's: linear within a bucket; the +Inf bucket ends at the highest finite bound; the lowest
+    bucket starts at 0 when its bound is positive (durations) but is its bound when that is 0 or less
+    (latency deltas, whose lowest bucket has no lower end)."""
     edges = sorted(buckets)
-    if not edges or buckets[edges[-1]] <= 0:
+    if len(edges) < 2 or buckets[edges[-1]] <= 0:
         return None
-    total = buckets[edges[-1]]
-    rank = q * total
-    prev_edge, prev_count = 0.0, 0.0
-    for edge in edges:
-        count = buckets[edge]
-        if count >= rank:
-            if math.isinf(edge):
-                return prev_edge
-            span = count - prev_count
-            return prev_edge + (edge - prev_edge) * ((rank - prev_count) / span if span else 1.0)
-        prev_edge, prev_count = edge, count
-    return prev_edge
+    rank = q * buckets[edges[-1]]
+    i = next(i for i, edge in enumerate(edges) if buckets[edge] >= rank)
+    edge = edges[i]
+    if math.isinf(edge):
+        return edges[i - 1]
+    if i == 0 and edge <= 0:
+        return edge
+    lower, below = (edges[i - 1], buckets[edges[i - 1]]) if i else (0.0, 0.0)
+    span = buckets[edge] - below
+    return lower + (edge - lower) * ((rank - below) / span if span else 1.0)
 
 
 def threshold(metric: AnalysisMetric) -> str:
@@ -163,11 +172,17 @@ def evaluate(
 
 
 def shadow_report(snapshot: Snapshot, version: str) -> dict[str, Any]:
-    """status.shadowReport from the shadow version's cumulative counters."""
+    """status.shadowReport from the shadow version's cumulative counters: how often it agrees with the live
+    answers, and how much slower (positive) or faster (negative) it answers, as a mean and percentiles,
+    since a mean alone hides a shadow that is slow only now and then."""
     samples = int(snapshot.agree + snapshot.disagree)
     report: dict[str, Any] = {"version": version, "samples": samples}
     if samples:
         report["agreement"] = round(snapshot.agree / samples, 6)
     if snapshot.delta_count:
         report["latencyDeltaMs"] = round(snapshot.delta_sum / snapshot.delta_count * 1000, 3)
+        for key, q in (("latencyDeltaP50Ms", 0.5), ("latencyDeltaP99Ms", 0.99)):
+            seconds = quantile(q, snapshot.delta_buckets)
+            if seconds is not None:
+                report[key] = round(seconds * 1000, 3)
     return report

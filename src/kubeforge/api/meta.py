@@ -7,6 +7,7 @@ descriptions that ``kubectl explain`` prints: the docstring is the documentation
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
@@ -66,6 +67,12 @@ Duration = Annotated[
     str,
     Field(pattern=DURATION_PATTERN, max_length=32, json_schema_extra={"example": "30s"}),
 ]
+
+
+def duration_seconds(duration: str) -> float:
+    """A Go-style duration ("1m30s", "250ms") in seconds."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    return sum(float(n) * units[u] for n, u in re.findall(r"([0-9.]+)(ms|s|m|h)", duration))
 
 # Kubernetes resource quantity ("500m", "2", "4Gi"); integers are accepted as well.
 QUANTITY_PATTERN = (

@@ -36,7 +36,9 @@ def _sessions(sids: set[int]) -> list[Path]:
 def _address(hex_address: str) -> str:
     """An address from /proc/net/tcp{,6}: 32-bit words in host (little-endian) byte order."""
     raw = b"".join(bytes.fromhex(hex_address[i : i + 8])[::-1] for i in range(0, len(hex_address), 8))
-    return str(ipaddress.ip_address(raw))
+    address = ipaddress.ip_address(raw)
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1, an IPv6 socket bound to 127.0.0.1
+    return str(mapped or address)
 
 
 def listening_sockets(sids: set[int]) -> set[tuple[str, int]]:

@@ -29,8 +29,12 @@ system-deps: ## Install the Debian packages the tests need (etcd, openssl, Go to
 	bash platform/local/install-system-deps.sh
 
 .PHONY: controlplane-build
-controlplane-build: install ## Find kube-apiserver and etcd, building kube-apiserver once if missing (cached)
-	$(BIN)/kubeforge controlplane build
+controlplane-build: ## Find kube-apiserver and etcd, building kube-apiserver once if missing (cached)
+	PYTHONPATH=src $(PYTHON) -m kubeforge.local.binaries
+
+.PHONY: prerequisites
+prerequisites: system-deps ## Everything demo and test need; the virtualenvs and the API server build run in parallel
+	$(MAKE) --no-print-directory -j3 install triton-venv controlplane-build
 
 .PHONY: crds
 crds: install ## Regenerate crds/ from the API models
@@ -47,15 +51,15 @@ test-unit: install ## Unit tests only (no servers)
 	$(BIN)/python -m pytest tests/unit
 
 .PHONY: test
-test: system-deps install triton-venv controlplane-build lint ## Everything: lint, unit, integration (real servers on 127.0.0.1) and end-to-end tests
+test: prerequisites lint ## Everything: lint, unit, integration (real servers on 127.0.0.1) and end-to-end tests
 	$(BIN)/python -m pytest tests
 
 .PHONY: demo
-demo: system-deps install triton-venv controlplane-build ## The whole loop on this machine: train, serve, canary-promote v2, roll back a bad v3
+demo: prerequisites ## The whole loop on this machine: train, serve, canary-promote v2, roll back a bad v3
 	$(BIN)/kubeforge demo --examples docs/examples --out demo-output
 
 .PHONY: up
-up: system-deps install triton-venv controlplane-build ## Start the local platform (control plane, MLflow, operators, runner)
+up: prerequisites ## Start the local platform (control plane, MLflow, operators, runner)
 	$(BIN)/kubeforge up
 
 .PHONY: down

@@ -14,10 +14,10 @@ import pytest
 from tests.conftest import REPO
 
 PREREQUISITES = (
-    "install-system-deps.sh",  # etcd, openssl, the Go toolchain (apt)
+    "install-system-deps.sh",  # etcd, openssl, the Go toolchain (apt), first
     "pip install -q -e '.[dev]'",  # the virtualenv
     "install-triton.sh",  # Triton's own virtualenv
-    "kubeforge controlplane build",  # kube-apiserver, built once
+    "kubeforge.local.binaries",  # kube-apiserver, built once
 )
 
 
@@ -35,6 +35,5 @@ def test_readme_command_installs_everything_first(target, final, tmp_path):
         assert found, f"`make {target}` on a fresh machine does not run {fragment!r}:\n{plan.stdout}"
         return found[0]
 
-    steps = [position(step) for step in PREREQUISITES]
-    assert steps == sorted(steps), f"`make {target}` installs in the wrong order:\n{plan.stdout}"
-    assert steps[-1] < position(final)
+    apt, *parallel = [position(step) for step in PREREQUISITES]  # the rest may run side by side
+    assert apt < min(parallel) and max(parallel) < position(final), f"`make {target}` order:\n{plan.stdout}"

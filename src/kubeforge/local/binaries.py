@@ -70,3 +70,8 @@ def etcd() -> Path:
         "etcd not found: install it (Debian/Ubuntu: `apt-get install etcd-server`), "
         "set KUBEBUILDER_ASSETS, or put etcd on PATH"
     )
+
+
+if __name__ == "__main__":  # `python -m kubeforge.local.binaries`: usable before the virtualenv exists
+    print(f"kube-apiserver: {kube_apiserver(build=True)}")
+    print(f"etcd:           {etcd()}")

@@ -20,7 +20,8 @@ from kubeforge.local.demo import Demo
 from kubeforge.local.processes import alive
 from kubeforge.local.runner.state import RunnerState
 from tests.conftest import REPO
-from tests.e2e.test_up_down import _sessions, all_listening_ports, listening_ports, recorded_pids
+from tests.e2e.test_up_down import _sessions, all_listening_ports, listening_sockets, recorded_pids
+from tests.integration.operators.conftest import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -69,11 +70,45 @@ def test_train_serve_promote_and_roll_back_with_no_failed_request(tmp_path: Path
 
         pids = recorded_pids(data)
         workload_pids = [c.pid for p in RunnerState.load(data / "runner").pods.values() for c in p.containers if c.pid]
-        ours = listening_ports(set(pids + workload_pids))
+        sockets = listening_sockets(set(pids + workload_pids))
+        ours = {port for _, port in sockets}
         assert len(ours) >= 6  # API server, etcd, MLflow, operator health, gateway, Triton
+        assert {address for address, _ in sockets} == {"127.0.0.1"}, "nothing is reachable from the network"
+
+        # `down` then `up`: what served before serves again, at the same address, within a minute.
+        runtime.down(data)
+        assert not [pid for pid in pids + workload_pids if alive(pid)]
+        assert not _sessions(set(pids + workload_pids))
+        runtime.up(data)
+        wait_for(lambda: predict(gateway) == "2", 60, "version 2 served again after down and up")
+        api = kube.api_client(runtime.Layout(data).kubeconfig)
+        md = client.CustomObjectsApi(api).get_namespaced_custom_object(
+            "kubeforge.dev", "v1alpha1", "default", "modeldeployments", "cancer"
+        )
+        wait_for(lambda: _ready(api), 30, "Ready=True after down and up")
+        assert md["status"]["url"] == st["url"]
+        pids = recorded_pids(data)
     finally:
         runtime.down(data)
-    assert not [pid for pid in pids + workload_pids if alive(pid)]
-    assert not _sessions(set(pids + workload_pids))
+    assert not [pid for pid in pids if alive(pid)]
+    assert not runtime.leftovers(data)
     assert not ours & all_listening_ports()
     assert json.loads((data / "local.json").read_text())  # state kept for the next `up`
+
+
+def predict(gateway: httpclient.InferenceServerClient) -> str | None:
+    """The version that answers one prediction, or None while nothing does."""
+    row = np.zeros((1, 30), dtype=np.float32)
+    inp = httpclient.InferInput("features", list(row.shape), "FP32")
+    inp.set_data_from_numpy(row)
+    try:
+        return gateway.infer("cancer", [inp]).get_response()["model_version"]
+    except Exception:  # refused, reset or an error answer: not serving yet
+        return None
+
+
+def _ready(api: client.ApiClient) -> bool:
+    md = client.CustomObjectsApi(api).get_namespaced_custom_object(
+        "kubeforge.dev", "v1alpha1", "default", "modeldeployments", "cancer"
+    )
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in md["status"]["conditions"])

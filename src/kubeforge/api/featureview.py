@@ -71,9 +71,9 @@ class Materialization(KubeModel):
     """Copying the latest values into the online store."""
 
     interval: Duration = "1h"
-    """How often to materialize new data."""
+    """How often to materialize new data: a run is due this long after the last one started."""
     suspend: bool = False
-    """Stop scheduled materialization."""
+    """Stop scheduled runs; a run asked for with the kubeforge.dev/materialize-now annotation still happens."""
 
 
 # Lists of named items are maps keyed by name: the API server rejects a name given twice.
@@ -105,21 +105,58 @@ class FeatureViewSpec(KubeModel):
         return self
 
 
+class LastMaterialization(KubeModel):
+    """The most recent materialization Job: running, or how it ended."""
+
+    job: str
+    """Name of the Job (`<featureview>-mat-<n>`), for `kubectl logs job/...`."""
+    generation: Annotated[int, Field(ge=0)]
+    """The FeatureView generation the Job materializes."""
+    phase: Literal["Running", "Succeeded", "Failed"]
+    """Running, Succeeded or Failed."""
+    start_time: datetime
+    """When the operator created the Job; the next scheduled run is due spec.materialization.interval later."""
+    completion_time: datetime | None = None
+    """When the operator saw the Job finish."""
+    rows: Annotated[int, Field(ge=0)] | None = None
+    """Entities whose values the Job wrote to the online store."""
+    window_start: datetime | None = None
+    """Start of the materialized window (empty on the first run: the view's ttl back from its end)."""
+    window_end: datetime | None = None
+    """End of the materialized window: values with event times up to here are online."""
+    reason: str | None = None
+    """Why a failed run failed: SourceNotFound, SchemaMismatch or MaterializationFailed."""
+    message: str | None = None
+    """What went wrong in a failed run: the source's problem, naming the column, or the tail of the Job's log."""
+
+
 class FeatureViewStatus(KubeModel):
     """Observed state of a FeatureView, written by the operator."""
 
     observed_generation: Annotated[int, Field(ge=0)] | None = None
     """The .metadata.generation this status describes."""
     conditions: Conditions = Field(default_factory=list)
-    """Ready, Materializing, Stale."""
+    """Ready (registered and materialized; its reason names the problem otherwise: InvalidSpec, SourceNotFound,
+    SchemaMismatch, RegistrationFailed, MaterializationFailed), Materializing (a Job runs) and Stale (the newest
+    value online is older than the ttl, so nothing is served)."""
     registered_generation: Annotated[int, Field(ge=0)] | None = None
     """The generation last applied to the Feast registry."""
+    materializations: Annotated[int, Field(ge=0)] | None = None
+    """Materialization Jobs started so far; the latest is `<name>-mat-<materializations>`."""
+    last_materialization: LastMaterialization | None = None
+    """The most recent materialization Job."""
+    materialize_now: str | None = None
+    """The value of the kubeforge.dev/materialize-now annotation that the operator last answered with a run; setting
+    the annotation to any other value asks for one more run at once."""
     last_materialized_time: datetime | None = None
     """End of the last successful materialization window."""
+    newest_event_time: datetime | None = None
+    """Event time of the newest value in the online store, as of the last successful materialization."""
     freshness_seconds: Annotated[float, Field(ge=0)] | None = None
-    """Age of the newest value in the online store at the last check."""
+    """Age of the newest value in the online store (now - newestEventTime), refreshed every 10 seconds or so."""
     online_rows: Annotated[int, Field(ge=0)] | None = None
-    """Rows written by the last materialization."""
+    """Entities with a value in the online store not older than the ttl, as of the last successful
+    materialization."""
 
 
 class FeatureView(Resource):
@@ -133,6 +170,7 @@ class FeatureView(Resource):
             ready_column(),
             PrinterColumn("Materialized", ".status.lastMaterializedTime", "date", "Last materialization"),
             PrinterColumn("Freshness", ".status.freshnessSeconds", "number", "Age of newest online value (s)"),
+            PrinterColumn("Rows", ".status.onlineRows", "integer", "Entities with a live online value", priority=1),
             reason_column(),
             age_column(),
         ),

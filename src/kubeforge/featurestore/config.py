@@ -51,6 +51,21 @@ class StoreSettings:
         return {DIR_ENV: str(self.root), REGISTRY_ENV: self.registry, ONLINE_ENV: self.online}
 
     @property
+    def registry_file(self) -> Path:
+        """The file registry of the embedded store."""
+        return self.root / "registry.db"
+
+    @property
+    def registry_location(self) -> str:
+        """Where the registry is, for messages: the file, or the database URL without its credentials."""
+        if not self.registry:
+            return str(self.registry_file)
+        url = urlsplit(self.registry)
+        if "://" not in self.registry or "@" not in url.netloc:
+            return self.registry
+        return url._replace(netloc=url.netloc.rpartition("@")[2]).geturl()
+
+    @property
     def sources(self) -> Path:
         """Parquet copies of CSV sources, per namespace."""
         return self.root / "sources"
@@ -59,7 +74,7 @@ class StoreSettings:
         """Keyword arguments of feast.RepoConfig for the project of one Kubernetes namespace."""
         registry: dict[str, Any]
         if not self.registry or "://" not in self.registry:
-            registry = {"registry_type": "file", "path": self.registry or str(self.root / "registry.db")}
+            registry = {"registry_type": "file", "path": self.registry or str(self.registry_file)}
         else:
             registry = {"registry_type": "sql", "path": self.registry, "cache_ttl_seconds": 5}
         if self.online == "sqlite":

@@ -78,8 +78,14 @@ def _csv_to_parquet(path: str, spec: FeatureViewSpec, copy: Path) -> None:
 def offline_path(spec: FeatureViewSpec, copies: Path, name: str) -> str:
     """The parquet file or directory Feast reads: the source itself, or its parquet copy under copies."""
     path = spec.source.path
-    fs, _, [local] = fsspec.get_fs_token_paths(path)
-    if not fs.exists(local):
+    try:
+        fs, _, [local] = fsspec.get_fs_token_paths(path)
+        found = fs.exists(local)
+    except (ImportError, ValueError, OSError) as err:
+        # A scheme whose filesystem package is not installed (s3fs, gcsfs), an unknown one, or storage that does
+        # not answer: the path cannot be used, and the message says which and why.
+        raise SourceNotFound(f"spec.source.path: cannot open {path}: {err}") from err
+    if not found:
         raise SourceNotFound(f"spec.source.path: {path} does not exist")
     if spec.source.format == "parquet":
         return path

@@ -7,6 +7,10 @@ first use, and never in a module that merely names these functions.
 
 Online reads enforce the TTL themselves: Feast's online store returns a value however
 old it is, so a value older than the view's ``ttl`` is reported as expired, not served.
+
+Several processes write one registry (the operator registers, materialization Jobs record
+their windows) and Feast writes a file registry from its in-memory copy, so every change
+starts from a fresh read of the registry: a stale copy would undo another process's change.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ class Materialized:
     """End of the window: values up to this time are online."""
     rows: int
     """Entities whose values the window updated."""
+    online_rows: int
+    """Entities with a value online that is not older than the view's TTL at end."""
     newest: datetime | None
     """Event time of the newest value in the source up to end."""
 
@@ -98,29 +104,36 @@ class Store:
 
     def apply(self, name: str, spec: FeatureViewSpec) -> None:
         """Register (or update) the view and its entities in the registry."""
-        self.feast.apply(self.definitions(name, spec))
+        definitions = self.definitions(name, spec)
+        self.feast.refresh_registry()
+        self.feast.apply(definitions)
 
     def registered(self, name: str) -> bool:
         return any(v.name == name for v in self.feast.list_feature_views())
 
     def remove(self, name: str) -> bool:
-        """Remove the view from the registry (entities stay: other views may share them); False if absent."""
+        """Remove the view and its source from the registry and its table from the online store (entities stay:
+        other views may share them); False if it was not registered."""
+        self.feast.refresh_registry()
         if not self.registered(name):
             return False
-        self.feast.delete_feature_view(name)
+        view = self.feast.get_feature_view(name)
+        self.feast.apply([], objects_to_delete=[view, view.batch_source], partial=False)
         return True
 
     # --- materialization --------------------------------------------------------------
     def materialize(self, name: str, spec: FeatureViewSpec, end: datetime | None = None) -> Materialized:
         """Copy values from the last materialized time (or TTL back) up to end into the online store."""
         end = (end or datetime.now(UTC)).replace(microsecond=0)
+        self.feast.refresh_registry()
         view = self.feast.get_feature_view(name)
         start = view.most_recent_end_time
         parquet = sources.offline_path(spec, self.settings.sources / self.namespace, name)
         sources.check(spec, parquet)
         self.feast.materialize_incremental(end_date=end, feature_views=[name])
-        rows, newest = _window_stats(parquet, spec, start or end - timedelta(seconds=duration_seconds(spec.ttl)), end)
-        return Materialized(start, end, rows, newest)
+        ttl_start = end - timedelta(seconds=duration_seconds(spec.ttl))
+        rows, online_rows, newest = _window_stats(parquet, spec, start or ttl_start, ttl_start, end)
+        return Materialized(start, end, rows, online_rows, newest)
 
     # --- reads ------------------------------------------------------------------------
     def online(
@@ -155,13 +168,18 @@ class Store:
         return job.to_df()
 
 
-def _window_stats(parquet: str, spec: FeatureViewSpec, start: datetime, end: datetime) -> tuple[int, datetime | None]:
-    """(entities with a value in [start, end], newest event time up to end) of the source."""
+def _window_stats(
+    parquet: str, spec: FeatureViewSpec, start: datetime, live_from: datetime, end: datetime
+) -> tuple[int, int, datetime | None]:
+    """(entities with a value in [start, end], entities with a value in [live_from, end], newest event time up
+    to end) of the source."""
     keys = [k for e in spec.entities for k in e.join_keys]
-    ts = spec.source.timestamp_field
-    frame = pd.read_parquet(parquet, columns=[*keys, ts])
-    stamps = pd.to_datetime(frame[ts], utc=True)
-    upto = frame[stamps <= pd.Timestamp(end)]
-    window = upto[pd.to_datetime(upto[ts], utc=True) >= pd.Timestamp(start)]
-    newest = pd.to_datetime(upto[ts], utc=True).max() if len(upto) else None
-    return len(window.drop_duplicates(keys)), (newest.to_pydatetime() if newest is not None else None)
+    frame = pd.read_parquet(parquet, columns=[*keys, spec.source.timestamp_field])
+    stamps = pd.to_datetime(frame[spec.source.timestamp_field], utc=True)
+    upto = stamps <= pd.Timestamp(end)
+
+    def entities(since: datetime) -> int:
+        return len(frame[upto & (stamps >= pd.Timestamp(since))].drop_duplicates(keys))
+
+    newest = stamps[upto].max() if upto.any() else None
+    return entities(start), entities(live_from), (newest.to_pydatetime() if newest is not None else None)

@@ -120,3 +120,34 @@ def runner_namespace(namespace: str, kubectl: Kubectl, runner: RunnerProcess) ->
     """A fresh namespace whose kubeforge workloads the local runner runs."""
     kubectl("label", "namespace", namespace, RUNNER_NAMESPACE_LABEL)
     return namespace
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Redis (Debian's redis-server) on a free 127.0.0.1 port, in memory only; its redis:// URL."""
+    import shutil
+    import time
+
+    import redis
+
+    from kubeforge.local.processes import free_port
+
+    server = shutil.which("redis-server")
+    assert server, "redis-server not found: run `make system-deps` (Debian package redis-server)"
+    port = free_port()
+    log = tmp_path_factory.mktemp("redis") / "redis.log"
+    argv = [server, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
+    proc = spawn(argv, log)
+    try:
+        client = redis.Redis(host="127.0.0.1", port=port)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        terminate(proc.pid)

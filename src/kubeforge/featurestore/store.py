@@ -35,7 +35,7 @@ class Materialized:
     """What one materialization did."""
 
     start: datetime | None
-    """Start of the window (None: from the view's TTL back)."""
+    """Start of the window (None: the first run, which starts the view's TTL before now)."""
     end: datetime
     """End of the window: values up to this time are online."""
     rows: int
@@ -130,9 +130,10 @@ class Store:
         start = view.most_recent_end_time
         parquet = sources.offline_path(spec, self.settings.sources / self.namespace, name)
         sources.check(spec, parquet)
+        ttl = timedelta(seconds=duration_seconds(spec.ttl))
+        first_start = datetime.now(UTC) - ttl  # where Feast starts a view's first window
         self.feast.materialize_incremental(end_date=end, feature_views=[name])
-        ttl_start = end - timedelta(seconds=duration_seconds(spec.ttl))
-        rows, online_rows, newest = _window_stats(parquet, spec, start or ttl_start, ttl_start, end)
+        rows, online_rows, newest = _window_stats(parquet, spec, start or first_start, end - ttl, end)
         return Materialized(start, end, rows, online_rows, newest)
 
     # --- reads ------------------------------------------------------------------------

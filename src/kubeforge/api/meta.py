@@ -74,6 +74,7 @@ def duration_seconds(duration: str) -> float:
     units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
     return sum(float(n) * units[u] for n, u in re.findall(r"([0-9.]+)(ms|s|m|h)", duration))
 
+
 # Kubernetes resource quantity ("500m", "2", "4Gi"); integers are accepted as well.
 QUANTITY_PATTERN = (
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
@@ -138,6 +139,25 @@ Conditions = Annotated[
         }
     ),
 ]
+
+
+class FailureInfo(KubeModel):
+    """The last thing that went wrong; for a failing pod, which container, how it ended and why."""
+
+    reason: str
+    """CamelCase reason: the operator's (e.g. ModelNotFound, AnalysisFailed) or the pod's as the kubelet reports
+    it (e.g. CrashLoopBackOff, Error, OOMKilled, ImagePullBackOff, Unschedulable)."""
+    message: str
+    """What happened and what to do; for a container, the line of its termination message (the tail of its log)
+    that says what went wrong."""
+    time: str | None = None
+    """When (RFC 3339)."""
+    pod: str | None = None
+    """The failing pod, for `kubectl logs` and `kubectl describe pod`."""
+    container: str | None = None
+    """The failing container of that pod (an init container's name when the pod did not get past it)."""
+    exit_code: int | None = None
+    """Exit code of the container's last run (137 for a kill, e.g. out of memory); empty when it never ran."""
 
 
 class Toleration(KubeModel):

@@ -15,6 +15,7 @@ from .meta import (
     Conditions,
     CRDInfo,
     Duration,
+    FailureInfo,
     KubeModel,
     ObjectName,
     PrinterColumn,
@@ -316,17 +317,6 @@ class ShadowReport(KubeModel):
     """Median of shadow minus live latency, in milliseconds, interpolated within the gateway's histogram buckets."""
     latency_delta_p99_ms: float | None = None
     """99th percentile of shadow minus live latency, in milliseconds, interpolated as the median is."""
-
-
-class FailureInfo(KubeModel):
-    """The last thing that went wrong."""
-
-    reason: str
-    """CamelCase reason."""
-    message: str
-    """What happened and what to do."""
-    time: str | None = None
-    """When (RFC 3339)."""
 
 
 class RetiringVersion(KubeModel):

@@ -16,6 +16,7 @@ from .meta import (
     ColumnName,
     Conditions,
     CRDInfo,
+    FailureInfo,
     KubeModel,
     PrinterColumn,
     Quantity,
@@ -215,6 +216,9 @@ class TrainingJobStatus(KubeModel):
     """MLflow run and model version produced."""
     metrics: dict[str, float] = Field(default_factory=dict)
     """Final validation metrics, e.g. accuracy, f1, rmse."""
+    last_failure: FailureInfo | None = None
+    """Why the last attempt's trainer pod failed or does not run (container, reason, exit code, the telling line
+    of its log), kept after a retry or recovery for reference."""
 
 
 class TrainingJob(Resource):

@@ -4,12 +4,17 @@ Every write kubeforge makes is a server-side apply with a single field manager, 
 repeated applies are idempotent and fields owned by others (HPA replicas, user labels)
 are left alone. Status is written through the status subresource, and only when it
 changed, so a resync does not bump resourceVersions or wake watchers for nothing.
+An operator's children are applied with :func:`apply_children`, which never takes over
+an object another owner controls and turns every refusal into :class:`ChildNotApplied`,
+which the operators report as ``Ready=False``.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +22,7 @@ from typing import Any
 from kubernetes import client, config, dynamic
 from kubernetes.client.exceptions import ApiException
 
-from .conditions import now_rfc3339
+from .conditions import FALSE, StatusDraft, get_condition, now_rfc3339
 
 FIELD_MANAGER = "kubeforge"
 
@@ -61,6 +66,114 @@ def apply(api: client.ApiClient, obj: dict[str, Any], field_manager: str = FIELD
     return result.to_dict()
 
 
+# Reasons of the Ready=False condition an owner reports while a child cannot be applied.
+APPLY_FAILED = "ApplyFailed"
+DELETING_LEFTOVER = "DeletingLeftover"
+
+
+class ChildNotApplied(Exception):
+    """A child of a resource could not be written; the resource reports it as Ready=False and tries again.
+
+    reason is APPLY_FAILED (the API server refused the object: the message names it and quotes the server)
+    or DELETING_LEFTOVER (a deleted predecessor's child of the same name was in the way and is being removed).
+    """
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason, self.message = reason, message
+
+    def retry_after(self, retries: int) -> float:
+        """Seconds until the next try: a leftover is gone within moments; a refusal usually needs someone to
+        change something, so the pause doubles from 5 s to 5 min and the API server is not hammered."""
+        if self.reason == DELETING_LEFTOVER:
+            return 2.0
+        return float(min(5 * 2**retries, 300))
+
+    def report(self, status: StatusDraft, old: dict[str, Any]) -> list[tuple[str, str, str]]:
+        """Set Ready=False with this reason and message on status; the Warning event to record, only when Ready
+        said something else in old (events mark transitions, so each retry does not repeat it)."""
+        status.cond("Ready", FALSE, self.reason, self.message)
+        before = get_condition(old.get("conditions"), "Ready") or {}
+        if (before.get("status"), before.get("reason"), before.get("message")) == (FALSE, self.reason, self.message):
+            return []
+        return [("Warning", self.reason, self.message)]
+
+
+def controller_of(obj: dict[str, Any]) -> dict[str, Any] | None:
+    """The ownerReference of obj with controller: true, if any."""
+    return next((ref for ref in obj["metadata"].get("ownerReferences") or [] if ref.get("controller")), None)
+
+
+def _owner_key(ref: dict[str, Any]) -> tuple[str, str, str]:
+    """API group, kind and name of an owner: what stays the same when an owner is deleted and created anew."""
+    return ref.get("apiVersion", "").rpartition("/")[0], ref.get("kind", ""), ref.get("name", "")
+
+
+def _server_message(err: ApiException) -> str:
+    """The API server's own explanation; its invalid-value dumps (a whole pod template for an immutable field)
+    are shortened in the middle, keeping what and why."""
+    try:
+        text = json.loads(err.body or "{}").get("message") or ""
+    except (ValueError, AttributeError):
+        text = ""
+    text = text or str(err.body or err.reason)
+    return text if len(text) <= 800 else f"{text[:400]} … {text[-300:]}"
+
+
+def apply_children(api: client.ApiClient, objs: Iterable[dict[str, Any]]) -> None:
+    """Server-side apply an owner's children (each with a controller ownerReference to it), in order.
+
+    Another controller's object of the same name is never taken over (an apply by the same field manager
+    would quietly replace its owner reference and content), so each child is read first. When its
+    controller is an earlier owner of the same kind and name that no longer exists (deleted while the
+    garbage collector had not removed its children yet, or, without a garbage collector, never will), the
+    leftover is deleted, the other children are applied, and ChildNotApplied(DELETING_LEFTOVER) asks for a
+    retry that creates it anew. An object of another controller, or any refusal of the API server, raises
+    ChildNotApplied(APPLY_FAILED) naming the object. Callers apply a child only when it is new or changed,
+    so the read is paid rarely.
+    """
+    leftovers: list[str] = []
+    predecessor: dict[str, Any] = {}
+    for obj in objs:
+        meta = obj["metadata"]
+        what = f"{obj['kind']} {meta['name']}"
+        existing = get(api, obj["apiVersion"], obj["kind"], meta["name"], meta["namespace"])
+        theirs, mine = controller_of(existing) if existing else None, controller_of(obj)
+        if theirs is not None and mine is not None and theirs.get("uid") != mine["uid"]:
+            if _owner_key(theirs) != _owner_key(mine):
+                raise ChildNotApplied(
+                    APPLY_FAILED,
+                    f"{what} exists and belongs to {theirs.get('kind')} {theirs.get('name')}: delete or rename it",
+                )
+            owner = get(api, mine["apiVersion"], mine["kind"], mine["name"], meta["namespace"])
+            if owner is not None and owner["metadata"]["uid"] == theirs.get("uid"):
+                # Not a leftover: this pass works from an owner that has been replaced since it was read.
+                raise ChildNotApplied(APPLY_FAILED, f"{what} belongs to the {mine['kind']} that replaced this one")
+            delete(api, obj["apiVersion"], obj["kind"], meta["name"], meta["namespace"])
+            leftovers.append(what)
+            predecessor = theirs
+            continue
+        try:
+            apply(api, obj)
+        except ApiException as err:
+            raise ChildNotApplied(
+                APPLY_FAILED, f"applying {what} failed ({err.status} {err.reason}): {_server_message(err)}"
+            ) from err
+    if leftovers:
+        raise ChildNotApplied(
+            DELETING_LEFTOVER,
+            f"{' and '.join(leftovers)} belonged to an earlier {predecessor['kind']} {predecessor['name']} "
+            f"(uid {predecessor['uid']}) that was deleted: deleting, to create anew for this one",
+        )
+
+
+def list_objects(
+    api: client.ApiClient, api_version: str, kind: str, namespace: str, label_selector: str
+) -> list[dict[str, Any]]:
+    """The objects of a kind in namespace that match label_selector, as wire-format dicts."""
+    return resource(api, api_version, kind).get(namespace=namespace, label_selector=label_selector).to_dict()["items"]
+
+
 def get(api: client.ApiClient, api_version: str, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
     """The object, or None when it does not exist."""
     try:
@@ -92,18 +205,38 @@ def patch_status(
     namespace: str,
     old: dict[str, Any] | None,
     new: dict[str, Any],
+    uid: str | None = None,
 ) -> bool:
-    """Merge-patch the status subresource when new differs from old; True when it wrote."""
+    """Patch the status subresource when new differs from old; True when it wrote.
+
+    With uid, only the object with that uid is written: a status computed for an object that has been
+    deleted and created anew under its name in the meantime must not land on the new one (False then).
+    The status subresource ignores metadata in a merge patch, so that write is a JSON patch whose first
+    operation tests metadata.uid, and replaces the status as a whole.
+    """
     if old == new:
         return False
     group, _, version = api_version.rpartition("/")
     plural = resource(api, api_version, kind).name
     custom = client.CustomObjectsApi(api)
-    # A JSON merge patch sets keys present in new and removes keys dropped since old.
-    patch = dict(new)
-    for gone in set(old or {}) - set(new):
-        patch[gone] = None
-    custom.patch_namespaced_custom_object_status(group, version, namespace, plural, name, {"status": patch})
+    if uid is None:
+        # A JSON merge patch sets keys present in new and removes keys dropped since old.
+        patch = dict(new)
+        for gone in set(old or {}) - set(new):
+            patch[gone] = None
+        custom.patch_namespaced_custom_object_status(group, version, namespace, plural, name, {"status": patch})
+        return True
+    whole = {k: v for k, v in new.items() if v is not None}
+    ops = [{"op": "test", "path": "/metadata/uid", "value": uid}, {"op": "add", "path": "/status", "value": whole}]
+    try:
+        custom.patch_namespaced_custom_object_status(
+            group, version, namespace, plural, name, ops, _content_type="application/json-patch+json"
+        )
+    except ApiException as err:
+        current = get(api, api_version, kind, name, namespace) if err.status == 422 else None
+        if err.status == 404 or (err.status == 422 and (current or {}).get("metadata", {}).get("uid") != uid):
+            return False
+        raise
     return True
 
 
@@ -116,9 +249,10 @@ def write_status(
     component: str,
 ) -> bool:
     """Patch body's status when it changed, and only then record events (type, reason, message):
-    events mark transitions, so a resync that changes nothing stays silent."""
+    events mark transitions, so a resync that changes nothing stays silent. Nothing is written when body
+    has been replaced by a new object of the same name since it was read."""
     meta = body["metadata"]
-    if not patch_status(api, body["apiVersion"], body["kind"], meta["name"], meta["namespace"], old, new):
+    if not patch_status(api, body["apiVersion"], body["kind"], meta["name"], meta["namespace"], old, new, meta["uid"]):
         return False
     for type_, reason, message in events:
         event(api, body, type_, reason, message, component=component)

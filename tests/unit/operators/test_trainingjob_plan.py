@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from kubeforge.core.kube import Capabilities
+from kubeforge.core.kube import APPLY_FAILED, DELETING_LEFTOVER, Capabilities, ChildNotApplied
 from kubeforge.core.mlflow_rest import ModelVersion
 from kubeforge.operators.settings import Settings
 from kubeforge.operators.training import plan as tplan
@@ -34,8 +34,14 @@ def body(**spec: Any) -> dict[str, Any]:
     }
 
 
-def step(b: dict[str, Any], job: dict[str, Any] | None, now: datetime = T0, caps: Capabilities = NEW) -> tplan.Plan:
-    p = plan(b, job, SETTINGS, caps, now)
+def step(
+    b: dict[str, Any],
+    job: dict[str, Any] | None,
+    now: datetime = T0,
+    caps: Capabilities = NEW,
+    failure: dict[str, Any] | None = None,
+) -> tplan.Plan:
+    p = plan(b, job, SETTINGS, caps, now, failure)
     b["status"] = p.status
     return p
 
@@ -190,3 +196,79 @@ def test_reconcile_is_idempotent() -> None:
     first = copy.deepcopy(step(b, job).status)
     again = step(b, job)
     assert again.status == first and again.events == [] and again.apply == []
+
+
+EXIT_1 = {
+    "reason": "Error",
+    "container": "trainer",
+    "pod": "iris-a1-x7k2p",
+    "exitCode": 1,
+    "message": "spec.dataset.target: column 'species' not found in /data/iris.csv",
+    "time": "2026-01-01T00:03:00Z",
+}
+
+
+def test_a_failed_attempt_is_explained_by_its_pod_in_last_failure_the_retry_message_and_one_event() -> None:
+    b = body(backoffLimit=1)
+    p = step(b, None)
+    p = step(b, job_with("Failed", p), failure=EXIT_1)
+    assert b["status"]["lastFailure"] == EXIT_1
+    assert b["status"]["attempts"] == 2
+    running = next(c for c in b["status"]["conditions"] if c["type"] == "Running")
+    assert (
+        "attempt 1 failed (container trainer Error, exit code 1: spec.dataset.target: column 'species'"
+        in (running["message"])
+    )
+    assert [e[:2] for e in p.events] == [("Warning", "Error"), ("Warning", "Retrying")]
+    assert p.events[0][2].startswith("pod iris-a1-x7k2p: container trainer Error, exit code 1")
+    # The second attempt runs: the failure stays for reference, and is not announced again.
+    p = step(b, job_with(None, p))
+    assert b["status"]["lastFailure"] == EXIT_1 and p.events == []
+
+
+def test_a_pod_that_does_not_start_is_reported_while_the_attempt_runs_once_per_failure() -> None:
+    b = body()
+    p = step(b, None)
+    job = job_with(None, p)
+    pull = {"reason": "ImagePullBackOff", "container": "trainer", "pod": "iris-a1-x", "message": "Back-off pulling"}
+    p = step(b, job, now=T0 + timedelta(seconds=30), failure=pull)
+    assert b["status"]["lastFailure"] == {**pull, "time": "2026-01-01T00:00:30Z"}
+    assert b["status"]["phase"] == "Running"
+    assert [e[1] for e in p.events] == ["ImagePullBackOff"]
+    assert step(b, job, now=T0 + timedelta(seconds=60), failure=pull).events == []
+    assert b["status"]["lastFailure"]["time"] == "2026-01-01T00:00:30Z"
+
+
+def test_pods_are_read_only_when_they_may_explain_something() -> None:
+    job = job_with(None, step(body(), None))
+    assert not tplan.pods_worth_reading(None)
+    assert tplan.pods_worth_reading({**job, "status": {"active": 1}}), "no ready count (before 1.23): read"
+    assert tplan.pods_worth_reading({**job, "status": {"active": 1, "ready": 0}})
+    assert not tplan.pods_worth_reading({**job, "status": {"active": 1, "ready": 1}}), "running well: no list"
+    assert tplan.pods_worth_reading(job_with("Failed", step(body(), None)))
+    assert not tplan.pods_worth_reading(job_with("Complete", step(body(), None)))
+
+
+def test_children_that_cannot_be_applied_leave_the_status_pending_with_ready_false_and_one_event() -> None:
+    b = body()
+    err = ChildNotApplied(APPLY_FAILED, "applying Job iris-a1 failed (422 Unprocessable Entity): nodeSelector: invalid")
+    status, events = tplan.not_applied(b, err, T0)
+    b["status"] = status
+    assert status["phase"] == "Pending" and "attempts" in status and "jobName" not in status
+    assert ready(b)["status"] == "False" and ready(b)["reason"] == "ApplyFailed"
+    assert "Job iris-a1" in ready(b)["message"] and "422" in ready(b)["message"]
+    assert events == [("Warning", "ApplyFailed", err.message)]
+    again, events = tplan.not_applied(b, err, T0 + timedelta(seconds=5))
+    assert again == status and events == [], "the same failure again changes nothing"
+    leftover = ChildNotApplied(DELETING_LEFTOVER, "Job iris-a1 belonged to an earlier TrainingJob iris")
+    status, events = tplan.not_applied(b, leftover, T0 + timedelta(seconds=10))
+    assert [e[1] for e in events] == ["DeletingLeftover"]
+    assert leftover.retry_after(0) == leftover.retry_after(5) == 2.0, "a leftover is gone within moments"
+    assert [err.retry_after(n) for n in range(8)] == [5, 10, 20, 40, 80, 160, 300, 300]
+
+
+def test_a_running_trainingjob_whose_next_attempt_cannot_be_applied_keeps_its_phase() -> None:
+    b = body(backoffLimit=1)
+    step(b, None)
+    status, _ = tplan.not_applied(b, ChildNotApplied(APPLY_FAILED, "applying Job iris-a2 failed"), T0)
+    assert status["phase"] == "Running" and status["attempts"] == 1

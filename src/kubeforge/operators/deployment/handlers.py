@@ -2,8 +2,10 @@
 
 Triggers: the ModelDeployment's own events, events of its Deployments and Endpoints
 (readiness and addresses), a 2-second timer while a canary or shadow is live (analysis
-intervals, step pauses) and a slower one that follows registry aliases. Each runs the
-same level-based reconcile under a per-object lock.
+intervals, step pauses) and a slower one that follows registry aliases and retries what
+is not Ready. Each runs the same level-based reconcile under a per-object lock. When a
+child cannot be applied, the ModelDeployment says so (Ready=False) and the timers try
+again with a back-off.
 """
 
 from __future__ import annotations
@@ -22,16 +24,18 @@ from kubernetes import client
 
 from ...api import API_VERSION, ModelDeployment, parse
 from ...api.validation import InvalidResource
-from ...core import kube
+from ...core import kube, podfailure
 from ...core import modelcontract as mc
+from ...core.conditions import StatusDraft
 from ...core.mlflow_rest import MLflowError, NotFound
 from ..labels import COMPONENT, MODEL_VERSION, MODELDEPLOYMENT
 from ..runtime import Context, context
 from . import analysis as an
 from . import children
-from .rollout import WAITING_FOR_ROUTES, Observed, Resolved, analysis_due, canary_settings, plan
+from .rollout import GATEWAY, WAITING_FOR_ROUTES, Observed, Resolved, analysis_due, canary_settings, plan
 
 GROUP, VERSION = API_VERSION.split("/")
+EVENT_SOURCE = "kubeforge-modeldeployment"
 _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
 _applied: dict[tuple[str, str, str], str] = {}  # (kind, namespace, name) -> hash of what this process applied
 _pruned: dict[tuple[str, str], tuple[str, frozenset[str]]] = {}  # (namespace, name) -> (uid, live versions)
@@ -97,8 +101,10 @@ def observe(ctx: Context, body: dict[str, Any]) -> Observed:
     apps = client.AppsV1Api(ctx.api)
     ready: set[str] = set()
     gateway_ready = False
+    unready = False
     for dep in apps.list_namespaced_deployment(ns, label_selector=selector).items:
         available = (dep.status.available_replicas or 0) >= 1
+        unready = unready or (dep.status.ready_replicas or 0) < (dep.spec.replicas or 0)
         if dep.metadata.labels.get(COMPONENT) == "gateway":
             gateway_ready = available
         elif available and dep.metadata.labels.get(MODEL_VERSION):
@@ -130,7 +136,20 @@ def observe(ctx: Context, body: dict[str, Any]) -> Observed:
             model_ready = httpx.get(f"{gateway_url}/v2/models/{name}/ready", timeout=2).status_code == 200
         except httpx.HTTPError:
             model_ready = False
-    return Observed(frozenset(ready), urls, gateway_ready, gateway_url, model_ready)
+    failures = _pod_failures(ctx, ns, selector) if unready else {}
+    return Observed(frozenset(ready), urls, gateway_ready, gateway_url, model_ready, failures=failures)
+
+
+def _pod_failures(ctx: Context, namespace: str, selector: str) -> dict[str, dict[str, Any]]:
+    """Why pods fail, per model version (Triton) and GATEWAY: one list of the ModelDeployment's pods, made only
+    while one of its Deployments has fewer ready pods than it wants, so a serving one costs nothing."""
+    parts: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for pod in kube.list_objects(ctx.api, "v1", "Pod", namespace, selector):
+        pod_labels = pod["metadata"].get("labels") or {}
+        part = GATEWAY if pod_labels.get(COMPONENT) == "gateway" else pod_labels.get(MODEL_VERSION)
+        if part:
+            parts[part].append(pod)
+    return {part: failure for part, pods in parts.items() if (failure := podfailure.pick(pods)) is not None}
 
 
 def _scrape(url: str | None) -> str | None:
@@ -158,13 +177,16 @@ def _analyse(ctx: Context, body: dict[str, Any], md: ModelDeployment, text: str 
     return an.evaluate(analysis, canary_now.minus(prev), ctx.settings.prometheus_url, canary, stable)
 
 
-def _apply(ctx: Context, obj: dict[str, Any]) -> None:
-    key = (obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
-    digest = hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()
-    if _applied.get(key) == digest:
-        return
-    kube.apply(ctx.api, obj)
-    _applied[key] = digest
+def _apply(ctx: Context, objs: list[dict[str, Any]]) -> None:
+    """Apply the children that differ from what this process last applied (kube.apply_children)."""
+    fresh = {}
+    for obj in objs:
+        key = (obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
+        digest = hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+        if _applied.get(key) != digest:
+            fresh[key] = (obj, digest)
+    kube.apply_children(ctx.api, [obj for obj, _ in fresh.values()])
+    _applied.update({key: digest for key, (_, digest) in fresh.items()})
 
 
 def _prune(ctx: Context, namespace: str, name: str, uid: str, live: set[str]) -> None:
@@ -186,7 +208,8 @@ def _prune(ctx: Context, namespace: str, name: str, uid: str, live: set[str]) ->
     _pruned[(namespace, name)] = (uid, frozenset(live))
 
 
-def reconcile(namespace: str, name: str, logger: Any) -> None:
+def reconcile(namespace: str, name: str, logger: Any, retry: int = 0) -> None:
+    """One level-based pass; retry counts the timer's failed passes before this one (for the back-off)."""
     ctx = context()
     with _locks[(namespace, name)]:
         body = kube.get(ctx.api, API_VERSION, "ModelDeployment", name, namespace)
@@ -210,13 +233,19 @@ def reconcile(namespace: str, name: str, logger: Any) -> None:
             if due:
                 results = _analyse(ctx, body, md, metrics_text)
         p = plan(body, resolved, observed, results, ctx.settings, now)
-        for obj in p.apply:
-            _apply(ctx, obj)
+        try:
+            _apply(ctx, p.apply)
+        except kube.ChildNotApplied as err:
+            # Nothing the plan decided took effect: the last status stays, with Ready=False saying why.
+            st = StatusDraft(old_status, body["metadata"].get("generation"), now)
+            events = err.report(st, old_status)
+            kube.write_status(ctx.api, body, old_status, st.s, events, component=EVENT_SOURCE)
+            raise kopf.TemporaryError(err.message, delay=err.retry_after(retry)) from err
         _prune(ctx, namespace, name, body["metadata"]["uid"], set(p.live_versions))
         shadow = p.status.get("shadowVersion")
         if shadow and metrics_text:
             p.status["shadowReport"] = an.shadow_report(an.parse(metrics_text, name, shadow), shadow)
-        kube.write_status(ctx.api, body, old_status, p.status, p.events, component="kubeforge-modeldeployment")
+        kube.write_status(ctx.api, body, old_status, p.status, p.events, component=EVENT_SOURCE)
 
 
 @kopf.on.event(GROUP, VERSION, "modeldeployments")
@@ -249,9 +278,9 @@ def _rolling(status: dict[str, Any], **_: Any) -> bool:
 
 
 @kopf.timer(GROUP, VERSION, "modeldeployments", interval=2, when=_rolling)
-def rollout_timer(name: str, namespace: str, logger: Any, **_: Any) -> None:
+def rollout_timer(name: str, namespace: str, logger: Any, retry: int, **_: Any) -> None:
     """Step pauses, analysis intervals, shadow reports, scale-down delays and route reloads run on the clock."""
-    reconcile(namespace, name, logger)
+    reconcile(namespace, name, logger, retry)
 
 
 def _polled(spec: dict[str, Any], status: dict[str, Any], **_: Any) -> bool:
@@ -261,9 +290,10 @@ def _polled(spec: dict[str, Any], status: dict[str, Any], **_: Any) -> bool:
 
 
 @kopf.timer(GROUP, VERSION, "modeldeployments", interval=10, when=_polled)
-def poll_timer(name: str, namespace: str, logger: Any, **_: Any) -> None:
-    """Follow registry aliases (MLflow webhooks are optional) and retry what is not Ready yet."""
-    reconcile(namespace, name, logger)
+def poll_timer(name: str, namespace: str, logger: Any, retry: int, **_: Any) -> None:
+    """Follow registry aliases (MLflow webhooks are optional), retry what is not Ready yet (children that could
+    not be applied, with a back-off) and read why its pods fail."""
+    reconcile(namespace, name, logger, retry)
 
 
 @kopf.on.delete(GROUP, VERSION, "modeldeployments")

@@ -16,6 +16,7 @@ from typing import Any
 
 from ...api import InvalidResource, ModelDeployment, parse
 from ...api.modeldeployment import Analysis, CanaryStep
+from ...core import podfailure
 from ...core.conditions import FALSE, TRUE, StatusDraft, parse_rfc3339, rfc3339
 from ..settings import Settings
 from . import children
@@ -43,6 +44,8 @@ ANALYSIS_FAILED = "AnalysisFailed"
 STABLE_REPLACED = "StableReplaced"
 NO_ROLLOUT = "NoRollout"
 AS_EXPECTED = "AsExpected"
+
+GATEWAY = "gateway"  # Observed.failures key of the gateway's pods (model versions are numbers)
 
 # A followAlias rollout without spec.canary uses these steps and the default analysis.
 DEFAULT_STEPS = (
@@ -78,6 +81,8 @@ class Observed:
     gateway_ready: bool = False
     gateway_url: str | None = None
     model_ready: bool = False  # the gateway answers /v2/models/<name>/ready: the route table is in force
+    # Why pods fail (core.podfailure.pick), per model version and GATEWAY; read only while something is not ready.
+    failures: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -279,14 +284,20 @@ def plan(
         st.s["url"] = f"{observed.gateway_url}/v2/models/{name}"
 
     # --- readiness ----------------------------------------------------------------------
+    failing = observed.failures
     if stable not in observed.ready_versions:
-        st.cond(READY, FALSE, WAITING_FOR_STABLE, f"waiting for Triton of version {stable} to become available")
+        st.cond(READY, FALSE, WAITING_FOR_STABLE, _waiting_for(f"Triton of version {stable}", failing.get(stable)))
     elif not observed.gateway_ready:
-        st.cond(READY, FALSE, WAITING_FOR_GATEWAY, "waiting for the gateway to become available")
+        st.cond(READY, FALSE, WAITING_FOR_GATEWAY, _waiting_for("the gateway", failing.get(GATEWAY)))
     elif not observed.model_ready:
         st.cond(READY, FALSE, WAITING_FOR_ROUTES, f"waiting for the gateway to serve {name} (route table reload)")
     else:
         st.cond(READY, TRUE, SERVING, f"version {stable} is serving")
+    # The failure that keeps the stable version or the gateway from serving comes first, then a canary's or shadow's.
+    failure = next((failing[k] for k in (stable, GATEWAY, *failing) if k in failing), None)
+    if (last := podfailure.newer(st.s.get("lastFailure"), failure, st.now)) is not None:
+        st.s["lastFailure"] = last
+        out.events.append(podfailure.event(last))
     if degraded:
         reason, message = degraded[0]
         st.cond(DEGRADED, TRUE, reason, "; ".join(m for _, m in degraded))
@@ -297,6 +308,13 @@ def plan(
         st.cond(DEGRADED, FALSE, AS_EXPECTED, "")
     out.status = st.s
     return out
+
+
+def _waiting_for(what: str, failure: dict[str, Any] | None) -> str:
+    """The Ready message while what is not available: why, when its pods tell."""
+    if failure is None:
+        return f"waiting for {what} to become available"
+    return f"waiting for {what}: {podfailure.describe(failure)}"
 
 
 def _model_of(md: ModelDeployment, role: str) -> str:

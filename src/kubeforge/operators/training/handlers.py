@@ -2,7 +2,8 @@
 
 Every trigger (a TrainingJob event, an event of one of its Jobs, a periodic timer for
 unfinished ones) runs the same level-based reconcile under a per-object lock, so the
-order in which events arrive does not matter.
+order in which events arrive does not matter. When a child cannot be applied, the
+TrainingJob says so (Ready=False) and the timer tries again with a back-off.
 """
 
 from __future__ import annotations
@@ -13,16 +14,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+from kubernetes import client
 
 from ...api import API_VERSION
-from ...core import kube
+from ...core import kube, podfailure
 from ...core import modelcontract as mc
 from ...core.mlflow_rest import MLflowError, MLflowRegistry, ModelVersion
-from ..labels import TRAININGJOB
+from ..labels import ATTEMPT, TRAININGJOB
 from ..runtime import context
-from .plan import TERMINAL, plan, with_registration
+from .plan import TERMINAL, not_applied, plan, pods_worth_reading, with_registration
 
 GROUP, VERSION = API_VERSION.split("/")
+EVENT_SOURCE = "kubeforge-trainingjob"
 _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
 
 
@@ -33,7 +36,18 @@ def _registered_version(registry: MLflowRegistry, model: str, uid: str) -> Model
     return None
 
 
-def reconcile(namespace: str, name: str, logger: Any) -> None:
+def _attempt_failure(api: client.ApiClient, body: dict[str, Any], job: dict[str, Any]) -> dict[str, Any] | None:
+    """Why the pod of the attempt that job runs fails, if it does. Only the Job's own pods count: a deleted
+    predecessor's pods carry the same labels until they are collected."""
+    meta = body["metadata"]
+    selector = f"{TRAININGJOB}={meta['name']},{ATTEMPT}={job['metadata']['labels'].get(ATTEMPT, '')}"
+    pods = kube.list_objects(api, "v1", "Pod", meta["namespace"], selector)
+    uid = job["metadata"]["uid"]
+    return podfailure.pick([p for p in pods if (kube.controller_of(p) or {}).get("uid") == uid])
+
+
+def reconcile(namespace: str, name: str, logger: Any, retry: int = 0) -> None:
+    """One level-based pass; retry counts the timer's failed passes before this one (for the back-off)."""
     ctx = context()
     with _locks[(namespace, name)]:
         body = kube.get(ctx.api, API_VERSION, "TrainingJob", name, namespace)
@@ -44,9 +58,16 @@ def reconcile(namespace: str, name: str, logger: Any) -> None:
         if job_name := old_status.get("jobName"):
             job = kube.get(ctx.api, "batch/v1", "Job", job_name, namespace)
         now = datetime.now(UTC)
-        p = plan(body, job, ctx.settings, ctx.capabilities, now)
-        for obj in p.apply:
-            kube.apply(ctx.api, obj)
+        failure = None
+        if old_status.get("phase") not in TERMINAL and pods_worth_reading(job):
+            failure = _attempt_failure(ctx.api, body, job)
+        p = plan(body, job, ctx.settings, ctx.capabilities, now, failure)
+        try:
+            kube.apply_children(ctx.api, p.apply)
+        except kube.ChildNotApplied as err:
+            status, events = not_applied(body, err, now)
+            kube.write_status(ctx.api, body, old_status, status, events, component=EVENT_SOURCE)
+            raise kopf.TemporaryError(err.message, delay=err.retry_after(retry)) from err
         for job_to_delete in p.delete_jobs:
             kube.delete(ctx.api, "batch/v1", "Job", job_to_delete, namespace)
         status = p.status
@@ -60,7 +81,7 @@ def reconcile(namespace: str, name: str, logger: Any) -> None:
             status = with_registration(status, version, model, body["metadata"]["uid"], now)
             if version is not None:
                 p.events.append(("Normal", "ModelRegistered", f"registered as {version.uri}"))
-        kube.write_status(ctx.api, body, old_status, status, p.events, component="kubeforge-trainingjob")
+        kube.write_status(ctx.api, body, old_status, status, p.events, component=EVENT_SOURCE)
 
 
 @kopf.on.event(GROUP, VERSION, "trainingjobs")
@@ -82,6 +103,7 @@ def _unfinished(status: dict[str, Any], **_: Any) -> bool:
 
 
 @kopf.timer(GROUP, VERSION, "trainingjobs", interval=10, idle=5, when=_unfinished)
-def trainingjob_timer(name: str, namespace: str, logger: Any, **_: Any) -> None:
-    """Deadlines and missed events: re-check unfinished TrainingJobs every few seconds."""
-    reconcile(namespace, name, logger)
+def trainingjob_timer(name: str, namespace: str, logger: Any, retry: int, **_: Any) -> None:
+    """Deadlines, missed events, pods that fail while their Job runs, and retries of children that could not be
+    applied: re-check unfinished TrainingJobs every few seconds."""
+    reconcile(namespace, name, logger, retry)

@@ -1,9 +1,10 @@
 """The TrainingJob state machine: from what is observed to what should be done. No I/O.
 
 ``plan()`` is level-based: given the TrainingJob, the Job of its current attempt (or
-None) and the clock, it returns the children to apply or delete, the new status and the
-events to record. Running it twice on the same input gives the same answer, so a
-restarted operator picks up where the last one stopped.
+None), why that attempt's pod fails (if it does) and the clock, it returns the children
+to apply or delete, the new status and the events to record. Running it twice on the
+same input gives the same answer, so a restarted operator picks up where the last one
+stopped.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Any
 
 from ...api import InvalidResource, TrainingJob, parse
 from ...core import modelcontract as mc
+from ...core import podfailure
 from ...core.conditions import FALSE, TRUE, StatusDraft, parse_rfc3339
-from ...core.kube import Capabilities
+from ...core.kube import Capabilities, ChildNotApplied
 from ...core.mlflow_rest import ModelVersion
 from ..settings import Settings
 from . import children
@@ -125,8 +127,12 @@ def plan(
     settings: Settings,
     caps: Capabilities,
     now: datetime,
+    failure: dict[str, Any] | None = None,
 ) -> Plan:
-    """Decide the next step for the TrainingJob in body, whose current-attempt Job is job."""
+    """Decide the next step for the TrainingJob in body, whose current-attempt Job is job.
+
+    failure is why the current attempt's pod fails or does not run (:func:`core.podfailure.pick`), if it does.
+    """
     meta = body["metadata"]
     old = dict(body.get("status") or {})
     st = _Status(old, meta.get("generation"), now)
@@ -156,6 +162,10 @@ def plan(
         out.needs_registration = old.get("phase") == "Succeeded" and not (old.get("mlflow") or {}).get("modelVersion")
         out.status = old
         return out
+
+    if (last := podfailure.newer(old.get("lastFailure"), failure, st.now)) is not None:
+        st.s["lastFailure"] = last
+        out.events.append(podfailure.event(last))
 
     name = meta["name"]
     attempts = int(old.get("attempts") or 0)
@@ -203,7 +213,10 @@ def plan(
         msg = f"resumed: attempt {attempts}/{budget} restarted as Job {children.job_name(name, attempts)}"
         start_attempt(attempts, JOB_CREATED, msg, msg)
     elif state in ("missing", "failed"):
-        why = detail if state == "failed" else f"Job {children.job_name(name, attempts)} was deleted"
+        why = f"Job {children.job_name(name, attempts)} was deleted"
+        if state == "failed":
+            # The pod says why (a cluster's Job only says that its backoff limit was reached).
+            why = podfailure.describe(failure) if failure else detail
         if attempts < budget:
             start_attempt(
                 attempts + 1,
@@ -226,6 +239,32 @@ def plan(
         st.phase("Running", JOB_RUNNING, msg)
     out.status = st.s
     return out
+
+
+def pods_worth_reading(job: dict[str, Any] | None) -> bool:
+    """Whether the attempt's pods may explain something: its Job failed, or not every active pod is ready.
+
+    Servers that do not count ready pods in Job status (before 1.23) have their pods read while the Job
+    runs; elsewhere a healthy running attempt costs no pod list.
+    """
+    if job is None:
+        return False
+    state, _ = _job_state(job)
+    status = job.get("status") or {}
+    return state == "failed" or (state == "active" and (status.get("ready") or 0) < (status.get("active") or 1))
+
+
+def not_applied(body: dict[str, Any], err: ChildNotApplied, now: datetime) -> tuple[dict[str, Any], list]:
+    """Status and events when the plan's children could not be applied.
+
+    Nothing the plan decided took effect, so the last status stays, with Ready=False saying why; a
+    TrainingJob that never started an attempt is Pending.
+    """
+    old = dict(body.get("status") or {})
+    st = _Status(old, body["metadata"].get("generation"), now)
+    if not old.get("phase"):
+        st.s["phase"] = "Pending"
+    return st.s, err.report(st, old)
 
 
 def with_registration(

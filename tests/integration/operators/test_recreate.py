@@ -1,0 +1,159 @@
+"""Children in the way: a deleted predecessor's leftovers, and objects the API server refuses.
+
+A resource re-created under a deleted one's name finds the old children where the garbage
+collector has not removed them yet (the local control plane has none; in a cluster the
+re-create can race it). The operator must neither reuse them nor hang: it deletes them,
+says so, and creates its own. Whatever else the API server refuses shows up as
+``Ready=False`` with the object and the server's words, and an Event.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from tests.integration.operators.conftest import Operator, wait_for
+from tests.integration.operators.test_trainingjob_operator import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    condition,
+    create_tj,
+    event_reasons,
+    jobs,
+    mark_job,
+    status,
+)
+from tests.integration.serving.conftest import Threshold, register
+
+pytestmark = pytest.mark.integration
+MD_PLURAL = "modeldeployments"
+
+
+def owner_uid(obj: Any) -> str:
+    return next(ref.uid for ref in obj.metadata.owner_references if ref.controller)
+
+
+def job_owner(api: client.ApiClient, namespace: str, name: str) -> str | None:
+    """uid of the Job's controller; None while there is no such Job."""
+    found = client.BatchV1Api(api).list_namespaced_job(namespace, field_selector=f"metadata.name={name}").items
+    return owner_uid(found[0]) if found else None
+
+
+def events(api: client.ApiClient, namespace: str, name: str) -> dict[str, str]:
+    """reason -> message of the Events about the object called name."""
+    items = client.CoreV1Api(api).list_namespaced_event(namespace).items
+    return {e.reason: e.message for e in items if e.involved_object.name == name}
+
+
+def test_a_trainingjob_recreated_over_its_predecessors_leftovers_gets_fresh_children_and_runs(
+    operator: Operator, api: client.ApiClient, namespace: str
+) -> None:
+    batch, core = client.BatchV1Api(api), client.CoreV1Api(api)
+    old = create_tj(api, namespace, "again")
+    wait_for(lambda: jobs(api, namespace) == ["again-a1"], what="the first TrainingJob's Job")
+    custom = client.CustomObjectsApi(api)
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "again")
+    mark_job(api, namespace, "again-a1", "Failed", "old attempt failed")
+    # As `kubectl delete` does, wait until it is gone (the operator's finalizer stops its timer first).
+    wait_for(lambda: not custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"], 30, "gone")
+    # No garbage collector here: the Job and the spec ConfigMap outlive their TrainingJob.
+    assert job_owner(api, namespace, "again-a1") == old["metadata"]["uid"]
+
+    new = create_tj(api, namespace, "again")
+    uid = new["metadata"]["uid"]
+    wait_for(lambda: job_owner(api, namespace, "again-a1") == uid, 30, "a Job owned by the new uid")
+    wait_for(lambda: status(api, namespace, "again").get("phase") == "Running", what="phase Running")
+    st = status(api, namespace, "again")
+    assert st["attempts"] == 1, "the predecessor's failed Job did not count against the new TrainingJob"
+    assert not (batch.read_namespaced_job("again-a1", namespace).status.conditions or [])
+    assert owner_uid(core.read_namespaced_config_map("again-spec", namespace)) == uid
+    assert uid in core.read_namespaced_config_map("again-spec", namespace).data["trainingjob.yaml"]
+    leftover = events(api, namespace, "again")["DeletingLeftover"]
+    assert "Job again-a1" in leftover and "ConfigMap again-spec" in leftover and old["metadata"]["uid"] in leftover
+    # It progresses as any TrainingJob does.
+    mark_job(api, namespace, "again-a1", "Complete")
+    wait_for(lambda: status(api, namespace, "again").get("phase") == "Succeeded", what="phase Succeeded")
+
+
+def test_a_job_the_api_server_refuses_shows_ready_false_and_an_event_until_the_spec_is_fixed(
+    operator: Operator, api: client.ApiClient, namespace: str
+) -> None:
+    create_tj(api, namespace, "refused", nodeSelector={"gpu type": "a100"})  # not a valid label key
+    wait_for(lambda: condition(api, namespace, "refused").get("reason") == "ApplyFailed", what="ApplyFailed")
+    st = status(api, namespace, "refused")
+    ready = condition(api, namespace, "refused")
+    assert st["phase"] == "Pending" and ready["status"] == "False"
+    assert "applying Job refused-a1 failed (422" in ready["message"]
+    assert "nodeSelector" in ready["message"] and "gpu type" in ready["message"], "the API server's words"
+    assert events(api, namespace, "refused")["ApplyFailed"] == ready["message"]
+    assert jobs(api, namespace) == []
+    patch = {"spec": {"nodeSelector": {"gpu type": None, "gpu-type": "a100"}}}
+    client.CustomObjectsApi(api).patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "refused", patch)
+    wait_for(lambda: status(api, namespace, "refused").get("phase") == "Running", what="phase Running once fixed")
+    assert jobs(api, namespace) == ["refused-a1"]
+    assert event_reasons(api, namespace, "refused").count("ApplyFailed") == 1, "one event per transition"
+
+
+@pytest.fixture(scope="module")
+def served_model(mlflow) -> str:
+    """A registered version the operator can resolve (no pod runs here, so nothing loads it)."""
+    register(mlflow.url, "in-the-way", Threshold(0.0, 1.0))
+    return "in-the-way"
+
+
+def create_md(api: client.ApiClient, namespace: str, name: str, model: str) -> dict[str, Any]:
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name},
+        "spec": {"model": {"name": model, "version": 1}},
+    }
+    return client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, namespace, MD_PLURAL, body)
+
+
+def md_ready(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    obj = client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, MD_PLURAL, name)
+    return next((c for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == "Ready"), {})
+
+
+def test_a_modeldeployment_takes_no_leftover_over_but_replaces_it(
+    operator: Operator, api: client.ApiClient, namespace: str, served_model: str
+) -> None:
+    core = client.CoreV1Api(api)
+    earlier = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment", "name": "lefty"}
+    leftover = {
+        "metadata": {
+            "name": "lefty-gateway",
+            "labels": {"app": "from-before"},
+            "ownerReferences": [{**earlier, "uid": "7b3c1e52-0000-4000-8000-000000000001", "controller": True}],
+        },
+        "spec": {"ports": [{"name": "old", "port": 9999, "protocol": "TCP"}], "selector": {"app": "from-before"}},
+    }
+    core.create_namespaced_service(namespace, leftover)
+    uid = create_md(api, namespace, "lefty", served_model)["metadata"]["uid"]
+
+    def gateway_owner() -> str | None:
+        found = core.list_namespaced_service(namespace, field_selector="metadata.name=lefty-gateway").items
+        return owner_uid(found[0]) if found else None
+
+    wait_for(lambda: gateway_owner() == uid, 30, "the gateway Service")
+    svc = core.read_namespaced_service("lefty-gateway", namespace)
+    assert [p.name for p in svc.spec.ports] == ["http"] and "app" not in (svc.metadata.labels or {})
+    assert "Service lefty-gateway" in events(api, namespace, "lefty")["DeletingLeftover"]
+
+
+def test_a_modeldeployment_child_the_api_server_refuses_shows_ready_false_and_an_event(
+    operator: Operator, api: client.ApiClient, namespace: str, served_model: str
+) -> None:
+    # Valid as a ModelDeployment name, but "<name>-gateway" is longer than a Service name may be (63).
+    name = "m" * 60
+    create_md(api, namespace, name, served_model)
+    wait_for(lambda: md_ready(api, namespace, name).get("reason") == "ApplyFailed", what="ApplyFailed")
+    ready = md_ready(api, namespace, name)
+    assert ready["status"] == "False"
+    assert f"applying Service {name}-gateway failed (422" in ready["message"]
+    assert "must be no more than 63 characters" in ready["message"]
+    assert events(api, namespace, name)["ApplyFailed"] == ready["message"]

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .featurestore.commands import features
 from .local.commands import down, local, status, up
 from .serving.commands import serving
 
@@ -143,7 +144,7 @@ def controlplane_build() -> None:
         raise click.ClickException(str(err)) from err
 
 
-for command in (serving, up, down, status, local):
+for command in (serving, features, up, down, status, local):
     main.add_command(command)
 
 
@@ -181,16 +182,29 @@ def operator() -> None:
 
 @operator.command("run")
 @click.option(
-    "--kind", "kinds", multiple=True, type=click.Choice(["trainingjob", "modeldeployment"]), help="Only these kinds."
+    "--kind",
+    "kinds",
+    multiple=True,
+    type=click.Choice(["trainingjob", "modeldeployment", "featureview"]),
+    help="Only these kinds.",
 )
 @click.option("--namespace", "-n", "namespaces", multiple=True, help="Only these namespaces (default: all).")
 @click.option("--verbose", "-v", is_flag=True)
 @click.option("--liveness", metavar="URL", help="Serve a health endpoint, e.g. http://0.0.0.0:8080/healthz.")
-def operator_run(kinds: tuple[str, ...], namespaces: tuple[str, ...], verbose: bool, liveness: str | None) -> None:
+@click.option(
+    "--metrics-address", metavar="HOST:PORT", help="Serve Prometheus metrics at /metrics, e.g. 0.0.0.0:9102 (off)."
+)
+def operator_run(
+    kinds: tuple[str, ...],
+    namespaces: tuple[str, ...],
+    verbose: bool,
+    liveness: str | None,
+    metrics_address: str | None,
+) -> None:
     """Run the operators against $KUBECONFIG (or in-cluster credentials) until stopped."""
     from .operators.run import run
 
-    run(list(kinds) or None, list(namespaces) or None, verbose, liveness)
+    run(list(kinds) or None, list(namespaces) or None, verbose, liveness, metrics_address)
 
 
 if __name__ == "__main__":

@@ -159,6 +159,7 @@ def _operator(layout: Layout, mlflow_url: str) -> tuple[int, int]:
         "KUBECONFIG": str(layout.kubeconfig),
         "KUBEFORGE_MLFLOW_TRACKING_URI": mlflow_url,
         "KUBEFORGE_SERVICE_ADDRESSING": "endpoints",
+        "KUBEFORGE_FEAST_DIR": str(layout.root / "features"),
     }
     argv = _module("kubeforge.cli", "operator", "run", "--liveness", f"http://127.0.0.1:{port}/healthz")
     log = layout.logs / "operator.log"

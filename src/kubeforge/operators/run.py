@@ -7,11 +7,13 @@ import importlib
 import logging
 
 import kopf
+import prometheus_client
 
 # Handler modules per kind; importing one registers its handlers with kopf.
 HANDLERS = {
     "trainingjob": "kubeforge.operators.training.handlers",
     "modeldeployment": "kubeforge.operators.deployment.handlers",
+    "featureview": "kubeforge.operators.featureview.handlers",
 }
 
 
@@ -20,14 +22,19 @@ def run(
     namespaces: list[str] | None = None,
     verbose: bool = False,
     liveness: str | None = None,
+    metrics_address: str | None = None,
 ) -> None:
     """Block running the operators for kinds (default: all) in namespaces (default: all).
 
-    liveness, e.g. ``http://0.0.0.0:8080/healthz``, serves kopf's health endpoint for probes.
+    liveness, e.g. ``http://0.0.0.0:8080/healthz``, serves kopf's health endpoint for probes;
+    metrics_address, e.g. ``0.0.0.0:9102``, serves the operators' Prometheus metrics at /metrics.
     """
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
     )
+    if metrics_address:
+        host, _, port = metrics_address.rpartition(":")
+        prometheus_client.start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0")
     importlib.import_module("kubeforge.operators.runtime")
     for kind in kinds or list(HANDLERS):
         importlib.import_module(HANDLERS[kind])

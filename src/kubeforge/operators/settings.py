@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .. import __version__
+from ..featurestore.config import StoreSettings
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,15 @@ class Settings:
     service_addressing: str = "dns"
     """How the gateway's route table addresses Triton: "dns" (<service>.<namespace>.svc, in a cluster) or
     "endpoints" (the Service's first endpoint address, for the local runtime, which has no cluster DNS)."""
+    feature_store: StoreSettings = field(default_factory=StoreSettings.from_env)
+    """The Feast registry, online store and store directory FeatureViews go to (KUBEFORGE_FEAST_*); materialization
+    Jobs get the same settings."""
+    feature_store_pvc: str = ""
+    """PersistentVolumeClaim holding feature_store.root, mounted there in materialization Jobs (the operator's pod
+    mounts it at the same path); empty: no volume, as in the local runtime, where Jobs run on the operator's
+    filesystem."""
+    materializer_image: str = f"ghcr.io/kubeforge/kubeforge:{__version__}"
+    """Image of materialization Jobs."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -36,4 +46,7 @@ class Settings:
             gateway_image=env("KUBEFORGE_GATEWAY_IMAGE", f"ghcr.io/kubeforge/kubeforge:{__version__}"),
             prometheus_url=env("KUBEFORGE_PROMETHEUS_URL", "http://prometheus-operated:9090"),
             service_addressing=env("KUBEFORGE_SERVICE_ADDRESSING", "dns"),
+            feature_store=StoreSettings.from_env(),
+            feature_store_pvc=env("KUBEFORGE_FEAST_PVC", ""),
+            materializer_image=env("KUBEFORGE_MATERIALIZER_IMAGE", f"ghcr.io/kubeforge/kubeforge:{__version__}"),
         )

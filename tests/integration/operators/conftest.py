@@ -21,15 +21,18 @@ class Operator:
 
     def __init__(self, kubeconfig: Path, mlflow_url: str, log: Path):
         self.kubeconfig, self.mlflow_url, self.log = kubeconfig, mlflow_url, log
+        self.feast_dir = log.parent / "features"  # the feature store FeatureViews go to
         self.pid: int | None = None
+        self.metrics_port = 0
 
     def start(self) -> None:
-        port = free_port()
+        port, self.metrics_port = free_port(), free_port()
         env = {
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
             "KUBEFORGE_MLFLOW_TRACKING_URI": self.mlflow_url,
             "KUBEFORGE_SERVICE_ADDRESSING": "endpoints",  # no cluster DNS here, as in the local runtime
+            "KUBEFORGE_FEAST_DIR": str(self.feast_dir),
         }
         argv = [
             sys.executable,
@@ -39,6 +42,8 @@ class Operator:
             "run",
             "--liveness",
             f"http://127.0.0.1:{port}/healthz",
+            "--metrics-address",
+            f"127.0.0.1:{self.metrics_port}",
         ]
         proc = spawn(argv, self.log, env)
         self.pid = proc.pid

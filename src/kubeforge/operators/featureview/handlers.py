@@ -1,0 +1,162 @@
+"""kopf handlers for FeatureView: thin glue between watch events and :func:`plan.plan`.
+
+Every trigger (a FeatureView event, an event of one of its Jobs, a 10-second timer for
+schedules, freshness and retries) runs the same level-based reconcile under a per-object
+lock. The work runs in this module's own worker threads: the first pass imports Feast
+(seconds), and registry calls may wait on a database, and neither may hold up kopf's
+loop or the other kinds' handlers. Feast's objects are not thread-safe and a file
+registry is rewritten whole, so registry work runs one call at a time, with one Store
+per namespace (a Feast project each), created on first use.
+
+Deleting a FeatureView runs a finalizer: the view leaves the Feast registry (state outside
+the cluster that no garbage collector would remove), and its Jobs are deleted with it, so
+a FeatureView re-created under the same name counts its runs from 1 without meeting its
+predecessor's Jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import kopf
+
+from ...api import API_VERSION, FeatureViewSpec
+from ...core import kube
+from ...featurestore.sources import SourceError
+from ..runtime import Context, context
+from . import metrics
+from .children import FEATUREVIEW, RUN
+from .plan import REGISTRATION_FAILED, Registration, needs_registration, parse_spec, plan, read_result, result_job
+
+if TYPE_CHECKING:
+    from ...featurestore.store import Store
+
+GROUP, VERSION = API_VERSION.split("/")
+EVENT_SOURCE = "kubeforge-featureview"
+RESULT_WAIT = 5.0
+"""Seconds to wait for a finished Job's pod to show its result (the local runner writes it just after)."""
+
+_locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+_workers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="featureview")
+_feast = threading.Lock()
+_stores: dict[str, Store] = {}
+
+
+def _store(ctx: Context, namespace: str) -> Store:
+    """The namespace's Store (call with _feast held); the first one imports Feast."""
+    from ...featurestore.store import Store
+
+    if namespace not in _stores:
+        _stores[namespace] = Store(ctx.settings.feature_store, namespace)
+    return _stores[namespace]
+
+
+def _registry_failure(ctx: Context, namespace: str, err: Exception) -> str:
+    """Why the registry did not answer; the Store is dropped, so the next try connects anew."""
+    _stores.pop(namespace, None)
+    first = (str(err).strip().splitlines() or [""])[0][:500]
+    return f"the Feast registry ({ctx.settings.feature_store.registry_location}) failed: {type(err).__name__}: {first}"
+
+
+def _register(ctx: Context, namespace: str, name: str, spec: FeatureViewSpec) -> Registration:
+    with _feast:
+        try:
+            _store(ctx, namespace).apply(name, spec)
+        except SourceError as err:
+            return Registration(err.reason, str(err))
+        except Exception as err:  # an unreachable database or file, or Feast refusing the definitions
+            return Registration(REGISTRATION_FAILED, f"{_registry_failure(ctx, namespace, err)}; retrying every 10s")
+    return Registration()
+
+
+def _owned(objs: list[dict[str, Any]], uid: str) -> list[dict[str, Any]]:
+    return [o for o in objs if any(r.get("uid") == uid for r in o["metadata"].get("ownerReferences") or [])]
+
+
+def _list(ctx: Context, api_version: str, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
+    return (
+        kube.resource(ctx.api, api_version, kind).get(namespace=namespace, label_selector=selector).to_dict()["items"]
+    )
+
+
+def _pods(ctx: Context, job: dict[str, Any]) -> list[dict[str, Any]]:
+    """The pods of a finished Job, once one shows the result (or RESULT_WAIT passed)."""
+    meta = job["metadata"]
+    selector = f"{FEATUREVIEW}={meta['labels'][FEATUREVIEW]},{RUN}={meta['labels'][RUN]}"
+    deadline = time.monotonic() + RESULT_WAIT
+    while True:
+        pods = _list(ctx, "v1", "Pod", meta["namespace"], selector)
+        if read_result(job, pods, datetime.now(UTC)) is not None or time.monotonic() > deadline:
+            return pods
+        time.sleep(0.5)
+
+
+def reconcile(namespace: str, name: str) -> None:
+    ctx = context()
+    with _locks[(namespace, name)]:
+        body = kube.get(ctx.api, API_VERSION, "FeatureView", name, namespace)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return
+        old_status = body.get("status") or {}
+        spec, _ = parse_spec(body)
+        registration = None
+        if spec is not None and needs_registration(body):
+            registration = _register(ctx, namespace, name, spec)
+        listed = _list(ctx, "batch/v1", "Job", namespace, f"{FEATUREVIEW}={name}")
+        jobs = _owned(listed, body["metadata"]["uid"])
+        finished = result_job(old_status, jobs)
+        pods = _pods(ctx, finished) if finished is not None else []
+        p = plan(body, registration, jobs, pods, ctx.settings, datetime.now(UTC))
+        for obj in p.apply:
+            kube.apply(ctx.api, obj)
+        for job in p.delete_jobs:
+            kube.delete(ctx.api, "batch/v1", "Job", job, namespace)
+        kube.write_status(ctx.api, body, old_status, p.status, p.events, component=EVENT_SOURCE)
+        metrics.observe(namespace, name, p.freshness, p.finished)
+
+
+def _remove(namespace: str, name: str, uid: str) -> None:
+    ctx = context()
+    with _locks[(namespace, name)], _feast:
+        try:
+            _store(ctx, namespace).remove(name)
+        except Exception as err:  # kept: the finalizer stays until the registry answers
+            raise kopf.TemporaryError(f"removing {name}: {_registry_failure(ctx, namespace, err)}", delay=10) from err
+    for job in _owned(_list(ctx, "batch/v1", "Job", namespace, f"{FEATUREVIEW}={name}"), uid):
+        kube.delete(ctx.api, "batch/v1", "Job", job["metadata"]["name"], namespace)
+    metrics.forget(namespace, name)
+
+
+async def _in_worker(fn: Callable[..., None], *args: Any) -> None:
+    await asyncio.get_running_loop().run_in_executor(_workers, fn, *args)
+
+
+@kopf.on.event(GROUP, VERSION, "featureviews")
+async def featureview_event(event: dict[str, Any], name: str, namespace: str, **_: Any) -> None:
+    if event.get("type") != "DELETED":
+        await _in_worker(reconcile, namespace, name)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={FEATUREVIEW: kopf.PRESENT})
+async def job_event(labels: dict[str, str], namespace: str, **_: Any) -> None:
+    """A materialization Job changed (e.g. finished): reconcile its FeatureView."""
+    await _in_worker(reconcile, namespace, labels[FEATUREVIEW])
+
+
+@kopf.timer(GROUP, VERSION, "featureviews", interval=10)
+async def featureview_timer(name: str, namespace: str, **_: Any) -> None:
+    """Schedules, freshness and Stale, and retries of registrations that failed run on the clock."""
+    await _in_worker(reconcile, namespace, name)
+
+
+@kopf.on.delete(GROUP, VERSION, "featureviews")
+async def featureview_deleted(name: str, namespace: str, uid: str, **_: Any) -> None:
+    """Remove the view from the Feast registry and its online table from the online store; delete its Jobs."""
+    await _in_worker(_remove, namespace, name, uid)

@@ -4,8 +4,11 @@ Clients (tritonclient included) call it as they would call Triton. Per request i
 a version from the route table (weighted or sticky), checks the input against that
 version's cached metadata, forwards the body unchanged, falls back once to the stable
 version when the chosen one fails, mirrors to the shadow after answering, and records
-metrics per model, version and role. The route table and the token file hot-reload;
-a request in flight keeps the table it started with.
+metrics per model, version and role. A request routed to a version the gateway knows is
+not ready is charged to that version as a failed try (outcome ``not_ready``) before it
+falls back, so the canary analysis counts what the fallback rescued, whether or not the
+canary was tried. The route table and the token file hot-reload; a request in flight
+keeps the table it started with.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .auth import Forbidden, Tokens, Unauthorized
 from .filewatch import FileWatch
-from .metrics import FALLBACKS, REGISTRY, RELOADS
+from .metrics import FALLBACKS, REGISTRY, RELOADS, UPSTREAM_REQUESTS
 from .oip import HEADER_LENGTH, BadRequest, validate
 from .routes import Route, RouteTable, Target, compile_table
 from .shadow import Job, Mirror
@@ -208,16 +211,15 @@ class Gateway:
         target = pinned or route.pick(headers.get(route.sticky_header) if route.sticky_header else None)
         can_fall_back = pinned is None and route.spec.fallback and target is not route.stable
         if can_fall_back and not target.ready:
-            FALLBACKS.labels(route.name, target.version, target.role, "not_ready").inc()
-            target, can_fall_back = route.stable, False
+            target, can_fall_back = self._skip(route, target), False
         try:
             body = await self._body(headers, receive)
             schema = target.schema or await self.upstreams.schema(target)
             if schema is None and can_fall_back:
-                FALLBACKS.labels(route.name, target.version, target.role, "not_ready").inc()
-                target, can_fall_back = route.stable, False
+                target, can_fall_back = self._skip(route, target), False
                 schema = target.schema or await self.upstreams.schema(target)
             if schema is None:
+                self._not_ready(target)
                 message = f"model {route.name!r} version {target.version} is not ready"
                 return self._answered(target, start, error(503, message))
             header_length = headers.get(HEADER_LENGTH)
@@ -245,6 +247,17 @@ class Gateway:
             for mirrored in route.mirrors(target):
                 self.mirror.submit(Job(route, mirrored, body, forward, answer))
         return response
+
+    def _not_ready(self, target: Target) -> None:
+        """Charge target a failed try that was never sent: it was known not to be ready. Without this,
+        a canary that went down would look healthier the longer the gateway routed around it."""
+        UPSTREAM_REQUESTS.labels(*self.upstreams.bind(target).labels, "not_ready").inc()
+
+    def _skip(self, route: Route, target: Target) -> Target:
+        """Fall back from a version known not to be ready without trying it; the stable version answers."""
+        self._not_ready(target)
+        FALLBACKS.labels(route.name, target.version, target.role, "not_ready").inc()
+        return route.stable
 
     @staticmethod
     def _response(answer: Answer) -> Response:

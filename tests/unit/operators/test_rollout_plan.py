@@ -224,3 +224,149 @@ def test_promotion_leaves_the_canary_pods_untouched() -> None:
         return next(o for o in p.apply if o["metadata"]["name"] == "clf-v2" and o["kind"] == "Deployment")["spec"]
 
     assert template(after) == template(before), "a changed pod template would restart the new stable's Triton"
+
+
+CANARY_DOWN = Observed(frozenset({"1", "3"}), {v: URLS[v] for v in ("1", "3")}, True, "http://127.0.0.1:8080", True)
+STABLE_DOWN = Observed(frozenset({"2", "3"}), {v: URLS[v] for v in ("2", "3")}, True, "http://127.0.0.1:8080", True)
+NO_DATA = [{"name": "error-rate", "threshold": "<= 0.01"}]
+
+
+def truthful(b: dict[str, Any]) -> None:
+    """Status never claims a traffic share the canary does not get."""
+    progressing = cond(b, "Progressing")["message"]
+    if not b["status"].get("canaryWeight"):
+        assert "% of traffic" not in progressing, progressing
+        assert [t["role"] for t in b["status"]["traffic"]] == ["stable"]
+
+
+def in_step_one(b: dict[str, Any], r: Resolved) -> None:
+    run(b, r)
+    assert b["status"]["canaryWeight"] == 20 and b["status"]["stepStarted"] == "2026-01-01T00:00:00Z"
+
+
+def test_a_canary_that_goes_unready_mid_step_fails_a_check_each_interval_and_gets_no_traffic() -> None:
+    b = md(canary=CANARY)
+    r = Resolved(stable="1", canary="2")
+    in_step_one(b, r)
+    p = run(b, r, CANARY_DOWN, results=PASS, now=T0 + timedelta(seconds=3))
+    assert weights(p) == {"1": 100} and b["status"]["canaryWeight"] == 0
+    assert b["status"]["analysis"]["failedChecks"] == 1
+    assert {"name": "canary-ready", "value": 0.0, "threshold": ">= 1", "passed": False} in b["status"]["analysis"][
+        "results"
+    ]
+    assert cond(b, "CanaryReady")["status"] == "False"
+    progressing = cond(b, "Progressing")
+    assert progressing["status"] == "True" and progressing["reason"] == "CanaryNotReady"
+    message = progressing["message"]
+    assert "Triton of version 2 not ready since 2026-01-01T00:00:03Z" in message
+    assert "1 failed check(s)" in message and "rolled back after 1 more" in message
+    assert [(e[0], e[1]) for e in p.events] == [("Warning", "CanaryNotReady")]
+    truthful(b)
+    p = run(b, r, CANARY_DOWN, now=T0 + timedelta(seconds=6))
+    assert not p.analysis_due and p.events == [], "no new check before the interval has passed"
+    p = run(b, r, CANARY_DOWN, now=T0 + timedelta(seconds=9))
+    assert p.analysis_due, "checks go on while the canary gets no traffic"
+    truthful(b)
+
+
+def test_a_canary_back_before_the_failure_limit_starts_its_step_over() -> None:
+    b = md(canary=CANARY)
+    r = Resolved(stable="1", canary="2")
+    in_step_one(b, r)
+    run(b, r, CANARY_DOWN, results=FAIL, now=T0 + timedelta(seconds=3))
+    assert b["status"]["analysis"]["failedChecks"] == 1
+    p = run(b, r, now=T0 + timedelta(seconds=6))
+    assert weights(p) == {"1": 80, "2": 20}
+    assert b["status"]["stepStarted"] == "2026-01-01T00:00:06Z" and b["status"]["currentStep"] == 0
+    progressing = cond(b, "Progressing")
+    assert progressing["reason"] == "StepRestarted" and "step 1/2 started over" in progressing["message"]
+    assert "20% of traffic to version 2" in progressing["message"]
+    assert [(e[0], e[1]) for e in p.events] == [("Normal", "StepRestarted")]
+    assert cond(b, "CanaryReady")["status"] == "True"
+    # 11 s after the step first began, but only 5 s after it started over: the full pause is still ahead.
+    run(b, r, results=PASS, now=T0 + timedelta(seconds=11))
+    assert b["status"]["currentStep"] == 0 and b["status"]["analysis"]["failedChecks"] == 0
+    p = run(b, r, results=PASS, now=T0 + timedelta(seconds=17))
+    assert b["status"]["currentStep"] == 1 and weights(p) == {"1": 40, "2": 60}
+
+
+def test_a_step_restarted_needs_an_analysis_made_after_it() -> None:
+    b = md(canary=CANARY)
+    r = Resolved(stable="1", canary="2")
+    in_step_one(b, r)
+    run(b, r, CANARY_DOWN, results=NO_DATA, now=T0 + timedelta(seconds=3))
+    run(b, r, results=PASS, now=T0 + timedelta(seconds=8))  # measured while the canary was down
+    run(b, r, now=T0 + timedelta(seconds=19))
+    assert b["status"]["currentStep"] == 0
+    assert cond(b, "Progressing")["reason"] == "WaitingForAnalysis"
+    run(b, r, results=PASS, now=T0 + timedelta(seconds=20))
+    assert b["status"]["currentStep"] == 1
+
+
+def test_a_canary_unready_for_failure_limit_checks_is_rolled_back_naming_why() -> None:
+    b = md(canary=CANARY)
+    r = Resolved(stable="1", canary="2")
+    in_step_one(b, r)
+    run(b, r, CANARY_DOWN, results=NO_DATA, now=T0 + timedelta(seconds=3))
+    assert b["status"]["analysis"]["failedChecks"] == 1, "no data is no excuse for a canary that is down"
+    p = run(b, r, CANARY_DOWN, results=NO_DATA, now=T0 + timedelta(seconds=8))
+    assert b["status"]["rolledBackVersion"] == "2" and "canaryVersion" not in b["status"]
+    rolled = cond(b, "RolledBack")
+    assert rolled["status"] == "True" and rolled["reason"] == "AnalysisFailed"
+    assert "rolled back after 2 failed check(s)" in rolled["message"]
+    assert "canary-ready: Triton of version 2 not ready since 2026-01-01T00:00:03Z" in rolled["message"]
+    assert cond(b, "Progressing")["status"] == "False"
+    assert weights(p) == {"1": 100} and set(p.live_versions) == {"1"}
+    assert ("Warning", "RolledBack") in [(e[0], e[1]) for e in p.events]
+
+
+def test_a_rollback_while_unready_names_the_failing_metrics_too() -> None:
+    b = md(canary=CANARY)
+    r = Resolved(stable="1", canary="2")
+    in_step_one(b, r)
+    run(b, r, results=FAIL, now=T0 + timedelta(seconds=3))
+    run(b, r, CANARY_DOWN, results=FAIL, now=T0 + timedelta(seconds=8))
+    message = cond(b, "RolledBack")["message"]
+    assert "canary-ready: Triton of version 2 not ready since 2026-01-01T00:00:08Z" in message
+    assert "error-rate = 0.42, wanted <= 0.01" in message
+
+
+def test_a_stable_version_down_mid_step_pauses_the_step_without_counting_against_the_canary() -> None:
+    b = md(canary=CANARY)
+    r = Resolved(stable="1", canary="2")
+    in_step_one(b, r)
+    p = run(b, r, STABLE_DOWN, results=NO_DATA, now=T0 + timedelta(seconds=5))
+    assert b["status"]["canaryWeight"] == 0 and b["status"]["analysis"]["failedChecks"] == 0
+    assert cond(b, "CanaryReady")["status"] == "True"
+    progressing = cond(b, "Progressing")
+    assert progressing["reason"] == "WaitingForStable" and "stable version 1 is not ready" in progressing["message"]
+    assert cond(b, "Ready")["reason"] == "WaitingForStable"
+    assert [(e[0], e[1]) for e in p.events] == [("Warning", "WaitingForStable")]
+    run(b, r, now=T0 + timedelta(seconds=7))
+    assert b["status"]["canaryWeight"] == 20 and b["status"]["stepStarted"] == "2026-01-01T00:00:07Z"
+    assert cond(b, "Progressing")["reason"] == "StepRestarted"
+
+
+def test_waiting_for_the_canary_before_the_first_step_is_not_a_failed_check() -> None:
+    b = md(canary=CANARY)
+    r = Resolved(stable="1", canary="2")
+    p = run(b, r, CANARY_DOWN)
+    assert not p.analysis_due and "analysis" not in b["status"]
+    assert cond(b, "CanaryReady")["message"] == "waiting for Triton of version 2"
+    assert cond(b, "Progressing")["reason"] == "CanaryStarted"
+    truthful(b)
+
+
+def test_requests_routed_around_a_canary_known_not_ready_count_as_errors() -> None:
+    def text(ok: int, err: int, not_ready: int) -> str:
+        series = 'kubeforge_upstream_requests_total{model="clf",version="2",role="canary",outcome="%s"} %d\n'
+        return (
+            "# TYPE kubeforge_upstream_requests counter\n"
+            + series % ("ok", ok)
+            + series % ("error", err)
+            + series % ("not_ready", not_ready)
+        )
+
+    delta = an.parse(text(100, 1, 49), "clf", "2").minus(an.parse(text(50, 0, 0), "clf", "2"))
+    assert delta.tries == 100
+    assert an.builtin("error-rate", delta, 20) == 0.5

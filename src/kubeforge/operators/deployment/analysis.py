@@ -4,7 +4,8 @@ Built-in metrics come straight from the gateway's ``/metrics``: the operator scr
 each interval and compares with the previous scrape, so the figures cover exactly the
 last interval and need no Prometheus (the local runtime has none). Counts are per try
 against the canary's Triton, so an error that a fallback hid from the caller still
-counts against the canary.
+counts against the canary, and so does a request the gateway sent to stable without
+trying the canary because it knew the canary was not ready.
 """
 
 from __future__ import annotations
@@ -125,14 +126,24 @@ def verdict(metric: AnalysisMetric, value: float | None) -> dict[str, Any]:
     return {**result, "value": round(value, 6), "passed": passed}
 
 
+# Try outcomes that count as canary failures: errors and timeouts, and requests the gateway routed
+# around the canary without trying it because it knew the canary was not ready (a fallback answered them).
+FAILED_OUTCOMES = ("error", "timeout", "not_ready")
+
+
 def builtin(name: str, canary: Snapshot, min_requests: int) -> float | None:
+    """A built-in metric over one interval's counters; None when fewer than min_requests count.
+
+    error-rate is failed tries over all tries, so requests that the fallback answered for the canary
+    (it failed, timed out, or was known not to be ready and skipped) count against it.
+    """
     if name == "agreement":
         compared = canary.agree + canary.disagree
         return canary.agree / compared if compared >= max(min_requests, 1) else None
     if canary.tries < max(min_requests, 1):
         return None
     if name == "error-rate":
-        return (canary.outcomes.get("error", 0.0) + canary.outcomes.get("timeout", 0.0)) / canary.tries
+        return sum(canary.outcomes.get(o, 0.0) for o in FAILED_OUTCOMES) / canary.tries
     seconds = quantile(0.99 if name == "latency-p99" else 0.5, canary.buckets)
     return None if seconds is None else seconds * 1000
 

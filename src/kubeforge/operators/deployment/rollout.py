@@ -38,6 +38,7 @@ REGISTRY_UNAVAILABLE = "RegistryUnavailable"
 CANARY_STARTED = "CanaryStarted"
 CANARY_NOT_READY = "CanaryNotReady"
 STEP_ADVANCED = "StepAdvanced"
+STEP_RESTARTED = "StepRestarted"
 WAITING_FOR_ANALYSIS = "WaitingForAnalysis"
 CANARY_PROMOTED = "CanaryPromoted"
 ANALYSIS_FAILED = "AnalysisFailed"
@@ -46,6 +47,10 @@ NO_ROLLOUT = "NoRollout"
 AS_EXPECTED = "AsExpected"
 
 GATEWAY = "gateway"  # Observed.failures key of the gateway's pods (model versions are numbers)
+
+# The check recorded in status.analysis, next to the metrics, for each interval a canary spends not ready
+# during a step; value 1 would be ready, 0 is not.
+READINESS_CHECK = "canary-ready"
 
 # A followAlias rollout without spec.canary uses these steps and the default analysis.
 DEFAULT_STEPS = (
@@ -102,8 +107,13 @@ def canary_settings(md: ModelDeployment) -> tuple[tuple[CanaryStep, ...], Analys
 
 
 def analysis_due(status: dict[str, Any], md: ModelDeployment, now: datetime) -> bool:
-    """Whether the canary carries traffic and its analysis interval has passed."""
-    if not status.get("canaryVersion") or not status.get("canaryWeight"):
+    """Whether a step is under way (the canary carries traffic, or carried it until its Triton or the
+    stable one stopped being ready) and its analysis interval has passed.
+
+    Checks go on while a step is interrupted: each one fails while the canary is not ready (see
+    plan), so a canary that does not come back is rolled back instead of holding the rollout forever.
+    """
+    if not status.get("canaryVersion") or not (status.get("canaryWeight") or status.get("stepStarted")):
         return False
     _, analysis, _ = canary_settings(md)
     last = parse_rfc3339((status.get("analysis") or {}).get("time"))
@@ -111,6 +121,7 @@ def analysis_due(status: dict[str, Any], md: ModelDeployment, now: datetime) -> 
 
 
 def describe_failure(results: list[dict[str, Any]]) -> str:
+    """The failed metric checks, each with the value measured and the bound it missed."""
     failed = [r for r in results if r.get("passed") is False]
     return "; ".join(f"{r['name']} = {r['value']:.4g}, wanted {r['threshold']}" for r in failed)
 
@@ -123,6 +134,14 @@ def plan(
     settings: Settings,
     now: datetime,
 ) -> Plan:
+    """Children, status and events for what is observed now.
+
+    A canary step runs only while the stable and the canary Triton are both ready. A step that
+    loses either is interrupted: the canary's weight goes to 0 (fallback answers what was routed to
+    it) and, while the canary is the one down, every analysis interval is a failed ``canary-ready``
+    check, so failureLimit of them in a row roll it back. Once both serve again the step starts over
+    at its weight, with its full pause and a passing analysis made after the restart.
+    """
     meta = body["metadata"]
     old = dict(body.get("status") or {})
     st = StatusDraft(old, meta.get("generation"), now)
@@ -197,32 +216,46 @@ def plan(
 
     # --- canary progress ----------------------------------------------------------------
     if canary is not None:
-        step = int(st.s.get("currentStep") or 0)
-        if canary not in observed.ready_versions or stable not in observed.ready_versions:
-            # Steps start once both serve: a step's pause measures the canary under real traffic.
-            st.s["canaryWeight"] = 0
-            waiting = canary if canary not in observed.ready_versions else stable
-            st.cond(CANARY_READY, FALSE, CANARY_NOT_READY, f"waiting for Triton of version {waiting}")
-        else:
+        # Steps run only while both versions serve: a step's pause measures the canary under real traffic.
+        canary_up, stable_up = canary in observed.ready_versions, stable in observed.ready_versions
+        in_step = st.s.get("stepStarted") is not None
+        carried_traffic = bool(st.s.get("canaryWeight"))
+        if canary_up:
             st.cond(CANARY_READY, TRUE, AS_EXPECTED, f"Triton of version {canary} is available")
-            if st.s.get("stepStarted") is None:
-                st.s["stepStarted"] = st.now
-                st.s["canaryWeight"] = steps[step].weight
-                msg = f"step {step + 1}/{len(steps)}: {steps[step].weight}% of traffic to version {canary}"
-                st.cond(PROGRESSING, TRUE, STEP_ADVANCED, msg)
-                out.events.append(("Normal", STEP_ADVANCED, msg))
+        elif in_step:
+            st.cond(CANARY_READY, FALSE, CANARY_NOT_READY, f"Triton of version {canary} is not ready")
+        else:
+            st.cond(CANARY_READY, FALSE, CANARY_NOT_READY, f"waiting for Triton of version {canary}")
+        if canary_up and stable_up:
+            if not in_step or not carried_traffic:
+                _start_step(st, out, steps, canary, stable, restart=in_step)
+        else:
+            st.s["canaryWeight"] = 0
         if analysis_results is not None:
+            # An interval the canary spends not ready during a step is a failed check, as an error would be.
+            lost = in_step and not canary_up
+            results = list(analysis_results)
+            if lost:
+                results.append({"name": READINESS_CHECK, "value": 0.0, "threshold": ">= 1", "passed": False})
             prev = dict(st.s.get("analysis") or {})
-            failed = sum(1 for r in analysis_results if r.get("passed") is False)
-            passed = any(r.get("passed") is True for r in analysis_results)
+            failed = sum(1 for r in results if r.get("passed") is False)
+            passed = any(r.get("passed") is True for r in results)
             failures = (
                 int(prev.get("failedChecks") or 0) + 1 if failed else (0 if passed else prev.get("failedChecks", 0))
             )
-            st.s["analysis"] = {"time": st.now, "failedChecks": failures, "results": analysis_results}
+            st.s["analysis"] = {"time": st.now, "failedChecks": failures, "results": results}
             if failures >= analysis.failure_limit:
-                _rollback(st, out, canary, stable, analysis_results, failures)
+                why = [_not_ready_since(st.s, canary)] if lost else []
+                if metrics_failed := describe_failure(analysis_results):
+                    why.append(metrics_failed)
+                _rollback(st, out, canary, stable, "; ".join(why), failures)
                 canary = None
-        if canary is not None and st.s.get("stepStarted") and st.s.get("canaryWeight"):
+        if canary is not None and st.s.get("stepStarted") and not st.s.get("canaryWeight"):
+            reason, msg = _interrupted(st.s, steps, analysis, canary, stable, canary_up)
+            st.cond(PROGRESSING, TRUE, reason, msg)
+            if carried_traffic:
+                out.events.append(("Warning", reason, msg))
+        elif canary is not None and st.s.get("stepStarted"):
             _maybe_advance(st, out, md, steps, canary, now)
             if st.s.get("promotedVersion"):
                 promoted = st.s.pop("promotedVersion")
@@ -371,10 +404,59 @@ def _routes(
     return routes
 
 
+def _start_step(
+    st: StatusDraft, out: Plan, steps: tuple[CanaryStep, ...], canary: str, stable: str, restart: bool
+) -> None:
+    """Give the canary the current step's weight from now on.
+
+    A restarted step (its canary or stable stopped being ready during it, and both serve again) gets
+    its full pause and needs a passing analysis made after the restart, like a step that just began:
+    what was measured before the interruption says nothing about the Triton that serves now.
+    """
+    step = int(st.s.get("currentStep") or 0)
+    weight = steps[step].weight
+    st.s.update({"stepStarted": st.now, "canaryWeight": weight})
+    share = f"{weight}% of traffic to version {canary}"
+    if restart:
+        reason = STEP_RESTARTED
+        msg = (
+            f"step {step + 1}/{len(steps)} started over: Triton of versions {stable} and {canary} serve again; "
+            f"{share} for the step's full pause and a new passing analysis"
+        )
+    else:
+        reason, msg = STEP_ADVANCED, f"step {step + 1}/{len(steps)}: {share}"
+    st.cond(PROGRESSING, TRUE, reason, msg)
+    out.events.append(("Normal", reason, msg))
+
+
+def _interrupted(
+    s: dict[str, Any], steps: tuple[CanaryStep, ...], analysis: Analysis, canary: str, stable: str, canary_up: bool
+) -> tuple[str, str]:
+    """Progressing's reason and message while a step is interrupted (the canary's weight is 0)."""
+    where = f"step {int(s.get('currentStep') or 0) + 1}/{len(steps)} interrupted"
+    if canary_up:  # the stable version is down: nothing to hold against the canary
+        return WAITING_FOR_STABLE, (
+            f"{where}: Triton of stable version {stable} is not ready; no traffic to version {canary} "
+            "until it serves again, then the step starts over"
+        )
+    failed = int((s.get("analysis") or {}).get("failedChecks") or 0)
+    left = analysis.failure_limit - failed
+    return CANARY_NOT_READY, (
+        f"{where}: {_not_ready_since(s, canary)}, no traffic to it; {failed} failed check(s) in a row, "
+        f"rolled back after {left} more unless it serves again first, then the step starts over"
+    )
+
+
+def _not_ready_since(s: dict[str, Any], canary: str) -> str:
+    since = next(c.get("lastTransitionTime") for c in s["conditions"] if c["type"] == CANARY_READY)
+    return f"{READINESS_CHECK}: Triton of version {canary} not ready since {since}"
+
+
 def _maybe_advance(
     st: StatusDraft, out: Plan, md: ModelDeployment, steps: tuple[CanaryStep, ...], canary: str, now: datetime
 ) -> None:
-    """Advance when the step's pause has passed and the analysis since the step began passed."""
+    """Advance when the step's pause has passed and an analysis made after the step began passed
+    (one made at the very moment it began measured the interval before it)."""
     step = int(st.s.get("currentStep") or 0)
     started = parse_rfc3339(st.s["stepStarted"])
     assert started is not None
@@ -383,7 +465,7 @@ def _maybe_advance(
     last = st.s.get("analysis") or {}
     last_time = parse_rfc3339(last.get("time"))
     passed = last.get("failedChecks", 0) == 0 and any(r.get("passed") for r in last.get("results", []))
-    if last_time is None or last_time < started or not passed:
+    if last_time is None or last_time <= started or not passed:
         st.cond(
             PROGRESSING,
             TRUE,
@@ -407,13 +489,9 @@ def _maybe_advance(
     out.events.append(("Normal", STEP_ADVANCED, msg))
 
 
-def _rollback(
-    st: StatusDraft, out: Plan, canary: str, stable: str, results: list[dict[str, Any]], failures: int
-) -> None:
-    msg = (
-        f"version {canary} rolled back after {failures} failed check(s): {describe_failure(results)}; "
-        f"version {stable} serves all traffic"
-    )
+def _rollback(st: StatusDraft, out: Plan, canary: str, stable: str, why: str, failures: int) -> None:
+    """Give all traffic back to stable; why names the failed checks of the last analysis."""
+    msg = f"version {canary} rolled back after {failures} failed check(s): {why}; version {stable} serves all traffic"
     st.s["rolledBackVersion"] = canary
     st.clear("canaryVersion", "canaryWeight", "currentStep", "stepStarted")
     st.cond(ROLLED_BACK, TRUE, ANALYSIS_FAILED, msg)

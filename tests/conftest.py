@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,7 +55,14 @@ def crds_installed(kubectl: Kubectl) -> None:
 
     kubectl("apply", "-f", str(REPO / "crds"))
     names = [f"crd/{kind.crd.crd_name}" for kind in crdgen.KINDS]
-    kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
+    # Polled rather than `kubectl wait`, which fails outright when asked before the API server
+    # has written the CRDs' first status ("status.conditions accessor error").
+    deadline = time.monotonic() + 60
+    while kubectl(
+        "get", *names, "-o", "jsonpath={.items[*].status.conditions[?(@.type=='Established')].status}"
+    ).stdout.split().count("True") < len(names):
+        assert time.monotonic() < deadline, f"CRDs not established after 60s: {names}"
+        time.sleep(0.2)
 
 
 @pytest.fixture

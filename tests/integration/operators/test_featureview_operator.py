@@ -129,7 +129,13 @@ def test_materializes_serves_online_and_leaves_the_registry_when_deleted(
 
     wait_for(gone, 60, "the finalizer to finish")
     assert not Store(StoreSettings(operator.feast_dir), ns).registered("spend")
-    wait_for(lambda: jobs(api, ns) == [], 60, "the Jobs to be deleted")
+
+    # Re-created under the same name, it starts again at run 1, with a Job of its own.
+    uid = create_fv(api, ns, "spend", tmp_path / "spend.parquet")["metadata"]["uid"]
+    assert wait_for(lambda: run_finished(api, ns, "spend", 1), FIRST_RUN, "run 1 again") == "Succeeded"
+    job = client.BatchV1Api(api).read_namespaced_job("spend-mat-1", ns)
+    assert job.metadata.owner_references[0].uid == uid
+    wait_for(lambda: jobs(api, ns) == ["spend-mat-1"], 60, "the predecessor's Jobs to be collected")
 
 
 def test_bad_sources_get_conditions_that_name_the_problem(

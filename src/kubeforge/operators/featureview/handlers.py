@@ -9,9 +9,9 @@ registry is rewritten whole, so registry work runs one call at a time, with one 
 per namespace (a Feast project each), created on first use.
 
 Deleting a FeatureView runs a finalizer: the view leaves the Feast registry (state outside
-the cluster that no garbage collector would remove), and its Jobs are deleted with it, so
-a FeatureView re-created under the same name counts its runs from 1 without meeting its
-predecessor's Jobs.
+the cluster that no garbage collector would remove). Its Jobs go with it by garbage
+collection (owner references); a FeatureView re-created under the same name counts its runs
+from 1 again, and a predecessor's Job still in the way is replaced (kube.apply_children).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import kopf
 
 from ...api import API_VERSION, FeatureViewSpec
 from ...core import kube
+from ...core.conditions import StatusDraft
 from ...featurestore.sources import SourceError
 from ..runtime import Context, context
 from . import metrics
@@ -77,13 +78,8 @@ def _register(ctx: Context, namespace: str, name: str, spec: FeatureViewSpec) ->
 
 
 def _owned(objs: list[dict[str, Any]], uid: str) -> list[dict[str, Any]]:
-    return [o for o in objs if any(r.get("uid") == uid for r in o["metadata"].get("ownerReferences") or [])]
-
-
-def _list(ctx: Context, api_version: str, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
-    return (
-        kube.resource(ctx.api, api_version, kind).get(namespace=namespace, label_selector=selector).to_dict()["items"]
-    )
+    """The objects uid controls: a deleted predecessor's carry the same labels until they are collected."""
+    return [o for o in objs if (kube.controller_of(o) or {}).get("uid") == uid]
 
 
 def _pods(ctx: Context, job: dict[str, Any]) -> list[dict[str, Any]]:
@@ -92,7 +88,7 @@ def _pods(ctx: Context, job: dict[str, Any]) -> list[dict[str, Any]]:
     selector = f"{FEATUREVIEW}={meta['labels'][FEATUREVIEW]},{RUN}={meta['labels'][RUN]}"
     deadline = time.monotonic() + RESULT_WAIT
     while True:
-        pods = _list(ctx, "v1", "Pod", meta["namespace"], selector)
+        pods = _owned(kube.list_objects(ctx.api, "v1", "Pod", meta["namespace"], selector), meta["uid"])
         if read_result(job, pods, datetime.now(UTC)) is not None or time.monotonic() > deadline:
             return pods
         time.sleep(0.5)
@@ -109,28 +105,32 @@ def reconcile(namespace: str, name: str) -> None:
         registration = None
         if spec is not None and needs_registration(body):
             registration = _register(ctx, namespace, name, spec)
-        listed = _list(ctx, "batch/v1", "Job", namespace, f"{FEATUREVIEW}={name}")
+        listed = kube.list_objects(ctx.api, "batch/v1", "Job", namespace, f"{FEATUREVIEW}={name}")
         jobs = _owned(listed, body["metadata"]["uid"])
         finished = result_job(old_status, jobs)
         pods = _pods(ctx, finished) if finished is not None else []
-        p = plan(body, registration, jobs, pods, ctx.settings, datetime.now(UTC))
-        for obj in p.apply:
-            kube.apply(ctx.api, obj)
+        now = datetime.now(UTC)
+        p = plan(body, registration, jobs, pods, ctx.settings, now)
+        try:
+            kube.apply_children(ctx.api, p.apply)
+        except kube.ChildNotApplied as err:
+            # The run did not start: the last status stays, with Ready=False saying why; the timer tries again.
+            st = StatusDraft(old_status, body["metadata"].get("generation"), now)
+            kube.write_status(ctx.api, body, old_status, st.s, err.report(st, old_status), component=EVENT_SOURCE)
+            return
         for job in p.delete_jobs:
             kube.delete(ctx.api, "batch/v1", "Job", job, namespace)
         kube.write_status(ctx.api, body, old_status, p.status, p.events, component=EVENT_SOURCE)
         metrics.observe(namespace, name, p.freshness, p.finished)
 
 
-def _remove(namespace: str, name: str, uid: str) -> None:
+def _remove(namespace: str, name: str) -> None:
     ctx = context()
     with _locks[(namespace, name)], _feast:
         try:
             _store(ctx, namespace).remove(name)
         except Exception as err:  # kept: the finalizer stays until the registry answers
             raise kopf.TemporaryError(f"removing {name}: {_registry_failure(ctx, namespace, err)}", delay=10) from err
-    for job in _owned(_list(ctx, "batch/v1", "Job", namespace, f"{FEATUREVIEW}={name}"), uid):
-        kube.delete(ctx.api, "batch/v1", "Job", job["metadata"]["name"], namespace)
     metrics.forget(namespace, name)
 
 
@@ -157,6 +157,6 @@ async def featureview_timer(name: str, namespace: str, **_: Any) -> None:
 
 
 @kopf.on.delete(GROUP, VERSION, "featureviews")
-async def featureview_deleted(name: str, namespace: str, uid: str, **_: Any) -> None:
-    """Remove the view from the Feast registry and its online table from the online store; delete its Jobs."""
-    await _in_worker(_remove, namespace, name, uid)
+async def featureview_deleted(name: str, namespace: str, **_: Any) -> None:
+    """Remove the view from the Feast registry and its table from the online store."""
+    await _in_worker(_remove, namespace, name)

@@ -52,6 +52,9 @@ class Feature(KubeModel):
     """Feast type: Float32, Float64, Int32, Int64, String, Bool or UnixTimestamp."""
     description: Annotated[str, Field(max_length=1024)] = ""
     """What the feature means."""
+    default: float | None = None
+    """Value a model deployment's gateway uses when the online store has none for an entity (never written, or
+    older than the ttl); without one such a request is refused with 422 naming the entity and the feature."""
 
 
 class Source(KubeModel):

@@ -9,6 +9,11 @@ not ready is charged to that version as a failed try (outcome ``not_ready``) bef
 falls back, so the canary analysis counts what the fallback rescued, whether or not the
 canary was tried. The route table and the token file hot-reload; a request in flight
 keeps the table it started with.
+
+A model fed from a FeatureView also takes requests that carry entity keys instead of
+features (see :mod:`.enrich`): the gateway reads the features from the online store and
+sends Triton a request it rebuilt for the version that answers. Requests to models without
+features never leave the path above.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .auth import Forbidden, Tokens, Unauthorized
+from .enrich import Lookup, Stores, Unavailable, entity_request
 from .filewatch import FileWatch
 from .metrics import FALLBACKS, REGISTRY, RELOADS, UPSTREAM_REQUESTS
 from .oip import HEADER_LENGTH, BadRequest, validate
@@ -76,6 +82,7 @@ class Gateway:
         self.tokens: Tokens | None = None
         self.upstreams = Upstreams()
         self.mirror = Mirror(self.upstreams, capacity=settings.shadow_queue)
+        self.stores = Stores()
         self._route_watch = FileWatch(settings.routes)
         self._token_watch = FileWatch(settings.tokens) if settings.tokens else None
 
@@ -117,6 +124,7 @@ class Gateway:
 
     async def _health(self) -> None:
         while True:
+            self.stores.open(self.routes.values())
             targets = {t.key: t for r in self.routes.values() for t in r.versions.values()}
             await asyncio.gather(*(self.upstreams.probe(t) for t in targets.values()))
             await asyncio.sleep(self.settings.health_interval)
@@ -134,6 +142,7 @@ class Gateway:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.upstreams.close()
+            self.stores.close()
 
     # --- request path ----------------------------------------------------------------------
 
@@ -212,8 +221,17 @@ class Gateway:
         can_fall_back = pinned is None and route.spec.fallback and target is not route.stable
         if can_fall_back and not target.ready:
             target, can_fall_back = self._skip(route, target), False
+        lookup: Lookup | None = None
         try:
             body = await self._body(headers, receive)
+            header_length = headers.get(HEADER_LENGTH)
+            length = (
+                int(header_length) if header_length and header_length.isdigit() else (-1 if header_length else None)
+            )
+            plain = self._plain(body, headers.get("content-encoding"))
+            request = entity_request(plain, length, route) if route.features is not None else None
+            if request is not None and target.columns is None and can_fall_back:
+                target, can_fall_back = self._skip(route, target), False  # a version the view cannot feed
             schema = target.schema or await self.upstreams.schema(target)
             if schema is None and can_fall_back:
                 target, can_fall_back = self._skip(route, target), False
@@ -222,15 +240,15 @@ class Gateway:
                 self._not_ready(target)
                 message = f"model {route.name!r} version {target.version} is not ready"
                 return self._answered(target, start, error(503, message))
-            header_length = headers.get(HEADER_LENGTH)
-            validate(
-                self._plain(body, headers.get("content-encoding")),
-                int(header_length) if header_length and header_length.isdigit() else (-1 if header_length else None),
-                schema,
-            )
-        except BadRequest as err:
+            if request is None:
+                validate(plain, length, schema)
+                forward = {k: v for k in FORWARDED if (v := headers.get(k)) is not None}
+            else:
+                lookup = await self.stores.lookup(route, request.entities(schema))
+                body, forward = lookup.body(target)
+                validate(body, int(forward[HEADER_LENGTH]), schema)
+        except (BadRequest, Unavailable) as err:
             return self._answered(target, start, error(err.status, str(err)))
-        forward = {k: v for k in FORWARDED if (v := headers.get(k)) is not None}
         try:
             answer = await self.upstreams.infer(target, body, forward, route.timeout)
         except UpstreamFailure as err:
@@ -239,13 +257,21 @@ class Gateway:
             FALLBACKS.labels(route.name, target.version, target.role, err.reason).inc()
             target = route.stable
             try:
+                if lookup is not None:
+                    body, forward = lookup.body(target)
                 answer = await self.upstreams.infer(target, body, forward, route.timeout)
+            except (BadRequest, Unavailable) as refused:
+                return self._answered(target, start, error(refused.status, str(refused)))
             except UpstreamFailure as again:
                 return self._answered(target, start, error(504 if again.reason == "timeout" else 502, str(again)))
         response = self._answered(target, start, self._response(answer))
         if answer.status == 200 and pinned is None:
             for mirrored in route.mirrors(target):
-                self.mirror.submit(Job(route, mirrored, body, forward, answer))
+                if lookup is None:
+                    self.mirror.submit(Job(route, mirrored, body, forward, answer))
+                elif mirrored.columns is not None:
+                    with contextlib.suppress(BadRequest):  # a value only the mirrored version takes is missing
+                        self.mirror.submit(Job(route, mirrored, *lookup.body(mirrored), answer))
         return response
 
     def _not_ready(self, target: Target) -> None:
@@ -295,11 +321,11 @@ class Gateway:
     async def model_ready(self, request: Request) -> Response:
         route, pinned = self._route_of(request)
         target = pinned or route.stable
-        ready = await self.upstreams.probe(target)
+        ready = await self.upstreams.probe(target) and self.stores.ready(route)
         return Response(status_code=200 if ready else 503)
 
     async def server_ready(self, _: Request) -> Response:
-        ready = self.loaded and all(r.stable.ready for r in self.routes.values())
+        ready = self.loaded and all(r.stable.ready and self.stores.ready(r) for r in self.routes.values())
         return Response(status_code=200 if ready else 503)
 
 

@@ -34,7 +34,8 @@ REQUEST_DURATION = Histogram(
 )
 UPSTREAM_REQUESTS = Counter(
     "kubeforge_upstream_requests",
-    "Tries sent to Triton (live and shadow); outcome ok, error (5xx, refused, reset) or timeout",
+    "Tries sent to Triton (live and shadow); outcome ok, error (5xx, refused, reset), timeout, or not_ready "
+    "(not sent: the version was known not to be ready, and the stable version answered instead)",
     [*_LABELS, "outcome"],
     registry=REGISTRY,
 )
@@ -83,6 +84,20 @@ RELOADS = Counter(
     "kubeforge_route_table_reloads",
     "Route table (and token file) reloads by result: ok or failed (the previous one stays in force)",
     ["file", "result"],
+    registry=REGISTRY,
+)
+FEATURE_LOOKUP_DURATION = Histogram(
+    "kubeforge_feature_lookup_duration_seconds",
+    "Time a request waited for its one online-store read of entity features (all its rows at once)",
+    ["namespace", "featureview"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+FEATURE_LOOKUP_MISSES = Counter(
+    "kubeforge_feature_lookup_misses",
+    "Feature values (entity x feature) the online store could not serve: kind missing (no value) or expired "
+    "(older than the view's ttl); counted whether or not a declared default stood in",
+    ["namespace", "featureview", "kind"],
     registry=REGISTRY,
 )
 

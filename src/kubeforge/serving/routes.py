@@ -5,6 +5,10 @@ hot-reloads it. Live traffic splits between the stable and canary versions by in
 weights, either at random or, with a sticky header, by a stable hash of the header's
 value, so an A/B caller stays on one version for as long as the weights do not change.
 A shadow version gets a mirror of a percentage of requests and never answers a caller.
+
+A model fed from a FeatureView names the view and the request input that carries entity
+keys; each version lists the features it was trained on in its input order, since the
+stable and the canary may have been trained on different ones.
 """
 
 from __future__ import annotations
@@ -15,11 +19,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
+import numpy as np
 import yaml
 from pydantic import Field, model_validator
 
-from kubeforge.api.meta import KubeModel
+from kubeforge.api.featureview import ValueType
+from kubeforge.api.meta import KubeModel, UniqueNames
 from kubeforge.api.modeldeployment import Role
+from kubeforge.core.modelcontract import INPUT_NAME
 
 Task = Literal["classification", "regression"]
 
@@ -40,6 +47,35 @@ class VersionRoute(KubeModel):
     percent: Annotated[int, Field(ge=0, le=100)] = 0
     """Percent of live requests mirrored to a shadow; for a canary, percent of the requests the stable
     version answered that are also sent to the canary to compare answers (canary agreement)."""
+    feature_order: UniqueNames | None = None
+    """With features: the version's features in its input order (its kubeforge.features tag); omitted for a
+    version that cannot be fed from the view, which then answers only requests that send features inline."""
+
+
+class FeatureRoute(KubeModel):
+    """Where a model's input comes from when a request carries entity keys instead of features."""
+
+    namespace: Annotated[str, Field(min_length=1, max_length=63)]
+    """Namespace of the FeatureView: the Feast project it is read from."""
+    feature_view: Annotated[str, Field(min_length=1, max_length=253)]
+    """FeatureView the values are read from."""
+    entity_key: Annotated[str, Field(min_length=1, max_length=256)]
+    """Name of the request input that carries one entity key per row."""
+    join_key: Annotated[str, Field(min_length=1, max_length=256)]
+    """The view's join key the entity keys are looked up by."""
+    value_type: ValueType = "INT64"
+    """Type of the join key: INT64 and INT32 keys come as an INT64 (or INT32) input, STRING and BYTES as BYTES."""
+    ttl_seconds: Annotated[float, Field(ge=0)]
+    """The view's ttl: an older value counts as missing (expired)."""
+    defaults: dict[str, float] = Field(default_factory=dict)
+    """Value per feature used when the online store has none (missing or expired); a feature without one makes
+    such a request fail with 422."""
+
+    @model_validator(mode="after")
+    def _not_the_model_input(self) -> FeatureRoute:
+        if self.entity_key == INPUT_NAME:
+            raise ValueError(f"entityKey {INPUT_NAME!r} is the model's own input: requests could not tell them apart")
+        return self
 
 
 class ModelRoute(KubeModel):
@@ -57,6 +93,8 @@ class ModelRoute(KubeModel):
     """Retry once on the stable version when the chosen one fails, times out or is not ready."""
     timeout_ms: Annotated[int, Field(ge=1, le=600_000)] = 5000
     """Per-try timeout of an upstream request."""
+    features: FeatureRoute | None = None
+    """Requests may carry entity keys; the gateway reads the features from the online store."""
 
     @model_validator(mode="after")
     def _roles(self) -> ModelRoute:
@@ -99,6 +137,7 @@ class Target:
     ready: bool = True
     schema: Any = None  # the version's input schema, once fetched from Triton
     metrics: Any = None  # labelled metric children, bound once per target
+    columns: Any = None  # with features: where its feature_order's features are in Route.lookup (numpy indices)
 
     @property
     def key(self) -> tuple[str, str, str, str]:
@@ -125,6 +164,8 @@ class Route:
     sticky_header: str | None = None
     timeout: float = 5.0
     versions: dict[str, Target] = field(default_factory=dict)
+    features: FeatureRoute | None = None
+    lookup: tuple[str, ...] = ()  # every feature any version takes: what one online read per request fetches
 
     def pick(self, sticky_value: str | None = None) -> Target:
         """The version a live request goes to."""
@@ -164,6 +205,11 @@ def compile_table(table: RouteTable, known: dict[tuple[str, str, str, str], Targ
             target.role = v.role
             targets[v.version] = target
             by_role[v.role] = (target, v)
+        orders = {v.version: v.feature_order for v in spec.versions if spec.features and v.feature_order is not None}
+        lookup = tuple(dict.fromkeys(f for order in orders.values() for f in order))
+        for version, target in targets.items():
+            order = orders.get(version)
+            target.columns = None if order is None else np.array([lookup.index(f) for f in order], dtype=np.intp)
         stable, stable_spec = by_role["stable"]
         canary, canary_spec = by_role.get("canary", (None, None))
         shadow, shadow_spec = by_role.get("shadow", (None, None))
@@ -181,5 +227,7 @@ def compile_table(table: RouteTable, known: dict[tuple[str, str, str, str], Targ
             sticky_header=spec.sticky_header.lower() if spec.sticky_header else None,
             timeout=spec.timeout_ms / 1000,
             versions=targets,
+            features=spec.features,
+            lookup=lookup,
         )
     return routes

@@ -1,0 +1,357 @@
+"""Requests that carry entity keys instead of features: the model's input read from the online store.
+
+A model deployed with ``spec.features`` takes, besides its own ``features`` input, an
+input named after the entity key: one key per row (INT64 or INT32 for integer keys, BYTES
+for string and bytes keys; shape [rows] or [rows, 1]; JSON or binary tensor data, so
+tritonclient works unchanged). Per request the gateway reads every feature any live
+version takes, for all rows, in one online-store read, then builds the ``features``
+tensor (FP32 [rows, n]) of the version that answers in the order that version was
+trained with, and again for another version when a fallback or a mirror goes there: the
+stable and the canary may have been trained on different features.
+
+A value older than the view's ttl counts as missing, as one never written does. Either
+takes the feature's declared default; without one the request is refused with 422 naming
+the entity and the feature, because a model fed a made-up value answers wrongly without
+anyone noticing.
+
+Feast is imported here only, once a route table names a view, and in a thread: ``import
+feast`` takes seconds, which a gateway without features never pays and a gateway with
+features pays before it reports ready rather than on a request. Feast's objects are not
+thread-safe, so each namespace's store has one thread of its own, off the event loop, and
+reads run there one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from kubeforge.core.modelcontract import INPUT_NAME
+from kubeforge.featurestore.config import StoreSettings
+
+from .metrics import FEATURE_LOOKUP_DURATION, FEATURE_LOOKUP_MISSES
+from .oip import HEADER_LENGTH, BadRequest, Schema, TensorSchema, validate
+from .routes import FeatureRoute, Route, Target
+
+if TYPE_CHECKING:
+    from kubeforge.featurestore.store import OnlineValues, Store
+
+log = logging.getLogger(__name__)
+
+# Request datatypes that carry keys of each join-key type.
+KEY_DATATYPES = {"INT64": ("INT64", "INT32"), "INT32": ("INT64", "INT32"), "STRING": ("BYTES",), "BYTES": ("BYTES",)}
+SERVED, MISSING, EXPIRED = 0, 1, 2
+NAMED = 5
+"""Unserved values a 422 names; the rest are counted."""
+RETRY_SECONDS = 10.0
+"""Wait before opening a store again after it failed to open."""
+
+
+class Unavailable(Exception):
+    """The online store cannot answer (not open yet, unreachable, the view unknown to it): a 503."""
+
+    status = 503
+
+
+@dataclass(frozen=True)
+class Entities:
+    """The rows of a request that names entities instead of sending the model's features."""
+
+    keys: list[Any]
+    """One per row, typed as the view's join key is."""
+    rest: dict[str, Any]
+    """The request without its inputs (id, parameters, outputs): what goes on to Triton with the features."""
+
+
+@dataclass(frozen=True)
+class EntityRequest:
+    """A request that carries the route's entity-key input, not yet checked against the version's schema."""
+
+    route: Route
+    features: FeatureRoute
+    plain: bytes
+    header_length: int | None
+    request: dict[str, Any]
+    entity: dict[str, Any]
+
+    def entities(self, schema: Schema) -> Entities:
+        """The entity keys, after the usual checks (JSON, datatype, shape, sizes, batch size, outputs) of the
+        entity input as the request states it; raises BadRequest naming what is wrong."""
+        key, datatypes = self.features.entity_key, KEY_DATATYPES[self.features.value_type]
+        datatype = self.entity.get("datatype") if self.entity.get("datatype") in datatypes else datatypes[0]
+        shape = self.entity.get("shape")
+        wanted = (-1, 1) if isinstance(shape, list) and len(shape) == 2 else (-1,)
+        entity_schema = Schema(
+            self.route.name, {key: TensorSchema(datatype, wanted)}, schema.outputs, schema.max_batch_size
+        )
+        validate(self.plain, self.header_length, entity_schema)
+        assert isinstance(shape, list)
+        rows, offset = shape[0], self.header_length or len(self.plain)
+        if "binary_data_size" not in (self.entity.get("parameters") or {}):
+            keys = _flatten(self.entity["data"])
+        elif datatype == "BYTES":
+            keys = _binary_bytes(self.plain[offset:], rows, key)
+        else:
+            keys = np.frombuffer(self.plain, "<i8" if datatype == "INT64" else "<i4", rows, offset).tolist()
+        if self.features.value_type == "BYTES":
+            keys = [k.encode() if isinstance(k, str) else k for k in keys]
+        elif self.features.value_type == "STRING":
+            try:
+                keys = [k.decode() if isinstance(k, bytes) else k for k in keys]
+            except UnicodeDecodeError:
+                view = self.features.feature_view
+                raise BadRequest(f"input {key!r}: entity keys of FeatureView {view!r} are UTF-8 strings") from None
+        return Entities(keys, {k: v for k, v in self.request.items() if k != "inputs"})
+
+
+def entity_request(plain: bytes, header_length: int | None, route: Route) -> EntityRequest | None:
+    """The request if it carries the route's entity-key input; None when it sends the model's features inline
+    (or is no JSON object with a list of inputs), and the usual checks apply and name what is wrong."""
+    features = route.features
+    assert features is not None
+    try:
+        request = json.loads(plain[:header_length] if header_length else plain)
+        inputs = {i.get("name"): i for i in request["inputs"] if isinstance(i, dict)}
+    except (ValueError, RecursionError, TypeError, KeyError, AttributeError):
+        return None
+    key = features.entity_key
+    entity = inputs.get(key)
+    if entity is None:
+        if INPUT_NAME in inputs or not isinstance(request["inputs"], list):
+            return None
+        raise BadRequest(
+            f"model {route.name!r} needs input {key!r} ({' or '.join(KEY_DATATYPES[features.value_type])}, one "
+            f"entity key per row, read from FeatureView {features.feature_view!r}) or {INPUT_NAME!r} (the features)"
+        )
+    if INPUT_NAME in inputs:
+        raise BadRequest(f"send either {key!r} (entity keys) or {INPUT_NAME!r} (features), not both")
+    return EntityRequest(route, features, plain, header_length, request, entity)
+
+
+def _flatten(data: Any) -> list[Any]:
+    """Elements of nested JSON lists in order (the checks counted them: as many as rows)."""
+    if not isinstance(data, list):
+        return [data]
+    return [item for part in data for item in _flatten(part)]
+
+
+def _binary_bytes(data: bytes, count: int, name: str) -> list[bytes]:
+    """BYTES tensor data: each element a 4-byte little-endian length and that many bytes."""
+    out: list[bytes] = []
+    pos = 0
+    for _ in range(count):
+        size = int.from_bytes(data[pos : pos + 4], "little")
+        item = data[pos + 4 : pos + 4 + size]
+        if pos + 4 > len(data) or len(item) != size:
+            raise BadRequest(f"input {name!r}: binary data ends inside element {len(out)}")
+        out.append(item)
+        pos += 4 + size
+    if pos != len(data):
+        raise BadRequest(f"input {name!r}: {len(data) - pos} bytes of binary data left after {count} elements")
+    return out
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """The values of one request's entities: every feature of the route's lookup, row by row."""
+
+    route: Route
+    request: Entities
+    values: np.ndarray
+    """float64 [rows, features]; 0 where not served."""
+    state: np.ndarray
+    """int8 [rows, features]: SERVED, MISSING or EXPIRED."""
+
+    def body(self, target: Target) -> tuple[bytes, dict[str, str]]:
+        """The request for target with its features in its order (binary tensor data, exact float32), and the
+        headers it goes with; raises BadRequest (422) naming what is neither served nor defaulted."""
+        features = self.route.features
+        assert features is not None
+        if target.columns is None:
+            raise Unavailable(
+                f"model {self.route.name!r} version {target.version} cannot be fed from FeatureView "
+                f"{features.feature_view!r}: its features are not all in the view (see the ModelDeployment's "
+                f"conditions); send {INPUT_NAME!r} inline"
+            )
+        values, state = self.values[:, target.columns], self.state[:, target.columns]
+        if state.any():
+            order = [self.route.lookup[c] for c in target.columns]
+            for col, feature in enumerate(order):
+                if feature in features.defaults and state[:, col].any():
+                    values[state[:, col] != SERVED, col] = features.defaults[feature]
+                    state[:, col] = SERVED
+            if state.any():
+                raise BadRequest(self._unserved(target, order, state), 422)
+        tensor = values.astype(np.float32)
+        spec = {"name": INPUT_NAME, "datatype": "FP32", "shape": list(tensor.shape)}
+        head = json.dumps(
+            {**self.request.rest, "inputs": [{**spec, "parameters": {"binary_data_size": tensor.nbytes}}]}
+        )
+        header = head.encode()
+        return header + tensor.tobytes(), {HEADER_LENGTH: str(len(header)), "content-type": "application/octet-stream"}
+
+    def _unserved(self, target: Target, order: list[str], state: np.ndarray) -> str:
+        features = self.route.features
+        assert features is not None
+        rows, cols = np.nonzero(state)
+        named = []
+        for row, col in zip(rows[:NAMED].tolist(), cols[:NAMED].tolist(), strict=True):
+            key = self.request.keys[row]
+            why = (
+                "missing"
+                if state[row, col] == MISSING
+                else f"expired (older than ttl {_duration(features.ttl_seconds)})"
+            )
+            named.append(
+                f"entity {features.join_key}={key if isinstance(key, int) else repr(key)}: feature {order[col]} {why}"
+            )
+        more = f"; and {len(rows) - NAMED} more" if len(rows) > NAMED else ""
+        return (
+            f"model {self.route.name!r} version {target.version}: FeatureView {features.feature_view!r} has no usable "
+            f"value and the feature declares no default: {'; '.join(named)}{more}"
+        )
+
+
+def _duration(seconds: float) -> str:
+    """A ttl as its FeatureView spells it ("24h", "1h30m", "90s")."""
+    whole = int(seconds)
+    if whole != seconds or whole == 0:
+        return f"{seconds:g}s"
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return "".join(f"{n}{unit}" for n, unit in ((hours, "h"), (minutes, "m"), (secs, "s")) if n)
+
+
+class _Online:
+    """One namespace's store, opened and read in a thread of its own."""
+
+    def __init__(self, settings: StoreSettings, namespace: str):
+        self.namespace, self.settings = namespace, settings
+        self.thread = ThreadPoolExecutor(1, thread_name_prefix=f"features-{namespace}")
+        self.opening: Future[Store] = self.thread.submit(self._open)
+        self.failed_at: float | None = None
+        self.reported: str | None = None
+
+    def _open(self) -> Store:
+        from kubeforge.featurestore.store import Store
+
+        start = time.perf_counter()
+        store = Store(self.settings, self.namespace)
+        log.info("feature store of namespace %s open after %.1fs", self.namespace, time.perf_counter() - start)
+        return store
+
+    @property
+    def store(self) -> Store | None:
+        if self.opening.done() and self.opening.exception() is None:
+            return self.opening.result()
+        return None
+
+    def problem(self) -> str:
+        """Why the store does not answer, for a 503."""
+        if not self.opening.done():
+            return f"the feature store of namespace {self.namespace!r} is still opening"
+        return (
+            f"the feature store of namespace {self.namespace!r} failed to open: {_describe(self.opening.exception())}"
+        )
+
+    def retry(self) -> None:
+        """Open again a while after a failure, logging each new reason once."""
+        err = self.opening.exception() if self.opening.done() else None
+        if err is None:
+            return
+        if self.reported != str(err):
+            self.reported = str(err)
+            log.error("%s; trying again every %gs", self.problem(), RETRY_SECONDS)
+        now = time.monotonic()
+        if self.failed_at is None:
+            self.failed_at = now
+        elif now - self.failed_at >= RETRY_SECONDS:
+            self.failed_at = None
+            self.opening = self.thread.submit(self._open)
+
+    def read(self, features: FeatureRoute, names: list[str], keys: list[Any]) -> OnlineValues:
+        store = self.store
+        assert store is not None
+        rows = {features.join_key: keys}
+        try:
+            return store.online(features.feature_view, names, rows, features.ttl_seconds)
+        except Exception:
+            # This process's copy of the registry may predate the view or its last change (Feast re-reads a file
+            # registry every 10 minutes): read it afresh and try once more.
+            store.feast.refresh_registry()
+            return store.online(features.feature_view, names, rows, features.ttl_seconds)
+
+
+def _describe(err: BaseException | None) -> str:
+    first = (str(err).strip().splitlines() or [""])[0][:300]
+    return f"{type(err).__name__}: {first}"
+
+
+class Stores:
+    """The online stores of the namespaces whose views the route table names."""
+
+    def __init__(self, settings: Callable[[], StoreSettings] = StoreSettings.from_env):
+        self._settings = settings
+        self._online: dict[str, _Online] = {}
+
+    def open(self, routes: Iterable[Route]) -> None:
+        """Start opening the stores routes need (in the background); retry those that failed."""
+        for route in routes:
+            if route.features is None:
+                continue
+            namespace = route.features.namespace
+            online = self._online.get(namespace)
+            if online is None:
+                self._online[namespace] = _Online(self._settings(), namespace)
+            else:
+                online.retry()
+
+    def ready(self, route: Route) -> bool:
+        """Whether requests with entity keys can be answered (always for a route without features)."""
+        if route.features is None:
+            return True
+        online = self._online.get(route.features.namespace)
+        return online is not None and online.store is not None
+
+    async def lookup(self, route: Route, request: Entities) -> Lookup:
+        """The values of the request's entities, in one read; raises Unavailable when the store cannot answer."""
+        features = route.features
+        assert features is not None
+        online = self._online.get(features.namespace)
+        if online is None or online.store is None:
+            raise Unavailable(
+                online.problem() if online else f"the feature store of {features.namespace!r} is not open"
+            )
+        view, names = features.feature_view, list(route.lookup)
+        start = time.perf_counter()
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(
+                online.thread, online.read, features, names, request.keys
+            )
+        except Exception as err:
+            raise Unavailable(f"reading FeatureView {view!r} failed: {_describe(err)}") from err
+        finally:
+            FEATURE_LOOKUP_DURATION.labels(features.namespace, view).observe(time.perf_counter() - start)
+        state = np.zeros((len(request.keys), len(names)), np.int8)
+        for kind, code, misses in (("missing", MISSING, result.missing), ("expired", EXPIRED, result.expired)):
+            if misses:
+                FEATURE_LOOKUP_MISSES.labels(features.namespace, view, kind).inc(len(misses))
+                for row, feature in misses:
+                    state[row, names.index(feature)] = code
+        try:
+            values = np.array([[0.0 if v is None else v for v in row] for row in result.rows], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise BadRequest(f"FeatureView {view!r} holds values that are not numbers for {names}", 422) from None
+        return Lookup(route, request, values.reshape(len(request.keys), len(names)), state)
+
+    def close(self) -> None:
+        for online in self._online.values():
+            online.thread.shutdown(wait=False, cancel_futures=True)

@@ -1,1 +1,1 @@
-"""kubeforge monitoring."""
+"""kubeforge monitoring: drift of served model versions against their training baseline."""

@@ -7,6 +7,8 @@ given as the online store returns them (the store itself is tested against real 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -172,3 +174,23 @@ def test_the_entity_key_cannot_be_the_model_input() -> None:
     versions = [{"version": "1", "role": "stable", "url": URL, "weight": 1}]
     with pytest.raises(ValidationError, match="the model's own input"):
         RouteTable.model_validate({"models": {"clf": {"versions": versions, "features": features}}})
+
+
+def test_a_gateway_without_features_never_imports_feast(tmp_path) -> None:
+    """import feast takes seconds: a gateway whose table names no view must not pay for it, nor for its stores."""
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(
+        json.dumps({"models": {"clf": {"versions": [{"version": "1", "role": "stable", "url": URL, "weight": 1}]}}})
+    )
+    program = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from kubeforge.serving.gateway import Gateway, Settings\n"
+        f"gw = Gateway(Settings(Path({str(routes)!r})))\n"
+        "gw.reload()\n"
+        "gw.stores.open(gw.routes.values())\n"
+        "assert gw.loaded and gw.stores.ready(gw.routes['clf'])\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'feast'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]"

@@ -5,6 +5,7 @@ They stop their processes when the session ends, failed tests included.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -124,10 +125,21 @@ def runner(controlplane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[R
 
 
 @pytest.fixture
-def runner_namespace(namespace: str, kubectl: Kubectl, runner: RunnerProcess) -> str:
-    """A fresh namespace whose kubeforge workloads the local runner runs."""
+def runner_namespace(namespace: str, kubectl: Kubectl, runner: RunnerProcess) -> Iterator[str]:
+    """A fresh namespace whose kubeforge workloads the local runner runs while the test does."""
+    with runner_enabled(kubectl, namespace):
+        yield namespace
+
+
+@contextlib.contextmanager
+def runner_enabled(kubectl: Kubectl, namespace: str) -> Iterator[None]:
+    """Opt namespace in to the shared runner; opting out afterwards stops its workloads (Tritons, gateways),
+    so a test session does not carry every earlier test's processes along."""
     kubectl("label", "namespace", namespace, RUNNER_NAMESPACE_LABEL)
-    return namespace
+    try:
+        yield
+    finally:
+        kubectl("label", "namespace", namespace, RUNNER_NAMESPACE_LABEL.split("=")[0] + "-", check=False)
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ import pytest
 from kubeforge.api import crdgen
 from kubeforge.local import runtime
 from kubeforge.local.processes import alive
+from tests.integration.operators.conftest import wait_for
 
 
 def _sessions(sids: set[int]) -> list[Path]:
@@ -109,14 +110,20 @@ def test_up_status_down(tmp_path):
 
         status = local(tmp_path, "status")
         assert status.returncode == 0, status.stdout
-        assert status.stdout.count("running") == 4
+        assert status.stdout.count("running") == 6
+
+        # Prometheus scrapes the operators and evaluates kubeforge's rules; Alertmanager is its receiver.
+        prometheus = next(line.split()[-1] for line in up.stdout.splitlines() if line.startswith("Prometheus:"))
+        wait_for(lambda: _operator_scraped(prometheus), 60, "the operators scraped by Prometheus")
+        alertmanagers = _get_json(f"{prometheus}/api/v1/alertmanagers")["data"]["activeAlertmanagers"]
+        assert [a["url"].startswith("http://127.0.0.1:") for a in alertmanagers] == [True]
 
         again = local(tmp_path, "up")  # warm: everything is reused
         assert again.returncode == 0, again.stderr
         assert recorded_pids(tmp_path) == pids
         sockets = listening_sockets(set(pids))
         ours = {port for _, port in sockets}
-        assert len(ours) >= 4  # API server, etcd, MLflow, operator health
+        assert len(ours) >= 7  # API server, etcd, MLflow, operator health and metrics, Prometheus, Alertmanager
         assert {address for address, _ in sockets} == {"127.0.0.1"}, sockets
     finally:
         down = local(tmp_path, "down")
@@ -151,3 +158,13 @@ def test_a_failed_up_stops_what_it_started_and_names_the_part(tmp_path):
     finally:
         local(tmp_path, "down")
     assert not runtime.leftovers(tmp_path)
+
+
+def _get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def _operator_scraped(prometheus: str) -> bool:
+    targets = _get_json(f"{prometheus}/api/v1/targets")["data"]["activeTargets"]
+    return any(t["labels"]["job"] == "kubeforge-operator" and t["health"] == "up" for t in targets)

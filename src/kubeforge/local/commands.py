@@ -47,6 +47,8 @@ def up(data_dir: Path, listen_address: str) -> None:
     layout = runtime.Layout(data_dir)
     click.echo(f"API server:  {cp.server}")
     click.echo(f"MLflow UI:   {state.mlflow_url}")
+    click.echo(f"Prometheus:  {state.prometheus_url}")
+    click.echo(f"Alertmanager: {state.alertmanager_url}")
     click.echo(f"logs:        {layout.logs} (workloads: {layout.workloads}/<namespace>/<pod>/<container>.log)")
     click.echo(f"kubeconfig:  {cp.kubeconfig}")
     click.echo(f"export KUBECONFIG={cp.kubeconfig}")

@@ -1,10 +1,11 @@
 """`kubeforge up` / `down` / `status`: the whole platform on one machine, in one data directory.
 
 Parts, in start order: the control plane and MLflow (concurrently: MLflow's ~10 s start
-dominates), the CRDs, the operators and the workload runner. A part that is already
-running is reused, so a warm ``up`` takes a second or two; a part that a freshly started
-part's address feeds (the operators read the kubeconfig and MLflow's URL) is restarted
-with it. Pids and ports go to ``<data dir>/local.json`` for ``status`` and ``down``.
+dominates), the CRDs, the operators, Alertmanager, Prometheus and the workload runner. A
+part that is already running is reused, so a warm ``up`` takes a second or two; a part
+that a freshly started part's address feeds (the operators read the kubeconfig and
+MLflow's URL, Prometheus scrapes the operators and alerts Alertmanager) is restarted with
+it. Pids and ports go to ``<data dir>/local.json`` for ``status`` and ``down``.
 
 An ``up`` that fails stops every part it started itself and says which part failed, so
 nothing is left running that ``down`` would not know of. ``down`` stops the parts it knows
@@ -26,12 +27,12 @@ from pathlib import Path
 
 from ..api import crdgen
 from ..core import kube
-from . import mlflow_server
+from . import mlflow_server, monitoring
 from .controlplane import ControlPlane, ControlPlaneState
 from .controlplane import status as controlplane_status
 from .processes import alive, find, free_port, spawn, terminate, wait_http
 from .runner import stop_workloads
-from .runner.loop import state_dir
+from .runner.loop import scrape_targets, state_dir
 
 STATE_FILE = "local.json"
 CRD_ESTABLISHED_TIMEOUT = 30.0
@@ -56,12 +57,19 @@ class LocalState:
     mlflow_port: int = 0
     operator_pid: int = 0
     operator_port: int = 0
+    operator_metrics_port: int = 0
     runner_pid: int = 0
+    alertmanager_pid: int = 0
+    alertmanager_port: int = 0
+    prometheus_pid: int = 0
+    prometheus_port: int = 0
 
     @classmethod
     def read(cls, data_dir: Path) -> LocalState:
         path = data_dir / STATE_FILE
-        return cls(**json.loads(path.read_text())) if path.exists() else cls()
+        known = set(cls.__dataclass_fields__)
+        saved = json.loads(path.read_text()) if path.exists() else {}
+        return cls(**{k: v for k, v in saved.items() if k in known})
 
     def write(self, data_dir: Path) -> None:
         (data_dir / STATE_FILE).write_text(json.dumps(asdict(self), indent=2))
@@ -69,6 +77,14 @@ class LocalState:
     @property
     def mlflow_url(self) -> str:
         return f"http://127.0.0.1:{self.mlflow_port}"
+
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://127.0.0.1:{self.prometheus_port}"
+
+    @property
+    def alertmanager_url(self) -> str:
+        return f"http://127.0.0.1:{self.alertmanager_port}"
 
 
 @dataclass
@@ -92,6 +108,14 @@ class Layout:
     @property
     def kubeconfig(self) -> Path:
         return self.controlplane / "kubeconfig"
+
+    @property
+    def prometheus(self) -> Path:
+        return self.root / "prometheus"
+
+    @property
+    def alertmanager(self) -> Path:
+        return self.root / "alertmanager"
 
     @property
     def workloads(self) -> Path:
@@ -152,8 +176,9 @@ def _module(*argv: str) -> list[str]:
     return [sys.executable, "-m", *argv]
 
 
-def _operator(layout: Layout, mlflow_url: str) -> tuple[int, int]:
-    port = free_port()
+def _operator(layout: Layout, mlflow_url: str) -> tuple[int, int, int]:
+    """(pid, health port, metrics port) of a fresh operator process."""
+    port, metrics = free_port(), free_port()
     env = {
         **os.environ,
         "KUBECONFIG": str(layout.kubeconfig),
@@ -162,6 +187,7 @@ def _operator(layout: Layout, mlflow_url: str) -> tuple[int, int]:
         "KUBEFORGE_FEAST_DIR": str(layout.root / "features"),
     }
     argv = _module("kubeforge.cli", "operator", "run", "--liveness", f"http://127.0.0.1:{port}/healthz")
+    argv += ["--metrics-address", f"127.0.0.1:{metrics}"]
     log = layout.logs / "operator.log"
     proc = spawn(argv, log, env)
     try:
@@ -169,7 +195,7 @@ def _operator(layout: Layout, mlflow_url: str) -> tuple[int, int]:
     except BaseException:
         terminate(proc.pid)
         raise
-    return proc.pid, port
+    return proc.pid, port, metrics
 
 
 def _runner(layout: Layout, listen_address: str) -> int:
@@ -208,9 +234,29 @@ def up(data_dir: Path, listen_address: str = "127.0.0.1") -> tuple[ControlPlaneS
         part = "operators"
         if cp_fresh or mlflow_fresh or not _running(state.operator_pid):
             _stop(state.operator_pid)
-            state.operator_pid, state.operator_port = _operator(layout, state.mlflow_url)
+            state.operator_pid, state.operator_port, state.operator_metrics_port = _operator(layout, state.mlflow_url)
             state.write(layout.root)
             started.append(("operators", lambda: _stop(state.operator_pid)))
+            _stop(state.prometheus_pid)  # its configuration names the operators' metrics port
+        part = "Alertmanager"
+        if not _running(state.alertmanager_pid):
+            state.alertmanager_pid, state.alertmanager_port = monitoring.start_alertmanager(
+                layout.alertmanager, layout.logs
+            )
+            state.write(layout.root)
+            started.append(("Alertmanager", lambda: _stop(state.alertmanager_pid)))
+            _stop(state.prometheus_pid)
+        part = "Prometheus"
+        if not _running(state.prometheus_pid):
+            state.prometheus_pid, state.prometheus_port = monitoring.start_prometheus(
+                layout.prometheus,
+                layout.logs,
+                state.operator_metrics_port,
+                state.alertmanager_port,
+                scrape_targets(layout.root),
+            )
+            state.write(layout.root)
+            started.append(("Prometheus", lambda: _stop(state.prometheus_pid)))
         part = "runner"
         if cp_fresh or not _running(state.runner_pid):
             _stop(state.runner_pid)
@@ -220,10 +266,14 @@ def up(data_dir: Path, listen_address: str = "127.0.0.1") -> tuple[ControlPlaneS
         for _, stop in reversed(started):
             stop()
         names = [name for name, _ in started]
-        if "MLflow" in names:
-            state.mlflow_pid = 0
-        if "operators" in names:
-            state.operator_pid = 0
+        for name, key in (
+            ("MLflow", "mlflow_pid"),
+            ("operators", "operator_pid"),
+            ("Alertmanager", "alertmanager_pid"),
+            ("Prometheus", "prometheus_pid"),
+        ):
+            if name in names:
+                setattr(state, key, 0)
         state.write(layout.root)
         why = "; ".join(f"{name}: {e}" for name, e in failed) if len(failed) > 1 else str(err)
         raise UpFailed(
@@ -243,6 +293,8 @@ def status(data_dir: Path) -> list[tuple[str, bool, str]]:
         ("MLflow", _running(state.mlflow_pid), state.mlflow_url if state.mlflow_port else "not started"),
         ("operators", _running(state.operator_pid), f"pid {state.operator_pid}, log {layout.logs / 'operator.log'}"),
         ("runner", _running(state.runner_pid), f"pid {state.runner_pid}, log {layout.logs / 'runner.log'}"),
+        ("Prometheus", _running(state.prometheus_pid), state.prometheus_url if state.prometheus_port else "-"),
+        ("Alertmanager", _running(state.alertmanager_pid), state.alertmanager_url if state.alertmanager_port else "-"),
     ]
 
 
@@ -255,7 +307,7 @@ def leftovers(data_dir: Path) -> list[int]:
     a log there is never among them.
     """
     root = str(data_dir.resolve())
-    programs = ("etcd", "kube-apiserver", "sh", "tritonserver", "triton_python_backend_stub")
+    programs = ("etcd", "kube-apiserver", "sh", "tritonserver", "triton_python_backend_stub", *monitoring.PROGRAMS)
 
     def ours(argv: list[str]) -> bool:
         program = Path(argv[0]).name
@@ -273,6 +325,8 @@ def down(data_dir: Path) -> int:
     _stop(state.runner_pid)  # first, so it does not restart the workloads stopped next
     stopped = stop_workloads(layout.root)
     _stop(state.operator_pid)
+    _stop(state.prometheus_pid)
+    _stop(state.alertmanager_pid)
     _stop(state.mlflow_pid)
     ControlPlane(layout.controlplane).stop()
     for pid in leftovers(layout.root):

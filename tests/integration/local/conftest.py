@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
-from tests.conftest import RUNNER_NAMESPACE_LABEL, Kubectl, RunnerProcess
+from tests.conftest import Kubectl, RunnerProcess, runner_enabled
 
 
 @pytest.fixture
-def namespace(namespace: str, kubectl: Kubectl, runner: RunnerProcess) -> str:
-    """The session's fresh namespace, opted in to the local runner."""
-    kubectl("label", "namespace", namespace, RUNNER_NAMESPACE_LABEL)
-    return namespace
+def namespace(namespace: str, kubectl: Kubectl, runner: RunnerProcess) -> Iterator[str]:
+    """The session's fresh namespace, opted in to the local runner for the test."""
+    with runner_enabled(kubectl, namespace):
+        yield namespace

@@ -22,7 +22,7 @@ from kubernetes import client
 
 from ...core import kube
 from ...operators import labels
-from . import deployments, endpoints, gc, jobs, pods
+from . import deployments, endpoints, gc, jobs, pods, scrape
 from .executables import Executables
 from .podobjects import PodObjects
 from .snapshot import Snapshot
@@ -40,6 +40,11 @@ GC_INTERVAL = 5.0
 
 def state_dir(data_dir: Path) -> Path:
     return data_dir / "runner"
+
+
+def scrape_targets(data_dir: Path) -> Path:
+    """The file_sd file of local pods that ask to be scraped (see scrape)."""
+    return state_dir(data_dir) / "scrape-targets.json"
 
 
 def _wants_gpu(spec: dict[str, Any]) -> bool:
@@ -111,6 +116,7 @@ class Runner:
                 self.remove_pod(pod)
         self.pod_objects.sync(self, templates, namespaces)
         endpoints.publish(self.api, self.state.pods.values())
+        scrape.publish(scrape_targets(self.dir.parent), self.state.pods.values())
         self.state.save(self.dir)
         if time.monotonic() >= self.next_gc:
             self.next_gc = time.monotonic() + GC_INTERVAL

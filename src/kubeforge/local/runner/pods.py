@@ -75,6 +75,7 @@ def new(
         ports,
         containers,
         created=now_rfc3339(),
+        annotations=dict(template.get("metadata", {}).get("annotations") or {}),
     )
 
 

@@ -65,6 +65,8 @@ class PodState:
     """Whether the Pod object exists in the API server: one that disappears afterwards was deleted."""
     owner: dict[str, str] = field(default_factory=dict)
     """apiVersion, kind and name of the Job or Deployment the pod belongs to."""
+    annotations: dict[str, str] = field(default_factory=dict)
+    """The template's annotations (prometheus.io/scrape and friends say which port serves metrics)."""
 
     @property
     def key(self) -> str:

@@ -38,6 +38,10 @@ TAG_CLASSES = TAG_PREFIX + "classes"  # JSON list of class labels (classificatio
 TAG_DATASET_URI = TAG_PREFIX + "dataset.uri"
 TAG_DATASET_SHA256 = TAG_PREFIX + "dataset.sha256"
 TAG_DATASET_ROWS = TAG_PREFIX + "dataset.rows"
+# A model trained on a FeatureView: its name and metadata.generation (the spec the features were joined from);
+# TAG_FEATURES holds the features in input order and TAG_DATASET_URI the entity file.
+TAG_FEATUREVIEW = TAG_PREFIX + "featureview.name"
+TAG_FEATUREVIEW_GENERATION = TAG_PREFIX + "featureview.generation"
 TAG_JOB_NAMESPACE = TAG_PREFIX + "trainingjob.namespace"
 TAG_JOB_NAME = TAG_PREFIX + "trainingjob.name"
 TAG_JOB_UID = TAG_PREFIX + "trainingjob.uid"

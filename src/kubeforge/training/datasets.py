@@ -7,6 +7,14 @@ the field, file, column and rows at fault.
 
 Files are read once through fsspec (local paths, ``file://``, ``memory://``, ``s3://``
 with s3fs installed, ...); the same bytes are hashed for the lineage tag and parsed.
+
+A dataset built from a FeatureView (``spec.dataset.featureView``) is the entity file
+(join keys, ``event_timestamp``, the target) with the view's features joined on point in
+time: each row gets the newest value at or before its timestamp, never a later one. Rows
+that get no value (none recorded before the row, or only one older than the view's ttl)
+are refused like any missing value, never trained on as NaN or dropped unseen. Its hash
+for the lineage tag is the hash of the joined frame: the same entity file trains on other
+values once the view's source changed.
 """
 
 from __future__ import annotations
@@ -23,7 +31,10 @@ import numpy as np
 import pandas as pd
 from fsspec.implementations.local import LocalFileSystem
 
+from kubeforge.api.featureview import FeatureView
 from kubeforge.api.trainingjob import DatasetSpec, Task
+from kubeforge.featurestore import trainingsets
+from kubeforge.featurestore.config import StoreSettings
 
 from .errors import TrainerError
 
@@ -54,24 +65,31 @@ class Dataset:
     y_train: np.ndarray
     x_val: np.ndarray
     y_val: np.ndarray
+    feature_view: FeatureView | None = None
+    """The FeatureView the features were joined from (uri is then the entity file)."""
 
 
-def load(spec: DatasetSpec, task: Task) -> Dataset:
-    """Read, check and split the dataset described by spec for the given task."""
-    if spec.feature_view is not None or spec.uri is None:
-        raise TrainerError(
-            "spec.dataset.featureView: building the dataset from a FeatureView is not supported by this trainer "
-            "yet; export the joined data to a file and set spec.dataset.uri"
-        )
-    frame, digest = _read(spec.uri, spec.format)
-    features = _feature_columns(frame, spec)
+def load(spec: DatasetSpec, task: Task, view: FeatureView | None = None, store: StoreSettings | None = None) -> Dataset:
+    """Read, check and split the dataset described by spec for the given task.
+
+    When spec names a FeatureView, view is that view as the operator passed it (spec and
+    generation) and store the feature store to join from (default: KUBEFORGE_FEAST_*).
+    """
+    if spec.feature_view is not None:
+        uri = spec.feature_view.entities_uri
+        frame, features, digest, hint = _joined(spec, view, store or StoreSettings.from_env())
+    else:
+        assert spec.uri is not None  # DatasetSpec requires uri or featureView
+        uri, hint = spec.uri, ""
+        frame, digest = _read(spec.uri, spec.format)
+        features = _feature_columns(frame, spec)
     x = _feature_matrix(frame, features)
     classes, y = _targets(frame[spec.target], spec.target, task)
-    _refuse_missing_values(x, y, features, spec.target)
+    _refuse_missing_values(x, y, features, spec.target, hint)
     x, y = x.astype(np.float32), y.astype(np.int64) if task == "classification" else y.astype(np.float32)
     train, val = _split(len(frame), spec.validation_split, spec.split_seed)
     return Dataset(
-        uri=spec.uri,
+        uri=uri,
         sha256=digest,
         rows=len(frame),
         features=features,
@@ -80,18 +98,77 @@ def load(spec: DatasetSpec, task: Task) -> Dataset:
         y_train=y[train],
         x_val=x[val],
         y_val=y[val],
+        feature_view=view if spec.feature_view is not None else None,
     )
 
 
-def _read(uri: str, fmt: str | None) -> tuple[pd.DataFrame, str]:
-    """All rows of the file or directory at uri, and the sha256 of the bytes read."""
+def _joined(
+    spec: DatasetSpec, view: FeatureView | None, store: StoreSettings
+) -> tuple[pd.DataFrame, list[str], str, str]:
+    """(entity rows with the view's features joined point in time, the features in order, the joined frame's hash,
+    what to say about missing values)."""
+    source = spec.feature_view
+    assert source is not None
+    if view is None:
+        raise TrainerError(
+            f"spec.dataset.featureView: the trainer needs FeatureView {source.name!r} itself: pass it with "
+            "--featureview FILE (the operator does)"
+        )
+    if view.metadata.name != source.name:
+        raise TrainerError(
+            f"spec.dataset.featureView.name is {source.name!r} but --featureview holds FeatureView "
+            f"{view.metadata.name!r}"
+        )
+    field = "spec.dataset.featureView.entitiesUri"
+    entities, _ = _read(source.entities_uri, spec.format, field)
+    available = [f.name for f in view.spec.features]
+    features = list(spec.features) if spec.features is not None else available
+    unknown = [f for f in features if f not in available]
+    if unknown:
+        raise TrainerError(
+            f"spec.dataset.features: {unknown} are not features of FeatureView {source.name!r}; "
+            f"its features: {', '.join(available)}"
+        )
+    if spec.target not in entities.columns:
+        raise TrainerError(
+            f"spec.dataset.target: column {spec.target!r} is not in {field} {source.entities_uri}; "
+            f"its columns: {', '.join(map(str, entities.columns))}"
+        )
+    try:
+        frame = trainingsets.join(store, view, features, entities)
+    except trainingsets.EntitiesError as err:
+        raise TrainerError(f"{field}: {source.entities_uri}: {err}") from None
+    except trainingsets.NotRegistered as err:
+        raise TrainerError(f"spec.dataset.featureView.name: {err}") from None
+    keys = trainingsets.join_keys(view.spec)
+    digest = _frame_digest(frame[[*keys, trainingsets.EVENT_TIMESTAMP, spec.target, *features]])
+    hint = (
+        f"; a feature is missing where FeatureView {source.name!r} has no value for the row's entity at or before "
+        f"its {trainingsets.EVENT_TIMESTAMP} within the view's ttl ({view.spec.ttl}): drop those rows from "
+        f"{source.entities_uri} or widen the ttl"
+    )
+    return frame, features, digest, hint
+
+
+def _frame_digest(frame: pd.DataFrame) -> str:
+    """sha256 of a frame's column names, types and values, row order included."""
+    digest = hashlib.sha256(json.dumps([[str(c), str(t)] for c, t in frame.dtypes.items()]).encode())
+    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _read(uri: str, fmt: str | None, field: str = "spec.dataset.uri") -> tuple[pd.DataFrame, str]:
+    """All rows of the file or directory at uri (named by field in messages), and the sha256 of the bytes read."""
     try:
         fs, path = fsspec.core.url_to_fs(uri)
     except (ImportError, ValueError) as exc:
-        raise TrainerError(f"spec.dataset.uri: cannot open {uri}: {exc}") from None
+        raise TrainerError(f"{field}: cannot open {uri}: {exc}") from None
     if not fs.exists(path):
-        raise TrainerError(f"spec.dataset.uri: no such file or directory: {uri}")
-    files, fmt = _directory_files(fs, path, uri, fmt) if fs.isdir(path) else ([path], _file_format(path, uri, fmt))
+        raise TrainerError(f"{field}: no such file or directory: {uri}")
+    if fs.isdir(path):
+        files, fmt = _directory_files(fs, path, uri, fmt, field)
+    else:
+        files, fmt = [path], _file_format(path, uri, fmt)
     parse = _PARSERS[fmt]
     digest = hashlib.sha256()
     frames: list[tuple[str, pd.DataFrame]] = []
@@ -135,7 +212,9 @@ def _file_format(path: str, uri: str, fmt: str | None) -> str:
     return fmt or inferred
 
 
-def _directory_files(fs: fsspec.AbstractFileSystem, path: str, uri: str, fmt: str | None) -> tuple[list[str], str]:
+def _directory_files(
+    fs: fsspec.AbstractFileSystem, path: str, uri: str, fmt: str | None, field: str
+) -> tuple[list[str], str]:
     """The files of one format in a directory (hidden and _-prefixed files skipped), sorted."""
     names = sorted(
         p for p in fs.ls(path, detail=False) if not posixpath.basename(p).startswith((".", "_")) and fs.isfile(p)
@@ -154,7 +233,7 @@ def _directory_files(fs: fsspec.AbstractFileSystem, path: str, uri: str, fmt: st
     files = by_format.get(fmt, []) if fmt else []
     if not files:
         wanted = ", ".join(f"*{e}" for e in EXTENSIONS[fmt]) if fmt else "csv, json, jsonl or parquet files"
-        raise TrainerError(f"spec.dataset.uri: directory {uri} has no dataset files ({wanted})")
+        raise TrainerError(f"{field}: directory {uri} has no dataset files ({wanted})")
     return files, fmt
 
 
@@ -261,7 +340,8 @@ def _targets(column: pd.Series, target: str, task: Task) -> tuple[list[str | int
     return [c.item() if isinstance(c, np.generic) else c for c in classes], indices
 
 
-def _refuse_missing_values(x: np.ndarray, y: np.ndarray, features: list[str], target: str) -> None:
+def _refuse_missing_values(x: np.ndarray, y: np.ndarray, features: list[str], target: str, hint: str) -> None:
+    """TrainerError naming the columns and rows with missing values, if any; hint says why they may be missing."""
     values = np.column_stack([x, y])
     missing = np.isnan(values)
     if not missing.any():
@@ -272,7 +352,7 @@ def _refuse_missing_values(x: np.ndarray, y: np.ndarray, features: list[str], ta
     shown = ", ".join(str(r) for r in rows[:_SHOWN_ROWS]) + (", ..." if len(rows) > _SHOWN_ROWS else "")
     raise TrainerError(
         f"dataset has {int(per_column.sum())} missing values (NaN or empty) in {len(rows)} rows; "
-        f"columns: {columns}; rows (0-based, header excluded): {shown}"
+        f"columns: {columns}; rows (0-based, header excluded): {shown}{hint}"
     )
 
 

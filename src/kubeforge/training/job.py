@@ -14,8 +14,10 @@ from typing import Any
 import mlflow
 import torch
 
+from kubeforge.api.featureview import FeatureView
 from kubeforge.api.trainingjob import TrainingJobSpec
 from kubeforge.core import modelcontract as contract
+from kubeforge.featurestore.config import StoreSettings
 
 from . import baseline, datasets, distributed, models, registration, tracking
 from .checkpoint import Checkpoint, Store, capture_rng, restore_rng
@@ -26,11 +28,15 @@ from .registration import Identity
 
 @dataclass(frozen=True)
 class Settings:
-    """Where this attempt reports: MLflow and the TrainingJob it belongs to."""
+    """Where this attempt reports (MLflow, the TrainingJob it belongs to) and what it reads besides the spec."""
 
     tracking_uri: str
     experiment: str | None = None
     identity: Identity = field(default_factory=Identity)
+    feature_view: FeatureView | None = None
+    """The FeatureView spec.dataset.featureView names, as the operator passed it."""
+    feature_store: StoreSettings = field(default_factory=StoreSettings.from_env)
+    """The feature store a FeatureView dataset is joined from: KUBEFORGE_FEAST_*, as the operator sets them."""
 
 
 def run(spec: TrainingJobSpec, settings: Settings) -> dict[str, Any] | None:
@@ -44,7 +50,7 @@ def run(spec: TrainingJobSpec, settings: Settings) -> dict[str, Any] | None:
 
 def _attempt(spec: TrainingJobSpec, settings: Settings, ctx: Context) -> dict[str, Any] | None:
     hp, task = spec.model.hyperparameters, spec.model.task
-    data = datasets.load(spec.dataset, task)
+    data = datasets.load(spec.dataset, task, settings.feature_view, settings.feature_store)
     torch.manual_seed(hp.seed)
     network = models.build(spec.model, len(data.features), len(data.classes) or 1).to(ctx.device)
     optimizer = make_optimizer(network, hp)

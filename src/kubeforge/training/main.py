@@ -1,8 +1,11 @@
-"""Entry point of the trainer container: ``kubeforge train --spec FILE``.
+"""Entry point of the trainer container: ``kubeforge train --spec FILE [--featureview FILE]``.
 
 The operator mounts the TrainingJob (or just its spec) from a ConfigMap and passes the
 MLflow tracking URI; the TrainingJob's identity comes from flags or from the env vars
 below (set by the operator through the downward API) and ends up in the lineage tags.
+A TrainingJob whose dataset is a FeatureView also gets the FeatureView (spec and
+generation, read by the operator: the pod has no Kubernetes credentials) in the same
+ConfigMap, and the feature store's settings as ``KUBEFORGE_FEAST_*`` env vars.
 
 On success the last stdout line is ``{"kubeforge.result": {...}}`` (run id, model
 version and URI, final metrics) for the operator to read. On failure the exit status is
@@ -21,10 +24,11 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from kubeforge.api import InvalidResource, TrainingJob, parse
+from kubeforge.api import FeatureView, InvalidResource, TrainingJob, parse
 from kubeforge.api.meta import API_VERSION
 
 from .errors import TrainerError
@@ -39,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     env = os.environ.get
     parser = argparse.ArgumentParser(prog="kubeforge train", description="Run a TrainingJob's trainer.")
     parser.add_argument("--spec", required=True, type=Path, help="TrainingJob (or its spec) as YAML or JSON")
+    parser.add_argument(
+        "--featureview", type=Path, help="the FeatureView spec.dataset.featureView names, as YAML or JSON"
+    )
     parser.add_argument("--tracking-uri", default=env("MLFLOW_TRACKING_URI"), help="default: $MLFLOW_TRACKING_URI")
     parser.add_argument("--experiment", default=env("MLFLOW_EXPERIMENT_NAME"), help="default: spec.model.name")
     parser.add_argument("--namespace", default=env("KUBEFORGE_TRAININGJOB_NAMESPACE"), help="TrainingJob namespace")
@@ -47,22 +54,38 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def read_trainingjob(path: Path) -> TrainingJob:
-    """The TrainingJob in path; a bare spec is accepted too, so errors still read spec.<field>."""
+def _read_mapping(path: Path, flag: str, what: str) -> dict[str, Any]:
     try:
         obj = yaml.safe_load(path.read_text())
     except OSError as exc:
-        raise TrainerError(f"--spec: cannot read {path}: {exc.strerror}") from None
+        raise TrainerError(f"{flag}: cannot read {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise TrainerError(f"--spec: {path} is not valid YAML or JSON: {exc}") from None
+        raise TrainerError(f"{flag}: {path} is not valid YAML or JSON: {exc}") from None
     if not isinstance(obj, dict):
-        raise TrainerError(f"--spec: {path} must hold a TrainingJob or a TrainingJob spec (a mapping)")
+        raise TrainerError(f"{flag}: {path} must hold {what} (a mapping)")
+    return obj
+
+
+def read_trainingjob(path: Path) -> TrainingJob:
+    """The TrainingJob in path; a bare spec is accepted too, so errors still read spec.<field>."""
+    obj = _read_mapping(path, "--spec", "a TrainingJob or a TrainingJob spec")
     if "kind" not in obj:
         obj = {"apiVersion": API_VERSION, "kind": "TrainingJob", "metadata": {}, "spec": obj}
     job = parse(obj)
     if not isinstance(job, TrainingJob):
         raise TrainerError(f"--spec: {path} holds a {job.kind}, not a TrainingJob")
     return job
+
+
+def read_featureview(path: Path) -> FeatureView:
+    """The FeatureView in path, with its metadata: the name and generation go into the lineage tags."""
+    try:
+        view = parse(_read_mapping(path, "--featureview", "a FeatureView"))
+    except InvalidResource as exc:
+        raise TrainerError(f"--featureview: {path}: " + "; ".join(f"{f}: {m}" for f, m in exc.errors)) from None
+    if not isinstance(view, FeatureView):
+        raise TrainerError(f"--featureview: {path} holds a {view.kind}, not a FeatureView")
+    return view
 
 
 def _fail(lines: list[str]) -> int:
@@ -82,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         job = read_trainingjob(args.spec)
+        view = read_featureview(args.featureview) if args.featureview else None
         if not args.tracking_uri:
             raise TrainerError("no MLflow tracking URI: pass --tracking-uri or set MLFLOW_TRACKING_URI")
         meta = job.metadata
@@ -90,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             name=args.name or meta.name or "",
             uid=args.uid or meta.uid or "",
         )
-        result = run(job.spec, Settings(args.tracking_uri, args.experiment, identity))
+        result = run(job.spec, Settings(args.tracking_uri, args.experiment, identity, view))
     except InvalidResource as exc:
         return _fail([f"{field}: {message}" for field, message in exc.errors])
     except TrainerError as exc:

@@ -60,6 +60,9 @@ def lineage_tags(spec: TrainingJobSpec, dataset: Dataset, identity: Identity) ->
     }
     if spec.model.task == "classification":
         tags[contract.TAG_CLASSES] = json.dumps(dataset.classes)
+    if dataset.feature_view is not None:
+        tags[contract.TAG_FEATUREVIEW] = dataset.feature_view.metadata.name or ""
+        tags[contract.TAG_FEATUREVIEW_GENERATION] = str(dataset.feature_view.metadata.generation or "")
     return tags
 
 

@@ -6,9 +6,12 @@ from pathlib import Path
 
 import fsspec
 import numpy as np
+import pandas as pd
 import pytest
 
+from kubeforge.api import FeatureView
 from kubeforge.api.trainingjob import DatasetSpec
+from kubeforge.featurestore.config import StoreSettings
 from kubeforge.training import datasets
 from kubeforge.training.errors import TrainerError
 from kubeforge.training.main import main
@@ -68,10 +71,104 @@ def test_features_and_split_follow_the_spec(tmp_path: Path) -> None:
     assert not np.array_equal(a.x_val, c.x_val)
 
 
-def test_feature_view_is_refused_clearly() -> None:
-    spec = DatasetSpec.model_validate({"featureView": {"name": "fv", "entitiesUri": "e.parquet"}, "target": "y"})
-    with pytest.raises(TrainerError, match=r"spec\.dataset\.featureView: .* not supported by this trainer yet"):
-        datasets.load(spec, "classification")
+SPEND_VIEW = {
+    "apiVersion": "kubeforge.dev/v1alpha1",
+    "kind": "FeatureView",
+    "metadata": {"name": "spend", "namespace": "shop", "generation": 2},
+    "spec": {
+        "entities": [{"name": "customer", "joinKeys": ["customer_id"]}],
+        "features": [{"name": "spend", "dtype": "Float64"}, {"name": "visits", "dtype": "Int64"}],
+        "source": {"path": "/data/spend.parquet"},
+    },
+}
+
+
+def _feature_view_cases(tmp: Path) -> dict[str, tuple[dict, dict | None, str]]:
+    """name -> (dataset fields, the FeatureView passed to the trainer, the message a user must see); every problem
+    here is found before the feature store is opened."""
+    rows = pd.DataFrame({"customer_id": [1, 2], "event_timestamp": ["2026-01-01T10:00:00Z"] * 2, "churned": [0, 1]})
+    good = data.write(rows, tmp / "entities.csv", "csv")
+    no_time = data.write(rows.drop(columns="event_timestamp"), tmp / "no-time.csv", "csv")
+    no_key = data.write(rows.drop(columns="customer_id"), tmp / "no-key.parquet", "parquet")
+    bad_time = data.write(rows.assign(event_timestamp=["yesterday", "today"]), tmp / "bad-time.csv", "csv")
+    clash = data.write(rows.assign(spend=[1.0, 2.0]), tmp / "clash.csv", "csv")
+    other = {**SPEND_VIEW, "metadata": {"name": "visits", "namespace": "shop", "generation": 1}}
+
+    def fields(path: Path, **more: object) -> dict:
+        return {"featureView": {"name": "spend", "entitiesUri": str(path)}, "target": "churned", **more}
+
+    return {
+        "no view given": (
+            fields(good),
+            None,
+            "spec.dataset.featureView: the trainer needs FeatureView 'spend' itself: pass it with --featureview FILE",
+        ),
+        "another view given": (
+            fields(good),
+            other,
+            "spec.dataset.featureView.name is 'spend' but --featureview holds FeatureView 'visits'",
+        ),
+        "no event_timestamp": (
+            fields(no_time),
+            SPEND_VIEW,
+            f"spec.dataset.featureView.entitiesUri: {no_time}: no column 'event_timestamp': entity rows need the join "
+            "keys of FeatureView 'spend' (customer_id) and 'event_timestamp' (when the row's label was observed); "
+            "its columns: customer_id, churned",
+        ),
+        "no join key": (
+            fields(no_key),
+            SPEND_VIEW,
+            f"spec.dataset.featureView.entitiesUri: {no_key}: no column 'customer_id'",
+        ),
+        "not timestamps": (
+            fields(bad_time),
+            SPEND_VIEW,
+            f"spec.dataset.featureView.entitiesUri: {bad_time}: column 'event_timestamp' does not hold timestamps",
+        ),
+        "a column named like a feature": (
+            fields(clash),
+            SPEND_VIEW,
+            "column 'spend' has the name of a feature of FeatureView 'spend': rename or drop it",
+        ),
+        "no target": (
+            fields(good, target="label"),
+            SPEND_VIEW,
+            f"spec.dataset.target: column 'label' is not in spec.dataset.featureView.entitiesUri {good}; its columns: "
+            "customer_id, event_timestamp, churned",
+        ),
+        "unknown feature": (
+            fields(good, features=["visits", "age"]),
+            SPEND_VIEW,
+            "spec.dataset.features: ['age'] are not features of FeatureView 'spend'; its features: spend, visits",
+        ),
+        "no entity file": (
+            fields(tmp / "nope.csv"),
+            SPEND_VIEW,
+            f"spec.dataset.featureView.entitiesUri: no such file or directory: {tmp / 'nope.csv'}",
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "no view given",
+        "another view given",
+        "no event_timestamp",
+        "no join key",
+        "not timestamps",
+        "a column named like a feature",
+        "no target",
+        "unknown feature",
+        "no entity file",
+    ],
+)
+def test_feature_view_dataset_problems_name_the_field(case: str, tmp_path: Path) -> None:
+    fields, view, message = _feature_view_cases(tmp_path)[case]
+    store = StoreSettings(tmp_path / "store")
+    with pytest.raises(TrainerError) as raised:
+        datasets.load(DatasetSpec.model_validate(fields), "classification", view and FeatureView(**view), store)
+    assert message in str(raised.value)
 
 
 def _bad_datasets(tmp: Path) -> dict[str, tuple[dict, str]]:

@@ -48,7 +48,7 @@ def test_bad_entrypoint_exits_non_zero(tmp_path: Path, csv: Path, capsys: pytest
     assert "error: spec.model.entrypoint: cannot import module 'no_such_pkg'" in err
 
 
-def test_feature_view_dataset_is_not_supported_yet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_feature_view_dataset_needs_the_feature_view_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     spec = tmp_path / "spec.json"
     spec.write_text(
         '{"model": {"name": "m", "architecture": "mlp"},'
@@ -56,7 +56,12 @@ def test_feature_view_dataset_is_not_supported_yet(tmp_path: Path, capsys: pytes
     )
     code, err = _run(spec, capsys)
     assert code == 1
-    assert "error: spec.dataset.featureView: building the dataset from a FeatureView is not supported" in err
+    assert "error: spec.dataset.featureView: the trainer needs FeatureView 'fv' itself: pass it with" in err
+
+    code = main(["--spec", str(spec), "--featureview", str(spec), "--tracking-uri", "http://127.0.0.1:9"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"error: --featureview: {spec}: kind: must be one of" in err
 
 
 def test_several_replicas_need_a_launcher(tmp_path: Path, csv: Path, capsys: pytest.CaptureFixture[str]) -> None:

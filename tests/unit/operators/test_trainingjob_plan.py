@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from kubeforge.core.kube import APPLY_FAILED, DELETING_LEFTOVER, Capabilities, ChildNotApplied
 from kubeforge.core.mlflow_rest import ModelVersion
+from kubeforge.featurestore.config import StoreSettings
 from kubeforge.operators.settings import Settings
 from kubeforge.operators.training import plan as tplan
 from kubeforge.operators.training.plan import plan, with_registration
@@ -40,8 +44,10 @@ def step(
     now: datetime = T0,
     caps: Capabilities = NEW,
     failure: dict[str, Any] | None = None,
+    feature_view: dict[str, Any] | None = None,
+    settings: Settings = SETTINGS,
 ) -> tplan.Plan:
-    p = plan(b, job, SETTINGS, caps, now, failure)
+    p = plan(b, job, settings, caps, now, failure, feature_view)
     b["status"] = p.status
     return p
 
@@ -272,3 +278,78 @@ def test_a_running_trainingjob_whose_next_attempt_cannot_be_applied_keeps_its_ph
     step(b, None)
     status, _ = tplan.not_applied(b, ChildNotApplied(APPLY_FAILED, "applying Job iris-a2 failed"), T0)
     assert status["phase"] == "Running" and status["attempts"] == 1
+
+
+FEATURE_VIEW_DATASET = {"featureView": {"name": "spend", "entitiesUri": "/data/churn.parquet"}, "target": "churned"}
+
+
+def feature_view(generation: int, registered: int | None) -> dict[str, Any]:
+    status: dict[str, Any] = {"conditions": [{"type": "Ready", "status": "False", "reason": "Registering"}]}
+    if registered is not None:
+        status["registeredGeneration"] = registered
+    return {
+        "apiVersion": "kubeforge.dev/v1alpha1",
+        "kind": "FeatureView",
+        "metadata": {"name": "spend", "namespace": "ml", "uid": "fv-uid", "generation": generation},
+        "spec": {
+            "entities": [{"name": "customer", "joinKeys": ["customer_id"]}],
+            "features": [{"name": "spend", "dtype": "Float64"}],
+            "source": {"path": "/data/spend.parquet"},
+        },
+        "status": status,
+    }
+
+
+def test_a_missing_feature_view_keeps_the_trainingjob_pending_naming_the_field_until_it_exists() -> None:
+    b = body(dataset=FEATURE_VIEW_DATASET)
+    p = step(b, None)
+    assert p.apply == []
+    assert b["status"]["phase"] == "Pending" and "startTime" not in b["status"]
+    assert ready(b)["reason"] == "FeatureViewNotFound"
+    assert ready(b)["message"].startswith("spec.dataset.featureView.name: FeatureView 'spend' does not exist")
+    assert [(e[0], e[1]) for e in p.events] == [("Warning", "FeatureViewNotFound")]
+    assert step(b, None).events == []  # the timer's next pass: no second event
+
+    p = step(b, None, feature_view=feature_view(3, 2))
+    assert p.apply == [] and b["status"]["phase"] == "Pending"
+    assert ready(b)["reason"] == "WaitingForFeatureView"
+    assert "generation 3 of FeatureView 'spend'" in ready(b)["message"] and "Registering" in ready(b)["message"]
+
+    p = step(b, None, now=T0 + timedelta(seconds=30), feature_view=feature_view(3, 3))
+    assert [o["kind"] for o in p.apply] == ["ConfigMap", "Job"]
+    assert b["status"]["attempts"] == 1 and b["status"]["phase"] == "Running"
+    assert b["status"]["startTime"] == "2026-01-01T00:00:30Z"
+    assert [e[1] for e in p.events] == ["JobCreated"]
+
+
+def test_the_trainer_gets_the_feature_view_its_generation_and_the_feature_store() -> None:
+    settings = dataclasses.replace(SETTINGS, feature_store=StoreSettings(Path("/features")), feature_store_pvc="feast")
+    b = body(dataset=FEATURE_VIEW_DATASET, replicas=2)
+    p = step(b, None, feature_view=feature_view(3, 3), settings=settings)
+    configmap, job = p.apply[0], p.apply[-1]
+    view = yaml.safe_load(configmap["data"]["featureview.yaml"])
+    assert view["metadata"] == {"name": "spend", "namespace": "ml", "uid": "fv-uid", "generation": 3}
+    assert view["spec"] == feature_view(3, 3)["spec"]
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["command"][-5:] == [
+        "kubeforge.training.main",
+        "--spec",
+        "/etc/kubeforge/trainingjob.yaml",
+        "--featureview",
+        "/etc/kubeforge/featureview.yaml",
+    ]
+    assert {e["name"]: e["value"] for e in container["env"]}["KUBEFORGE_FEAST_DIR"] == "/features"
+    assert {"name": "feature-store", "mountPath": "/features"} in container["volumeMounts"]
+    assert {"name": "feature-store", "persistentVolumeClaim": {"claimName": "feast"}} in pod["volumes"]
+
+
+def test_a_retry_waits_for_a_deleted_feature_view_without_spending_an_attempt() -> None:
+    b = body(dataset=FEATURE_VIEW_DATASET, backoffLimit=1)
+    p = step(b, None, feature_view=feature_view(1, 1))
+    step(b, job_with("Failed", p))  # the view was deleted meanwhile
+    assert b["status"]["phase"] == "Pending" and ready(b)["reason"] == "FeatureViewNotFound"
+    assert b["status"]["attempts"] == 2
+    p = step(b, None, feature_view=feature_view(1, 1))
+    assert b["status"]["attempts"] == 2 and b["status"]["phase"] == "Running"
+    assert [o["metadata"]["name"] for o in p.apply if o["kind"] == "Job"] == ["iris-a2"]

@@ -3,6 +3,11 @@
 Each attempt is its own Job named ``<trainingjob>-a<attempt>`` with ``backoffLimit: 0``:
 the retry budget is counted on the TrainingJob, so deleting a Job cannot reset it, and a
 failed attempt's Job stays around for ``kubectl logs``.
+
+A TrainingJob whose dataset is a FeatureView gets the view (spec and generation, as the
+operator read it when the attempt started) next to its own spec in the ConfigMap, since
+the trainer has no Kubernetes credentials, and the feature store's settings as env vars
+(with its PersistentVolumeClaim, where it is one), as materialization Jobs do.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from ..settings import Settings
 
 SPEC_MOUNT = "/etc/kubeforge"
 SPEC_FILE = "trainingjob.yaml"
+FEATUREVIEW_FILE = "featureview.yaml"
 RENDEZVOUS_PORT = 29500
 TERMINATION_LOG = "/dev/termination-log"
 
@@ -44,19 +50,31 @@ def _meta(owner: dict[str, Any], name: str, extra_labels: dict[str, str] | None 
     }
 
 
-def spec_configmap(owner: dict[str, Any], tj: TrainingJob) -> dict[str, Any]:
-    """The TrainingJob (spec and identity) as the trainer reads it from its mounted file."""
+def spec_configmap(
+    owner: dict[str, Any], tj: TrainingJob, feature_view: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The TrainingJob (spec and identity) as the trainer reads it from its mounted file, and the FeatureView its
+    dataset names, if it names one."""
     data = {
         "apiVersion": tj.api_version,
         "kind": tj.kind,
         "metadata": {k: owner["metadata"][k] for k in ("name", "namespace", "uid")},
         "spec": tj.spec.to_wire(),
     }
+    files = {SPEC_FILE: yaml.safe_dump(data, sort_keys=False)}
+    if feature_view is not None:
+        view = {
+            "apiVersion": feature_view["apiVersion"],
+            "kind": feature_view["kind"],
+            "metadata": {k: feature_view["metadata"][k] for k in ("name", "namespace", "uid", "generation")},
+            "spec": feature_view["spec"],
+        }
+        files[FEATUREVIEW_FILE] = yaml.safe_dump(view, sort_keys=False)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _meta(owner, spec_configmap_name(owner["metadata"]["name"])),
-        "data": {SPEC_FILE: yaml.safe_dump(data, sort_keys=False)},
+        "data": files,
     }
 
 
@@ -86,9 +104,11 @@ def _resources(tj: TrainingJob) -> dict[str, Any]:
 
 
 def _command(owner: dict[str, Any], tj: TrainingJob, attempt: int) -> list[str]:
-    spec_path = f"{SPEC_MOUNT}/{SPEC_FILE}"
+    files = ["--spec", f"{SPEC_MOUNT}/{SPEC_FILE}"]
+    if tj.spec.dataset.feature_view is not None:
+        files += ["--featureview", f"{SPEC_MOUNT}/{FEATUREVIEW_FILE}"]
     if tj.spec.replicas == 1:
-        return ["kubeforge", "train", "--spec", spec_path]
+        return ["kubeforge", "train", *files]
     name = owner["metadata"]["name"]
     master = f"{job_name(name, attempt)}-0.{service_name(name)}"
     return [
@@ -100,9 +120,18 @@ def _command(owner: dict[str, Any], tj: TrainingJob, attempt: int) -> list[str]:
         f"--master-port={RENDEZVOUS_PORT}",
         "-m",
         "kubeforge.training.main",
-        "--spec",
-        spec_path,
+        *files,
     ]
+
+
+def _feature_store(settings: Settings, container: dict[str, Any], pod_spec: dict[str, Any]) -> None:
+    """The feature store's settings as the env vars the trainer reads, and its volume where it is a PVC."""
+    store = settings.feature_store
+    container["env"] += [{"name": k, "value": v} for k, v in store.env().items() if v]
+    if settings.feature_store_pvc:
+        claim = {"claimName": settings.feature_store_pvc}
+        container["volumeMounts"].append({"name": "feature-store", "mountPath": str(store.root)})
+        pod_spec["volumes"].append({"name": "feature-store", "persistentVolumeClaim": claim})
 
 
 def job(
@@ -142,6 +171,8 @@ def job(
         ],
         "volumes": [{"name": "spec", "configMap": {"name": spec_configmap_name(name)}}],
     }
+    if tj.spec.dataset.feature_view is not None:
+        _feature_store(settings, pod_spec["containers"][0], pod_spec)
     if tj.spec.node_selector:
         pod_spec["nodeSelector"] = dict(tj.spec.node_selector)
     if tj.spec.tolerations:

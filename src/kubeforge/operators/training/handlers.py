@@ -3,7 +3,9 @@
 Every trigger (a TrainingJob event, an event of one of its Jobs, a periodic timer for
 unfinished ones) runs the same level-based reconcile under a per-object lock, so the
 order in which events arrive does not matter. When a child cannot be applied, the
-TrainingJob says so (Ready=False) and the timer tries again with a back-off.
+TrainingJob says so (Ready=False) and the timer tries again with a back-off. A
+TrainingJob waiting for its FeatureView is unfinished, so the timer notices within its
+interval when the view is registered.
 """
 
 from __future__ import annotations
@@ -58,10 +60,13 @@ def reconcile(namespace: str, name: str, logger: Any, retry: int = 0) -> None:
         if job_name := old_status.get("jobName"):
             job = kube.get(ctx.api, "batch/v1", "Job", job_name, namespace)
         now = datetime.now(UTC)
-        failure = None
-        if old_status.get("phase") not in TERMINAL and pods_worth_reading(job):
-            failure = _attempt_failure(ctx.api, body, job)
-        p = plan(body, job, ctx.settings, ctx.capabilities, now, failure)
+        failure = feature_view = None
+        if old_status.get("phase") not in TERMINAL:
+            if pods_worth_reading(job):
+                failure = _attempt_failure(ctx.api, body, job)
+            if view := ((body.get("spec") or {}).get("dataset") or {}).get("featureView"):
+                feature_view = kube.get(ctx.api, API_VERSION, "FeatureView", str(view.get("name")), namespace)
+        p = plan(body, job, ctx.settings, ctx.capabilities, now, failure, feature_view)
         try:
             kube.apply_children(ctx.api, p.apply)
         except kube.ChildNotApplied as err:

@@ -1,10 +1,16 @@
 """The TrainingJob state machine: from what is observed to what should be done. No I/O.
 
 ``plan()`` is level-based: given the TrainingJob, the Job of its current attempt (or
-None), why that attempt's pod fails (if it does) and the clock, it returns the children
-to apply or delete, the new status and the events to record. Running it twice on the
-same input gives the same answer, so a restarted operator picks up where the last one
-stopped.
+None), why that attempt's pod fails (if it does), the FeatureView its dataset names (if
+it names one) and the clock, it returns the children to apply or delete, the new status
+and the events to record. Running it twice on the same input gives the same answer, so a
+restarted operator picks up where the last one stopped.
+
+An attempt whose dataset is a FeatureView starts only once that view exists and its
+current generation is registered in the feature store; until then the TrainingJob is
+Pending, its Ready condition says what it waits for, and the attempt it will start is
+already counted (``status.attempts``, ``status.jobName``), so a wait never costs a retry
+and never repeats one.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import Any
 from ...api import InvalidResource, TrainingJob, parse
 from ...core import modelcontract as mc
 from ...core import podfailure
-from ...core.conditions import FALSE, TRUE, StatusDraft, parse_rfc3339
+from ...core.conditions import FALSE, TRUE, StatusDraft, get_condition, parse_rfc3339
 from ...core.kube import Capabilities, ChildNotApplied
 from ...core.mlflow_rest import ModelVersion
 from ..settings import Settings
@@ -40,6 +46,8 @@ DEADLINE_EXCEEDED = "DeadlineExceeded"
 SUSPENDED_BY_USER = "SuspendedByUser"
 MODEL_REGISTERED = "ModelRegistered"
 REGISTRATION_MISSING = "RegistrationMissing"
+FEATUREVIEW_NOT_FOUND = "FeatureViewNotFound"
+WAITING_FOR_FEATUREVIEW = "WaitingForFeatureView"
 
 _EXTENSIONS = {".csv": "csv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 TERMINAL = ("Succeeded", "Failed")
@@ -88,6 +96,31 @@ def semantic_errors(tj: TrainingJob, caps: Capabilities) -> list[tuple[str, str,
     return errors
 
 
+def _feature_view_wait(tj: TrainingJob, feature_view: dict[str, Any] | None) -> tuple[str, str, str] | None:
+    """(event type, reason, message) while the FeatureView the dataset names keeps an attempt from starting."""
+    source = tj.spec.dataset.feature_view
+    if source is None:
+        return None
+    if feature_view is None:
+        return (
+            "Warning",
+            FEATUREVIEW_NOT_FOUND,
+            f"spec.dataset.featureView.name: FeatureView {source.name!r} does not exist in this namespace: create it "
+            "or fix the name; training starts once it is registered",
+        )
+    generation = feature_view["metadata"].get("generation")
+    if (feature_view.get("status") or {}).get("registeredGeneration") == generation:
+        return None
+    ready = get_condition((feature_view.get("status") or {}).get("conditions"), READY) or {}
+    why = f" (its Ready condition: {ready.get('reason')}: {ready.get('message')})" if ready else ""
+    return (
+        "Normal",
+        WAITING_FOR_FEATUREVIEW,
+        f"waiting for generation {generation} of FeatureView {source.name!r} to be registered in the feature "
+        f"store{why}",
+    )
+
+
 def _job_state(job: dict[str, Any] | None) -> tuple[str, str]:
     """('complete'|'failed'|'active'|'missing', message) from a Job's conditions."""
     if job is None:
@@ -128,10 +161,12 @@ def plan(
     caps: Capabilities,
     now: datetime,
     failure: dict[str, Any] | None = None,
+    feature_view: dict[str, Any] | None = None,
 ) -> Plan:
     """Decide the next step for the TrainingJob in body, whose current-attempt Job is job.
 
     failure is why the current attempt's pod fails or does not run (:func:`core.podfailure.pick`), if it does.
+    feature_view is the FeatureView spec.dataset.featureView names, None when it does not exist (or none is named).
     """
     meta = body["metadata"]
     old = dict(body.get("status") or {})
@@ -176,9 +211,16 @@ def plan(
     def start_attempt(number: int, reason: str, message: str, event: str) -> None:
         st.s["attempts"] = number
         st.s["jobName"] = children.job_name(name, number)
+        if (wait := _feature_view_wait(tj, feature_view)) is not None:
+            kind, reason, message = wait
+            before = get_condition(old.get("conditions"), READY) or {}
+            st.phase("Pending", reason, message)
+            if (before.get("reason"), before.get("message")) != (reason, message):
+                out.events.append((kind, reason, message))
+            return
         st.s.setdefault("startTime", st.now)
         left = deadline if remaining is None else remaining
-        out.apply.append(children.spec_configmap(body, tj))
+        out.apply.append(children.spec_configmap(body, tj, feature_view))
         if tj.spec.replicas > 1:
             out.apply.append(children.headless_service(body))
         out.apply.append(children.job(body, tj, number, settings, caps, left))
@@ -209,8 +251,12 @@ def plan(
     if attempts == 0:
         msg = f"attempt 1/{budget} started as Job {children.job_name(name, 1)}"
         start_attempt(1, JOB_CREATED, msg, msg)
-    elif state == "missing" and old.get("phase") == "Suspended":
-        msg = f"resumed: attempt {attempts}/{budget} restarted as Job {children.job_name(name, attempts)}"
+    elif state == "missing" and old.get("phase") in ("Suspended", "Pending"):
+        # Resumed, or done waiting for the FeatureView: the attempt recorded then starts now.
+        job_name = children.job_name(name, attempts)
+        msg = f"attempt {attempts}/{budget} started as Job {job_name}"
+        if old.get("phase") == "Suspended":
+            msg = f"resumed: attempt {attempts}/{budget} restarted as Job {job_name}"
         start_attempt(attempts, JOB_CREATED, msg, msg)
     elif state in ("missing", "failed"):
         why = f"Job {children.job_name(name, attempts)} was deleted"

@@ -22,7 +22,7 @@ import yaml
 
 from ...api import ModelDeployment
 from ...core.kube import owner_reference
-from ...serving.routes import ModelRoute, RouteTable, VersionRoute
+from ...serving.routes import FeatureRoute, ModelRoute, RouteTable, VersionRoute
 from .. import labels
 from ..settings import Settings
 
@@ -184,11 +184,14 @@ def autoscaler(owner: dict[str, Any], md: ModelDeployment, version: str) -> dict
     }
 
 
-def route_table(md: ModelDeployment, name: str, task: str, versions: list[dict[str, Any]]) -> RouteTable:
+def route_table(
+    md: ModelDeployment, name: str, task: str, versions: list[dict[str, Any]], features: dict[str, Any] | None = None
+) -> RouteTable:
     """The gateway's table: clients call the model by the ModelDeployment's name.
 
-    versions: [{version, role, url, model, weight, percent}] for what is live and ready; empty until
-    the stable version has an address, when the gateway serves no model yet.
+    versions: [{version, role, url, model, weight, percent, featureOrder}] for what is live and ready; empty
+    until the stable version has an address, when the gateway serves no model yet. features: the FeatureView
+    requests with entity keys are fed from (serving.routes.FeatureRoute, wire format).
     """
     if not versions:
         return RouteTable(models={})
@@ -203,6 +206,7 @@ def route_table(md: ModelDeployment, name: str, task: str, versions: list[dict[s
                         triton_model=triton_model_name(v["model"]),
                         weight=v.get("weight", 0),
                         percent=v.get("percent", 0),
+                        feature_order=v.get("featureOrder"),
                     )
                     for v in versions
                 ],
@@ -210,6 +214,7 @@ def route_table(md: ModelDeployment, name: str, task: str, versions: list[dict[s
                 sticky_header=md.spec.routing.sticky_header,
                 fallback=md.spec.fallback.enabled,
                 timeout_ms=md.spec.fallback.timeout_ms,
+                features=FeatureRoute.model_validate(features) if features else None,
             )
         }
     )
@@ -245,11 +250,22 @@ def gateway_deployment(owner: dict[str, Any], md: ModelDeployment, settings: Set
         volumes.append({"name": "tokens", "secret": {"secretName": md.spec.auth.secret_ref.name}})
         mounts.append({"name": "tokens", "mountPath": TOKENS_MOUNT, "readOnly": True})
     ports = {"http": GATEWAY_PORT}
+    env = _server_env(ports)
+    if md.spec.features is not None:
+        # The gateway reads the online store materialization Jobs write: Redis, or the sqlite file on the store's
+        # volume, mounted writable because sqlite readers take locks and may have to roll back a hot journal.
+        store = settings.feature_store
+        env += [{"name": k, "value": v} for k, v in store.env().items() if v]
+        if settings.feature_store_pvc:
+            volumes.append(
+                {"name": "feature-store", "persistentVolumeClaim": {"claimName": settings.feature_store_pvc}}
+            )
+            mounts.append({"name": "feature-store", "mountPath": str(store.root)})
     container = {
         "name": "gateway",
         "image": settings.gateway_image,
         "command": args,
-        "env": _server_env(ports),
+        "env": env,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "ports": _container_ports(ports),
         "readinessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 2},

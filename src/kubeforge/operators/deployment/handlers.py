@@ -15,14 +15,16 @@ import json
 import threading
 import time
 from collections import defaultdict
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import kopf
 from kubernetes import client
+from pydantic import ValidationError
 
-from ...api import API_VERSION, ModelDeployment, parse
+from ...api import API_VERSION, FeatureViewSpec, ModelDeployment, parse
 from ...api.validation import InvalidResource
 from ...core import kube, podfailure
 from ...core import modelcontract as mc
@@ -32,7 +34,17 @@ from ..labels import COMPONENT, MODEL_VERSION, MODELDEPLOYMENT
 from ..runtime import Context, context
 from . import analysis as an
 from . import children
-from .rollout import GATEWAY, WAITING_FOR_ROUTES, Observed, Resolved, analysis_due, canary_settings, plan
+from .rollout import (
+    GATEWAY,
+    WAITING_FOR_ROUTES,
+    FeatureSource,
+    Observed,
+    Resolved,
+    analysis_due,
+    canary_settings,
+    model_of,
+    plan,
+)
 
 GROUP, VERSION = API_VERSION.split("/")
 EVENT_SOURCE = "kubeforge-modeldeployment"
@@ -42,6 +54,7 @@ _pruned: dict[tuple[str, str], tuple[str, frozenset[str]]] = {}  # (namespace, n
 _snapshots: dict[tuple[str, str], an.Snapshot] = {}  # (uid, version) -> last scrape
 _resolve_cache: dict[tuple[str, str], tuple[float, str]] = {}
 RESOLVE_TTL = 3.0
+_feature_orders: dict[tuple[str, str], list[str] | None] = {}  # (model, version) -> its kubeforge.features tag
 
 
 def _resolve_one(ctx: Context, name: str, alias: str | None, version: int | None) -> str:
@@ -56,7 +69,7 @@ def _resolve_one(ctx: Context, name: str, alias: str | None, version: int | None
     return mv.version
 
 
-def resolve(ctx: Context, md: ModelDeployment) -> Resolved:
+def resolve(ctx: Context, md: ModelDeployment, namespace: str, status: dict[str, Any]) -> Resolved:
     refs = {"stable": md.spec.model}
     if md.spec.canary is not None:
         refs["canary"] = md.spec.canary.model
@@ -74,13 +87,58 @@ def resolve(ctx: Context, md: ModelDeployment) -> Resolved:
         except MLflowError as err:
             errors[role] = f"{field}: cannot resolve {what} of {ref.name!r}: {err}"
     task_hit = _resolve_cache.get((md.spec.model.name, "task"))
-    return Resolved(
+    resolved = Resolved(
         found.get("stable"),
         found.get("canary"),
         found.get("shadow"),
         task_hit[1] if task_hit else "classification",
         errors,
     )
+    if md.spec.features is None:
+        return resolved
+    return replace(resolved, features=_feature_source(ctx, md, namespace, resolved, status))
+
+
+def _feature_source(
+    ctx: Context, md: ModelDeployment, namespace: str, resolved: Resolved, status: dict[str, Any]
+) -> FeatureSource:
+    """spec.features as the cluster and MLflow have it now: the FeatureView, and the feature order of every
+    version this pass may route to (the stable, canary and shadow before and after the pass decides)."""
+    assert md.spec.features is not None
+    where = f"spec.features.featureView: FeatureView {md.spec.features.feature_view!r}"
+    obj = kube.get(ctx.api, API_VERSION, "FeatureView", md.spec.features.feature_view, namespace)
+    if obj is None:
+        return FeatureSource(error=f"{where} does not exist in namespace {namespace!r}")
+    try:
+        view = FeatureViewSpec.model_validate(obj.get("spec") or {})
+    except ValidationError as err:
+        return FeatureSource(error=f"{where} is invalid: {err.errors()[0]['msg']}")
+    canary_now, canary_next = status.get("canaryVersion"), resolved.stable if md.spec.follow_alias else resolved.canary
+    candidates = {
+        "stable": {status.get("stableVersion"), resolved.stable, canary_now},  # a promotion makes the canary stable
+        "canary": {canary_now, canary_next},
+        "shadow": {resolved.shadow},
+    }
+    pairs = {(model_of(md, role), v) for role, versions in candidates.items() for v in versions if v}
+    return FeatureSource(view, orders={pair: _feature_order(ctx, *pair) for pair in pairs})
+
+
+def _feature_order(ctx: Context, model: str, version: str) -> list[str] | None:
+    """A version's features in input order, read once (the tag is written when the version is registered); a
+    version MLflow cannot tell about now is asked again on the next pass."""
+    key = (model, version)
+    if key not in _feature_orders:
+        try:
+            tag = ctx.registry.by_version(model, version).tags.get(mc.TAG_FEATURES)
+        except MLflowError:
+            return None
+        try:
+            order = json.loads(tag) if tag else None
+        except ValueError:
+            order = None
+        valid = isinstance(order, list) and all(isinstance(f, str) for f in order)
+        _feature_orders[key] = order if valid else None
+    return _feature_orders[key]
 
 
 SERVICE_NAME = "kubernetes.io/service-name"
@@ -219,7 +277,7 @@ def reconcile(namespace: str, name: str, logger: Any, retry: int = 0) -> None:
         try:
             md = parse({"kind": "ModelDeployment", "metadata": {"name": name}, "spec": body.get("spec")})
             assert isinstance(md, ModelDeployment)
-            resolved = resolve(ctx, md)
+            resolved = resolve(ctx, md, namespace, body.get("status") or {})
         except InvalidResource:
             md, resolved = None, Resolved()
         observed = observe(ctx, body)

@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from ...api import InvalidResource, ModelDeployment, parse
+from ...api import FeatureViewSpec, InvalidResource, ModelDeployment, parse
+from ...api.meta import duration_seconds
 from ...api.modeldeployment import Analysis, CanaryStep
 from ...core import podfailure
 from ...core.conditions import FALSE, TRUE, StatusDraft, parse_rfc3339, rfc3339
+from ...core.modelcontract import INPUT_NAME, TAG_FEATURES
 from ..settings import Settings
 from . import children
 
@@ -45,6 +47,8 @@ ANALYSIS_FAILED = "AnalysisFailed"
 STABLE_REPLACED = "StableReplaced"
 NO_ROLLOUT = "NoRollout"
 AS_EXPECTED = "AsExpected"
+FEATURE_VIEW_NOT_FOUND = "FeatureViewNotFound"  # spec.features.featureView names no FeatureView of the namespace
+FEATURES_NOT_IN_VIEW = "FeaturesNotInView"  # a version takes features the view does not serve
 
 GATEWAY = "gateway"  # Observed.failures key of the gateway's pods (model versions are numbers)
 
@@ -75,6 +79,17 @@ class Resolved:
     shadow: str | None = None
     task: str = "classification"
     errors: dict[str, str] = field(default_factory=dict)  # role -> message
+    features: FeatureSource | None = None  # with spec.features
+
+
+@dataclass(frozen=True)
+class FeatureSource:
+    """What spec.features reads from: the FeatureView, and the features each version was trained on."""
+
+    view: FeatureViewSpec | None = None
+    error: str = ""  # why view is None, naming spec.features.featureView
+    orders: dict[tuple[str, str], list[str] | None] = field(default_factory=dict)
+    """(registered model, version) -> its kubeforge.features tag (features in input order); None without one."""
 
 
 @dataclass(frozen=True)
@@ -301,13 +316,16 @@ def plan(
     out.live_versions = live
     model = md.spec.model.name
     for version, role in live.items():
-        version_model = _model_of(md, role)
+        version_model = model_of(md, role)
         out.apply.append(children.triton_deployment(body, md, version_model, version, role, settings))
         out.apply.append(children.triton_service(body, version))
         if md.spec.autoscaling is not None:
             out.apply.append(children.autoscaler(body, md, version))
     routes = _routes(st.s, md, observed, model, stable, canary, shadow)
-    out.apply.append(children.routes_configmap(body, children.route_table(md, name, resolved.task, routes)))
+    features, feature_problems = _feature_routes(md, meta["namespace"], resolved.features, routes)
+    degraded += [(reason, message) for _, reason, message in feature_problems]
+    table = children.route_table(md, name, resolved.task, routes, features)
+    out.apply.append(children.routes_configmap(body, table))
     out.apply.append(children.gateway_deployment(body, md, settings))
     out.apply.append(children.gateway_service(body))
     st.s["traffic"] = [
@@ -324,6 +342,8 @@ def plan(
         st.cond(READY, FALSE, WAITING_FOR_GATEWAY, _waiting_for("the gateway", failing.get(GATEWAY)))
     elif not observed.model_ready:
         st.cond(READY, FALSE, WAITING_FOR_ROUTES, f"waiting for the gateway to serve {name} (route table reload)")
+    elif unfed := [(reason, message) for role, reason, message in feature_problems if role == "stable"]:
+        st.cond(READY, FALSE, *unfed[0])
     else:
         st.cond(READY, TRUE, SERVING, f"version {stable} is serving")
     # The failure that keeps the stable version or the gateway from serving comes first, then a canary's or shadow's.
@@ -350,7 +370,7 @@ def _waiting_for(what: str, failure: dict[str, Any] | None) -> str:
     return f"waiting for {what}: {podfailure.describe(failure)}"
 
 
-def _model_of(md: ModelDeployment, role: str) -> str:
+def model_of(md: ModelDeployment, role: str) -> str:
     if role == "canary" and md.spec.canary is not None and not md.spec.follow_alias:
         return md.spec.canary.model.name
     if role == "shadow" and md.spec.shadow is not None:
@@ -381,7 +401,7 @@ def _routes(
                 "version": canary,
                 "role": "canary",
                 "url": observed.version_urls[canary],
-                "model": _model_of(md, "canary"),
+                "model": model_of(md, "canary"),
                 "weight": weight,
                 "percent": analysis.compare_percent if compares else 0,
             }
@@ -397,11 +417,62 @@ def _routes(
                 "version": shadow,
                 "role": "shadow",
                 "url": observed.version_urls[shadow],
-                "model": _model_of(md, "shadow"),
+                "model": model_of(md, "shadow"),
                 "percent": md.spec.shadow.percent,
             }
         )
     return routes
+
+
+def _feature_routes(
+    md: ModelDeployment, namespace: str, source: FeatureSource | None, routes: list[dict[str, Any]]
+) -> tuple[dict[str, Any] | None, list[tuple[str, str, str]]]:
+    """The route table's features entry, each route entry's featureOrder, and the problems as (role, reason,
+    message). A version that cannot be fed from the view gets no featureOrder: the gateway then routes requests
+    with entity keys around it, and such a stable version keeps the deployment from being Ready."""
+    spec = md.spec.features
+    if spec is None:
+        return None, []
+    where = f"spec.features.featureView: FeatureView {spec.feature_view!r}"
+    if spec.entity_key == INPUT_NAME:
+        message = f"spec.features.entityKey: {INPUT_NAME!r} is the model's own input; name the input after the entity"
+        return None, [("stable", INVALID_SPEC, message)]
+    if source is None or source.view is None:
+        return None, [("stable", FEATURE_VIEW_NOT_FOUND, source.error if source else f"{where} not read yet")]
+    view = source.view
+    keys = [(entity, key) for entity in view.entities for key in entity.join_keys]
+    if len(keys) != 1:
+        named = ", ".join(f"{e.name}.{k}" for e, k in keys)
+        message = f"{where} has the join keys {named}; a model deployment reads a view with one entity and one join key"
+        return None, [("stable", INVALID_SPEC, message)]
+    entity, join_key = keys[0]
+    dtypes = {f.name: f.dtype for f in view.features}
+    problems = []
+    for route in routes:
+        version, order = route["version"], source.orders.get((route["model"], route["version"]))
+        if order is None:
+            why = f"version {version} has no {TAG_FEATURES} tag, so the order of its input features is unknown"
+            problems.append((route["role"], FEATURES_NOT_IN_VIEW, why))
+            continue
+        absent = [f for f in order if f not in dtypes]
+        text = [f for f in order if dtypes.get(f) == "String"]
+        unfit = [f"features the view does not have: {', '.join(absent)}"] if absent else []
+        unfit += [f"strings, not numbers: {', '.join(text)}"] if text else []
+        if unfit:
+            why = f"{where}: version {version} takes {' and '.join(unfit)}"
+            problems.append((route["role"], FEATURES_NOT_IN_VIEW, why))
+            continue
+        route["featureOrder"] = order
+    features = {
+        "namespace": namespace,
+        "featureView": spec.feature_view,
+        "entityKey": spec.entity_key,
+        "joinKey": join_key,
+        "valueType": entity.value_type,
+        "ttlSeconds": duration_seconds(view.ttl),
+        "defaults": {f.name: f.default for f in view.features if f.default is not None},
+    }
+    return features, problems
 
 
 def _start_step(

@@ -5,13 +5,18 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from . import __version__
+from .featurestore import usercommands
 from .featurestore.commands import features
 from .local.commands import down, local, status, up
 from .serving.commands import serving
+
+if TYPE_CHECKING:
+    from .featurestore.config import StoreSettings
 
 
 def _data_home() -> Path:
@@ -23,9 +28,19 @@ def _default_cp_dir() -> Path:
     return Path(os.environ.get("KUBEFORGE_DATA_DIR") or _data_home()) / "controlplane"
 
 
+def _feature_store() -> StoreSettings:
+    """The feature store the operators use: KUBEFORGE_FEAST_*, else the local runtime's, under its data directory."""
+    from .featurestore.config import StoreSettings
+    from .local.runtime import default_data_dir
+
+    return StoreSettings.from_env(default_data_dir() / "features")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """kubeforge: train, register, serve and roll out models on Kubernetes."""
+    ctx.obj = {usercommands.STORE: _feature_store}
 
 
 @main.command()

@@ -1,8 +1,10 @@
 """`kubeforge features`: the feature store from the command line.
 
-``materialize-job`` is what the FeatureView operator's materialization Jobs run. It
-prints Feast's progress to its log and writes one JSON object to its termination log,
-which the operator reads back into the FeatureView's status:
+``list``, ``materialize``, ``get`` and ``training-set`` are for people (see
+:mod:`kubeforge.featurestore.usercommands`). ``materialize-job`` is what the FeatureView
+operator's materialization Jobs run. It prints Feast's progress to its log and writes one
+JSON object to its termination log, which the operator reads back into the FeatureView's
+status:
 
 - on success ``{"rows", "onlineRows", "windowStart", "windowEnd", "newestEventTime"}``;
 - when the source cannot be used ``{"reason", "message"}`` (``SourceNotFound`` or
@@ -23,6 +25,7 @@ from typing import Any
 import click
 
 from ..core.conditions import rfc3339
+from . import usercommands
 from .config import StoreSettings
 
 SPEC_ENV = "KUBEFORGE_FEATUREVIEW_SPEC"
@@ -32,7 +35,11 @@ TERMINATION_LOG_ENV = "KUBEFORGE_TERMINATION_LOG"
 
 @click.group()
 def features() -> None:
-    """Feast feature views: materialization (and what FeatureView Jobs run)."""
+    """FeatureViews: list them, materialize one now, read online values, build point-in-time training sets."""
+
+
+for _command in usercommands.COMMANDS:
+    features.add_command(_command)
 
 
 def _write(path: Path | None, result: dict[str, Any]) -> None:

@@ -84,12 +84,15 @@ class ModelSpec(KubeModel):
 
 
 class FeatureViewSource(KubeModel):
-    """Training data built by a point-in-time join against a FeatureView."""
+    """Training data built by a point-in-time join against a FeatureView: each entity row gets the newest value of
+    each feature at or before its event_timestamp (within the view's ttl), never a later one."""
 
     name: Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)]
-    """Name of the FeatureView in the TrainingJob's namespace."""
+    """Name of the FeatureView in the TrainingJob's namespace; training starts once its generation is registered."""
     entities_uri: Annotated[str, Field(min_length=1, max_length=2048)]
-    """Entity dataframe (join keys, event timestamp and the target column) to join features onto."""
+    """Entity rows to join the features onto, as a file or directory like uri: the view's join keys, event_timestamp
+    (when the label was observed) and the target column. A row that gets no value for a feature fails the job,
+    naming the row."""
 
 
 class DatasetSpec(KubeModel):
@@ -106,7 +109,8 @@ class DatasetSpec(KubeModel):
     target: ColumnName
     """Column holding the label (classification) or value (regression) to predict."""
     features: UniqueNames | None = None
-    """Feature columns, in the order the model takes them; all columns but the target when omitted."""
+    """Feature columns, in the order the model takes them; all columns but the target when omitted (with
+    featureView: features of the view, all of them in the view's order when omitted)."""
     validation_split: Annotated[float, Field(ge=0, le=0.9)] = 0.2
     """Fraction of rows held out for validation metrics."""
     split_seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0

@@ -84,6 +84,9 @@ def _attempt(spec: TrainingJobSpec, settings: Settings, ctx: Context) -> dict[st
             values = {"train_loss": result.train_loss} | {f"val_{k}": v for k, v in result.metrics.items()}
             mlflow.log_metrics(values, step=result.epoch, synchronous=False)
             if store and (result.epoch % spec.checkpoint.every_epochs == 0 or result.epoch == result.epochs):
+                # What a checkpoint resumes after must be in MLflow: a kill right after the save would
+                # otherwise lose the epochs still queued, and the resumed run never logs them again.
+                mlflow.flush_async_logging()
                 state = Checkpoint(
                     epoch=result.epoch,
                     model=network.state_dict(),

@@ -107,6 +107,11 @@ def strays(container: ContainerState) -> bool:
     return pid is not None and not alive(pid) and group_alive(pid)
 
 
+def _known(cls: type, saved: dict[str, object]) -> dict[str, object]:
+    """The fields of saved that cls has: a state file written by another kubeforge version still loads."""
+    return {k: v for k, v in saved.items() if k in cls.__dataclass_fields__}  # type: ignore[attr-defined]
+
+
 @dataclass
 class RunnerState:
     pods: dict[str, PodState] = field(default_factory=dict)
@@ -121,8 +126,8 @@ class RunnerState:
         raw = json.loads(path.read_text())
         pods = {}
         for key, pod in raw["pods"].items():
-            containers = [ContainerState(**c) for c in pod.pop("containers")]
-            pods[key] = PodState(**pod, containers=containers)
+            containers = [ContainerState(**_known(ContainerState, c)) for c in pod.pop("containers")]
+            pods[key] = PodState(**_known(PodState, pod), containers=containers)
         return cls(pods=pods, warned=raw.get("warned", []))
 
     def save(self, directory: Path) -> None:

@@ -245,20 +245,21 @@ def drift_alerts(targets: Targets) -> list[Alert]:
     ]
 
 
-def _ratio(numerator: str, denominator: str, by: str, window: str) -> str:
+def ratio(numerator: str, denominator: str, by: str, window: str) -> str:
+    """PromQL for the rate of numerator over the rate of denominator, summed by the labels in by."""
     return f"sum by ({by}) (rate({numerator}[{window}]))\n/\nsum by ({by}) (rate({denominator}[{window}]))"
 
 
 def serving_alerts() -> list[Alert]:
     """Failing versions, disagreeing shadows, rollbacks, and gateways or Tritons that stop answering scrapes."""
     version = "{{ $labels.namespace }}/{{ $labels.model }} version {{ $labels.version }}"
-    failed_tries = _ratio(
+    failed_tries = ratio(
         'kubeforge_upstream_requests_total{outcome!="ok"}',
         "kubeforge_upstream_requests_total",
         "namespace, model, version, role",
         "5m",
     )
-    disagreement = _ratio(
+    disagreement = ratio(
         'kubeforge_shadow_predictions_total{result="disagree"}',
         "kubeforge_shadow_predictions_total",
         "namespace, model, version",

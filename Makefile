@@ -40,6 +40,10 @@ prerequisites: system-deps ## Everything demo and test need; the virtualenvs and
 crds: install ## Regenerate crds/ from the API models
 	$(BIN)/kubeforge crds write crds
 
+.PHONY: monitoring
+monitoring: install ## Regenerate the alert rules and Grafana dashboards (monitoring/, src/kubeforge/monitoring/rules/)
+	$(BIN)/kubeforge monitoring write
+
 .PHONY: lint
 lint: install ## Ruff, import layering, and a check that crds/ is current
 	$(BIN)/ruff check src tests

@@ -84,6 +84,28 @@ def crds_apply(kubeconfig: str | None) -> None:
 
 
 @main.group()
+def monitoring() -> None:
+    """kubeforge's alert rules and Grafana dashboards, generated as code."""
+
+
+@monitoring.command("write")
+@click.argument("root", type=click.Path(file_okay=False, path_type=Path), default=Path("."))
+def monitoring_write(root: Path) -> None:
+    """Regenerate the rule files and dashboards in the repository at ROOT (default: the current directory)."""
+    from .monitoring import rules
+
+    try:
+        from .monitoring import dashboards
+    except ImportError as err:  # the SDK comes with the dev extra only
+        raise click.ClickException(f"{err}: install the dev extra (pip install -e '.[dev]', `make install`)") from err
+    for path, text in {**rules.rendered(), **dashboards.rendered()}.items():
+        target = root / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        click.echo(f"wrote {target}")
+
+
+@main.group()
 def controlplane() -> None:
     """A local Kubernetes API server + etcd on 127.0.0.1 (no kubelet: pods never run)."""
 

@@ -385,6 +385,7 @@ def all_queries() -> list[tuple[str, str]]:
 
 
 def prometheus_rule(name: str, namespace: str | None, rule_groups: list[dict], labels: dict[str, str]) -> dict:
+    """A Prometheus Operator PrometheusRule holding rule_groups; without namespace, it goes where it is applied."""
     metadata: dict[str, Any] = {"name": name}
     if namespace:
         metadata["namespace"] = namespace

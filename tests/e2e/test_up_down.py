@@ -83,7 +83,8 @@ def local(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def recorded_pids(data_dir: Path) -> list[int]:
     state = json.loads((data_dir / "local.json").read_text())
     cp = json.loads((data_dir / "controlplane" / "controlplane.json").read_text())
-    return [state[k] for k in ("mlflow_pid", "operator_pid", "runner_pid")] + [cp["etcd_pid"], cp["apiserver_pid"]]
+    parts = ("mlflow_pid", "operator_pid", "runner_pid", "prometheus_pid", "alertmanager_pid")
+    return [state[k] for k in parts] + [cp["etcd_pid"], cp["apiserver_pid"]]
 
 
 @pytest.mark.timeout(400)

@@ -67,6 +67,12 @@ def _server_env(ports: dict[str, int]) -> list[dict[str, str]]:
     return [listen, *({"name": f"KUBEFORGE_PORT_{name.upper()}", "value": str(port)} for name, port in ports.items())]
 
 
+def scrape_annotations(port: int) -> dict[str, str]:
+    """Where Prometheus scrapes a pod: the prometheus.io annotations that pod discovery (the
+    prometheus-community chart's kubernetes-pods job) and the local runtime both read."""
+    return {"prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}
+
+
 def _container_ports(ports: dict[str, int]) -> list[dict[str, Any]]:
     # protocol is part of the list-map key: server-side apply on older API servers needs it spelt out.
     return [{"name": name, "containerPort": port, "protocol": "TCP"} for name, port in ports.items()]
@@ -150,7 +156,7 @@ def triton_deployment(
             "replicas": md.spec.replicas if md.spec.autoscaling is None else md.spec.autoscaling.min_replicas,
             "selector": {"matchLabels": selector},
             "template": {
-                "metadata": {"labels": pod_labels},
+                "metadata": {"labels": pod_labels, "annotations": scrape_annotations(PORTS["metrics"])},
                 "spec": {
                     "initContainers": [exporter],
                     "containers": [triton],
@@ -279,7 +285,10 @@ def gateway_deployment(owner: dict[str, Any], md: ModelDeployment, settings: Set
             "replicas": 1,
             "selector": {"matchLabels": selector},
             "template": {
-                "metadata": {"labels": {**labels.common("gateway"), **selector}},
+                "metadata": {
+                    "labels": {**labels.common("gateway"), **selector},
+                    "annotations": scrape_annotations(GATEWAY_PORT),
+                },
                 "spec": {"containers": [container], "volumes": volumes},
             },
         },

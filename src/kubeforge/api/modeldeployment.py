@@ -35,6 +35,8 @@ BUILTIN_METRICS: dict[str, str] = {
     "latency-p99": "99th percentile canary latency in milliseconds; use max",
     "latency-p50": "median canary latency in milliseconds; use max",
     "agreement": "fraction of compared predictions where the canary agrees with stable (0..1); use min",
+    "drift-psi": "largest PSI of the canary's inputs against its training baseline over the drift window; use max",
+    "drift-ks": "largest KS statistic of the canary's inputs against its training baseline; use max",
 }
 
 
@@ -231,6 +233,52 @@ class Auth(KubeModel):
     """Secret whose key `tokens` lists one token per line, optionally `token model1,model2` to limit it."""
 
 
+class DriftMonitoring(KubeModel):
+    """Drift of live inputs and predictions from each version's training baseline, at the gateway."""
+
+    enabled: bool = True
+    """Track drift (a version registered without a baseline is served without it, and status says so)."""
+    window: Duration = "5m"
+    """Sliding window the PSI and KS statistics cover."""
+    min_samples: Annotated[int, Field(ge=10, le=10_000_000)] = 500
+    """Rows a window needs before PSI and KS are reported (with 20 bins, fewer rows read as drift on their own)."""
+    psi_threshold: Annotated[float, Field(gt=0, le=10)] = 0.2
+    """PSI above which the drift alert fires (0.1 small, 0.2 significant, by common convention)."""
+
+
+class PayloadLog(KubeModel):
+    """Sampled request and response records, for debugging and for joining delayed labels later."""
+
+    sample_percent: Annotated[float, Field(ge=0, le=100)] = 1.0
+    """Percent of answered requests recorded."""
+    redact: Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], Field(max_length=256)] = Field(
+        default_factory=list
+    )
+    """Input names whose values are replaced by "[redacted]" before a record leaves the gateway."""
+    max_file_mb: Annotated[int, Field(ge=1, le=10_240)] = 64
+    """Size at which a log file is rotated."""
+    max_files: Annotated[int, Field(ge=1, le=1000)] = 5
+    """Rotated files kept, besides the current one."""
+
+
+class Monitoring(KubeModel):
+    """What the gateway observes beyond latency and errors."""
+
+    drift: DriftMonitoring = Field(default_factory=DriftMonitoring)
+    """Input and prediction drift per version."""
+    payload_log: PayloadLog | None = None
+    """Record sampled requests and responses (off unless set)."""
+
+
+class SLO(KubeModel):
+    """Service level objectives; alerts fire when the error budget burns too fast or latency exceeds its target."""
+
+    latency_p99_ms: Annotated[float, Field(gt=0, le=600_000)] | None = None
+    """Target 99th percentile latency of answered requests, in milliseconds."""
+    error_rate_percent: Annotated[float, Field(gt=0, lt=100)] | None = None
+    """Error budget: percent of requests allowed to fail (5xx), e.g. 0.1 for 99.9 % availability."""
+
+
 class ModelDeploymentSpec(KubeModel):
     """Desired state of a ModelDeployment."""
 
@@ -256,6 +304,10 @@ class ModelDeploymentSpec(KubeModel):
     """Enrich requests with online features."""
     auth: Auth | None = None
     """Require bearer tokens at the gateway."""
+    monitoring: Monitoring = Field(default_factory=Monitoring)
+    """Drift tracking and payload logging at the gateway."""
+    slo: SLO | None = None
+    """Objectives the generated alerts hold the deployment to."""
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelDeploymentSpec:

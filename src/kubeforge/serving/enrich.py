@@ -4,7 +4,7 @@ A model deployed with ``spec.features`` takes, besides its own ``features`` inpu
 input named after the entity key: one key per row (INT64 or INT32 for integer keys, BYTES
 for string and bytes keys; shape [rows] or [rows, 1]; JSON or binary tensor data, so
 tritonclient works unchanged). Per request the gateway reads every feature any live
-version takes, for all rows, in one online-store read, then builds the ``features``
+version takes, for all rows, in one online-store read (at most: see below), then builds the ``features``
 tensor (FP32 [rows, n]) of the version that answers in the order that version was
 trained with, and again for another version when a fallback or a mirror goes there: the
 stable and the canary may have been trained on different features.
@@ -18,7 +18,8 @@ Feast is imported here only, once a route table names a view, and in a thread: `
 feast`` takes seconds, which a gateway without features never pays and a gateway with
 features pays before it reports ready rather than on a request. Feast's objects are not
 thread-safe, so each namespace's store has one thread of its own, off the event loop, and
-reads run there one at a time.
+reads run there one at a time; the requests that arrive while a read runs share the next
+one, so under load Feast's cost per call (more than per row) is paid once per batch.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from .oip import HEADER_LENGTH, BadRequest, Schema, TensorSchema, validate
 from .routes import FeatureRoute, Route, Target
 
 if TYPE_CHECKING:
-    from kubeforge.featurestore.store import OnlineValues, Store
+    from kubeforge.featurestore.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,14 @@ NAMED = 5
 """Unserved values a 422 names; the rest are counted."""
 RETRY_SECONDS = 10.0
 """Wait before opening a store again after it failed to open."""
+
+
+Values = tuple[np.ndarray, np.ndarray]
+"""float64 values [rows, features] (0 where not served) and int8 state [rows, features]: SERVED, MISSING, EXPIRED."""
+
+
+class NotNumbers(ValueError):
+    """The view holds values a model's FP32 input cannot take (the operator names String features beforehand)."""
 
 
 class Unavailable(Exception):
@@ -101,6 +110,8 @@ class EntityRequest:
             keys = _binary_bytes(self.plain[offset:], rows, key)
         else:
             keys = np.frombuffer(self.plain, "<i8" if datatype == "INT64" else "<i4", rows, offset).tolist()
+        if self.features.value_type == "INT32" and not all(-(2**31) <= k < 2**31 for k in keys):
+            raise BadRequest(f"input {key!r}: entity keys of FeatureView {self.features.feature_view!r} are INT32")
         if self.features.value_type == "BYTES":
             keys = [k.encode() if isinstance(k, str) else k for k in keys]
         elif self.features.value_type == "STRING":
@@ -239,6 +250,8 @@ class _Online:
         self.opening: Future[Store] = self.thread.submit(self._open)
         self.failed_at: float | None = None
         self.reported: str | None = None
+        self.waiting: dict[Any, list[tuple[list[Any], asyncio.Future[Values]]]] = {}
+        self.reading: dict[Any, asyncio.Task[None]] = {}
 
     def _open(self) -> Store:
         from kubeforge.featurestore.store import Store
@@ -277,17 +290,57 @@ class _Online:
             self.failed_at = None
             self.opening = self.thread.submit(self._open)
 
-    def read(self, features: FeatureRoute, names: list[str], keys: list[Any]) -> OnlineValues:
+    async def read(self, features: FeatureRoute, names: tuple[str, ...], keys: list[Any]) -> Values:
+        """values and state [len(keys), len(names)] of the entities: read with the keys of every other request for
+        the same features that arrived while the previous read was running, in one call."""
+        waiter: asyncio.Future[Values] = asyncio.get_running_loop().create_future()
+        what = (features.feature_view, features.join_key, features.ttl_seconds, names)
+        queue = self.waiting.setdefault(what, [])
+        queue.append((keys, waiter))
+        if what not in self.reading:
+            self.reading[what] = asyncio.create_task(self._drain(what, features, names))
+        return await waiter
+
+    async def _drain(self, what: Any, features: FeatureRoute, names: tuple[str, ...]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while queue := self.waiting.pop(what, None):
+                keys = [key for part, _ in queue for key in part]
+                try:
+                    values, state = await loop.run_in_executor(self.thread, self._read, features, list(names), keys)
+                except Exception as err:
+                    for _, waiter in queue:
+                        if not waiter.done():
+                            waiter.set_exception(err)
+                    continue
+                row = 0
+                for part, waiter in queue:
+                    if not waiter.done():  # its request may have gone meanwhile
+                        waiter.set_result((values[row : row + len(part)], state[row : row + len(part)]))
+                    row += len(part)
+        finally:
+            del self.reading[what]
+
+    def _read(self, features: FeatureRoute, names: list[str], keys: list[Any]) -> Values:
         store = self.store
         assert store is not None
         rows = {features.join_key: keys}
         try:
-            return store.online(features.feature_view, names, rows, features.ttl_seconds)
+            found = store.online(features.feature_view, names, rows, features.ttl_seconds)
         except Exception:
             # This process's copy of the registry may predate the view or its last change (Feast re-reads a file
             # registry every 10 minutes): read it afresh and try once more.
             store.feast.refresh_registry()
-            return store.online(features.feature_view, names, rows, features.ttl_seconds)
+            found = store.online(features.feature_view, names, rows, features.ttl_seconds)
+        state = np.zeros((len(keys), len(names)), np.int8)
+        for code, misses in ((MISSING, found.missing), (EXPIRED, found.expired)):
+            for row, feature in misses:
+                state[row, names.index(feature)] = code
+        try:
+            values = np.array([[0.0 if v is None else v for v in row] for row in found.rows], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise NotNumbers(f"FeatureView {features.feature_view!r} holds values that are not numbers") from None
+        return values.reshape(state.shape), state
 
 
 def _describe(err: BaseException | None) -> str:
@@ -322,7 +375,8 @@ class Stores:
         return online is not None and online.store is not None
 
     async def lookup(self, route: Route, request: Entities) -> Lookup:
-        """The values of the request's entities, in one read; raises Unavailable when the store cannot answer."""
+        """The values of the request's entities, in one read (shared with the requests that arrive while another
+        read runs); raises Unavailable when the store cannot answer."""
         features = route.features
         assert features is not None
         online = self._online.get(features.namespace)
@@ -330,27 +384,20 @@ class Stores:
             raise Unavailable(
                 online.problem() if online else f"the feature store of {features.namespace!r} is not open"
             )
-        view, names = features.feature_view, list(route.lookup)
+        view = features.feature_view
         start = time.perf_counter()
         try:
-            result = await asyncio.get_running_loop().run_in_executor(
-                online.thread, online.read, features, names, request.keys
-            )
+            values, state = await online.read(features, route.lookup, request.keys)
+        except NotNumbers as err:
+            raise BadRequest(str(err), 422) from None
         except Exception as err:
             raise Unavailable(f"reading FeatureView {view!r} failed: {_describe(err)}") from err
         finally:
             FEATURE_LOOKUP_DURATION.labels(features.namespace, view).observe(time.perf_counter() - start)
-        state = np.zeros((len(request.keys), len(names)), np.int8)
-        for kind, code, misses in (("missing", MISSING, result.missing), ("expired", EXPIRED, result.expired)):
-            if misses:
-                FEATURE_LOOKUP_MISSES.labels(features.namespace, view, kind).inc(len(misses))
-                for row, feature in misses:
-                    state[row, names.index(feature)] = code
-        try:
-            values = np.array([[0.0 if v is None else v for v in row] for row in result.rows], dtype=np.float64)
-        except (TypeError, ValueError):
-            raise BadRequest(f"FeatureView {view!r} holds values that are not numbers for {names}", 422) from None
-        return Lookup(route, request, values.reshape(len(request.keys), len(names)), state)
+        for kind, code in (("missing", MISSING), ("expired", EXPIRED)):
+            if count := int(np.count_nonzero(state == code)):
+                FEATURE_LOOKUP_MISSES.labels(features.namespace, view, kind).inc(count)
+        return Lookup(route, request, values, state)
 
     def close(self) -> None:
         for online in self._online.values():

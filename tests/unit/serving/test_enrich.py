@@ -110,6 +110,15 @@ def test_entity_keys_get_the_usual_checks(ids: np.ndarray, datatype: str, messag
         request.entities(SCHEMA)
 
 
+def test_integer_keys_out_of_an_int32_join_keys_range_are_refused() -> None:
+    request = entity_request(
+        *encoded(tensor("customer_id", np.array([2**40], dtype=np.int64), "INT64")), route("INT32")
+    )
+    assert request is not None
+    with pytest.raises(BadRequest, match="entity keys of FeatureView 'customer-stats' are INT32"):
+        request.entities(SCHEMA)
+
+
 def test_string_keys_that_are_not_utf8_are_refused() -> None:
     ids = np.array([b"\xff\xfe"], dtype=object)
     request = entity_request(*encoded(tensor("customer_id", ids, "BYTES")), route("STRING"))

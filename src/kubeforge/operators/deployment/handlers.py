@@ -1,11 +1,11 @@
 """kopf handlers for ModelDeployment: resolve, observe, analyse, then :func:`rollout.plan`.
 
 Triggers: the ModelDeployment's own events, events of its Deployments and Endpoints
-(readiness and addresses), a 2-second timer while a canary or shadow is live (analysis
-intervals, step pauses) and a slower one that follows registry aliases and retries what
-is not Ready. Each runs the same level-based reconcile under a per-object lock. When a
-child cannot be applied, the ModelDeployment says so (Ready=False) and the timers try
-again with a back-off.
+(readiness and addresses), spec changes of the FeatureView it reads features from, a
+2-second timer while a canary or shadow is live (analysis intervals, step pauses) and a
+slower one that follows registry aliases and retries what is not Ready. Each runs the
+same level-based reconcile under a per-object lock. When a child cannot be applied, the
+ModelDeployment says so (Ready=False) and the timers try again with a back-off.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ _snapshots: dict[tuple[str, str], an.Snapshot] = {}  # (uid, version) -> last sc
 _resolve_cache: dict[tuple[str, str], tuple[float, str]] = {}
 RESOLVE_TTL = 3.0
 _feature_orders: dict[tuple[str, str], list[str] | None] = {}  # (model, version) -> its kubeforge.features tag
+_view_generations: dict[tuple[str, str], int | None] = {}  # (namespace, FeatureView) -> generation last seen
 
 
 def _resolve_one(ctx: Context, name: str, alias: str | None, version: int | None) -> str:
@@ -322,6 +323,22 @@ def deployment_event(labels: dict[str, str], namespace: str, logger: Any, **_: A
 def endpoints_event(labels: dict[str, str], namespace: str, logger: Any, **_: Any) -> None:
     """Addresses changed (the route table carries them when service addressing is by endpoints)."""
     reconcile(namespace, labels[MODELDEPLOYMENT], logger)
+
+
+@kopf.on.event(GROUP, VERSION, "featureviews")
+def featureview_event(event: dict[str, Any], name: str, namespace: str, logger: Any, **_: Any) -> None:
+    """A FeatureView appeared, went or changed its spec: the ModelDeployments fed from it carry its join key, ttl and
+    defaults in their route tables. Its status updates (freshness, every few seconds) change none of that."""
+    key, generation = (namespace, name), (event.get("object") or {}).get("metadata", {}).get("generation")
+    if event.get("type") == "DELETED":
+        _view_generations.pop(key, None)
+    elif _view_generations.get(key) == generation:
+        return
+    else:
+        _view_generations[key] = generation
+    for md in kube.list_objects(context().api, API_VERSION, "ModelDeployment", namespace, ""):
+        if ((md.get("spec") or {}).get("features") or {}).get("featureView") == name:
+            reconcile(namespace, md["metadata"]["name"], logger)
 
 
 def _ready_reason(status: dict[str, Any]) -> str | None:

@@ -36,17 +36,15 @@ import pandas as pd
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from tests.benchmarks.bench_gateway import _connection, _pct
-from tests.integration.serving.conftest import N_FEATURES, RUNTIME, Threshold, register, signature
+from tests.integration.serving.conftest import N_FEATURES, Threshold, _exported, register, signature
 
 from kubeforge.api import FeatureViewSpec
-from kubeforge.api.modeldeployment import ModelRef
 from kubeforge.core import modelcontract as mc
 from kubeforge.featurestore.commands import SPEC_ENV
 from kubeforge.featurestore.config import StoreSettings
 from kubeforge.local import mlflow_server
 from kubeforge.local import triton as local_triton
 from kubeforge.local.processes import free_port, spawn, terminate, wait_http
-from kubeforge.serving import export
 
 ROUNDS = 6
 PER_ROUND = {1: 300, 8: 800}
@@ -119,8 +117,8 @@ def gateway(work: Path) -> None:
     stops = [ml.stop]
     try:
         version = register(ml.url, "bench", Threshold(0.0, 1.0), signature())
-        export.export(ml.url, ModelRef(name="bench", version=int(version)), work / "repo", RUNTIME)
-        triton = local_triton.start(work / "repo", work / "triton", models=["bench"])
+        repo = _exported(ml.url, work / "repo", "bench", [version])
+        triton = local_triton.start(repo, work / "triton", models=["bench"])
         stops.append(triton.stop)
         routes = work / "routes.yaml"
         stable = {"version": version, "role": "stable", "url": triton.url, "weight": 100, "featureOrder": FEATURES}

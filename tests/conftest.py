@@ -57,11 +57,11 @@ def crds_installed(kubectl: Kubectl) -> None:
     kubectl("apply", "-f", str(REPO / "crds"))
     names = [f"crd/{kind.crd.crd_name}" for kind in crdgen.KINDS]
     # Polled rather than `kubectl wait`, which fails outright when asked before the API server
-    # has written the CRDs' first status ("status.conditions accessor error").
+    # has written the CRDs' first status ("status.conditions accessor error"); so does jsonpath,
+    # whose failures here only mean "not yet".
     deadline = time.monotonic() + 60
-    while kubectl(
-        "get", *names, "-o", "jsonpath={.items[*].status.conditions[?(@.type=='Established')].status}"
-    ).stdout.split().count("True") < len(names):
+    jsonpath = "jsonpath={.items[*].status.conditions[?(@.type=='Established')].status}"
+    while kubectl("get", *names, "-o", jsonpath, check=False).stdout.split().count("True") < len(names):
         assert time.monotonic() < deadline, f"CRDs not established after 60s: {names}"
         time.sleep(0.2)
 

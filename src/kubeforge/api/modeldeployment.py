@@ -216,7 +216,8 @@ class FeatureEnrichment(KubeModel):
     feature_view: ObjectName
     """FeatureView in the same namespace."""
     entity_key: Annotated[str, Field(min_length=1, max_length=256)]
-    """Request parameter that carries the entity key."""
+    """Name of the request's input tensor that carries the entity keys (INT64 or BYTES, one per row); the gateway
+    replaces it with the model's feature tensor, read from the FeatureView's online store."""
 
 
 class SecretRef(KubeModel):

@@ -12,8 +12,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry()
 
-_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-# Symmetric around 0 and as fine as the latency buckets up to 100 ms, so the delta percentiles the
+# From 100 µs (a gateway hop, a small model on a GPU) to 10 s (a timeout), in 1-2.5-5 steps, and finer
+# between 1 and 10 ms where most CPU models answer, so percentiles interpolated in a bucket stay close.
+_LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01,
+    0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+)  # fmt: skip
+# Symmetric around 0 and as fine as the latency buckets from 1 to 100 ms, so the delta percentiles the
 # operator interpolates from them stay within a few milliseconds where shadows usually differ.
 _DELTA_STEPS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
 _DELTA_BUCKETS = (*(-s for s in reversed(_DELTA_STEPS)), 0, *_DELTA_STEPS)

@@ -50,10 +50,22 @@ def export_command(
 @click.option("--port", type=int, default=8080, show_default=True)
 @click.option("--max-body-bytes", type=int, default=16 * 1024 * 1024, show_default=True)
 @click.option("--reload-interval", type=float, default=1.0, show_default=True, help="Seconds between file checks.")
+@click.option(
+    "--payload-log-dir",
+    envvar="KUBEFORGE_PAYLOAD_LOG_DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory for the payload logs of models whose route asks for one.",
+)
 def gateway_command(
-    routes: Path, tokens: Path | None, host: str, port: int, max_body_bytes: int, reload_interval: float
+    routes: Path,
+    tokens: Path | None,
+    host: str,
+    port: int,
+    max_body_bytes: int,
+    reload_interval: float,
+    payload_log_dir: Path | None,
 ) -> None:
     """Serve the Open Inference Protocol in front of Triton, routed by the route table."""
     from .gateway import Settings, serve
 
-    serve(Settings(routes, tokens, max_body_bytes, reload_interval), host, port)
+    serve(Settings(routes, tokens, max_body_bytes, reload_interval, payload_dir=payload_log_dir), host, port)

@@ -39,7 +39,7 @@ from kubeforge.core.modelcontract import INPUT_NAME
 from kubeforge.featurestore.config import StoreSettings
 
 from .metrics import FEATURE_LOOKUP_DURATION, FEATURE_LOOKUP_MISSES
-from .oip import HEADER_LENGTH, BadRequest, Schema, TensorSchema, validate
+from .oip import HEADER_LENGTH, BadRequest, Schema, TensorSchema, binary_bytes, validate
 from .routes import FeatureRoute, Route, Target
 
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ class EntityRequest:
         if "binary_data_size" not in (self.entity.get("parameters") or {}):
             keys = _flatten(self.entity["data"])
         elif datatype == "BYTES":
-            keys = _binary_bytes(self.plain[offset:], rows, key)
+            keys = binary_bytes(self.plain[offset:], rows, key)
         else:
             keys = np.frombuffer(self.plain, "<i8" if datatype == "INT64" else "<i4", rows, offset).tolist()
         if self.features.value_type == "INT32" and not all(-(2**31) <= k < 2**31 for k in keys):
@@ -152,22 +152,6 @@ def _flatten(data: Any) -> list[Any]:
     if not isinstance(data, list):
         return [data]
     return [item for part in data for item in _flatten(part)]
-
-
-def _binary_bytes(data: bytes, count: int, name: str) -> list[bytes]:
-    """BYTES tensor data: each element a 4-byte little-endian length and that many bytes."""
-    out: list[bytes] = []
-    pos = 0
-    for _ in range(count):
-        size = int.from_bytes(data[pos : pos + 4], "little")
-        item = data[pos + 4 : pos + 4 + size]
-        if pos + 4 > len(data) or len(item) != size:
-            raise BadRequest(f"input {name!r}: binary data ends inside element {len(out)}")
-        out.append(item)
-        pos += 4 + size
-    if pos != len(data):
-        raise BadRequest(f"input {name!r}: {len(data) - pos} bytes of binary data left after {count} elements")
-    return out
 
 
 @dataclass(frozen=True)

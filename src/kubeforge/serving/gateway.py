@@ -14,6 +14,12 @@ A model fed from a FeatureView also takes requests that carry entity keys instea
 features (see :mod:`.enrich`): the gateway reads the features from the online store and
 sends Triton a request it rebuilt for the version that answers. Requests to models without
 features never leave the path above.
+
+Every answer carries a request id (``kubeforge-request-id``: the caller's OIP ``id``, or one
+the gateway made up). What a version received and answered is handed, by reference, to drift
+tracking (:mod:`.monitor`) and, for the sampled requests of a model that asks for it, to the
+payload log (:mod:`.payloads`); both do their work after the response is out.
+Error bodies name inputs, shapes and types, never input values.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import json
 import logging
 import re
 import time
+import uuid
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -42,7 +49,9 @@ from .auth import Forbidden, Tokens, Unauthorized
 from .enrich import Lookup, Stores, Unavailable, entity_request
 from .filewatch import FileWatch
 from .metrics import FALLBACKS, REGISTRY, RELOADS, UPSTREAM_REQUESTS
-from .oip import HEADER_LENGTH, BadRequest, validate
+from .monitor import DriftCollector, Monitor
+from .oip import HEADER_LENGTH, BadRequest, Body, validate
+from .payloads import PayloadLogger
 from .routes import Route, RouteTable, Target, compile_table
 from .shadow import Job, Mirror
 from .upstream import Answer, UpstreamFailure, Upstreams
@@ -51,6 +60,10 @@ log = logging.getLogger(__name__)
 
 VERSION_HEADER = "kubeforge-model-version"
 ROLE_HEADER = "kubeforge-model-role"
+REQUEST_ID_HEADER = "kubeforge-request-id"
+# A caller's OIP id goes back as the request id header only when it is safe there as it is: printable
+# ASCII (no line breaks to split the response's headers with) of a sane length. Others get a fresh id.
+HEADER_SAFE_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
 FORWARDED = ("content-type", HEADER_LENGTH, "content-encoding")
 INFER_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$")
 
@@ -65,6 +78,8 @@ class Settings:
     reload_interval: float = 1.0
     health_interval: float = 1.0
     shadow_queue: int = 256
+    payload_dir: Path | None = None
+    """Where payload logs are written (for models whose route asks for one)."""
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -72,8 +87,23 @@ def error(status: int, message: str, headers: dict[str, str] | None = None) -> R
     return Response(json.dumps({"error": message}), status, headers, media_type="application/json")
 
 
+@dataclass(slots=True)
+class Call:
+    """One inference request on its way through the gateway: when it arrived and, once read, its id."""
+
+    start: float
+    request_id: str | None = None
+
+
+def request_id(given: object) -> str:
+    """The caller's OIP id when the header can carry it, else a fresh one."""
+    if isinstance(given, str) and HEADER_SAFE_ID.match(given):
+        return given
+    return uuid.uuid4().hex
+
+
 class Gateway:
-    """Route table, tokens, upstream pool and shadow mirror of one gateway process."""
+    """Route table, tokens, upstream pool, shadow mirror, drift trackers and payload log of one gateway process."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -81,7 +111,9 @@ class Gateway:
         self.loaded = False
         self.tokens: Tokens | None = None
         self.upstreams = Upstreams()
-        self.mirror = Mirror(self.upstreams, capacity=settings.shadow_queue)
+        self.monitor = Monitor()
+        self.mirror = Mirror(self.upstreams, self.monitor, capacity=settings.shadow_queue)
+        self.payloads = PayloadLogger(settings.payload_dir)
         self.stores = Stores()
         self._route_watch = FileWatch(settings.routes)
         self._token_watch = FileWatch(settings.tokens) if settings.tokens else None
@@ -100,6 +132,7 @@ class Gateway:
             else:
                 known = {t.key: t for r in self.routes.values() for t in r.versions.values()}
                 self.routes = compile_table(table, known)  # one assignment: requests see old or new, never half
+                self.monitor.load(self.routes.values())
                 self.loaded = True
                 RELOADS.labels("routes", "ok").inc()
                 log.info("route table loaded: %s", ", ".join(sorted(self.routes)) or "no models")
@@ -134,15 +167,20 @@ class Gateway:
         self.reload()
         if self.settings.tokens and self.tokens is None:
             raise RuntimeError(f"token file {self.settings.tokens} is missing or has no tokens")
-        tasks = [asyncio.create_task(c) for c in (self._watch(), self._health(), self.mirror.run())]
+        collector = DriftCollector(lambda: self.monitor.tracked, self.monitor.flush)
+        REGISTRY.register(collector)
+        loops = (self._watch(), self._health(), self.mirror.run(), self.monitor.run(), self.payloads.run())
+        tasks = [asyncio.create_task(c) for c in loops]
         try:
             yield
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            REGISTRY.unregister(collector)
             await self.upstreams.close()
             self.stores.close()
+            self.payloads.close()
 
     # --- request path ----------------------------------------------------------------------
 
@@ -202,20 +240,20 @@ class Gateway:
     async def infer(self, scope: Scope, receive: Receive, send: Send) -> None:
         """POST .../infer, served as a bare ASGI app: the hot path skips the framework's routing and
         request objects, which cost more CPU per call than everything else the gateway does."""
-        start = time.perf_counter()
+        call = Call(time.perf_counter())
         match = INFER_PATH.match(scope["path"])
         headers = Headers(scope=scope)
         try:
             if match is None:
                 raise HTTPException(404, f"no route for {scope['path']}")
-            response = await self._infer(start, match["name"], match["version"], headers, receive)
+            response = await self._infer(call, match["name"], match["version"], headers, receive)
         except HTTPException as exc:
             response = error(exc.status_code, str(exc.detail), dict(exc.headers or {}))
+        response.headers[REQUEST_ID_HEADER] = call.request_id or request_id(None)
         await response(scope, receive, send)
 
-    async def _infer(
-        self, start: float, name: str, version: str | None, headers: Headers, receive: Receive
-    ) -> Response:
+    async def _infer(self, call: Call, name: str, version: str | None, headers: Headers, receive: Receive) -> Response:
+        start = call.start
         route, pinned = self._route(name, version, headers.get("authorization"))
         target = pinned or route.pick(headers.get(route.sticky_header) if route.sticky_header else None)
         can_fall_back = pinned is None and route.spec.fallback and target is not route.stable
@@ -230,6 +268,8 @@ class Gateway:
             )
             plain = self._plain(body, headers.get("content-encoding"))
             request = entity_request(plain, length, route) if route.features is not None else None
+            if request is not None:
+                call.request_id = request_id(request.request.get("id"))
             if request is not None and target.columns is None and can_fall_back:
                 target, can_fall_back = self._skip(route, target), False  # a version the view cannot feed
             schema = target.schema or await self.upstreams.schema(target)
@@ -241,7 +281,7 @@ class Gateway:
                 message = f"model {route.name!r} version {target.version} is not ready"
                 return self._answered(target, start, error(503, message))
             if request is None:
-                validate(plain, length, schema)
+                call.request_id = request_id(validate(plain, length, schema).get("id"))
                 forward = {k: v for k in FORWARDED if (v := headers.get(k)) is not None}
             else:
                 lookup = await self.stores.lookup(route, request.entities(schema))
@@ -265,13 +305,27 @@ class Gateway:
             except UpstreamFailure as again:
                 return self._answered(target, start, error(504 if again.reason == "timeout" else 502, str(again)))
         response = self._answered(target, start, self._response(answer))
-        if answer.status == 200 and pinned is None:
+        if answer.status != 200:
+            return response
+        # What the version received: the caller's request (inflated), or the one rebuilt from the online store.
+        caller: Body = (plain, length)
+        received = caller if lookup is None else (body, int(forward[HEADER_LENGTH]))
+        self.monitor.record(target, *received, answer.content, answer.header_size)
+        if route.spec.payload_log is not None:
+            rebuilt = None if lookup is None else received
+            assert call.request_id is not None
+            self.payloads.offer(
+                route, target, call.request_id, start, caller, rebuilt, (answer.content, answer.header_size)
+            )
+        if pinned is None:
             for mirrored in route.mirrors(target):
                 if lookup is None:
-                    self.mirror.submit(Job(route, mirrored, body, forward, answer))
+                    self.mirror.submit(Job(route, mirrored, body, forward, answer, caller))
                 elif mirrored.columns is not None:
                     with contextlib.suppress(BadRequest):  # a value only the mirrored version takes is missing
-                        self.mirror.submit(Job(route, mirrored, *lookup.body(mirrored), answer))
+                        mirrored_body, mirrored_forward = lookup.body(mirrored)
+                        observed = (mirrored_body, int(mirrored_forward[HEADER_LENGTH]))
+                        self.mirror.submit(Job(route, mirrored, mirrored_body, mirrored_forward, answer, observed))
         return response
 
     def _not_ready(self, target: Target) -> None:

@@ -106,6 +106,25 @@ FEATURE_LOOKUP_MISSES = Counter(
     registry=REGISTRY,
 )
 
+DRIFT_ERRORS = Counter(
+    "kubeforge_drift_errors",
+    "Answered requests whose input or predictions could not be counted for drift (the request was served)",
+    _LABELS,
+    registry=REGISTRY,
+)
+DRIFT_DROPPED = Counter(
+    "kubeforge_drift_dropped",
+    "Answered requests left out of drift because too many were waiting to be counted",
+    _LABELS,
+    registry=REGISTRY,
+)
+PAYLOAD_RECORDS = Counter(
+    "kubeforge_payload_records",
+    "Sampled requests for the payload log by outcome: written, dropped (the writer's queue was full) or failed",
+    ["model", "outcome"],
+    registry=REGISTRY,
+)
+
 
 class TargetMetrics:
     """Metric children bound to one version, so the request path does no label lookups."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,9 @@ NUMPY: dict[str, str] = {
     "FP64": "float64",
 }
 HEADER_LENGTH = "inference-header-content-length"
+
+Body = tuple[bytes, int | None]
+"""A request or response body and the length of its JSON header (None: all JSON, no binary tensor data)."""
 
 
 class BadRequest(ValueError):
@@ -141,8 +145,8 @@ def _check_input(inp: Any, schema: Schema, seen: set[str]) -> int:
     return size
 
 
-def validate(body: bytes, header_length: int | None, schema: Schema) -> None:
-    """Raise BadRequest unless body is an inference request this version accepts."""
+def validate(body: bytes, header_length: int | None, schema: Schema) -> dict[str, Any]:
+    """The request's JSON header; raises BadRequest unless body is an inference request this version accepts."""
     if header_length is not None and not 0 < header_length <= len(body):
         raise BadRequest(f"{HEADER_LENGTH} {header_length} does not fit a body of {len(body)} bytes")
     try:
@@ -170,20 +174,47 @@ def validate(body: bytes, header_length: int | None, schema: Schema) -> None:
     for key in ("parameters", "id"):
         if key in request and not isinstance(request[key], dict if key == "parameters" else str):
             raise BadRequest(f"{key} has the wrong type")
+    return request
 
 
-def decode_outputs(content: bytes, header_length: int | None) -> dict[str, np.ndarray]:
-    """The output tensors of a Triton response, JSON or binary."""
+def tensors(
+    content: bytes, header_length: int | None, kind: str = "outputs", wanted: Callable[[str], bool] | None = None
+) -> dict[str, np.ndarray]:
+    """The tensors of a request (kind "inputs") or response ("outputs"), JSON or binary, by name; only those whose
+    name is wanted, when given: the others are never decoded. BYTES elements come as an object array of str (JSON)
+    or bytes (binary)."""
     header = json.loads(content[:header_length] if header_length else content)
     offset = header_length or 0
     out: dict[str, np.ndarray] = {}
-    for o in header.get("outputs", []):
-        dtype = np.dtype(NUMPY.get(o["datatype"], "object"))
-        size = (o.get("parameters") or {}).get("binary_data_size")
+    for t in header.get(kind, []):
+        size = (t.get("parameters") or {}).get("binary_data_size")
+        decode = wanted is None or wanted(t["name"])
         if size is not None:
-            arr = np.frombuffer(content, dtype=dtype, count=size // dtype.itemsize, offset=offset)
+            if decode:
+                data = memoryview(content)[offset : offset + size]
+                if t["datatype"] == "BYTES":
+                    arr = np.empty(math.prod(t["shape"]), dtype=object)
+                    arr[:] = binary_bytes(bytes(data), len(arr), t["name"])
+                else:
+                    arr = np.frombuffer(data, dtype=NUMPY[t["datatype"]])
+                out[t["name"]] = arr.reshape(t["shape"])
             offset += size
-        else:
-            arr = np.asarray(o["data"], dtype=dtype)
-        out[o["name"]] = arr.reshape(o["shape"])
+        elif decode:
+            out[t["name"]] = np.asarray(t["data"], dtype=NUMPY.get(t["datatype"], "object")).reshape(t["shape"])
+    return out
+
+
+def binary_bytes(data: bytes, count: int, name: str) -> list[bytes]:
+    """BYTES tensor data: each element a 4-byte little-endian length and that many bytes."""
+    out: list[bytes] = []
+    pos = 0
+    for _ in range(count):
+        size = int.from_bytes(data[pos : pos + 4], "little")
+        item = data[pos + 4 : pos + 4 + size]
+        if pos + 4 > len(data) or len(item) != size:
+            raise BadRequest(f"input {name!r}: binary data ends inside element {len(out)}")
+        out.append(item)
+        pos += 4 + size
+    if pos != len(data):
+        raise BadRequest(f"input {name!r}: {len(data) - pos} bytes of binary data left after {count} elements")
     return out

@@ -9,6 +9,10 @@ A shadow version gets a mirror of a percentage of requests and never answers a c
 A model fed from a FeatureView names the view and the request input that carries entity
 keys; each version lists the features it was trained on in its input order, since the
 stable and the canary may have been trained on different ones.
+
+With drift monitoring each version carries its training baseline (the trainer's per-feature
+histograms) and what reads its outputs (task, classes), and the model the window settings;
+with payload logging the model carries the sampling, redaction and rotation settings.
 """
 
 from __future__ import annotations
@@ -25,10 +29,23 @@ from pydantic import Field, model_validator
 
 from kubeforge.api.featureview import ValueType
 from kubeforge.api.meta import KubeModel, UniqueNames
-from kubeforge.api.modeldeployment import Role
-from kubeforge.core.modelcontract import INPUT_NAME
+from kubeforge.api.modeldeployment import DriftMonitoring, PayloadLog, Role
+from kubeforge.core.modelcontract import INPUT_NAME, FeatureHistogram
 
 Task = Literal["classification", "regression"]
+
+
+class VersionDrift(KubeModel):
+    """What a version's drift is measured against: its training baseline, and how to read its answers."""
+
+    features: UniqueNames
+    """The version's input features in input order (its kubeforge.features tag, else the baseline's order)."""
+    baseline: list[FeatureHistogram]
+    """The histograms of its baseline artifact; a feature without a usable one is not tracked."""
+    task: Task | None = None
+    """classification (predictions counted by class) or regression (by value); none: predictions not tracked."""
+    classes: list[str] | None = None
+    """Class labels in output order, for classification."""
 
 
 class VersionRoute(KubeModel):
@@ -50,6 +67,8 @@ class VersionRoute(KubeModel):
     feature_order: UniqueNames | None = None
     """With features: the version's features in its input order (its kubeforge.features tag); omitted for a
     version that cannot be fed from the view, which then answers only requests that send features inline."""
+    drift: VersionDrift | None = None
+    """With drift monitoring: the version's baseline; omitted for a version registered without one."""
 
 
 class FeatureRoute(KubeModel):
@@ -95,6 +114,10 @@ class ModelRoute(KubeModel):
     """Per-try timeout of an upstream request."""
     features: FeatureRoute | None = None
     """Requests may carry entity keys; the gateway reads the features from the online store."""
+    drift: DriftMonitoring | None = None
+    """Track drift of the versions that carry a baseline, over this window; omitted: no drift tracking."""
+    payload_log: PayloadLog | None = None
+    """Record sampled requests and answers; omitted: none."""
 
     @model_validator(mode="after")
     def _roles(self) -> ModelRoute:
@@ -138,6 +161,7 @@ class Target:
     schema: Any = None  # the version's input schema, once fetched from Triton
     metrics: Any = None  # labelled metric children, bound once per target
     columns: Any = None  # with features: where its feature_order's features are in Route.lookup (numpy indices)
+    drift: Any = None  # with a baseline: its drift tracker and the requests waiting for it (monitor.Tracked)
 
     @property
     def key(self) -> tuple[str, str, str, str]:

@@ -2,7 +2,8 @@
 
 Mirrors go through a bounded queue worked off by background tasks, after the live
 response is ready: a slow, failing or overloaded shadow costs the caller nothing, and
-when the queue is full the mirror is dropped (and counted) rather than waited for.
+when the queue is full the mirror is dropped (and counted) rather than waited for. What a
+mirrored version answers counts in its drift as live answers do.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .metrics import SHADOW_LATENCY_DELTA, SHADOW_LATENCY_DELTA_SUM, SHADOW_PREDICTIONS, SHADOW_REQUESTS
-from .oip import decode_outputs
+from .monitor import Monitor
+from .oip import Body, tensors
 from .routes import Route, Target
 from .upstream import Answer, UpstreamFailure, Upstreams
 
@@ -44,13 +46,16 @@ class Job:
     body: bytes
     headers: dict[str, str]
     live: Answer
+    observed: Body
+    """What the version receives, as drift tracking reads it (body sent uncompressed)."""
 
 
 class Mirror:
     """Bounded queue of mirrored requests and the workers that send and compare them."""
 
-    def __init__(self, upstreams: Upstreams, capacity: int = 256, workers: int = 2):
+    def __init__(self, upstreams: Upstreams, monitor: Monitor, capacity: int = 256, workers: int = 2):
         self.upstreams = upstreams
+        self.monitor = monitor
         self.queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=capacity)
         self.workers = workers
 
@@ -84,18 +89,15 @@ class Mirror:
             SHADOW_REQUESTS.labels(name, version, "error").inc()
             return
         SHADOW_REQUESTS.labels(name, version, "ok").inc()
+        self.monitor.record(job.target, *job.observed, answer.content, answer.header_size)
         delta = answer.seconds - job.live.seconds
         SHADOW_LATENCY_DELTA.labels(name, version).observe(delta)
         SHADOW_LATENCY_DELTA_SUM.labels(name, version).inc(delta)
-        live = decode_outputs(job.live.content, _int(job.live.header_length))
-        shadow = decode_outputs(answer.content, _int(answer.header_length))
+        live = tensors(job.live.content, job.live.header_size)
+        shadow = tensors(answer.content, answer.header_size)
         agree = disagree = 0
         for key, value in live.items():
             a, d = agreement(job.route.spec.task, job.route.spec.tolerance, value, shadow.get(key, np.empty(0)))
             agree, disagree = agree + a, disagree + d
         SHADOW_PREDICTIONS.labels(name, version, "agree").inc(agree)
         SHADOW_PREDICTIONS.labels(name, version, "disagree").inc(disagree)
-
-
-def _int(value: str | None) -> int | None:
-    return int(value) if value else None

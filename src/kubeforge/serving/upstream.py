@@ -35,6 +35,11 @@ class Answer:
     header_length: str | None
     seconds: float
 
+    @property
+    def header_size(self) -> int | None:
+        """Bytes of JSON before the binary tensor data; None for an all-JSON answer."""
+        return int(self.header_length) if self.header_length else None
+
 
 class Upstreams:
     """The shared HTTP client and what the gateway asks of Triton through it."""

@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from kubeforge.serving.oip import BadRequest, Schema, TensorSchema, decode_outputs, validate
+from kubeforge.serving.oip import BadRequest, Schema, TensorSchema, tensors, validate
 
 SCHEMA = Schema("clf", {"features": TensorSchema("FP32", (-1, 2))}, frozenset({"outputs"}), 4)
 
@@ -59,10 +59,10 @@ def test_binary_sizes_must_add_up():
         validate(header, len(header) + 10, SCHEMA)
 
 
-def test_decode_outputs_json_and_binary():
+def test_tensors_json_and_binary():
     values = np.array([[0.25, 0.75]], dtype=np.float32)
     as_json = json.dumps({"outputs": [{"name": "outputs", "datatype": "FP32", "shape": [1, 2], "data": [0.25, 0.75]}]})
-    np.testing.assert_array_equal(decode_outputs(as_json.encode(), None)["outputs"], values)
+    np.testing.assert_array_equal(tensors(as_json.encode(), None)["outputs"], values)
     out = {"name": "outputs", "datatype": "FP32", "shape": [1, 2], "parameters": {"binary_data_size": 8}}
     header = json.dumps({"outputs": [out]}).encode()
-    np.testing.assert_array_equal(decode_outputs(header + values.tobytes(), len(header))["outputs"], values)
+    np.testing.assert_array_equal(tensors(header + values.tobytes(), len(header))["outputs"], values)

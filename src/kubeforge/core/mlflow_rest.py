@@ -57,8 +57,11 @@ class MLflowRegistry:
         self._http.close()
 
     def _get(self, path: str, params: dict[str, Any]) -> dict[str, Any]:
+        return self._fetch(f"/api/2.0/mlflow/{path}", params).json()
+
+    def _fetch(self, path: str, params: dict[str, Any]) -> httpx.Response:
         try:
-            resp = self._http.get(f"/api/2.0/mlflow/{path}", params=params)
+            resp = self._http.get(path, params=params)
         except httpx.HTTPError as err:
             raise MLflowError(f"MLflow at {self.tracking_uri} is unreachable: {err}") from err
         if resp.status_code in (400, 404):
@@ -72,7 +75,7 @@ class MLflowRegistry:
                 raise NotFound(message)
         if resp.status_code >= 400:
             raise MLflowError(f"MLflow {path} failed ({resp.status_code}): {resp.text[:500]}")
-        return resp.json()
+        return resp
 
     def by_alias(self, name: str, alias: str) -> ModelVersion:
         data = self._get("registered-models/alias", {"name": name, "alias": alias})
@@ -81,6 +84,10 @@ class MLflowRegistry:
     def by_version(self, name: str, version: int | str) -> ModelVersion:
         data = self._get("model-versions/get", {"name": name, "version": str(version)})
         return ModelVersion.from_json(data["model_version"])
+
+    def artifact(self, run_id: str, path: str) -> bytes:
+        """A file the run logged (path relative to its artifact root); raises NotFound when it has none."""
+        return self._fetch("/get-artifact", {"run_id": run_id, "path": path}).content
 
     def search(self, name: str) -> list[ModelVersion]:
         """All versions of a registered model, newest first."""

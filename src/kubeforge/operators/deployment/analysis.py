@@ -5,7 +5,8 @@ each interval and compares with the previous scrape, so the figures cover exactl
 last interval and need no Prometheus (the local runtime has none). Counts are per try
 against the canary's Triton, so an error that a fallback hid from the caller still
 counts against the canary, and so does a request the gateway sent to stable without
-trying the canary because it knew the canary was not ready.
+trying the canary because it knew the canary was not ready. Drift is not a counter: the
+gateway computes it over its own sliding window, and the built-ins read the scrape as it is.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ UPSTREAM_DURATION = "kubeforge_upstream_request_duration_seconds"
 SHADOW_PREDICTIONS = "kubeforge_shadow_predictions"
 SHADOW_DELTA = "kubeforge_shadow_latency_delta_seconds"
 SHADOW_DELTA_SUM = "kubeforge_shadow_latency_delta_sum_seconds"
+DRIFT = {"kubeforge_drift_psi": "drift-psi", "kubeforge_drift_ks": "drift-ks"}
 
 
 @dataclass
@@ -37,11 +39,13 @@ class Snapshot:
     delta_buckets: dict[float, float] = field(default_factory=dict)  # le -> cumulative count of shadow deltas
     delta_sum: float = 0.0  # a gauge, not a counter: it falls whenever the shadow answers faster
     delta_count: float = 0.0
+    drift: dict[str, float] = field(default_factory=dict)  # drift-psi / drift-ks -> largest over the features
 
     def minus(self, prev: Snapshot) -> Snapshot:
         """Increase since prev; a counter that went down means the gateway restarted, so take it whole.
 
-        The delta sum may go down on its own, so whether the gateway restarted is read from the delta count.
+        The delta sum may go down on its own, so whether the gateway restarted is read from the delta count; drift
+        covers the gateway's window, not the interval, and is taken as it is now.
         """
 
         def d(now: float, before: float) -> float:
@@ -56,6 +60,7 @@ class Snapshot:
             delta_buckets={k: d(v, prev.delta_buckets.get(k, 0.0)) for k, v in self.delta_buckets.items()},
             delta_sum=self.delta_sum if restarted else self.delta_sum - prev.delta_sum,
             delta_count=d(self.delta_count, prev.delta_count),
+            drift=self.drift,
         )
 
     @property
@@ -86,6 +91,9 @@ def parse(text: str, model: str, version: str) -> Snapshot:
                 snap.delta_sum += sample.value
             elif sample.name == SHADOW_DELTA + "_count":
                 snap.delta_count += sample.value
+            elif sample.name in DRIFT:
+                name = DRIFT[sample.name]
+                snap.drift[name] = max(snap.drift.get(name, sample.value), sample.value)
     return snap
 
 
@@ -135,8 +143,12 @@ def builtin(name: str, canary: Snapshot, min_requests: int) -> float | None:
     """A built-in metric over one interval's counters; None when fewer than min_requests count.
 
     error-rate is failed tries over all tries, so requests that the fallback answered for the canary
-    (it failed, timed out, or was known not to be ready and skipped) count against it.
+    (it failed, timed out, or was known not to be ready and skipped) count against it. drift-psi and
+    drift-ks are the largest of the canary's features; the gateway reports them only once its window
+    holds spec.monitoring.drift.minSamples rows, which takes the place of min_requests.
     """
+    if name in DRIFT.values():
+        return canary.drift.get(name)
     if name == "agreement":
         compared = canary.agree + canary.disagree
         return canary.agree / compared if compared >= max(min_requests, 1) else None

@@ -30,6 +30,7 @@ REPO_MOUNT = "/models"
 ROUTES_MOUNT = "/etc/kubeforge/routes"
 ROUTES_FILE = "routes.yaml"
 TOKENS_MOUNT = "/etc/kubeforge/tokens"
+PAYLOAD_LOG_MOUNT = "/var/log/kubeforge/payloads"
 PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 GATEWAY_PORT = 8080
 
@@ -195,12 +196,14 @@ def route_table(
 ) -> RouteTable:
     """The gateway's table: clients call the model by the ModelDeployment's name.
 
-    versions: [{version, role, url, model, weight, percent, featureOrder}] for what is live and ready; empty
+    versions: [{version, role, url, model, weight, percent, featureOrder, drift}] for what is live and ready; empty
     until the stable version has an address, when the gateway serves no model yet. features: the FeatureView
-    requests with entity keys are fed from (serving.routes.FeatureRoute, wire format).
+    requests with entity keys are fed from (serving.routes.FeatureRoute, wire format). Drift settings go in with
+    spec.monitoring.drift enabled (each version's baseline is its drift entry), payload log settings when set.
     """
     if not versions:
         return RouteTable(models={})
+    monitoring = md.spec.monitoring
     return RouteTable(
         models={
             name: ModelRoute(
@@ -213,6 +216,7 @@ def route_table(
                         weight=v.get("weight", 0),
                         percent=v.get("percent", 0),
                         feature_order=v.get("featureOrder"),
+                        drift=v.get("drift"),
                     )
                     for v in versions
                 ],
@@ -221,6 +225,8 @@ def route_table(
                 fallback=md.spec.fallback.enabled,
                 timeout_ms=md.spec.fallback.timeout_ms,
                 features=FeatureRoute.model_validate(features) if features else None,
+                drift=monitoring.drift if monitoring.drift.enabled else None,
+                payload_log=monitoring.payload_log,
             )
         }
     )
@@ -255,6 +261,11 @@ def gateway_deployment(owner: dict[str, Any], md: ModelDeployment, settings: Set
         args += ["--tokens", f"{TOKENS_MOUNT}/tokens"]
         volumes.append({"name": "tokens", "secret": {"secretName": md.spec.auth.secret_ref.name}})
         mounts.append({"name": "tokens", "mountPath": TOKENS_MOUNT, "readOnly": True})
+    if md.spec.monitoring.payload_log is not None:
+        # The gateway rotates its files, so the volume holds at most (maxFiles + 1) * maxFileMb of them.
+        args += ["--payload-log-dir", PAYLOAD_LOG_MOUNT]
+        volumes.append({"name": "payload-log", "emptyDir": {}})
+        mounts.append({"name": "payload-log", "mountPath": PAYLOAD_LOG_MOUNT})
     ports = {"http": GATEWAY_PORT}
     env = _server_env(ports)
     if md.spec.features is not None:

@@ -29,7 +29,8 @@ from ...api.validation import InvalidResource
 from ...core import kube, podfailure
 from ...core import modelcontract as mc
 from ...core.conditions import StatusDraft
-from ...core.mlflow_rest import MLflowError, NotFound
+from ...core.mlflow_rest import MLflowError, MLflowRegistry, NotFound
+from ...serving.routes import VersionDrift
 from ..labels import COMPONENT, MODEL_VERSION, MODELDEPLOYMENT
 from ..runtime import Context, context
 from . import analysis as an
@@ -37,6 +38,7 @@ from . import children
 from .rollout import (
     GATEWAY,
     WAITING_FOR_ROUTES,
+    DriftBaseline,
     FeatureSource,
     Observed,
     Resolved,
@@ -55,6 +57,7 @@ _snapshots: dict[tuple[str, str], an.Snapshot] = {}  # (uid, version) -> last sc
 _resolve_cache: dict[tuple[str, str], tuple[float, str]] = {}
 RESOLVE_TTL = 3.0
 _feature_orders: dict[tuple[str, str], list[str] | None] = {}  # (model, version) -> its kubeforge.features tag
+_baselines: dict[tuple[str, str], DriftBaseline] = {}  # (model, version) -> its drift baseline, read once
 _view_generations: dict[tuple[str, str], int | None] = {}  # (namespace, FeatureView) -> generation last seen
 
 
@@ -95,16 +98,30 @@ def resolve(ctx: Context, md: ModelDeployment, namespace: str, status: dict[str,
         task_hit[1] if task_hit else "classification",
         errors,
     )
-    if md.spec.features is None:
-        return resolved
-    return replace(resolved, features=_feature_source(ctx, md, namespace, resolved, status))
+    pairs = _routable(md, resolved, status)
+    if md.spec.features is not None:
+        resolved = replace(resolved, features=_feature_source(ctx, md, namespace, pairs))
+    if md.spec.monitoring.drift.enabled:
+        found = {pair: _drift_baseline(ctx.registry, *pair) for pair in pairs}
+        resolved = replace(resolved, baselines={pair: b for pair, b in found.items() if b is not None})
+    return resolved
 
 
-def _feature_source(
-    ctx: Context, md: ModelDeployment, namespace: str, resolved: Resolved, status: dict[str, Any]
-) -> FeatureSource:
+def _routable(md: ModelDeployment, resolved: Resolved, status: dict[str, Any]) -> set[tuple[str, str]]:
+    """(registered model, version) of every version this pass may route to: the stable, canary and shadow before
+    and after the pass decides."""
+    canary_now, canary_next = status.get("canaryVersion"), resolved.stable if md.spec.follow_alias else resolved.canary
+    candidates = {
+        "stable": {status.get("stableVersion"), resolved.stable, canary_now},  # a promotion makes the canary stable
+        "canary": {canary_now, canary_next},
+        "shadow": {resolved.shadow},
+    }
+    return {(model_of(md, role), v) for role, versions in candidates.items() for v in versions if v}
+
+
+def _feature_source(ctx: Context, md: ModelDeployment, namespace: str, pairs: set[tuple[str, str]]) -> FeatureSource:
     """spec.features as the cluster and MLflow have it now: the FeatureView, and the feature order of every
-    version this pass may route to (the stable, canary and shadow before and after the pass decides)."""
+    version in pairs."""
     assert md.spec.features is not None
     where = f"spec.features.featureView: FeatureView {md.spec.features.feature_view!r}"
     obj = kube.get(ctx.api, API_VERSION, "FeatureView", md.spec.features.feature_view, namespace)
@@ -114,13 +131,6 @@ def _feature_source(
         view = FeatureViewSpec.model_validate(obj.get("spec") or {})
     except ValidationError as err:
         return FeatureSource(error=f"{where} is invalid: {err.errors()[0]['msg']}")
-    canary_now, canary_next = status.get("canaryVersion"), resolved.stable if md.spec.follow_alias else resolved.canary
-    candidates = {
-        "stable": {status.get("stableVersion"), resolved.stable, canary_now},  # a promotion makes the canary stable
-        "canary": {canary_now, canary_next},
-        "shadow": {resolved.shadow},
-    }
-    pairs = {(model_of(md, role), v) for role, versions in candidates.items() for v in versions if v}
     return FeatureSource(view, orders={pair: _feature_order(ctx, *pair) for pair in pairs})
 
 
@@ -133,13 +143,61 @@ def _feature_order(ctx: Context, model: str, version: str) -> list[str] | None:
             tag = ctx.registry.by_version(model, version).tags.get(mc.TAG_FEATURES)
         except MLflowError:
             return None
-        try:
-            order = json.loads(tag) if tag else None
-        except ValueError:
-            order = None
-        valid = isinstance(order, list) and all(isinstance(f, str) for f in order)
-        _feature_orders[key] = order if valid else None
+        _feature_orders[key] = _json_names(tag)
     return _feature_orders[key]
+
+
+def _drift_baseline(registry: MLflowRegistry, model: str, version: str) -> DriftBaseline | None:
+    """A version's drift baseline, read once (the trainer logs it before registering the version); None while
+    MLflow cannot tell, to be asked again on the next pass."""
+    key = (model, version)
+    if key not in _baselines:
+        try:
+            mv = registry.by_version(model, version)
+            raw = registry.artifact(mv.run_id, mc.BASELINE_ARTIFACT)
+        except NotFound:
+            _baselines[key] = DriftBaseline(missing=f"its run logged no {mc.BASELINE_ARTIFACT}")
+        except MLflowError:
+            return None
+        else:
+            _baselines[key] = version_drift(raw, mv.tags)
+    return _baselines[key]
+
+
+def version_drift(raw: bytes, tags: dict[str, str]) -> DriftBaseline:
+    """The route table's drift entry of a version from its baseline artifact and tags: the histograms, the input
+    order (kubeforge.features, else the baseline's), and how its outputs read (task, classes)."""
+    try:
+        baseline = mc.Baseline.model_validate_json(raw)
+    except ValidationError as err:
+        return DriftBaseline(missing=f"{mc.BASELINE_ARTIFACT} is unreadable: {err.errors()[0]['msg']}")
+    features = _json_names(tags.get(mc.TAG_FEATURES)) or [h.name for h in baseline.features]
+    task = tags.get(mc.TAG_TASK)
+    try:
+        drift = VersionDrift(
+            features=features,
+            baseline=baseline.features,
+            task=task if task in ("classification", "regression") else None,
+            classes=[str(c) for c in _json_list(tags.get(mc.TAG_CLASSES)) or []] or None,
+        )
+    except ValidationError as err:
+        return DriftBaseline(missing=f"its {mc.TAG_FEATURES} tag is unusable: {err.errors()[0]['msg']}")
+    return DriftBaseline(drift)
+
+
+def _json_list(tag: str | None) -> list[Any] | None:
+    """A tag holding a JSON list, or None when it is missing or holds something else."""
+    try:
+        items = json.loads(tag) if tag else None
+    except ValueError:
+        return None
+    return items if isinstance(items, list) else None
+
+
+def _json_names(tag: str | None) -> list[str] | None:
+    """A tag holding a JSON list of names (kubeforge.features), or None."""
+    names = _json_list(tag)
+    return names if names is not None and all(isinstance(n, str) for n in names) else None
 
 
 SERVICE_NAME = "kubernetes.io/service-name"

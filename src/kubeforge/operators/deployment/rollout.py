@@ -18,14 +18,16 @@ from ...api import FeatureViewSpec, InvalidResource, ModelDeployment, parse
 from ...api.meta import duration_seconds
 from ...api.modeldeployment import Analysis, CanaryStep
 from ...core import podfailure
-from ...core.conditions import FALSE, TRUE, StatusDraft, parse_rfc3339, rfc3339
+from ...core.conditions import FALSE, TRUE, UNKNOWN, StatusDraft, parse_rfc3339, rfc3339
 from ...core.modelcontract import INPUT_NAME, TAG_FEATURES
+from ...serving.routes import VersionDrift
 from ..settings import Settings
 from . import children
 
 # Condition types.
 READY, PROGRESSING, DEGRADED = "Ready", "Progressing", "Degraded"
 CANARY_READY, PROMOTED, ROLLED_BACK = "CanaryReady", "Promoted", "RolledBack"
+DRIFT_MONITORED = "DriftMonitored"
 
 # Reasons.
 INVALID_SPEC = "InvalidSpec"
@@ -49,6 +51,10 @@ NO_ROLLOUT = "NoRollout"
 AS_EXPECTED = "AsExpected"
 FEATURE_VIEW_NOT_FOUND = "FeatureViewNotFound"  # spec.features.featureView names no FeatureView of the namespace
 FEATURES_NOT_IN_VIEW = "FeaturesNotInView"  # a version takes features the view does not serve
+TRACKED = "Tracked"  # every routed version's drift is tracked against its baseline
+NO_BASELINE = "NoBaseline"  # a routed version was registered without a drift baseline: served, not tracked
+DRIFT_DISABLED = "Disabled"  # spec.monitoring.drift.enabled is false
+READING_BASELINES = "ReadingBaselines"  # MLflow did not tell yet whether a routed version has a baseline
 
 GATEWAY = "gateway"  # Observed.failures key of the gateway's pods (model versions are numbers)
 
@@ -80,6 +86,8 @@ class Resolved:
     task: str = "classification"
     errors: dict[str, str] = field(default_factory=dict)  # role -> message
     features: FeatureSource | None = None  # with spec.features
+    baselines: dict[tuple[str, str], DriftBaseline] = field(default_factory=dict)
+    """With drift monitoring: (registered model, version) -> its baseline; absent while MLflow cannot tell."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,15 @@ class FeatureSource:
     error: str = ""  # why view is None, naming spec.features.featureView
     orders: dict[tuple[str, str], list[str] | None] = field(default_factory=dict)
     """(registered model, version) -> its kubeforge.features tag (features in input order); None without one."""
+
+
+@dataclass(frozen=True)
+class DriftBaseline:
+    """A version's drift baseline as the route table carries it, or why it has none."""
+
+    drift: VersionDrift | None = None
+    missing: str = ""
+    """Why drift is None, e.g. the run has no baseline artifact."""
 
 
 @dataclass(frozen=True)
@@ -324,6 +341,7 @@ def plan(
     routes = _routes(st.s, md, observed, model, stable, canary, shadow)
     features, feature_problems = _feature_routes(md, meta["namespace"], resolved.features, routes)
     degraded += [(reason, message) for _, reason, message in feature_problems]
+    _drift_routes(st, out, old, md, resolved.baselines, routes)
     table = children.route_table(md, name, resolved.task, routes, features)
     out.apply.append(children.routes_configmap(body, table))
     out.apply.append(children.gateway_deployment(body, md, settings))
@@ -354,7 +372,7 @@ def plan(
     if degraded:
         reason, message = degraded[0]
         st.cond(DEGRADED, TRUE, reason, "; ".join(m for _, m in degraded))
-        if not _same_condition(old, DEGRADED, reason, st.s["conditions"][-1]["message"]):
+        if not _same_condition(old, DEGRADED, reason, "; ".join(m for _, m in degraded)):
             out.events.append(("Warning", reason, message))
             st.s["lastFailure"] = {"reason": reason, "message": message, "time": st.now}
     elif not _is(st.s, ROLLED_BACK) or canary is not None:
@@ -422,6 +440,45 @@ def _routes(
             }
         )
     return routes
+
+
+def _drift_routes(
+    st: StatusDraft,
+    out: Plan,
+    old: dict[str, Any],
+    md: ModelDeployment,
+    baselines: dict[tuple[str, str], DriftBaseline],
+    routes: list[dict[str, Any]],
+) -> None:
+    """Each route entry's drift baseline, and DriftMonitored saying which versions' drift is tracked. A version
+    without a baseline is served all the same: drift is something to watch, not a reason to stop serving."""
+    settings = md.spec.monitoring.drift
+    if not settings.enabled:
+        st.cond(DRIFT_MONITORED, FALSE, DRIFT_DISABLED, "spec.monitoring.drift.enabled is false")
+        return
+    if not routes:
+        return  # nothing routed yet: the condition speaks of what serves
+    tracked, missing, unknown = [], [], []
+    for route in routes:
+        found = baselines.get((route["model"], route["version"]))
+        if found is None:
+            unknown.append(route["version"])
+        elif found.drift is None:
+            missing.append(f"version {route['version']} has no drift baseline ({found.missing}): served without drift")
+        else:
+            route["drift"] = found.drift
+            tracked.append(route["version"])
+    what = [f"drift of version(s) {', '.join(tracked)} tracked over {settings.window}"] if tracked else []
+    if missing:
+        message = "; ".join([*missing, *what])
+        if not _same_condition(old, DRIFT_MONITORED, NO_BASELINE, message):
+            out.events.append(("Warning", NO_BASELINE, message))
+        st.cond(DRIFT_MONITORED, FALSE, NO_BASELINE, message)
+    elif unknown:
+        message = f"reading the drift baseline of version(s) {', '.join(unknown)} from MLflow"
+        st.cond(DRIFT_MONITORED, UNKNOWN, READING_BASELINES, message)
+    else:
+        st.cond(DRIFT_MONITORED, TRUE, TRACKED, what[0])
 
 
 def _feature_routes(

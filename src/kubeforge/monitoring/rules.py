@@ -18,7 +18,8 @@ exports as gauges (``kubeforge_modeldeployment_slo_error_ratio``, ...); a deploy
 operator exports no gauges for is not judged. :func:`deployment_rule` writes one
 deployment's targets into the expressions as numbers instead, for an operator that owns a
 rule per deployment rather than exporting the gauges (it must not do both, or the alerts
-fire twice); those rules rely on the shared rules' recordings.
+fire twice); those rules rely on the shared rules' recordings. The kubeforge operator does
+the latter where the cluster serves PrometheusRules, the former elsewhere.
 """
 
 from __future__ import annotations
@@ -167,8 +168,8 @@ def slo_recordings() -> list[dict[str, str]]:
     return rules
 
 
-def slo_alerts(targets: Targets) -> list[Alert]:
-    """Error budget burn (both window pairs) and p99 latency over target."""
+def burn_alerts(targets: Targets) -> list[Alert]:
+    """Error budget burn, one alert per window pair."""
     alerts = []
     for w in BURN_WINDOWS:
         expr = (
@@ -191,7 +192,12 @@ def slo_alerts(targets: Targets) -> list[Alert]:
                 {"long_window": w.long, "short_window": w.short},
             )
         )
-    alerts.append(
+    return alerts
+
+
+def latency_alerts(targets: Targets) -> list[Alert]:
+    """p99 latency over target."""
+    return [
         Alert(
             "ModelDeploymentLatencyHigh",
             targets.over(LATENCY_P99, SLO_LATENCY_P99),
@@ -201,8 +207,12 @@ def slo_alerts(targets: Targets) -> list[Alert]:
             "{{ $value | humanizeDuration }}, above the target in the ModelDeployment's SLO.",
             "10m",
         )
-    )
-    return alerts
+    ]
+
+
+def slo_alerts(targets: Targets) -> list[Alert]:
+    """Error budget burn (both window pairs) and p99 latency over target."""
+    return [*burn_alerts(targets), *latency_alerts(targets)]
 
 
 def drift_recordings() -> list[dict[str, str]]:
@@ -398,22 +408,43 @@ def prometheus_rule(name: str, namespace: str | None, rule_groups: list[dict], l
     }
 
 
+ALERTS_BY_TARGET = (
+    (SLO_ERROR_RATIO, burn_alerts),
+    (SLO_LATENCY_P99, latency_alerts),
+    (DRIFT_PSI_THRESHOLD, drift_alerts),
+)
+"""Which alerts judge a deployment against each target: a deployment without the target gets none of them."""
+
+
+def deployment_rule_name(name: str) -> str:
+    """The PrometheusRule of ModelDeployment name; the suffix keeps it apart from the shared rules' ("kubeforge")."""
+    return f"{name}-slo"
+
+
 def deployment_rule(
-    namespace: str, name: str, *, error_ratio: float, latency_p99_seconds: float, drift_psi_threshold: float
+    namespace: str,
+    name: str,
+    *,
+    error_ratio: float | None = None,
+    latency_p99_seconds: float | None = None,
+    drift_psi_threshold: float | None = None,
 ) -> dict[str, Any]:
     """One ModelDeployment's PrometheusRule: its SLO and drift alerts with its targets written in.
 
     error_ratio is the share of requests allowed to fail (the error budget), latency_p99_seconds the
     p99 latency target, drift_psi_threshold the PSI above which features or predictions count as drifted.
+    A target left out leaves out the alerts that need it, as a deployment without the gauge is not
+    judged by the shared rules; with none the rule holds no group.
     """
-    targets = SpecTargets(
-        namespace,
-        name,
-        {SLO_ERROR_RATIO: error_ratio, SLO_LATENCY_P99: latency_p99_seconds, DRIFT_PSI_THRESHOLD: drift_psi_threshold},
-    )
-    rules = [a.rule() for a in (*slo_alerts(targets), *drift_alerts(targets))]
-    group = {"name": f"kubeforge.modeldeployment.{namespace}.{name}", "rules": rules}
-    return prometheus_rule(name, namespace, [group], {"kubeforge.dev/modeldeployment": name})
+    given = {
+        SLO_ERROR_RATIO: error_ratio,
+        SLO_LATENCY_P99: latency_p99_seconds,
+        DRIFT_PSI_THRESHOLD: drift_psi_threshold,
+    }
+    targets = SpecTargets(namespace, name, {target: v for target, v in given.items() if v is not None})
+    rules = [a.rule() for target, alerts in ALERTS_BY_TARGET if target in targets.values for a in alerts(targets)]
+    groups = [{"name": f"kubeforge.modeldeployment.{namespace}.{name}", "rules": rules}] if rules else []
+    return prometheus_rule(deployment_rule_name(name), namespace, groups, {"kubeforge.dev/modeldeployment": name})
 
 
 class _Dumper(yaml.SafeDumper):

@@ -1,5 +1,6 @@
 """Serving fixtures: small registered model versions that follow the model contract, a real
-tritonserver serving them, and gateway processes in front of it."""
+tritonserver serving them, and gateway processes in front of it. The stable and shadow versions
+carry a drift baseline of standard normal features, as the trainer logs one; the canary has none."""
 
 from __future__ import annotations
 
@@ -23,8 +24,12 @@ from kubeforge.core import modelcontract as mc
 from kubeforge.local import triton as local_triton
 from kubeforge.local.processes import free_port, spawn, terminate, wait_http
 from kubeforge.serving import export
+from kubeforge.training.baseline import compute
 
 N_FEATURES = 4
+FEATURES = [f"f{i}" for i in range(N_FEATURES)]
+# What the versions with a baseline were "trained" on: live traffic drawn alike does not drift.
+BASELINE = compute(np.random.default_rng(0).standard_normal((20_000, N_FEATURES)), FEATURES)
 
 
 class Threshold(torch.nn.Module):
@@ -50,8 +55,16 @@ def signature(in_dtype: str = "float32"):
     )
 
 
-def register(tracking_uri: str, name: str, module: torch.nn.Module, sig=None, task: str = "classification") -> str:
-    """Log and register a model version the way the trainer does; returns the version."""
+def register(
+    tracking_uri: str,
+    name: str,
+    module: torch.nn.Module,
+    sig=None,
+    task: str = "classification",
+    baseline: mc.Baseline | None = None,
+) -> str:
+    """Log and register a model version the way the trainer does (with baseline, its drift baseline); returns the
+    version."""
     import mlflow
     import mlflow.pytorch
 
@@ -70,10 +83,14 @@ def register(tracking_uri: str, name: str, module: torch.nn.Module, sig=None, ta
         path = Path(tmp) / Path(mc.TORCHSCRIPT_ARTIFACT).name
         torch.jit.save(scripted, str(path))
         mlflow.log_artifact(str(path), artifact_path=str(Path(mc.TORCHSCRIPT_ARTIFACT).parent))
+        if baseline is not None:
+            path = Path(tmp) / Path(mc.BASELINE_ARTIFACT).name
+            path.write_text(baseline.model_dump_json())
+            mlflow.log_artifact(str(path), artifact_path=str(Path(mc.BASELINE_ARTIFACT).parent))
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient()
     client.set_model_version_tag(name, version, mc.TAG_TASK, task)
-    client.set_model_version_tag(name, version, mc.TAG_FEATURES, json.dumps([f"f{i}" for i in range(N_FEATURES)]))
+    client.set_model_version_tag(name, version, mc.TAG_FEATURES, json.dumps(FEATURES))
     client.set_model_version_tag(name, version, mc.TAG_CLASSES, json.dumps(["neg", "pos"]))
     assert run.info.run_id
     return version
@@ -97,9 +114,9 @@ def registered(mlflow) -> Registered:
     name = "clf"
     return Registered(
         name=name,
-        stable=register(mlflow.url, name, Threshold(0.0, 1.0), signature()),
+        stable=register(mlflow.url, name, Threshold(0.0, 1.0), signature(), baseline=BASELINE),
         canary=register(mlflow.url, name, Threshold(0.0, 2.0), signature()),
-        shadow=register(mlflow.url, name, Threshold(0.5, 1.0), signature()),
+        shadow=register(mlflow.url, name, Threshold(0.5, 1.0), signature(), baseline=BASELINE),
     )
 
 
@@ -163,7 +180,7 @@ def table(
 class Gateway:
     """A gateway process on loopback; its route table lives behind a symlink, as a ConfigMap mount does."""
 
-    def __init__(self, workdir: Path, routes: dict, tokens: str | None = None):
+    def __init__(self, workdir: Path, routes: dict, tokens: str | None = None, args: tuple[str, ...] = ()):
         self.workdir = workdir
         workdir.mkdir(parents=True)
         self.mount = workdir / "routes"
@@ -171,7 +188,7 @@ class Gateway:
         self.write(routes)
         self.port = free_port()
         argv = [sys.executable, "-m", "kubeforge.serving", "gateway", "--routes", str(self.mount / "routes.yaml")]
-        argv += ["--port", str(self.port), "--reload-interval", "0.2"]
+        argv += ["--port", str(self.port), "--reload-interval", "0.2", *args]
         if tokens is not None:
             (workdir / "tokens").write_text(tokens)
             argv += ["--tokens", str(workdir / "tokens")]
@@ -218,8 +235,8 @@ def gateway(tmp_path) -> Iterator[Callable[..., Gateway]]:
     """Start gateways with a route table (and tokens); all stop after the test."""
     started: list[Gateway] = []
 
-    def start(routes: dict, tokens: str | None = None) -> Gateway:
-        gw = Gateway(tmp_path / f"gw{len(started)}", routes, tokens)
+    def start(routes: dict, tokens: str | None = None, args: tuple[str, ...] = ()) -> Gateway:
+        gw = Gateway(tmp_path / f"gw{len(started)}", routes, tokens, args)
         started.append(gw)
         return gw
 

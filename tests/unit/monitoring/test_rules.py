@@ -101,7 +101,7 @@ def test_deployment_rules_alert_against_their_own_targets(tmp_path: Path) -> Non
         for name, target in (("cancer", 0.01), ("fraud", 0.02))
     }
     assert own["cancer"]["metadata"] == {
-        "name": "cancer",
+        "name": "cancer-slo",
         "namespace": "ml",
         "labels": {"app.kubernetes.io/part-of": "kubeforge", "kubeforge.dev/modeldeployment": "cancer"},
     }

@@ -102,7 +102,7 @@ def resolve(ctx: Context, md: ModelDeployment, namespace: str, status: dict[str,
     if md.spec.features is not None:
         resolved = replace(resolved, features=_feature_source(ctx, md, namespace, pairs))
     if md.spec.monitoring.drift.enabled:
-        found = {pair: _drift_baseline(ctx.registry, *pair) for pair in pairs}
+        found = {pair: drift_baseline(ctx.registry, *pair) for pair in pairs}
         resolved = replace(resolved, baselines={pair: b for pair, b in found.items() if b is not None})
     return resolved
 
@@ -147,7 +147,7 @@ def _feature_order(ctx: Context, model: str, version: str) -> list[str] | None:
     return _feature_orders[key]
 
 
-def _drift_baseline(registry: MLflowRegistry, model: str, version: str) -> DriftBaseline | None:
+def drift_baseline(registry: MLflowRegistry, model: str, version: str) -> DriftBaseline | None:
     """A version's drift baseline, read once (the trainer logs it before registering the version); None while
     MLflow cannot tell, to be asked again on the next pass."""
     key = (model, version)

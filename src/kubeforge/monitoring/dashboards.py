@@ -425,14 +425,14 @@ def rollouts() -> Dashboard:
                         stat=True,
                     ),
                     Panel(
-                        "ModelDeployments by phase",
-                        "ModelDeployments of the selected namespaces, by phase and readiness.",
+                        "ModelDeployments by readiness",
+                        "ModelDeployments of the selected namespaces, by their Ready condition and its reason.",
                         "short",
                         [
                             Query(
-                                'sum by (phase, ready) (kubeforge_resources{kind="ModelDeployment", '
+                                'sum by (ready, reason) (kubeforge_resources{kind="ModelDeployment", '
                                 'namespace=~"$namespace"})',
-                                "{{phase}} ready={{ready}}",
+                                "ready={{ready}} {{reason}}",
                             )
                         ],
                         width=16,
@@ -683,12 +683,12 @@ def operators() -> Dashboard:
                     ),
                     Panel(
                         "Not ready",
-                        "Resources whose Ready condition is False, by kind and namespace.",
+                        "Resources whose Ready condition is False, by kind, namespace and reason.",
                         "short",
                         [
                             Query(
-                                'sum by (kind, namespace) (kubeforge_resources{ready="False"})',
-                                "{{kind}} {{namespace}}",
+                                'sum by (kind, namespace, reason) (kubeforge_resources{ready="False"})',
+                                "{{kind}} {{namespace}} {{reason}}",
                             )
                         ],
                     ),

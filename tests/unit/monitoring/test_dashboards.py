@@ -71,13 +71,13 @@ GAUGES = {
     "kubeforge_featureview_freshness_seconds": [f'{OPERATOR}, namespace="ml", featureview="transactions"'],
     "kubeforge_featureview_ttl_seconds": [f'{OPERATOR}, namespace="ml", featureview="transactions"'],
     "kubeforge_resources": [
-        f'{OPERATOR}, kind="{kind}", namespace="ml", phase="{phase}", ready="{ready}"'
-        for kind, phase, ready in (
-            ("TrainingJob", "Running", "False"),
-            ("TrainingJob", "Pending", "False"),
-            ("TrainingJob", "Succeeded", "True"),
-            ("TrainingJob", "Failed", "False"),
-            ("ModelDeployment", "Ready", "True"),
+        f'{OPERATOR}, kind="{kind}", namespace="ml", phase="{phase}", ready="{ready}", reason="{reason}"'
+        for kind, phase, ready, reason in (
+            ("TrainingJob", "Running", "False", "JobRunning"),
+            ("TrainingJob", "Pending", "False", "ApplyFailed"),
+            ("TrainingJob", "Succeeded", "True", "ModelRegistered"),
+            ("TrainingJob", "Failed", "False", "BackoffLimitExceeded"),
+            ("ModelDeployment", "", "True", "Serving"),
         )
     ],
     rules.SLO_ERROR_RATIO: [f'{OPERATOR}, namespace="ml", modeldeployment="cancer"'],

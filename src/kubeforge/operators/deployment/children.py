@@ -3,8 +3,9 @@
 Per live version (stable, canary, shadow): a Deployment running Triton, whose init
 container exports the version from MLflow into an emptyDir model repository, and a
 Service. Per ModelDeployment: one gateway Deployment + Service and the route table
-ConfigMap it hot-reloads. A gateway per ModelDeployment keeps one model's traffic,
-tokens and metrics apart from another's and lets each scale on its own.
+ConfigMap it hot-reloads, and where the cluster serves them a PrometheusRule with its
+alerts. A gateway per ModelDeployment keeps one model's traffic, tokens and metrics
+apart from another's and lets each scale on its own.
 
 Ports reach container args as ``$(KUBEFORGE_PORT_<NAME>)``, expanded from the
 container's env as Kubernetes does; the local runtime overrides those env values
@@ -22,6 +23,7 @@ import yaml
 
 from ...api import ModelDeployment
 from ...core.kube import owner_reference
+from ...monitoring import rules
 from ...serving.routes import FeatureRoute, ModelRoute, RouteTable, VersionRoute
 from .. import labels
 from ..settings import Settings
@@ -310,3 +312,12 @@ def gateway_service(owner: dict[str, Any]) -> dict[str, Any]:
     name = owner["metadata"]["name"]
     selector = {labels.MODELDEPLOYMENT: name, labels.COMPONENT: "gateway"}
     return _service(owner, gateway_name(name), "gateway", selector, {"http": GATEWAY_PORT})
+
+
+def prometheus_rule(owner: dict[str, Any], targets: dict[str, float | None]) -> dict[str, Any]:
+    """The deployment's own PrometheusRule (``<name>-slo``): its SLO and drift alerts with targets (the keyword
+    arguments of monitoring.rules.deployment_rule) written in; garbage collection deletes it with its owner."""
+    meta = owner["metadata"]
+    rule = rules.deployment_rule(meta["namespace"], meta["name"], **targets)
+    extra = rule["metadata"]["labels"]
+    return {**rule, "metadata": _meta(owner, rule["metadata"]["name"], "alert-rules", extra)}

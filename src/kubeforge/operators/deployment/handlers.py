@@ -15,7 +15,7 @@ import json
 import threading
 import time
 from collections import defaultdict
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,13 +30,16 @@ from ...core import kube, podfailure
 from ...core import modelcontract as mc
 from ...core.conditions import StatusDraft
 from ...core.mlflow_rest import MLflowError, MLflowRegistry, NotFound
+from ...monitoring import rules
 from ...serving.routes import VersionDrift
+from .. import metrics
 from ..labels import COMPONENT, MODEL_VERSION, MODELDEPLOYMENT
 from ..runtime import Context, context
 from . import analysis as an
 from . import children
 from .rollout import (
     GATEWAY,
+    ROLLED_BACK,
     WAITING_FOR_ROUTES,
     DriftBaseline,
     FeatureSource,
@@ -49,6 +52,7 @@ from .rollout import (
 )
 
 GROUP, VERSION = API_VERSION.split("/")
+KIND = "ModelDeployment"
 EVENT_SOURCE = "kubeforge-modeldeployment"
 _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
 _applied: dict[tuple[str, str, str], str] = {}  # (kind, namespace, name) -> hash of what this process applied
@@ -306,6 +310,23 @@ def _apply(ctx: Context, objs: list[dict[str, Any]]) -> None:
     _applied.update({key: digest for key, (_, digest) in fresh.items()})
 
 
+def _alert_rules(ctx: Context, body: dict[str, Any], md: ModelDeployment | None) -> list[dict[str, Any]]:
+    """Publish the deployment's alert targets the one way this cluster takes (see metrics): its own PrometheusRule,
+    returned to be applied with the other children, where PrometheusRules are served, else the gauges the shared
+    rules read. An invalid spec changes neither, as it changes nothing that serves."""
+    if md is None:
+        return []
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    targets = metrics.Targets.of(md)
+    if metrics.prometheus_rules_served(ctx.api):
+        metrics.export_targets(namespace, name, metrics.Targets())
+        return [children.prometheus_rule(body, asdict(targets))]
+    metrics.export_targets(namespace, name, targets)
+    # Gone with its CRD: should the CRD come back, the rule must be applied anew.
+    _applied.pop((metrics.PROMETHEUS_RULE[1], namespace, rules.deployment_rule_name(name)), None)
+    return []
+
+
 def _prune(ctx: Context, namespace: str, name: str, uid: str, live: set[str]) -> None:
     """Delete the Triton children of versions that are no longer live.
 
@@ -325,16 +346,17 @@ def _prune(ctx: Context, namespace: str, name: str, uid: str, live: set[str]) ->
     _pruned[(namespace, name)] = (uid, frozenset(live))
 
 
+@metrics.reconciled(KIND)
 def reconcile(namespace: str, name: str, logger: Any, retry: int = 0) -> None:
     """One level-based pass; retry counts the timer's failed passes before this one (for the back-off)."""
     ctx = context()
     with _locks[(namespace, name)]:
-        body = kube.get(ctx.api, API_VERSION, "ModelDeployment", name, namespace)
+        body = kube.get(ctx.api, API_VERSION, KIND, name, namespace)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return
         now = datetime.now(UTC)
         try:
-            md = parse({"kind": "ModelDeployment", "metadata": {"name": name}, "spec": body.get("spec")})
+            md = parse({"kind": KIND, "metadata": {"name": name}, "spec": body.get("spec")})
             assert isinstance(md, ModelDeployment)
             resolved = resolve(ctx, md, namespace, body.get("status") or {})
         except InvalidResource:
@@ -351,7 +373,7 @@ def reconcile(namespace: str, name: str, logger: Any, retry: int = 0) -> None:
                 results = _analyse(ctx, body, md, metrics_text)
         p = plan(body, resolved, observed, results, ctx.settings, now)
         try:
-            _apply(ctx, p.apply)
+            _apply(ctx, [*p.apply, *_alert_rules(ctx, body, md)])
         except kube.ChildNotApplied as err:
             # Nothing the plan decided took effect: the last status stays, with Ready=False saying why.
             st = StatusDraft(old_status, body["metadata"].get("generation"), now)
@@ -362,12 +384,19 @@ def reconcile(namespace: str, name: str, logger: Any, retry: int = 0) -> None:
         shadow = p.status.get("shadowVersion")
         if shadow and metrics_text:
             p.status["shadowReport"] = an.shadow_report(an.parse(metrics_text, name, shadow), shadow)
-        kube.write_status(ctx.api, body, old_status, p.status, p.events, component=EVENT_SOURCE)
+        if kube.write_status(ctx.api, body, old_status, p.status, p.events, component=EVENT_SOURCE) and any(
+            reason == ROLLED_BACK for _, reason, _ in p.events
+        ):
+            metrics.ROLLBACKS.labels(namespace, name).inc()
 
 
 @kopf.on.event(GROUP, VERSION, "modeldeployments")
 def modeldeployment_event(event: dict[str, Any], name: str, namespace: str, logger: Any, **_: Any) -> None:
-    if event.get("type") != "DELETED":
+    metrics.RESOURCE_STATES.seen(KIND, event)
+    if event.get("type") == "DELETED":
+        with _locks[(namespace, name)]:  # after a pass that was under way, which may have set them again
+            metrics.forget_deployment(namespace, name)
+    else:
         reconcile(namespace, name, logger)
 
 
@@ -434,12 +463,15 @@ def modeldeployment_deleted(name: str, namespace: str, uid: str, **_: Any) -> No
     """Remove every child, also where no garbage collector runs (the local runtime); MLflow is left as it was."""
     ctx = context()
     selector = f"{MODELDEPLOYMENT}={name}"
-    for api_version, kind in [
+    kinds = [
         ("apps/v1", "Deployment"),
         ("v1", "Service"),
         ("v1", "ConfigMap"),
         ("autoscaling/v1", "HorizontalPodAutoscaler"),
-    ]:
+    ]
+    if metrics.prometheus_rules_served(ctx.api):
+        kinds.append(metrics.PROMETHEUS_RULE)
+    for api_version, kind in kinds:
         for obj in kube.resource(ctx.api, api_version, kind).get(namespace=namespace, label_selector=selector).items:
             kube.delete(ctx.api, api_version, kind, obj.metadata.name, namespace)
             _applied.pop((kind, namespace, obj.metadata.name), None)

@@ -28,9 +28,11 @@ from typing import TYPE_CHECKING, Any
 import kopf
 
 from ...api import API_VERSION, FeatureViewSpec
+from ...api.meta import duration_seconds
 from ...core import kube
 from ...core.conditions import StatusDraft
 from ...featurestore.sources import SourceError
+from .. import metrics as operator_metrics
 from ..runtime import Context, context
 from . import metrics
 from .children import FEATUREVIEW, RUN
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
     from ...featurestore.store import Store
 
 GROUP, VERSION = API_VERSION.split("/")
+KIND = "FeatureView"
 EVENT_SOURCE = "kubeforge-featureview"
 RESULT_WAIT = 5.0
 """Seconds to wait for a finished Job's pod to show its result (the local runner writes it just after)."""
@@ -94,10 +97,11 @@ def _pods(ctx: Context, job: dict[str, Any]) -> list[dict[str, Any]]:
         time.sleep(0.5)
 
 
+@operator_metrics.reconciled(KIND)
 def reconcile(namespace: str, name: str) -> None:
     ctx = context()
     with _locks[(namespace, name)]:
-        body = kube.get(ctx.api, API_VERSION, "FeatureView", name, namespace)
+        body = kube.get(ctx.api, API_VERSION, KIND, name, namespace)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return
         old_status = body.get("status") or {}
@@ -117,11 +121,13 @@ def reconcile(namespace: str, name: str) -> None:
             # The run did not start: the last status stays, with Ready=False saying why; the timer tries again.
             st = StatusDraft(old_status, body["metadata"].get("generation"), now)
             kube.write_status(ctx.api, body, old_status, st.s, err.report(st, old_status), component=EVENT_SOURCE)
+            operator_metrics.reconcile_failed(KIND)
             return
         for job in p.delete_jobs:
             kube.delete(ctx.api, "batch/v1", "Job", job, namespace)
         kube.write_status(ctx.api, body, old_status, p.status, p.events, component=EVENT_SOURCE)
-        metrics.observe(namespace, name, p.freshness, p.finished)
+        ttl = duration_seconds(spec.ttl) if spec is not None else None
+        metrics.observe(namespace, name, ttl, p.freshness, p.finished)
 
 
 def _remove(namespace: str, name: str) -> None:
@@ -140,6 +146,7 @@ async def _in_worker(fn: Callable[..., None], *args: Any) -> None:
 
 @kopf.on.event(GROUP, VERSION, "featureviews")
 async def featureview_event(event: dict[str, Any], name: str, namespace: str, **_: Any) -> None:
+    operator_metrics.RESOURCE_STATES.seen(KIND, event)
     if event.get("type") != "DELETED":
         await _in_worker(reconcile, namespace, name)
 

@@ -22,11 +22,13 @@ from ...api import API_VERSION
 from ...core import kube, podfailure
 from ...core import modelcontract as mc
 from ...core.mlflow_rest import MLflowError, MLflowRegistry, ModelVersion
+from .. import metrics
 from ..labels import ATTEMPT, TRAININGJOB
 from ..runtime import context
 from .plan import TERMINAL, not_applied, plan, pods_worth_reading, with_registration
 
 GROUP, VERSION = API_VERSION.split("/")
+KIND = "TrainingJob"
 EVENT_SOURCE = "kubeforge-trainingjob"
 _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
 
@@ -48,11 +50,12 @@ def _attempt_failure(api: client.ApiClient, body: dict[str, Any], job: dict[str,
     return podfailure.pick([p for p in pods if (kube.controller_of(p) or {}).get("uid") == uid])
 
 
+@metrics.reconciled(KIND)
 def reconcile(namespace: str, name: str, logger: Any, retry: int = 0) -> None:
     """One level-based pass; retry counts the timer's failed passes before this one (for the back-off)."""
     ctx = context()
     with _locks[(namespace, name)]:
-        body = kube.get(ctx.api, API_VERSION, "TrainingJob", name, namespace)
+        body = kube.get(ctx.api, API_VERSION, KIND, name, namespace)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return
         old_status = body.get("status") or {}
@@ -91,6 +94,7 @@ def reconcile(namespace: str, name: str, logger: Any, retry: int = 0) -> None:
 
 @kopf.on.event(GROUP, VERSION, "trainingjobs")
 def trainingjob_event(event: dict[str, Any], name: str, namespace: str, logger: Any, **_: Any) -> None:
+    metrics.RESOURCE_STATES.seen(KIND, event)
     if event.get("type") != "DELETED":
         reconcile(namespace, name, logger)
 

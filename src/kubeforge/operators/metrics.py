@@ -1,0 +1,211 @@
+"""The operators' Prometheus metrics (served by `kubeforge operator run --metrics-address`).
+
+The alert rules and dashboards in :mod:`kubeforge.monitoring` read these series; monitoring/README.md
+lists them. Each kind's reconcile is timed and its failures counted; resources are counted by
+kind, namespace, phase and Ready; rollbacks are counted per ModelDeployment.
+
+A ModelDeployment's alert targets (spec.slo, spec.monitoring.drift) reach Prometheus one of two
+ways, never both, or every alert about it would fire twice: where the cluster serves the
+Prometheus Operator's PrometheusRule, the deployment gets a rule of its own with its targets
+written in; elsewhere (the local platform, a plain Prometheus) the operator exports them as
+gauges, against which the shared rules judge every deployment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import Counter as Tally
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from ..api import ModelDeployment
+from ..monitoring import rules
+
+log = logging.getLogger(__name__)
+
+RECONCILE_DURATION = Histogram(
+    "kubeforge_reconcile_duration_seconds",
+    "Time one reconcile pass takes, waiting for the object's lock included",
+    ["kind"],
+    # The first FeatureView pass imports Feast and a finished run's pass waits for its pod's result: seconds.
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+RECONCILE_ERRORS = Counter(
+    "kubeforge_reconcile_errors",
+    "Reconcile passes that failed (an exception, or a child the API server refused); each is retried",
+    ["kind"],
+)
+ROLLBACKS = Counter(
+    "kubeforge_rollbacks",
+    "Canaries the operator rolled back (RolledBack events)",
+    ["namespace", "modeldeployment"],
+)
+DEPLOYMENT = ["namespace", "modeldeployment"]
+TARGET_GAUGES = {
+    "error_ratio": Gauge(rules.SLO_ERROR_RATIO, "Share of requests a ModelDeployment's SLO lets fail", DEPLOYMENT),
+    "latency_p99_seconds": Gauge(rules.SLO_LATENCY_P99, "p99 latency target of a ModelDeployment's SLO", DEPLOYMENT),
+    "drift_psi_threshold": Gauge(
+        rules.DRIFT_PSI_THRESHOLD, "PSI above which a ModelDeployment's inputs or predictions drifted", DEPLOYMENT
+    ),
+}
+"""A gauge per field of Targets, named as the shared rules read them."""
+
+RESOURCES = "kubeforge_resources"
+NO_READY = "Unknown"
+"""The ready label of an object without a Ready condition yet (the value Kubernetes uses for an unknown status)."""
+
+PROMETHEUS_RULE = ("monitoring.coreos.com/v1", "PrometheusRule")
+RULES_RECHECK = 600.0
+"""Seconds between looks at whether the cluster serves PrometheusRules: it changes when someone installs or
+removes the Prometheus Operator, and each look that misses makes the client re-read the API discovery."""
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def reconciled(kind: str) -> Callable[[F], F]:
+    """Decorate kind's reconcile: time each pass and count those that raise (kopf retries them)."""
+    timer, errors = RECONCILE_DURATION.labels(kind), RECONCILE_ERRORS.labels(kind)
+
+    def wrap(fn: F) -> F:
+        return timer.time()(errors.count_exceptions()(fn))
+
+    return wrap
+
+
+def reconcile_failed(kind: str) -> None:
+    """Count a pass of kind that failed without raising (its own timer retries it)."""
+    RECONCILE_ERRORS.labels(kind).inc()
+
+
+class Resources(Collector):
+    """Every watched object's phase and Ready condition, counted into kubeforge_resources at scrape time.
+
+    Fed from the watch events the handlers receive anyway (each status the operator writes comes back as
+    one, and the initial listing covers what existed before it started), so it costs one dict update per
+    event and no request. Counting at scrape time means a combination no object has any more has no
+    series: a deleted object leaves nothing behind. (A kopf index would hold the same entry per object,
+    but add a handler call per event and hold the operator's start until every index is filled.)
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._objects: dict[tuple[str, str, str], tuple[str, str, str]] = {}
+
+    def seen(self, kind: str, event: dict[str, Any]) -> None:
+        """Record the object of a kopf watch event, or forget it when the event says it was deleted."""
+        body = event.get("object") or {}
+        meta = body.get("metadata") or {}
+        key = (kind, meta.get("namespace", ""), meta.get("name", ""))
+        status = body.get("status") or {}
+        ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+        with self._lock:
+            if event.get("type") == "DELETED":
+                self._objects.pop(key, None)
+            else:
+                self._objects[key] = (status.get("phase", ""), ready.get("status", NO_READY), ready.get("reason", ""))
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self._lock:
+            counts = Tally((kind, ns, *state) for (kind, ns, _), state in self._objects.items())
+        family = GaugeMetricFamily(
+            RESOURCES,
+            "Resources by kind and namespace, phase (TrainingJob's; other kinds have none), and Ready's status and "
+            "reason",
+            labels=["kind", "namespace", "phase", "ready", "reason"],
+        )
+        for labels, count in sorted(counts.items()):
+            family.add_metric(list(labels), count)
+        yield family
+
+
+RESOURCE_STATES = Resources()
+REGISTRY.register(RESOURCE_STATES)
+
+
+@dataclass(frozen=True)
+class Targets:
+    """A ModelDeployment's alert targets in the units the rules compare in (ratios, seconds); None where unset."""
+
+    error_ratio: float | None = None
+    latency_p99_seconds: float | None = None
+    drift_psi_threshold: float | None = None
+
+    @classmethod
+    def of(cls, md: ModelDeployment) -> Targets:
+        """From spec.slo (percent, milliseconds) and spec.monitoring.drift (no threshold while drift is off)."""
+        slo, drift = md.spec.slo, md.spec.monitoring.drift
+        return cls(
+            error_ratio=slo.error_rate_percent / 100 if slo and slo.error_rate_percent is not None else None,
+            latency_p99_seconds=slo.latency_p99_ms / 1000 if slo and slo.latency_p99_ms is not None else None,
+            drift_psi_threshold=drift.psi_threshold if drift.enabled else None,
+        )
+
+
+def export_targets(namespace: str, name: str, targets: Targets) -> None:
+    """Set the deployment's target gauges; a target that is None has no series."""
+    for field, value in asdict(targets).items():
+        gauge = TARGET_GAUGES[field]
+        if value is None:
+            _remove(gauge, namespace, name)
+        else:
+            gauge.labels(namespace, name).set(value)
+
+
+def forget_deployment(namespace: str, name: str) -> None:
+    """Drop a deleted deployment's series, so no alert or dashboard reads targets of something gone."""
+    export_targets(namespace, name, Targets())
+    _remove(ROLLBACKS, namespace, name)
+
+
+def _remove(metric: Gauge | Counter, *labels: str) -> None:
+    with contextlib.suppress(KeyError):  # never set
+        metric.remove(*labels)
+
+
+def _serves(api: client.ApiClient, api_version: str, kind: str) -> bool:
+    """Whether the API server serves kind now: asked directly, as the client's discovery cache (in memory and in a
+    file) goes on answering with a group the server dropped."""
+    group, _, version = api_version.rpartition("/")
+    try:
+        found = client.CustomObjectsApi(api).get_api_resources(group, version)
+    except ApiException as err:
+        if err.status == 404:
+            return False
+        raise
+    return any(r.kind == kind for r in found.resources or [])
+
+
+class _RuleSupport:
+    """Whether the cluster serves PrometheusRules, looked up at most every RULES_RECHECK seconds."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._answer: bool | None = None
+        self._checked = 0.0
+
+    def served(self, api: client.ApiClient) -> bool:
+        with self._lock:
+            if self._answer is None or time.monotonic() - self._checked >= RULES_RECHECK:
+                answer = _serves(api, *PROMETHEUS_RULE)
+                if answer != self._answer:
+                    log.info(
+                        "PrometheusRule (%s) %s: ModelDeployment alert targets go to %s",
+                        PROMETHEUS_RULE[0],
+                        "served" if answer else "not served",
+                        "a PrometheusRule <name>-slo per deployment" if answer else "gauges the shared rules read",
+                    )
+                self._answer, self._checked = answer, time.monotonic()
+            return self._answer
+
+
+prometheus_rules_served = _RuleSupport().served

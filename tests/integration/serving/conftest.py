@@ -19,10 +19,12 @@ import pytest
 import torch
 import yaml
 
-from kubeforge.api.modeldeployment import DynamicBatching, ModelRef, TritonRuntime
+from kubeforge.api.modeldeployment import DriftMonitoring, DynamicBatching, ModelRef, TritonRuntime
 from kubeforge.core import modelcontract as mc
+from kubeforge.core.mlflow_rest import MLflowRegistry
 from kubeforge.local import triton as local_triton
 from kubeforge.local.processes import free_port, spawn, terminate, wait_http
+from kubeforge.operators.deployment.handlers import drift_baseline
 from kubeforge.serving import export
 from kubeforge.training.baseline import compute
 
@@ -175,6 +177,46 @@ def table(
     if shadow:
         versions.append({"version": registered.shadow, "role": "shadow", "url": shadow[0], "percent": shadow[1]})
     return {"models": {registered.name: {"versions": versions, **route}}}
+
+
+DRIFT_MIN_SAMPLES = 1000
+"""Rows a drift window needs in the drift tests: sampling noise alone reads PSI ~0.01 then, far below 0.2."""
+SHIFTED = ("f1", "f2")
+ROWS_PER_REQUEST = 8  # RUNTIME's max_batch_size
+
+
+def drift_table(mlflow_url: str, registered: Registered, triton_url: str) -> dict:
+    """A route table with drift tracking, each version's baseline read from MLflow as the operator reads it: the
+    stable version routed with its baseline, the canary (registered without one) reachable by pinning it."""
+    routes = table(registered, triton_url, canary=(triton_url, 0))
+    model = routes["models"][registered.name]
+    model["drift"] = DriftMonitoring(min_samples=DRIFT_MIN_SAMPLES).to_wire()
+    registry = MLflowRegistry(mlflow_url)
+    for entry in model["versions"]:
+        found = drift_baseline(registry, registered.name, entry["version"])
+        assert found is not None, "MLflow answers"
+        if found.drift is not None:
+            entry["drift"] = found.drift.to_wire()
+    assert [e["version"] for e in model["versions"] if "drift" in e] == [registered.stable]
+    return routes
+
+
+def traffic(rows: int, shift: float, seed: int) -> list[tuple[bytes, dict[str, str]]]:
+    """Requests of 8 rows drawn like the training data, the SHIFTED features moved by shift standard deviations;
+    every other request in binary tensor data, as tritonclient sends it."""
+    x = np.random.default_rng(seed).standard_normal((rows, N_FEATURES)).astype(np.float32)
+    x[:, [FEATURES.index(f) for f in SHIFTED]] += shift
+    requests = []
+    for i in range(0, rows, ROWS_PER_REQUEST):
+        chunk = x[i : i + ROWS_PER_REQUEST]
+        if i // ROWS_PER_REQUEST % 2:
+            requests.append((body(chunk.tolist()), {}))
+            continue
+        tensor = {"name": mc.INPUT_NAME, "datatype": "FP32", "shape": list(chunk.shape)}
+        header = json.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": chunk.nbytes}}]}).encode()
+        headers = {"inference-header-content-length": str(len(header)), "content-type": "application/octet-stream"}
+        requests.append((header + chunk.tobytes(), headers))
+    return requests
 
 
 class Gateway:

@@ -5,61 +5,18 @@ number of series does not grow with the traffic."""
 
 from __future__ import annotations
 
-import json
-
 import httpx
-import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from kubeforge.api.modeldeployment import DriftMonitoring
-from kubeforge.core import modelcontract as mc
-from kubeforge.core.mlflow_rest import MLflowRegistry
-from kubeforge.operators.deployment.handlers import drift_baseline
 
-from .conftest import FEATURES, N_FEATURES, Gateway, Registered, body, send, table
+from .conftest import DRIFT_MIN_SAMPLES, FEATURES, SHIFTED, Gateway, drift_table, send, traffic
 
 pytestmark = pytest.mark.integration
 
 THRESHOLD = DriftMonitoring().psi_threshold
-MIN_SAMPLES = 1000
-ROWS_PER_REQUEST = 8  # the model's max_batch_size
-SHIFTED = ["f1", "f2"]
 DRIFT_SERIES = ("kubeforge_drift_psi", "kubeforge_drift_ks", "kubeforge_prediction_drift_psi")
-
-
-def drift_table(mlflow_url: str, registered: Registered, triton_url: str) -> dict:
-    """The stable version routed with its baseline, as the operator writes it; the canary, registered without one,
-    reachable by pinning its version."""
-    routes = table(registered, triton_url, canary=(triton_url, 0))
-    model = routes["models"][registered.name]
-    model["drift"] = DriftMonitoring(min_samples=MIN_SAMPLES).to_wire()
-    registry = MLflowRegistry(mlflow_url)
-    for entry in model["versions"]:
-        found = drift_baseline(registry, registered.name, entry["version"])
-        assert found is not None, "MLflow answers"
-        if found.drift is not None:
-            entry["drift"] = found.drift.to_wire()
-    assert [e["version"] for e in model["versions"] if "drift" in e] == [registered.stable]
-    return routes
-
-
-def traffic(rows: int, shift: float, seed: int) -> list[tuple[bytes, dict[str, str]]]:
-    """Requests of 8 rows drawn like the training data, SHIFTED features moved by shift standard deviations;
-    every other request in binary tensor data, as tritonclient sends it."""
-    x = np.random.default_rng(seed).standard_normal((rows, N_FEATURES)).astype(np.float32)
-    x[:, [FEATURES.index(f) for f in SHIFTED]] += shift
-    requests = []
-    for i in range(0, rows, ROWS_PER_REQUEST):
-        chunk = x[i : i + ROWS_PER_REQUEST]
-        if i // ROWS_PER_REQUEST % 2:
-            requests.append((body(chunk.tolist()), {}))
-            continue
-        tensor = {"name": mc.INPUT_NAME, "datatype": "FP32", "shape": list(chunk.shape)}
-        header = json.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": chunk.nbytes}}]}).encode()
-        headers = {"inference-header-content-length": str(len(header)), "content-type": "application/octet-stream"}
-        requests.append((header + chunk.tobytes(), headers))
-    return requests
 
 
 def serve(gw: Gateway, requests: list[tuple[bytes, dict[str, str]]], path: str = "") -> None:
@@ -84,9 +41,9 @@ def test_traffic_like_the_training_data_stays_below_the_threshold_and_series_sta
     gw = gateway(drift_table(mlflow.url, registered, triton.url))
     stable = (registered.stable, "stable")
 
-    serve(gw, traffic(2 * MIN_SAMPLES, shift=0.0, seed=1))
+    serve(gw, traffic(2 * DRIFT_MIN_SAMPLES, shift=0.0, seed=1))
     first = drift(gw)
-    serve(gw, traffic(2 * MIN_SAMPLES, shift=0.0, seed=2))
+    serve(gw, traffic(2 * DRIFT_MIN_SAMPLES, shift=0.0, seed=2))
     then = drift(gw)
 
     assert set(first["kubeforge_drift_psi"]) == {(*stable, f) for f in FEATURES}
@@ -95,15 +52,15 @@ def test_traffic_like_the_training_data_stays_below_the_threshold_and_series_sta
         assert max(snapshot["kubeforge_drift_ks"].values()) < 0.05
         # The first 1000 predictions are the reference; the rest come from the same inputs, so they agree.
         assert snapshot["kubeforge_prediction_drift_psi"][stable] < THRESHOLD / 4
-    assert first["kubeforge_drift_window_samples"] == {stable: 2 * MIN_SAMPLES}
-    assert then["kubeforge_drift_window_samples"] == {stable: 4 * MIN_SAMPLES}
+    assert first["kubeforge_drift_window_samples"] == {stable: 2 * DRIFT_MIN_SAMPLES}
+    assert then["kubeforge_drift_window_samples"] == {stable: 4 * DRIFT_MIN_SAMPLES}
     assert {name: set(series) for name, series in first.items()} == {name: set(s) for name, s in then.items()}
 
 
 def test_shifted_features_drift_above_the_threshold_and_the_others_do_not(gateway, triton, registered, mlflow):
     gw = gateway(drift_table(mlflow.url, registered, triton.url))
 
-    serve(gw, traffic(2 * MIN_SAMPLES, shift=3.0, seed=3))
+    serve(gw, traffic(2 * DRIFT_MIN_SAMPLES, shift=3.0, seed=3))
 
     psi, ks = drift(gw)["kubeforge_drift_psi"], drift(gw)["kubeforge_drift_ks"]
     for feature in FEATURES:
@@ -117,7 +74,7 @@ def test_shifted_features_drift_above_the_threshold_and_the_others_do_not(gatewa
 def test_a_version_without_a_baseline_serves_and_has_no_drift_series(gateway, triton, registered, mlflow):
     gw = gateway(drift_table(mlflow.url, registered, triton.url))
 
-    serve(gw, traffic(2 * MIN_SAMPLES, shift=3.0, seed=4), path=f"/versions/{registered.canary}")
+    serve(gw, traffic(2 * DRIFT_MIN_SAMPLES, shift=3.0, seed=4), path=f"/versions/{registered.canary}")
 
     series = drift(gw)
     assert all(version != registered.canary for metric in series.values() for version, *_ in metric)

@@ -66,8 +66,8 @@ NO_READY = "Unknown"
 
 PROMETHEUS_RULE = ("monitoring.coreos.com/v1", "PrometheusRule")
 RULES_RECHECK = 600.0
-"""Seconds between looks at whether the cluster serves PrometheusRules: it changes when someone installs or
-removes the Prometheus Operator, and each look that misses makes the client re-read the API discovery."""
+"""Seconds between looks at whether the cluster serves PrometheusRules: that changes only when someone installs or
+removes the Prometheus Operator, not worth a request per reconcile."""
 
 F = TypeVar("F", bound=Callable[..., Any])
 

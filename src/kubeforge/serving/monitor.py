@@ -8,13 +8,14 @@ window. A version without a baseline is served without drift series, and that is
 (the operator says so in the ModelDeployment's ``DriftMonitored`` condition).
 
 The request path only queues references to what the version received (the decoded request body,
-or the one rebuilt from the online store) and what it answered. The queue is counted after the
-response went out, in batches (numpy costs per call more than per value: an update of a few
-hundred rows costs little more than one of a single row), and at the latest when ``/metrics`` is
-scraped. So decoding tensors runs on no response's clock, and nothing here fails a request: an
-error is counted (``kubeforge_drift_errors_total``) and logged once per version and kind. Memory
-stays bounded: a tracker's is fixed when it is built, and at most :data:`PENDING_LIMIT` requests
-wait per version; more are dropped and counted.
+or the one rebuilt from the online store) and what it answered. A task counts the queue after
+the responses went out, in batches (numpy costs per call more than per value: an update of a few
+dozen rows costs little more than one of a single row), a few dozen requests at a time between
+which the event loop serves others, so no response waits for more than one batch; a scrape of
+``/metrics`` counts whatever is left first. So decoding tensors runs on no response's clock, and
+nothing here fails a request: an error is counted (``kubeforge_drift_errors_total``) and logged
+once per version and kind. Memory stays bounded: a tracker's is fixed when it is built, and at
+most :data:`PENDING_LIMIT` requests wait per version; more are dropped and counted.
 
 Statistics are computed at scrape time, by a custom collector calling each tracker's ``report()``
 (a few milliseconds for a hundred features), so drift costs nothing between scrapes.
@@ -23,8 +24,11 @@ Statistics are computed at scrape time, by a custom collector calling each track
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
@@ -34,13 +38,15 @@ from kubeforge.core.modelcontract import INPUT_NAME, OUTPUT_NAME
 from kubeforge.monitoring.drift import DriftTracker, from_baseline
 
 from .metrics import DRIFT_DROPPED, DRIFT_ERRORS
-from .oip import tensors
+from .oip import NUMPY, Body, headers, tensors
 from .routes import Route, Target, VersionDrift
 
 log = logging.getLogger(__name__)
 
-FLUSH_REQUESTS = 256
-"""Requests queued for one version that get counted at once, right after the response that completed them."""
+FLUSH_REQUESTS = 128
+"""Requests queued for one version that start the counting task, right after the response that completed them."""
+BATCH = 64
+"""Requests counted at once: a fraction of a millisecond of the event loop's time, after which it serves others."""
 PENDING_LIMIT = 8192
 """Requests queued for one version at most: more arrive only when counting cannot keep up, and are dropped."""
 FLUSH_INTERVAL = 1.0
@@ -61,30 +67,23 @@ class Tracked:
         self.pending: list[tuple[bytes, int | None, bytes, int | None]] = []
         self.reported: set[str] = set()
 
-    def flush(self) -> None:
-        """Count what is queued: every request's input rows in one update, its predictions in another."""
-        pending, self.pending = self.pending, []
+    def count(self, limit: int | None = None) -> None:
+        """Count the oldest limit queued requests (all without a limit): their input rows in one update, their
+        predictions in another."""
+        pending = self.pending[:limit]
+        del self.pending[:limit]
         if not pending:
             return
-        inputs, outputs = [], []
-        for body, header_length, answer, answer_header_length in pending:
-            try:
-                matrix = tensors(body, header_length, "inputs", INPUT_NAME.__eq__).get(INPUT_NAME)
-                if matrix is None or matrix.ndim != 2 or matrix.shape[1] != self.features:
-                    shape = "none" if matrix is None else list(matrix.shape)
-                    raise ValueError(f"input {INPUT_NAME!r} is {shape}, not [rows, {self.features}]")
-                inputs.append(matrix)
-                predicted = tensors(answer, answer_header_length, "outputs", OUTPUT_NAME.__eq__).get(OUTPUT_NAME)
-                if predicted is not None:  # the caller asked for other outputs only
-                    outputs.append(predicted)
-            except Exception as err:
-                self.failed(err)
+        inputs, bad_inputs = _stack([(b, n) for b, n, _, _ in pending], "inputs", INPUT_NAME, self.features)
+        outputs, bad_outputs = _stack([(a, n) for _, _, a, n in pending], "outputs", OUTPUT_NAME, None, optional=True)
+        for err in {**bad_outputs, **bad_inputs}.values():  # one count per request
+            self.failed(err)
         for count, values in ((self.tracker.observe, inputs), (self.tracker.observe_predictions, outputs)):
-            if values:
+            if values is not None:
                 try:
-                    count(np.concatenate(values))
+                    count(values)
                 except Exception as err:
-                    self.failed(err, len(values))
+                    self.failed(err, len(pending))
 
     def failed(self, err: Exception, requests: int = 1) -> None:
         """Count requests that could not be observed, and log why."""
@@ -104,12 +103,56 @@ class Tracked:
         return (self.target.model, self.target.version, self.target.role)
 
 
+def _stack(
+    bodies: list[Body], kind: str, name: str, width: int | None, optional: bool = False
+) -> tuple[np.ndarray | None, dict[int, Exception]]:
+    """The named [rows, width] tensor of every body stacked into one, and what failed, by position. Flat FP32 JSON
+    data, what most callers and Triton send, is gathered into one list and converted once: per small tensor,
+    numpy's conversion costs more than the values. Other data is decoded body by body. width None takes the
+    first tensor's; optional: a body without the tensor (a caller who asked for other outputs) is skipped."""
+    flat: list[Any] = []
+    arrays: list[np.ndarray] = []
+    failed: dict[int, Exception] = {}
+    for index, ((body, length), header) in enumerate(zip(bodies, headers(bodies), strict=True)):
+        try:
+            if isinstance(header, Exception):
+                raise header
+            for tensor in header[kind]:
+                if tensor["name"] == name:
+                    break
+            else:
+                if optional:
+                    continue
+                raise ValueError(f"no {kind[:-1]} {name!r}")
+            shape, data = tensor["shape"], tensor.get("data")
+            if width is None:
+                width = math.prod(shape[1:])
+            if (
+                type(data) is list
+                and tensor["datatype"] == "FP32"
+                and len(shape) == 2
+                and shape[1] == width
+                and len(data) == shape[0] * width
+                and (not data or type(data[0]) is not list)
+            ):
+                flat += data
+                continue
+            if tensor["datatype"] not in NUMPY or math.prod(shape[1:]) != width:
+                raise ValueError(f"{kind[:-1]} {name!r} is {tensor['datatype']} {shape}, not numbers [rows, {width}]")
+            arrays.append(tensors(body, length, kind, name.__eq__, header)[name].reshape(-1, width))
+        except Exception as err:
+            failed[index] = err
+    if flat:
+        arrays.append(np.asarray(flat, dtype=np.float32).reshape(-1, width))
+    return (np.concatenate(arrays) if arrays else None), failed
+
+
 class Monitor:
     """The drift trackers of every version the route table serves, fed off the request path."""
 
     def __init__(self) -> None:
         self.tracked: list[Tracked] = []
-        self._scheduled = False
+        self._due = asyncio.Event()  # enough requests queued to count them before FLUSH_INTERVAL is up
         self._without_baseline: set[tuple[str, str]] = set()  # (model, version) logged once
 
     def load(self, routes: Iterable[Route]) -> None:
@@ -158,21 +201,27 @@ class Monitor:
             DRIFT_DROPPED.labels(*tracked.labels).inc()
             return
         tracked.pending.append((body, header_length, answer, answer_header))
-        if len(tracked.pending) >= FLUSH_REQUESTS and not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+        if len(tracked.pending) >= FLUSH_REQUESTS:
+            self._due.set()
 
     def flush(self) -> None:
-        """Count everything queued (on the event loop: the trackers are not locked)."""
-        self._scheduled = False
+        """Count everything queued now (on the event loop: the trackers are not locked)."""
         for tracked in self.tracked:
-            tracked.flush()
+            tracked.count()
 
     async def run(self) -> None:
-        """Count what is queued at least every FLUSH_INTERVAL."""
+        """Count what is queued, a batch at a time with the event loop serving requests in between: full batches
+        as soon as FLUSH_REQUESTS wait for a version, and everything at least every FLUSH_INTERVAL. Under load
+        only full batches are counted, which is what keeps the cost per request low."""
         while True:
-            await asyncio.sleep(FLUSH_INTERVAL)
-            self.flush()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._due.wait(), FLUSH_INTERVAL)
+            smallest = BATCH if self._due.is_set() else 1
+            self._due.clear()
+            while busy := [t for t in self.tracked if len(t.pending) >= smallest]:
+                for tracked in busy:
+                    tracked.count(BATCH)
+                    await asyncio.sleep(0)
 
 
 class DriftCollector:

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from kubeforge.serving.metrics import REGISTRY
-from kubeforge.serving.monitor import DriftCollector, Monitor
+from kubeforge.serving.monitor import FLUSH_REQUESTS, DriftCollector, Monitor
 from kubeforge.serving.routes import Route, RouteTable, compile_table
 from kubeforge.training.baseline import compute
 
@@ -151,3 +151,24 @@ def test_input_the_tracker_cannot_read_is_counted_and_the_rest_still_observed(ba
     assert series["kubeforge_drift_window_samples"] == {labels("1", "stable"): 8}
     after = REGISTRY.get_sample_value("kubeforge_drift_errors_total", dict(labels("1", "stable")))
     assert after == errors + 2
+
+
+def test_queued_requests_are_counted_in_the_background_without_a_scrape(baseline) -> None:
+    monitor = Monitor()
+    routes = compile_table(table(baseline), {})
+    monitor.load(routes.values())
+    target = routes["clf"].versions["1"]
+    rows = np.random.default_rng(4).normal(size=(4 * FLUSH_REQUESTS, 4))
+
+    async def answered_while_running() -> int:
+        counting = asyncio.create_task(monitor.run())
+        for i in range(0, len(rows), 4):
+            monitor.record(target, *request(rows[i : i + 4], binary=False), *answer(4))
+            await asyncio.sleep(0)  # each response goes out before the next request comes in
+        async with asyncio.timeout(30):
+            while target.drift.pending:
+                await asyncio.sleep(0.01)
+        counting.cancel()
+        return target.drift.tracker.report().samples
+
+    assert asyncio.run(answered_while_running()) == len(rows)

@@ -1,15 +1,19 @@
-"""Gateway hop over calling Triton directly, measured side by side in one run on loopback.
+"""Gateway hop over calling Triton directly, and drift tracking's cost, measured side by side in one run on loopback.
 
-Starts MLflow, registers a tiny classifier, exports it, starts tritonserver and a gateway
-process, then sends the same requests to Triton and to the gateway in alternating
-rounds at concurrency 1 and 16, with a minimal keep-alive HTTP/1.1 client so the load
-generator costs as little CPU as possible. Prints added p50/p99 latency and the
-throughput ratio. Run from the repository root: .venv/bin/python -m tests.benchmarks.bench_gateway
+Starts MLflow, registers a tiny classifier with a drift baseline, exports it, starts tritonserver
+and two gateway processes, one tracking drift (the version's baseline in its route table, as the
+operator writes it) and one not, then sends the same requests to Triton and to each gateway in
+alternating rounds at concurrency 1 and 16, with a minimal keep-alive HTTP/1.1 client so the
+load generator costs as little CPU as possible. Prints added p50/p99 latency and throughput
+ratios: gateway over direct, and drift tracking on over off; and each gateway's CPU time per
+request (from /proc), which a machine shared with other work disturbs far less than wall-clock
+throughput. Run from the repository root: .venv/bin/python -m tests.benchmarks.bench_gateway
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -17,12 +21,14 @@ import time
 from pathlib import Path
 
 import yaml
-from tests.integration.serving.conftest import RUNTIME, Threshold, body, register, signature
+from tests.integration.serving.conftest import BASELINE, RUNTIME, Threshold, body, register, signature
 
-from kubeforge.api.modeldeployment import ModelRef
+from kubeforge.api.modeldeployment import DriftMonitoring, ModelRef
+from kubeforge.core.mlflow_rest import MLflowRegistry
 from kubeforge.local import mlflow_server
 from kubeforge.local import triton as local_triton
 from kubeforge.local.processes import free_port, spawn, terminate, wait_http
+from kubeforge.operators.deployment.handlers import drift_baseline
 from kubeforge.serving import export
 
 ROUNDS = 6
@@ -65,47 +71,78 @@ def _pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=1000)[int(q * 1000) - 1] * 1e3
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU time the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _gateway(work: Path, name: str, routes: dict, stops: list) -> tuple[int, int]:
+    """Start a gateway process serving routes; returns its port and pid."""
+    (work / f"{name}.yaml").write_text(yaml.safe_dump(routes))
+    port = free_port()
+    argv = [sys.executable, "-m", "kubeforge.serving", "gateway", "--routes", str(work / f"{name}.yaml")]
+    proc = spawn([*argv, "--port", str(port)], work / f"{name}.log")
+    stops.append(lambda: terminate(proc.pid))
+    wait_http(f"http://127.0.0.1:{port}/v2/health/ready", proc, work / f"{name}.log")
+    return port, proc.pid
+
+
+def _compare(concurrency: int, what: str, lat: list[float], base: list[float], rps: float, base_rps: float) -> None:
+    added50, added99 = _pct(lat, 0.5) - _pct(base, 0.5), _pct(lat, 0.99) - _pct(base, 0.99)
+    print(
+        f"concurrency {concurrency}: {what} adds p50 {added50:.3f} ms, p99 {added99:.3f} ms; "
+        f"throughput {rps / base_rps:.1%}"
+    )
+
+
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
     ml = mlflow_server.start(work / "mlflow")
     procs = []
     try:
-        version = register(ml.url, "bench", Threshold(0.0, 1.0), signature())
+        version = register(ml.url, "bench", Threshold(0.0, 1.0), signature(), baseline=BASELINE)
         export.export(ml.url, ModelRef(name="bench", version=int(version)), work / "repo", RUNTIME)
         triton = local_triton.start(work / "repo", work / "triton", models=["bench"])
         procs.append(triton.stop)
-        routes = work / "routes.yaml"
         stable = {"version": version, "role": "stable", "url": triton.url, "weight": 100}
-        routes.write_text(yaml.safe_dump({"models": {"bench": {"versions": [stable]}}}))
-        port = free_port()
-        argv = [sys.executable, "-m", "kubeforge.serving", "gateway", "--routes", str(routes), "--port", str(port)]
-        gw = spawn(argv, work / "gateway.log")
-        procs.append(lambda: terminate(gw.pid))
-        wait_http(f"http://127.0.0.1:{port}/v2/health/ready", gw, work / "gateway.log")
+        found = drift_baseline(MLflowRegistry(ml.url), "bench", version)
+        assert found is not None and found.drift is not None, "the version has a baseline"
+        tracked = {"versions": [{**stable, "drift": found.drift.to_wire()}], "drift": DriftMonitoring().to_wire()}
+        infer = "/v2/models/bench/infer"
+        gateways = {
+            "gateway": _gateway(work, "gateway", {"models": {"bench": {"versions": [stable]}}}, procs),
+            "drift": _gateway(work, "drift", {"models": {"bench": tracked}}, procs),
+        }
         targets = {
             "direct": (triton.http_port, f"/v2/models/bench/versions/{version}/infer"),
-            "gateway": (port, "/v2/models/bench/infer"),
+            **{k: (port, infer) for k, (port, _) in gateways.items()},
         }
         print(f"{'concurrency':>11} {'path':>8} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}")
         for concurrency, per_round in PER_ROUND.items():
             lat: dict[str, list[float]] = {k: [] for k in targets}
             rps: dict[str, list[float]] = {k: [] for k in targets}
+            cpu = dict.fromkeys(gateways, 0.0)
             for p, path in targets.values():  # warm-up
                 asyncio.run(_round(p, path, concurrency, per_round // 4))
-            for _ in range(ROUNDS):  # alternate, so drift on a shared machine hits both alike
+            for _ in range(ROUNDS):  # alternate, so a shared machine's changing load hits each alike
                 for k, (p, path) in targets.items():
+                    used = _cpu_seconds(gateways[k][1]) if k in gateways else 0.0
                     latencies, throughput = asyncio.run(_round(p, path, concurrency, per_round))
+                    if k in gateways:
+                        cpu[k] += _cpu_seconds(gateways[k][1]) - used
                     lat[k] += latencies
                     rps[k].append(throughput)
             for k in targets:
                 p50, p99 = _pct(lat[k], 0.5), _pct(lat[k], 0.99)
                 print(f"{concurrency:>11} {k:>8} {p50:>8.3f} {p99:>8.3f} {statistics.median(rps[k]):>8.0f}")
-            added50 = _pct(lat["gateway"], 0.5) - _pct(lat["direct"], 0.5)
-            added99 = _pct(lat["gateway"], 0.99) - _pct(lat["direct"], 0.99)
-            ratio = statistics.median(rps["gateway"]) / statistics.median(rps["direct"])
+            median = {k: statistics.median(v) for k, v in rps.items()}
+            _compare(concurrency, "the gateway", lat["gateway"], lat["direct"], median["gateway"], median["direct"])
+            _compare(concurrency, "drift tracking", lat["drift"], lat["gateway"], median["drift"], median["gateway"])
+            off, on = (cpu[k] / len(lat[k]) * 1e6 for k in ("gateway", "drift"))
             print(
-                f"concurrency {concurrency}: gateway adds p50 {added50:.3f} ms, p99 {added99:.3f} ms; "
-                f"throughput {ratio:.0%} of direct"
+                f"concurrency {concurrency}: gateway CPU per request {off:.0f} µs without drift tracking, "
+                f"{on:.0f} µs with it ({on / off - 1:+.1%})"
             )
     finally:
         for stop in reversed(procs):

@@ -109,3 +109,17 @@ def test_drift_built_ins_are_the_canarys_largest_feature_drift_and_no_verdict_wi
     quiet = an.parse(exposition({}, {}), "clf", "2")
     assert "passed" not in an.verdict(psi, an.builtin("drift-psi", quiet, 20))
     assert an.builtin("drift-psi", an.parse(text, "clf", "3"), 20) is None  # another version's is not the canary's
+
+
+def test_the_baselines_of_three_versions_with_300_features_fit_in_the_route_tables_configmap() -> None:
+    names = [f"feature_{i:03d}" for i in range(300)]
+    wide = compute(np.random.default_rng(1).normal(size=(2000, 300)), names).model_dump_json().encode()
+    found = version_drift(wide, {mc.TAG_FEATURES: json.dumps(names), mc.TAG_TASK: "regression"})
+    b = md(canary=CANARY, shadow={"model": {"name": "clf", "alias": "shadow"}})
+    resolved = Resolved(stable="1", canary="2", shadow="3", baselines={("clf", v): found for v in ("1", "2", "3")})
+    run(b, resolved)
+    p = run(b, resolved)
+
+    configmap = next(o for o in p.apply if o["kind"] == "ConfigMap")
+    assert len(routes(p)["versions"]) == 3 and all("drift" in v for v in routes(p)["versions"])
+    assert len(configmap["data"]["routes.yaml"].encode()) < 1024 * 1024  # what the API server takes

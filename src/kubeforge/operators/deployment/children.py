@@ -235,11 +235,14 @@ def route_table(
 
 
 def routes_configmap(owner: dict[str, Any], table: RouteTable) -> dict[str, Any]:
+    """The table as YAML with lists of plain values in flow style, one number after another: a version's drift
+    baseline (its histograms' edges and counts) takes a third less of the ConfigMap's 1 MiB than one per line."""
+    text = yaml.safe_dump(table.to_wire(), sort_keys=True, default_flow_style=None, width=120)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _meta(owner, routes_name(owner["metadata"]["name"]), "gateway"),
-        "data": {ROUTES_FILE: yaml.safe_dump(table.to_wire(), sort_keys=True)},
+        "data": {ROUTES_FILE: text},
     }
 
 

@@ -123,7 +123,10 @@ class Layout:
 
 
 def _port_free(port: int) -> bool:
+    """Whether a server could listen on port now: it sets SO_REUSEADDR, as servers do, so connections
+    of its previous run still in TIME_WAIT do not count as taken."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

@@ -17,6 +17,13 @@ pytestmark = pytest.mark.integration
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 
+@pytest.fixture(autouse=True)
+def _clock() -> None:
+    """Data times are relative to each test's start, not to collection: a long session would age them past ttls."""
+    global NOW
+    NOW = datetime.now(UTC).replace(microsecond=0)
+
+
 @pytest.fixture(params=["embedded", "redis-sql"])
 def settings(request: pytest.FixtureRequest, tmp_path: Path) -> StoreSettings:
     if request.param == "embedded":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -159,9 +160,17 @@ def test_route_table_hot_reloads_under_load_and_refuses_malformed_ones(gateway, 
         "models: [not, a, map",
     ]
 
+    def reloads() -> float:
+        return sum(gw.metric("kubeforge_route_table_reloads_total", file="routes", result=r) for r in ("ok", "failed"))
+
     async def swap(i: int) -> None:
         if i in (100, 200, 300):
+            before = reloads()
             gw.write(tables[(i // 100) - 1])
+            # Each table must be seen before the next replaces it (the file is polled every second).
+            deadline = time.monotonic() + 10
+            while reloads() == before and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
 
     results = send(infer_url(gw), [(body([ROW]), {})] * 500, concurrency=8, on_done=swap)
     assert all(r.status == 200 for r in results)

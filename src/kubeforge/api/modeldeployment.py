@@ -124,7 +124,8 @@ class AnalysisMetric(KubeModel):
     )
 
     name: Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)]
-    """A built-in metric (error-rate, latency-p99, latency-p50, agreement) or, with query, any name."""
+    """A built-in metric (error-rate, latency-p99, latency-p50, agreement, drift-psi, drift-ks) or, with query, any
+    name."""
     query: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
     """PromQL returning one number for a custom metric; {{canary}} and {{stable}} expand to the versions' labels."""
     max: float | None = None
@@ -387,7 +388,7 @@ class ModelDeploymentStatus(KubeModel):
     observed_generation: Annotated[int, Field(ge=0)] | None = None
     """The .metadata.generation this status describes."""
     conditions: Conditions = Field(default_factory=list)
-    """Ready, Progressing, Degraded, CanaryReady, Promoted, RolledBack."""
+    """Ready, Progressing, Degraded, CanaryReady, Promoted, RolledBack, DriftMonitored."""
     stable_version: str | None = None
     """Version serving the stable share."""
     canary_version: str | None = None

@@ -152,10 +152,15 @@ def test_bad_sources_get_conditions_that_name_the_problem(
         "wrong": ("SchemaMismatch", "column 'spend' holds floating values, not Int64"),
     }
     for name, (reason, text) in expected.items():
-        cond = wait_for(lambda n=name: condition(api, namespace, n) or None, FIRST_RUN, f"{name} Ready")
-        assert (cond["status"], cond["reason"]) == ("False", reason), cond
+        cond = wait_for(
+            lambda n=name, r=reason: (c := condition(api, namespace, n)) and c["reason"] == r and c,
+            FIRST_RUN,
+            f"{name} Ready=False {reason}",
+        )
+        assert cond["status"] == "False", cond
         assert text in cond["message"]
-        assert ("Warning", reason) in events(api, namespace, name)
+        # The event follows the status write that recorded the transition.
+        wait_for(lambda n=name, r=reason: ("Warning", r) in events(api, namespace, n), 30, f"{name} {reason} event")
     assert jobs(api, namespace) == []
 
     # Fixing the source is picked up without touching the FeatureView.

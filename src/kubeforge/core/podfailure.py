@@ -88,25 +88,23 @@ def _container_failure(pod: str, status: dict[str, Any]) -> tuple[int, dict[str,
             message = waiting.get("message") or ""
         return 3, _failure(reason, name, pod, (last or {}).get("exitCode"), message, (last or {}).get("finishedAt"))
     if (ended := state.get("terminated")) and ended.get("exitCode"):
-        return 3, _failure(
-            ended.get("reason") or "Error",
-            name,
-            pod,
-            ended["exitCode"],
-            meaningful_line(ended.get("message")),
-            ended.get("finishedAt"),
-        )
+        return 3, _ended(ended, name, pod)
     if last and last.get("exitCode") and not status.get("ready"):
         # Restarted after a crash and not ready (again): the crash is the best guess why.
-        return 1, _failure(
-            last.get("reason") or "Error",
-            name,
-            pod,
-            last["exitCode"],
-            meaningful_line(last.get("message")),
-            last.get("finishedAt"),
-        )
+        return 1, _ended(last, name, pod)
     return None
+
+
+def _ended(terminated: dict[str, Any], container: str, pod: str) -> dict[str, Any]:
+    """The failure a container's terminated record (state or lastState) describes."""
+    return _failure(
+        terminated.get("reason") or "Error",
+        container,
+        pod,
+        terminated["exitCode"],
+        meaningful_line(terminated.get("message")),
+        terminated.get("finishedAt"),
+    )
 
 
 def _failure(

@@ -17,20 +17,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..api.featureview import FeatureViewSpec
+from .errors import SchemaMismatch, SourceError, SourceNotFound
 
-
-class SourceError(Exception):
-    """The source cannot be used; reason is the condition reason a FeatureView reports."""
-
-    reason = "SourceError"
-
-
-class SourceNotFound(SourceError):
-    reason = "SourceNotFound"
-
-
-class SchemaMismatch(SourceError):
-    reason = "SchemaMismatch"
+__all__ = ["SchemaMismatch", "SourceError", "SourceNotFound", "check", "offline_path"]
 
 
 # Arrow type families each declared type accepts.

@@ -31,7 +31,7 @@ from ...api import API_VERSION, FeatureViewSpec
 from ...api.meta import duration_seconds
 from ...core import kube
 from ...core.conditions import StatusDraft
-from ...featurestore.sources import SourceError
+from ...featurestore.errors import SourceError
 from .. import metrics as operator_metrics
 from ..runtime import Context, context
 from . import metrics

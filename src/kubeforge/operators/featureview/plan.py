@@ -21,7 +21,7 @@ from typing import Any
 from ...api import FeatureView, FeatureViewSpec, InvalidResource, parse
 from ...api.meta import duration_seconds
 from ...core.conditions import FALSE, TRUE, UNKNOWN, StatusDraft, get_condition, is_true, parse_rfc3339, rfc3339
-from ...featurestore.sources import SchemaMismatch, SourceNotFound
+from ...featurestore.errors import SchemaMismatch, SourceNotFound
 from ..settings import Settings
 from . import children
 

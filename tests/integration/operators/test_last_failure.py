@@ -13,7 +13,7 @@ import pytest
 from kubernetes import client
 
 from tests.integration.operators.conftest import Operator, wait_for
-from tests.integration.operators.test_recreate import events
+from tests.integration.operators.test_recreate import event_message
 from tests.integration.operators.test_trainingjob_operator import condition, create_tj, mark_job, status
 from tests.integration.serving.conftest import Threshold, register
 
@@ -81,7 +81,7 @@ def test_a_trainer_pod_that_cannot_start_then_exits_with_code_1_fills_last_failu
         "message": 'Back-off pulling image "example/image:1"',
         "time": status(api, namespace, "crashy")["lastFailure"]["time"],
     }
-    assert events(api, namespace, "crashy")["ImagePullBackOff"].startswith("pod crashy-a1-x7k2p: container trainer")
+    assert event_message(api, namespace, "crashy", "ImagePullBackOff").startswith("pod crashy-a1-x7k2p: container trainer")
 
     exited = {
         "exitCode": 1,
@@ -103,7 +103,7 @@ def test_a_trainer_pod_that_cannot_start_then_exits_with_code_1_fills_last_failu
     }
     running = condition(api, namespace, "crashy", "Running")["message"]
     assert "attempt 1 failed (container trainer Error, exit code 1: spec.dataset.uri: cannot read" in running
-    assert events(api, namespace, "crashy")["Error"] == (
+    assert event_message(api, namespace, "crashy", "Error") == (
         "pod crashy-a1-x7k2p: container trainer Error, exit code 1: "
         "spec.dataset.uri: cannot read /data/iris.csv: No such file or directory"
     )
@@ -157,6 +157,6 @@ def test_a_crash_looping_triton_fills_last_failure_and_the_ready_message(
     ready = next(c for c in md_status()["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "WaitingForStable")
     assert ready["message"] == f"waiting for Triton of version 1: container triton CrashLoopBackOff, exit code 1: {why}"
-    assert events(api, namespace, "crashy")["CrashLoopBackOff"] == (
+    assert event_message(api, namespace, "crashy", "CrashLoopBackOff") == (
         f"pod crashy-v1-6d9f8-abcde: container triton CrashLoopBackOff, exit code 1: {why}"
     )

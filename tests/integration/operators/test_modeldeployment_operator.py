@@ -159,8 +159,11 @@ def test_a_disagreeing_canary_is_rolled_back_naming_the_metric_and_no_request_fa
     assert rolled_back_after < 15, rolled_back_after
     assert status(api, ns, "bad")["traffic"] == [{"version": "1", "role": "stable", "percent": 100}]
     assert not [s for s in caller.samples if not s.ok], "no request may fail while rolling back"
-    events = client.CoreV1Api(api).list_namespaced_event(ns).items
-    assert any(e.reason == "RolledBack" and e.involved_object.name == "bad" for e in events)
+    core = client.CoreV1Api(api)
+    rolled_back = lambda: any(  # noqa: E731 - the Event is posted after the status write
+        e.reason == "RolledBack" and e.involved_object.name == "bad" for e in core.list_namespaced_event(ns).items
+    )
+    wait_for(rolled_back, 30, "event RolledBack")
 
 
 def test_an_operator_restart_resumes_at_the_same_step(

@@ -48,6 +48,12 @@ def events(api: client.ApiClient, namespace: str, name: str) -> dict[str, str]:
     return {e.reason: e.message for e in items if e.involved_object.name == name}
 
 
+def event_message(api: client.ApiClient, namespace: str, name: str, reason: str) -> str:
+    """The message of the Event with this reason, waited for: the operator posts it after the status write."""
+    wait_for(lambda: reason in events(api, namespace, name), 30, f"event {reason} about {name}")
+    return events(api, namespace, name)[reason]
+
+
 def test_a_trainingjob_recreated_over_its_predecessors_leftovers_gets_fresh_children_and_runs(
     operator: Operator, api: client.ApiClient, namespace: str
 ) -> None:
@@ -71,7 +77,7 @@ def test_a_trainingjob_recreated_over_its_predecessors_leftovers_gets_fresh_chil
     assert not (batch.read_namespaced_job("again-a1", namespace).status.conditions or [])
     assert owner_uid(core.read_namespaced_config_map("again-spec", namespace)) == uid
     assert uid in core.read_namespaced_config_map("again-spec", namespace).data["trainingjob.yaml"]
-    leftover = events(api, namespace, "again")["DeletingLeftover"]
+    leftover = event_message(api, namespace, "again", "DeletingLeftover")
     assert "Job again-a1" in leftover and "ConfigMap again-spec" in leftover and old["metadata"]["uid"] in leftover
     # It progresses as any TrainingJob does.
     mark_job(api, namespace, "again-a1", "Complete")
@@ -88,7 +94,7 @@ def test_a_job_the_api_server_refuses_shows_ready_false_and_an_event_until_the_s
     assert st["phase"] == "Pending" and ready["status"] == "False"
     assert "applying Job refused-a1 failed (422" in ready["message"]
     assert "nodeSelector" in ready["message"] and "gpu type" in ready["message"], "the API server's words"
-    assert events(api, namespace, "refused")["ApplyFailed"] == ready["message"]
+    assert event_message(api, namespace, "refused", "ApplyFailed") == ready["message"]
     assert jobs(api, namespace) == []
     patch = {"spec": {"nodeSelector": {"gpu type": None, "gpu-type": "a100"}}}
     client.CustomObjectsApi(api).patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "refused", patch)
@@ -142,7 +148,7 @@ def test_a_modeldeployment_takes_no_leftover_over_but_replaces_it(
     wait_for(lambda: gateway_owner() == uid, 30, "the gateway Service")
     svc = core.read_namespaced_service("lefty-gateway", namespace)
     assert [p.name for p in svc.spec.ports] == ["http"] and "app" not in (svc.metadata.labels or {})
-    assert "Service lefty-gateway" in events(api, namespace, "lefty")["DeletingLeftover"]
+    assert "Service lefty-gateway" in event_message(api, namespace, "lefty", "DeletingLeftover")
 
 
 def test_a_modeldeployment_child_the_api_server_refuses_shows_ready_false_and_an_event(
@@ -156,4 +162,4 @@ def test_a_modeldeployment_child_the_api_server_refuses_shows_ready_false_and_an
     assert ready["status"] == "False"
     assert f"applying Service {name}-gateway failed (422" in ready["message"]
     assert "must be no more than 63 characters" in ready["message"]
-    assert events(api, namespace, name)["ApplyFailed"] == ready["message"]
+    assert event_message(api, namespace, name, "ApplyFailed") == ready["message"]

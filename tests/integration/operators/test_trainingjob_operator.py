@@ -87,7 +87,7 @@ def test_creates_a_job_with_resources_env_and_owner(operator: Operator, api: cli
     assert "target: species" in cm.data["trainingjob.yaml"]
     wait_for(lambda: status(api, namespace, "iris").get("phase") == "Running", what="phase Running")
     assert status(api, namespace, "iris")["attempts"] == 1
-    assert "JobCreated" in event_reasons(api, namespace, "iris")
+    wait_for(lambda: "JobCreated" in event_reasons(api, namespace, "iris"), what="event JobCreated")
 
 
 def test_failed_jobs_are_retried_then_the_trainingjob_fails_with_the_reason(
@@ -105,8 +105,8 @@ def test_failed_jobs_are_retried_then_the_trainingjob_fails_with_the_reason(
     assert "pod exited with code 3" in ready["message"]
     assert condition(api, namespace, "flaky", "Failed")["status"] == "True"
     assert jobs(api, namespace) == ["flaky-a1", "flaky-a2"], "no third attempt"
-    reasons = event_reasons(api, namespace, "flaky")
-    assert reasons.count("Retrying") == 1 and "BackoffLimitExceeded" in reasons
+    wait_for(lambda: "BackoffLimitExceeded" in event_reasons(api, namespace, "flaky"), what="event BackoffLimitExceeded")
+    assert event_reasons(api, namespace, "flaky").count("Retrying") == 1
 
 
 def test_deleting_the_job_does_not_reset_the_retry_budget(
@@ -145,7 +145,7 @@ def test_invalid_spec_sets_ready_false_naming_the_field_and_creates_nothing(
     wait_for(lambda: condition(api, namespace, "mismatch").get("reason") == "InvalidSpec", what="InvalidSpec")
     ready = condition(api, namespace, "mismatch")
     assert ready["status"] == "False" and "spec.dataset.format" in ready["message"]
-    assert "InvalidSpec" in event_reasons(api, namespace, "mismatch")
+    wait_for(lambda: "InvalidSpec" in event_reasons(api, namespace, "mismatch"), what="event InvalidSpec")
     assert jobs(api, namespace) == []
     assert client.CoreV1Api(api).list_namespaced_config_map(namespace).items == []
 
@@ -154,6 +154,7 @@ def test_a_restarted_operator_creates_nothing_twice(operator: Operator, api: cli
     create_tj(api, namespace, "steady", backoffLimit=2)
     wait_for(lambda: jobs(api, namespace) == ["steady-a1"], what="first attempt")
     wait_for(lambda: status(api, namespace, "steady").get("phase") == "Running", what="phase Running")
+    wait_for(lambda: "JobCreated" in event_reasons(api, namespace, "steady"), what="event JobCreated")
     before = get_tj(api, namespace, "steady")
     events_before = event_reasons(api, namespace, "steady")
     operator.stop()
@@ -212,4 +213,4 @@ def test_a_completed_job_fills_in_the_registered_version_from_mlflow(
     assert st["metrics"]["accuracy"] == pytest.approx(result["metrics"]["accuracy"])
     ready = condition(api, namespace, "cancer")
     assert ready["status"] == "True" and ready["reason"] == "ModelRegistered"
-    assert "ModelRegistered" in event_reasons(api, namespace, "cancer")
+    wait_for(lambda: "ModelRegistered" in event_reasons(api, namespace, "cancer"), what="event ModelRegistered")

@@ -171,3 +171,36 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         terminate(proc.pid)
+
+
+@contextlib.contextmanager
+def prometheus_rules_kind(api) -> Iterator[None]:
+    """The cluster serves PrometheusRules (the CRD the local platform installs) while inside; afterwards it does not
+    again, as the other tests expect of the shared API server."""
+    from kubernetes import client
+
+    from kubeforge.local.monitoring import PROMETHEUS_RULE_CRD
+
+    ext, name = client.ApiextensionsV1Api(api), PROMETHEUS_RULE_CRD["metadata"]["name"]
+
+    def established() -> bool:
+        found = ext.read_custom_resource_definition(name)
+        return any(c.type == "Established" and c.status == "True" for c in found.status.conditions or [])
+
+    def served() -> bool:
+        return name in {c.metadata.name for c in ext.list_custom_resource_definition().items}
+
+    ext.create_custom_resource_definition(PROMETHEUS_RULE_CRD)
+    try:
+        _until(established, "the PrometheusRule CRD established")
+        yield
+    finally:
+        ext.delete_custom_resource_definition(name)
+        _until(lambda: not served(), "the PrometheusRule CRD gone")
+
+
+def _until(check, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"no {what} after {timeout:g}s"
+        time.sleep(0.2)

@@ -246,6 +246,9 @@ class DriftMonitoring(KubeModel):
     """Rows a window needs before PSI and KS are reported (with 20 bins, fewer rows read as drift on their own)."""
     psi_threshold: Annotated[float, Field(gt=0, le=10)] = 0.2
     """PSI above which the drift alert fires (0.1 small, 0.2 significant, by common convention)."""
+    alert_after: Duration = "15m"
+    """How long PSI must stay above the threshold before the drift alerts fire (where the deployment gets its own
+    PrometheusRule: clusters with the Prometheus Operator, and the local platform; the shared rules hold 15m)."""
 
 
 class PayloadLog(KubeModel):

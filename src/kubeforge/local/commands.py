@@ -89,6 +89,11 @@ def local() -> None:
 @click.option("--interval", type=float, default=0.5, show_default=True, help="Seconds between reconciliations.")
 @click.option("--namespace-selector", help="Only run workloads in namespaces with these labels, e.g. team=ml.")
 @_listen_address
+@click.option(
+    "--prometheus-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Load PrometheusRule objects into the local Prometheus whose data is here.",
+)
 @click.option("--verbose", "-v", is_flag=True)
 def runner(
     kubeconfig: Path,
@@ -96,6 +101,7 @@ def runner(
     interval: float,
     namespace_selector: str | None,
     listen_address: str,
+    prometheus_dir: Path | None,
     verbose: bool,
 ) -> None:
     """Run kubeforge's Jobs and Deployments as local processes (the local kubelet) until stopped."""
@@ -107,7 +113,8 @@ def runner(
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
     )
-    Runner(kube.api_client(kubeconfig), data_dir, interval, namespace_selector, listen_address).run()
+    api = kube.api_client(kubeconfig)
+    Runner(api, data_dir, interval, namespace_selector, listen_address, prometheus_dir).run()
 
 
 local_runtime = click.Group("kubeforge", commands=[up, down, status, local])

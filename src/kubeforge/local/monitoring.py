@@ -2,7 +2,9 @@
 
 Prometheus scrapes the operators' metrics endpoint and every local pod that asks to be
 scraped (the gateways and Tritons: the runner writes them to a file_sd file, see
-runner.scrape), evaluates kubeforge's alerting rules and sends what fires to Alertmanager.
+runner.scrape), evaluates kubeforge's alerting rules (those shipped with the package, and
+each PrometheusRule object, which the runner writes out: see runner.rules) and sends what
+fires to Alertmanager.
 Alertmanager keeps the alerts for people (its UI and API) and has no receivers to notify:
 wiring one (Slack, PagerDuty, e-mail) is the user's choice. Its cluster port is off, so it
 opens nothing beyond its web port.
@@ -36,16 +38,54 @@ def _binary(name: str) -> str:
     return path
 
 
+# The Prometheus Operator's CRD reduced to what the API server needs: its names and a structural schema. The local
+# platform serves the kind so that ModelDeployments get rules of their own, as in a cluster that runs the
+# Prometheus Operator; the runner loads them into the local Prometheus (runner.rules).
+PROMETHEUS_RULE_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "prometheusrules.monitoring.coreos.com"},
+    "spec": {
+        "group": "monitoring.coreos.com",
+        "scope": "Namespaced",
+        "names": {"kind": "PrometheusRule", "listKind": "PrometheusRuleList", "plural": "prometheusrules"},
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "properties": {"spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+                    }
+                },
+            }
+        ],
+    },
+}
+
+
+def cluster_rules(root: Path) -> Path:
+    """The folder of rule files the runner writes from PrometheusRule objects, loaded beside the shipped rules."""
+    return root / "cluster-rules"
+
+
+def address_file(root: Path) -> Path:
+    """host:port of the running Prometheus, for the runner to ask it to reload."""
+    return root / "address"
+
+
 def rule_files() -> list[Path]:
     """kubeforge's alerting rules as shipped with the package (the spec of each PrometheusRule)."""
     folder = Path(str(resources.files("kubeforge.monitoring"))) / "rules"
     return sorted(folder.glob("*.yaml")) if folder.is_dir() else []
 
 
-def prometheus_config(operator_metrics: int, alertmanager: int, targets: Path, rules: Path) -> dict:
+def prometheus_config(operator_metrics: int, alertmanager: int, targets: Path, rules: list[Path]) -> dict:
     return {
         "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
-        "rule_files": [str(rules / "*.yaml")],
+        "rule_files": [str(folder / "*.yaml") for folder in rules],
         "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{alertmanager}"]}]}]},
         "scrape_configs": [
             {
@@ -91,7 +131,8 @@ def start_prometheus(
         targets.parent.mkdir(parents=True, exist_ok=True)
         targets.write_text("[]")
     config = root / "prometheus.yml"
-    config.write_text(yaml.safe_dump(prometheus_config(operator_metrics, alertmanager, targets, rules)))
+    folders = [rules, cluster_rules(root)]
+    config.write_text(yaml.safe_dump(prometheus_config(operator_metrics, alertmanager, targets, folders)))
     port = free_port()
     argv = [
         _binary(PROMETHEUS),
@@ -101,7 +142,9 @@ def start_prometheus(
         f"--web.listen-address=127.0.0.1:{port}",
         "--web.enable-lifecycle",
     ]
-    return _start(argv, logs / "prometheus.log", f"http://127.0.0.1:{port}/-/ready"), port
+    pid = _start(argv, logs / "prometheus.log", f"http://127.0.0.1:{port}/-/ready")
+    address_file(root).write_text(f"127.0.0.1:{port}")
+    return pid, port
 
 
 def _start(argv: list[str], log: Path, ready: str) -> int:

@@ -162,7 +162,8 @@ def _mlflow(layout: Layout, saved: LocalState) -> tuple[int, int, bool]:
 
 def _apply_crds(kubeconfig: Path) -> None:
     api = kube.api_client(kubeconfig)
-    names = [kube.apply(api, crdgen.crd(kind))["metadata"]["name"] for kind in crdgen.KINDS]
+    crds = [*(crdgen.crd(kind) for kind in crdgen.KINDS), monitoring.PROMETHEUS_RULE_CRD]
+    names = [kube.apply(api, crd)["metadata"]["name"] for crd in crds]
     deadline = time.monotonic() + CRD_ESTABLISHED_TIMEOUT
     while names and time.monotonic() < deadline:
         crd = kube.get(api, "apiextensions.k8s.io/v1", "CustomResourceDefinition", names[0], None)  # type: ignore[arg-type]
@@ -203,7 +204,7 @@ def _operator(layout: Layout, mlflow_url: str) -> tuple[int, int, int]:
 
 def _runner(layout: Layout, listen_address: str) -> int:
     argv = _module("kubeforge.local.runner", "--kubeconfig", str(layout.kubeconfig), "--data-dir", str(layout.root))
-    argv += ["--listen-address", listen_address]
+    argv += ["--listen-address", listen_address, "--prometheus-dir", str(layout.prometheus)]
     return spawn(argv, layout.logs / "runner.log", {**os.environ, "PYTHONUNBUFFERED": "1"}).pid
 
 

@@ -73,6 +73,8 @@ SHADOW_DISAGREEMENT_RATIO = 0.1
 SLO_ERROR_RATIO = "kubeforge_modeldeployment_slo_error_ratio"
 SLO_LATENCY_P99 = "kubeforge_modeldeployment_slo_latency_p99_seconds"
 DRIFT_PSI_THRESHOLD = "kubeforge_modeldeployment_drift_psi_threshold"
+DRIFT_HOLD = "15m"
+"""How long drift must last before its alerts fire, in the shared rules (a deployment's own rule sets its own)."""
 
 
 def error_ratio(window: str) -> str:
@@ -83,6 +85,17 @@ def error_ratio(window: str) -> str:
 LATENCY_P99 = f"modeldeployment:kubeforge_gateway_request_duration_seconds:p99_rate{LATENCY_WINDOW}"
 FEATURE_DRIFT = "modeldeployment_feature:kubeforge_drift_psi:max"
 PREDICTION_DRIFT = "modeldeployment:kubeforge_prediction_drift_psi:max"
+
+
+def duration(seconds: float) -> str:
+    """seconds as a Prometheus duration ("15m", "1h30m", "250ms"): whole units only, no fractions."""
+    ms = round(seconds * 1000)
+    parts = []
+    for unit, size in (("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1)):
+        if ms >= size:
+            parts.append(f"{ms // size}{unit}")
+            ms %= size
+    return "".join(parts) or "0s"
 
 
 def runbook_url(alert: str) -> str:
@@ -229,7 +242,7 @@ def drift_recordings() -> list[dict[str, str]]:
     ]
 
 
-def drift_alerts(targets: Targets) -> list[Alert]:
+def drift_alerts(targets: Targets, hold: str = DRIFT_HOLD) -> list[Alert]:
     """Input and prediction PSI over the deployment's threshold, held long enough to outlast noise."""
     where = "ModelDeployment {{ $labels.namespace }}/{{ $labels.modeldeployment }} version {{ $labels.version }}"
     return [
@@ -239,9 +252,9 @@ def drift_alerts(targets: Targets) -> list[Alert]:
             "warning",
             f"Feature {{{{ $labels.feature }}}} drifted from training data in {where}",
             "The PSI of feature {{ $labels.feature }} between live requests and the training baseline is "
-            '{{ $value | printf "%.3f" }}, above the deployment\'s drift threshold, for 15 minutes '
-            f"({{{{ $labels.role }}}} traffic of {where}).",
-            "15m",
+            '{{ $value | printf "%.3f" }}, above the deployment\'s drift threshold, for '
+            f"{hold} ({{{{ $labels.role }}}} traffic of {where}).",
+            hold,
         ),
         Alert(
             "ModelPredictionDrift",
@@ -249,8 +262,8 @@ def drift_alerts(targets: Targets) -> list[Alert]:
             "warning",
             f"Predictions drifted in {where}",
             'The PSI of the predictions against their reference is {{ $value | printf "%.3f" }}, above the '
-            f"deployment's drift threshold, for 15 minutes ({{{{ $labels.role }}}} traffic of {where}).",
-            "15m",
+            f"deployment's drift threshold, for {hold} ({{{{ $labels.role }}}} traffic of {where}).",
+            hold,
         ),
     ]
 
@@ -408,14 +421,6 @@ def prometheus_rule(name: str, namespace: str | None, rule_groups: list[dict], l
     }
 
 
-ALERTS_BY_TARGET = (
-    (SLO_ERROR_RATIO, burn_alerts),
-    (SLO_LATENCY_P99, latency_alerts),
-    (DRIFT_PSI_THRESHOLD, drift_alerts),
-)
-"""Which alerts judge a deployment against each target: a deployment without the target gets none of them."""
-
-
 def deployment_rule_name(name: str) -> str:
     """The PrometheusRule of ModelDeployment name; the suffix keeps it apart from the shared rules' ("kubeforge")."""
     return f"{name}-slo"
@@ -428,11 +433,13 @@ def deployment_rule(
     error_ratio: float | None = None,
     latency_p99_seconds: float | None = None,
     drift_psi_threshold: float | None = None,
+    drift_hold: str = DRIFT_HOLD,
 ) -> dict[str, Any]:
     """One ModelDeployment's PrometheusRule: its SLO and drift alerts with its targets written in.
 
     error_ratio is the share of requests allowed to fail (the error budget), latency_p99_seconds the
-    p99 latency target, drift_psi_threshold the PSI above which features or predictions count as drifted.
+    p99 latency target, drift_psi_threshold the PSI above which features or predictions count as drifted,
+    and drift_hold how long (a Prometheus duration) it must stay above before the drift alerts fire.
     A target left out leaves out the alerts that need it, as a deployment without the gauge is not
     judged by the shared rules; with none the rule holds no group.
     """
@@ -442,7 +449,12 @@ def deployment_rule(
         DRIFT_PSI_THRESHOLD: drift_psi_threshold,
     }
     targets = SpecTargets(namespace, name, {target: v for target, v in given.items() if v is not None})
-    rules = [a.rule() for target, alerts in ALERTS_BY_TARGET if target in targets.values for a in alerts(targets)]
+    alerts = {
+        SLO_ERROR_RATIO: burn_alerts,
+        SLO_LATENCY_P99: latency_alerts,
+        DRIFT_PSI_THRESHOLD: lambda t: drift_alerts(t, drift_hold),
+    }
+    rules = [a.rule() for target, judged in alerts.items() if target in targets.values for a in judged(targets)]
     groups = [{"name": f"kubeforge.modeldeployment.{namespace}.{name}", "rules": rules}] if rules else []
     return prometheus_rule(deployment_rule_name(name), namespace, groups, {"kubeforge.dev/modeldeployment": name})
 

@@ -81,7 +81,9 @@ def test_a_trainer_pod_that_cannot_start_then_exits_with_code_1_fills_last_failu
         "message": 'Back-off pulling image "example/image:1"',
         "time": status(api, namespace, "crashy")["lastFailure"]["time"],
     }
-    assert event_message(api, namespace, "crashy", "ImagePullBackOff").startswith("pod crashy-a1-x7k2p: container trainer")
+    assert event_message(api, namespace, "crashy", "ImagePullBackOff").startswith(
+        "pod crashy-a1-x7k2p: container trainer"
+    )
 
     exited = {
         "exitCode": 1,

@@ -7,7 +7,6 @@ artifacts (nothing loads them).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +18,7 @@ from mlflow import MlflowClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from kubeforge.monitoring import rules
+from tests.conftest import prometheus_rules_kind
 from tests.integration.operators.conftest import Operator, wait_for
 from tests.integration.operators.test_trainingjob_operator import PLURAL as TJ_PLURAL
 from tests.integration.operators.test_trainingjob_operator import create_tj
@@ -26,30 +26,9 @@ from tests.integration.operators.test_trainingjob_operator import create_tj
 pytestmark = pytest.mark.integration
 GROUP, VERSION, PLURAL = "kubeforge.dev", "v1alpha1", "modeldeployments"
 RULES_GROUP, RULES_VERSION, RULES_PLURAL = "monitoring.coreos.com", "v1", "prometheusrules"
-SLO = {"slo": {"latencyP99Ms": 250, "errorRatePercent": 0.5}, "monitoring": {"drift": {"psiThreshold": 0.3}}}
-# The Prometheus Operator's CRD reduced to what the API server needs: its name, and a structural schema.
-PROMETHEUS_RULE_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": f"{RULES_PLURAL}.{RULES_GROUP}"},
-    "spec": {
-        "group": RULES_GROUP,
-        "scope": "Namespaced",
-        "names": {"kind": "PrometheusRule", "listKind": "PrometheusRuleList", "plural": RULES_PLURAL},
-        "versions": [
-            {
-                "name": RULES_VERSION,
-                "served": True,
-                "storage": True,
-                "schema": {
-                    "openAPIV3Schema": {
-                        "type": "object",
-                        "properties": {"spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
-                    }
-                },
-            }
-        ],
-    },
+SLO = {
+    "slo": {"latencyP99Ms": 250, "errorRatePercent": 0.5},
+    "monitoring": {"drift": {"psiThreshold": 0.3, "alertAfter": "90s"}},
 }
 
 
@@ -168,31 +147,16 @@ def rule(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any] | N
         raise
 
 
-def crd_established(ext: client.ApiextensionsV1Api) -> bool:
-    found = ext.read_custom_resource_definition(PROMETHEUS_RULE_CRD["metadata"]["name"])
-    return any(c.type == "Established" and c.status == "True" for c in found.status.conditions or [])
-
-
 @pytest.fixture
 def prometheus_rules_served(operator: Operator, api: client.ApiClient) -> Iterator[None]:
     """The PrometheusRule CRD installed, and the operator restarted to see it at once (it looks again only every
     few minutes); afterwards both undone, for the tests of a cluster without it."""
-    ext = client.ApiextensionsV1Api(api)
-    ext.create_custom_resource_definition(PROMETHEUS_RULE_CRD)
-    try:
-        wait_for(lambda: crd_established(ext), what="the PrometheusRule CRD established")
+    with prometheus_rules_kind(api):
         operator.stop()
         operator.start()
         yield
-    finally:
-        ext.delete_custom_resource_definition(PROMETHEUS_RULE_CRD["metadata"]["name"])
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and PROMETHEUS_RULE_CRD["metadata"]["name"] in {
-            c.metadata.name for c in ext.list_custom_resource_definition().items
-        }:
-            time.sleep(0.2)
-        operator.stop()
-        operator.start()
+    operator.stop()
+    operator.start()
 
 
 def test_where_prometheus_rules_are_served_a_deployment_owns_one_with_its_targets_instead_of_gauges(
@@ -209,6 +173,8 @@ def test_where_prometheus_rules_are_served_a_deployment_owns_one_with_its_target
     assert f"{rules.error_ratio('6h')}{selector} > 0.03" in exprs["ModelDeploymentErrorBudgetBurnwarning"]
     assert exprs["ModelDeploymentLatencyHighwarning"] == f"{rules.LATENCY_P99}{selector} > 0.25"
     assert exprs["ModelFeatureDriftwarning"] == f"{rules.FEATURE_DRIFT}{selector} > 0.3"
+    holds = {r["alert"]: r.get("for") for g in found["spec"]["groups"] for r in g["rules"]}
+    assert holds["ModelFeatureDrift"] == holds["ModelPredictionDrift"] == "1m30s", "spec.monitoring.drift.alertAfter"
     deployment = {"namespace": namespace, "modeldeployment": "guarded"}
     assert value(operator, rules.SLO_LATENCY_P99, **deployment) is None, "never a rule and gauges: alerts twice"
     assert value(operator, rules.DRIFT_PSI_THRESHOLD, **deployment) is None

@@ -105,7 +105,9 @@ def test_failed_jobs_are_retried_then_the_trainingjob_fails_with_the_reason(
     assert "pod exited with code 3" in ready["message"]
     assert condition(api, namespace, "flaky", "Failed")["status"] == "True"
     assert jobs(api, namespace) == ["flaky-a1", "flaky-a2"], "no third attempt"
-    wait_for(lambda: "BackoffLimitExceeded" in event_reasons(api, namespace, "flaky"), what="event BackoffLimitExceeded")
+    wait_for(
+        lambda: "BackoffLimitExceeded" in event_reasons(api, namespace, "flaky"), what="event BackoffLimitExceeded"
+    )
     assert event_reasons(api, namespace, "flaky").count("Retrying") == 1
 
 

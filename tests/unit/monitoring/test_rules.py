@@ -146,3 +146,15 @@ def test_deployment_rules_alert_against_their_own_targets(tmp_path: Path) -> Non
     }
     (tmp_path / "test.yaml").write_text(yaml.safe_dump(test))
     _promtool("test", "rules", tmp_path / "test.yaml")
+
+
+@pytest.mark.parametrize(
+    ("seconds", "written"), [(900, "15m"), (5400, "1h30m"), (90.25, "1m30s250ms"), (0.5, "500ms"), (0, "0s")]
+)
+def test_a_deployments_drift_hold_is_written_as_prometheus_reads_durations(seconds: float, written: str) -> None:
+    assert rules.duration(seconds) == written
+    rule = rules.deployment_rule("ml", "m", drift_psi_threshold=0.2, drift_hold=written)
+    assert {r["alert"]: r.get("for") for r in rule["spec"]["groups"][0]["rules"]} == {
+        "ModelFeatureDrift": written,
+        "ModelPredictionDrift": written,
+    }

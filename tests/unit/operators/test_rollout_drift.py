@@ -34,7 +34,13 @@ def test_a_versions_baseline_reaches_its_route_entry_with_the_input_order_and_cl
 
     table = routes(run(b, Resolved(stable="1", baselines={("clf", "1"): TRACKED})))
 
-    assert table["drift"] == {"enabled": True, "window": "10m", "minSamples": 1000, "psiThreshold": 0.2}
+    assert table["drift"] == {
+        "enabled": True,
+        "window": "10m",
+        "minSamples": 1000,
+        "psiThreshold": 0.2,
+        "alertAfter": "15m",
+    }
     drift = table["versions"][0]["drift"]
     assert drift["features"] == FEATURES and drift["task"] == "classification" and drift["classes"] == ["0", "1"]
     assert [h["name"] for h in drift["baseline"]] == FEATURES

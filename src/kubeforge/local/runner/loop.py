@@ -4,7 +4,8 @@ It polls the API server (every ``interval`` seconds) rather than watching: a lis
 handful of objects from a loopback API server costs less than keeping watches healthy
 across API server restarts, and a level-based tick recovers from any missed change.
 Each tick also keeps a Pod object per local pod (see podobjects), and every few seconds
-the garbage collector removes kubeforge objects whose owners are gone (see gc).
+the garbage collector removes kubeforge objects whose owners are gone (see gc), and, in
+the local platform, PrometheusRules are loaded into its Prometheus (see rules).
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from kubernetes import client
 
 from ...core import kube
 from ...operators import labels
+from .. import monitoring
 from . import deployments, endpoints, gc, jobs, pods, scrape
 from .executables import Executables
 from .podobjects import PodObjects
+from .rules import RuleSync
 from .snapshot import Snapshot
 from .state import PodState, RunnerState, running
 
@@ -36,6 +39,7 @@ GPU = "nvidia.com/gpu"
 NOT_RUN = f"not labelled {labels.MANAGED_BY}={MANAGED}: the local runtime only runs kubeforge's own workloads"
 KINDS = (("batch/v1", "Job", jobs.sync), ("apps/v1", "Deployment", deployments.sync))
 GC_INTERVAL = 5.0
+RULES_INTERVAL = 2.0
 
 
 def state_dir(data_dir: Path) -> Path:
@@ -65,6 +69,7 @@ class Runner:
         interval: float = 0.5,
         namespace_selector: str | None = None,
         listen_address: str = "127.0.0.1",
+        prometheus_dir: Path | None = None,
     ):
         self.api = api
         self.namespace_selector = namespace_selector  # None: every namespace
@@ -74,7 +79,11 @@ class Runner:
         self.executables = Executables(listen_address)
         self.snapshot = Snapshot(api)
         self.pod_objects = PodObjects(api)
-        self.next_gc = 0.0
+        self.next_gc = self.next_rules = 0.0
+        self.rules = None
+        if prometheus_dir is not None:
+            folder = monitoring.cluster_rules(prometheus_dir)
+            self.rules = RuleSync(folder, monitoring.address_file(prometheus_dir))
         self.stopping = threading.Event()
 
     def run(self) -> None:
@@ -121,6 +130,9 @@ class Runner:
         if time.monotonic() >= self.next_gc:
             self.next_gc = time.monotonic() + GC_INTERVAL
             gc.collect(self.api, namespaces)
+        if self.rules and time.monotonic() >= self.next_rules:
+            self.next_rules = time.monotonic() + RULES_INTERVAL
+            self.rules.sync(self.api, namespaces)
 
     def create_pod(
         self, owner: dict[str, Any], template: dict[str, Any], index: int = 0, indexed: bool = False

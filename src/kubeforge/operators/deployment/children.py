@@ -317,7 +317,7 @@ def gateway_service(owner: dict[str, Any]) -> dict[str, Any]:
     return _service(owner, gateway_name(name), "gateway", selector, {"http": GATEWAY_PORT})
 
 
-def prometheus_rule(owner: dict[str, Any], targets: dict[str, float | None]) -> dict[str, Any]:
+def prometheus_rule(owner: dict[str, Any], targets: dict[str, Any]) -> dict[str, Any]:
     """The deployment's own PrometheusRule (``<name>-slo``): its SLO and drift alerts with targets (the keyword
     arguments of monitoring.rules.deployment_rule) written in; garbage collection deletes it with its owner."""
     meta = owner["metadata"]

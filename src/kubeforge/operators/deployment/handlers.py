@@ -25,6 +25,7 @@ from kubernetes import client
 from pydantic import ValidationError
 
 from ...api import API_VERSION, FeatureViewSpec, ModelDeployment, parse
+from ...api.meta import duration_seconds
 from ...api.validation import InvalidResource
 from ...core import kube, podfailure
 from ...core import modelcontract as mc
@@ -320,7 +321,8 @@ def _alert_rules(ctx: Context, body: dict[str, Any], md: ModelDeployment | None)
     targets = metrics.Targets.of(md)
     if metrics.prometheus_rules_served(ctx.api):
         metrics.export_targets(namespace, name, metrics.Targets())
-        return [children.prometheus_rule(body, asdict(targets))]
+        hold = rules.duration(duration_seconds(md.spec.monitoring.drift.alert_after))
+        return [children.prometheus_rule(body, {**asdict(targets), "drift_hold": hold})]
     metrics.export_targets(namespace, name, targets)
     # Gone with its CRD: should the CRD come back, the rule must be applied anew.
     _applied.pop((metrics.PROMETHEUS_RULE[1], namespace, rules.deployment_rule_name(name)), None)

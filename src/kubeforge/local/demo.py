@@ -2,7 +2,9 @@
 
 Train and register v1, serve it, send traffic through the gateway with tritonclient,
 train v2 and watch the canary walk its steps and get promoted, then train a broken v3
-(shuffled labels) and watch the analysis roll it back while no request fails.
+(shuffled labels) and watch the analysis roll it back while no request fails. Last, the
+traffic drifts away from the training data: the gateway's PSI rises, and the drift alert
+fires in Prometheus and reaches Alertmanager.
 """
 
 from __future__ import annotations
@@ -14,12 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 
 from ..core import kube
 from . import runtime
 
 GROUP, VERSION = "kubeforge.dev", "v1alpha1"
+SHIFTED = ("mean_radius", "mean_perimeter", "mean_area")
+"""What a new scanner measures larger than the old one did: the drift the demo shows."""
+SCALE = 1.4
+DRIFT_ALERT = "ModelFeatureDrift"
 
 
 @dataclass
@@ -39,6 +46,7 @@ class Traffic:
     rows: list[list[float]]
     rate: float = 40.0
     samples: list[Sample] = field(default_factory=list)
+    started: float = 0.0  # wall clock time of the first request, to line up with Prometheus' timestamps
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -56,7 +64,7 @@ class Traffic:
         import tritonclient.http as httpclient
 
         client = httpclient.InferenceServerClient(url=self.url.removeprefix("http://"), connection_timeout=10)
-        t0 = time.monotonic()
+        t0, self.started = time.monotonic(), time.time()
         while not self._stop.is_set():
             row = np.asarray([random.choice(self.rows)], dtype=np.float32)
             inp = httpclient.InferInput("features", list(row.shape), "FP32")
@@ -69,6 +77,17 @@ class Traffic:
                 version, ok = None, False
             self.samples.append(Sample(time.monotonic() - t0, version, ok, (time.perf_counter() - start) * 1000))
             self._stop.wait(1 / self.rate)
+
+
+@dataclass
+class Drift:
+    """The drift phase as it happened: when the traffic shifted, the PSI Prometheus recorded, the alerts."""
+
+    shifted_at: float  # seconds since traffic started
+    threshold: float
+    psi: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # feature -> (seconds, PSI)
+    alerts: list[dict[str, Any]] = field(default_factory=list)  # as Alertmanager lists them
+    alerted_at: float = float("nan")  # seconds since traffic started, when Alertmanager had them all
 
 
 class Demo:
@@ -137,7 +156,7 @@ class Demo:
         from sklearn.datasets import load_breast_cancer
 
         self.say("starting the local platform (control plane, MLflow, operators, runner)")
-        runtime.up(self.data_dir)
+        _, self.state = runtime.up(self.data_dir)
         self.api = kube.api_client(runtime.Layout(self.data_dir).kubeconfig)
         frame = load_breast_cancer(as_frame=True).frame
         frame.columns = [c.replace(" ", "_") for c in frame.columns]
@@ -180,16 +199,58 @@ class Demo:
                 _rollout_line,
             )
             self.say(f"  rolled back: {_message(final, 'RolledBack')}")
-            time.sleep(3)
+            drift = self.drift(traffic, list(frame.drop(columns="target").columns), final)
         finally:
             traffic.stop()
-        summary = summarize(traffic.samples, [v1, v2, v3], final)
+        summary = summarize(traffic.samples, [v1, v2, v3], final, drift)
         self.out.mkdir(parents=True, exist_ok=True)
-        plot(traffic.samples, self.out / "rollout.png")
+        plot(traffic.samples, self.out / "rollout.png", drift)
         (self.out / "summary.md").write_text(summary)
         print("\n" + summary)
         print(f"plot: {self.out / 'rollout.png'}")
-        return {"samples": traffic.samples, "final": final}
+        return {"samples": traffic.samples, "final": final, "drift": drift}
+
+    def drift(self, traffic: Traffic, columns: list[str], md: dict[str, Any], timeout: float = 180) -> Drift:
+        """Shift the traffic, show the stable version's PSI as Prometheus records it, and wait for the drift alert
+        of every shifted feature to reach Alertmanager."""
+        shifted = [columns.index(c) for c in SHIFTED]
+        traffic.rows = [[v * SCALE if i in shifted else v for i, v in enumerate(row)] for row in traffic.rows]
+        drift = Drift(time.time() - traffic.started, md["spec"]["monitoring"]["drift"]["psiThreshold"])
+        self.say(f"drift: a new scanner measures cell sizes {SCALE}x larger ({', '.join(SHIFTED)})")
+        stable = md["status"]["stableVersion"]
+        psi = f'max by (feature) (kubeforge_drift_psi{{model="cancer", version="{stable}", role="stable"}})'
+        deadline, shown = time.monotonic() + timeout, 0.0
+        while time.monotonic() < deadline:
+            drift.alerts = [
+                a
+                for a in httpx.get(f"{self.state.alertmanager_url}/api/v2/alerts", timeout=10).json()
+                if a["labels"].get("modeldeployment") == "cancer" and a["labels"]["alertname"].startswith("Model")
+            ]
+            if {a["labels"].get("feature") for a in drift.alerts} >= set(SHIFTED):
+                drift.alerted_at = time.time() - traffic.started
+                break
+            if time.monotonic() - shown >= 5:
+                shown = time.monotonic()
+                now = sorted(((float(r["value"][1]), r["metric"]["feature"]) for r in self._query(psi)), reverse=True)
+                top = ", ".join(f"{feature} {value:.2f}" for value, feature in now[:3]) or "window filling"
+                firing = sorted({a["labels"]["alertname"] for a in drift.alerts}) or ["none yet"]
+                self.say(f"  PSI of version {stable} (threshold {drift.threshold:g}): {top} | alerts: {firing}")
+            time.sleep(1)
+        else:
+            raise TimeoutError(f"{DRIFT_ALERT} did not reach Alertmanager in {timeout:.0f}s: {drift.alerts}")
+        names = ", ".join(sorted(f"{a['labels']['alertname']} {a['labels'].get('feature', '')}" for a in drift.alerts))
+        self.say(f"  in Alertmanager ({self.state.alertmanager_url}): {names}")
+        found = httpx.get(
+            f"{self.state.prometheus_url}/api/v1/query_range",
+            params={"query": psi, "start": traffic.started, "end": time.time(), "step": "2s"},
+            timeout=30,
+        ).json()["data"]["result"]
+        drift.psi = {r["metric"]["feature"]: [(t - traffic.started, float(v)) for t, v in r["values"]] for r in found}
+        return drift
+
+    def _query(self, promql: str) -> list[dict[str, Any]]:
+        found = httpx.get(f"{self.state.prometheus_url}/api/v1/query", params={"query": promql}, timeout=10)
+        return found.json()["data"]["result"]
 
 
 def _cond(obj: dict[str, Any], type_: str, key: str = "status") -> str | None:
@@ -226,8 +287,8 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def summarize(samples: list[Sample], jobs: list[dict[str, Any]], final: dict[str, Any]) -> str:
-    """A markdown table: each version's accuracy, what it answered, its latency and its fate."""
+def summarize(samples: list[Sample], jobs: list[dict[str, Any]], final: dict[str, Any], drift: Drift) -> str:
+    """A markdown table: each version's accuracy, what it answered, its latency and its fate; then the drift."""
     st = final["status"]
     lines = [
         "## kubeforge demo summary",
@@ -254,12 +315,31 @@ def summarize(samples: list[Sample], jobs: list[dict[str, Any]], final: dict[str
         f"requests: {len(samples)}, failed: {failed}, "
         f"p50 {_percentile(every, 0.5):.2f} ms, p99 {_percentile(every, 0.99):.2f} ms",
         f"rollbacks: {1 if st.get('rolledBackVersion') else 0} ({_message(final, 'RolledBack')})",
+        "",
+        f"drift: at {drift.shifted_at:.0f} s the traffic's {', '.join(SHIFTED)} grew {SCALE}x; "
+        f"the alerts reached Alertmanager {drift.alerted_at - drift.shifted_at:.0f} s later",
+        "",
+        "| feature | PSI before | PSI at the alert | alert |",
+        "|---|---|---|---|",
     ]
+    alerted = {a["labels"]["feature"] for a in drift.alerts if a["labels"]["alertname"] == DRIFT_ALERT}
+    others = sorted((f for f in drift.psi if f not in SHIFTED), key=lambda f: -drift.psi[f][-1][1])
+    for feature in [*(f for f in SHIFTED if f in drift.psi), *others[:3]]:
+        points = drift.psi[feature]
+        before = [v for t, v in points if t < drift.shifted_at]
+        lines.append(
+            f"| {feature} | {before[-1] if before else float('nan'):.3f} | {points[-1][1]:.3f} "
+            f"| {DRIFT_ALERT if feature in alerted else '-'} |"
+        )
+    lines.append(f"| ({len(others) - 3} more features, lower) | | | |")
+    predictions = sorted({a["labels"]["alertname"] for a in drift.alerts if "feature" not in a["labels"]})
+    if predictions:
+        lines += ["", f"also in Alertmanager: {', '.join(predictions)} (larger cells shift the predicted classes)"]
     return "\n".join(lines) + "\n"
 
 
-def plot(samples: list[Sample], path: Path, bucket: float = 2.0) -> None:
-    """Share of answers per version and error rate over time."""
+def plot(samples: list[Sample], path: Path, drift: Drift, bucket: float = 2.0) -> None:
+    """Share of answers per version, error rate, and the stable version's PSI per feature over time."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -278,16 +358,33 @@ def plot(samples: list[Sample], path: Path, bucket: float = 2.0) -> None:
         for v in versions:
             shares[v].append(100 * sum(1 for s in window if s.version == v) / n)
         errors.append(100 * sum(1 for s in window if not s.ok) / n)
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 6), sharex=True, height_ratios=[3, 1])
+    fig, (top, bottom, psi) = plt.subplots(3, 1, figsize=(11, 8), sharex=True, height_ratios=[3, 1, 2])
     top.stackplot(edges[:-1], [shares[v] for v in versions], labels=[f"version {v}" for v in versions], step="post")
     top.set_ylabel("% of answers")
     top.set_ylim(0, 100)
     top.legend(loc="upper left")
-    top.set_title("kubeforge demo: traffic by model version during the rollouts")
+    top.set_title("kubeforge demo: traffic by model version during the rollouts, then drift")
     bottom.plot(edges[:-1], errors, color="crimson", drawstyle="steps-post")
     bottom.set_ylabel("% failed")
     bottom.set_ylim(0, max(5, max(errors) * 1.2))
-    bottom.set_xlabel("seconds since traffic started")
+    others = [points for feature, points in drift.psi.items() if feature not in SHIFTED]
+    for feature in SHIFTED:
+        points = drift.psi.get(feature, [])
+        psi.plot([t for t, _ in points], [v for _, v in points], label=feature)
+    if others:
+        times = sorted({t for points in others for t, _ in points})
+        highest = [max(v for points in others for u, v in points if u == t) for t in times]
+        psi.plot(times, highest, color="grey", label=f"other {len(others)} features (highest)")
+    psi.axhline(drift.threshold, color="black", linestyle="--", linewidth=1, label="alert threshold")
+    psi.axvline(drift.shifted_at, color="orange", linewidth=1)
+    psi.axvline(drift.alerted_at, color="crimson", linewidth=1)
+    highest = max([drift.threshold, *(v for points in drift.psi.values() for _, v in points)])
+    psi.set_ylim(0, highest * 1.15)
+    for t, text in ((drift.shifted_at, "traffic shifts"), (drift.alerted_at, "alert in Alertmanager")):
+        psi.annotate(text, (t, highest), xytext=(-3, 0), textcoords="offset points", ha="right", fontsize=8)
+    psi.set_ylabel("PSI vs training data")
+    psi.legend(loc="upper left", fontsize=8)
+    psi.set_xlabel("seconds since traffic started")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

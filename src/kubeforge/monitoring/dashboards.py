@@ -522,7 +522,7 @@ def training() -> Dashboard:
                         f"{phase} TrainingJobs",
                         f"TrainingJobs in phase {phase}.",
                         "short",
-                        [Query(f'sum(kubeforge_resources{{{TRAINING}, phase="{phase}"}})')],
+                        [Query(f'sum(kubeforge_resources{{{TRAINING}, phase="{phase}"}}) or vector(0)')],
                         width=6,
                         stat=True,
                         thresholds=[(1, "red")] if phase == "Failed" else (),

@@ -14,12 +14,13 @@ Labels: the gateway's series carry ``model`` (the ModelDeployment's name), ``ver
 ``modeldeployment`` so the two can be joined.
 
 Targets: the shared rules judge every deployment against its own spec, which the operator
-exports as gauges (``kubeforge_modeldeployment_slo_error_ratio``, ...); a deployment the
-operator exports no gauges for is not judged. :func:`deployment_rule` writes one
-deployment's targets into the expressions as numbers instead, for an operator that owns a
-rule per deployment rather than exporting the gauges (it must not do both, or the alerts
-fire twice); those rules rely on the shared rules' recordings. The kubeforge operator does
-the latter where the cluster serves PrometheusRules, the former elsewhere.
+exports as gauges (``kubeforge_modeldeployment_slo_error_ratio``, ...) labelled
+``alerting="shared"``; a deployment the operator exports no such gauges for is not judged.
+:func:`deployment_rule` writes one deployment's targets into the expressions as numbers
+instead, for an operator that owns a rule per deployment; its gauges are then labelled
+``alerting="own"`` (for dashboards), so no alert fires twice. Those rules rely on the shared
+rules' recordings. The kubeforge operator does the latter where the cluster serves
+PrometheusRules, the former elsewhere.
 """
 
 from __future__ import annotations
@@ -70,6 +71,10 @@ VERSION_ERROR_RATIO = 0.05
 SHADOW_DISAGREEMENT_RATIO = 0.1
 """Share of mirrored predictions that disagree with the live answer above which it alerts."""
 
+ALERTING = "alerting"
+"""Label of the target gauges: "shared" where the shared rules judge the deployment against them, "own" where a
+PrometheusRule of its own does (the gauges then serve dashboards only)."""
+SHARED, OWN = "shared", "own"
 SLO_ERROR_RATIO = "kubeforge_modeldeployment_slo_error_ratio"
 SLO_LATENCY_P99 = "kubeforge_modeldeployment_slo_latency_p99_seconds"
 DRIFT_PSI_THRESHOLD = "kubeforge_modeldeployment_drift_psi_threshold"
@@ -148,7 +153,7 @@ class ExportedTargets:
     """Every deployment, each against the targets the operator exports from its spec."""
 
     def over(self, series: str, target: str, factor: float = 1) -> str:
-        scaled = f"max by ({BY_DEPLOYMENT}) ({target})"
+        scaled = f'max by ({BY_DEPLOYMENT}) ({target}{{{ALERTING}="{SHARED}"}})'
         if factor != 1:
             scaled = f"{factor:g} * {scaled}"
         return f"{series}\n  > on ({BY_DEPLOYMENT}) group_left ()\n{scaled}"
@@ -173,8 +178,9 @@ def slo_recordings() -> list[dict[str, str]]:
     rules = []
     for window in ERROR_RATIO_WINDOWS:
         errors = _as_deployment(f'rate({requests}{{code=~"5.."}}[{window}])')
-        total = _as_deployment(f"rate({requests}[{window}])")
-        expr = f"sum by ({BY_DEPLOYMENT}) ({errors})\n/\nsum by ({BY_DEPLOYMENT}) ({total})"
+        total = f"sum by ({BY_DEPLOYMENT}) ({_as_deployment(f'rate({requests}[{window}])')})"
+        # A deployment that never answered a 5xx has no 5xx series: its ratio is 0, not missing.
+        expr = f"(\n  sum by ({BY_DEPLOYMENT}) ({errors})\n  or\n  0 * {total}\n)\n/\n{total}"
         rules.append(_record(error_ratio(window), expr))
     buckets = _as_deployment(f"rate(kubeforge_gateway_request_duration_seconds_bucket[{LATENCY_WINDOW}])")
     rules.append(_record(LATENCY_P99, f"histogram_quantile(0.99, sum by ({BY_DEPLOYMENT}, le) ({buckets}))"))
@@ -269,8 +275,10 @@ def drift_alerts(targets: Targets, hold: str = DRIFT_HOLD) -> list[Alert]:
 
 
 def ratio(numerator: str, denominator: str, by: str, window: str) -> str:
-    """PromQL for the rate of numerator over the rate of denominator, summed by the labels in by."""
-    return f"sum by ({by}) (rate({numerator}[{window}]))\n/\nsum by ({by}) (rate({denominator}[{window}]))"
+    """PromQL for the rate of numerator over the rate of denominator, summed by the labels in by; 0 where the
+    denominator has series and the numerator none (counters of failures appear with the first failure)."""
+    total = f"sum by ({by}) (rate({denominator}[{window}]))"
+    return f"(\n  sum by ({by}) (rate({numerator}[{window}]))\n  or\n  0 * {total}\n)\n/\n{total}"
 
 
 def serving_alerts() -> list[Alert]:

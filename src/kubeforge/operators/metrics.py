@@ -4,11 +4,11 @@ The alert rules and dashboards in :mod:`kubeforge.monitoring` read these series;
 lists them. Each kind's reconcile is timed and its failures counted; resources are counted by
 kind, namespace, phase and Ready; rollbacks are counted per ModelDeployment.
 
-A ModelDeployment's alert targets (spec.slo, spec.monitoring.drift) reach Prometheus one of two
-ways, never both, or every alert about it would fire twice: where the cluster serves the
-Prometheus Operator's PrometheusRule, the deployment gets a rule of its own with its targets
-written in; elsewhere (the local platform, a plain Prometheus) the operator exports them as
-gauges, against which the shared rules judge every deployment.
+A ModelDeployment's alert targets (spec.slo, spec.monitoring.drift) are exported as gauges, for
+dashboards and, where the cluster does not serve the Prometheus Operator's PrometheusRule, for
+the shared rules to judge every deployment against (label alerting="shared"). Where it does
+(and in the local platform), the deployment gets a rule of its own with its targets written in,
+and its gauges say alerting="own" so the shared rules leave it alone: no alert fires twice.
 """
 
 from __future__ import annotations
@@ -51,11 +51,12 @@ ROLLBACKS = Counter(
     ["namespace", "modeldeployment"],
 )
 DEPLOYMENT = ["namespace", "modeldeployment"]
+_TARGET = [*DEPLOYMENT, rules.ALERTING]
 TARGET_GAUGES = {
-    "error_ratio": Gauge(rules.SLO_ERROR_RATIO, "Share of requests a ModelDeployment's SLO lets fail", DEPLOYMENT),
-    "latency_p99_seconds": Gauge(rules.SLO_LATENCY_P99, "p99 latency target of a ModelDeployment's SLO", DEPLOYMENT),
+    "error_ratio": Gauge(rules.SLO_ERROR_RATIO, "Share of requests a ModelDeployment's SLO lets fail", _TARGET),
+    "latency_p99_seconds": Gauge(rules.SLO_LATENCY_P99, "p99 latency target of a ModelDeployment's SLO", _TARGET),
     "drift_psi_threshold": Gauge(
-        rules.DRIFT_PSI_THRESHOLD, "PSI above which a ModelDeployment's inputs or predictions drifted", DEPLOYMENT
+        rules.DRIFT_PSI_THRESHOLD, "PSI above which a ModelDeployment's inputs or predictions drifted", _TARGET
     ),
 }
 """A gauge per field of Targets, named as the shared rules read them."""
@@ -151,19 +152,21 @@ class Targets:
         )
 
 
-def export_targets(namespace: str, name: str, targets: Targets) -> None:
-    """Set the deployment's target gauges; a target that is None has no series."""
+def export_targets(namespace: str, name: str, targets: Targets, alerting: str) -> None:
+    """Set the deployment's target gauges, labelled with what judges it (rules.SHARED or rules.OWN); a target that
+    is None has no series."""
     for field, value in asdict(targets).items():
         gauge = TARGET_GAUGES[field]
-        if value is None:
-            _remove(gauge, namespace, name)
-        else:
-            gauge.labels(namespace, name).set(value)
+        for judge in (rules.SHARED, rules.OWN):
+            if value is None or judge != alerting:
+                _remove(gauge, namespace, name, judge)
+        if value is not None:
+            gauge.labels(namespace, name, alerting).set(value)
 
 
 def forget_deployment(namespace: str, name: str) -> None:
     """Drop a deleted deployment's series, so no alert or dashboard reads targets of something gone."""
-    export_targets(namespace, name, Targets())
+    export_targets(namespace, name, Targets(), rules.SHARED)
     _remove(ROLLBACKS, namespace, name)
 
 

@@ -175,9 +175,11 @@ def test_where_prometheus_rules_are_served_a_deployment_owns_one_with_its_target
     assert exprs["ModelFeatureDriftwarning"] == f"{rules.FEATURE_DRIFT}{selector} > 0.3"
     holds = {r["alert"]: r.get("for") for g in found["spec"]["groups"] for r in g["rules"]}
     assert holds["ModelFeatureDrift"] == holds["ModelPredictionDrift"] == "1m30s", "spec.monitoring.drift.alertAfter"
+    # The gauges stay, for dashboards, labelled so the shared rules do not judge it a second time.
     deployment = {"namespace": namespace, "modeldeployment": "guarded"}
-    assert value(operator, rules.SLO_LATENCY_P99, **deployment) is None, "never a rule and gauges: alerts twice"
-    assert value(operator, rules.DRIFT_PSI_THRESHOLD, **deployment) is None
+    assert value(operator, rules.SLO_LATENCY_P99, **deployment, alerting="shared") is None, "alerts twice"
+    assert value(operator, rules.DRIFT_PSI_THRESHOLD, **deployment, alerting="shared") is None
+    assert value(operator, rules.SLO_LATENCY_P99, **deployment, alerting="own") == 0.25
 
     # No garbage collector runs here: the operator's finalizer deletes the rule, once the operator has set it.
     wait_for(lambda: md_finalizers(api, namespace, "guarded"), what="the operator's finalizer")

@@ -80,9 +80,9 @@ GAUGES = {
             ("ModelDeployment", "", "True", "Serving"),
         )
     ],
-    rules.SLO_ERROR_RATIO: [f'{OPERATOR}, namespace="ml", modeldeployment="cancer"'],
-    rules.SLO_LATENCY_P99: [f'{OPERATOR}, namespace="ml", modeldeployment="cancer"'],
-    rules.DRIFT_PSI_THRESHOLD: [f'{OPERATOR}, namespace="ml", modeldeployment="cancer"'],
+    rules.SLO_ERROR_RATIO: [f'{OPERATOR}, namespace="ml", modeldeployment="cancer", alerting="own"'],
+    rules.SLO_LATENCY_P99: [f'{OPERATOR}, namespace="ml", modeldeployment="cancer", alerting="own"'],
+    rules.DRIFT_PSI_THRESHOLD: [f'{OPERATOR}, namespace="ml", modeldeployment="cancer", alerting="own"'],
 }
 
 

@@ -104,13 +104,18 @@ def test_targets_are_read_from_the_spec_in_the_units_the_rules_compare_in() -> N
 
 
 def test_target_gauges_follow_the_spec_and_go_with_the_deployment() -> None:
-    where = {"namespace": "gauges", "modeldeployment": "cancer"}
-    metrics.export_targets("gauges", "cancer", metrics.Targets.of(deployment(**SLO)))
+    where = {"namespace": "gauges", "modeldeployment": "cancer", "alerting": "shared"}
+    metrics.export_targets("gauges", "cancer", metrics.Targets.of(deployment(**SLO)), rules.SHARED)
     assert sample(rules.SLO_ERROR_RATIO, **where) == pytest.approx(0.001)
     assert sample(rules.SLO_LATENCY_P99, **where) == 0.25
     assert sample(rules.DRIFT_PSI_THRESHOLD, **where) == 0.3
 
-    metrics.export_targets("gauges", "cancer", metrics.Targets.of(deployment()))  # spec.slo removed
+    # Judged by a rule of its own from now on: the same values, for dashboards, out of the shared rules' sight.
+    metrics.export_targets("gauges", "cancer", metrics.Targets.of(deployment(**SLO)), rules.OWN)
+    assert REGISTRY.get_sample_value(rules.SLO_LATENCY_P99, where) is None
+    assert sample(rules.SLO_LATENCY_P99, **{**where, "alerting": "own"}) == 0.25
+
+    metrics.export_targets("gauges", "cancer", metrics.Targets.of(deployment()), rules.SHARED)  # spec.slo removed
     assert REGISTRY.get_sample_value(rules.SLO_ERROR_RATIO, where) is None
     assert REGISTRY.get_sample_value(rules.SLO_LATENCY_P99, where) is None
     assert sample(rules.DRIFT_PSI_THRESHOLD, **where) == 0.2

@@ -312,18 +312,18 @@ def _apply(ctx: Context, objs: list[dict[str, Any]]) -> None:
 
 
 def _alert_rules(ctx: Context, body: dict[str, Any], md: ModelDeployment | None) -> list[dict[str, Any]]:
-    """Publish the deployment's alert targets the one way this cluster takes (see metrics): its own PrometheusRule,
-    returned to be applied with the other children, where PrometheusRules are served, else the gauges the shared
-    rules read. An invalid spec changes neither, as it changes nothing that serves."""
+    """Publish the deployment's alert targets as gauges, and where PrometheusRules are served its own PrometheusRule
+    (returned to be applied with the other children), the gauges then labelled so the shared rules leave it alone
+    (see metrics). An invalid spec changes neither, as it changes nothing that serves."""
     if md is None:
         return []
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     targets = metrics.Targets.of(md)
     if metrics.prometheus_rules_served(ctx.api):
-        metrics.export_targets(namespace, name, metrics.Targets())
+        metrics.export_targets(namespace, name, targets, rules.OWN)
         hold = rules.duration(duration_seconds(md.spec.monitoring.drift.alert_after))
         return [children.prometheus_rule(body, {**asdict(targets), "drift_hold": hold})]
-    metrics.export_targets(namespace, name, targets)
+    metrics.export_targets(namespace, name, targets, rules.SHARED)
     # Gone with its CRD: should the CRD come back, the rule must be applied anew.
     _applied.pop((metrics.PROMETHEUS_RULE[1], namespace, rules.deployment_rule_name(name)), None)
     return []

@@ -1,7 +1,9 @@
 """The demo's story end to end, in a temporary data dir: what `make demo` shows a newcomer.
 
 Real everything: API server, operators, the local runner playing kubelet, MLflow, the
-trainer, Triton per version and the gateway; traffic through tritonclient.
+trainer, Triton per version and the gateway, Prometheus and Alertmanager; traffic through
+tritonclient. Every dashboard query and alert expression is evaluated against the
+platform's Prometheus at the end.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
@@ -16,12 +19,14 @@ from kubernetes import client
 
 from kubeforge.core import kube
 from kubeforge.local import runtime
-from kubeforge.local.demo import Demo
+from kubeforge.local.demo import SHIFTED, Demo, Traffic
 from kubeforge.local.processes import alive
 from kubeforge.local.runner.state import RunnerState
+from kubeforge.monitoring import dashboards, rules
 from tests.conftest import REPO
 from tests.e2e.test_up_down import _sessions, all_listening_ports, listening_sockets, recorded_pids
 from tests.integration.operators.conftest import wait_for
+from tests.promql import still_unfed
 
 pytestmark = pytest.mark.e2e
 
@@ -56,7 +61,35 @@ def test_train_serve_promote_and_roll_back_with_no_failed_request(tmp_path: Path
         assert [s for s in samples if not s.ok] == [], "no request fails during rollouts and rollback"
         assert {s.version for s in samples} == {"1", "2", "3"}
         assert (out / "rollout.png").stat().st_size > 10_000
-        assert "| 3 | cancer-v3 |" in (out / "summary.md").read_text()
+        summary = (out / "summary.md").read_text()
+        assert "| 3 | cancer-v3 |" in summary
+
+        # Drift: the shifted features, and only those, reached Alertmanager, from the deployment's own rule.
+        drift = result["drift"]
+        alerted = {a["labels"]["feature"] for a in drift.alerts if a["labels"]["alertname"] == "ModelFeatureDrift"}
+        assert alerted == set(SHIFTED)
+        assert {a["labels"]["version"] for a in drift.alerts} == {"2"}
+        assert all(a["annotations"]["runbook_url"].endswith(".md") for a in drift.alerts)
+        assert all(max(v for _, v in drift.psi[f]) > drift.threshold for f in SHIFTED)
+        assert drift.shifted_at < drift.alerted_at
+        assert all(f"| {feature} |" in summary for feature in SHIFTED)
+        rule = client.CustomObjectsApi(api).get_namespaced_custom_object(
+            "monitoring.coreos.com", "v1", "default", "prometheusrules", "cancer-slo"
+        )
+        holds = {r["alert"]: r.get("for") for g in rule["spec"]["groups"] for r in g["rules"]}
+        assert holds["ModelFeatureDrift"] == "10s", "spec.monitoring.drift.alertAfter of the example"
+
+        # Every dashboard query and alert expression, against the platform's Prometheus while traffic flows.
+        state = runtime.LocalState.read(data)
+        again = Traffic(st["url"].split("/v2/")[0], "cancer", result["rows"])
+        again.start()
+        try:
+            wait_for(lambda: prometheus_has(state.prometheus_url, "kubeforge_drift_psi"), 90, "drift gauges")
+            queries = [(where, q) for where, q in monitored_queries(rule) if not is_about_features(where)]
+            problems = still_unfed(state.prometheus_url, queries)
+        finally:
+            again.stop()
+        assert problems == []
 
         # A prediction through the gateway with the standard client, answered by the stable version.
         gateway = httpclient.InferenceServerClient(st["url"].split("/v2/")[0].removeprefix("http://"))
@@ -94,6 +127,23 @@ def test_train_serve_promote_and_roll_back_with_no_failed_request(tmp_path: Path
     assert not runtime.leftovers(data)
     assert not ours & all_listening_ports()
     assert json.loads((data / "local.json").read_text())  # state kept for the next `up`
+
+
+def prometheus_has(url: str, promql: str) -> bool:
+    return bool(httpx.get(f"{url}/api/v1/query", params={"query": promql}, timeout=10).json()["data"]["result"])
+
+
+def monitored_queries(rule: dict | None = None) -> list[tuple[str, str]]:
+    """The shared rules, a deployment's own rule as the operator wrote it, and the dashboards."""
+    queries = [(f"{g['name']} {r.get('alert') or r['record']}", r["expr"]) for g in rules.groups() for r in g["rules"]]
+    own = rule["spec"]["groups"] if rule else []
+    queries += [(f"{g['name']} {r['alert']}", r["expr"]) for g in own for r in g["rules"]]
+    return queries + dashboards.all_queries()
+
+
+def is_about_features(where: str) -> bool:
+    """The FeatureView queries, which the features test checks against a platform that has FeatureViews."""
+    return where.startswith("kubeforge-features:") or "FeatureViewStale" in where
 
 
 def predict(gateway: httpclient.InferenceServerClient) -> str | None:

@@ -23,7 +23,9 @@ from tritonclient.utils import InferenceServerException
 from kubeforge.core import kube
 from kubeforge.local import runtime
 from tests.conftest import REPO
+from tests.e2e.test_demo import is_about_features, monitored_queries
 from tests.integration.operators.conftest import wait_for
+from tests.promql import still_unfed
 
 pytestmark = pytest.mark.e2e
 EXAMPLES = REPO / "docs" / "examples" / "features"
@@ -103,5 +105,10 @@ def test_a_model_trained_on_a_featureview_serves_from_entity_ids_as_from_inline_
         with pytest.raises(InferenceServerException, match="patient_id=999999") as refused:
             _infer(gateway, "patient_id", np.array([999999], dtype=np.int64), "INT64")
         assert "422" in str(refused.value.status()) or "missing" in str(refused.value)
+
+        # The FeatureView dashboard and alert, against the platform's Prometheus.
+        prometheus = runtime.LocalState.read(data).prometheus_url
+        queries = [(where, q) for where, q in monitored_queries() if is_about_features(where)]
+        assert still_unfed(prometheus, queries) == []
     finally:
         runtime.down(data)

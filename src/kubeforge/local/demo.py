@@ -179,7 +179,8 @@ class Demo:
         )
         url = md["status"]["url"].split("/v2/")[0]
         self.say(f"serving at {md['status']['url']}; sending traffic with tritonclient")
-        traffic = Traffic(url, "cancer", frame.drop(columns="target").to_numpy(dtype=float).tolist())
+        rows = frame.drop(columns="target").to_numpy(dtype=float).tolist()
+        traffic = Traffic(url, "cancer", rows)
         traffic.start()
         try:
             v2 = self.train("trainingjob-v2.yaml", "cancer-v2", DATASET=str(clean))
@@ -208,7 +209,7 @@ class Demo:
         (self.out / "summary.md").write_text(summary)
         print("\n" + summary)
         print(f"plot: {self.out / 'rollout.png'}")
-        return {"samples": traffic.samples, "final": final, "drift": drift}
+        return {"samples": traffic.samples, "final": final, "drift": drift, "rows": rows}
 
     def drift(self, traffic: Traffic, columns: list[str], md: dict[str, Any], timeout: float = 180) -> Drift:
         """Shift the traffic, show the stable version's PSI as Prometheus records it, and wait for the drift alert

@@ -32,7 +32,7 @@ import re
 import time
 import uuid
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +48,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .auth import Forbidden, Tokens, Unauthorized
 from .enrich import Lookup, Stores, Unavailable, entity_request
 from .filewatch import FileWatch
-from .metrics import FALLBACKS, REGISTRY, RELOADS, UPSTREAM_REQUESTS
+from .metrics import FALLBACK_REASONS, FALLBACKS, REGISTRY, RELOADS, UPSTREAM_REQUESTS
 from .monitor import DriftCollector, Monitor
 from .oip import HEADER_LENGTH, BadRequest, Body, validate
 from .payloads import PayloadLogger
@@ -102,6 +102,16 @@ def request_id(given: object) -> str:
     return uuid.uuid4().hex
 
 
+def _count_fallbacks_from_zero(routes: Iterable[Route]) -> None:
+    """A series at 0 for each fallback that can happen: dashboards show 0 rather than no data, and the first
+    fallback is an increase rate() sees (a series born at 1 is not one)."""
+    for route in routes:
+        for target in route.versions.values():
+            if target is not route.stable:
+                for reason in FALLBACK_REASONS:
+                    FALLBACKS.labels(route.name, target.version, target.role, reason)
+
+
 class Gateway:
     """Route table, tokens, upstream pool, shadow mirror, drift trackers and payload log of one gateway process."""
 
@@ -133,6 +143,7 @@ class Gateway:
                 known = {t.key: t for r in self.routes.values() for t in r.versions.values()}
                 self.routes = compile_table(table, known)  # one assignment: requests see old or new, never half
                 self.monitor.load(self.routes.values())
+                _count_fallbacks_from_zero(self.routes.values())
                 self.loaded = True
                 RELOADS.labels("routes", "ok").inc()
                 log.info("route table loaded: %s", ", ".join(sorted(self.routes)) or "no models")

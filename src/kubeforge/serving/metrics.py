@@ -51,6 +51,7 @@ UPSTREAM_DURATION = Histogram(
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+FALLBACK_REASONS = ("error", "timeout", "not_ready")
 FALLBACKS = Counter(
     "kubeforge_fallbacks",
     "Requests retried on the stable version, by the version that failed and why (error, timeout, not_ready)",

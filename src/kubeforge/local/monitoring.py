@@ -6,7 +6,8 @@ runner.scrape), evaluates kubeforge's alerting rules (those shipped with the pac
 each PrometheusRule object, which the runner writes out: see runner.rules) and sends what
 fires to Alertmanager.
 Alertmanager keeps the alerts for people (its UI and API) and has no receivers to notify:
-wiring one (Slack, PagerDuty, e-mail) is the user's choice. Its cluster port is off, so it
+wiring one (Slack, PagerDuty, e-mail) in its configuration file, which is written once and
+then left to the user, is the user's choice. Its cluster port is off, so it
 opens nothing beyond its web port.
 """
 
@@ -106,7 +107,8 @@ def start_alertmanager(root: Path, logs: Path) -> tuple[int, int]:
     """(pid, port) of a fresh Alertmanager keeping its state under root."""
     root.mkdir(parents=True, exist_ok=True)
     config = root / "alertmanager.yml"
-    config.write_text(yaml.safe_dump({"route": {"receiver": "local"}, "receivers": [{"name": "local"}]}))
+    if not config.exists():  # a receiver the user added stays
+        config.write_text(yaml.safe_dump({"route": {"receiver": "local"}, "receivers": [{"name": "local"}]}))
     port = free_port()
     argv = [
         _binary(ALERTMANAGER),

@@ -26,6 +26,7 @@ from .meta import (
     ready_column,
     reason_column,
 )
+from .retrain import Retrain, RetrainRecord
 
 ALIAS_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]*$"
 
@@ -37,6 +38,10 @@ BUILTIN_METRICS: dict[str, str] = {
     "agreement": "fraction of compared predictions where the canary agrees with stable (0..1); use min",
     "drift-psi": "largest PSI of the canary's inputs against its training baseline over the drift window; use max",
     "drift-ks": "largest KS statistic of the canary's inputs against its training baseline; use max",
+    "accuracy": "fraction of the canary's labelled predictions that were right over the feedback window (0..1); "
+    "needs labels posted to the gateway's feedback endpoint (classification); use min",
+    "mae": "mean absolute error of the canary's labelled predictions over the feedback window; needs labels posted "
+    "to the gateway's feedback endpoint (regression); use max",
 }
 
 
@@ -124,8 +129,8 @@ class AnalysisMetric(KubeModel):
     )
 
     name: Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)]
-    """A built-in metric (error-rate, latency-p99, latency-p50, agreement, drift-psi, drift-ks) or, with query, any
-    name."""
+    """A built-in metric (error-rate, latency-p99, latency-p50, agreement, drift-psi, drift-ks, accuracy, mae) or,
+    with query, any name."""
     query: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
     """PromQL returning one number for a custom metric; {{canary}} and {{stable}} expand to the versions' labels."""
     max: float | None = None
@@ -251,6 +256,22 @@ class DriftMonitoring(KubeModel):
     PrometheusRule: clusters with the Prometheus Operator, and the local platform; the shared rules hold 15m)."""
 
 
+class FeedbackMonitoring(KubeModel):
+    """Live model quality from labels that arrive after the answer, joined at the gateway by request id."""
+
+    enabled: bool = True
+    """Remember answered requests so labels posted to /v2/models/{name}/feedback can be joined to them."""
+    window: Duration = "10m"
+    """Sliding window live accuracy (classification) or MAE and RMSE (regression) cover."""
+    min_labels: Annotated[int, Field(ge=1, le=10_000_000)] = 50
+    """Labels a window needs before live quality is reported (and the accuracy and mae analysis metrics count)."""
+    ttl: Duration = "24h"
+    """How long an answered request can still be labelled; a later label is counted as expired."""
+    max_pending: Annotated[int, Field(ge=1, le=10_000_000)] = 100_000
+    """Answered requests remembered for joining at most (the oldest are forgotten first): bounds the gateway's
+    memory, about 200 bytes each."""
+
+
 class PayloadLog(KubeModel):
     """Sampled request and response records, for debugging and for joining delayed labels later."""
 
@@ -271,6 +292,8 @@ class Monitoring(KubeModel):
 
     drift: DriftMonitoring = Field(default_factory=DriftMonitoring)
     """Input and prediction drift per version."""
+    feedback: FeedbackMonitoring = Field(default_factory=FeedbackMonitoring)
+    """Delayed labels joined to answered requests: live accuracy or error per version."""
     payload_log: PayloadLog | None = None
     """Record sampled requests and responses (off unless set)."""
 
@@ -313,6 +336,8 @@ class ModelDeploymentSpec(KubeModel):
     """Drift tracking and payload logging at the gateway."""
     slo: SLO | None = None
     """Objectives the generated alerts hold the deployment to."""
+    retrain: Retrain | None = None
+    """Train a new version when the model drifts, loses accuracy or is due; it rolls out through the canary."""
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelDeploymentSpec:
@@ -418,6 +443,8 @@ class ModelDeploymentStatus(KubeModel):
     """Inference endpoint (Open Inference Protocol v2)."""
     last_failure: FailureInfo | None = None
     """Last failure, kept after recovery for reference."""
+    last_retrain: RetrainRecord | None = None
+    """The last retrain spec.retrain started: why, when, and its TrainingJob."""
 
 
 class ModelDeployment(Resource):

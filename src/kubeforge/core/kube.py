@@ -174,6 +174,18 @@ def list_objects(
     return resource(api, api_version, kind).get(namespace=namespace, label_selector=label_selector).to_dict()["items"]
 
 
+def create(api: client.ApiClient, obj: dict[str, Any]) -> dict[str, Any] | None:
+    """Create obj as it is (no apply: an object of that name made by anyone else is left alone); None when one
+    exists already, so a deterministic name makes creating it again from a retry or a second replica harmless."""
+    meta = obj["metadata"]
+    try:
+        return resource(api, obj["apiVersion"], obj["kind"]).create(body=obj, namespace=meta.get("namespace")).to_dict()
+    except ApiException as err:
+        if err.status == 409:
+            return None
+        raise
+
+
 def get(api: client.ApiClient, api_version: str, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
     """The object, or None when it does not exist."""
     try:

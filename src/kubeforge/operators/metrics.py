@@ -61,6 +61,17 @@ TARGET_GAUGES = {
 }
 """A gauge per field of Targets, named as the shared rules read them."""
 
+RETRAINS = Counter(
+    "kubeforge_retrains",
+    "Retrain TrainingJobs a ModelDeployment's spec.retrain created, by the trigger that fired",
+    [*DEPLOYMENT, "trigger"],
+)
+RETRAIN_FAILED = Gauge(
+    "kubeforge_modeldeployment_retrain_failed",
+    "1 while a ModelDeployment's last retrain failed, which stops further retrains until its TrainingJob is deleted",
+    DEPLOYMENT,
+)
+
 RESOURCES = "kubeforge_resources"
 NO_READY = "Unknown"
 """The ready label of an object without a Ready condition yet (the value Kubernetes uses for an unknown status)."""
@@ -168,6 +179,12 @@ def forget_deployment(namespace: str, name: str) -> None:
     """Drop a deleted deployment's series, so no alert or dashboard reads targets of something gone."""
     export_targets(namespace, name, Targets(), rules.SHARED)
     _remove(ROLLBACKS, namespace, name)
+    forget_retrain(namespace, name)
+
+
+def forget_retrain(namespace: str, name: str) -> None:
+    """Drop the retrain series of a deployment whose spec.retrain went (or that went)."""
+    _remove(RETRAIN_FAILED, namespace, name)
 
 
 def _remove(metric: Gauge | Counter, *labels: str) -> None:

@@ -29,7 +29,7 @@ from ...api.meta import duration_seconds
 from ...api.validation import InvalidResource
 from ...core import kube, podfailure
 from ...core import modelcontract as mc
-from ...core.conditions import StatusDraft
+from ...core.conditions import StatusDraft, parse_rfc3339
 from ...core.mlflow_rest import MLflowError, MLflowRegistry, NotFound
 from ...monitoring import rules
 from ...serving.routes import VersionDrift
@@ -38,6 +38,7 @@ from ..labels import COMPONENT, MODEL_VERSION, MODELDEPLOYMENT
 from ..runtime import Context, context
 from . import analysis as an
 from . import children
+from . import retrain as rt
 from .rollout import (
     GATEWAY,
     ROLLED_BACK,
@@ -45,6 +46,7 @@ from .rollout import (
     DriftBaseline,
     FeatureSource,
     Observed,
+    Plan,
     Resolved,
     analysis_due,
     canary_settings,
@@ -59,6 +61,7 @@ _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Loc
 _applied: dict[tuple[str, str, str], str] = {}  # (kind, namespace, name) -> hash of what this process applied
 _pruned: dict[tuple[str, str], tuple[str, frozenset[str]]] = {}  # (namespace, name) -> (uid, live versions)
 _snapshots: dict[tuple[str, str], an.Snapshot] = {}  # (uid, version) -> last scrape
+_holding: dict[str, dict[str, datetime]] = {}  # uid -> retrain trigger -> since when it holds (see retrain)
 _resolve_cache: dict[tuple[str, str], tuple[float, str]] = {}
 RESOLVE_TTL = 3.0
 _feature_orders: dict[tuple[str, str], list[str] | None] = {}  # (model, version) -> its kubeforge.features tag
@@ -383,6 +386,13 @@ def reconcile(namespace: str, name: str, logger: Any, retry: int = 0) -> None:
             kube.write_status(ctx.api, body, old_status, st.s, events, component=EVENT_SOURCE)
             raise kopf.TemporaryError(err.message, delay=err.retry_after(retry)) from err
         _prune(ctx, namespace, name, body["metadata"]["uid"], set(p.live_versions))
+        if md is not None and md.spec.retrain is not None:
+            _retrain(ctx, body, md, observed, metrics_text, p, now)
+        elif md is not None:  # no retrain policy (any more): nothing of one is left to say
+            _holding.pop(body["metadata"]["uid"], None)
+            metrics.forget_retrain(namespace, name)
+            conditions = p.status.get("conditions") or []
+            p.status["conditions"] = [c for c in conditions if c.get("type") != rt.CONDITION]
         shadow = p.status.get("shadowVersion")
         if shadow and metrics_text:
             p.status["shadowReport"] = an.shadow_report(an.parse(metrics_text, name, shadow), shadow)
@@ -390,6 +400,61 @@ def reconcile(namespace: str, name: str, logger: Any, retry: int = 0) -> None:
             reason == ROLLED_BACK for _, reason, _ in p.events
         ):
             metrics.ROLLBACKS.labels(namespace, name).inc()
+
+
+def _retrain(
+    ctx: Context,
+    body: dict[str, Any],
+    md: ModelDeployment,
+    observed: Observed,
+    text: str | None,
+    p: Plan,
+    now: datetime,
+) -> None:
+    """spec.retrain: read the triggers and the retrain TrainingJobs, create one where a trigger fired (see retrain),
+    and put why into the plan's status and events."""
+    assert md.spec.retrain is not None
+    meta = body["metadata"]
+    namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
+    retrain, st = md.spec.retrain, StatusDraft(p.status, meta.get("generation"), now)
+    template: dict[str, Any] | None = retrain.training_job.spec.to_wire() if retrain.training_job.spec else None
+    if retrain.training_job.name is not None:
+        found = kube.get(ctx.api, API_VERSION, "TrainingJob", retrain.training_job.name, namespace)
+        template = found.get("spec") if found else None
+        if template is None:
+            message = (
+                f"spec.retrain.trainingJob.name: TrainingJob {retrain.training_job.name} not found in {namespace}: "
+                "create it, or give the template as trainingJob.spec"
+            )
+            st.cond(rt.CONDITION, "False", rt.TEMPLATE_NOT_FOUND, message)
+            p.status = st.s
+            return
+    found_jobs = kube.list_objects(ctx.api, API_VERSION, "TrainingJob", namespace, f"{rt.RETRAIN_OF}={name}")
+    jobs = [rt.RetrainJob.of(j) for j in found_jobs]
+    triggers = retrain.triggers
+    if text is None and (triggers.drift or triggers.accuracy):
+        text = _scrape(observed.gateway_url)
+    observation = rt.observe(text, name, p.status.get("stableVersion"))
+    created = parse_rfc3339(meta["creationTimestamp"]) or now
+    decision = rt.decide(name, retrain, now, created, observation, _holding.get(uid, {}), jobs)
+    _holding[uid] = decision.holding
+    if decision.create is not None:
+        job = rt.training_job(body, retrain, template or {}, decision.create, observed.gateway_url)
+        made = kube.create(ctx.api, job)  # None: it exists, created by an earlier pass or another replica
+        if made is not None:
+            metrics.RETRAINS.labels(namespace, name, decision.create[1]).inc()
+            jobs.append(rt.RetrainJob.of(made))
+    old = next((c for c in p.status.get("conditions") or [] if c.get("type") == rt.CONDITION), {})
+    status, reason, message = decision.condition
+    st.cond(rt.CONDITION, status, reason, message)
+    if reason == rt.FAILED and old.get("reason") != rt.FAILED:
+        decision.events.append(("Warning", rt.FAILED, message))
+    newest = max(jobs, key=lambda j: j.created, default=None)
+    if newest is not None:
+        st.s["lastRetrain"] = rt.record(newest)
+    p.status = st.s
+    p.events.extend(decision.events)
+    metrics.RETRAIN_FAILED.labels(namespace, name).set(1 if decision.failed else 0)
 
 
 @kopf.on.event(GROUP, VERSION, "modeldeployments")
@@ -450,13 +515,13 @@ def rollout_timer(name: str, namespace: str, logger: Any, retry: int, **_: Any) 
 def _polled(spec: dict[str, Any], status: dict[str, Any], **_: Any) -> bool:
     """Registry aliases move outside Kubernetes, and a reconcile that failed is not retried by its event."""
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
-    return bool(spec.get("followAlias") or spec.get("canary")) or not ready
+    return bool(spec.get("followAlias") or spec.get("canary") or spec.get("retrain")) or not ready
 
 
 @kopf.timer(GROUP, VERSION, "modeldeployments", interval=10, when=_polled)
 def poll_timer(name: str, namespace: str, logger: Any, retry: int, **_: Any) -> None:
     """Follow registry aliases (MLflow webhooks are optional), retry what is not Ready yet (children that could
-    not be applied, with a back-off) and read why its pods fail."""
+    not be applied, with a back-off), read why its pods fail, and watch the retrain triggers."""
     reconcile(namespace, name, logger, retry)
 
 
@@ -480,3 +545,4 @@ def modeldeployment_deleted(name: str, namespace: str, uid: str, **_: Any) -> No
     _pruned.pop((namespace, name), None)
     for key in [k for k in _snapshots if k[0] == uid]:
         del _snapshots[key]
+    _holding.pop(uid, None)

@@ -18,14 +18,15 @@ _NEVER = np.iinfo(np.int64).min
 
 
 class SlidingCounts:
-    """A counts vector of ``slots`` entries summed over the last ``window_s`` seconds of ``clock``."""
+    """A counts vector of ``slots`` entries summed over the last ``window_s`` seconds of ``clock`` (dtype float64
+    for sums of values rather than counts)."""
 
-    def __init__(self, slots: int, window_s: float, buckets: int, clock: Callable[[], float]):
+    def __init__(self, slots: int, window_s: float, buckets: int, clock: Callable[[], float], dtype: type = np.int64):
         if window_s <= 0 or buckets < 1:
             raise ValueError(f"window_s must be > 0 and buckets >= 1, got {window_s} and {buckets}")
         self._width = window_s / buckets
         self._clock = clock
-        self._counts = np.zeros((buckets, slots), dtype=np.int64)
+        self._counts = np.zeros((buckets, slots), dtype=dtype)
         # The bucket number (clock // width) each row of the ring holds; a row is live while
         # its number is among the last `buckets` ones.
         self._numbers = np.full(buckets, _NEVER, dtype=np.int64)

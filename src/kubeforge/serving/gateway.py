@@ -18,7 +18,9 @@ features never leave the path above.
 Every answer carries a request id (``kubeforge-request-id``: the caller's OIP ``id``, or one
 the gateway made up). What a version received and answered is handed, by reference, to drift
 tracking (:mod:`.monitor`) and, for the sampled requests of a model that asks for it, to the
-payload log (:mod:`.payloads`); both do their work after the response is out.
+payload log (:mod:`.payloads`); both do their work after the response is out. For a model that takes
+feedback every answered request is remembered by its id (:mod:`.feedback`), so labels posted later to
+``/v2/models/{name}/feedback`` join it and feed live accuracy or error per version.
 Error bodies name inputs, shapes and types, never input values.
 """
 
@@ -47,6 +49,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .auth import Forbidden, Tokens, Unauthorized
 from .enrich import Lookup, Stores, Unavailable, entity_request
+from .feedback import BadFeedback, Feedback, QualityCollector, dataset, since_seconds
 from .filewatch import FileWatch
 from .metrics import FALLBACK_REASONS, FALLBACKS, REGISTRY, RELOADS, UPSTREAM_REQUESTS
 from .monitor import DriftCollector, Monitor
@@ -124,6 +127,7 @@ class Gateway:
         self.monitor = Monitor()
         self.mirror = Mirror(self.upstreams, self.monitor, capacity=settings.shadow_queue)
         self.payloads = PayloadLogger(settings.payload_dir)
+        self.feedback = Feedback()
         self.stores = Stores()
         self._route_watch = FileWatch(settings.routes)
         self._token_watch = FileWatch(settings.tokens) if settings.tokens else None
@@ -143,6 +147,7 @@ class Gateway:
                 known = {t.key: t for r in self.routes.values() for t in r.versions.values()}
                 self.routes = compile_table(table, known)  # one assignment: requests see old or new, never half
                 self.monitor.load(self.routes.values())
+                self.feedback.load(self.routes.values())
                 _count_fallbacks_from_zero(self.routes.values())
                 self.loaded = True
                 RELOADS.labels("routes", "ok").inc()
@@ -179,8 +184,17 @@ class Gateway:
         if self.settings.tokens and self.tokens is None:
             raise RuntimeError(f"token file {self.settings.tokens} is missing or has no tokens")
         collector = DriftCollector(lambda: self.monitor.tracked, self.monitor.flush)
+        quality = QualityCollector(lambda: self.feedback)
         REGISTRY.register(collector)
-        loops = (self._watch(), self._health(), self.mirror.run(), self.monitor.run(), self.payloads.run())
+        REGISTRY.register(quality)
+        loops = (
+            self._watch(),
+            self._health(),
+            self.mirror.run(),
+            self.monitor.run(),
+            self.payloads.run(),
+            self.feedback.run(),
+        )
         tasks = [asyncio.create_task(c) for c in loops]
         try:
             yield
@@ -189,6 +203,7 @@ class Gateway:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             REGISTRY.unregister(collector)
+            REGISTRY.unregister(quality)
             await self.upstreams.close()
             self.stores.close()
             self.payloads.close()
@@ -322,9 +337,11 @@ class Gateway:
         caller: Body = (plain, length)
         received = caller if lookup is None else (body, int(forward[HEADER_LENGTH]))
         self.monitor.record(target, *received, answer.content, answer.header_size)
+        assert call.request_id is not None
+        if route.spec.feedback is not None:
+            self.feedback.record(route, target, call.request_id, (answer.content, answer.header_size))
         if route.spec.payload_log is not None:
             rebuilt = None if lookup is None else received
-            assert call.request_id is not None
             self.payloads.offer(
                 route, target, call.request_id, start, caller, rebuilt, (answer.content, answer.header_size)
             )
@@ -383,6 +400,33 @@ class Gateway:
             body["versions"] = sorted(t.version for t in route.versions.values() if t.role != "shadow")
         return Response(json.dumps(body), 200, {VERSION_HEADER: target.version}, media_type="application/json")
 
+    async def post_feedback(self, request: Request) -> Response:
+        """POST /v2/models/{name}/feedback: labels joined to earlier answers by request id; counts by result."""
+        route, _ = self._route(request.path_params["name"], None, request.headers.get("authorization"))
+        try:
+            payload = await self._body(request.headers, request.receive)
+            counts, records = self.feedback.post(route, payload)
+        except (BadRequest, BadFeedback) as err:
+            return error(err.status, str(err))
+        if route.spec.payload_log is not None:
+            await self.payloads.labels(route.name, route.spec.payload_log, records)
+        return Response(json.dumps(counts), 200, media_type="application/json")
+
+    async def feedback_dataset(self, request: Request) -> Response:
+        """GET /v2/models/{name}/feedback/dataset?since=24h&target=label: labelled payload records as CSV."""
+        route, _ = self._route(request.path_params["name"], None, request.headers.get("authorization"))
+        directory = self.settings.payload_dir
+        if route.spec.payload_log is None or directory is None:
+            message = f"model {route.name!r} has no payload log to build a data set from: set its payloadLog"
+            return error(404, message)
+        try:
+            since = since_seconds(request.query_params.get("since", "24h"))
+            target = request.query_params.get("target", "label")
+            text = await asyncio.to_thread(dataset, directory, route, since, target, time.time())
+        except BadFeedback as err:
+            return error(err.status, str(err))
+        return Response(text, 200, media_type="text/csv")
+
     async def model_ready(self, request: Request) -> Response:
         route, pinned = self._route_of(request)
         target = pinned or route.stable
@@ -421,6 +465,8 @@ def create_app(settings: Settings) -> ASGIApp:
     add("/v2/health/live", _live, ["GET"])
     add("/v2/health/ready", gw.server_ready, ["GET"])
     add("/metrics", _metrics, ["GET"])
+    add("/v2/models/{name}/feedback", gw.post_feedback, ["POST"])
+    add("/v2/models/{name}/feedback/dataset", gw.feedback_dataset, ["GET"])
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
         add(prefix + "/ready", gw.model_ready, ["GET"])
         add(prefix + "/config", gw.metadata, ["GET"])

@@ -146,3 +146,18 @@ class TargetMetrics:
             child = self._codes[code] = REQUESTS.labels(*self.labels, str(code))
         child.inc()  # type: ignore[attr-defined]
         self.duration.observe(seconds)
+FEEDBACK_LABELS = Counter(
+    "kubeforge_feedback_labels",
+    "Labels posted to the feedback endpoint by result: joined (to the answer of that request id), unknown (no "
+    "answered request with that id is remembered) or expired (answered longer than the ttl ago); version and role "
+    "are those of the answer, empty when nothing was joined",
+    [*_LABELS, "result"],
+    registry=REGISTRY,
+)
+FEEDBACK_EVICTED = Counter(
+    "kubeforge_feedback_evicted",
+    "Answered requests forgotten before their ttl because the join store held maxPending others: labels for them "
+    "count as unknown (raise maxPending or send labels sooner)",
+    ["model"],
+    registry=REGISTRY,
+)

@@ -12,6 +12,9 @@ the model's ``features`` when the gateway read them from the online store. An in
 ``redact`` is written as ``"[redacted]"``: its values are never decoded into a record. Request
 headers are not recorded, so no bearer token reaches the log.
 
+Labels fed back for a model with a payload log (:mod:`.feedback`) go to ``<dir>/<model>.labels.jsonl``,
+one ``{"requestId", "time", "label"}`` per line, rotated alike.
+
 Each model writes ``<dir>/<model>.jsonl``, rotated at ``maxFileMb`` to ``.1`` (``.1`` to
 ``.2``, ...), ``maxFiles`` rotated files kept: disk use stays below ``(maxFiles + 1) *
 maxFileMb`` per model whatever the traffic.
@@ -120,6 +123,7 @@ class PayloadLogger:
         self.queue: asyncio.Queue[Sample] = asyncio.Queue(QUEUE)
         self.thread = ThreadPoolExecutor(1, thread_name_prefix="payload-log")
         self.files: dict[str, _File] = {}
+        self.label_files: dict[str, _File] = {}
         self._reported: set[str] = set()
 
     def offer(
@@ -166,8 +170,24 @@ class PayloadLogger:
         if batch:
             self.thread.submit(self._write, batch).result()
         self.thread.shutdown()
-        for file in self.files.values():
+        for file in [*self.files.values(), *self.label_files.values()]:
             file.close()
+
+    async def labels(self, model: str, settings: PayloadLog, records: list[dict[str, Any]]) -> None:
+        """Append joined labels to <model>.labels.jsonl in the writer's thread; done when they are written."""
+        if self.directory is None or not records:
+            return
+        await asyncio.get_running_loop().run_in_executor(self.thread, self._write_labels, model, settings, records)
+
+    def _write_labels(self, model: str, settings: PayloadLog, records: list[dict[str, Any]]) -> None:
+        assert self.directory is not None
+        file = self.label_files.get(model)
+        if file is None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            file = self.label_files[model] = _File(self.directory / f"{model}.labels.jsonl")
+        for item in records:
+            file.write(json.dumps(item).encode() + b"\n", settings)
+        file.flush()
 
     def _write(self, batch: list[Sample]) -> None:
         assert self.directory is not None

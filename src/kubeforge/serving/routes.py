@@ -12,7 +12,11 @@ stable and the canary may have been trained on different ones.
 
 With drift monitoring each version carries its training baseline (the trainer's per-feature
 histograms) and what reads its outputs (task, classes), and the model the window settings;
-with payload logging the model carries the sampling, redaction and rotation settings.
+with payload logging the model carries the sampling, redaction and rotation settings; with
+feedback the model carries the join store's and the live quality window's settings. Labels are
+read the way drift reads predictions: a version's ``drift`` entry says its task and classes; a
+version without one is read by the model's ``task``, a classifier's labels then being class
+indices (the argmax position of the answer).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from pydantic import Field, model_validator
 
 from kubeforge.api.featureview import ValueType
 from kubeforge.api.meta import KubeModel, UniqueNames
-from kubeforge.api.modeldeployment import DriftMonitoring, PayloadLog, Role
+from kubeforge.api.modeldeployment import DriftMonitoring, FeedbackMonitoring, PayloadLog, Role
 from kubeforge.core.modelcontract import INPUT_NAME, FeatureHistogram
 
 Task = Literal["classification", "regression"]
@@ -118,6 +122,9 @@ class ModelRoute(KubeModel):
     """Track drift of the versions that carry a baseline, over this window; omitted: no drift tracking."""
     payload_log: PayloadLog | None = None
     """Record sampled requests and answers; omitted: none."""
+    feedback: FeedbackMonitoring | None = None
+    """Remember answered requests so delayed labels join them (live accuracy or error per version); omitted: no
+    feedback endpoint for this model."""
 
     @model_validator(mode="after")
     def _roles(self) -> ModelRoute:
@@ -162,6 +169,8 @@ class Target:
     metrics: Any = None  # labelled metric children, bound once per target
     columns: Any = None  # with features: where its feature_order's features are in Route.lookup (numpy indices)
     drift: Any = None  # with a baseline: its drift tracker and the requests waiting for it (monitor.Tracked)
+    task: str = "classification"  # how its answers read for feedback: its drift entry's task, else the model's
+    classes: Any = None  # class labels in output order (its drift entry's), or None: labels are class indices
 
     @property
     def key(self) -> tuple[str, str, str, str]:
@@ -231,6 +240,10 @@ def compile_table(table: RouteTable, known: dict[tuple[str, str, str, str], Targ
             by_role[v.role] = (target, v)
         orders = {v.version: v.feature_order for v in spec.versions if spec.features and v.feature_order is not None}
         lookup = tuple(dict.fromkeys(f for order in orders.values() for f in order))
+        for v in spec.versions:
+            target = targets[v.version]
+            target.task = (v.drift.task if v.drift is not None else None) or spec.task
+            target.classes = tuple(v.drift.classes) if v.drift is not None and v.drift.classes else None
         for version, target in targets.items():
             order = orders.get(version)
             target.columns = None if order is None else np.array([lookup.index(f) for f in order], dtype=np.intp)

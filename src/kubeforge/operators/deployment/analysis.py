@@ -6,7 +6,9 @@ last interval and need no Prometheus (the local runtime has none). Counts are pe
 against the canary's Triton, so an error that a fallback hid from the caller still
 counts against the canary, and so does a request the gateway sent to stable without
 trying the canary because it knew the canary was not ready. Drift is not a counter: the
-gateway computes it over its own sliding window, and the built-ins read the scrape as it is.
+gateway computes it over its own sliding window, and the built-ins read the scrape as it is. So is
+live quality (accuracy, mae): the gateway computes it over its feedback window from the labels
+posted to it, and reports it only once the window holds minLabels labelled predictions.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ SHADOW_PREDICTIONS = "kubeforge_shadow_predictions"
 SHADOW_DELTA = "kubeforge_shadow_latency_delta_seconds"
 SHADOW_DELTA_SUM = "kubeforge_shadow_latency_delta_sum_seconds"
 DRIFT = {"kubeforge_drift_psi": "drift-psi", "kubeforge_drift_ks": "drift-ks"}
+QUALITY = {"kubeforge_live_accuracy": "accuracy", "kubeforge_live_mae": "mae"}
 
 
 @dataclass
@@ -40,12 +43,13 @@ class Snapshot:
     delta_sum: float = 0.0  # a gauge, not a counter: it falls whenever the shadow answers faster
     delta_count: float = 0.0
     drift: dict[str, float] = field(default_factory=dict)  # drift-psi / drift-ks -> largest over the features
+    quality: dict[str, float] = field(default_factory=dict)  # accuracy / mae over the gateway's feedback window
 
     def minus(self, prev: Snapshot) -> Snapshot:
         """Increase since prev; a counter that went down means the gateway restarted, so take it whole.
 
         The delta sum may go down on its own, so whether the gateway restarted is read from the delta count; drift
-        covers the gateway's window, not the interval, and is taken as it is now.
+        covers the gateway's window, not the interval, and is taken as it is now; so is live quality.
         """
 
         def d(now: float, before: float) -> float:
@@ -61,6 +65,7 @@ class Snapshot:
             delta_sum=self.delta_sum if restarted else self.delta_sum - prev.delta_sum,
             delta_count=d(self.delta_count, prev.delta_count),
             drift=self.drift,
+            quality=self.quality,
         )
 
     @property
@@ -94,6 +99,8 @@ def parse(text: str, model: str, version: str) -> Snapshot:
             elif sample.name in DRIFT:
                 name = DRIFT[sample.name]
                 snap.drift[name] = max(snap.drift.get(name, sample.value), sample.value)
+            elif sample.name in QUALITY and labels.get("role") != "shadow":
+                snap.quality[QUALITY[sample.name]] = sample.value
     return snap
 
 
@@ -145,10 +152,14 @@ def builtin(name: str, canary: Snapshot, min_requests: int) -> float | None:
     error-rate is failed tries over all tries, so requests that the fallback answered for the canary
     (it failed, timed out, or was known not to be ready and skipped) count against it. drift-psi and
     drift-ks are the largest of the canary's features; the gateway reports them only once its window
-    holds spec.monitoring.drift.minSamples rows, which takes the place of min_requests.
+    holds spec.monitoring.drift.minSamples rows, which takes the place of min_requests. accuracy and mae are the
+    canary's live quality from fed-back labels, reported once the gateway's feedback window holds
+    spec.monitoring.feedback.minLabels labels, which takes the place of min_requests as well.
     """
     if name in DRIFT.values():
         return canary.drift.get(name)
+    if name in QUALITY.values():
+        return canary.quality.get(name)
     if name == "agreement":
         compared = canary.agree + canary.disagree
         return canary.agree / compared if compared >= max(min_requests, 1) else None

@@ -201,7 +201,8 @@ def route_table(
     versions: [{version, role, url, model, weight, percent, featureOrder, drift}] for what is live and ready; empty
     until the stable version has an address, when the gateway serves no model yet. features: the FeatureView
     requests with entity keys are fed from (serving.routes.FeatureRoute, wire format). Drift settings go in with
-    spec.monitoring.drift enabled (each version's baseline is its drift entry), payload log settings when set.
+    spec.monitoring.drift enabled (each version's baseline is its drift entry), payload log settings when set,
+    feedback settings with spec.monitoring.feedback enabled.
     """
     if not versions:
         return RouteTable(models={})
@@ -229,6 +230,7 @@ def route_table(
                 features=FeatureRoute.model_validate(features) if features else None,
                 drift=monitoring.drift if monitoring.drift.enabled else None,
                 payload_log=monitoring.payload_log,
+                feedback=monitoring.feedback if monitoring.feedback.enabled else None,
             )
         }
     )

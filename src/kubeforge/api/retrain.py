@@ -44,13 +44,14 @@ class RetrainTriggers(KubeModel):
     accuracy: AccuracyTrigger | None = None
     """Live accuracy of the stable version."""
     schedule: Annotated[str, Field(min_length=9, max_length=128)] | None = None
-    """Cron expression in UTC ("0 3 * * 1": Mondays at 03:00): retrain at those times whatever the metrics say."""
+    """Cron expression in UTC ("0 3 * * 1": Mondays at 03:00; a sixth field adds seconds): retrain at those times
+    whatever the metrics say."""
 
     @field_validator("schedule")
     @classmethod
     def _cron(cls, value: str | None) -> str | None:
         if value is not None and not croniter.is_valid(value):
-            raise ValueError(f"{value!r} is not a cron expression: five fields, minute hour day month weekday")
+            raise ValueError(f"{value!r} is not a cron expression: minute hour day month weekday [second]")
         return value
 
     @model_validator(mode="after")

@@ -376,6 +376,15 @@ def platform_alerts() -> list[Alert]:
             "5m",
         ),
         Alert(
+            "ModelRetrainFailed",
+            "kubeforge_modeldeployment_retrain_failed == 1",
+            "warning",
+            "The retrain of ModelDeployment {{ $labels.namespace }}/{{ $labels.modeldeployment }} failed",
+            "The TrainingJob that spec.retrain of ModelDeployment {{ $labels.namespace }}/"
+            "{{ $labels.modeldeployment }} started failed. No retrain starts until that TrainingJob is deleted; "
+            "the deployment keeps serving its current version.",
+        ),
+        Alert(
             "OperatorReconcileErrors",
             "sum by (kind) (increase(kubeforge_reconcile_errors_total[10m])) > 0",
             "warning",

@@ -77,6 +77,9 @@ def test_a_failed_retrain_stops_retraining_until_its_trainingjob_is_deleted() ->
     assert d.create is None and d.failed
     assert "kubectl delete trainingjob cancer-retrain-1" in d.condition[2] and "exit code 1" in d.condition[2]
     assert rt.decide("cancer", policy(), NOW, CREATED, DRIFTED, holding, []).create is not None
+    # Deleted, it no longer stops retraining; the cooldown since it started (from status) still counts.
+    since = NOW - timedelta(minutes=10)
+    assert rt.decide("cancer", policy(), NOW, CREATED, DRIFTED, holding, [], since).condition[1] == rt.COOLING_DOWN
 
 
 def test_accuracy_below_its_bound_retrains() -> None:

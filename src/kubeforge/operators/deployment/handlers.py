@@ -436,7 +436,8 @@ def _retrain(
         text = _scrape(observed.gateway_url)
     observation = rt.observe(text, name, p.status.get("stableVersion"))
     created = parse_rfc3339(meta["creationTimestamp"]) or now
-    decision = rt.decide(name, retrain, now, created, observation, _holding.get(uid, {}), jobs)
+    previous = parse_rfc3339((p.status.get("lastRetrain") or {}).get("time"))
+    decision = rt.decide(name, retrain, now, created, observation, _holding.get(uid, {}), jobs, previous)
     _holding[uid] = decision.holding
     if decision.create is not None:
         job = rt.training_job(body, retrain, template or {}, decision.create, observed.gateway_url)

@@ -124,9 +124,11 @@ def decide(
     observed: Observation,
     holding: dict[str, datetime],
     jobs: list[RetrainJob],
+    previous: datetime | None = None,
 ) -> Decision:
     """The pure decision. holding maps a trigger to since when it holds (kept by the caller between passes);
-    created is when the deployment was created (no scheduled time before it counts)."""
+    created is when the deployment was created (no scheduled time before it counts); previous is when the last
+    retrain status.lastRetrain records started, which still counts for the cooldown once its TrainingJob is gone."""
     triggers, cooldown = retrain.triggers, duration_seconds(retrain.cooldown)
     d = Decision()
     if triggers.drift and observed.psi is not None and observed.psi > triggers.drift.psi:
@@ -152,13 +154,13 @@ def decide(
         since = d.holding.get(name)
         if hold is not None and since is not None and (now - since).total_seconds() >= duration_seconds(hold.hold):
             fired.append((name, observed.psi if name == "drift" else observed.accuracy, window))
+    started = max([t for t in (previous, last.created if last else None) if t is not None], default=None)
     if triggers.schedule:
         due = croniter(triggers.schedule, now).get_prev(datetime)
-        after = max(created, last.created if last else created)
-        if due > after:
+        if due > max(created, started or created):
             fired.append(("schedule", None, due))
-    if fired and last is not None and (now - last.created).total_seconds() < cooldown:
-        until = rfc3339(last.created + timedelta(seconds=cooldown))
+    if fired and started is not None and (now - started).total_seconds() < cooldown:
+        until = rfc3339(started + timedelta(seconds=cooldown))
         d.condition = (
             FALSE,
             COOLING_DOWN,

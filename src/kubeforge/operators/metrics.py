@@ -68,7 +68,8 @@ RETRAINS = Counter(
 )
 RETRAIN_FAILED = Gauge(
     "kubeforge_modeldeployment_retrain_failed",
-    "1 while a ModelDeployment's last retrain failed, which stops further retrains until its TrainingJob is deleted",
+    "1 while a ModelDeployment's last retrain failed, which stops further retrains until its TrainingJob is deleted; "
+    "0 otherwise, also without spec.retrain",
     DEPLOYMENT,
 )
 
@@ -179,11 +180,6 @@ def forget_deployment(namespace: str, name: str) -> None:
     """Drop a deleted deployment's series, so no alert or dashboard reads targets of something gone."""
     export_targets(namespace, name, Targets(), rules.SHARED)
     _remove(ROLLBACKS, namespace, name)
-    forget_retrain(namespace, name)
-
-
-def forget_retrain(namespace: str, name: str) -> None:
-    """Drop the retrain series of a deployment whose spec.retrain went (or that went)."""
     _remove(RETRAIN_FAILED, namespace, name)
 
 

@@ -390,7 +390,7 @@ def reconcile(namespace: str, name: str, logger: Any, retry: int = 0) -> None:
             _retrain(ctx, body, md, observed, metrics_text, p, now)
         elif md is not None:  # no retrain policy (any more): nothing of one is left to say
             _holding.pop(body["metadata"]["uid"], None)
-            metrics.forget_retrain(namespace, name)
+            metrics.RETRAIN_FAILED.labels(namespace, name).set(0)
             conditions = p.status.get("conditions") or []
             p.status["conditions"] = [c for c in conditions if c.get("type") != rt.CONDITION]
         shadow = p.status.get("shadowVersion")

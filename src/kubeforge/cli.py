@@ -14,6 +14,7 @@ from .featurestore import usercommands
 from .featurestore.commands import features
 from .local.commands import down, local, status, up
 from .serving.commands import serving
+from .serving.usercommands import dataset, feedback
 
 if TYPE_CHECKING:
     from .featurestore.config import StoreSettings
@@ -181,7 +182,7 @@ def controlplane_build() -> None:
         raise click.ClickException(str(err)) from err
 
 
-for command in (serving, features, up, down, status, local):
+for command in (serving, features, up, down, status, local, feedback, dataset):
     main.add_command(command)
 
 

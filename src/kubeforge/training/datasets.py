@@ -6,7 +6,9 @@ check here runs before any training starts and raises a :class:`TrainerError` th
 the field, file, column and rows at fault.
 
 Files are read once through fsspec (local paths, ``file://``, ``memory://``, ``s3://``
-with s3fs installed, ...); the same bytes are hashed for the lineage tag and parsed.
+with s3fs installed, ``http(s)://`` with aiohttp, ...); the same bytes are hashed for the
+lineage tag and parsed. An HTTP URL is read with one GET, so it may be a query (a gateway's
+``/v2/models/<name>/feedback/dataset?since=24h``); ``spec.dataset.format`` names its format.
 
 A dataset built from a FeatureView (``spec.dataset.featureView``) is the entity file
 (join keys, ``event_timestamp``, the target) with the view's features joined on point in
@@ -22,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -159,6 +162,8 @@ def _frame_digest(frame: pd.DataFrame) -> str:
 
 def _read(uri: str, fmt: str | None, field: str = "spec.dataset.uri") -> tuple[pd.DataFrame, str]:
     """All rows of the file or directory at uri (named by field in messages), and the sha256 of the bytes read."""
+    if uri.startswith(("http://", "https://")):
+        return _read_http(uri, fmt, field)
     try:
         fs, path = fsspec.core.url_to_fs(uri)
     except (ImportError, ValueError) as exc:
@@ -189,6 +194,28 @@ def _read(uri: str, fmt: str | None, field: str = "spec.dataset.uri") -> tuple[p
         frames.append((name, frame))
     frame = frames[0][1] if len(frames) == 1 else pd.concat([f for _, f in frames], ignore_index=True)
     return frame, digest.hexdigest()
+
+
+def _read_http(uri: str, fmt: str | None, field: str) -> tuple[pd.DataFrame, str]:
+    """The rows an HTTP(S) URL answers with, read in one GET (a URL may be a query, such as a gateway's feedback
+    data set, which has no size to read ranges of and no directory listing). With KUBEFORGE_DATASET_TOKEN set it
+    is sent as a bearer token."""
+    token = os.environ.get("KUBEFORGE_DATASET_TOKEN")
+    options = {"headers": {"Authorization": f"Bearer {token}"}} if token else {}
+    try:
+        fs, path = fsspec.core.url_to_fs(uri, **options)
+        data = fs.cat_file(path)
+    except FileNotFoundError:
+        raise TrainerError(f"{field}: {uri} answered 404 Not Found") from None
+    except ImportError as exc:
+        raise TrainerError(f"{field}: cannot open {uri}: {exc}") from None
+    except Exception as exc:  # aiohttp's errors: refused, 401, 5xx, ...
+        raise TrainerError(f"{field}: cannot read {uri}: {type(exc).__name__}: {exc}") from None
+    fmt = _file_format(uri.split("?", 1)[0], uri, fmt)
+    frame = _PARSERS[fmt](data, uri) if data.strip() else pd.DataFrame()
+    if frame.empty:
+        raise TrainerError(f"dataset {uri} is empty (no rows)")
+    return frame, hashlib.sha256(data).hexdigest()
 
 
 def _format_of(path: str) -> str | None:
@@ -283,8 +310,8 @@ def _feature_columns(frame: pd.DataFrame, spec: DatasetSpec) -> list[str]:
         raise TrainerError(
             f"spec.dataset.target: column {spec.target!r} is not in the dataset; available columns: {available}"
         )
-    if spec.features is None:
-        features = [c for c in columns if c != spec.target]
+    if spec.features is None:  # a timestamp column says when a row was recorded, not what it was
+        features = [c for c in columns if c not in (spec.target, trainingsets.EVENT_TIMESTAMP)]
     else:
         missing = [c for c in spec.features if c not in columns]
         if missing:

@@ -1,0 +1,167 @@
+"""Delayed labels at a real gateway in front of a real tritonserver: labels join the answers they label, live
+accuracy shows on /metrics, unknown and expired ids are counted, bad batches are refused naming the field, and the
+labelled requests come back as a data set the trainer reads over HTTP and the CLI writes to a file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+
+from kubeforge.api.trainingjob import DatasetSpec
+from kubeforge.training import datasets
+
+from .conftest import FEATURES, N_FEATURES, body, drift_table, table
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "feedback-token-51c2"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+
+
+def identified(request_id: str, x0: float) -> bytes:
+    """One row whose class is pos when x0 > 0 (every version of the classifier agrees on the sign)."""
+    return json.dumps({"id": request_id, **json.loads(body([[x0] + [0.0] * (N_FEATURES - 1)]))}).encode()
+
+
+def answer_all(url: str, ids: list[str], headers: dict[str, str] | None = None) -> dict[str, str]:
+    """Send one request per id, pos for even positions and neg for odd; the class each was answered with."""
+    classes = {}
+    for i, request_id in enumerate(ids):
+        resp = httpx.post(
+            f"{url}/v2/models/clf/infer", content=identified(request_id, 1.0 - 2 * (i % 2)), headers=headers
+        )
+        assert resp.status_code == 200 and resp.headers["kubeforge-request-id"] == request_id
+        classes[request_id] = "pos" if i % 2 == 0 else "neg"
+    return classes
+
+
+def flipped(label: str) -> str:
+    return "neg" if label == "pos" else "pos"
+
+
+def wait_for_lines(path: Path, count: int, timeout: float = 30) -> list[dict]:
+    """The JSON lines of path (and its rotations) once count are there: the payload writer works after answering."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [line for f in sorted(path.parent.glob(path.name + "*")) for line in f.read_text().splitlines()]
+        if len(lines) >= count or time.monotonic() > deadline:
+            return [json.loads(line) for line in lines]
+        time.sleep(0.2)
+
+
+def test_labels_join_answers_and_give_live_accuracy_and_a_training_data_set(
+    gateway, triton, registered, mlflow, tmp_path
+):
+    logs = tmp_path / "payloads"
+    routes = drift_table(mlflow.url, registered, triton.url)  # the stable version's entry names its classes
+    routes["models"]["clf"]["feedback"] = {"window": "10m", "minLabels": 20}
+    routes["models"]["clf"]["payloadLog"] = {"samplePercent": 100}
+    gw = gateway(routes, args=("--payload-log-dir", str(logs)))
+    ids = [f"order-{i}" for i in range(40)]
+    answered = answer_all(gw.url, ids)
+    stable = {"version": registered.stable, "role": "stable"}
+    feedback = f"{gw.url}/v2/models/clf/feedback"
+
+    first = httpx.post(feedback, json={"labels": [{"id": i, "label": answered[i]} for i in ids[:10]]})
+    assert first.status_code == 200 and first.json() == {"joined": 10, "unknown": 0, "expired": 0}
+    assert gw.metric("kubeforge_live_labels", **stable) == 10
+    assert "\nkubeforge_live_accuracy{" not in httpx.get(f"{gw.url}/metrics").text, "below minLabels: no accuracy"
+
+    # The rest: ten more right (as class indices), twenty wrong, and an id no answer carried.
+    rest = [{"id": i, "label": 1 if answered[i] == "pos" else 0} for i in ids[10:20]]
+    rest += [{"id": i, "label": flipped(answered[i])} for i in ids[20:]]
+    second = httpx.post(feedback, json=[*rest, {"id": "never-answered", "label": "pos"}])
+
+    assert second.status_code == 200 and second.json() == {"joined": 30, "unknown": 1, "expired": 0}
+    assert gw.metric("kubeforge_live_accuracy", **stable) == pytest.approx(0.5)
+    assert gw.metric("kubeforge_live_labels", **stable) == 40
+    assert gw.metric("kubeforge_feedback_labels_total", result="joined", **stable) == 40
+    assert gw.metric("kubeforge_feedback_labels_total", version="", role="", result="unknown") == 1
+
+    labels = wait_for_lines(logs / "clf.labels.jsonl", 40)
+    assert sorted(item["requestId"] for item in labels) == sorted(ids)
+    assert {item["label"] for item in labels} == {"pos", "neg"}, "classes as the version was trained on them"
+    wait_for_lines(logs / "clf.jsonl", 40)
+
+    url = f"{gw.url}/v2/models/clf/feedback/dataset?since=1h&target=target"
+    resp = httpx.get(url)
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/csv")
+    frame = pd.read_csv(url)
+    assert list(frame.columns) == [*FEATURES, "target", "event_timestamp"] and len(frame) == 40
+    by_sign = frame.groupby(frame["f0"] > 0)["target"].value_counts().to_dict()
+    assert by_sign == {(True, "pos"): 10, (True, "neg"): 10, (False, "neg"): 10, (False, "pos"): 10}
+
+    data = datasets.load(DatasetSpec(uri=url, format="csv", target="target"), "classification")
+    assert data.rows == 40 and data.features == FEATURES and sorted(data.classes) == ["neg", "pos"]
+
+
+def test_late_and_unknown_labels_are_counted_and_bad_batches_refused_whole(gateway, triton, registered):
+    routes = table(registered, triton.url, feedback={"ttl": "1s", "minLabels": 1})
+    gw = gateway(routes)
+    answer_all(gw.url, ["late", "kept"])
+    feedback = f"{gw.url}/v2/models/clf/feedback"
+    secret = "label-value-8812"
+
+    refused = {
+        "not JSON": httpx.post(feedback, content=b"{" + secret.encode()),
+        "labels[1].id is missing": httpx.post(feedback, json=[{"id": "kept", "label": 1}, {"label": 0}]),
+        "labels[0].label has the wrong type": httpx.post(feedback, json=[{"id": "kept", "label": {secret: 1}}]),
+        "labels[0].label must be a class index 0..1": httpx.post(feedback, json=[{"id": "kept", "label": secret}]),
+        "send them in batches": httpx.post(feedback, json=[{"id": "kept", "label": 1}] * 10_001),
+    }
+    for names, resp in refused.items():
+        assert 400 <= resp.status_code < 500 and names in resp.json()["error"], (names, resp.text)
+        assert secret not in resp.text
+    assert gw.metric("kubeforge_feedback_labels_total", result="joined") == 0, "nothing of a refused batch applied"
+
+    time.sleep(1.2)  # let the ttl pass
+    resp = httpx.post(feedback, json={"labels": [{"id": "late", "label": 0}, {"id": "nobody", "label": 1}]})
+
+    assert resp.json() == {"joined": 0, "unknown": 1, "expired": 1}
+    assert gw.metric("kubeforge_feedback_labels_total", version="", role="", result="expired") == 1
+    assert httpx.get(f"{gw.url}/v2/models/clf/feedback/dataset").status_code == 404, "no payload log to build from"
+
+
+def kubeforge(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kubeforge.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_the_cli_sends_a_label_file_and_writes_the_data_set(gateway, triton, registered, tmp_path):
+    routes = table(registered, triton.url, feedback={"minLabels": 1}, payloadLog={"samplePercent": 100})
+    logs = tmp_path / "payloads"
+    gw = gateway(routes, tokens=f"{TOKEN} clf", args=("--payload-log-dir", str(logs)))
+    ids = [f"cli-{i}" for i in range(6)]
+    answered = answer_all(gw.url, ids, AUTH)
+    label_file = tmp_path / "labels.jsonl"
+    label_file.write_text("".join(json.dumps({"id": i, "label": int(answered[i] == "pos")}) + "\n" for i in ids) + "\n")
+    bad_file = tmp_path / "bad.jsonl"
+    bad_file.write_text(json.dumps({"id": "cli-0", "label": 1}) + "\n" + json.dumps({"id": "cli-1", "label": 7}) + "\n")
+    target = ("--model", "clf", "--url", gw.url, "--token", TOKEN)
+
+    unauthorized = kubeforge("feedback", "--model", "clf", "--url", gw.url, str(label_file))
+    bad = kubeforge("feedback", *target, str(bad_file))
+    sent = kubeforge("feedback", *target, str(label_file))
+
+    assert unauthorized.returncode != 0 and "the gateway refused" in unauthorized.stderr
+    assert bad.returncode != 0 and f"{bad_file} line 2: label must be a class index" in bad.stderr, bad.stderr
+    assert sent.returncode == 0, sent.stderr
+    assert "joined 6, unknown 0, expired 0" in sent.stdout
+    assert gw.metric("kubeforge_live_accuracy", version=registered.stable, role="stable") == 1.0
+
+    wait_for_lines(logs / "clf.jsonl", 6)
+    wait_for_lines(logs / "clf.labels.jsonl", 6)
+    out = tmp_path / "out" / "feedback.parquet"
+    written = kubeforge("dataset", "from-feedback", *target, "--since", "1h", "--out", str(out))
+
+    assert written.returncode == 0, written.stderr
+    assert "wrote 6 labelled rows" in written.stdout
+    frame = pd.read_parquet(out)
+    assert list(frame.columns) == [*(f"feature_{i}" for i in range(N_FEATURES)), "label", "event_timestamp"]
+    assert sorted(frame["label"]) == [0, 0, 0, 1, 1, 1]

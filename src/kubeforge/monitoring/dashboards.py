@@ -451,11 +451,13 @@ def drift() -> Dashboard:
         "threshold {{modeldeployment}}",
     )
     version = "{{modeldeployment}} v{{version}} {{role}}"
+    traffic = "{{model}} v{{version}} {{role}}"
     return Dashboard(
         "kubeforge-drift",
         "kubeforge / Drift",
         "How far live requests and predictions of each served version are from its training data (PSI, KS), "
-        "over the gateway's sliding window, and how many samples that window holds.",
+        "over the gateway's sliding window, and how many samples that window holds; and how right its answers "
+        "were, from labels fed back to the gateway (live accuracy, MAE, RMSE).",
         [NAMESPACE, MODEL],
         [
             (
@@ -498,6 +500,56 @@ def drift() -> Dashboard:
                         "short",
                         [Query(f"kubeforge_drift_window_samples{{{GATEWAY}}}", "{{pod}} v{{version}} {{role}}")],
                         thresholds=[(MIN_SAMPLES, "blue")],
+                    ),
+                ],
+            ),
+            (
+                "Quality (fed-back labels)",
+                [
+                    Panel(
+                        "Live accuracy",
+                        "Share of labelled predictions that were right over the feedback window (classification); "
+                        "shown once the window holds spec.monitoring.feedback.minLabels labels.",
+                        "percentunit",
+                        [Query(f"min by ({TRAFFIC}) (kubeforge_live_accuracy{{{GATEWAY}}})", traffic)],
+                        width=8,
+                    ),
+                    Panel(
+                        "Live MAE and RMSE",
+                        "Mean absolute and root mean squared error of labelled predictions over the feedback window "
+                        "(regression), once the window holds minLabels labels.",
+                        "none",
+                        [
+                            Query(f"max by ({TRAFFIC}) (kubeforge_live_mae{{{GATEWAY}}})", f"MAE {traffic}"),
+                            Query(f"max by ({TRAFFIC}) (kubeforge_live_rmse{{{GATEWAY}}})", f"RMSE {traffic}"),
+                        ],
+                        width=8,
+                    ),
+                    Panel(
+                        "Labels fed back",
+                        "Labels posted per second by result: joined to an answer, unknown (no remembered answer "
+                        "with that id, e.g. another gateway replica answered) or expired (older than the ttl); and "
+                        "answers forgotten before their ttl because the join store was full.",
+                        "reqps",
+                        [
+                            Query(
+                                _rate("kubeforge_feedback_labels_total", GATEWAY, "namespace, model, result"),
+                                "{{model}} {{result}}",
+                            ),
+                            Query(
+                                _rate("kubeforge_feedback_evicted_total", GATEWAY, "namespace, model"),
+                                "{{model}} evicted",
+                            ),
+                        ],
+                        width=8,
+                    ),
+                    Panel(
+                        "Labels in the window",
+                        "Labelled predictions in each gateway replica's feedback window; live quality needs "
+                        "minLabels of them.",
+                        "short",
+                        [Query(f"kubeforge_live_labels{{{GATEWAY}}}", "{{pod}} v{{version}} {{role}}")],
+                        width=24,
                     ),
                 ],
             ),

@@ -60,6 +60,9 @@ COUNTERS = {
     "kubeforge_reconcile_duration_seconds_count": [f'{OPERATOR}, kind="ModelDeployment"'],
     "kubeforge_reconcile_errors_total": [f'{OPERATOR}, kind="ModelDeployment"'],
     "kubeforge_rollbacks_total": [f'{OPERATOR}, namespace="ml", modeldeployment="cancer"'],
+    "kubeforge_feedback_labels_total": [f'{GATEWAY}, {TRAFFIC}, result="joined"']
+    + [f'{GATEWAY}, model="cancer", version="", role="", result="{r}"' for r in ("unknown", "expired")],
+    "kubeforge_feedback_evicted_total": [f'{GATEWAY}, model="cancer"'],
 }
 DRIFT = f"{GATEWAY}, {TRAFFIC}"
 GAUGES = {
@@ -68,6 +71,10 @@ GAUGES = {
     "kubeforge_drift_ks": [f'{DRIFT}, feature="mean_radius"'],
     "kubeforge_prediction_drift_psi": [DRIFT],
     "kubeforge_drift_window_samples": [DRIFT],
+    "kubeforge_live_accuracy": [DRIFT],
+    "kubeforge_live_mae": [DRIFT],
+    "kubeforge_live_rmse": [DRIFT],
+    "kubeforge_live_labels": [DRIFT],
     "kubeforge_featureview_freshness_seconds": [f'{OPERATOR}, namespace="ml", featureview="transactions"'],
     "kubeforge_featureview_ttl_seconds": [f'{OPERATOR}, namespace="ml", featureview="transactions"'],
     "kubeforge_resources": [

@@ -269,7 +269,7 @@ class FeedbackMonitoring(KubeModel):
     """How long an answered request can still be labelled; a later label is counted as expired."""
     max_pending: Annotated[int, Field(ge=1, le=10_000_000)] = 100_000
     """Answered requests remembered for joining at most (the oldest are forgotten first): bounds the gateway's
-    memory, about 200 bytes each."""
+    memory, about 500 bytes each (50 MB at the default)."""
 
 
 class PayloadLog(KubeModel):

@@ -48,21 +48,32 @@ def test_train_serve_promote_and_roll_back_with_no_failed_request(tmp_path: Path
 
         md = custom.get_namespaced_custom_object("kubeforge.dev", "v1alpha1", "default", "modeldeployments", "cancer")
         st = md["status"]
-        assert st["stableVersion"] == "2" and st["rolledBackVersion"] == "3"
+        assert st["stableVersion"] == "4" and st["rolledBackVersion"] == "3"
         conditions = {c["type"]: c for c in st["conditions"]}
         assert conditions["Ready"]["status"] == "True"
-        assert conditions["RolledBack"]["status"] == "True" and "agreement" in conditions["RolledBack"]["message"]
         events = client.CoreV1Api(api).list_namespaced_event("default").items
         reasons = {e.reason for e in events if e.involved_object.name == "cancer"}
-        assert {"CanaryStarted", "StepAdvanced", "CanaryPromoted", "RolledBack"} <= reasons
+        assert {"CanaryStarted", "StepAdvanced", "CanaryPromoted", "RolledBack", "RetrainStarted"} <= reasons
+
+        # The retrain: live accuracy of version 2 on the shifted traffic fell under 0.9, one TrainingJob copied
+        # cancer-v2's spec to learn from the recent labelled requests, and its version 4 passed the canary.
+        retrain = st["lastRetrain"]
+        assert retrain["trigger"] == "accuracy" and retrain["value"] < 0.9 and retrain["modelVersion"] == "4"
+        retrains = custom.list_namespaced_custom_object(
+            "kubeforge.dev", "v1alpha1", "default", "trainingjobs", label_selector="kubeforge.dev/retrain-of=cancer"
+        )["items"]
+        assert [r["metadata"]["name"] for r in retrains] == [retrain["trainingJob"]]
+        assert "/v2/models/cancer/feedback/dataset?since=30s" in retrains[0]["spec"]["dataset"]["uri"]
+        assert result["retrain"]["status"]["metrics"]["accuracy"] > 0.9
 
         samples = result["samples"]
         assert len(samples) > 200
-        assert [s for s in samples if not s.ok] == [], "no request fails during rollouts and rollback"
-        assert {s.version for s in samples} == {"1", "2", "3"}
+        assert [s for s in samples if not s.ok] == [], "no request fails during rollouts, rollback and retrain"
+        assert {s.version for s in samples} == {"1", "2", "3", "4"}
         assert (out / "rollout.png").stat().st_size > 10_000
         summary = (out / "summary.md").read_text()
-        assert "| 3 | cancer-v3 |" in summary
+        assert "| 3 | cancer-v3 |" in summary and f"| 4 | {retrain['trainingJob']} |" in summary
+        assert "rollbacks: 1 (version 3 rolled back" in summary
 
         # Drift: the shifted features, and only those, reached Alertmanager, from the deployment's own rule.
         drift = result["drift"]
@@ -99,7 +110,7 @@ def test_train_serve_promote_and_roll_back_with_no_failed_request(tmp_path: Path
         answer = gateway.infer("cancer", [inp])
         probabilities = answer.as_numpy("outputs")
         assert probabilities.shape == (1, 2) and abs(float(probabilities.sum()) - 1) < 1e-4
-        assert answer.get_response()["model_version"] == "2"
+        assert answer.get_response()["model_version"] == "4"
 
         pids = recorded_pids(data)
         workload_pids = [c.pid for p in RunnerState.load(data / "runner").pods.values() for c in p.containers if c.pid]
@@ -113,7 +124,7 @@ def test_train_serve_promote_and_roll_back_with_no_failed_request(tmp_path: Path
         assert not [pid for pid in pids + workload_pids if alive(pid)]
         assert not _sessions(set(pids + workload_pids))
         runtime.up(data)
-        wait_for(lambda: predict(gateway) == "2", 60, "version 2 served again after down and up")
+        wait_for(lambda: predict(gateway) == "4", 60, "version 4 served again after down and up")
         api = kube.api_client(runtime.Layout(data).kubeconfig)
         md = client.CustomObjectsApi(api).get_namespaced_custom_object(
             "kubeforge.dev", "v1alpha1", "default", "modeldeployments", "cancer"

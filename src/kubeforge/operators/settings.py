@@ -8,6 +8,24 @@ from dataclasses import dataclass, field
 from .. import __version__
 from ..featurestore.config import StoreSettings
 
+REGISTRY = "ghcr.io/kubeforge"
+"""Where kubeforge's images are published (operators/, serving/ and training/ hold their Dockerfiles)."""
+
+
+def image(repository: str, tag: str = __version__) -> str:
+    """A kubeforge image of this release: ``ghcr.io/kubeforge/<repository>:<version>``."""
+    return f"{REGISTRY}/{repository}:{tag}"
+
+
+OPERATOR_IMAGE = image("kubeforge-operator")
+"""The operators, and FeatureView materialization Jobs (operators/Dockerfile)."""
+GATEWAY_IMAGE = image("kubeforge-gateway")
+"""The inference gateway, and the export step of Triton pods (serving/Dockerfile)."""
+TRAINER_IMAGE = image("kubeforge-trainer")
+"""Training pods, CPU build of torch (training/Dockerfile; the CUDA build is tagged ``<version>-cuda``)."""
+TRITON_IMAGE = image("kubeforge-triton")
+"""Triton with torch for the python backend (serving/triton/Dockerfile)."""
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -31,7 +49,7 @@ class Settings:
     """PersistentVolumeClaim holding feature_store.root, mounted there in materialization Jobs (the operator's pod
     mounts it at the same path); empty: no volume, as in the local runtime, where Jobs run on the operator's
     filesystem."""
-    materializer_image: str = f"ghcr.io/kubeforge/kubeforge:{__version__}"
+    materializer_image: str = OPERATOR_IMAGE
     """Image of materialization Jobs."""
 
     @classmethod
@@ -41,12 +59,12 @@ class Settings:
             mlflow_tracking_uri=env("KUBEFORGE_MLFLOW_TRACKING_URI")
             or env("MLFLOW_TRACKING_URI")
             or "http://mlflow:5000",
-            trainer_image=env("KUBEFORGE_TRAINER_IMAGE", f"ghcr.io/kubeforge/kubeforge:{__version__}"),
-            triton_image=env("KUBEFORGE_TRITON_IMAGE", "nvcr.io/nvidia/tritonserver:24.10-py3"),
-            gateway_image=env("KUBEFORGE_GATEWAY_IMAGE", f"ghcr.io/kubeforge/kubeforge:{__version__}"),
+            trainer_image=env("KUBEFORGE_TRAINER_IMAGE", TRAINER_IMAGE),
+            triton_image=env("KUBEFORGE_TRITON_IMAGE", TRITON_IMAGE),
+            gateway_image=env("KUBEFORGE_GATEWAY_IMAGE", GATEWAY_IMAGE),
             prometheus_url=env("KUBEFORGE_PROMETHEUS_URL", "http://prometheus-operated:9090"),
             service_addressing=env("KUBEFORGE_SERVICE_ADDRESSING", "dns"),
             feature_store=StoreSettings.from_env(),
             feature_store_pvc=env("KUBEFORGE_FEAST_PVC", ""),
-            materializer_image=env("KUBEFORGE_MATERIALIZER_IMAGE", f"ghcr.io/kubeforge/kubeforge:{__version__}"),
+            materializer_image=env("KUBEFORGE_MATERIALIZER_IMAGE", OPERATOR_IMAGE),
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, WithJsonSchema, model_validator
 
 from .meta import (
     ColumnName,
@@ -31,9 +31,21 @@ from .meta import (
 )
 
 Architecture = Literal["logistic", "mlp"]
+Framework = Literal["torch", "sklearn"]
 Task = Literal["classification", "regression"]
 DatasetFormat = Literal["csv", "json", "jsonl", "parquet"]
 ENTRYPOINT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+# A scikit-learn estimator class name, or a user "module:factory".
+ESTIMATOR_PATTERN = r"^([A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:)?[A-Za-z_][A-Za-z0-9_]*$"
+MAX_PARAMS = 64
+Scalar = bool | int | float | Annotated[str, Field(max_length=1024)] | None
+ParamValue = Scalar | Annotated[list[Scalar], Field(max_length=256)]
+# The API server keeps params as given (values of several types have no structural schema); pydantic checks them.
+Params = Annotated[
+    dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=128)], ParamValue],
+    Field(max_length=MAX_PARAMS),
+    WithJsonSchema({"type": "object", "maxProperties": MAX_PARAMS}),
+]
 
 
 class Hyperparameters(KubeModel):
@@ -60,24 +72,51 @@ class Hyperparameters(KubeModel):
 class ModelSpec(KubeModel):
     """What to train and the registered model name the result is stored under."""
 
-    model_config = exactly_one_of("architecture", "entrypoint")
+    model_config = exactly_one_of("architecture", "entrypoint", "estimator")
 
     name: RegistryName
     """Registered model name in MLflow; each successful run adds a version to it."""
+    framework: Framework = "torch"
+    """torch (architecture or entrypoint, trained with the torch loop and served as TorchScript) or sklearn
+    (estimator, fitted with scikit-learn and served as ONNX, checked against the original at training time)."""
     architecture: Architecture | None = None
-    """Built-in architecture: logistic (softmax/linear regression) or mlp. Set this or entrypoint."""
+    """torch: built-in architecture, logistic (softmax/linear regression) or mlp. Set this or entrypoint."""
     entrypoint: Annotated[str, Field(pattern=ENTRYPOINT_PATTERN, max_length=512)] | None = None
-    """A user model as "module:factory"; factory(n_features, n_outputs, **args) returns a torch.nn.Module.
+    """torch: a user model as "module:factory"; factory(n_features, n_outputs, **args) returns a torch.nn.Module.
     Set this or architecture."""
     args: dict[str, str] = Field(default_factory=dict)
-    """Keyword arguments passed to the entrypoint factory, as strings."""
+    """torch: keyword arguments passed to the entrypoint factory, as strings."""
+    estimator: Annotated[str, Field(pattern=ESTIMATOR_PATTERN, max_length=512)] | None = None
+    """sklearn: a scikit-learn estimator class name (GradientBoostingClassifier, RandomForestRegressor,
+    LogisticRegression, ...: a classifier for task classification, a regressor for regression), or a user
+    "module:factory" where factory(**params) returns an unfitted scikit-learn estimator. Required with
+    framework sklearn, not allowed otherwise."""
+    params: Params = Field(default_factory=dict)
+    """sklearn: estimator parameters (numbers, strings, booleans, null, or lists of them), e.g. n_estimators: 200;
+    passed to the estimator class, or as keyword arguments to the factory. random_state defaults to
+    hyperparameters.seed where the estimator has one."""
     task: Task = "classification"
-    """classification (softmax over classes, accuracy/F1 reported) or regression (MSE, RMSE/R2 reported)."""
+    """classification (probabilities over classes, accuracy/F1 reported) or regression (values, RMSE/R2
+    reported)."""
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
-    """Training loop and architecture settings."""
+    """torch: training loop and architecture settings (sklearn uses only seed)."""
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
+        if self.framework == "sklearn":
+            if self.architecture is not None or self.entrypoint is not None or self.args:
+                raise ValueError(
+                    "spec.model.architecture, entrypoint and args are for framework torch; "
+                    "with framework sklearn set spec.model.estimator (and params)"
+                )
+            if self.estimator is None:
+                raise ValueError("framework sklearn needs spec.model.estimator, e.g. GradientBoostingClassifier")
+            return self
+        if self.estimator is not None or self.params:
+            raise ValueError(
+                f"spec.model.estimator and params are for framework sklearn, not {self.framework}; "
+                "set spec.model.framework: sklearn"
+            )
         if (self.architecture is None) == (self.entrypoint is None):
             raise ValueError("set exactly one of spec.model.architecture or spec.model.entrypoint")
         return self
@@ -162,7 +201,8 @@ class TrainingJobSpec(KubeModel):
     resources: Resources = Field(default_factory=Resources)
     """Compute per replica."""
     replicas: Annotated[int, Field(ge=1, le=64)] = 1
-    """Training processes; more than 1 runs torch DistributedDataParallel (gloo on CPU, nccl on GPU)."""
+    """Training processes; more than 1 runs torch DistributedDataParallel (gloo on CPU, nccl on GPU). Framework
+    sklearn trains in one process: 1."""
     image: Annotated[str, Field(min_length=1, max_length=512)] | None = None
     """Trainer container image; the operator's default when omitted."""
     backoff_limit: Annotated[int, Field(ge=0, le=100)] = 3
@@ -174,13 +214,25 @@ class TrainingJobSpec(KubeModel):
     suspend: bool = False
     """Pause: running pods are stopped and nothing starts until set back to false."""
     checkpoint: CheckpointSpec | None = None
-    """Checkpoint and resume; without it a retry starts from epoch 1."""
+    """Checkpoint and resume; without it a retry starts from epoch 1. Framework torch only."""
     registration: RegisterSpec = Field(default_factory=RegisterSpec, alias="register")
     """Registry alias and tags for the resulting model version."""
     node_selector: dict[str, str] = Field(default_factory=dict)
     """Node labels the training pods must be scheduled on."""
     tolerations: Annotated[list[Toleration], Field(max_length=32)] = Field(default_factory=list)
     """Tolerations of the training pods (e.g. for tainted GPU nodes)."""
+
+    @model_validator(mode="after")
+    def _framework_fits(self) -> TrainingJobSpec:
+        if self.model.framework != "sklearn":
+            return self
+        if self.replicas != 1:
+            raise ValueError(f"spec.replicas: framework sklearn trains in one process; set 1, not {self.replicas}")
+        if self.checkpoint is not None:
+            raise ValueError("spec.checkpoint: framework sklearn fits in one call and has no epochs to resume; omit it")
+        if self.resources.gpus:
+            raise ValueError("spec.resources.gpus: framework sklearn trains on CPU; set 0")
+        return self
 
 
 TrainingPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]

@@ -4,13 +4,19 @@ The trainer writes it, the Triton exporter and the drift monitor read it. Keepin
 names here means neither side guesses the other's layout.
 
 A registered model version (``models:/<name>/<version>``) is an MLflow model logged by
-the trainer's run under :data:`MODEL_ARTIFACT_PATH` with ``mlflow.pytorch`` (so
-``mlflow.pytorch.load_model`` works) and a tensor signature. Next to it, in the same
-run, the trainer logs:
+the trainer's run under :data:`MODEL_ARTIFACT_PATH` with the flavour of its framework
+(``mlflow.pytorch`` for torch, ``mlflow.sklearn`` for scikit-learn) and a tensor
+signature. Next to it, in the same run, the trainer logs the serving artifact, one of:
 
-- :data:`TORCHSCRIPT_ARTIFACT` — ``torch.jit.save`` of the model *including* its input
-  normalisation, taking raw features ``float32 [batch, n_features]`` and returning
+- :data:`TORCHSCRIPT_ARTIFACT` (torch) — ``torch.jit.save`` of the model *including* its
+  input normalisation, taking raw features ``float32 [batch, n_features]`` and returning
   ``float32 [batch, n_outputs]`` (class probabilities, or the predicted value);
+- :data:`ONNX_ARTIFACT` (scikit-learn) — the same contract as an ONNX graph with input
+  :data:`INPUT_NAME` and output :data:`OUTPUT_NAME`, checked at training time to match
+  the original model on the validation rows;
+
+and, for every framework:
+
 - :data:`BASELINE_ARTIFACT` — per-feature histograms of the training data, what drift
   detection compares live inputs against (see :class:`Baseline`).
 
@@ -25,6 +31,7 @@ from pydantic import BaseModel, Field
 
 MODEL_ARTIFACT_PATH = "model"
 TORCHSCRIPT_ARTIFACT = "kubeforge/model.torchscript.pt"
+ONNX_ARTIFACT = "kubeforge/model.onnx"
 BASELINE_ARTIFACT = "kubeforge/baseline.json"
 
 # Tensor names in the MLflow signature and in the Triton model config.
@@ -47,8 +54,25 @@ TAG_JOB_NAME = TAG_PREFIX + "trainingjob.name"
 TAG_JOB_UID = TAG_PREFIX + "trainingjob.uid"
 TAG_CODE_VERSION = TAG_PREFIX + "code.version"
 TAG_METRIC_PREFIX = TAG_PREFIX + "metric."  # + metric name, e.g. kubeforge.metric.accuracy
+TAG_FRAMEWORK = TAG_PREFIX + "framework"  # "torch" | "sklearn"; absent on versions from before it existed: torch
+# Which serving artifact the version's run holds: FORMAT_TORCHSCRIPT (TORCHSCRIPT_ARTIFACT, also when the tag is
+# absent) or FORMAT_ONNX (ONNX_ARTIFACT).
+TAG_FORMAT = TAG_PREFIX + "format"
+FORMAT_TORCHSCRIPT = "torchscript"
+FORMAT_ONNX = "onnx"
 
 Task = Literal["classification", "regression"]
+ModelFormat = Literal["torchscript", "onnx"]
+
+
+def model_format(tags: dict[str, str]) -> ModelFormat:
+    """The serving artifact a model version's tags say its run holds (TorchScript when they say nothing)."""
+    return "onnx" if tags.get(TAG_FORMAT) == FORMAT_ONNX else "torchscript"
+
+
+def serving_artifact(fmt: ModelFormat) -> str:
+    """Path, in the version's run, of the artifact Triton serves for fmt."""
+    return ONNX_ARTIFACT if fmt == "onnx" else TORCHSCRIPT_ARTIFACT
 
 
 class FeatureHistogram(BaseModel):

@@ -19,7 +19,7 @@ from kubeforge.api.trainingjob import TrainingJobSpec
 from kubeforge.core import modelcontract as contract
 from kubeforge.featurestore.config import StoreSettings
 
-from . import baseline, datasets, distributed, models, registration, tracking
+from . import baseline, datasets, distributed, estimators, models, registration, tracking
 from .checkpoint import Checkpoint, Store, capture_rng, restore_rng
 from .distributed import Context
 from .loop import EpochResult, Loop, make_optimizer
@@ -49,6 +49,8 @@ def run(spec: TrainingJobSpec, settings: Settings) -> dict[str, Any] | None:
 
 
 def _attempt(spec: TrainingJobSpec, settings: Settings, ctx: Context) -> dict[str, Any] | None:
+    if spec.model.framework == "sklearn":
+        return _attempt_sklearn(spec, settings)
     hp, task = spec.model.hyperparameters, spec.model.task
     data = datasets.load(spec.dataset, task, settings.feature_view, settings.feature_store)
     torch.manual_seed(hp.seed)
@@ -116,6 +118,64 @@ def _attempt(spec: TrainingJobSpec, settings: Settings, ctx: Context) -> dict[st
         "modelVersion": registered.version,
         "modelUri": registered.model_uri,
         "metrics": final,
+    }
+
+
+def _attempt_sklearn(spec: TrainingJobSpec, settings: Settings) -> dict[str, Any]:
+    """Fit a scikit-learn estimator, export it to ONNX checked against itself, and register both."""
+    task = spec.model.task
+    estimator = estimators.build(spec.model)  # a bad estimator or params fails before the data is read
+    data = datasets.load(spec.dataset, task, settings.feature_view, settings.feature_store)
+    n_outputs = len(data.classes) or 1
+    print(f"fitting {estimators.describe(estimator)} on {len(data.x_train)} rows", flush=True)
+    estimators.fit(estimator, data.x_train, data.y_train, task, len(data.classes))
+    evaluated = data.x_val if len(data.x_val) else data.x_train
+    truth = data.y_val if len(data.x_val) else data.y_train
+    final = estimators.evaluate(estimators.predict(estimator, evaluated, task), truth, task)
+    onnx_model = estimators.to_onnx(estimator, len(data.features), task)
+    estimators.check_onnx(onnx_model, estimator, evaluated, task)
+    print("fitted: " + " ".join(f"val_{k}={v:.4f}" for k, v in final.items()), flush=True)
+
+    tags = registration.lineage_tags(spec, data, settings.identity)
+    tracking.connect(settings.tracking_uri)
+    experiment = mlflow.set_experiment(settings.experiment or spec.model.name)
+    with mlflow.start_run(run_name=settings.identity.name or None) as run:
+        run_id = run.info.run_id
+        print(f"started run {run_id} in experiment {experiment.name!r}", flush=True)
+        mlflow.log_params(_sklearn_params(spec, data, estimator))
+        mlflow.set_tags(tags)
+        mlflow.log_metrics(final, step=0)
+        registered = registration.register_sklearn(
+            spec,
+            run_id,
+            estimator,
+            onnx_model,
+            n_outputs,
+            baseline.compute(data.x_train, data.features),
+            data.x_train[:5],
+            tags | {contract.TAG_METRIC_PREFIX + k: repr(v) for k, v in final.items()},
+        )
+    return {
+        "experimentId": experiment.experiment_id,
+        "runId": run_id,
+        "modelVersion": registered.version,
+        "modelUri": registered.model_uri,
+        "metrics": final,
+    }
+
+
+def _sklearn_params(spec: TrainingJobSpec, data: datasets.Dataset, estimator: Any) -> dict[str, Any]:
+    params = {f"param.{k}": v for k, v in estimator.get_params(deep=False).items() if not hasattr(v, "get_params")}
+    return {
+        "framework": "sklearn",
+        "estimator": spec.model.estimator,
+        "estimator_class": estimators.describe(estimator),
+        "task": spec.model.task,
+        "dataset_uri": data.uri,
+        "train_rows": len(data.x_train),
+        "validation_rows": len(data.x_val),
+        "n_features": len(data.features),
+        **{k: str(v)[:500] for k, v in params.items()},
     }
 
 

@@ -13,6 +13,7 @@ import posixpath
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import mlflow.pytorch
@@ -49,6 +50,7 @@ def lineage_tags(spec: TrainingJobSpec, dataset: Dataset, identity: Identity) ->
     """Tags saying what the model is and where it came from, for the run and the model version."""
     tags = {
         contract.TAG_TASK: spec.model.task,
+        contract.TAG_FRAMEWORK: spec.model.framework,
         contract.TAG_FEATURES: json.dumps(dataset.features),
         contract.TAG_DATASET_URI: dataset.uri,
         contract.TAG_DATASET_SHA256: dataset.sha256,
@@ -58,6 +60,8 @@ def lineage_tags(spec: TrainingJobSpec, dataset: Dataset, identity: Identity) ->
         contract.TAG_JOB_UID: identity.uid,
         contract.TAG_CODE_VERSION: kubeforge.__version__,
     }
+    if spec.model.framework == "sklearn":
+        tags[contract.TAG_FORMAT] = contract.FORMAT_ONNX
     if spec.model.task == "classification":
         tags[contract.TAG_CLASSES] = json.dumps(dataset.classes)
     if dataset.feature_view is not None:
@@ -103,9 +107,69 @@ def register(
                 serialization_format="pickle",
             )
         version = mlflow.register_model(info.model_uri, name, tags={**tags, **spec.registration.tags}).version
+    return _aliased(client, spec, version)
+
+
+def register_sklearn(
+    spec: TrainingJobSpec,
+    run_id: str,
+    estimator: Any,
+    onnx_model: bytes,
+    n_outputs: int,
+    baseline: contract.Baseline,
+    example: np.ndarray,
+    tags: dict[str, str],
+) -> Registered:
+    """Log a fitted scikit-learn estimator (mlflow.sklearn, pyfunc returning what the contract returns) with its
+    ONNX export and baseline to the active run and add a version under spec.model.name; retries as register."""
+    import mlflow.sklearn
+    import sklearn
+
+    name = spec.model.name
+    client = MlflowClient()
+    existing = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if existing:
+        version = max(existing, key=lambda v: int(v.version)).version
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            _log_file(Path(tmp), contract.ONNX_ARTIFACT, onnx_model)
+            _log_file(Path(tmp), contract.BASELINE_ARTIFACT, baseline.model_dump_json().encode())
+        info = mlflow.sklearn.log_model(
+            estimator,
+            name=contract.MODEL_ARTIFACT_PATH,
+            signature=_signature(len(baseline.features), n_outputs),
+            input_example=np.ascontiguousarray(example, dtype=np.float32),
+            pip_requirements=[f"scikit-learn=={sklearn.__version__}", f"numpy=={np.__version__}"],
+            serialization_format="skops",
+            skops_trusted_types=_skops_trusted(estimator),
+            pyfunc_predict_fn="predict_proba" if spec.model.task == "classification" else "predict",
+        )
+        version = mlflow.register_model(info.model_uri, name, tags={**tags, **spec.registration.tags}).version
+    return _aliased(client, spec, version)
+
+
+def _skops_trusted(estimator: Any) -> list[str]:
+    """Types in estimator's skops file that skops does not trust by default: the trainer wrote them itself."""
+    import skops.io
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.skops"
+        skops.io.dump(estimator, path)
+        return skops.io.get_untrusted_types(file=path)
+
+
+def _aliased(client: MlflowClient, spec: TrainingJobSpec, version: str | int) -> Registered:
+    name = spec.model.name
     if spec.registration.alias:
         client.set_registered_model_alias(name, spec.registration.alias, version)
     return Registered(version=str(version), model_uri=f"models:/{name}/{version}")
+
+
+def _log_file(tmp: Path, artifact: str, data: bytes) -> None:
+    local = tmp / artifact
+    local.parent.mkdir(parents=True, exist_ok=True)
+    local.write_bytes(data)
+    mlflow.log_artifact(str(local), artifact_path=posixpath.dirname(artifact) or None)
 
 
 def _log_artifacts(scripted: torch.jit.ScriptModule, baseline: contract.Baseline) -> None:

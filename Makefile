@@ -21,7 +21,7 @@ $(BIN)/kubeforge: pyproject.toml
 install: $(BIN)/kubeforge ## Create the virtualenv with kubeforge and its pinned dependencies
 
 .PHONY: triton-venv
-triton-venv: ## Triton's own virtualenv (.venv-triton: tritonserver with the python backend, numpy<2)
+triton-venv: ## Triton's own virtualenv (.venv-triton: tritonserver with the python backend, torch, onnxruntime, numpy<2)
 	bash src/kubeforge/local/install-triton.sh .venv-triton
 
 .PHONY: system-deps

@@ -7,13 +7,15 @@
 set -euo pipefail
 VENV=${1:-.venv-triton}
 PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
-PINS=("torch==2.13.0" "nvidia-pytriton==0.7.0" "numpy<2")
+# onnxruntime runs the ONNX versions (scikit-learn models) in the python backend.
+PINS=("torch==2.13.0" "nvidia-pytriton==0.7.0" "onnxruntime==1.31.1" "numpy<2")
 
 check() {
   "$VENV/bin/python" - <<'PY' 2>/dev/null
 import importlib.metadata as md, pathlib, sys
 assert md.version("nvidia-pytriton") == "0.7.0"
 assert md.version("torch").split("+")[0] == "2.13.0"
+assert md.version("onnxruntime") == "1.31.1"
 assert int(md.version("numpy").split(".")[0]) < 2
 import pytriton
 root = pathlib.Path(pytriton.__file__).parent / "tritonserver"

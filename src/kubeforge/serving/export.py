@@ -1,11 +1,12 @@
 """Export a registered MLflow model version into a Triton model repository.
 
 This is what a serving pod's init step runs: it resolves the version (by number or
-alias), reads its tensor signature and TorchScript artifact as the model contract in
-:mod:`kubeforge.core.modelcontract` lays them out, and writes ``<model>/config.pbtxt``
-plus ``<model>/<version>/``. It speaks MLflow's REST API where the tracking server serves
-the artifacts (the default): a second, where importing the mlflow package alone takes
-several, and every rollout waits for it. Other artifact stores are read with mlflow.
+alias), reads its tensor signature and serving artifact (TorchScript, or ONNX where the
+version's tags say so) as the model contract in :mod:`kubeforge.core.modelcontract` lays
+them out, and writes ``<model>/config.pbtxt`` plus ``<model>/<version>/``. It speaks
+MLflow's REST API where the tracking server serves the artifacts (the default): a
+second, where importing the mlflow package alone takes several, and every rollout waits
+for it. Other artifact stores are read with mlflow.
 The version directory is written beside its final place and renamed into it, so a
 Triton loading the repository never sees half a version.
 """
@@ -35,6 +36,9 @@ from . import tritonconfig
 from .tritonconfig import Flavour, Tensor
 
 MODEL_PY = "python_model.py.tmpl"
+ONNX_MODEL_PY = "onnx_model.py.tmpl"
+# What each format's file in a version directory is called, as Triton's native backends expect it.
+VERSION_FILES: dict[modelcontract.ModelFormat, str] = {"torchscript": "model.pt", "onnx": "model.onnx"}
 
 
 class ExportError(RuntimeError):
@@ -81,12 +85,14 @@ def _tensors(specs: list[dict[str, Any]], label: str, what: str, default_name: s
 
 @dataclass(frozen=True)
 class _Found:
-    """A registered version as export needs it: its number, task tag, MLmodel file and TorchScript file."""
+    """A registered version as export needs it: its number, task tag, MLmodel file and serving artifact (format:
+    TorchScript or ONNX)."""
 
     version: str
     task: str | None
     model_file: bytes
     script: Callable[[], bytes]
+    format: modelcontract.ModelFormat = "torchscript"
 
 
 def _over_rest(tracking_uri: str, ref: ModelRef) -> _Found | None:
@@ -108,17 +114,18 @@ def _over_rest(tracking_uri: str, ref: ModelRef) -> _Found | None:
         registry.close()
         return None
 
+    fmt = modelcontract.model_format(mv.tags)
+    artifact = modelcontract.serving_artifact(fmt)
+
     def script() -> bytes:
         try:
-            return registry.artifact(mv.run_id, modelcontract.TORCHSCRIPT_ARTIFACT)
+            return registry.artifact(mv.run_id, artifact)
         except MLflowError as err:
-            raise ExportError(
-                f"cannot export {label}: its run {mv.run_id} has no {modelcontract.TORCHSCRIPT_ARTIFACT} ({err})"
-            ) from err
+            raise ExportError(f"cannot export {label}: its run {mv.run_id} has no {artifact} ({err})") from err
         finally:
             registry.close()
 
-    return _Found(mv.version, mv.tags.get(modelcontract.TAG_TASK), model_file, script)
+    return _Found(mv.version, mv.tags.get(modelcontract.TAG_TASK), model_file, script, fmt)
 
 
 def _with_mlflow(tracking_uri: str, ref: ModelRef) -> _Found:
@@ -141,16 +148,17 @@ def _with_mlflow(tracking_uri: str, ref: ModelRef) -> _Found:
     except MlflowException as err:
         raise ExportError(f"cannot export {label}: {err.message}") from err
 
+    fmt = modelcontract.model_format(mv.tags or {})
+    artifact = modelcontract.serving_artifact(fmt)
+
     def script() -> bytes:
         try:
             with tempfile.TemporaryDirectory() as tmp:
-                return Path(client.download_artifacts(mv.run_id, modelcontract.TORCHSCRIPT_ARTIFACT, tmp)).read_bytes()
+                return Path(client.download_artifacts(mv.run_id, artifact, tmp)).read_bytes()
         except (MlflowException, OSError) as err:
-            raise ExportError(
-                f"cannot export {label}: its run {mv.run_id} has no {modelcontract.TORCHSCRIPT_ARTIFACT} ({err})"
-            ) from err
+            raise ExportError(f"cannot export {label}: its run {mv.run_id} has no {artifact} ({err})") from err
 
-    return _Found(str(mv.version), mv.tags.get(modelcontract.TAG_TASK), model_file, script)
+    return _Found(str(mv.version), mv.tags.get(modelcontract.TAG_TASK), model_file, script, fmt)
 
 
 def export(
@@ -175,7 +183,7 @@ def export(
     outputs = _tensors(json.loads(signature["outputs"]), label, "outputs", modelcontract.OUTPUT_NAME)
     name = triton_name or ref.name
     try:
-        config = tritonconfig.render(tritonconfig.build(name, inputs, outputs, runtime, runtime.backend))
+        config = tritonconfig.render(tritonconfig.build(name, inputs, outputs, runtime, runtime.backend, found.format))
     except tritonconfig.UnsupportedSignature as err:
         raise ExportError(f"cannot export {label}: {err}") from err
 
@@ -183,7 +191,7 @@ def export(
     model_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{found.version}-", dir=model_dir))
     try:
-        _write_version(staging, found.script(), runtime.backend)
+        _write_version(staging, found.script(), runtime.backend, found.format)
         target = model_dir / found.version
         if target.exists():
             shutil.rmtree(target)
@@ -194,10 +202,13 @@ def export(
     return ExportedModel(name, found.version, model_dir, found.task, inputs, outputs)
 
 
-def _write_version(directory: Path, torchscript: bytes, flavour: Flavour) -> None:
-    (directory / "model.pt").write_bytes(torchscript)
+def _write_version(
+    directory: Path, artifact: bytes, flavour: Flavour, model_format: modelcontract.ModelFormat = "torchscript"
+) -> None:
+    (directory / VERSION_FILES[model_format]).write_bytes(artifact)
     if flavour == "python":
-        (directory / "model.py").write_text(resources.files(__package__).joinpath(MODEL_PY).read_text())
+        template = ONNX_MODEL_PY if model_format == "onnx" else MODEL_PY
+        (directory / "model.py").write_text(resources.files(__package__).joinpath(template).read_text())
 
 
 def _write_atomic(path: Path, text: str) -> None:

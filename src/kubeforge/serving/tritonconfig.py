@@ -15,6 +15,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
 from kubeforge.api.modeldeployment import TritonRuntime
+from kubeforge.core.modelcontract import ModelFormat
 
 Flavour = Literal["python", "pytorch_libtorch"]
 
@@ -76,33 +77,40 @@ def _io(tensor: Tensor, name: str, batched: bool, cls: type) -> object:
     return io
 
 
-def tensor_names(tensors: list[Tensor], flavour: Flavour) -> list[str]:
-    """Names Triton exposes: the signature's for python; ``<name>__<index>`` for libtorch, whose
-    TorchScript modules carry no output names (Triton's naming convention for that backend)."""
-    if flavour == "python":
+def tensor_names(tensors: list[Tensor], flavour: Flavour, model_format: ModelFormat = "torchscript") -> list[str]:
+    """Names Triton exposes: the signature's for python and for ONNX graphs (which name their tensors);
+    ``<name>__<index>`` for libtorch, whose TorchScript modules carry no output names (Triton's naming
+    convention for that backend)."""
+    if flavour == "python" or model_format == "onnx":
         return [t.name for t in tensors]
     return [f"{t.name}__{i}" for i, t in enumerate(tensors)]
 
 
 def build(
-    name: str, inputs: list[Tensor], outputs: list[Tensor], runtime: TritonRuntime, flavour: Flavour
+    name: str,
+    inputs: list[Tensor],
+    outputs: list[Tensor],
+    runtime: TritonRuntime,
+    flavour: Flavour,
+    model_format: ModelFormat = "torchscript",
 ) -> pb.ModelConfig:
-    """The ModelConfig of model name for the given runtime settings."""
+    """The ModelConfig of model name for the given runtime settings. A TorchScript model runs on the libtorch
+    backend in the native flavour, an ONNX model on the onnxruntime backend; both on the python backend else."""
     batched = runtime.max_batch_size > 0
     cfg = pb.ModelConfig(name=name, max_batch_size=runtime.max_batch_size)
     if flavour == "python":
         cfg.backend = "python"
+    elif model_format == "onnx":
+        cfg.platform = "onnxruntime_onnx"
+        cfg.default_model_filename = "model.onnx"
     else:
         cfg.platform = "pytorch_libtorch"
         cfg.default_model_filename = "model.pt"
     # Every version directory present is served: a repository holds the versions its pod serves.
     cfg.version_policy.all.SetInParent()
-    cfg.input.extend(
-        _io(t, n, batched, pb.ModelInput) for t, n in zip(inputs, tensor_names(inputs, flavour), strict=True)
-    )
-    cfg.output.extend(
-        _io(t, n, batched, pb.ModelOutput) for t, n in zip(outputs, tensor_names(outputs, flavour), strict=True)
-    )
+    in_names, out_names = tensor_names(inputs, flavour, model_format), tensor_names(outputs, flavour, model_format)
+    cfg.input.extend(_io(t, n, batched, pb.ModelInput) for t, n in zip(inputs, in_names, strict=True))
+    cfg.output.extend(_io(t, n, batched, pb.ModelOutput) for t, n in zip(outputs, out_names, strict=True))
     db = runtime.dynamic_batching
     if db is not None:
         if not batched:

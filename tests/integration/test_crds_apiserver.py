@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,10 @@ def test_api_server_fills_in_defaults(crds_installed: None, kubectl: Kubectl, na
 
 
 def test_explain_shows_field_docs(crds_installed: None, kubectl: Kubectl) -> None:
+    # The API server publishes a new CRD's OpenAPI schema, which explain reads, a while after it is Established.
+    deadline = time.monotonic() + 60
+    while kubectl("explain", "modeldeployment.spec", check=False).returncode != 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
     text = kubectl("explain", "modeldeployment.spec").stdout
     assert "Roll a new version out progressively, gated by metrics." in text
     assert "model\t<Object> -required-" in text

@@ -110,10 +110,20 @@ def _attempt(spec: TrainingJobSpec, settings: Settings, ctx: Context) -> dict[st
             scripted,
             len(data.classes) or 1,
             baseline.compute(data.x_train, data.features),
-            tags | {contract.TAG_METRIC_PREFIX + k: repr(v) for k, v in final.items()},
+            tags | _metric_tags(final),
         )
+    return _result(experiment.experiment_id, run_id, registered, final)
+
+
+def _metric_tags(final: dict[str, float]) -> dict[str, str]:
+    """The validation metrics as version tags, so the registry shows them without opening the run."""
+    return {contract.TAG_METRIC_PREFIX + k: repr(v) for k, v in final.items()}
+
+
+def _result(experiment_id: str, run_id: str, registered: registration.Registered, final: dict[str, float]) -> dict:
+    """What the trainer prints last for the operator: the run, the registered version and its metrics."""
     return {
-        "experimentId": experiment.experiment_id,
+        "experimentId": experiment_id,
         "runId": run_id,
         "modelVersion": registered.version,
         "modelUri": registered.model_uri,
@@ -153,15 +163,9 @@ def _attempt_sklearn(spec: TrainingJobSpec, settings: Settings) -> dict[str, Any
             n_outputs,
             baseline.compute(data.x_train, data.features),
             data.x_train[:5],
-            tags | {contract.TAG_METRIC_PREFIX + k: repr(v) for k, v in final.items()},
+            tags | _metric_tags(final),
         )
-    return {
-        "experimentId": experiment.experiment_id,
-        "runId": run_id,
-        "modelVersion": registered.version,
-        "modelUri": registered.model_uri,
-        "metrics": final,
-    }
+    return _result(experiment.experiment_id, run_id, registered, final)
 
 
 def _sklearn_params(spec: TrainingJobSpec, data: datasets.Dataset, estimator: Any) -> dict[str, Any]:

@@ -92,10 +92,8 @@ def register(
     """
     name = spec.model.name
     client = MlflowClient()
-    existing = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-    if existing:
-        version = max(existing, key=lambda v: int(v.version)).version
-    else:
+    version = _registered_from(client, name, run_id)
+    if version is None:
         with quiet_torchscript():
             _log_artifacts(scripted, baseline)
             # "pickle" is how mlflow.pytorch names its torch.jit.save path for a ScriptModule.
@@ -127,10 +125,8 @@ def register_sklearn(
 
     name = spec.model.name
     client = MlflowClient()
-    existing = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-    if existing:
-        version = max(existing, key=lambda v: int(v.version)).version
-    else:
+    version = _registered_from(client, name, run_id)
+    if version is None:
         with tempfile.TemporaryDirectory() as tmp:
             _log_file(Path(tmp), contract.ONNX_ARTIFACT, onnx_model)
             _log_file(Path(tmp), contract.BASELINE_ARTIFACT, baseline.model_dump_json().encode())
@@ -156,6 +152,12 @@ def _skops_trusted(estimator: Any) -> list[str]:
         path = Path(tmp) / "model.skops"
         skops.io.dump(estimator, path)
         return skops.io.get_untrusted_types(file=path)
+
+
+def _registered_from(client: MlflowClient, name: str, run_id: str) -> str | None:
+    """The newest version of name that run_id registered: a retried attempt whose pod died after registering."""
+    existing = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    return max(existing, key=lambda v: int(v.version)).version if existing else None
 
 
 def _aliased(client: MlflowClient, spec: TrainingJobSpec, version: str | int) -> Registered:

@@ -85,6 +85,11 @@ def crds_apply(kubeconfig: str | None) -> None:
 
 
 @main.group()
+def model() -> None:
+    """Registered model versions: bring your own, approve or reject, cards and lineage."""
+
+
+@main.group()
 def monitoring() -> None:
     """kubeforge's alert rules and Grafana dashboards, generated as code."""
 

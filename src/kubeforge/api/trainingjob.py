@@ -31,7 +31,9 @@ from .meta import (
 )
 
 Architecture = Literal["logistic", "mlp"]
-Framework = Literal["torch", "sklearn"]
+Framework = Literal["torch", "sklearn", "xgboost", "lightgbm"]
+# Frameworks whose model is a scikit-learn-API estimator named by spec.model.estimator, served as ONNX.
+ESTIMATOR_FRAMEWORKS = ("sklearn", "xgboost", "lightgbm")
 Task = Literal["classification", "regression"]
 DatasetFormat = Literal["csv", "json", "jsonl", "parquet"]
 ENTRYPOINT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
@@ -77,8 +79,9 @@ class ModelSpec(KubeModel):
     name: RegistryName
     """Registered model name in MLflow; each successful run adds a version to it."""
     framework: Framework = "torch"
-    """torch (architecture or entrypoint, trained with the torch loop and served as TorchScript) or sklearn
-    (estimator, fitted with scikit-learn and served as ONNX, checked against the original at training time)."""
+    """torch (architecture or entrypoint, trained with the torch loop and served as TorchScript); sklearn, xgboost
+    or lightgbm (estimator, fitted through the scikit-learn API and served as ONNX, checked against the original
+    at training time)."""
     architecture: Architecture | None = None
     """torch: built-in architecture, logistic (softmax/linear regression) or mlp. Set this or entrypoint."""
     entrypoint: Annotated[str, Field(pattern=ENTRYPOINT_PATTERN, max_length=512)] | None = None
@@ -87,35 +90,39 @@ class ModelSpec(KubeModel):
     args: dict[str, str] = Field(default_factory=dict)
     """torch: keyword arguments passed to the entrypoint factory, as strings."""
     estimator: Annotated[str, Field(pattern=ESTIMATOR_PATTERN, max_length=512)] | None = None
-    """sklearn: a scikit-learn estimator class name (GradientBoostingClassifier, RandomForestRegressor,
-    LogisticRegression, ...: a classifier for task classification, a regressor for regression), or a user
-    "module:factory" where factory(**params) returns an unfitted scikit-learn estimator. Required with
-    framework sklearn, not allowed otherwise."""
+    """sklearn, xgboost, lightgbm: the estimator class (sklearn: GradientBoostingClassifier, RandomForestRegressor,
+    LogisticRegression, ...; xgboost: XGBClassifier, XGBRegressor, XGBRFClassifier, XGBRFRegressor; lightgbm:
+    LGBMClassifier, LGBMRegressor: a classifier for task classification, a regressor for regression), or a user
+    "module:factory" where factory(**params) returns an unfitted estimator with the scikit-learn API. Required
+    with those frameworks, not allowed with torch."""
     params: Params = Field(default_factory=dict)
-    """sklearn: estimator parameters (numbers, strings, booleans, null, or lists of them), e.g. n_estimators: 200;
-    passed to the estimator class, or as keyword arguments to the factory. random_state defaults to
-    hyperparameters.seed where the estimator has one."""
+    """sklearn, xgboost, lightgbm: estimator parameters (numbers, strings, booleans, null, or lists of them), e.g.
+    n_estimators: 200; passed to the estimator class, or as keyword arguments to the factory. random_state
+    defaults to hyperparameters.seed where the estimator has one."""
     task: Task = "classification"
     """classification (probabilities over classes, accuracy/F1 reported) or regression (values, RMSE/R2
     reported)."""
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
-    """torch: training loop and architecture settings (sklearn uses only seed)."""
+    """torch: training loop and architecture settings (the estimator frameworks use only seed)."""
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
-        if self.framework == "sklearn":
+        if self.framework in ESTIMATOR_FRAMEWORKS:
             if self.architecture is not None or self.entrypoint is not None or self.args:
                 raise ValueError(
                     "spec.model.architecture, entrypoint and args are for framework torch; "
-                    "with framework sklearn set spec.model.estimator (and params)"
+                    f"with framework {self.framework} set spec.model.estimator (and params)"
                 )
             if self.estimator is None:
-                raise ValueError("framework sklearn needs spec.model.estimator, e.g. GradientBoostingClassifier")
+                example = {"sklearn": "GradientBoostingClassifier", "xgboost": "XGBClassifier"}.get(
+                    self.framework, "LGBMClassifier"
+                )
+                raise ValueError(f"framework {self.framework} needs spec.model.estimator, e.g. {example}")
             return self
         if self.estimator is not None or self.params:
             raise ValueError(
-                f"spec.model.estimator and params are for framework sklearn, not {self.framework}; "
-                "set spec.model.framework: sklearn"
+                "spec.model.estimator and params are for frameworks sklearn, xgboost and lightgbm, not torch; "
+                "set spec.model.framework"
             )
         if (self.architecture is None) == (self.entrypoint is None):
             raise ValueError("set exactly one of spec.model.architecture or spec.model.entrypoint")
@@ -201,8 +208,8 @@ class TrainingJobSpec(KubeModel):
     resources: Resources = Field(default_factory=Resources)
     """Compute per replica."""
     replicas: Annotated[int, Field(ge=1, le=64)] = 1
-    """Training processes; more than 1 runs torch DistributedDataParallel (gloo on CPU, nccl on GPU). Framework
-    sklearn trains in one process: 1."""
+    """Training processes; more than 1 runs torch DistributedDataParallel (gloo on CPU, nccl on GPU). The
+    estimator frameworks (sklearn, xgboost, lightgbm) train in one process: 1."""
     image: Annotated[str, Field(min_length=1, max_length=512)] | None = None
     """Trainer container image; the operator's default when omitted."""
     backoff_limit: Annotated[int, Field(ge=0, le=100)] = 3
@@ -224,14 +231,21 @@ class TrainingJobSpec(KubeModel):
 
     @model_validator(mode="after")
     def _framework_fits(self) -> TrainingJobSpec:
-        if self.model.framework != "sklearn":
+        framework = self.model.framework
+        if framework not in ESTIMATOR_FRAMEWORKS:
             return self
         if self.replicas != 1:
-            raise ValueError(f"spec.replicas: framework sklearn trains in one process; set 1, not {self.replicas}")
+            raise ValueError(f"spec.replicas: framework {framework} trains in one process; set 1, not {self.replicas}")
         if self.checkpoint is not None:
-            raise ValueError("spec.checkpoint: framework sklearn fits in one call and has no epochs to resume; omit it")
-        if self.resources.gpus:
-            raise ValueError("spec.resources.gpus: framework sklearn trains on CPU; set 0")
+            raise ValueError(
+                f"spec.checkpoint: framework {framework} fits in one call and has no epochs to resume; omit it"
+            )
+        if self.resources.gpus and framework != "xgboost":
+            raise ValueError(
+                f"spec.resources.gpus: framework {framework} trains on CPU; set 0 (xgboost can use one GPU)"
+            )
+        if self.resources.gpus > 1:
+            raise ValueError(f"spec.resources.gpus: xgboost trains on one GPU; set 1, not {self.resources.gpus}")
         return self
 
 

@@ -5,8 +5,9 @@ names here means neither side guesses the other's layout.
 
 A registered model version (``models:/<name>/<version>``) is an MLflow model logged by
 the trainer's run under :data:`MODEL_ARTIFACT_PATH` with the flavour of its framework
-(``mlflow.pytorch`` for torch, ``mlflow.sklearn`` for scikit-learn) and a tensor
-signature. Next to it, in the same run, the trainer logs the serving artifact, one of:
+(``mlflow.pytorch`` for torch; ``mlflow.sklearn``, ``mlflow.xgboost`` or ``mlflow.lightgbm``
+for the estimator frameworks) and a tensor signature. Next to it, in the same run, the
+trainer logs the serving artifact, one of:
 
 - :data:`TORCHSCRIPT_ARTIFACT` (torch) — ``torch.jit.save`` of the model *including* its
   input normalisation, taking raw features ``float32 [batch, n_features]`` and returning
@@ -54,7 +55,8 @@ TAG_JOB_NAME = TAG_PREFIX + "trainingjob.name"
 TAG_JOB_UID = TAG_PREFIX + "trainingjob.uid"
 TAG_CODE_VERSION = TAG_PREFIX + "code.version"
 TAG_METRIC_PREFIX = TAG_PREFIX + "metric."  # + metric name, e.g. kubeforge.metric.accuracy
-TAG_FRAMEWORK = TAG_PREFIX + "framework"  # "torch" | "sklearn"; absent on versions from before it existed: torch
+# "torch" | "sklearn" | "xgboost" | "lightgbm"; absent on versions from before it existed: torch.
+TAG_FRAMEWORK = TAG_PREFIX + "framework"
 # Which serving artifact the version's run holds: FORMAT_TORCHSCRIPT (TORCHSCRIPT_ARTIFACT, also when the tag is
 # absent) or FORMAT_ONNX (ONNX_ARTIFACT).
 TAG_FORMAT = TAG_PREFIX + "format"

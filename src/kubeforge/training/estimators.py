@@ -1,13 +1,17 @@
-"""scikit-learn models of a TrainingJob (``spec.model.framework: sklearn``): build, fit, score, export.
+"""Estimator models of a TrainingJob (``spec.model.framework: sklearn | xgboost | lightgbm``): build, fit, score,
+export.
 
-The estimator is named by class (anything :func:`sklearn.utils.all_estimators` lists) or
-given by a user ``module:factory``. It is checked against the task before any data is
+The three frameworks share scikit-learn's estimator API, so one path serves them all. The
+estimator is named by class (for sklearn anything :func:`sklearn.utils.all_estimators`
+lists; for xgboost and lightgbm their scikit-learn-API classes) or given by a user
+``module:factory``. It is checked against the task before any data is
 fitted, fitted on the raw training rows, scored with the same metric definitions as the
 torch loop, and exported to ONNX (skl2onnx) under the model contract: input
 :data:`~kubeforge.core.modelcontract.INPUT_NAME` ``float32 [batch, n_features]``,
 output :data:`~kubeforge.core.modelcontract.OUTPUT_NAME` ``float32 [batch, n_outputs]``
-(class probabilities, or the predicted value). The ONNX graph is run with onnxruntime on
-the validation rows and refused when it does not give what the original model gives.
+(class probabilities, or the predicted value); XGBoost and LightGBM through onnxmltools'
+converters registered with skl2onnx. The ONNX graph is run with onnxruntime on the
+validation rows and refused when it does not give what the original model gives.
 """
 
 from __future__ import annotations
@@ -20,56 +24,74 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, is_classifier, is_regressor
 
-from kubeforge.api.trainingjob import ModelSpec, Task
+from kubeforge.api.trainingjob import Framework, ModelSpec, Task
 from kubeforge.core import modelcontract as contract
 
 from . import metrics
 from .errors import TrainerError
 
-# The ONNX opset the exported graphs target: what onnxruntime 1.31 and Triton's onnxruntime backend run.
-TARGET_OPSET = 17
+# The ONNX opsets the exported graphs target (default and ai.onnx.ml domains): what onnxruntime 1.31 and Triton's
+# onnxruntime backend run.
+TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
+# The scikit-learn-API classes of the gradient boosting libraries, by framework.
+LIBRARY_ESTIMATORS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "xgboost": ("xgboost", ("XGBClassifier", "XGBRegressor", "XGBRFClassifier", "XGBRFRegressor")),
+    "lightgbm": ("lightgbm", ("LGBMClassifier", "LGBMRegressor")),
+}
 # How far the ONNX graph may be from the original model: float32 arithmetic against scikit-learn's float64.
 RTOL = 1e-4
 ATOL = 1e-5
 
 
-def build(spec: ModelSpec) -> BaseEstimator:
-    """The unfitted estimator spec names, with spec.params set, checked to suit spec.task."""
+def build(spec: ModelSpec, gpus: int = 0) -> BaseEstimator:
+    """The unfitted estimator spec names, with spec.params set, checked to suit spec.task.
+
+    With a GPU (xgboost only) the estimator runs on it unless params name a device.
+    """
     name = spec.estimator or ""
     params = dict(spec.params)
+    if gpus and spec.framework == "xgboost":
+        params.setdefault("device", "cuda")
     if ":" in name:
         estimator = _from_factory(name, params)
     else:
-        cls = _estimator_class(name)
-        if "random_state" in cls().get_params() and "random_state" not in params:
+        cls = _estimator_class(spec.framework, name)
+        defaults = cls().get_params()
+        if "random_state" in defaults and "random_state" not in params:
             params["random_state"] = spec.hyperparameters.seed
+        if spec.framework == "lightgbm" and "verbose" not in params:
+            params["verbose"] = -1  # LightGBM warns on every split it cannot make; the trainer reports its own lines
         try:
             estimator = cls(**params)
         except TypeError as exc:
             raise TrainerError(f"spec.model.params: {name} does not take them: {exc}") from None
         # Parameter values are validated by scikit-learn at fit; do it now, before the data is read.
-        validate = getattr(estimator, "_validate_params", None)
+        # (scikit-learn's own estimators declare their constraints; XGBoost and LightGBM check at fit.)
         try:
-            if validate is not None:
-                validate()
+            if hasattr(estimator, "_parameter_constraints"):
+                estimator._validate_params()
         except (ValueError, TypeError) as exc:
             raise TrainerError(f"spec.model.params: {exc}") from None
     _check_task(estimator, spec)
     return estimator
 
 
-def _estimator_class(name: str) -> type[BaseEstimator]:
-    from sklearn.utils import all_estimators
+def _estimator_class(framework: Framework, name: str) -> type[BaseEstimator]:
+    if framework in LIBRARY_ESTIMATORS:
+        module_name, names = LIBRARY_ESTIMATORS[framework]
+        module = importlib.import_module(module_name)
+        known = {n: getattr(module, n) for n in names}
+        what = f"an estimator of {framework}"
+    else:
+        from sklearn.utils import all_estimators
 
-    known = dict(all_estimators(type_filter=["classifier", "regressor"]))
+        known = dict(all_estimators(type_filter=["classifier", "regressor"]))
+        what = "a scikit-learn classifier or regressor"
     if name not in known:
         close = [k for k in known if k.lower() == name.lower() or name.lower() in k.lower()][:5]
-        hint = (
-            f"; did you mean {', '.join(close)}?"
-            if close
-            else "; e.g. GradientBoostingClassifier, RandomForestRegressor"
-        )
-        raise TrainerError(f"spec.model.estimator: {name!r} is not a scikit-learn classifier or regressor{hint}")
+        examples = ", ".join(list(known)[:4]) + (", ..." if len(known) > 4 else "")
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; one of {examples}"
+        raise TrainerError(f"spec.model.estimator: {name!r} is not {what}{hint}")
     return known[name]
 
 
@@ -156,6 +178,7 @@ def to_onnx(estimator: BaseEstimator, n_features: int, task: Task) -> bytes:
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
 
+    _register_converters()
     options = {id(estimator): {"zipmap": False}} if task == "classification" else None
     try:
         model = convert_sklearn(
@@ -167,8 +190,10 @@ def to_onnx(estimator: BaseEstimator, n_features: int, task: Task) -> bytes:
     except Exception as exc:
         raise TrainerError(
             f"spec.model.estimator: {type(estimator).__name__} cannot be exported to ONNX for serving "
-            f"(skl2onnx: {type(exc).__name__}: {exc}); choose an estimator skl2onnx supports"
+            f"(skl2onnx/onnxmltools: {type(exc).__name__}: {exc}); choose an estimator they support"
         ) from None
+    if hasattr(estimator, "booster_") and hasattr(estimator.booster_, "dump_model"):
+        _round_lightgbm_thresholds(model, estimator.booster_.dump_model())
     graph = model.graph
     produced = [o.name for o in graph.output]
     # Classifiers produce (label, probabilities), regressors (variable): keep the contract's one output.
@@ -183,6 +208,73 @@ def to_onnx(estimator: BaseEstimator, n_features: int, task: Task) -> bytes:
     return model.SerializeToString()
 
 
+def _round_lightgbm_thresholds(model: Any, dump: dict[str, Any]) -> None:
+    """Round each float32 split threshold of a converted LightGBM model toward its branch.
+
+    LightGBM splits at float64 thresholds; the ONNX tree ensemble holds float32 ones,
+    rounded to nearest by the converter, which sends a float32 feature lying between the
+    two to the wrong child. Rounded down for ``x <= t`` (up for ``x < t``), the float32
+    threshold sends every float32 input where LightGBM sends it. Nodes are matched by
+    tree, feature and nearest float32 threshold; an ambiguous match is left as it is and
+    the export check decides.
+    """
+    exact: dict[tuple[int, int, bytes, float], set[float]] = {}
+
+    def walk(tree: int, node: dict[str, Any]) -> None:
+        if "split_index" not in node:
+            return
+        mode = {"<=": b"BRANCH_LEQ", "<": b"BRANCH_LT"}.get(node.get("decision_type", ""))
+        if mode is not None:
+            t = float(node["threshold"])
+            v = np.float32(t)
+            if mode == b"BRANCH_LEQ" and float(v) > t:
+                v = np.nextafter(v, np.float32(-np.inf))
+            elif mode == b"BRANCH_LT" and float(v) < t:
+                v = np.nextafter(v, np.float32(np.inf))
+            exact.setdefault((tree, int(node["split_feature"]), mode, float(np.float32(t))), set()).add(float(v))
+        walk(tree, node["left_child"])
+        walk(tree, node["right_child"])
+
+    for i, tree in enumerate(dump.get("tree_info", [])):
+        walk(i, tree["tree_structure"])
+    for node in model.graph.node:
+        attrs = {a.name: a for a in node.attribute}
+        if not node.op_type.startswith("TreeEnsemble") or "nodes_values" not in attrs:
+            continue
+        values = attrs["nodes_values"].floats
+        trees, features, modes = (
+            attrs["nodes_treeids"].ints,
+            attrs["nodes_featureids"].ints,
+            attrs["nodes_modes"].strings,
+        )
+        for i, key in enumerate(list(zip(trees, features, modes, values, strict=True))):
+            rounded = exact.get(key, set())
+            if len(rounded) == 1:
+                values[i] = next(iter(rounded))
+
+
+def _register_converters() -> None:
+    """Teach skl2onnx the XGBoost and LightGBM estimators, with onnxmltools' converters (its documented way)."""
+    from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm
+    from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
+    from skl2onnx import update_registered_converter
+    from skl2onnx.common.shape_calculator import (
+        calculate_linear_classifier_output_shapes,
+        calculate_linear_regressor_output_shapes,
+    )
+
+    converters = {"xgboost": convert_xgboost, "lightgbm": convert_lightgbm}
+    for framework, (module_name, names) in LIBRARY_ESTIMATORS.items():
+        module = importlib.import_module(module_name)
+        for name in names:
+            if name.endswith("Classifier"):
+                shapes, options = calculate_linear_classifier_output_shapes, {"zipmap": [True, False], "nocl": [False]}
+            else:
+                shapes, options = calculate_linear_regressor_output_shapes, None
+            alias = f"{framework}{name}"
+            update_registered_converter(getattr(module, name), alias, shapes, converters[framework], options=options)
+
+
 def run_onnx(model: bytes, x: np.ndarray) -> np.ndarray:
     """The ONNX graph's outputs for x, with onnxruntime on CPU."""
     import onnxruntime
@@ -195,8 +287,13 @@ def run_onnx(model: bytes, x: np.ndarray) -> np.ndarray:
 
 
 def check_onnx(model: bytes, estimator: BaseEstimator, x: np.ndarray, task: Task) -> None:
-    """Refuse an ONNX graph that does not reproduce the estimator on x (the validation rows)."""
-    expected = predict(estimator, x, task)
+    """Refuse an ONNX graph that does not reproduce the estimator on x (the validation rows).
+
+    Both see the rows as float32, as served requests carry them: a float64 value a hair from a
+    tree's split would otherwise fall on the other side once a client sends it.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    expected = predict(estimator, x.astype(np.float64), task)
     got = run_onnx(model, x).astype(np.float64)
     if got.shape != expected.shape:
         raise TrainerError(

@@ -15,7 +15,7 @@ import mlflow
 import torch
 
 from kubeforge.api.featureview import FeatureView
-from kubeforge.api.trainingjob import TrainingJobSpec
+from kubeforge.api.trainingjob import ESTIMATOR_FRAMEWORKS, TrainingJobSpec
 from kubeforge.core import modelcontract as contract
 from kubeforge.featurestore.config import StoreSettings
 
@@ -49,8 +49,8 @@ def run(spec: TrainingJobSpec, settings: Settings) -> dict[str, Any] | None:
 
 
 def _attempt(spec: TrainingJobSpec, settings: Settings, ctx: Context) -> dict[str, Any] | None:
-    if spec.model.framework == "sklearn":
-        return _attempt_sklearn(spec, settings)
+    if spec.model.framework in ESTIMATOR_FRAMEWORKS:
+        return _attempt_estimator(spec, settings)
     hp, task = spec.model.hyperparameters, spec.model.task
     data = datasets.load(spec.dataset, task, settings.feature_view, settings.feature_store)
     torch.manual_seed(hp.seed)
@@ -131,10 +131,11 @@ def _result(experiment_id: str, run_id: str, registered: registration.Registered
     }
 
 
-def _attempt_sklearn(spec: TrainingJobSpec, settings: Settings) -> dict[str, Any]:
-    """Fit a scikit-learn estimator, export it to ONNX checked against itself, and register both."""
+def _attempt_estimator(spec: TrainingJobSpec, settings: Settings) -> dict[str, Any]:
+    """Fit a scikit-learn-API estimator, export it to ONNX checked against itself, and register both."""
     task = spec.model.task
-    estimator = estimators.build(spec.model)  # a bad estimator or params fails before the data is read
+    # A bad estimator or params fails before the data is read.
+    estimator = estimators.build(spec.model, spec.resources.gpus)
     data = datasets.load(spec.dataset, task, settings.feature_view, settings.feature_store)
     n_outputs = len(data.classes) or 1
     print(f"fitting {estimators.describe(estimator)} on {len(data.x_train)} rows", flush=True)
@@ -152,10 +153,10 @@ def _attempt_sklearn(spec: TrainingJobSpec, settings: Settings) -> dict[str, Any
     with mlflow.start_run(run_name=settings.identity.name or None) as run:
         run_id = run.info.run_id
         print(f"started run {run_id} in experiment {experiment.name!r}", flush=True)
-        mlflow.log_params(_sklearn_params(spec, data, estimator))
+        mlflow.log_params(_estimator_params(spec, data, estimator))
         mlflow.set_tags(tags)
         mlflow.log_metrics(final, step=0)
-        registered = registration.register_sklearn(
+        registered = registration.register_estimator(
             spec,
             run_id,
             estimator,
@@ -168,10 +169,10 @@ def _attempt_sklearn(spec: TrainingJobSpec, settings: Settings) -> dict[str, Any
     return _result(experiment.experiment_id, run_id, registered, final)
 
 
-def _sklearn_params(spec: TrainingJobSpec, data: datasets.Dataset, estimator: Any) -> dict[str, Any]:
+def _estimator_params(spec: TrainingJobSpec, data: datasets.Dataset, estimator: Any) -> dict[str, Any]:
     params = {f"param.{k}": v for k, v in estimator.get_params(deep=False).items() if not hasattr(v, "get_params")}
     return {
-        "framework": "sklearn",
+        "framework": spec.model.framework,
         "estimator": spec.model.estimator,
         "estimator_class": estimators.describe(estimator),
         "task": spec.model.task,

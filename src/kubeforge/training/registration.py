@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 
 import kubeforge
-from kubeforge.api.trainingjob import TrainingJobSpec
+from kubeforge.api.trainingjob import ESTIMATOR_FRAMEWORKS, TrainingJobSpec
 from kubeforge.core import modelcontract as contract
 
 from .datasets import Dataset
@@ -60,7 +60,7 @@ def lineage_tags(spec: TrainingJobSpec, dataset: Dataset, identity: Identity) ->
         contract.TAG_JOB_UID: identity.uid,
         contract.TAG_CODE_VERSION: kubeforge.__version__,
     }
-    if spec.model.framework == "sklearn":
+    if spec.model.framework in ESTIMATOR_FRAMEWORKS:
         tags[contract.TAG_FORMAT] = contract.FORMAT_ONNX
     if spec.model.task == "classification":
         tags[contract.TAG_CLASSES] = json.dumps(dataset.classes)
@@ -108,7 +108,7 @@ def register(
     return _aliased(client, spec, version)
 
 
-def register_sklearn(
+def register_estimator(
     spec: TrainingJobSpec,
     run_id: str,
     estimator: Any,
@@ -118,11 +118,12 @@ def register_sklearn(
     example: np.ndarray,
     tags: dict[str, str],
 ) -> Registered:
-    """Log a fitted scikit-learn estimator (mlflow.sklearn, pyfunc returning what the contract returns) with its
-    ONNX export and baseline to the active run and add a version under spec.model.name; retries as register."""
-    import mlflow.sklearn
-    import sklearn
+    """Log a fitted estimator in its framework's MLflow flavour, with its ONNX export and baseline, to the active
+    run and add a version under spec.model.name; retries as register.
 
+    No flavour pickles: scikit-learn and LightGBM models are written with skops, XGBoost
+    models in XGBoost's own UBJSON format.
+    """
     name = spec.model.name
     client = MlflowClient()
     version = _registered_from(client, name, run_id)
@@ -130,18 +131,47 @@ def register_sklearn(
         with tempfile.TemporaryDirectory() as tmp:
             _log_file(Path(tmp), contract.ONNX_ARTIFACT, onnx_model)
             _log_file(Path(tmp), contract.BASELINE_ARTIFACT, baseline.model_dump_json().encode())
-        info = mlflow.sklearn.log_model(
+        info = _log_estimator(
+            spec.model.framework,
             estimator,
             name=contract.MODEL_ARTIFACT_PATH,
             signature=_signature(len(baseline.features), n_outputs),
             input_example=np.ascontiguousarray(example, dtype=np.float32),
-            pip_requirements=[f"scikit-learn=={sklearn.__version__}", f"numpy=={np.__version__}"],
-            serialization_format="skops",
-            skops_trusted_types=_skops_trusted(estimator),
-            pyfunc_predict_fn="predict_proba" if spec.model.task == "classification" else "predict",
+            classifier=spec.model.task == "classification",
         )
         version = mlflow.register_model(info.model_uri, name, tags={**tags, **spec.registration.tags}).version
     return _aliased(client, spec, version)
+
+
+def _log_estimator(framework: str, estimator: Any, classifier: bool, **common: Any) -> Any:
+    """mlflow.<framework>.log_model with the requirements the flavour's pyfunc needs to load it."""
+    import sklearn
+
+    requirements = [f"scikit-learn=={sklearn.__version__}", f"numpy=={np.__version__}"]
+    if framework == "xgboost":
+        import mlflow.xgboost
+        import xgboost
+
+        return mlflow.xgboost.log_model(
+            estimator, pip_requirements=[f"xgboost=={xgboost.__version__}", *requirements], **common
+        )
+    skops = {"serialization_format": "skops", "skops_trusted_types": _skops_trusted(estimator)}
+    if framework == "lightgbm":
+        import lightgbm
+        import mlflow.lightgbm
+
+        return mlflow.lightgbm.log_model(
+            estimator, pip_requirements=[f"lightgbm=={lightgbm.__version__}", *requirements], **skops, **common
+        )
+    import mlflow.sklearn
+
+    return mlflow.sklearn.log_model(
+        estimator,
+        pip_requirements=requirements,
+        pyfunc_predict_fn="predict_proba" if classifier else "predict",
+        **skops,
+        **common,
+    )
 
 
 def _skops_trusted(estimator: Any) -> list[str]:

@@ -135,6 +135,16 @@ def test_regressor_registers_an_onnx_version_returning_values(
         ),
         ({"estimator": "LogisticRegression", "architecture": "mlp"}, "target", "spec.model: "),
         ({"estimator": "no_such_module:factory"}, "target", "spec.model.estimator: cannot import module"),
+        (
+            {"framework": "xgboost", "estimator": "GradientBoostingClassifier"},
+            "target",
+            "spec.model.estimator: 'GradientBoostingClassifier' is not an estimator of xgboost; one of XGBClassifier",
+        ),
+        (
+            {"framework": "lightgbm", "estimator": "LGBMRegressor"},
+            "target",
+            "spec.model.estimator: LGBMRegressor is a regressor, but spec.model.task is classification",
+        ),
     ],
 )
 def test_estimator_mistakes_name_the_field(
@@ -143,11 +153,40 @@ def test_estimator_mistakes_name_the_field(
     frame = data.diabetes() if target == "progression" else data.breast_cancer()
     csv = data.write(frame, tmp_path / "data.csv", "csv")
     spec = data.spec_file(
-        tmp_path / "spec.json", csv, target=target, model={"name": "m", "framework": "sklearn", **model}
+        tmp_path / "spec.json", csv, target=target, model={"name": "m", "framework": "sklearn"} | model
     )
     # No MLflow behind this URI: every mistake is found before the trainer talks to it.
     assert main(["--spec", str(spec), "--tracking-uri", "http://127.0.0.1:9"]) == 1
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("framework", "estimator", "stored"),
+    [("xgboost", "XGBClassifier", "model.ubj"), ("lightgbm", "LGBMClassifier", "model.skops")],
+)
+def test_gradient_boosting_libraries_register_their_own_flavour_without_pickle(
+    framework: str, estimator: str, stored: str, mlflow: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    csv = data.write(data.breast_cancer(), tmp_path / "breast_cancer.csv", "csv")
+    model = {"name": f"bc-{framework}", "framework": framework, "estimator": estimator, "params": {"n_estimators": 30}}
+    result = _train(data.spec_file(tmp_path / "spec.json", csv, model=model), mlflow.url, capsys)
+    assert result["metrics"]["accuracy"] > 0.9
+
+    client = MlflowClient(mlflow.url)
+    tags = client.get_model_version(model["name"], result["modelVersion"]).tags
+    assert (tags[contract.TAG_FRAMEWORK], contract.model_format(tags)) == (framework, "onnx")
+    assert client.get_run(result["runId"]).data.params["estimator_class"].endswith(estimator)
+    info = mlflow_model_info(mlflow.url, result["modelUri"])
+    assert framework in info.flavors
+    files = [f.path for f in client.list_artifacts(result["runId"], contract.MODEL_ARTIFACT_PATH)]
+    assert f"{contract.MODEL_ARTIFACT_PATH}/{stored}" in files, files
+    assert not [f for f in files if f.endswith((".pkl", ".pickle"))]
+
+    validation = datasets.load(DatasetSpec(uri=str(csv), target="target"), "classification")
+    mlflow_lib_flavour = __import__(f"mlflow.{framework}", fromlist=["load_model"])
+    expected = mlflow_lib_flavour.load_model(result["modelUri"]).predict_proba(validation.x_val)
+    (got,) = _onnx(mlflow.url, result["runId"], tmp_path / "onnx").run(None, {contract.INPUT_NAME: validation.x_val})
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
 def mlflow_sklearn_load(tracking_uri: str, uri: str) -> Any:

@@ -325,6 +325,8 @@ def test_python_pins_are_pyproject_pins(image: Image) -> None:
         assert args["TORCH_VERSION"] == pins["torch"]
     else:
         assert "TORCH_VERSION" not in args
+    # The CUDA trainer swaps XGBoost's CPU build for the GPU build of the same release.
+    assert args.get("XGBOOST_VERSION", pins["xgboost-cpu"]) == pins["xgboost-cpu"]
 
 
 def test_triton_image_takes_the_projects_torch_and_the_release_of_its_tritonclient() -> None:

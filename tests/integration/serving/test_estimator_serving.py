@@ -1,8 +1,10 @@
-"""scikit-learn versions trained by the trainer, exported as ONNX and served by a real Triton's python backend
-with onnxruntime, through the gateway: the answers are the original model's, in the contract's shapes."""
+"""scikit-learn, XGBoost and LightGBM versions trained by the trainer, exported as ONNX and served by a real
+Triton's python backend with onnxruntime, through the gateway: the answers are the original model's, in the
+contract's shapes."""
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -10,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import mlflow as mlflow_lib
-import mlflow.sklearn
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
@@ -40,7 +41,7 @@ class Trained:
 
 def _train(tracking_uri: str, tmp: Path, frame: Any, target: str, model: dict[str, Any]) -> Trained:
     csv = data.write(frame, tmp / f"{model['name']}.csv", "csv")
-    spec = data.spec_file(tmp / f"{model['name']}.json", csv, target=target, model={"framework": "sklearn", **model})
+    spec = data.spec_file(tmp / f"{model['name']}.json", csv, target=target, model=model)
     log = tmp / f"{model['name']}.out"
     import contextlib
 
@@ -50,7 +51,8 @@ def _train(tracking_uri: str, tmp: Path, frame: Any, target: str, model: dict[st
     task = model.get("task", "classification")
     split = datasets.load(DatasetSpec(uri=str(csv), target=target), task)
     mlflow_lib.set_tracking_uri(tracking_uri)
-    original = mlflow.sklearn.load_model(result["modelUri"])
+    # The version's own MLflow flavour (mlflow.sklearn, mlflow.xgboost, mlflow.lightgbm) gives the original model.
+    original = importlib.import_module(f"mlflow.{model['framework']}").load_model(result["modelUri"])
     x = split.x_val[:64]
     expected = original.predict_proba(x) if task == "classification" else original.predict(x).reshape(-1, 1)
     return Trained(model["name"], result["modelVersion"], task, x, expected)
@@ -58,27 +60,31 @@ def _train(tracking_uri: str, tmp: Path, frame: Any, target: str, model: dict[st
 
 @pytest.fixture(scope="module")
 def trained(mlflow, tmp_path_factory) -> dict[str, Trained]:
-    tmp = tmp_path_factory.mktemp("sklearn")
+    tmp = tmp_path_factory.mktemp("estimators")
+    cancer, diabetes = (data.breast_cancer(), "target"), (data.diabetes(), "progression")
+    models = {
+        "classifier": (cancer, "sklearn", "GradientBoostingClassifier", {"n_estimators": 40}),
+        "regressor": (diabetes, "sklearn", "RandomForestRegressor", {"n_estimators": 20}),
+        "xgboost-classifier": (cancer, "xgboost", "XGBClassifier", {"n_estimators": 40, "max_depth": 3}),
+        "xgboost-regressor": (diabetes, "xgboost", "XGBRegressor", {"n_estimators": 40}),
+        "lightgbm-classifier": (cancer, "lightgbm", "LGBMClassifier", {"n_estimators": 40, "num_leaves": 8}),
+        "lightgbm-regressor": (diabetes, "lightgbm", "LGBMRegressor", {"n_estimators": 40}),
+    }
     return {
-        "classifier": _train(
+        key: _train(
             mlflow.url,
             tmp,
-            data.breast_cancer(),
-            "target",
-            {"name": "bc-sk", "estimator": "GradientBoostingClassifier", "params": {"n_estimators": 40}},
-        ),
-        "regressor": _train(
-            mlflow.url,
-            tmp,
-            data.diabetes(),
-            "progression",
+            frame,
+            target,
             {
-                "name": "diab-sk",
-                "estimator": "RandomForestRegressor",
-                "task": "regression",
-                "params": {"n_estimators": 20},
+                "name": f"{key}-served",
+                "framework": framework,
+                "estimator": estimator,
+                "params": params,
+                "task": "regression" if key.endswith("regressor") else "classification",
             },
-        ),
+        )
+        for key, ((frame, target), framework, estimator, params) in models.items()
     }
 
 
@@ -121,8 +127,8 @@ def test_onnx_versions_serve_the_original_models_answers_through_triton_and_the_
             np.testing.assert_allclose(got, t.expected[:8], rtol=1e-4, atol=1e-5 * scale)
         one = _infer(gw.url, t.name, t.x[:1])
         np.testing.assert_allclose(one, t.expected[:1], rtol=1e-4, atol=1e-5 * scale)
-    classifier = trained["classifier"]
-    assert _infer(gw.url, classifier.name, classifier.x[:8]).sum(axis=1) == pytest.approx(np.ones(8), abs=1e-5)
+    for classifier in (t for t in trained.values() if t.task == "classification"):
+        assert _infer(gw.url, classifier.name, classifier.x[:8]).sum(axis=1) == pytest.approx(np.ones(8), abs=1e-5)
 
 
 def test_native_flavour_config_runs_onnx_on_the_onnxruntime_backend(mlflow, trained, tmp_path) -> None:

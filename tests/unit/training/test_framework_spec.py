@@ -23,7 +23,7 @@ def _job(model: dict[str, object], **spec: object) -> dict[str, object]:
             {"framework": "xgboost"},
             {},
             "spec.model",
-            "framework xgboost needs spec.model.estimator, e.g. XGBClassifier",
+            "needs spec.model.estimator, e.g. XGBClassifier",
         ),
         ({"framework": "lightgbm"}, {}, "spec.model", "e.g. LGBMClassifier"),
         (
@@ -43,7 +43,7 @@ def _job(model: dict[str, object], **spec: object) -> dict[str, object]:
             {"architecture": "mlp", "params": {"n_estimators": 3}},
             {},
             "spec.model",
-            "not torch; set spec.model.framework",
+            "not torch; set spec.model",
         ),
     ],
 )

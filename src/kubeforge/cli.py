@@ -13,6 +13,7 @@ from . import __version__
 from .featurestore import usercommands
 from .featurestore.commands import features
 from .local.commands import down, local, status, up
+from .serving import approvals
 from .serving.commands import serving
 from .serving.usercommands import dataset, feedback
 
@@ -37,11 +38,19 @@ def _feature_store() -> StoreSettings:
     return StoreSettings.from_env(default_data_dir() / "features")
 
 
+def _local_mlflow() -> str | None:
+    """The local platform's MLflow, when `kubeforge up` started one."""
+    from .local.runtime import LocalState, default_data_dir
+
+    state = LocalState.read(default_data_dir())
+    return state.mlflow_url if state.mlflow_port else None
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """kubeforge: train, register, serve and roll out models on Kubernetes."""
-    ctx.obj = {usercommands.STORE: _feature_store}
+    ctx.obj = {usercommands.STORE: _feature_store, approvals.TRACKING_URI: _local_mlflow}
 
 
 @main.command()
@@ -87,6 +96,10 @@ def crds_apply(kubeconfig: str | None) -> None:
 @main.group()
 def model() -> None:
     """Registered model versions: bring your own, approve or reject, cards and lineage."""
+
+
+model.add_command(approvals.approve)
+model.add_command(approvals.reject)
 
 
 @main.group()

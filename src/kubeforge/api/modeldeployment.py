@@ -307,6 +307,15 @@ class SLO(KubeModel):
     """Error budget: percent of requests allowed to fail (5xx), e.g. 0.1 for 99.9 % availability."""
 
 
+class Policy(KubeModel):
+    """Governance: what has to happen before a version is rolled out."""
+
+    require_approval: bool = False
+    """No version becomes stable, canary or shadow until it is approved in the MLflow registry (`kubeforge model
+    approve NAME VERSION`); the deployment says AwaitingApproval, naming the version and the command, and proceeds
+    by itself once it is approved. A rejected version (`kubeforge model reject`) is never rolled out."""
+
+
 class ModelDeploymentSpec(KubeModel):
     """Desired state of a ModelDeployment."""
 
@@ -338,6 +347,8 @@ class ModelDeploymentSpec(KubeModel):
     """Objectives the generated alerts hold the deployment to."""
     retrain: Retrain | None = None
     """Train a new version when the model drifts, loses accuracy or is due; it rolls out through the canary."""
+    policy: Policy = Field(default_factory=Policy)
+    """Approval gates for rollouts."""
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelDeploymentSpec:
@@ -410,13 +421,53 @@ class RetiringVersion(KubeModel):
     """When its Triton is removed (RFC 3339)."""
 
 
+HISTORY_LIMIT = 20
+"""Rollout decisions status.history keeps; older ones remain as Events while the API server keeps those."""
+
+HistoryAction = Literal[
+    "Select",
+    "Replace",
+    "Start",
+    "Step",
+    "Restart",
+    "Interrupt",
+    "Promote",
+    "Rollback",
+    "Withdraw",
+    "Shadow",
+    "AwaitApproval",
+    "Refuse",
+    "Retrain",
+]
+
+
+class HistoryEntry(KubeModel):
+    """One rollout decision the operator made; each is also posted as an Event."""
+
+    time: str
+    """When it was made (RFC 3339)."""
+    action: HistoryAction
+    """Select (first stable version), Replace (a pinned version replaced the stable one), Start (a canary rollout
+    began), Step (the canary's weight rose), Restart (an interrupted step started over), Interrupt (the canary's
+    traffic was taken away while a Triton was not ready), Promote, Rollback, Withdraw (a canary stopped without a
+    verdict), Shadow (mirroring to a version started or stopped), AwaitApproval (a version waits for approval), Refuse
+    (a rejected version is not rolled out), Retrain (spec.retrain started a TrainingJob, or one failed)."""
+    version: str | None = None
+    """The model version it concerns."""
+    reason: str
+    """CamelCase reason; for a rollback the failed analysis, otherwise the reason of the Event posted with it."""
+    message: str
+    """What was decided and why."""
+
+
 class ModelDeploymentStatus(KubeModel):
     """Observed state of a ModelDeployment, written by the operator."""
 
     observed_generation: Annotated[int, Field(ge=0)] | None = None
     """The .metadata.generation this status describes."""
     conditions: Conditions = Field(default_factory=list)
-    """Ready, Progressing, Degraded, CanaryReady, Promoted, RolledBack, DriftMonitored."""
+    """Ready, Progressing, Degraded, CanaryReady, Promoted, RolledBack, DriftMonitored; Approved with
+    spec.policy.requireApproval; Retraining with spec.retrain."""
     stable_version: str | None = None
     """Version serving the stable share."""
     canary_version: str | None = None
@@ -445,6 +496,9 @@ class ModelDeploymentStatus(KubeModel):
     """Last failure, kept after recovery for reference."""
     last_retrain: RetrainRecord | None = None
     """The last retrain spec.retrain started: why, when, and its TrainingJob."""
+    history: Annotated[list[HistoryEntry], Field(max_length=HISTORY_LIMIT)] = Field(default_factory=list)
+    """The last 20 rollout decisions, oldest first: starts, steps, promotions, rollbacks and why, approval waits and
+    refusals, retrains."""
 
 
 class ModelDeployment(Resource):

@@ -1,6 +1,7 @@
 """A small client for the MLflow model registry REST API.
 
-Operators only resolve aliases and read model versions; the full ``mlflow`` package
+Operators only resolve aliases and read model versions (the approval commands also set
+version tags); the full ``mlflow`` package
 costs seconds of import time (and pulls in feast's request-header plugin on first
 use), which would slow every operator start. This speaks the documented REST API.
 """
@@ -59,9 +60,10 @@ class MLflowRegistry:
     def _get(self, path: str, params: dict[str, Any]) -> dict[str, Any]:
         return self._fetch(f"/api/2.0/mlflow/{path}", params).json()
 
-    def _fetch(self, path: str, params: dict[str, Any]) -> httpx.Response:
+    def _fetch(self, path: str, params: dict[str, Any], body: dict[str, Any] | None = None) -> httpx.Response:
+        """GET path with params, or POST body as JSON."""
         try:
-            resp = self._http.get(path, params=params)
+            resp = self._http.get(path, params=params) if body is None else self._http.post(path, json=body)
         except httpx.HTTPError as err:
             raise MLflowError(f"MLflow at {self.tracking_uri} is unreachable: {err}") from err
         if resp.status_code in (400, 404):
@@ -84,6 +86,16 @@ class MLflowRegistry:
     def by_version(self, name: str, version: int | str) -> ModelVersion:
         data = self._get("model-versions/get", {"name": name, "version": str(version)})
         return ModelVersion.from_json(data["model_version"])
+
+    def set_version_tag(self, name: str, version: int | str, key: str, value: str) -> None:
+        """Set a tag of a registered model version; NotFound when the version does not exist."""
+        body = {"name": name, "version": str(version), "key": key, "value": value}
+        self._fetch("/api/2.0/mlflow/model-versions/set-tag", {}, body)
+
+    def registered_models(self, limit: int = 100) -> list[str]:
+        """Names of registered models, at most limit of them, in MLflow's order (by name)."""
+        data = self._get("registered-models/search", {"max_results": limit})
+        return [m["name"] for m in data.get("registered_models", [])]
 
     def artifact(self, run_id: str, path: str) -> bytes:
         """A file the run logged (path relative to its artifact root); raises NotFound when it has none."""

@@ -29,6 +29,7 @@ from ...api.meta import duration_seconds
 from ...api.validation import InvalidResource
 from ...core import kube, podfailure
 from ...core import modelcontract as mc
+from ...core.approval import Approval
 from ...core.conditions import StatusDraft, parse_rfc3339
 from ...core.mlflow_rest import MLflowError, MLflowRegistry, NotFound
 from ...monitoring import rules
@@ -37,7 +38,7 @@ from .. import metrics
 from ..labels import COMPONENT, MODEL_VERSION, MODELDEPLOYMENT
 from ..runtime import Context, context
 from . import analysis as an
-from . import children
+from . import children, history
 from . import retrain as rt
 from .rollout import (
     GATEWAY,
@@ -64,6 +65,7 @@ _snapshots: dict[tuple[str, str], an.Snapshot] = {}  # (uid, version) -> last sc
 _holding: dict[str, dict[str, datetime]] = {}  # uid -> retrain trigger -> since when it holds (see retrain)
 _resolve_cache: dict[tuple[str, str], tuple[float, str]] = {}
 RESOLVE_TTL = 3.0
+_approvals: dict[tuple[str, str], Approval] = {}  # (model, version) -> its approval tags when last resolved
 _feature_orders: dict[tuple[str, str], list[str] | None] = {}  # (model, version) -> its kubeforge.features tag
 _baselines: dict[tuple[str, str], DriftBaseline] = {}  # (model, version) -> its drift baseline, read once
 _view_generations: dict[tuple[str, str], int | None] = {}  # (namespace, FeatureView) -> generation last seen
@@ -76,6 +78,7 @@ def _resolve_one(ctx: Context, name: str, alias: str | None, version: int | None
         return hit[1]
     mv = ctx.registry.by_alias(name, alias) if alias else ctx.registry.by_version(name, version or 0)
     _resolve_cache[key] = (time.monotonic(), mv.version)
+    _approvals[(name, mv.version)] = Approval.of(mv.tags)  # comes with the version: no call of its own
     if mv.tags.get(mc.TAG_TASK):
         _resolve_cache[(name, "task")] = (time.monotonic(), mv.tags[mc.TAG_TASK])
     return mv.version
@@ -89,11 +92,14 @@ def resolve(ctx: Context, md: ModelDeployment, namespace: str, status: dict[str,
         refs["shadow"] = md.spec.shadow.model
     found: dict[str, str] = {}
     errors: dict[str, str] = {}
+    approvals: dict[tuple[str, str], Approval] = {}
     for role, ref in refs.items():
         field = {"stable": "spec.model", "canary": "spec.canary.model", "shadow": "spec.shadow.model"}[role]
         what = f"alias {ref.alias!r}" if ref.alias else f"version {ref.version}"
         try:
             found[role] = _resolve_one(ctx, ref.name, ref.alias, ref.version)
+            if (ref.name, found[role]) in _approvals:
+                approvals[(ref.name, found[role])] = _approvals[(ref.name, found[role])]
         except NotFound:
             errors[role] = f"{field}: {what} of registered model {ref.name!r} does not exist in MLflow"
         except MLflowError as err:
@@ -105,6 +111,7 @@ def resolve(ctx: Context, md: ModelDeployment, namespace: str, status: dict[str,
         found.get("shadow"),
         task_hit[1] if task_hit else "classification",
         errors,
+        approvals=approvals,
     )
     pairs = _routable(md, resolved, status)
     if md.spec.features is not None:
@@ -450,6 +457,8 @@ def _retrain(
     st.cond(rt.CONDITION, status, reason, message)
     if reason == rt.FAILED and old.get("reason") != rt.FAILED:
         decision.events.append(("Warning", rt.FAILED, message))
+    for _, event_reason, event_message in decision.events:
+        history.entry(st, "Retrain", None, event_reason, event_message)
     newest = max(jobs, key=lambda j: j.created, default=None)
     if newest is not None:
         st.s["lastRetrain"] = rt.record(newest)
@@ -514,15 +523,17 @@ def rollout_timer(name: str, namespace: str, logger: Any, retry: int, **_: Any) 
 
 
 def _polled(spec: dict[str, Any], status: dict[str, Any], **_: Any) -> bool:
-    """Registry aliases move outside Kubernetes, and a reconcile that failed is not retried by its event."""
+    """Registry aliases and approvals change outside Kubernetes, and a reconcile that failed is not retried by its
+    event."""
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
-    return bool(spec.get("followAlias") or spec.get("canary") or spec.get("retrain")) or not ready
+    approval = (spec.get("policy") or {}).get("requireApproval")
+    return bool(spec.get("followAlias") or spec.get("canary") or spec.get("retrain") or approval) or not ready
 
 
 @kopf.timer(GROUP, VERSION, "modeldeployments", interval=10, when=_polled)
 def poll_timer(name: str, namespace: str, logger: Any, retry: int, **_: Any) -> None:
-    """Follow registry aliases (MLflow webhooks are optional), retry what is not Ready yet (children that could
-    not be applied, with a back-off), read why its pods fail, and watch the retrain triggers."""
+    """Follow registry aliases (MLflow webhooks are optional) and approvals, retry what is not Ready yet (children
+    that could not be applied, with a back-off), read why its pods fail, and watch the retrain triggers."""
     reconcile(namespace, name, logger, retry)
 
 

@@ -18,16 +18,18 @@ from ...api import FeatureViewSpec, InvalidResource, ModelDeployment, parse
 from ...api.meta import duration_seconds
 from ...api.modeldeployment import Analysis, CanaryStep
 from ...core import podfailure
+from ...core.approval import Approval, approve_command
 from ...core.conditions import FALSE, TRUE, UNKNOWN, StatusDraft, parse_rfc3339, rfc3339
 from ...core.modelcontract import INPUT_NAME, TAG_FEATURES
 from ...serving.routes import VersionDrift
 from ..settings import Settings
-from . import children
+from . import children, history
 
 # Condition types.
 READY, PROGRESSING, DEGRADED = "Ready", "Progressing", "Degraded"
 CANARY_READY, PROMOTED, ROLLED_BACK = "CanaryReady", "Promoted", "RolledBack"
 DRIFT_MONITORED = "DriftMonitored"
+APPROVED = "Approved"  # with spec.policy.requireApproval: whether a version waits for approval or was rejected
 
 # Reasons.
 INVALID_SPEC = "InvalidSpec"
@@ -55,6 +57,9 @@ TRACKED = "Tracked"  # every routed version's drift is tracked against its basel
 NO_BASELINE = "NoBaseline"  # a routed version was registered without a drift baseline: served, not tracked
 DRIFT_DISABLED = "Disabled"  # spec.monitoring.drift.enabled is false
 READING_BASELINES = "ReadingBaselines"  # MLflow did not tell yet whether a routed version has a baseline
+AWAITING_APPROVAL = "AwaitingApproval"  # a version would become stable, canary or shadow once approved
+REJECTED = "Rejected"  # the version that would be rolled out was rejected in the registry
+SHADOW_STARTED, SHADOW_STOPPED = "ShadowStarted", "ShadowStopped"
 
 GATEWAY = "gateway"  # Observed.failures key of the gateway's pods (model versions are numbers)
 
@@ -88,6 +93,9 @@ class Resolved:
     features: FeatureSource | None = None  # with spec.features
     baselines: dict[tuple[str, str], DriftBaseline] = field(default_factory=dict)
     """With drift monitoring: (registered model, version) -> its baseline; absent while MLflow cannot tell."""
+    approvals: dict[tuple[str, str], Approval] = field(default_factory=dict)
+    """(registered model, version) -> its approval, read from the tags of each version resolved; absent: unknown,
+    which spec.policy.requireApproval treats as not approved."""
 
 
 @dataclass(frozen=True)
@@ -195,6 +203,7 @@ def plan(
 
     # --- stable -----------------------------------------------------------------------
     stable = old.get("stableVersion")
+    blocks: list[tuple[str, str, str]] = []  # (reason, message, version) held back by spec.policy.requireApproval
     if stable is None:
         if resolved.stable is None:
             msg = resolved.errors.get("stable", "spec.model did not resolve to a version")
@@ -205,14 +214,25 @@ def plan(
                 out.events.append(("Warning", MODEL_NOT_FOUND, msg))
             out.status = st.s
             return out
+        if block := _gate(md, resolved, "stable", resolved.stable):
+            st.cond(READY, FALSE, *block)
+            _approval_condition(st, out, old, md, [(*block, resolved.stable)], None)
+            out.status = st.s
+            return out  # nothing is served before a version is approved
         stable = resolved.stable
-        out.events.append(("Normal", "StableSelected", f"serving version {stable}"))
+        message = f"serving version {stable}{_approved(md, resolved, 'stable', stable)}"
+        history.decide(st, out.events, "Select", stable, "Normal", "StableSelected", message)
     elif md.spec.model.version is not None and resolved.stable and resolved.stable != stable:
-        # The user pinned another version: switch directly (a canary is spec.canary's job).
-        _retire(st, stable, now, scale_down)
-        out.events.append(("Normal", STABLE_REPLACED, f"stable version {stable} -> {resolved.stable}"))
-        stable = resolved.stable
-        st.clear("canaryVersion", "canaryWeight", "currentStep", "stepStarted", "analysis")
+        # The user pinned another version: switch directly (a canary is spec.canary's job), once it is approved.
+        if block := _gate(md, resolved, "stable", resolved.stable):
+            blocks.append((*block, resolved.stable))
+        else:
+            _retire(st, stable, now, scale_down)
+            approved = _approved(md, resolved, "stable", resolved.stable)
+            message = f"stable version {stable} -> {resolved.stable}{approved}"
+            history.decide(st, out.events, "Replace", resolved.stable, "Normal", STABLE_REPLACED, message)
+            stable = resolved.stable
+            st.clear("canaryVersion", "canaryWeight", "currentStep", "stepStarted", "analysis")
     st.s["stableVersion"] = stable
 
     # --- canary target ----------------------------------------------------------------
@@ -230,11 +250,20 @@ def plan(
         degraded.append((reason, resolved.errors[target_role] + f"; version {stable} keeps serving"))
     if target is not None and target == old.get("rolledBackVersion"):
         target = None  # rolled back: not again until the target moves on
+    held: str | None = None  # the target, when it waits for approval or was rejected
+    if target is not None and (block := _gate(md, resolved, "canary", target)):
+        blocks.append((*block, target))
+        held, target = target, None
 
     canary = old.get("canaryVersion")
     if canary is not None and canary != target:
-        if target is None and canary != old.get("rolledBackVersion"):
-            out.events.append(("Normal", NO_ROLLOUT, f"canary {canary} withdrawn: no longer the rollout target"))
+        if canary == held:  # rejected during its rollout (or no longer approved): all traffic back to stable
+            reason, message, _ = blocks[-1]
+            message = f"canary {canary} withdrawn, version {stable} serves all traffic: {message}"
+            history.decide(st, out.events, "Withdraw", canary, "Warning", reason, message)
+        elif target is None and canary != old.get("rolledBackVersion"):
+            message = f"canary {canary} withdrawn: no longer the rollout target"
+            history.decide(st, out.events, "Withdraw", canary, "Normal", NO_ROLLOUT, message)
         st.clear("canaryVersion", "canaryWeight", "currentStep", "stepStarted", "analysis")
         canary = None
     if canary is None and target is not None:
@@ -242,9 +271,10 @@ def plan(
         st.s.update({"canaryVersion": canary, "canaryWeight": 0, "currentStep": 0})
         st.clear("stepStarted", "analysis")
         msg = f"rolling out version {canary} over {len(steps)} step(s); stable is {stable}"
+        msg += _approved(md, resolved, "canary", canary)
         st.cond(PROGRESSING, TRUE, CANARY_STARTED, msg)
         st.cond(PROMOTED, FALSE, CANARY_STARTED, msg)
-        out.events.append(("Normal", CANARY_STARTED, msg))
+        history.decide(st, out.events, "Start", canary, "Normal", CANARY_STARTED, msg)
 
     # --- canary progress ----------------------------------------------------------------
     if canary is not None:
@@ -286,7 +316,7 @@ def plan(
             reason, msg = _interrupted(st.s, steps, analysis, canary, stable, canary_up)
             st.cond(PROGRESSING, TRUE, reason, msg)
             if carried_traffic:
-                out.events.append(("Warning", reason, msg))
+                history.decide(st, out.events, "Interrupt", canary, "Warning", reason, msg)
         elif canary is not None and st.s.get("stepStarted"):
             _maybe_advance(st, out, md, steps, canary, now)
             if st.s.get("promotedVersion"):
@@ -297,15 +327,27 @@ def plan(
         out.analysis_due = canary is not None and analysis_due(st.s, md, now)
     if canary is None:
         st.cond(CANARY_READY, FALSE, NO_ROLLOUT, "no canary")
-        if not _is(st.s, ROLLED_BACK) and not _is(st.s, PROMOTED):
+        if blocks:  # the next stable or canary waits for approval, or was rejected
+            st.cond(PROGRESSING, FALSE, blocks[0][0], f"{blocks[0][1]}; version {stable} keeps serving")
+        elif not _is(st.s, ROLLED_BACK) and not _is(st.s, PROMOTED):
             st.cond(PROGRESSING, FALSE, NO_ROLLOUT, f"version {stable} is stable; no rollout in progress")
 
     # --- shadow -------------------------------------------------------------------------
     shadow = resolved.shadow if md.spec.shadow is not None else None
     if shadow in (stable, canary):
         shadow = None
+    if shadow and (block := _gate(md, resolved, "shadow", shadow)):
+        blocks.append((*block, shadow))
+        shadow = None
     if "shadow" in resolved.errors:
         degraded.append((SHADOW_NOT_FOUND, resolved.errors["shadow"]))
+    if shadow and md.spec.shadow and shadow != old.get("shadowVersion"):
+        message = f"mirroring {md.spec.shadow.percent}% of traffic to version {shadow}"
+        message += _approved(md, resolved, "shadow", shadow)
+        history.decide(st, out.events, "Shadow", shadow, "Normal", SHADOW_STARTED, message)
+    elif not shadow and old.get("shadowVersion"):
+        message = f"no more traffic mirrored to version {old['shadowVersion']}"
+        history.decide(st, out.events, "Shadow", old["shadowVersion"], "Normal", SHADOW_STOPPED, message)
     if shadow:
         st.s["shadowVersion"] = shadow
     else:
@@ -377,8 +419,57 @@ def plan(
             st.s["lastFailure"] = {"reason": reason, "message": message, "time": st.now}
     elif not _is(st.s, ROLLED_BACK) or canary is not None:
         st.cond(DEGRADED, FALSE, AS_EXPECTED, "")
+    _approval_condition(st, out, old, md, blocks, stable, withdrawn=held if held == old.get("canaryVersion") else None)
     out.status = st.s
     return out
+
+
+def _gate(md: ModelDeployment, resolved: Resolved, role: str, version: str) -> tuple[str, str] | None:
+    """Under spec.policy.requireApproval, why version may not become role yet: (reason, message); None when it may
+    (or no approval is required)."""
+    if not md.spec.policy.require_approval:
+        return None
+    model = model_of(md, role)
+    found = resolved.approvals.get((model, version), Approval())
+    if found.approved:
+        return None
+    if found.rejected:
+        return REJECTED, f"version {version} of {model} was {found.describe()}: it is not rolled out"
+    command = approve_command(model, version)
+    return AWAITING_APPROVAL, f"version {version} of {model} awaits approval before it becomes {role}: run `{command}`"
+
+
+def _approved(md: ModelDeployment, resolved: Resolved, role: str, version: str) -> str:
+    """'; approved by ...' for a decision's message under spec.policy.requireApproval, else nothing."""
+    if not md.spec.policy.require_approval:
+        return ""
+    return f"; {resolved.approvals.get((model_of(md, role), version), Approval()).describe()}"
+
+
+def _approval_condition(
+    st: StatusDraft,
+    out: Plan,
+    old: dict[str, Any],
+    md: ModelDeployment,
+    blocks: list[tuple[str, str, str]],
+    serving: str | None,
+    withdrawn: str | None = None,
+) -> None:
+    """The Approved condition, with spec.policy.requireApproval only, and a decision (an Event and a history entry)
+    for each version that starts waiting or is refused; withdrawn was recorded as its canary's withdrawal."""
+    if not md.spec.policy.require_approval:
+        st.s["conditions"] = [c for c in st.s.get("conditions") or [] if c.get("type") != APPROVED]
+        return
+    if not blocks:
+        st.cond(APPROVED, TRUE, AS_EXPECTED, "no version awaits approval")
+        return
+    before = next((c.get("message", "") for c in old.get("conditions") or [] if c.get("type") == APPROVED), "")
+    for reason, message, version in blocks:
+        if message not in before and version != withdrawn:
+            action, type_ = ("Refuse", "Warning") if reason == REJECTED else ("AwaitApproval", "Normal")
+            history.decide(st, out.events, action, version, type_, reason, message)
+    message = "; ".join(m for _, m, _ in blocks) + (f"; version {serving} keeps serving" if serving else "")
+    st.cond(APPROVED, FALSE, blocks[0][0], message)
 
 
 def _waiting_for(what: str, failure: dict[str, Any] | None) -> str:
@@ -554,7 +645,7 @@ def _start_step(
     else:
         reason, msg = STEP_ADVANCED, f"step {step + 1}/{len(steps)}: {share}"
     st.cond(PROGRESSING, TRUE, reason, msg)
-    out.events.append(("Normal", reason, msg))
+    history.decide(st, out.events, "Restart" if restart else "Step", canary, "Normal", reason, msg)
 
 
 def _interrupted(
@@ -608,13 +699,13 @@ def _maybe_advance(
         st.cond(PROMOTED, TRUE, CANARY_PROMOTED, msg)
         st.cond(ROLLED_BACK, FALSE, CANARY_PROMOTED, msg)
         st.cond(PROGRESSING, FALSE, CANARY_PROMOTED, msg)
-        out.events.append(("Normal", CANARY_PROMOTED, msg))
+        history.decide(st, out.events, "Promote", canary, "Normal", CANARY_PROMOTED, msg)
         return
     step += 1
     st.s.update({"currentStep": step, "canaryWeight": steps[step].weight, "stepStarted": rfc3339(now)})
     msg = f"step {step + 1}/{len(steps)}: {steps[step].weight}% of traffic to version {canary}"
     st.cond(PROGRESSING, TRUE, STEP_ADVANCED, msg)
-    out.events.append(("Normal", STEP_ADVANCED, msg))
+    history.decide(st, out.events, "Step", canary, "Normal", STEP_ADVANCED, msg)
 
 
 def _rollback(st: StatusDraft, out: Plan, canary: str, stable: str, why: str, failures: int) -> None:
@@ -627,7 +718,7 @@ def _rollback(st: StatusDraft, out: Plan, canary: str, stable: str, why: str, fa
     st.cond(PROGRESSING, FALSE, ANALYSIS_FAILED, msg)
     st.cond(DEGRADED, TRUE, ANALYSIS_FAILED, msg)
     st.s["lastFailure"] = {"reason": ANALYSIS_FAILED, "message": msg, "time": st.now}
-    out.events.append(("Warning", "RolledBack", msg))
+    history.decide(st, out.events, "Rollback", canary, "Warning", "RolledBack", msg, cause=ANALYSIS_FAILED)
 
 
 def _retire(st: StatusDraft, version: str, now: datetime, delay: float) -> None:

@@ -56,6 +56,15 @@ def export_command(
     type=click.Path(file_okay=False, path_type=Path),
     help="Directory for the payload logs of models whose route asks for one.",
 )
+@click.option(
+    "--access-log",
+    envvar="KUBEFORGE_ACCESS_LOG",
+    default="-",
+    show_default=True,
+    help="Where the access log (a JSON line per model request) goes: - for stdout, a file path, or off.",
+)
+@click.option("--access-log-max-mb", type=click.IntRange(1, 100_000), default=100, show_default=True)
+@click.option("--access-log-max-files", type=click.IntRange(1, 1000), default=5, show_default=True)
 def gateway_command(
     routes: Path,
     tokens: Path | None,
@@ -64,8 +73,21 @@ def gateway_command(
     max_body_bytes: int,
     reload_interval: float,
     payload_log_dir: Path | None,
+    access_log: str,
+    access_log_max_mb: int,
+    access_log_max_files: int,
 ) -> None:
     """Serve the Open Inference Protocol in front of Triton, routed by the route table."""
     from .gateway import Settings, serve
 
-    serve(Settings(routes, tokens, max_body_bytes, reload_interval, payload_dir=payload_log_dir), host, port)
+    settings = Settings(
+        routes,
+        tokens,
+        max_body_bytes,
+        reload_interval,
+        payload_dir=payload_log_dir,
+        access_log=None if access_log == "off" else access_log,
+        access_log_max_mb=access_log_max_mb,
+        access_log_max_files=access_log_max_files,
+    )
+    serve(settings, host, port)

@@ -22,6 +22,11 @@ payload log (:mod:`.payloads`); both do their work after the response is out. Fo
 feedback every answered request is remembered by its id (:mod:`.feedback`), so labels posted later to
 ``/v2/models/{name}/feedback`` join it and feed live accuracy or error per version.
 Error bodies name inputs, shapes and types, never input values.
+
+Tokens name their caller, its tenant and priority (:mod:`.auth`). Before its body is read an inference request
+is admitted against its tenant's rate and concurrency limits and the gateway's own cap, or answered 429 with
+``Retry-After`` (:mod:`.tenancy`). Every request to a model gets a line in the access log (:mod:`.accesslog`):
+who called, what answered, status and latency, never the token.
 """
 
 from __future__ import annotations
@@ -47,7 +52,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .auth import Forbidden, Tokens, Unauthorized
+from .accesslog import AccessLog
+from .auth import ANONYMOUS, Caller, Forbidden, Tokens, Unauthorized
 from .enrich import Lookup, Stores, Unavailable, entity_request
 from .feedback import BadFeedback, Feedback, QualityCollector, dataset, since_seconds
 from .filewatch import FileWatch
@@ -57,17 +63,22 @@ from .oip import HEADER_LENGTH, BadRequest, Body, validate
 from .payloads import PayloadLogger
 from .routes import Route, RouteTable, Target, compile_table
 from .shadow import Job, Mirror
+from .tenancy import Admission, TenancyCollector, Throttled
 from .upstream import Answer, UpstreamFailure, Upstreams
 
 log = logging.getLogger(__name__)
 
 VERSION_HEADER = "kubeforge-model-version"
 ROLE_HEADER = "kubeforge-model-role"
+_VERSION_KEY, _ROLE_KEY = VERSION_HEADER.encode(), ROLE_HEADER.encode()
 REQUEST_ID_HEADER = "kubeforge-request-id"
 # A caller's OIP id goes back as the request id header only when it is safe there as it is: printable
 # ASCII (no line breaks to split the response's headers with) of a sane length. Others get a fresh id.
 HEADER_SAFE_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
 FORWARDED = ("content-type", HEADER_LENGTH, "content-encoding")
+MODEL_PATHS = "/v2/models/"
+CALL = "kubeforge.call"
+"""Scope key of the Call a logged request that FastAPI serves carries, for the handlers to name the caller."""
 INFER_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$")
 
 
@@ -83,6 +94,12 @@ class Settings:
     shadow_queue: int = 256
     payload_dir: Path | None = None
     """Where payload logs are written (for models whose route asks for one)."""
+    access_log: str | None = None
+    """Where the access log goes: "-" for stdout, a file path, or None for none."""
+    access_log_max_mb: int = 100
+    """Size at which an access log file is rotated."""
+    access_log_max_files: int = 5
+    """Rotated access log files kept."""
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -90,12 +107,24 @@ def error(status: int, message: str, headers: dict[str, str] | None = None) -> R
     return Response(json.dumps({"error": message}), status, headers, media_type="application/json")
 
 
+def throttled(refused: Throttled) -> Response:
+    """429 naming the tenant, the limit and when to retry."""
+    headers = {"retry-after": refused.retry_after_header}
+    return Response(json.dumps(refused.body()), 429, headers, media_type="application/json")
+
+
 @dataclass(slots=True)
 class Call:
-    """One inference request on its way through the gateway: when it arrived and, once read, its id."""
+    """One request on its way through the gateway: when it arrived, who sent it and, once read, its id and size."""
 
     start: float
+    wall: float
     request_id: str | None = None
+    caller: Caller = ANONYMOUS
+    received: int = 0
+    fell_back: bool = False
+    """The stable version answered after the version chosen failed or was known not to be ready."""
+    throttled: str | None = None
 
 
 def request_id(given: object) -> str:
@@ -129,6 +158,8 @@ class Gateway:
         self.payloads = PayloadLogger(settings.payload_dir)
         self.feedback = Feedback()
         self.stores = Stores()
+        self.admission = Admission()
+        self.access = AccessLog(settings.access_log, settings.access_log_max_mb, settings.access_log_max_files)
         self._route_watch = FileWatch(settings.routes)
         self._token_watch = FileWatch(settings.tokens) if settings.tokens else None
 
@@ -161,7 +192,9 @@ class Gateway:
                     RELOADS.labels("tokens", "failed").inc()
                     log.error("token file %s refused, keeping the previous one: %s", self.settings.tokens, err)
                 else:
+                    self.admission.load(self.tokens, time.monotonic())
                     RELOADS.labels("tokens", "ok").inc()
+                    log.info("token file loaded: tenants %s", ", ".join(sorted(self.tokens.tenants)) or "none")
 
     async def _watch(self) -> None:
         while True:
@@ -185,8 +218,10 @@ class Gateway:
             raise RuntimeError(f"token file {self.settings.tokens} is missing or has no tokens")
         collector = DriftCollector(lambda: self.monitor.tracked, self.monitor.flush)
         quality = QualityCollector(lambda: self.feedback)
+        tenancy = TenancyCollector(self.admission)
         REGISTRY.register(collector)
         REGISTRY.register(quality)
+        REGISTRY.register(tenancy)
         loops = (
             self._watch(),
             self._health(),
@@ -194,6 +229,7 @@ class Gateway:
             self.monitor.run(),
             self.payloads.run(),
             self.feedback.run(),
+            self.access.run(),
         )
         tasks = [asyncio.create_task(c) for c in loops]
         try:
@@ -204,24 +240,33 @@ class Gateway:
             await asyncio.gather(*tasks, return_exceptions=True)
             REGISTRY.unregister(collector)
             REGISTRY.unregister(quality)
+            REGISTRY.unregister(tenancy)
             await self.upstreams.close()
             self.stores.close()
             self.payloads.close()
+            self.access.close()
 
     # --- request path ----------------------------------------------------------------------
 
-    def _route(self, name: str, version: str | None, authorization: str | None) -> tuple[Route, Target | None]:
-        """The route and, for /versions/{v}/ paths, the pinned version; raises for unknown ones."""
+    def _route(
+        self, name: str, version: str | None, authorization: str | None, call: Call | None = None
+    ) -> tuple[Route, Target | None]:
+        """The route and, for /versions/{v}/ paths, the pinned version; raises for unknown ones. The caller the
+        token names goes into call, also when it may not call this model."""
         route = self.routes.get(name)
         if route is None:
             raise HTTPException(404, f"unknown model {name!r}")
         if self.tokens is not None:
             try:
-                self.tokens.check(authorization, name)
+                caller = self.tokens.check(authorization, name)
             except Unauthorized as err:
                 raise HTTPException(401, str(err), {"www-authenticate": "Bearer"}) from None
             except Forbidden as err:
+                if call is not None:
+                    call.caller = err.caller
                 raise HTTPException(403, str(err)) from None
+            if call is not None:
+                call.caller = caller
         if version is None:
             return route, None
         target = route.versions.get(version)
@@ -266,28 +311,63 @@ class Gateway:
     async def infer(self, scope: Scope, receive: Receive, send: Send) -> None:
         """POST .../infer, served as a bare ASGI app: the hot path skips the framework's routing and
         request objects, which cost more CPU per call than everything else the gateway does."""
-        call = Call(time.perf_counter())
-        match = INFER_PATH.match(scope["path"])
+        call = Call(time.perf_counter(), time.time())
+        path = scope["path"]
+        match = INFER_PATH.match(path)
         headers = Headers(scope=scope)
         try:
             if match is None:
-                raise HTTPException(404, f"no route for {scope['path']}")
+                raise HTTPException(404, f"no route for {path}")
             response = await self._infer(call, match["name"], match["version"], headers, receive)
         except HTTPException as exc:
             response = error(exc.status_code, str(exc.detail), dict(exc.headers or {}))
-        response.headers[REQUEST_ID_HEADER] = call.request_id or request_id(None)
+        except Throttled as refused:
+            call.throttled = refused.reason
+            response = throttled(refused)
+        call.request_id = response.headers[REQUEST_ID_HEADER] = call.request_id or request_id(None)
         await response(scope, receive, send)
+        self.admission.count(call.caller, response.status_code)
+        if self.access.enabled:
+            version, role = response.headers.get(VERSION_HEADER), response.headers.get(ROLE_HEADER)
+            model = match["name"] if match else None
+            role = "fallback" if call.fell_back else role
+            self._log(call, "POST", path, model, version, role, response.status_code, len(response.body))
+
+    def _log(
+        self,
+        call: Call,
+        method: str,
+        path: str,
+        model: str | None,
+        version: str | None,
+        role: str | None,
+        status: int,
+        sent: int,
+    ) -> None:
+        latency = time.perf_counter() - call.start
+        entry = (call.wall, call.request_id, call.caller, method, path, model, version, role, status, latency, sent)
+        self.access.record((*entry, call.received, call.throttled))
 
     async def _infer(self, call: Call, name: str, version: str | None, headers: Headers, receive: Receive) -> Response:
+        route, pinned = self._route(name, version, headers.get("authorization"), call)
+        admitted = self.admission.admit(call.caller, time.monotonic())
+        try:
+            return await self._forward(call, route, pinned, headers, receive)
+        finally:
+            self.admission.release(admitted)
+
+    async def _forward(
+        self, call: Call, route: Route, pinned: Target | None, headers: Headers, receive: Receive
+    ) -> Response:
         start = call.start
-        route, pinned = self._route(name, version, headers.get("authorization"))
         target = pinned or route.pick(headers.get(route.sticky_header) if route.sticky_header else None)
         can_fall_back = pinned is None and route.spec.fallback and target is not route.stable
         if can_fall_back and not target.ready:
-            target, can_fall_back = self._skip(route, target), False
+            target, can_fall_back = self._skip(route, target, call), False
         lookup: Lookup | None = None
         try:
             body = await self._body(headers, receive)
+            call.received = len(body)
             header_length = headers.get(HEADER_LENGTH)
             length = (
                 int(header_length) if header_length and header_length.isdigit() else (-1 if header_length else None)
@@ -297,10 +377,10 @@ class Gateway:
             if request is not None:
                 call.request_id = request_id(request.request.get("id"))
             if request is not None and target.columns is None and can_fall_back:
-                target, can_fall_back = self._skip(route, target), False  # a version the view cannot feed
+                target, can_fall_back = self._skip(route, target, call), False  # a version the view cannot feed
             schema = target.schema or await self.upstreams.schema(target)
             if schema is None and can_fall_back:
-                target, can_fall_back = self._skip(route, target), False
+                target, can_fall_back = self._skip(route, target, call), False
                 schema = target.schema or await self.upstreams.schema(target)
             if schema is None:
                 self._not_ready(target)
@@ -321,7 +401,7 @@ class Gateway:
             if not can_fall_back:
                 return self._answered(target, start, error(504 if err.reason == "timeout" else 502, str(err)))
             FALLBACKS.labels(route.name, target.version, target.role, err.reason).inc()
-            target = route.stable
+            target, call.fell_back = route.stable, True
             try:
                 if lookup is not None:
                     body, forward = lookup.body(target)
@@ -361,8 +441,9 @@ class Gateway:
         a canary that went down would look healthier the longer the gateway routed around it."""
         UPSTREAM_REQUESTS.labels(*self.upstreams.bind(target).labels, "not_ready").inc()
 
-    def _skip(self, route: Route, target: Target) -> Target:
+    def _skip(self, route: Route, target: Target, call: Call) -> Target:
         """Fall back from a version known not to be ready without trying it; the stable version answers."""
+        call.fell_back = True
         self._not_ready(target)
         FALLBACKS.labels(route.name, target.version, target.role, "not_ready").inc()
         return route.stable
@@ -382,7 +463,7 @@ class Gateway:
 
     def _route_of(self, request: Request) -> tuple[Route, Target | None]:
         params = request.path_params
-        return self._route(params["name"], params.get("version"), request.headers.get("authorization"))
+        return self._route(params["name"], params.get("version"), request.headers.get("authorization"), _call(request))
 
     async def metadata(self, request: Request) -> Response:
         route, pinned = self._route_of(request)
@@ -402,7 +483,7 @@ class Gateway:
 
     async def post_feedback(self, request: Request) -> Response:
         """POST /v2/models/{name}/feedback: labels joined to earlier answers by request id; counts by result."""
-        route, _ = self._route(request.path_params["name"], None, request.headers.get("authorization"))
+        route, _ = self._route(request.path_params["name"], None, request.headers.get("authorization"), _call(request))
         try:
             payload = await self._body(request.headers, request.receive)
             counts, records = self.feedback.post(route, payload)
@@ -414,7 +495,7 @@ class Gateway:
 
     async def feedback_dataset(self, request: Request) -> Response:
         """GET /v2/models/{name}/feedback/dataset?since=24h&target=label: labelled payload records as CSV."""
-        route, _ = self._route(request.path_params["name"], None, request.headers.get("authorization"))
+        route, _ = self._route(request.path_params["name"], None, request.headers.get("authorization"), _call(request))
         directory = self.settings.payload_dir
         if route.spec.payload_log is None or directory is None:
             message = f"model {route.name!r} has no payload log to build a data set from: set its payloadLog"
@@ -433,9 +514,45 @@ class Gateway:
         ready = await self.upstreams.probe(target) and self.stores.ready(route)
         return Response(status_code=200 if ready else 503)
 
+    async def logged(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve a model request other than inference through app, with its line in the access log."""
+        call = scope[CALL] = Call(time.perf_counter(), time.time())
+        status, sent, version, role = 500, 0, None, None
+
+        async def watch(message: dict[str, Any]) -> None:
+            nonlocal status, sent, version, role
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                for key, value in message.get("headers", ()):
+                    if key == _VERSION_KEY:
+                        version = value.decode("latin-1")
+                    elif key == _ROLE_KEY:
+                        role = value.decode("latin-1")
+            elif message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+            await send(message)
+
+        async def counted() -> dict[str, Any]:
+            message = await receive()
+            if message["type"] == "http.request":
+                call.received += len(message.get("body", b""))
+            return message
+
+        try:
+            await app(scope, counted, watch)
+        finally:
+            path = scope["path"]
+            model = path[len(MODEL_PATHS) :].split("/", 1)[0] or None
+            self._log(call, scope["method"], path, model, version, role, status, sent)
+
     async def server_ready(self, _: Request) -> Response:
         ready = self.loaded and all(r.stable.ready and self.stores.ready(r) for r in self.routes.values())
         return Response(status_code=200 if ready else 503)
+
+
+def _call(request: Request) -> Call | None:
+    call = request.scope.get(CALL)
+    return call if isinstance(call, Call) else None
 
 
 async def _live(_: Request) -> Response:
@@ -475,6 +592,8 @@ def create_app(settings: Settings) -> ASGIApp:
     async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].endswith("/infer"):
             await gw.infer(scope, receive, send)
+        elif scope["type"] == "http" and gw.access.enabled and scope["path"].startswith(MODEL_PATHS):
+            await gw.logged(app, scope, receive, send)
         else:
             await app(scope, receive, send)
 

@@ -163,3 +163,26 @@ FEEDBACK_EVICTED = Counter(
     ["model"],
     registry=REGISTRY,
 )
+
+# Tenants come from the token file only (callers without one are "none"), so these series stay bounded.
+THROTTLED = Counter(
+    "kubeforge_gateway_throttled",
+    "Inference requests answered 429 before reaching a model, by the caller's tenant (none: no tenant) and reason: "
+    "rate (the tenant's requestsPerSecond), concurrency (the tenant's maxConcurrent) or overload (the gateway's "
+    "maxConcurrent; batch callers are turned away first, at batchMaxConcurrent)",
+    ["tenant", "reason"],
+    registry=REGISTRY,
+)
+TENANT_REQUESTS = Counter(
+    "kubeforge_gateway_tenant_requests",
+    "Inference requests by the caller's tenant (none: no tenant), priority (interactive or batch) and HTTP status "
+    "code, throttled ones included",
+    ["tenant", "priority", "code"],
+    registry=REGISTRY,
+)
+ACCESS_LOG_LINES = Counter(
+    "kubeforge_gateway_access_log_lines",
+    "Access log lines by outcome: written, dropped (the writer fell too far behind) or failed (the write failed)",
+    ["outcome"],
+    registry=REGISTRY,
+)

@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from kubeforge.api.modeldeployment import PayloadLog
 
@@ -72,15 +72,26 @@ class Sample:
     answer: Body
 
 
-class _File:
-    """One model's log file, appended to and rotated by size."""
+class Rotation(Protocol):
+    """How a log file rotates: at max_file_mb, with max_files rotated files kept."""
+
+    @property
+    def max_file_mb(self) -> int: ...
+
+    @property
+    def max_files(self) -> int: ...
+
+
+class RotatingFile:
+    """A log file, appended to and rotated by size (renamed to .1, .1 to .2, ...): log shippers that tail files
+    follow such renames, and disk use stays below (max_files + 1) * max_file_mb."""
 
     def __init__(self, path: Path):
         self.path = path
         self.handle: BinaryIO | None = None
         self.size = 0
 
-    def write(self, line: bytes, settings: PayloadLog) -> None:
+    def write(self, line: bytes, settings: Rotation) -> None:
         if self.handle is None:
             self.handle = self.path.open("ab")
             self.size = self.handle.tell()
@@ -122,8 +133,8 @@ class PayloadLogger:
         self.directory = directory
         self.queue: asyncio.Queue[Sample] = asyncio.Queue(QUEUE)
         self.thread = ThreadPoolExecutor(1, thread_name_prefix="payload-log")
-        self.files: dict[str, _File] = {}
-        self.label_files: dict[str, _File] = {}
+        self.files: dict[str, RotatingFile] = {}
+        self.label_files: dict[str, RotatingFile] = {}
         self._reported: set[str] = set()
 
     def offer(
@@ -184,14 +195,14 @@ class PayloadLogger:
         file = self.label_files.get(model)
         if file is None:
             self.directory.mkdir(parents=True, exist_ok=True)
-            file = self.label_files[model] = _File(self.directory / f"{model}.labels.jsonl")
+            file = self.label_files[model] = RotatingFile(self.directory / f"{model}.labels.jsonl")
         for item in records:
             file.write(json.dumps(item).encode() + b"\n", settings)
         file.flush()
 
     def _write(self, batch: list[Sample]) -> None:
         assert self.directory is not None
-        written: set[_File] = set()
+        written: set[RotatingFile] = set()
         for sample in batch:
             model = sample.model
             try:
@@ -199,7 +210,7 @@ class PayloadLogger:
                 file = self.files.get(model)
                 if file is None:
                     self.directory.mkdir(parents=True, exist_ok=True)
-                    file = self.files[model] = _File(self.directory / f"{model}.jsonl")
+                    file = self.files[model] = RotatingFile(self.directory / f"{model}.jsonl")
                 file.write(line, sample.settings)
                 written.add(file)
             except Exception as err:  # one bad record must not stop the log

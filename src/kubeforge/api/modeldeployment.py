@@ -234,10 +234,13 @@ class SecretRef(KubeModel):
 
 
 class Auth(KubeModel):
-    """Bearer-token authentication at the gateway."""
+    """Bearer-token authentication at the gateway, and the tenants and limits of the callers."""
 
     secret_ref: SecretRef
-    """Secret whose key `tokens` lists one token per line, optionally `token model1,model2` to limit it."""
+    """Secret whose key `tokens` lists one token per line, optionally `token model1,model2` to limit it; or YAML
+    (`tokens:` first) naming each token's caller, tenant and priority (interactive or batch), each tenant's
+    requestsPerSecond, burst and maxConcurrent, and the gateway's maxConcurrent. The gateway reloads it when the
+    Secret changes and keeps the last good one when it is refused."""
 
 
 class DriftMonitoring(KubeModel):

@@ -238,8 +238,8 @@ class Auth(KubeModel):
 
     secret_ref: SecretRef
     """Secret whose key `tokens` lists one token per line, optionally `token model1,model2` to limit it; or YAML
-    (`tokens:` first) naming each token's caller, tenant and priority (interactive or batch), each tenant's
-    requestsPerSecond, burst and maxConcurrent, and the gateway's maxConcurrent. The gateway reloads it when the
+    whose `tokens` name each token's caller, tenant and priority (interactive or batch), with each tenant's
+    requestsPerSecond, burst and maxConcurrent under `tenants` and the gateway's maxConcurrent under `gateway`. The gateway reloads it when the
     Secret changes and keeps the last good one when it is refused."""
 
 

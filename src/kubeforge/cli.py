@@ -16,6 +16,7 @@ from .local.commands import down, local, status, up
 from .serving import approvals
 from .serving.commands import serving
 from .serving.usercommands import dataset, feedback
+from .training.usercommands import model_import
 
 if TYPE_CHECKING:
     from .featurestore.config import StoreSettings
@@ -202,6 +203,7 @@ def controlplane_build() -> None:
 
 for command in (serving, features, up, down, status, local, feedback, dataset):
     main.add_command(command)
+model.add_command(model_import)
 
 
 @main.command(

@@ -46,6 +46,14 @@ TAG_CLASSES = TAG_PREFIX + "classes"  # JSON list of class labels (classificatio
 TAG_DATASET_URI = TAG_PREFIX + "dataset.uri"
 TAG_DATASET_SHA256 = TAG_PREFIX + "dataset.sha256"
 TAG_DATASET_ROWS = TAG_PREFIX + "dataset.rows"
+# A version brought in by `kubeforge model import` rather than trained: the file's name and the sha256 of its bytes
+# (TAG_FRAMEWORK is "onnx" for an ONNX graph), and the data its drift baseline was computed from, when given. It has
+# no dataset, job or metric tags: what it was trained on is not known.
+TAG_IMPORTED_FILE = TAG_PREFIX + "imported.file"
+TAG_IMPORTED_SHA256 = TAG_PREFIX + "imported.sha256"
+TAG_REFERENCE_URI = TAG_PREFIX + "reference.uri"
+TAG_REFERENCE_SHA256 = TAG_PREFIX + "reference.sha256"
+TAG_REFERENCE_ROWS = TAG_PREFIX + "reference.rows"
 # A model trained on a FeatureView: its name and metadata.generation (the spec the features were joined from);
 # TAG_FEATURES holds the features in input order and TAG_DATASET_URI the entity file.
 TAG_FEATUREVIEW = TAG_PREFIX + "featureview.name"

@@ -84,7 +84,7 @@ def load(spec: DatasetSpec, task: Task, view: FeatureView | None = None, store: 
     else:
         assert spec.uri is not None  # DatasetSpec requires uri or featureView
         uri, hint = spec.uri, ""
-        frame, digest = _read(spec.uri, spec.format)
+        frame, digest = read(spec.uri, spec.format)
         features = _feature_columns(frame, spec)
     x = _feature_matrix(frame, features)
     classes, y = _targets(frame[spec.target], spec.target, task)
@@ -123,7 +123,7 @@ def _joined(
             f"{view.metadata.name!r}"
         )
     field = "spec.dataset.featureView.entitiesUri"
-    entities, _ = _read(source.entities_uri, spec.format, field)
+    entities, _ = read(source.entities_uri, spec.format, field)
     available = [f.name for f in view.spec.features]
     features = list(spec.features) if spec.features is not None else available
     unknown = [f for f in features if f not in available]
@@ -160,7 +160,7 @@ def _frame_digest(frame: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
-def _read(uri: str, fmt: str | None, field: str = "spec.dataset.uri") -> tuple[pd.DataFrame, str]:
+def read(uri: str, fmt: str | None, field: str = "spec.dataset.uri") -> tuple[pd.DataFrame, str]:
     """All rows of the file or directory at uri (named by field in messages), and the sha256 of the bytes read."""
     if uri.startswith(("http://", "https://")):
         return _read_http(uri, fmt, field)

@@ -70,7 +70,7 @@ def lineage_tags(spec: TrainingJobSpec, dataset: Dataset, identity: Identity) ->
     return tags
 
 
-def _signature(n_features: int, n_outputs: int) -> ModelSignature:
+def signature(n_features: int, n_outputs: int) -> ModelSignature:
     return ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_features), contract.INPUT_NAME)]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_outputs), contract.OUTPUT_NAME)]),
@@ -96,16 +96,22 @@ def register(
     if version is None:
         with quiet_torchscript():
             _log_artifacts(scripted, baseline)
-            # "pickle" is how mlflow.pytorch names its torch.jit.save path for a ScriptModule.
-            info = mlflow.pytorch.log_model(
-                scripted,
-                name=contract.MODEL_ARTIFACT_PATH,
-                signature=_signature(len(baseline.features), n_outputs),
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"],
-                serialization_format="pickle",
-            )
-        version = mlflow.register_model(info.model_uri, name, tags={**tags, **spec.registration.tags}).version
+            model_uri = log_torchscript(scripted, len(baseline.features), n_outputs)
+        version = mlflow.register_model(model_uri, name, tags={**tags, **spec.registration.tags}).version
     return _aliased(client, spec, version)
+
+
+def log_torchscript(scripted: torch.jit.ScriptModule, n_features: int, n_outputs: int) -> str:
+    """Log scripted as the active run's mlflow.pytorch model with the contract's signature; its model URI."""
+    # "pickle" is how mlflow.pytorch names its torch.jit.save path for a ScriptModule.
+    info = mlflow.pytorch.log_model(
+        scripted,
+        name=contract.MODEL_ARTIFACT_PATH,
+        signature=signature(n_features, n_outputs),
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"],
+        serialization_format="pickle",
+    )
+    return info.model_uri
 
 
 def register_estimator(
@@ -129,13 +135,13 @@ def register_estimator(
     version = _registered_from(client, name, run_id)
     if version is None:
         with tempfile.TemporaryDirectory() as tmp:
-            _log_file(Path(tmp), contract.ONNX_ARTIFACT, onnx_model)
-            _log_file(Path(tmp), contract.BASELINE_ARTIFACT, baseline.model_dump_json().encode())
-        info = _log_estimator(
+            log_file(Path(tmp), contract.ONNX_ARTIFACT, onnx_model)
+            log_file(Path(tmp), contract.BASELINE_ARTIFACT, baseline.model_dump_json().encode())
+        info = log_estimator(
             spec.model.framework,
             estimator,
             name=contract.MODEL_ARTIFACT_PATH,
-            signature=_signature(len(baseline.features), n_outputs),
+            signature=signature(len(baseline.features), n_outputs),
             input_example=np.ascontiguousarray(example, dtype=np.float32),
             classifier=spec.model.task == "classification",
         )
@@ -143,7 +149,7 @@ def register_estimator(
     return _aliased(client, spec, version)
 
 
-def _log_estimator(framework: str, estimator: Any, classifier: bool, **common: Any) -> Any:
+def log_estimator(framework: str, estimator: Any, classifier: bool, **common: Any) -> Any:
     """mlflow.<framework>.log_model with the requirements the flavour's pyfunc needs to load it."""
     import sklearn
 
@@ -197,7 +203,7 @@ def _aliased(client: MlflowClient, spec: TrainingJobSpec, version: str | int) ->
     return Registered(version=str(version), model_uri=f"models:/{name}/{version}")
 
 
-def _log_file(tmp: Path, artifact: str, data: bytes) -> None:
+def log_file(tmp: Path, artifact: str, data: bytes) -> None:
     local = tmp / artifact
     local.parent.mkdir(parents=True, exist_ok=True)
     local.write_bytes(data)

@@ -70,6 +70,8 @@ def test_a_scheduled_retrain_runs_once_per_cooldown_and_a_failed_one_stops_retra
         value(operator, "kubeforge_modeldeployment_retrain_failed", namespace=namespace, modeldeployment="churn") == 1
     )
     wait_for(lambda: "RetrainFailed" in event_reasons(api, namespace, "churn"), 30, "event RetrainFailed")
+    decided = [(h["action"], h["reason"]) for h in md_status(api, namespace, "churn").get("history") or []]
+    assert [d for d in decided if d[0] == "Retrain"] == [("Retrain", rt.STARTED), ("Retrain", rt.FAILED)], decided
     time.sleep(25)  # two scheduled times and two operator passes go by
     assert [o["metadata"]["name"] for o in retrains(api, namespace)] == [name], "a failed retrain does not loop"
 

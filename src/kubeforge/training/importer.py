@@ -614,10 +614,22 @@ def _contract_graph(model: onnx.ModelProto, label: str, task: Task) -> tuple[onn
             helper.make_node("Identity", [contract.INPUT_NAME], [given.name], name="kubeforge_features")
         )
     wrapped.graph.node.extend(kept)
-    wrapped.graph.node.append(
-        helper.make_node("Cast", [answer], [contract.OUTPUT_NAME], name="kubeforge_outputs", to=TensorProto.FLOAT)
-    )
-    wrapped.graph.output.append(helper.make_tensor_value_info(contract.OUTPUT_NAME, TensorProto.FLOAT, [None, None]))
+    named = next((o for o in model.graph.output if o.name == answer == contract.OUTPUT_NAME), None)
+    if named is not None and named.type.tensor_type.elem_type == TensorProto.FLOAT:
+        wrapped.graph.output.append(named)  # already the contract's output
+    elif named is not None:
+        raise TrainerError(
+            f"--file {label}: its output {answer!r} is {_describe(named.type)}; a kubeforge model answers float32: "
+            "export it with a float32 output"
+        )
+    else:
+        cast = helper.make_node(
+            "Cast", [answer], [contract.OUTPUT_NAME], name="kubeforge_outputs", to=TensorProto.FLOAT
+        )
+        wrapped.graph.node.append(cast)
+        wrapped.graph.output.append(
+            helper.make_tensor_value_info(contract.OUTPUT_NAME, TensorProto.FLOAT, [None, None])
+        )
     try:
         onnx.checker.check_model(wrapped)
     except onnx.checker.ValidationError as err:

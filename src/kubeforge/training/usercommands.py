@@ -58,6 +58,8 @@ def model_import(
     tracking_uri: str,
 ) -> None:
     """Bring your own model: check a model file against the model contract and register it as a version."""
+    from mlflow.exceptions import MlflowException
+
     from . import importer
     from .errors import TrainerError
 
@@ -78,6 +80,8 @@ def model_import(
         imported = importer.register(checked, tracking_uri, click.echo)
     except TrainerError as err:
         raise click.ClickException(f"{err} (nothing registered)") from None
+    except MlflowException as err:
+        raise click.ClickException(f"MLflow at {tracking_uri} failed: {err.message}") from None
     click.echo(f"registered {imported.model_uri}" + (f" (alias {alias})" if alias else ""))
     click.echo(serving_hint(imported.name, imported.version, alias))
 

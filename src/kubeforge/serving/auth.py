@@ -136,12 +136,6 @@ class TokenEntry(KubeModel):
     models: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | None = None
     """Models the token may call; every model when left out."""
 
-    @model_validator(mode="after")
-    def _one_secret(self) -> TokenEntry:
-        if (self.token is None) == (self.sha256 is None):
-            raise ValueError("give exactly one of token and sha256")
-        return self
-
 
 class TokenFile(KubeModel):
     """The YAML token file."""
@@ -205,6 +199,8 @@ class Tokens:
             if entry.name in names:
                 raise ValueError(f"{where}.name: tokens[{names[entry.name]}] has the same name; names are unique")
             names[entry.name] = index
+            if (entry.token is None) == (entry.sha256 is None):
+                raise ValueError(f"{where}: give exactly one of token and sha256")
             if entry.tenant is not None and entry.tenant not in parsed.tenants:
                 known = ", ".join(sorted(parsed.tenants)) or "none defined"
                 raise ValueError(f"{where}.tenant: {entry.tenant!r} is not under tenants ({known})")

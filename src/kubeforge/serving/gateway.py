@@ -325,13 +325,15 @@ class Gateway:
             call.throttled = refused.reason
             response = throttled(refused)
         call.request_id = response.headers[REQUEST_ID_HEADER] = call.request_id or request_id(None)
-        await response(scope, receive, send)
-        self.admission.count(call.caller, response.status_code)
-        if self.access.enabled:
-            version, role = response.headers.get(VERSION_HEADER), response.headers.get(ROLE_HEADER)
-            model = match["name"] if match else None
-            role = "fallback" if call.fell_back else role
-            self._log(call, "POST", path, model, version, role, response.status_code, len(response.body))
+        try:
+            await response(scope, receive, send)
+        finally:  # also when the caller went away while the answer was sent
+            self.admission.count(call.caller, response.status_code)
+            if self.access.enabled:
+                version, role = response.headers.get(VERSION_HEADER), response.headers.get(ROLE_HEADER)
+                model = match["name"] if match else None
+                role = "fallback" if call.fell_back else role
+                self._log(call, "POST", path, model, version, role, response.status_code, len(response.body))
 
     def _log(
         self,

@@ -182,6 +182,10 @@ def check(request: Request, say: Callable[[str], None]) -> Checked:
     except TrainerError:
         raise
     except Exception as err:
+        if model.width is not None:  # the file says it takes this many: the fault is the model's
+            raise TrainerError(
+                f"--file {path.name}: it fails on zeros [2, {model.width}] ({_last_line(err)})"
+            ) from None
         raise TrainerError(
             f"--features: {path.name} does not run on {len(features)} features ({_last_line(err)}); "
             "pass the names of the features it takes, in its input order"

@@ -13,7 +13,7 @@ from . import __version__
 from .featurestore import usercommands
 from .featurestore.commands import features
 from .local.commands import down, local, status, up
-from .serving import approvals
+from .serving import approvals, provenance
 from .serving.commands import serving
 from .serving.usercommands import dataset, feedback
 from .training.usercommands import model_import
@@ -101,6 +101,8 @@ def model() -> None:
 
 model.add_command(approvals.approve)
 model.add_command(approvals.reject)
+model.add_command(provenance.card)
+main.add_command(provenance.lineage)
 
 
 @main.group()

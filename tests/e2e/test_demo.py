@@ -15,8 +15,10 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
+from click.testing import CliRunner
 from kubernetes import client
 
+from kubeforge import cli
 from kubeforge.core import kube
 from kubeforge.local import runtime
 from kubeforge.local.demo import SHIFTED, Demo, Traffic
@@ -66,6 +68,24 @@ def test_train_serve_promote_and_roll_back_with_no_failed_request(tmp_path: Path
         assert "/v2/models/cancer/feedback/dataset?since=30s" in retrains[0]["spec"]["dataset"]["uri"]
         assert result["retrain"]["status"]["metrics"]["accuracy"] > 0.9
 
+        # Lineage: what serves, from which TrainingJob, on which bytes, because of which trigger.
+        state = runtime.LocalState.read(data)
+        where = ["--kubeconfig", str(runtime.Layout(data).kubeconfig), "--tracking-uri", state.mlflow_url]
+        walked = CliRunner().invoke(cli.main, ["lineage", "md/cancer", "--json", *where])
+        assert walked.exit_code == 0, walked.output
+        (stable,) = json.loads(walked.output)["versions"]
+        assert (stable["role"], stable["version"]) == ("stable", "4")
+        assert stable["trainingJob"] == {"namespace": "default", "name": retrain["trainingJob"], "state": "Succeeded"}
+        assert stable["retrain"] == {"of": "cancer", "trigger": "accuracy"}
+        assert "/feedback/dataset" in stable["data"]["uri"] and len(stable["data"]["sha256"]) == 64
+        table = CliRunner().invoke(cli.main, ["lineage", "md/cancer", *where]).output
+        assert "md/cancer on accuracy" in table and stable["data"]["sha256"][:12] in table
+        # The card of the version the retrain registered: its data's hash and its run's metrics.
+        card = CliRunner().invoke(cli.main, ["model", "card", "cancer", "4", "--tracking-uri", state.mlflow_url])
+        assert card.exit_code == 0, card.output
+        assert stable["data"]["sha256"] in card.output
+        assert f"| accuracy | {result['retrain']['status']['metrics']['accuracy']:.4f} |" in card.output
+
         samples = result["samples"]
         assert len(samples) > 200
         assert [s for s in samples if not s.ok] == [], "no request fails during rollouts, rollback and retrain"
@@ -91,7 +111,6 @@ def test_train_serve_promote_and_roll_back_with_no_failed_request(tmp_path: Path
         assert holds["ModelFeatureDrift"] == "10s", "spec.monitoring.drift.alertAfter of the example"
 
         # Every dashboard query and alert expression, against the platform's Prometheus while traffic flows.
-        state = runtime.LocalState.read(data)
         again = Traffic(st["url"].split("/v2/")[0], "cancer", result["rows"])
         again.start()
         try:

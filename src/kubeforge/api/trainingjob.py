@@ -40,6 +40,12 @@ ENTRYPOINT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-
 # A scikit-learn estimator class name, or a user "module:factory".
 ESTIMATOR_PATTERN = r"^([A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:)?[A-Za-z_][A-Za-z0-9_]*$"
 MAX_PARAMS = 64
+# TrainingJob annotations that go into the model card of every version the TrainingJob registers.
+INTENDED_USE_ANNOTATION = "kubeforge.dev/intended-use"
+LIMITATIONS_ANNOTATION = "kubeforge.dev/limitations"
+# Labels of a TrainingJob a ModelDeployment's spec.retrain created: the ModelDeployment, and the trigger that fired.
+RETRAIN_OF_LABEL = "kubeforge.dev/retrain-of"
+RETRAIN_TRIGGER_LABEL = "kubeforge.dev/retrain-trigger"
 Scalar = bool | int | float | Annotated[str, Field(max_length=1024)] | None
 ParamValue = Scalar | Annotated[list[Scalar], Field(max_length=256)]
 # The API server keeps params as given (values of several types have no structural schema); pydantic checks them.

@@ -73,7 +73,7 @@ class ApprovalError(RuntimeError):
     """The decision cannot be recorded: the version does not exist, or it was rejected and force was not given."""
 
 
-def _missing(registry: MLflowRegistry, model: str, version: str) -> ApprovalError:
+def missing(registry: MLflowRegistry, model: str, version: str) -> ApprovalError:
     """Why version of model cannot be found, with what exists instead."""
     versions = registry.search(model)
     if versions:
@@ -104,7 +104,7 @@ def record(
     try:
         previous = Approval.of(registry.by_version(model, version).tags)
     except NotFound:
-        raise _missing(registry, model, version) from None
+        raise missing(registry, model, version) from None
     if state == APPROVED and previous.rejected and not force:
         raise ApprovalError(f"version {version} of {model} was {previous.describe()}; approve it anyway with --force")
     new = Approval(state, by, rfc3339(now), note)

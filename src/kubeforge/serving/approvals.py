@@ -36,14 +36,15 @@ def decider(kubeconfig: str | None) -> str:
     return user or os.environ.get("USER") or getpass.getuser()
 
 
-def _tracking_uri(ctx: click.Context, given: str | None) -> str:
+def tracking_uri(ctx: click.Context, given: str | None) -> str:
+    """The MLflow a registry command talks to: given, else the entry point's default."""
     if given:
         return given
     default: Callable[[], str | None] | None = (ctx.obj or {}).get(TRACKING_URI)
     found = default() if default else None
     if not found:
         raise click.ClickException(
-            "no MLflow to record the decision in: pass --tracking-uri, set MLFLOW_TRACKING_URI, or start the "
+            "no MLflow to talk to: pass --tracking-uri, set MLFLOW_TRACKING_URI, or start the "
             "local platform (`kubeforge up`)"
         )
     return found
@@ -52,7 +53,7 @@ def _tracking_uri(ctx: click.Context, given: str | None) -> str:
 def _decide(
     ctx: click.Context, state: str, name: str, version: str, note: str, by: str | None, force: bool, **where: str | None
 ) -> None:
-    uri = _tracking_uri(ctx, where["tracking_uri"])
+    uri = tracking_uri(ctx, where["tracking_uri"])
     who = by or decider(where["kubeconfig"])
     registry = MLflowRegistry(uri)
     try:

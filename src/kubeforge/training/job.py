@@ -8,14 +8,23 @@ MLflow run starts, so a bad job leaves no half-made run behind.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import mlflow
+import numpy as np
 import torch
 
+import kubeforge
 from kubeforge.api.featureview import FeatureView
-from kubeforge.api.trainingjob import ESTIMATOR_FRAMEWORKS, TrainingJobSpec
+from kubeforge.api.trainingjob import (
+    ESTIMATOR_FRAMEWORKS,
+    INTENDED_USE_ANNOTATION,
+    LIMITATIONS_ANNOTATION,
+    TrainingJobSpec,
+)
+from kubeforge.core import modelcard
 from kubeforge.core import modelcontract as contract
 from kubeforge.featurestore.config import StoreSettings
 
@@ -37,20 +46,24 @@ class Settings:
     """The FeatureView spec.dataset.featureView names, as the operator passed it."""
     feature_store: StoreSettings = field(default_factory=StoreSettings.from_env)
     """The feature store a FeatureView dataset is joined from: KUBEFORGE_FEAST_*, as the operator sets them."""
+    annotations: dict[str, str] = field(default_factory=dict)
+    """The TrainingJob's annotations: intended use and limitations go into the model card."""
+    attempt: int = 1
+    """Which attempt of the TrainingJob this is (the operator's KUBEFORGE_ATTEMPT), for the model card."""
 
 
 def run(spec: TrainingJobSpec, settings: Settings) -> dict[str, Any] | None:
     """Train and register; the result for the operator on rank 0, None on other ranks."""
     ctx = distributed.start(spec.replicas)
     try:
-        return _attempt(spec, settings, ctx)
+        return _attempt(spec, settings, ctx, time.monotonic())
     finally:
         distributed.stop(ctx)
 
 
-def _attempt(spec: TrainingJobSpec, settings: Settings, ctx: Context) -> dict[str, Any] | None:
+def _attempt(spec: TrainingJobSpec, settings: Settings, ctx: Context, started: float) -> dict[str, Any] | None:
     if spec.model.framework in ESTIMATOR_FRAMEWORKS:
-        return _attempt_estimator(spec, settings)
+        return _attempt_estimator(spec, settings, started)
     hp, task = spec.model.hyperparameters, spec.model.task
     data = datasets.load(spec.dataset, task, settings.feature_view, settings.feature_store)
     torch.manual_seed(hp.seed)
@@ -104,14 +117,14 @@ def _attempt(spec: TrainingJobSpec, settings: Settings, ctx: Context) -> dict[st
         mlflow.log_metrics(final, step=hp.epochs)
         mlflow.flush_async_logging()
         scripted = models.export(network, standardiser, task, data.x_train[:8])
+        drift_baseline = baseline.compute(data.x_train, data.features)
         registered = registration.register(
-            spec,
-            run_id,
-            scripted,
-            len(data.classes) or 1,
-            baseline.compute(data.x_train, data.features),
-            tags | _metric_tags(final),
+            spec, run_id, scripted, len(data.classes) or 1, drift_baseline, tags | _metric_tags(final)
         )
+        with torch.inference_mode():
+            answers = scripted(torch.as_tensor(data.x_val, dtype=torch.float32)).numpy()
+        card = _card(spec, settings, data, drift_baseline, _params(spec, data), final, answers, run_id, started)
+        registration.write_card(spec.model.name, registered.version, card)
     return _result(experiment.experiment_id, run_id, registered, final)
 
 
@@ -131,7 +144,55 @@ def _result(experiment_id: str, run_id: str, registered: registration.Registered
     }
 
 
-def _attempt_estimator(spec: TrainingJobSpec, settings: Settings) -> dict[str, Any]:
+def _card(
+    spec: TrainingJobSpec,
+    settings: Settings,
+    data: datasets.Dataset,
+    drift_baseline: contract.Baseline,
+    params: dict[str, Any],
+    final: dict[str, float],
+    answers: np.ndarray,
+    run_id: str,
+    started: float,
+) -> modelcard.ModelCard:
+    """The model card of the version this attempt registers; answers are the contract outputs on x_val."""
+    model, identity, classes = spec.model, settings.identity, [str(c) for c in data.classes]
+    view = data.feature_view
+    per_class = (
+        modelcard.per_class(answers, data.y_val, classes) if model.task == "classification" and len(data.x_val) else []
+    )
+    return modelcard.ModelCard(
+        model=model.name,
+        task=model.task,
+        framework=model.framework,
+        model_class=model.estimator or model.architecture or model.entrypoint or "",
+        features=modelcard.features(drift_baseline),
+        classes=classes,
+        dataset=modelcard.Dataset(
+            uri=data.uri,
+            sha256=data.sha256,
+            rows=data.rows,
+            train_rows=len(data.x_train),
+            validation_rows=len(data.x_val),
+            feature_view=view.metadata.name if view else None,
+            feature_view_generation=str(view.metadata.generation or "") if view else None,
+        ),
+        hyperparameters=params,
+        metrics=final,
+        per_class=per_class,
+        training=modelcard.Training(
+            training_job=f"{identity.namespace}/{identity.name}" if identity.name else "",
+            run_id=run_id,
+            attempt=settings.attempt,
+            seconds=round(time.monotonic() - started, 3),
+            code_version=kubeforge.__version__,
+        ),
+        intended_use=settings.annotations.get(INTENDED_USE_ANNOTATION),
+        limitations=settings.annotations.get(LIMITATIONS_ANNOTATION),
+    )
+
+
+def _attempt_estimator(spec: TrainingJobSpec, settings: Settings, started: float) -> dict[str, Any]:
     """Fit a scikit-learn-API estimator, export it to ONNX checked against itself, and register both."""
     task = spec.model.task
     # A bad estimator or params fails before the data is read.
@@ -153,19 +214,24 @@ def _attempt_estimator(spec: TrainingJobSpec, settings: Settings) -> dict[str, A
     with mlflow.start_run(run_name=settings.identity.name or None) as run:
         run_id = run.info.run_id
         print(f"started run {run_id} in experiment {experiment.name!r}", flush=True)
-        mlflow.log_params(_estimator_params(spec, data, estimator))
+        params = _estimator_params(spec, data, estimator)
+        mlflow.log_params(params)
         mlflow.set_tags(tags)
         mlflow.log_metrics(final, step=0)
+        drift_baseline = baseline.compute(data.x_train, data.features)
         registered = registration.register_estimator(
             spec,
             run_id,
             estimator,
             onnx_model,
             n_outputs,
-            baseline.compute(data.x_train, data.features),
+            drift_baseline,
             data.x_train[:5],
             tags | _metric_tags(final),
         )
+        answers = estimators.predict(estimator, data.x_val, task)
+        card = _card(spec, settings, data, drift_baseline, params, final, answers, run_id, started)
+        registration.write_card(spec.model.name, registered.version, card)
     return _result(experiment.experiment_id, run_id, registered, final)
 
 

@@ -114,7 +114,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             name=args.name or meta.name or "",
             uid=args.uid or meta.uid or "",
         )
-        result = run(job.spec, Settings(args.tracking_uri, args.experiment, identity, view))
+        attempt = int(os.environ.get("KUBEFORGE_ATTEMPT") or 1)
+        settings = Settings(
+            args.tracking_uri, args.experiment, identity, view, annotations=meta.annotations, attempt=attempt
+        )
+        result = run(job.spec, settings)
     except InvalidResource as exc:
         return _fail([f"{field}: {message}" for field, message in exc.errors])
     except TrainerError as exc:

@@ -27,13 +27,12 @@ from croniter import croniter
 
 from ...api.meta import duration_seconds
 from ...api.retrain import Retrain
+from ...api.trainingjob import RETRAIN_OF_LABEL as RETRAIN_OF
+from ...api.trainingjob import RETRAIN_TRIGGER_LABEL as TRIGGER
 from ...core.conditions import FALSE, TRUE, parse_rfc3339, rfc3339
 from ...core.kube import owner_reference
 from .. import labels
 
-RETRAIN_OF = "kubeforge.dev/retrain-of"
-"""Label on a retrain's TrainingJob: the ModelDeployment it retrains."""
-TRIGGER = "kubeforge.dev/retrain-trigger"
 VALUE = "kubeforge.dev/retrain-value"
 """Annotation: what the trigger measured when it fired."""
 

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from ...api import TrainingJob
+from ...api.trainingjob import INTENDED_USE_ANNOTATION, LIMITATIONS_ANNOTATION
 from ...core.kube import Capabilities, owner_reference
 from .. import labels
 from ..settings import Settings
@@ -55,12 +56,13 @@ def spec_configmap(
 ) -> dict[str, Any]:
     """The TrainingJob (spec and identity) as the trainer reads it from its mounted file, and the FeatureView its
     dataset names, if it names one."""
-    data = {
-        "apiVersion": tj.api_version,
-        "kind": tj.kind,
-        "metadata": {k: owner["metadata"][k] for k in ("name", "namespace", "uid")},
-        "spec": tj.spec.to_wire(),
+    metadata = {k: owner["metadata"][k] for k in ("name", "namespace", "uid")}
+    carded = {
+        k: v for k, v in tj.metadata.annotations.items() if k in (INTENDED_USE_ANNOTATION, LIMITATIONS_ANNOTATION)
     }
+    if carded:  # for the model card; no other annotation (kubectl's last-applied copy, say) goes to the pod
+        metadata["annotations"] = carded
+    data = {"apiVersion": tj.api_version, "kind": tj.kind, "metadata": metadata, "spec": tj.spec.to_wire()}
     files = {SPEC_FILE: yaml.safe_dump(data, sort_keys=False)}
     if feature_view is not None:
         view = {

@@ -1,0 +1,180 @@
+"""The model card of a registered version: what it is, what it learned from, how well it did, and who may use it.
+
+The trainer writes the card when it registers a version, as two artifacts of the run
+(:data:`CARD_JSON` for programs, :data:`CARD_MARKDOWN` for people) and as the version's
+description, which the MLflow UI renders on the version's page. Everything in it is known
+at training time except the approval, which changes later: the card records the state at
+registration and ``kubeforge model card`` shows the registry's current one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from . import approval
+from . import modelcontract as contract
+
+CARD_JSON = "card/model_card.json"
+CARD_MARKDOWN = "card/model_card.md"
+
+
+class FeatureSummary(BaseModel):
+    """One input feature as the training rows had it (the drift baseline's statistics)."""
+
+    name: str
+    mean: float
+    std: float
+    min: float
+    max: float
+
+
+class ClassMetrics(BaseModel):
+    """Validation metrics of one class of a classifier."""
+
+    label: str
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+class Dataset(BaseModel):
+    """Where the training data came from, and which bytes exactly."""
+
+    uri: str
+    sha256: str
+    rows: int
+    train_rows: int
+    validation_rows: int
+    feature_view: str | None = None
+    feature_view_generation: str | None = None
+
+
+class Training(BaseModel):
+    """How the version was trained."""
+
+    training_job: str = Field(description="namespace/name of the TrainingJob; empty when run by hand")
+    run_id: str = ""
+    attempt: int = 1
+    seconds: float = 0.0
+    code_version: str = ""
+
+
+class Approval(BaseModel):
+    """Who approved or rejected the version, when and why; state None while nobody decided."""
+
+    state: str | None = None
+    by: str = ""
+    at: str = ""
+    note: str = ""
+
+
+class ModelCard(BaseModel):
+    """Everything the card says, as stored in CARD_JSON."""
+
+    model: str
+    version: str = ""
+    task: str
+    framework: str
+    model_class: str = Field(description="the architecture, entrypoint or estimator")
+    features: list[FeatureSummary]
+    classes: list[str] = Field(default_factory=list)
+    dataset: Dataset
+    hyperparameters: dict[str, Any]
+    metrics: dict[str, float]
+    per_class: list[ClassMetrics] = Field(default_factory=list)
+    training: Training
+    intended_use: str | None = None
+    limitations: str | None = None
+    approval: Approval = Field(default_factory=Approval)
+
+    def with_approval(self, tags: dict[str, str]) -> ModelCard:
+        """The card with the approval recorded in a version's tags now."""
+        now = approval.Approval.of(tags)
+        return self.model_copy(update={"approval": Approval(state=now.state, by=now.by, at=now.at, note=now.note)})
+
+
+def features(baseline: contract.Baseline) -> list[FeatureSummary]:
+    return [
+        FeatureSummary(name=f.name, mean=f.mean, std=f.std, min=f.edges[0], max=f.edges[-1]) for f in baseline.features
+    ]
+
+
+def per_class(probabilities: np.ndarray, truth: np.ndarray, classes: list[Any]) -> list[ClassMetrics]:
+    """Precision, recall, F1 and support of each class, from a classifier's probabilities on the validation rows."""
+    predicted = np.asarray(probabilities).argmax(axis=1)
+    truth = np.asarray(truth).astype(np.int64)
+    rows = []
+    for i, label in enumerate(classes):
+        tp = int(((predicted == i) & (truth == i)).sum())
+        guessed, actual = int((predicted == i).sum()), int((truth == i).sum())
+        precision = tp / guessed if guessed else 0.0
+        recall = tp / actual if actual else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        rows.append(ClassMetrics(label=str(label), precision=precision, recall=recall, f1=f1, support=actual))
+    return rows
+
+
+def markdown(card: ModelCard) -> str:
+    """The card for people: the MLflow UI renders it as the version's description."""
+    title = f"# {card.model}" + (f" version {card.version}" if card.version else "")
+    state = approval.Approval(card.approval.state, card.approval.by, card.approval.at, card.approval.note)
+    lines = [
+        title,
+        "",
+        f"A {card.framework} {card.task} model ({card.model_class}) on {len(card.features)} features.",
+        "",
+        f"**Approval:** {state.describe()}",
+        "",
+        "## Intended use",
+        "",
+        card.intended_use or "Not stated (annotate the TrainingJob with `kubeforge.dev/intended-use`).",
+        "",
+        "## Limitations",
+        "",
+        card.limitations or "Not stated (annotate the TrainingJob with `kubeforge.dev/limitations`).",
+        "",
+        "## Validation metrics",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        *(f"| {k} | {v:.4f} |" for k, v in card.metrics.items()),
+    ]
+    if card.per_class:
+        lines += ["", "| class | precision | recall | f1 | support |", "|---|---|---|---|---|"]
+        lines += [
+            f"| {c.label} | {c.precision:.4f} | {c.recall:.4f} | {c.f1:.4f} | {c.support} |" for c in card.per_class
+        ]
+    data = card.dataset
+    source = (
+        f"FeatureView {data.feature_view} (generation {data.feature_view_generation}), entities "
+        if (data.feature_view)
+        else ""
+    )
+    lines += [
+        "",
+        "## Data",
+        "",
+        f"- source: {source}`{data.uri}`",
+        f"- sha256: `{data.sha256}`",
+        f"- rows: {data.rows} ({data.train_rows} training, {data.validation_rows} validation)",
+        "",
+        "| feature | mean | std | min | max |",
+        "|---|---|---|---|---|",
+        *(f"| {f.name} | {f.mean:.4g} | {f.std:.4g} | {f.min:.4g} | {f.max:.4g} |" for f in card.features),
+        "",
+        "## Training",
+        "",
+        f"- TrainingJob: {card.training.training_job or 'none (trained by hand)'}",
+        f"- MLflow run: `{card.training.run_id}`",
+        f"- attempt {card.training.attempt}, {card.training.seconds:.1f} s",
+        f"- kubeforge {card.training.code_version}",
+        "",
+        "| hyperparameter | value |",
+        "|---|---|",
+        *(f"| {k} | {v} |" for k, v in card.hyperparameters.items()),
+    ]
+    return "\n".join(lines) + "\n"

@@ -46,6 +46,10 @@ LIMITATIONS_ANNOTATION = "kubeforge.dev/limitations"
 # Labels of a TrainingJob a ModelDeployment's spec.retrain created: the ModelDeployment, and the trigger that fired.
 RETRAIN_OF_LABEL = "kubeforge.dev/retrain-of"
 RETRAIN_TRIGGER_LABEL = "kubeforge.dev/retrain-trigger"
+# The label Kueue reads on a Job to queue it (spec.queueName).
+QUEUE_NAME_LABEL = "kueue.x-k8s.io/queue-name"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 Scalar = bool | int | float | Annotated[str, Field(max_length=1024)] | None
 ParamValue = Scalar | Annotated[list[Scalar], Field(max_length=256)]
 # The API server keeps params as given (values of several types have no structural schema); pydantic checks them.
@@ -234,6 +238,13 @@ class TrainingJobSpec(KubeModel):
     """Node labels the training pods must be scheduled on."""
     tolerations: Annotated[list[Toleration], Field(max_length=32)] = Field(default_factory=list)
     """Tolerations of the training pods (e.g. for tainted GPU nodes)."""
+    priority_class_name: Annotated[str, Field(pattern=DNS_SUBDOMAIN, max_length=253)] | None = None
+    """PriorityClass of the training pods: the scheduler (and a quota system such as Kueue) orders and preempts
+    work by it, e.g. interactive training over batch retrains."""
+    queue_name: Annotated[str, Field(pattern=DNS_LABEL, max_length=63)] | None = None
+    """Kueue LocalQueue in the TrainingJob's namespace: each attempt's Job is created suspended with the label
+    kueue.x-k8s.io/queue-name, and starts when Kueue admits it under the queue's quota; until then the
+    TrainingJob is Pending with reason Queued. Needs Job suspend (Kubernetes 1.21+)."""
 
     @model_validator(mode="after")
     def _framework_fits(self) -> TrainingJobSpec:

@@ -353,3 +353,29 @@ def test_a_retry_waits_for_a_deleted_feature_view_without_spending_an_attempt() 
     p = step(b, None, feature_view=feature_view(1, 1))
     assert b["status"]["attempts"] == 2 and b["status"]["phase"] == "Running"
     assert [o["metadata"]["name"] for o in p.apply if o["kind"] == "Job"] == ["iris-a2"]
+
+
+def test_a_queued_attempt_waits_suspended_for_kueue_and_runs_at_the_priority_asked() -> None:
+    b = body(queueName="team-a", priorityClassName="batch-low")
+    p = step(b, None)
+    job = job_with(None, p)
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert job["spec"]["suspend"] is True, "created suspended: Kueue starts it on admission"
+    assert job["spec"]["template"]["spec"]["priorityClassName"] == "batch-low"
+    p = step(b, job, T0 + timedelta(seconds=5))
+    assert b["status"]["phase"] == "Pending" and ready(b)["reason"] == "Queued"
+    assert "Job iris-a1 is waiting in queue team-a for admission" in ready(b)["message"]
+    assert [e[1] for e in p.events] == ["Queued"] and not p.apply, "the Job is not applied again over Kueue"
+    assert not step(b, job, T0 + timedelta(seconds=10)).events, "one Event while it waits"
+    job["spec"]["suspend"] = False  # admitted
+    step(b, job, T0 + timedelta(seconds=15))
+    assert b["status"]["phase"] == "Running"
+    unqueued = job_with(None, step(body(), None))
+    assert unqueued["spec"]["suspend"] is False and "kueue.x-k8s.io/queue-name" not in unqueued["metadata"]["labels"]
+
+
+def test_a_queue_on_a_cluster_without_job_suspend_is_refused_naming_the_field() -> None:
+    b = body(queueName="team-a")
+    p = step(b, None, caps=OLD)
+    assert not [o for o in p.apply if o["kind"] == "Job"]
+    assert "spec.queueName" in ready(b)["message"] and "Kubernetes 1.21+" in ready(b)["message"]

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from ...api import TrainingJob
-from ...api.trainingjob import INTENDED_USE_ANNOTATION, LIMITATIONS_ANNOTATION
+from ...api.trainingjob import INTENDED_USE_ANNOTATION, LIMITATIONS_ANNOTATION, QUEUE_NAME_LABEL
 from ...core.kube import Capabilities, owner_reference
 from .. import labels
 from ..settings import Settings
@@ -179,6 +179,8 @@ def job(
         pod_spec["nodeSelector"] = dict(tj.spec.node_selector)
     if tj.spec.tolerations:
         pod_spec["tolerations"] = [t.to_wire() for t in tj.spec.tolerations]
+    if tj.spec.priority_class_name:
+        pod_spec["priorityClassName"] = tj.spec.priority_class_name
     job_spec: dict[str, Any] = {
         "backoffLimit": 0,
         "completions": tj.spec.replicas,
@@ -193,11 +195,16 @@ def job(
         job_spec["activeDeadlineSeconds"] = max(1, deadline_seconds)
     if tj.spec.ttl_seconds_after_finished is not None:
         job_spec["ttlSecondsAfterFinished"] = tj.spec.ttl_seconds_after_finished
+    job_labels = {labels.ATTEMPT: str(attempt)}
     if caps.job_suspend:
-        job_spec["suspend"] = False
+        # Queued: created suspended for Kueue to start on admission. The Job is applied once, when the attempt
+        # starts, so the operator never sets suspend back over Kueue's decision.
+        job_spec["suspend"] = tj.spec.queue_name is not None
+    if tj.spec.queue_name:
+        job_labels[QUEUE_NAME_LABEL] = tj.spec.queue_name
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _meta(owner, job_name(name, attempt), {labels.ATTEMPT: str(attempt)}),
+        "metadata": _meta(owner, job_name(name, attempt), job_labels),
         "spec": job_spec,
     }

@@ -21,6 +21,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from ...api import InvalidResource, TrainingJob, parse
+from ...api.trainingjob import QUEUE_NAME_LABEL
 from ...core import modelcontract as mc
 from ...core import podfailure
 from ...core.conditions import FALSE, TRUE, StatusDraft, get_condition, parse_rfc3339
@@ -48,6 +49,7 @@ MODEL_REGISTERED = "ModelRegistered"
 REGISTRATION_MISSING = "RegistrationMissing"
 FEATUREVIEW_NOT_FOUND = "FeatureViewNotFound"
 WAITING_FOR_FEATUREVIEW = "WaitingForFeatureView"
+QUEUED = "Queued"
 
 _EXTENSIONS = {".csv": "csv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 TERMINAL = ("Succeeded", "Failed")
@@ -83,6 +85,15 @@ def semantic_errors(tj: TrainingJob, caps: Capabilities) -> list[tuple[str, str,
     if ds.features and ds.target in ds.features:
         errors.append(
             (INVALID_SPEC, "spec.dataset.features", f"lists the target column {ds.target!r}: remove it from features")
+        )
+    if tj.spec.queue_name and not caps.job_suspend:
+        errors.append(
+            (
+                UNSUPPORTED,
+                "spec.queueName",
+                f"queueing with Kueue needs Job suspend (Kubernetes 1.21+); this cluster is {caps.major}.{caps.minor}:"
+                " remove queueName",
+            )
         )
     if tj.spec.replicas > 1 and not caps.indexed_jobs:
         errors.append(
@@ -122,9 +133,14 @@ def _feature_view_wait(tj: TrainingJob, feature_view: dict[str, Any] | None) -> 
 
 
 def _job_state(job: dict[str, Any] | None) -> tuple[str, str]:
-    """('complete'|'failed'|'active'|'missing', message) from a Job's conditions."""
+    """('complete'|'failed'|'queued'|'active'|'missing', message) from a Job's conditions; queued while a
+    queue's Job is suspended (Kueue has not admitted it, or took it back to make room)."""
     if job is None:
         return "missing", ""
+    if (job.get("spec") or {}).get("suspend") and ((job.get("metadata") or {}).get("labels") or {}).get(
+        QUEUE_NAME_LABEL
+    ):
+        return "queued", f"waiting in queue {job['metadata']['labels'][QUEUE_NAME_LABEL]} for admission"
     for cond in (job.get("status") or {}).get("conditions") or []:
         if cond.get("status") != "True":
             continue
@@ -275,6 +291,11 @@ def plan(
             reason = BACKOFF_LIMIT_EXCEEDED if attempts > 1 else (JOB_FAILED if state == "failed" else JOB_DELETED)
             st.phase("Failed", reason, msg)
             out.events.append(("Warning", reason, msg))
+    elif state == "queued":
+        message = f"attempt {attempts}/{budget}: Job {children.job_name(name, attempts)} is {detail}"
+        if (get_condition(old.get("conditions"), READY) or {}).get("reason") != QUEUED:
+            out.events.append(("Normal", QUEUED, message))
+        st.phase("Pending", QUEUED, message)
     elif state == "complete":
         st.phase("Succeeded", JOB_SUCCEEDED, f"attempt {attempts} succeeded")
         out.needs_registration = True

@@ -7,7 +7,10 @@ alternating rounds at concurrency 1 and 16, with a minimal keep-alive HTTP/1.1 c
 load generator costs as little CPU as possible. Prints added p50/p99 latency and throughput
 ratios: gateway over direct, and drift tracking on over off; and each gateway's CPU time per
 request (from /proc), which a machine shared with other work disturbs far less than wall-clock
-throughput. Run from the repository root: .venv/bin/python -m tests.benchmarks.bench_gateway
+throughput. Then tenancy, at concurrency 1: what tokens, tenant limits and the access log cost (a gateway with a
+YAML token file and an access log file against one with neither), and a tenant's p50/p99 with and without a
+noisy neighbour that its rate limit keeps answering 429 (4 connections sending as fast as they can, from a thread
+of their own). Run from the repository root: .venv/bin/python -m tests.benchmarks.bench_gateway
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -55,12 +59,19 @@ async def _connection(port: int, request: bytes, count: int, latencies: list[flo
         writer.close()
 
 
-async def _round(port: int, path: str, concurrency: int, total: int) -> tuple[list[float], float]:
+def _request(path: str, token: str | None = None) -> bytes:
     payload = body([[0.7, 0.1, 0.2, 0.3]])
-    request = (
-        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{auth}"
         f"Content-Length: {len(payload)}\r\n\r\n"
     ).encode() + payload
+
+
+async def _round(
+    port: int, path: str, concurrency: int, total: int, token: str | None = None
+) -> tuple[list[float], float]:
+    request = _request(path, token)
     latencies: list[float] = []
     start = time.perf_counter()
     await asyncio.gather(*(_connection(port, request, total // concurrency, latencies) for _ in range(concurrency)))
@@ -77,12 +88,12 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _gateway(work: Path, name: str, routes: dict, stops: list) -> tuple[int, int]:
+def _gateway(work: Path, name: str, routes: dict, stops: list, args: tuple[str, ...] = ()) -> tuple[int, int]:
     """Start a gateway process serving routes; returns its port and pid."""
     (work / f"{name}.yaml").write_text(yaml.safe_dump(routes))
     port = free_port()
     argv = [sys.executable, "-m", "kubeforge.serving", "gateway", "--routes", str(work / f"{name}.yaml")]
-    proc = spawn([*argv, "--port", str(port)], work / f"{name}.log")
+    proc = spawn([*argv, "--port", str(port), *args], work / f"{name}.log")
     stops.append(lambda: terminate(proc.pid))
     wait_http(f"http://127.0.0.1:{port}/v2/health/ready", proc, work / f"{name}.log")
     return port, proc.pid
@@ -93,6 +104,89 @@ def _compare(concurrency: int, what: str, lat: list[float], base: list[float], r
     print(
         f"concurrency {concurrency}: {what} adds p50 {added50:.3f} ms, p99 {added99:.3f} ms; "
         f"throughput {rps / base_rps:.1%}"
+    )
+
+
+TOKENS = """\
+tenants:
+  calm: {maxConcurrent: 64}
+  noisy: {requestsPerSecond: 50, burst: 10}
+tokens:
+  - {name: calm-app, tenant: calm, token: calm-token}
+  - {name: noisy-batch, tenant: noisy, priority: batch, token: noisy-token}
+"""
+
+
+def _flood(port: int, path: str, stop: threading.Event, statuses: dict[bytes, int]) -> None:
+    """The noisy tenant: 4 keep-alive connections sending as fast as they can until stop, in an event loop of
+    their own; counts answers by status."""
+    request = _request(path, "noisy-token")
+
+    async def connection() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while not stop.is_set():
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                int(x.split(b":", 1)[1]) for x in head.split(b"\r\n") if x.lower().startswith(b"content-length")
+            )
+            await reader.readexactly(length)
+            statuses[head[9:12]] = statuses.get(head[9:12], 0) + 1
+        writer.close()
+
+    async def flood() -> None:
+        await asyncio.gather(*(connection() for _ in range(4)))
+
+    asyncio.run(flood())
+
+
+def _tenancy(work: Path, routes: dict, infer: str, procs: list) -> None:
+    """Tokens, limits and the access log against none of them; a tenant beside a throttled neighbour."""
+    (work / "tokens").write_text(TOKENS)
+    args = ("--tokens", str(work / "tokens"), "--access-log", str(work / "access.jsonl"))
+    plain, tenants = (
+        _gateway(work, "plain", routes, procs, ("--access-log", "off")),
+        _gateway(work, "tenants", routes, procs, args),
+    )
+    per_round = PER_ROUND[1]
+    lat: dict[str, list[float]] = {"plain": [], "tenants": [], "beside": []}
+    cpu = {"plain": 0.0, "tenants": 0.0}
+    noisy: dict[bytes, int] = {}
+    for (port, _), token in ((plain, None), (tenants, "calm-token")):  # warm-up
+        asyncio.run(_round(port, infer, 1, per_round // 4, token))
+    for _ in range(ROUNDS):
+        for name, (port, pid), token in (("plain", plain, None), ("tenants", tenants, "calm-token")):
+            used = _cpu_seconds(pid)
+            lat[name] += asyncio.run(_round(port, infer, 1, per_round, token))[0]
+            cpu[name] += _cpu_seconds(pid) - used
+        stop = threading.Event()
+        flood = threading.Thread(target=_flood, args=(tenants[0], infer, stop, noisy))
+        flood.start()
+        try:
+            lat["beside"] += asyncio.run(_round(tenants[0], infer, 1, per_round, "calm-token"))[0]
+        finally:
+            stop.set()
+            flood.join()
+    print(f"{'concurrency':>11} {'path':>8} {'p50 ms':>8} {'p99 ms':>8}")
+    for name, values in lat.items():
+        print(f"{1:>11} {name:>8} {_pct(values, 0.5):>8.3f} {_pct(values, 0.99):>8.3f}")
+    off, on = (cpu[k] / len(lat[k]) * 1e6 for k in ("plain", "tenants"))
+    added50, added99 = (
+        _pct(lat["tenants"], 0.5) - _pct(lat["plain"], 0.5),
+        _pct(lat["tenants"], 0.99) - _pct(lat["plain"], 0.99),
+    )
+    print(
+        f"tokens, tenant limits and the access log add p50 {added50:.3f} ms, p99 {added99:.3f} ms; gateway CPU per "
+        f"request {off:.0f} µs without, {on:.0f} µs with them ({on / off - 1:+.1%})"
+    )
+    added50, added99 = (
+        _pct(lat["beside"], 0.5) - _pct(lat["tenants"], 0.5),
+        _pct(lat["beside"], 0.99) - _pct(lat["tenants"], 0.99),
+    )
+    answered, refused = noisy.get(b"200", 0), noisy.get(b"429", 0)
+    print(
+        f"a tenant beside a neighbour over its rate limit ({answered} answered, {refused} refused 429): "
+        f"p50 {added50:+.3f} ms, p99 {added99:+.3f} ms"
     )
 
 
@@ -144,6 +238,7 @@ def main() -> None:
                 f"concurrency {concurrency}: gateway CPU per request {off:.0f} µs without drift tracking, "
                 f"{on:.0f} µs with it ({on / off - 1:+.1%})"
             )
+        _tenancy(work, {"models": {"bench": {"versions": [stable]}}}, infer, procs)
     finally:
         for stop in reversed(procs):
             stop()

@@ -10,7 +10,7 @@ request (from /proc), which a machine shared with other work disturbs far less t
 throughput. Then tenancy, at concurrency 1: what tokens, tenant limits and the access log cost (a gateway with a
 YAML token file and an access log file against one with neither), and a tenant's p50/p99 with and without a
 noisy neighbour that its rate limit keeps answering 429 (4 connections sending as fast as they can, from a thread
-of their own). Run from the repository root: .venv/bin/python -m tests.benchmarks.bench_gateway
+of their own). Run from the repository root: .venv/bin/python -m tests.benchmarks.bench_gateway [--tenancy-only]
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def _tenancy(work: Path, routes: dict, infer: str, procs: list) -> None:
     )
     per_round = PER_ROUND[1]
     lat: dict[str, list[float]] = {"plain": [], "tenants": [], "beside": []}
-    cpu = {"plain": 0.0, "tenants": 0.0}
+    cpu = {"plain": 0.0, "tenants": 0.0, "beside": 0.0}
     noisy: dict[bytes, int] = {}
     for (port, _), token in ((plain, None), (tenants, "calm-token")):  # warm-up
         asyncio.run(_round(port, infer, 1, per_round // 4, token))
@@ -161,12 +161,14 @@ def _tenancy(work: Path, routes: dict, infer: str, procs: list) -> None:
             cpu[name] += _cpu_seconds(pid) - used
         stop = threading.Event()
         flood = threading.Thread(target=_flood, args=(tenants[0], infer, stop, noisy))
+        used = _cpu_seconds(tenants[1])
         flood.start()
         try:
             lat["beside"] += asyncio.run(_round(tenants[0], infer, 1, per_round, "calm-token"))[0]
         finally:
             stop.set()
             flood.join()
+        cpu["beside"] += _cpu_seconds(tenants[1]) - used
     print(f"{'concurrency':>11} {'path':>8} {'p50 ms':>8} {'p99 ms':>8}")
     for name, values in lat.items():
         print(f"{1:>11} {name:>8} {_pct(values, 0.5):>8.3f} {_pct(values, 0.99):>8.3f}")
@@ -184,9 +186,12 @@ def _tenancy(work: Path, routes: dict, infer: str, procs: list) -> None:
         _pct(lat["beside"], 0.99) - _pct(lat["tenants"], 0.99),
     )
     answered, refused = noisy.get(b"200", 0), noisy.get(b"429", 0)
+    seconds = sum(lat["beside"])
+    per_refusal = (cpu["beside"] - on / 1e6 * (len(lat["beside"]) + answered)) / max(refused, 1) * 1e6
     print(
-        f"a tenant beside a neighbour over its rate limit ({answered} answered, {refused} refused 429): "
-        f"p50 {added50:+.3f} ms, p99 {added99:+.3f} ms"
+        f"a tenant beside a neighbour over its rate limit ({answered} answered, {refused} refused 429 in "
+        f"{seconds:.1f} s): p50 {added50:+.3f} ms, p99 {added99:+.3f} ms; a refusal costs the gateway about "
+        f"{per_refusal:.0f} µs of CPU"
     )
 
 
@@ -212,32 +217,35 @@ def main() -> None:
             "direct": (triton.http_port, f"/v2/models/bench/versions/{version}/infer"),
             **{k: (port, infer) for k, (port, _) in gateways.items()},
         }
-        print(f"{'concurrency':>11} {'path':>8} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}")
-        for concurrency, per_round in PER_ROUND.items():
-            lat: dict[str, list[float]] = {k: [] for k in targets}
-            rps: dict[str, list[float]] = {k: [] for k in targets}
-            cpu = dict.fromkeys(gateways, 0.0)
-            for p, path in targets.values():  # warm-up
-                asyncio.run(_round(p, path, concurrency, per_round // 4))
-            for _ in range(ROUNDS):  # alternate, so a shared machine's changing load hits each alike
-                for k, (p, path) in targets.items():
-                    used = _cpu_seconds(gateways[k][1]) if k in gateways else 0.0
-                    latencies, throughput = asyncio.run(_round(p, path, concurrency, per_round))
-                    if k in gateways:
-                        cpu[k] += _cpu_seconds(gateways[k][1]) - used
-                    lat[k] += latencies
-                    rps[k].append(throughput)
-            for k in targets:
-                p50, p99 = _pct(lat[k], 0.5), _pct(lat[k], 0.99)
-                print(f"{concurrency:>11} {k:>8} {p50:>8.3f} {p99:>8.3f} {statistics.median(rps[k]):>8.0f}")
-            median = {k: statistics.median(v) for k, v in rps.items()}
-            _compare(concurrency, "the gateway", lat["gateway"], lat["direct"], median["gateway"], median["direct"])
-            _compare(concurrency, "drift tracking", lat["drift"], lat["gateway"], median["drift"], median["gateway"])
-            off, on = (cpu[k] / len(lat[k]) * 1e6 for k in ("gateway", "drift"))
-            print(
-                f"concurrency {concurrency}: gateway CPU per request {off:.0f} µs without drift tracking, "
-                f"{on:.0f} µs with it ({on / off - 1:+.1%})"
-            )
+        if "--tenancy-only" not in sys.argv[1:]:
+            print(f"{'concurrency':>11} {'path':>8} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}")
+            for concurrency, per_round in PER_ROUND.items():
+                lat: dict[str, list[float]] = {k: [] for k in targets}
+                rps: dict[str, list[float]] = {k: [] for k in targets}
+                cpu = dict.fromkeys(gateways, 0.0)
+                for p, path in targets.values():  # warm-up
+                    asyncio.run(_round(p, path, concurrency, per_round // 4))
+                for _ in range(ROUNDS):  # alternate, so a shared machine's changing load hits each alike
+                    for k, (p, path) in targets.items():
+                        used = _cpu_seconds(gateways[k][1]) if k in gateways else 0.0
+                        latencies, throughput = asyncio.run(_round(p, path, concurrency, per_round))
+                        if k in gateways:
+                            cpu[k] += _cpu_seconds(gateways[k][1]) - used
+                        lat[k] += latencies
+                        rps[k].append(throughput)
+                for k in targets:
+                    p50, p99 = _pct(lat[k], 0.5), _pct(lat[k], 0.99)
+                    print(f"{concurrency:>11} {k:>8} {p50:>8.3f} {p99:>8.3f} {statistics.median(rps[k]):>8.0f}")
+                median = {k: statistics.median(v) for k, v in rps.items()}
+                _compare(concurrency, "the gateway", lat["gateway"], lat["direct"], median["gateway"], median["direct"])
+                _compare(
+                    concurrency, "drift tracking", lat["drift"], lat["gateway"], median["drift"], median["gateway"]
+                )
+                off, on = (cpu[k] / len(lat[k]) * 1e6 for k in ("gateway", "drift"))
+                print(
+                    f"concurrency {concurrency}: gateway CPU per request {off:.0f} µs without drift tracking, "
+                    f"{on:.0f} µs with it ({on / off - 1:+.1%})"
+                )
         _tenancy(work, {"models": {"bench": {"versions": [stable]}}}, infer, procs)
     finally:
         for stop in reversed(procs):

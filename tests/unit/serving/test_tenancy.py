@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kubeforge.serving.accesslog import AccessLog, rfc3339
+from kubeforge.serving.accesslog import AccessLog, line, rfc3339
 from kubeforge.serving.auth import ANONYMOUS, Caller, Forbidden, Tokens, Unauthorized
 from kubeforge.serving.tenancy import Admission, Throttled
 
@@ -208,3 +208,13 @@ def test_access_log_lines_have_rfc3339_times_and_the_identity(tmp_path: Path):
         "throttled": None,
     }
     assert re.fullmatch(r"(\{[^\n]*\}\n)+", path.read_text())
+
+
+def test_access_log_lines_escape_what_callers_send():
+    odd = 'id"with\\quotes\nand \u00e9'
+    entry = (0.0, odd, Caller(None), "POST", "/v2/models/\u00fcber/infer", None, None, None, 404, 12.0, 0, 0, "rate")
+    text = line(entry)
+    assert text.count(b"\n") == 1 and text.endswith(b"}\n")
+    record = json.loads(text)
+    assert (record["request_id"], record["path"], record["identity"]) == (odd, "/v2/models/\u00fcber/infer", None)
+    assert (record["latency_ms"], record["throttled"]) == (12000.0, "rate")

@@ -1,11 +1,13 @@
 """Tenants at the gateway in front of a real tritonserver: the access log names callers and never their tokens; a
 tenant over its rate limit gets 429 with Retry-After while another tenant is served (both latencies printed);
-limits hot-reload, and a token file with a bad limit is refused with the previous one kept."""
+limits hot-reload, and a token file with a bad limit is refused with the previous one kept; as the gateway fills,
+batch callers are turned away before interactive ones."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import statistics
 import threading
 import time
@@ -203,3 +205,45 @@ def test_limits_hot_reload_and_a_bad_token_file_keeps_the_last_good_one(gateway,
     logged = _wait_for(lambda: [x for x in _lines(gw.log.read_text()) if x.get("identity") == "line-1"], "stdout")
     assert logged[0]["tenant"] is None and logged[0]["status"] == 200
     assert not any(secret in gw.log.read_text() for secret in SECRETS)
+
+
+def test_batch_callers_are_turned_away_first_when_the_gateway_fills(gateway, triton, registered):
+    hung = socket.socket()  # accepts connections into its backlog and never answers
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(1024)
+    try:
+        routes = table(registered, triton.url, canary=(f"http://127.0.0.1:{hung.getsockname()[1]}", 0))
+        limits = "gateway: {maxConcurrent: 3, batchMaxConcurrent: 1}\n" + tokens()
+        gw = gateway(routes, tokens=limits, args=("--access-log", "off"))
+        url = f"{gw.url}/v2/models/{registered.name}/infer"
+        stuck = f"{gw.url}/v2/models/{registered.name}/versions/{registered.canary}/infer"  # held ~2 s, then 503
+        held: list[threading.Thread] = []
+
+        def hold(secret: str, in_flight: int) -> None:
+            thread = threading.Thread(
+                target=httpx.post,
+                args=(stuck,),
+                kwargs={"content": body([ROW]), "headers": bearer(secret), "timeout": 30},
+            )
+            thread.start()
+            held.append(thread)
+            _wait_for(lambda: gw.metric("kubeforge_gateway_in_flight") == in_flight, f"{in_flight} in flight")
+
+        def status(secret: str) -> httpx.Response:
+            return httpx.post(url, content=body([ROW]), headers=bearer(secret))
+
+        hold(SECRETS[1], 1)  # a batch request in flight: batchMaxConcurrent
+        refused = status(SECRETS[1])
+        assert refused.status_code == 429 and refused.json()["reason"] == "overload"
+        assert refused.json()["limit"] == {"batchMaxConcurrent": 1} and refused.json()["tenant"] == "noisy"
+        assert status(SECRETS[2]).status_code == 200  # interactive callers keep the room above it
+        hold(SECRETS[2], 2)
+        hold(SECRETS[0], 3)
+        full = status(SECRETS[2])
+        assert full.status_code == 429 and full.json()["limit"] == {"maxConcurrent": 3}
+        for thread in held:
+            thread.join()
+        assert status(SECRETS[1]).status_code == 200  # room again once they are done
+        assert gw.metric("kubeforge_gateway_throttled_total", reason="overload") == 2
+    finally:
+        hung.close()

@@ -239,8 +239,8 @@ class Auth(KubeModel):
     secret_ref: SecretRef
     """Secret whose key `tokens` lists one token per line, optionally `token model1,model2` to limit it; or YAML
     whose `tokens` name each token's caller, tenant and priority (interactive or batch), with each tenant's
-    requestsPerSecond, burst and maxConcurrent under `tenants` and the gateway's maxConcurrent under `gateway`. The gateway reloads it when the
-    Secret changes and keeps the last good one when it is refused."""
+    requestsPerSecond, burst and maxConcurrent under `tenants` and the gateway's maxConcurrent under `gateway`.
+    The gateway reloads it when the Secret changes and keeps the last good one when it is refused."""
 
 
 class DriftMonitoring(KubeModel):

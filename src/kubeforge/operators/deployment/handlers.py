@@ -1,11 +1,17 @@
 """kopf handlers for ModelDeployment: resolve, observe, analyse, then :func:`rollout.plan`.
 
-Triggers: the ModelDeployment's own events, events of its Deployments and Endpoints
-(readiness and addresses), spec changes of the FeatureView it reads features from, a
-2-second timer while a canary or shadow is live (analysis intervals, step pauses) and a
-slower one that follows registry aliases and retries what is not Ready. Each runs the
-same level-based reconcile under a per-object lock. When a child cannot be applied, the
-ModelDeployment says so (Ready=False) and the timers try again with a back-off.
+Triggers: the ModelDeployment's own events, events of its Deployments, EndpointSlices and
+Pods (readiness, addresses, why pods fail), spec changes of the FeatureView it reads
+features from, a 2-second timer while a canary or shadow is live (analysis intervals,
+step pauses) and a slower one that follows registry aliases and retries what no watch
+event will. Each runs the same level-based reconcile under a per-object lock.
+
+What a pass observes comes from kopf indexes over the watches the operator holds anyway
+(label-selected on the API server, so only kubeforge's children are held): no list call
+per pass. What the operator remembers about one ModelDeployment (:class:`State`) lives in
+that object's kopf memo, found by its children's handlers through the ``md_memos`` index,
+and goes when the object goes. When a child cannot be applied, the ModelDeployment says so
+(Ready=False) and the timer tries again with a back-off.
 """
 
 from __future__ import annotations
@@ -15,13 +21,13 @@ import json
 import threading
 import time
 from collections import defaultdict
-from dataclasses import asdict, replace
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import kopf
-from kubernetes import client
 from pydantic import ValidationError
 
 from ...api import API_VERSION, FeatureViewSpec, ModelDeployment, parse
@@ -41,9 +47,14 @@ from . import analysis as an
 from . import children, history
 from . import retrain as rt
 from .rollout import (
+    FEATURE_VIEW_NOT_FOUND,
     GATEWAY,
+    INVALID_SPEC,
+    READY,
     ROLLED_BACK,
+    WAITING_FOR_GATEWAY,
     WAITING_FOR_ROUTES,
+    WAITING_FOR_STABLE,
     DriftBaseline,
     FeatureSource,
     Observed,
@@ -58,17 +69,36 @@ from .rollout import (
 GROUP, VERSION = API_VERSION.split("/")
 KIND = "ModelDeployment"
 EVENT_SOURCE = "kubeforge-modeldeployment"
-_locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
-_applied: dict[tuple[str, str, str], str] = {}  # (kind, namespace, name) -> hash of what this process applied
-_pruned: dict[tuple[str, str], tuple[str, frozenset[str]]] = {}  # (namespace, name) -> (uid, live versions)
-_snapshots: dict[tuple[str, str], an.Snapshot] = {}  # (uid, version) -> last scrape
-_holding: dict[str, dict[str, datetime]] = {}  # uid -> retrain trigger -> since when it holds (see retrain)
+# Registry answers shared by every ModelDeployment that serves the same versions (not per-object state).
 _resolve_cache: dict[tuple[str, str], tuple[float, str]] = {}
 RESOLVE_TTL = 3.0
 _approvals: dict[tuple[str, str], Approval] = {}  # (model, version) -> its approval tags when last resolved
 _feature_orders: dict[tuple[str, str], list[str] | None] = {}  # (model, version) -> its kubeforge.features tag
 _baselines: dict[tuple[str, str], DriftBaseline] = {}  # (model, version) -> its drift baseline, read once
-_view_generations: dict[tuple[str, str], int | None] = {}  # (namespace, FeatureView) -> generation last seen
+
+STATE = "kubeforge.modeldeployment"  # key of State in a ModelDeployment's memo
+VIEW_GENERATION = "kubeforge.modeldeployment.view-generation"  # key in a FeatureView's memo
+EVENT_RETRIES = (1.0, 2.0, 4.0)
+"""Seconds between tries of a pass an event started that raised: kopf does not retry event handlers."""
+
+
+@dataclass
+class State:
+    """What this process remembers about one ModelDeployment between passes; all of it can be lost (a restart
+    starts it empty) at the cost of a few repeated requests, never a wrong decision."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    applied: dict[tuple[str, str], str] = field(default_factory=dict)
+    """(kind, name) of each child -> hash of what was last applied: an unchanged child is not sent again."""
+    snapshots: dict[str, an.Snapshot] = field(default_factory=dict)
+    """Canary version -> the gateway's metrics at the last analysis; the next one compares with it."""
+    holding: dict[str, datetime] = field(default_factory=dict)
+    """Retrain trigger -> since when it holds (see retrain)."""
+
+
+def state_of(memo: Mapping[str, Any]) -> State:
+    """The State in a ModelDeployment's memo, made on first use (setdefault is atomic: handlers run in threads)."""
+    return memo.setdefault(STATE, State())  # type: ignore[attr-defined, no-any-return]
 
 
 def _resolve_one(ctx: Context, name: str, alias: str | None, version: int | None) -> str:
@@ -218,7 +248,96 @@ def _json_names(tag: str | None) -> list[str] | None:
 SERVICE_NAME = "kubernetes.io/service-name"
 
 
-def _slice_url(endpoint_slice: Any, port_name: str) -> str | None:
+class Workload(NamedTuple):
+    """One Deployment of a ModelDeployment, as the md_workloads index holds it."""
+
+    part: str  # its model version, or GATEWAY
+    available: bool  # at least one pod available
+    short: bool  # fewer ready pods than it wants
+
+
+class Address(NamedTuple):
+    """Where a version's Triton or the gateway answers, from a ready endpoint of its EndpointSlice."""
+
+    part: str  # model version, or GATEWAY
+    url: str
+
+
+def _part(labels: Mapping[str, str]) -> str | None:
+    """The model version a child serves, GATEWAY for the gateway's, None for neither."""
+    return GATEWAY if labels.get(COMPONENT) == "gateway" else labels.get(MODEL_VERSION)
+
+
+@kopf.on.startup()
+def watch_only_children(settings: kopf.OperatorSettings, **_: Any) -> None:
+    """The API server sends only kubeforge's Deployments, EndpointSlices and Pods: the operator holds nothing of
+    a cluster's other workloads in memory (the handlers' label filters alone would drop them only on arrival)."""
+    for group_plural in (("apps", "deployments"), ("discovery.k8s.io", "endpointslices"), ("v1", "pods")):
+        settings.watching.label_selectors[group_plural] = MODELDEPLOYMENT
+
+
+@kopf.index(GROUP, VERSION, "modeldeployments")
+async def md_memos(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> dict[tuple[str, str], kopf.Memo]:
+    """Each ModelDeployment's memo by namespace and name: its children's events reach its State through it."""
+    return {(namespace, name): memo}
+
+
+@kopf.index(GROUP, VERSION, "modeldeployments")
+async def md_feature_views(namespace: str, name: str, spec: Mapping[str, Any], **_: Any) -> dict[Any, str] | None:
+    """ModelDeployment names by the FeatureView they read features from."""
+    view = (spec.get("features") or {}).get("featureView")
+    return {(namespace, view): name} if view else None
+
+
+@kopf.index("apps", "v1", "deployments", labels={MODELDEPLOYMENT: kopf.PRESENT})
+async def md_workloads(
+    namespace: str, labels: Mapping[str, str], spec: Mapping[str, Any], status: Mapping[str, Any], **_: Any
+) -> dict[tuple[str, str], Workload] | None:
+    """Each ModelDeployment's Deployments: which serve (readiness), which versions have one (pruning)."""
+    part = _part(labels)
+    if part is None:
+        return None
+    available = (status.get("availableReplicas") or 0) >= 1
+    short = (status.get("readyReplicas") or 0) < (spec.get("replicas") or 0)
+    return {(namespace, labels[MODELDEPLOYMENT]): Workload(part, available, short)}
+
+
+@kopf.index("discovery.k8s.io", "endpointslices", labels={MODELDEPLOYMENT: kopf.PRESENT})
+async def md_addresses(
+    namespace: str, labels: Mapping[str, str], body: Mapping[str, Any], **_: Any
+) -> dict[tuple[str, str], Address] | None:
+    """Each ModelDeployment's ready addresses, with endpoints addressing (see observe)."""
+    owner, url = labels[MODELDEPLOYMENT], _slice_url(body, "http")
+    part = GATEWAY if labels.get(SERVICE_NAME) == children.gateway_name(owner) else labels.get(MODEL_VERSION)
+    return {(namespace, owner): Address(part, url)} if part and url else None
+
+
+@kopf.index("v1", "pods", labels={MODELDEPLOYMENT: kopf.PRESENT})
+async def md_pods(
+    namespace: str, name: str, labels: Mapping[str, str], meta: Mapping[str, Any], body: Mapping[str, Any], **_: Any
+) -> dict[tuple[str, str], tuple[str, dict[str, Any]]] | None:
+    """Each ModelDeployment's pods, as much of each as tells why it fails (core.podfailure)."""
+    part = _part(labels)
+    if part is None:
+        return None
+    pod = {"metadata": {"name": name, "deletionTimestamp": meta.get("deletionTimestamp")}, "status": body.get("status")}
+    return {(namespace, labels[MODELDEPLOYMENT]): (part, pod)}
+
+
+@dataclass(frozen=True)
+class Watched:
+    """The indexes a pass reads, as kopf passes them to every handler."""
+
+    workloads: Mapping[tuple[str, str], Iterable[Workload]]
+    addresses: Mapping[tuple[str, str], Iterable[Address]]
+    pods: Mapping[tuple[str, str], Iterable[tuple[str, dict[str, Any]]]]
+
+    @classmethod
+    def of(cls, kwargs: Mapping[str, Any]) -> Watched:
+        return cls(kwargs["md_workloads"], kwargs["md_addresses"], kwargs["md_pods"])
+
+
+def _slice_url(endpoint_slice: Mapping[str, Any], port_name: str) -> str | None:
     """http://address:port of the first ready endpoint of an EndpointSlice."""
     port = next((p["port"] for p in endpoint_slice.get("ports") or [] if p.get("name") == port_name), None)
     for endpoint in endpoint_slice.get("endpoints") or []:
@@ -227,40 +346,27 @@ def _slice_url(endpoint_slice: Any, port_name: str) -> str | None:
     return None
 
 
-def observe(ctx: Context, body: dict[str, Any]) -> Observed:
+def observe(ctx: Context, body: dict[str, Any], watched: Watched) -> Observed:
+    """Readiness, addresses and pod failures of a ModelDeployment's children, from the indexes (no request), and
+    whether its gateway serves it (one request, while the gateway is available)."""
     ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
-    selector = f"{MODELDEPLOYMENT}={name}"
-    apps = client.AppsV1Api(ctx.api)
-    ready: set[str] = set()
-    gateway_ready = False
-    unready = False
-    for dep in apps.list_namespaced_deployment(ns, label_selector=selector).items:
-        available = (dep.status.available_replicas or 0) >= 1
-        unready = unready or (dep.status.ready_replicas or 0) < (dep.spec.replicas or 0)
-        if dep.metadata.labels.get(COMPONENT) == "gateway":
-            gateway_ready = available
-        elif available and dep.metadata.labels.get(MODEL_VERSION):
-            ready.add(dep.metadata.labels[MODEL_VERSION])
+    key = (ns, name)
+    workloads = list(watched.workloads.get(key, ()))
+    ready = frozenset(w.part for w in workloads if w.available and w.part != GATEWAY)
+    gateway_ready = any(w.available for w in workloads if w.part == GATEWAY)
     urls: dict[str, str] = {}
     gateway_url = None
     if ctx.settings.service_addressing == "endpoints":
         # EndpointSlices, not Endpoints: they may carry loopback addresses (the local runtime's).
-        slices = kube.resource(ctx.api, "discovery.k8s.io", "EndpointSlice").get(namespace=ns, label_selector=selector)
-        for item in slices.to_dict()["items"]:
-            service = item["metadata"]["labels"].get(SERVICE_NAME, "")
-            url = _slice_url(item, "http")
-            if url is None:
-                continue
-            if service == children.gateway_name(name):
-                gateway_url = url
-            elif version := item["metadata"]["labels"].get(MODEL_VERSION):
-                urls[version] = url
+        for address in list(watched.addresses.get(key, ())):
+            if address.part == GATEWAY:
+                gateway_url = address.url
+            else:
+                urls[address.part] = address.url
     else:
-        svc = client.CoreV1Api(ctx.api).list_namespaced_service(ns, label_selector=selector).items
-        for s in svc:
-            version = (s.metadata.labels or {}).get(MODEL_VERSION)
-            if version:
-                urls[version] = f"http://{s.metadata.name}.{ns}.svc:{children.PORTS['http']}"
+        port = children.PORTS["http"]
+        urls = {w.part: f"http://{children.version_name(name, w.part)}.{ns}.svc:{port}" for w in workloads}
+        urls.pop(GATEWAY, None)
         gateway_url = f"http://{children.gateway_name(name)}.{ns}.svc:{children.GATEWAY_PORT}"
     model_ready = False
     if gateway_ready and gateway_url:
@@ -268,20 +374,14 @@ def observe(ctx: Context, body: dict[str, Any]) -> Observed:
             model_ready = httpx.get(f"{gateway_url}/v2/models/{name}/ready", timeout=2).status_code == 200
         except httpx.HTTPError:
             model_ready = False
-    failures = _pod_failures(ctx, ns, selector) if unready else {}
-    return Observed(frozenset(ready), urls, gateway_ready, gateway_url, model_ready, failures=failures)
-
-
-def _pod_failures(ctx: Context, namespace: str, selector: str) -> dict[str, dict[str, Any]]:
-    """Why pods fail, per model version (Triton) and GATEWAY: one list of the ModelDeployment's pods, made only
-    while one of its Deployments has fewer ready pods than it wants, so a serving one costs nothing."""
-    parts: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for pod in kube.list_objects(ctx.api, "v1", "Pod", namespace, selector):
-        pod_labels = pod["metadata"].get("labels") or {}
-        part = GATEWAY if pod_labels.get(COMPONENT) == "gateway" else pod_labels.get(MODEL_VERSION)
-        if part:
+    # Why pods fail, only while one of its Deployments has fewer ready pods than it wants.
+    failures: dict[str, dict[str, Any]] = {}
+    if any(w.short for w in workloads):
+        parts: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for part, pod in list(watched.pods.get(key, ())):
             parts[part].append(pod)
-    return {part: failure for part, pods in parts.items() if (failure := podfailure.pick(pods)) is not None}
+        failures = {part: failure for part, pods in parts.items() if (failure := podfailure.pick(pods)) is not None}
+    return Observed(ready, urls, gateway_ready, gateway_url, model_ready, failures=failures)
 
 
 def _scrape(url: str | None) -> str | None:
@@ -294,34 +394,35 @@ def _scrape(url: str | None) -> str | None:
         return None
 
 
-def _analyse(ctx: Context, body: dict[str, Any], md: ModelDeployment, text: str | None) -> list[dict[str, Any]] | None:
+def _analyse(
+    ctx: Context, body: dict[str, Any], md: ModelDeployment, state: State, text: str | None
+) -> list[dict[str, Any]] | None:
     status = body.get("status") or {}
     canary, stable = status.get("canaryVersion"), status.get("stableVersion")
     _, analysis, _ = canary_settings(md)
-    uid, name = body["metadata"]["uid"], body["metadata"]["name"]
     if text is None:
         return [an.verdict(m, None) for m in analysis.metrics]  # gateway unreachable: no data
-    canary_now = an.parse(text, name, canary)
-    prev = _snapshots.get((uid, canary))
-    _snapshots[(uid, canary)] = canary_now
+    canary_now = an.parse(text, body["metadata"]["name"], canary)
+    prev = state.snapshots.get(canary)
+    state.snapshots[canary] = canary_now
     if prev is None:
         return [an.verdict(m, None) for m in analysis.metrics]  # first look: the next interval has data
     return an.evaluate(analysis, canary_now.minus(prev), ctx.settings.prometheus_url, canary, stable)
 
 
-def _apply(ctx: Context, objs: list[dict[str, Any]]) -> None:
+def _apply(ctx: Context, state: State, objs: list[dict[str, Any]]) -> None:
     """Apply the children that differ from what this process last applied (kube.apply_children)."""
     fresh = {}
     for obj in objs:
-        key = (obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
+        key = (obj["kind"], obj["metadata"]["name"])
         digest = hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()
-        if _applied.get(key) != digest:
+        if state.applied.get(key) != digest:
             fresh[key] = (obj, digest)
     kube.apply_children(ctx.api, [obj for obj, _ in fresh.values()])
-    _applied.update({key: digest for key, (_, digest) in fresh.items()})
+    state.applied.update({key: digest for key, (_, digest) in fresh.items()})
 
 
-def _alert_rules(ctx: Context, body: dict[str, Any], md: ModelDeployment | None) -> list[dict[str, Any]]:
+def _alert_rules(ctx: Context, body: dict[str, Any], md: ModelDeployment | None, state: State) -> list[dict[str, Any]]:
     """Publish the deployment's alert targets as gauges, and where PrometheusRules are served its own PrometheusRule
     (returned to be applied with the other children), the gauges then labelled so the shared rules leave it alone
     (see metrics). An invalid spec changes neither, as it changes nothing that serves."""
@@ -335,34 +436,32 @@ def _alert_rules(ctx: Context, body: dict[str, Any], md: ModelDeployment | None)
         return [children.prometheus_rule(body, {**asdict(targets), "drift_hold": hold})]
     metrics.export_targets(namespace, name, targets, rules.SHARED)
     # Gone with its CRD: should the CRD come back, the rule must be applied anew.
-    _applied.pop((metrics.PROMETHEUS_RULE[1], namespace, rules.deployment_rule_name(name)), None)
+    state.applied.pop((metrics.PROMETHEUS_RULE[1], rules.deployment_rule_name(name)), None)
     return []
 
 
-def _prune(ctx: Context, namespace: str, name: str, uid: str, live: set[str]) -> None:
-    """Delete the Triton children of versions that are no longer live.
+VERSION_KINDS = [("apps/v1", "Deployment"), ("v1", "Service"), ("autoscaling/v1", "HorizontalPodAutoscaler")]
+"""The children each live version gets, all named children.version_name."""
 
-    Only versions that were live get children, so nothing can need deleting while the live set
-    is the one this process last pruned to: the three list calls are skipped then (they read
-    every object of the namespace from etcd, which dominates a steady reconcile's cost).
-    """
-    if _pruned.get((namespace, name)) == (uid, frozenset(live)):
-        return
-    selector = f"{MODELDEPLOYMENT}={name},{MODEL_VERSION}"
-    kinds = [("apps/v1", "Deployment"), ("v1", "Service"), ("autoscaling/v1", "HorizontalPodAutoscaler")]
-    for api_version, kind in kinds:
-        for obj in kube.resource(ctx.api, api_version, kind).get(namespace=namespace, label_selector=selector).items:
-            if obj.metadata.labels[MODEL_VERSION] not in live:
-                kube.delete(ctx.api, api_version, kind, obj.metadata.name, namespace)
-                _applied.pop((kind, namespace, obj.metadata.name), None)
-    _pruned[(namespace, name)] = (uid, frozenset(live))
+
+def _prune(ctx: Context, namespace: str, name: str, state: State, watched: Watched, live: set[str]) -> None:
+    """Delete the children of versions that are no longer live: those whose Deployment the index still holds (each
+    version's children are applied together, and the watch reports a deletion within moments, so a version is
+    deleted at most a few times over, never listed)."""
+    versions = {w.part for w in list(watched.workloads.get((namespace, name), ())) if w.part != GATEWAY}
+    for version in versions - live:
+        child = children.version_name(name, version)
+        for api_version, kind in VERSION_KINDS:
+            kube.delete(ctx.api, api_version, kind, child, namespace)
+            state.applied.pop((kind, child), None)
 
 
 @metrics.reconciled(KIND)
-def reconcile(namespace: str, name: str, logger: Any, retry: int = 0) -> None:
+def reconcile(namespace: str, name: str, memo: Mapping[str, Any], watched: Watched, retry: int = 0) -> None:
     """One level-based pass; retry counts the timer's failed passes before this one (for the back-off)."""
     ctx = context()
-    with _locks[(namespace, name)]:
+    state = state_of(memo)
+    with state.lock:
         body = kube.get(ctx.api, API_VERSION, KIND, name, namespace)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return
@@ -373,7 +472,7 @@ def reconcile(namespace: str, name: str, logger: Any, retry: int = 0) -> None:
             resolved = resolve(ctx, md, namespace, body.get("status") or {})
         except InvalidResource:
             md, resolved = None, Resolved()
-        observed = observe(ctx, body)
+        observed = observe(ctx, body, watched)
         old_status = body.get("status") or {}
         results = None
         metrics_text = None
@@ -382,21 +481,21 @@ def reconcile(namespace: str, name: str, logger: Any, retry: int = 0) -> None:
             if due or old_status.get("shadowVersion"):
                 metrics_text = _scrape(observed.gateway_url)
             if due:
-                results = _analyse(ctx, body, md, metrics_text)
+                results = _analyse(ctx, body, md, state, metrics_text)
         p = plan(body, resolved, observed, results, ctx.settings, now)
         try:
-            _apply(ctx, [*p.apply, *_alert_rules(ctx, body, md)])
+            _apply(ctx, state, [*p.apply, *_alert_rules(ctx, body, md, state)])
         except kube.ChildNotApplied as err:
             # Nothing the plan decided took effect: the last status stays, with Ready=False saying why.
             st = StatusDraft(old_status, body["metadata"].get("generation"), now)
             events = err.report(st, old_status)
             kube.write_status(ctx.api, body, old_status, st.s, events, component=EVENT_SOURCE)
             raise kopf.TemporaryError(err.message, delay=err.retry_after(retry)) from err
-        _prune(ctx, namespace, name, body["metadata"]["uid"], set(p.live_versions))
+        _prune(ctx, namespace, name, state, watched, set(p.live_versions))
         if md is not None and md.spec.retrain is not None:
-            _retrain(ctx, body, md, observed, metrics_text, p, now)
+            _retrain(ctx, body, md, state, observed, metrics_text, p, now)
         elif md is not None:  # no retrain policy (any more): nothing of one is left to say
-            _holding.pop(body["metadata"]["uid"], None)
+            state.holding = {}
             metrics.RETRAIN_FAILED.labels(namespace, name).set(0)
             conditions = p.status.get("conditions") or []
             p.status["conditions"] = [c for c in conditions if c.get("type") != rt.CONDITION]
@@ -413,6 +512,7 @@ def _retrain(
     ctx: Context,
     body: dict[str, Any],
     md: ModelDeployment,
+    state: State,
     observed: Observed,
     text: str | None,
     p: Plan,
@@ -422,7 +522,7 @@ def _retrain(
     and put why into the plan's status and events."""
     assert md.spec.retrain is not None
     meta = body["metadata"]
-    namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
+    namespace, name = meta["namespace"], meta["name"]
     retrain, st = md.spec.retrain, StatusDraft(p.status, meta.get("generation"), now)
     template: dict[str, Any] | None = retrain.training_job.spec.to_wire() if retrain.training_job.spec else None
     if retrain.training_job.name is not None:
@@ -444,8 +544,8 @@ def _retrain(
     observation = rt.observe(text, name, p.status.get("stableVersion"))
     created = parse_rfc3339(meta["creationTimestamp"]) or now
     previous = parse_rfc3339((p.status.get("lastRetrain") or {}).get("time"))
-    decision = rt.decide(name, retrain, now, created, observation, _holding.get(uid, {}), jobs, previous)
-    _holding[uid] = decision.holding
+    decision = rt.decide(name, retrain, now, created, observation, state.holding, jobs, previous)
+    state.holding = decision.holding
     if decision.create is not None:
         job = rt.training_job(body, retrain, template or {}, decision.create, observed.gateway_url)
         made = kube.create(ctx.api, job)  # None: it exists, created by an earlier pass or another replica
@@ -467,46 +567,78 @@ def _retrain(
     metrics.RETRAIN_FAILED.labels(namespace, name).set(1 if decision.failed else 0)
 
 
+def _on_event(namespace: str, name: str, memo: Mapping[str, Any], kwargs: Mapping[str, Any], logger: Any) -> None:
+    """A pass started by a watch event. kopf does not retry an event handler that raised, and a ModelDeployment
+    waiting on events has no timer that would: such a pass is tried again EVENT_RETRIES later. A child that could
+    not be applied is not (Ready=False says so, and the poll timer retries it with a back-off)."""
+    for delay in (*EVENT_RETRIES, None):
+        try:
+            reconcile(namespace, name, memo, Watched.of(kwargs))
+            return
+        except kopf.TemporaryError:
+            return
+        except Exception as err:
+            if delay is None:
+                raise
+            logger.warning(f"reconcile failed, trying again in {delay:.0f} s: {err!r}")
+            time.sleep(delay)
+
+
+def _for_parent(namespace: str, labels: Mapping[str, str], kwargs: Mapping[str, Any], logger: Any) -> None:
+    """A child changed: a pass of the ModelDeployment it belongs to, if that one exists."""
+    name = labels[MODELDEPLOYMENT]
+    memo = next(iter(list(kwargs["md_memos"].get((namespace, name), ()))), None)
+    if memo is not None:
+        _on_event(namespace, name, memo, kwargs, logger)
+
+
 @kopf.on.event(GROUP, VERSION, "modeldeployments")
-def modeldeployment_event(event: dict[str, Any], name: str, namespace: str, logger: Any, **_: Any) -> None:
+def modeldeployment_event(
+    event: dict[str, Any], name: str, namespace: str, memo: kopf.Memo, logger: Any, **kwargs: Any
+) -> None:
     metrics.RESOURCE_STATES.seen(KIND, event)
     if event.get("type") == "DELETED":
-        with _locks[(namespace, name)]:  # after a pass that was under way, which may have set them again
+        with state_of(memo).lock:  # after a pass that was under way, which may have set them again
             metrics.forget_deployment(namespace, name)
     else:
-        reconcile(namespace, name, logger)
+        _on_event(namespace, name, memo, kwargs, logger)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={MODELDEPLOYMENT: kopf.PRESENT})
-def deployment_event(labels: dict[str, str], namespace: str, logger: Any, **_: Any) -> None:
+def deployment_event(labels: dict[str, str], namespace: str, logger: Any, **kwargs: Any) -> None:
     """Readiness of a version's Triton or of the gateway changed."""
-    reconcile(namespace, labels[MODELDEPLOYMENT], logger)
+    _for_parent(namespace, labels, kwargs, logger)
 
 
 @kopf.on.event("discovery.k8s.io", "endpointslices", labels={MODELDEPLOYMENT: kopf.PRESENT})
-def endpoints_event(labels: dict[str, str], namespace: str, logger: Any, **_: Any) -> None:
+def endpoints_event(labels: dict[str, str], namespace: str, logger: Any, **kwargs: Any) -> None:
     """Addresses changed (the route table carries them when service addressing is by endpoints)."""
-    reconcile(namespace, labels[MODELDEPLOYMENT], logger)
+    _for_parent(namespace, labels, kwargs, logger)
+
+
+@kopf.on.event("v1", "pods", labels={MODELDEPLOYMENT: kopf.PRESENT})
+def pod_event(labels: dict[str, str], namespace: str, logger: Any, **kwargs: Any) -> None:
+    """A pod started, failed or went: why pods fail is in status (lastFailure, the Ready message)."""
+    _for_parent(namespace, labels, kwargs, logger)
 
 
 @kopf.on.event(GROUP, VERSION, "featureviews")
-def featureview_event(event: dict[str, Any], name: str, namespace: str, logger: Any, **_: Any) -> None:
+def featureview_event(
+    event: dict[str, Any], name: str, namespace: str, memo: kopf.Memo, logger: Any, **kwargs: Any
+) -> None:
     """A FeatureView appeared, went or changed its spec: the ModelDeployments fed from it carry its join key, ttl and
     defaults in their route tables. Its status updates (freshness, every few seconds) change none of that."""
-    key, generation = (namespace, name), (event.get("object") or {}).get("metadata", {}).get("generation")
-    if event.get("type") == "DELETED":
-        _view_generations.pop(key, None)
-    elif _view_generations.get(key) == generation:
-        return
-    else:
-        _view_generations[key] = generation
-    for md in kube.list_objects(context().api, API_VERSION, "ModelDeployment", namespace, ""):
-        if ((md.get("spec") or {}).get("features") or {}).get("featureView") == name:
-            reconcile(namespace, md["metadata"]["name"], logger)
+    generation = (event.get("object") or {}).get("metadata", {}).get("generation")
+    if event.get("type") != "DELETED":
+        if memo.get(VIEW_GENERATION) == generation:
+            return
+        memo[VIEW_GENERATION] = generation
+    for md_name in list(kwargs["md_feature_views"].get((namespace, name), ())):
+        _for_parent(namespace, {MODELDEPLOYMENT: md_name}, kwargs, logger)
 
 
 def _ready_reason(status: dict[str, Any]) -> str | None:
-    return next((c.get("reason") for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+    return next((c.get("reason") for c in status.get("conditions") or [] if c.get("type") == READY), None)
 
 
 def _rolling(status: dict[str, Any], **_: Any) -> bool:
@@ -517,44 +649,42 @@ def _rolling(status: dict[str, Any], **_: Any) -> bool:
 
 
 @kopf.timer(GROUP, VERSION, "modeldeployments", interval=2, when=_rolling)
-def rollout_timer(name: str, namespace: str, logger: Any, retry: int, **_: Any) -> None:
+def rollout_timer(name: str, namespace: str, memo: kopf.Memo, retry: int, **kwargs: Any) -> None:
     """Step pauses, analysis intervals, shadow reports, scale-down delays and route reloads run on the clock."""
-    reconcile(namespace, name, logger, retry)
+    reconcile(namespace, name, memo, Watched.of(kwargs), retry)
+
+
+WAITING_ON_EVENTS = frozenset({WAITING_FOR_STABLE, WAITING_FOR_GATEWAY, INVALID_SPEC, FEATURE_VIEW_NOT_FOUND})
+"""Ready reasons that only a watch event can end (a Deployment's or pod's, a spec change, a FeatureView)."""
 
 
 def _polled(spec: dict[str, Any], status: dict[str, Any], **_: Any) -> bool:
-    """Registry aliases and approvals change outside Kubernetes, and a reconcile that failed is not retried by its
-    event."""
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    """Registry aliases and approvals change outside Kubernetes, and a child that could not be applied or a version
+    that did not resolve is not announced by any event; what waits on events is left to them."""
+    ready = _ready_reason(status)
     approval = (spec.get("policy") or {}).get("requireApproval")
-    return bool(spec.get("followAlias") or spec.get("canary") or spec.get("retrain") or approval) or not ready
+    watched = ready in WAITING_ON_EVENTS or any(
+        c.get("type") == READY and c.get("status") == "True" for c in status.get("conditions") or []
+    )
+    return bool(spec.get("followAlias") or spec.get("canary") or spec.get("retrain") or approval) or not watched
 
 
 @kopf.timer(GROUP, VERSION, "modeldeployments", interval=10, when=_polled)
-def poll_timer(name: str, namespace: str, logger: Any, retry: int, **_: Any) -> None:
-    """Follow registry aliases (MLflow webhooks are optional) and approvals, retry what is not Ready yet (children
-    that could not be applied, with a back-off), read why its pods fail, and watch the retrain triggers."""
-    reconcile(namespace, name, logger, retry)
+def poll_timer(name: str, namespace: str, memo: kopf.Memo, retry: int, **kwargs: Any) -> None:
+    """Follow registry aliases (MLflow webhooks are optional) and approvals, retry what could not be applied (with a
+    back-off) or resolved, and watch the retrain triggers."""
+    reconcile(namespace, name, memo, Watched.of(kwargs), retry)
 
 
 @kopf.on.delete(GROUP, VERSION, "modeldeployments")
-def modeldeployment_deleted(name: str, namespace: str, uid: str, **_: Any) -> None:
-    """Remove every child, also where no garbage collector runs (the local runtime); MLflow is left as it was."""
+def modeldeployment_deleted(name: str, namespace: str, **_: Any) -> None:
+    """Remove every child, also where no garbage collector runs (the local runtime); MLflow is left as it was. What
+    the operator remembered of it goes with its memo."""
     ctx = context()
     selector = f"{MODELDEPLOYMENT}={name}"
-    kinds = [
-        ("apps/v1", "Deployment"),
-        ("v1", "Service"),
-        ("v1", "ConfigMap"),
-        ("autoscaling/v1", "HorizontalPodAutoscaler"),
-    ]
+    kinds = [*VERSION_KINDS, ("v1", "ConfigMap")]
     if metrics.prometheus_rules_served(ctx.api):
         kinds.append(metrics.PROMETHEUS_RULE)
     for api_version, kind in kinds:
-        for obj in kube.resource(ctx.api, api_version, kind).get(namespace=namespace, label_selector=selector).items:
-            kube.delete(ctx.api, api_version, kind, obj.metadata.name, namespace)
-            _applied.pop((kind, namespace, obj.metadata.name), None)
-    _pruned.pop((namespace, name), None)
-    for key in [k for k in _snapshots if k[0] == uid]:
-        del _snapshots[key]
-    _holding.pop(uid, None)
+        for obj in kube.list_objects(ctx.api, api_version, kind, namespace, selector):
+            kube.delete(ctx.api, api_version, kind, obj["metadata"]["name"], namespace)

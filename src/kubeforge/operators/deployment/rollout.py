@@ -166,6 +166,39 @@ def describe_failure(results: list[dict[str, Any]]) -> str:
     return "; ".join(f"{r['name']} = {r['value']:.4g}, wanted {r['threshold']}" for r in failed)
 
 
+@dataclass
+class _Pass:
+    """What one plan() works on: its inputs, the status being drafted, and the versions decided so far. Each step
+    of plan() (stable, canary target, canary steps, shadow, retirement, children, readiness) reads and extends it."""
+
+    md: ModelDeployment
+    resolved: Resolved
+    observed: Observed
+    old: dict[str, Any]
+    st: StatusDraft
+    out: Plan
+    now: datetime
+    stable: str = ""
+    canary: str | None = None
+    shadow: str | None = None
+    held: str | None = None  # the canary target, when it waits for approval or was rejected
+    blocks: list[tuple[str, str, str]] = field(default_factory=list)
+    """(reason, message, version) of each version spec.policy.requireApproval holds back."""
+    degraded: list[tuple[str, str]] = field(default_factory=list)  # (reason, message) for Degraded
+
+    @property
+    def steps(self) -> tuple[CanaryStep, ...]:
+        return canary_settings(self.md)[0]
+
+    @property
+    def analysis(self) -> Analysis:
+        return canary_settings(self.md)[1]
+
+    @property
+    def scale_down(self) -> float:
+        return canary_settings(self.md)[2]
+
+
 def plan(
     body: dict[str, Any],
     resolved: Resolved,
@@ -198,44 +231,60 @@ def plan(
         out.status = st.s
         return out
     assert isinstance(md, ModelDeployment)
-    name = meta["name"]
-    steps, analysis, scale_down = canary_settings(md)
+    p = _Pass(md, resolved, observed, old, st, out, now)
+    if _stable(p):
+        _canary_target(p)
+        if p.canary is not None:
+            _canary_steps(p, analysis_results)
+        _no_canary(p)
+        _shadow(p)
+        retiring = _retirement(p)
+        feature_problems = _children(p, body, settings, retiring)
+        _readiness(p, meta["name"], feature_problems)
+    out.status = st.s
+    return out
 
-    # --- stable -----------------------------------------------------------------------
-    stable = old.get("stableVersion")
-    blocks: list[tuple[str, str, str]] = []  # (reason, message, version) held back by spec.policy.requireApproval
+
+def _stable(p: _Pass) -> bool:
+    """The stable version: kept, selected the first time, or replaced by a newly pinned one. False when there is
+    none to serve yet (the status then says why)."""
+    st, out, md, resolved = p.st, p.out, p.md, p.resolved
+    stable = p.old.get("stableVersion")
     if stable is None:
         if resolved.stable is None:
             msg = resolved.errors.get("stable", "spec.model did not resolve to a version")
             st.cond(READY, FALSE, MODEL_NOT_FOUND, msg)
             st.cond(DEGRADED, TRUE, MODEL_NOT_FOUND, msg)
             st.s["lastFailure"] = {"reason": MODEL_NOT_FOUND, "message": msg, "time": st.now}
-            if not _same_condition(old, READY, MODEL_NOT_FOUND, msg):
+            if not _same_condition(p.old, READY, MODEL_NOT_FOUND, msg):
                 out.events.append(("Warning", MODEL_NOT_FOUND, msg))
-            out.status = st.s
-            return out
+            return False
         if block := _gate(md, resolved, "stable", resolved.stable):
             st.cond(READY, FALSE, *block)
-            _approval_condition(st, out, old, md, [(*block, resolved.stable)], None)
-            out.status = st.s
-            return out  # nothing is served before a version is approved
+            _approval_condition(st, out, p.old, md, [(*block, resolved.stable)], None)
+            return False  # nothing is served before a version is approved
         stable = resolved.stable
         message = f"serving version {stable}{_approved(md, resolved, 'stable', stable)}"
         history.decide(st, out.events, "Select", stable, "Normal", "StableSelected", message)
     elif md.spec.model.version is not None and resolved.stable and resolved.stable != stable:
         # The user pinned another version: switch directly (a canary is spec.canary's job), once it is approved.
         if block := _gate(md, resolved, "stable", resolved.stable):
-            blocks.append((*block, resolved.stable))
+            p.blocks.append((*block, resolved.stable))
         else:
-            _retire(st, stable, now, scale_down)
+            _retire(st, stable, p.now, p.scale_down)
             approved = _approved(md, resolved, "stable", resolved.stable)
             message = f"stable version {stable} -> {resolved.stable}{approved}"
             history.decide(st, out.events, "Replace", resolved.stable, "Normal", STABLE_REPLACED, message)
             stable = resolved.stable
             st.clear("canaryVersion", "canaryWeight", "currentStep", "stepStarted", "analysis")
-    st.s["stableVersion"] = stable
+    st.s["stableVersion"] = p.stable = stable
+    return True
 
-    # --- canary target ----------------------------------------------------------------
+
+def _canary_target(p: _Pass) -> None:
+    """The version to roll out (the alias followed, or spec.canary's), unless it serves already, was rolled back,
+    or waits for approval; a canary that is no longer the target is withdrawn, a new target starts."""
+    st, out, md, resolved, stable = p.st, p.out, p.md, p.resolved, p.stable
     target: str | None = None
     target_role = "canary" if md.spec.canary is not None and not md.spec.follow_alias else "stable"
     if md.spec.follow_alias:
@@ -244,24 +293,22 @@ def plan(
         target = resolved.canary
     if target == stable:
         target = None
-    degraded: list[tuple[str, str]] = []
     if target_role in resolved.errors:
         reason = CANARY_NOT_FOUND if target_role == "canary" else MODEL_NOT_FOUND
-        degraded.append((reason, resolved.errors[target_role] + f"; version {stable} keeps serving"))
-    if target is not None and target == old.get("rolledBackVersion"):
+        p.degraded.append((reason, resolved.errors[target_role] + f"; version {stable} keeps serving"))
+    if target is not None and target == p.old.get("rolledBackVersion"):
         target = None  # rolled back: not again until the target moves on
-    held: str | None = None  # the target, when it waits for approval or was rejected
     if target is not None and (block := _gate(md, resolved, "canary", target)):
-        blocks.append((*block, target))
-        held, target = target, None
+        p.blocks.append((*block, target))
+        p.held, target = target, None
 
-    canary = old.get("canaryVersion")
+    canary = p.old.get("canaryVersion")
     if canary is not None and canary != target:
-        if canary == held:  # rejected during its rollout (or no longer approved): all traffic back to stable
-            reason, message, _ = blocks[-1]
+        if canary == p.held:  # rejected during its rollout (or no longer approved): all traffic back to stable
+            reason, message, _ = p.blocks[-1]
             message = f"canary {canary} withdrawn, version {stable} serves all traffic: {message}"
             history.decide(st, out.events, "Withdraw", canary, "Warning", reason, message)
-        elif target is None and canary != old.get("rolledBackVersion"):
+        elif target is None and canary != p.old.get("rolledBackVersion"):
             message = f"canary {canary} withdrawn: no longer the rollout target"
             history.decide(st, out.events, "Withdraw", canary, "Normal", NO_ROLLOUT, message)
         st.clear("canaryVersion", "canaryWeight", "currentStep", "stepStarted", "analysis")
@@ -270,77 +317,99 @@ def plan(
         canary = target
         st.s.update({"canaryVersion": canary, "canaryWeight": 0, "currentStep": 0})
         st.clear("stepStarted", "analysis")
-        msg = f"rolling out version {canary} over {len(steps)} step(s); stable is {stable}"
+        msg = f"rolling out version {canary} over {len(p.steps)} step(s); stable is {stable}"
         msg += _approved(md, resolved, "canary", canary)
         st.cond(PROGRESSING, TRUE, CANARY_STARTED, msg)
         st.cond(PROMOTED, FALSE, CANARY_STARTED, msg)
         history.decide(st, out.events, "Start", canary, "Normal", CANARY_STARTED, msg)
+    p.canary = canary
 
-    # --- canary progress ----------------------------------------------------------------
-    if canary is not None:
-        # Steps run only while both versions serve: a step's pause measures the canary under real traffic.
-        canary_up, stable_up = canary in observed.ready_versions, stable in observed.ready_versions
-        in_step = st.s.get("stepStarted") is not None
-        carried_traffic = bool(st.s.get("canaryWeight"))
-        if canary_up:
-            st.cond(CANARY_READY, TRUE, AS_EXPECTED, f"Triton of version {canary} is available")
-        elif in_step:
-            st.cond(CANARY_READY, FALSE, CANARY_NOT_READY, f"Triton of version {canary} is not ready")
-        else:
-            st.cond(CANARY_READY, FALSE, CANARY_NOT_READY, f"waiting for Triton of version {canary}")
-        if canary_up and stable_up:
-            if not in_step or not carried_traffic:
-                _start_step(st, out, steps, canary, stable, restart=in_step)
-        else:
-            st.s["canaryWeight"] = 0
-        if analysis_results is not None:
-            # An interval the canary spends not ready during a step is a failed check, as an error would be.
-            lost = in_step and not canary_up
-            results = list(analysis_results)
-            if lost:
-                results.append({"name": READINESS_CHECK, "value": 0.0, "threshold": ">= 1", "passed": False})
-            prev = dict(st.s.get("analysis") or {})
-            failed = sum(1 for r in results if r.get("passed") is False)
-            passed = any(r.get("passed") is True for r in results)
-            failures = (
-                int(prev.get("failedChecks") or 0) + 1 if failed else (0 if passed else prev.get("failedChecks", 0))
-            )
-            st.s["analysis"] = {"time": st.now, "failedChecks": failures, "results": results}
-            if failures >= analysis.failure_limit:
-                why = [_not_ready_since(st.s, canary)] if lost else []
-                if metrics_failed := describe_failure(analysis_results):
-                    why.append(metrics_failed)
-                _rollback(st, out, canary, stable, "; ".join(why), failures)
-                canary = None
-        if canary is not None and st.s.get("stepStarted") and not st.s.get("canaryWeight"):
-            reason, msg = _interrupted(st.s, steps, analysis, canary, stable, canary_up)
-            st.cond(PROGRESSING, TRUE, reason, msg)
-            if carried_traffic:
-                history.decide(st, out.events, "Interrupt", canary, "Warning", reason, msg)
-        elif canary is not None and st.s.get("stepStarted"):
-            _maybe_advance(st, out, md, steps, canary, now)
-            if st.s.get("promotedVersion"):
-                promoted = st.s.pop("promotedVersion")
-                _retire(st, stable, now, scale_down)
-                stable, canary = promoted, None
-                st.s["stableVersion"] = stable
-        out.analysis_due = canary is not None and analysis_due(st.s, md, now)
-    if canary is None:
-        st.cond(CANARY_READY, FALSE, NO_ROLLOUT, "no canary")
-        if blocks:  # the next stable or canary waits for approval, or was rejected
-            st.cond(PROGRESSING, FALSE, blocks[0][0], f"{blocks[0][1]}; version {stable} keeps serving")
-        elif not _is(st.s, ROLLED_BACK) and not _is(st.s, PROMOTED):
-            st.cond(PROGRESSING, FALSE, NO_ROLLOUT, f"version {stable} is stable; no rollout in progress")
 
-    # --- shadow -------------------------------------------------------------------------
+def _canary_steps(p: _Pass, analysis_results: list[dict[str, Any]] | None) -> None:
+    """A live canary's steps: started while both versions serve, interrupted while either does not, judged by the
+    analysis, advanced, promoted (the canary becomes stable) or rolled back."""
+    st, out, canary, stable = p.st, p.out, p.canary, p.stable
+    assert canary is not None
+    # Steps run only while both versions serve: a step's pause measures the canary under real traffic.
+    canary_up, stable_up = canary in p.observed.ready_versions, stable in p.observed.ready_versions
+    in_step = st.s.get("stepStarted") is not None
+    carried_traffic = bool(st.s.get("canaryWeight"))
+    if canary_up:
+        st.cond(CANARY_READY, TRUE, AS_EXPECTED, f"Triton of version {canary} is available")
+    elif in_step:
+        st.cond(CANARY_READY, FALSE, CANARY_NOT_READY, f"Triton of version {canary} is not ready")
+    else:
+        st.cond(CANARY_READY, FALSE, CANARY_NOT_READY, f"waiting for Triton of version {canary}")
+    if canary_up and stable_up:
+        if not in_step or not carried_traffic:
+            _start_step(st, out, p.steps, canary, stable, restart=in_step)
+    else:
+        st.s["canaryWeight"] = 0
+    if analysis_results is not None and _analysis(p, analysis_results, lost=in_step and not canary_up):
+        return  # rolled back
+    if st.s.get("stepStarted") and not st.s.get("canaryWeight"):
+        reason, msg = _interrupted(st.s, p.steps, p.analysis, canary, stable, canary_up)
+        st.cond(PROGRESSING, TRUE, reason, msg)
+        if carried_traffic:
+            history.decide(st, out.events, "Interrupt", canary, "Warning", reason, msg)
+    elif st.s.get("stepStarted"):
+        _maybe_advance(st, out, p.md, p.steps, canary, p.now)
+        if st.s.get("promotedVersion"):
+            promoted = st.s.pop("promotedVersion")
+            _retire(st, stable, p.now, p.scale_down)
+            p.stable, p.canary = promoted, None
+            st.s["stableVersion"] = promoted
+    out.analysis_due = p.canary is not None and analysis_due(st.s, p.md, p.now)
+
+
+def _analysis(p: _Pass, analysis_results: list[dict[str, Any]], lost: bool) -> bool:
+    """Record an analysis in status; True when its failed checks in a row reached failureLimit and the canary was
+    rolled back. An interval the canary spends not ready during a step (lost) is a failed check, as an error
+    would be."""
+    st, canary = p.st, p.canary
+    assert canary is not None
+    results = list(analysis_results)
+    if lost:
+        results.append({"name": READINESS_CHECK, "value": 0.0, "threshold": ">= 1", "passed": False})
+    prev = dict(st.s.get("analysis") or {})
+    failed = sum(1 for r in results if r.get("passed") is False)
+    passed = any(r.get("passed") is True for r in results)
+    failures = int(prev.get("failedChecks") or 0) + 1 if failed else (0 if passed else prev.get("failedChecks", 0))
+    st.s["analysis"] = {"time": st.now, "failedChecks": failures, "results": results}
+    if failures < p.analysis.failure_limit:
+        return False
+    why = [_not_ready_since(st.s, canary)] if lost else []
+    if metrics_failed := describe_failure(analysis_results):
+        why.append(metrics_failed)
+    _rollback(st, p.out, canary, p.stable, "; ".join(why), failures)
+    p.canary = None
+    p.out.analysis_due = False
+    return True
+
+
+def _no_canary(p: _Pass) -> None:
+    """CanaryReady and Progressing while no canary is live: what holds the next version back, if anything."""
+    if p.canary is not None:
+        return
+    st = p.st
+    st.cond(CANARY_READY, FALSE, NO_ROLLOUT, "no canary")
+    if p.blocks:  # the next stable or canary waits for approval, or was rejected
+        st.cond(PROGRESSING, FALSE, p.blocks[0][0], f"{p.blocks[0][1]}; version {p.stable} keeps serving")
+    elif not _is(st.s, ROLLED_BACK) and not _is(st.s, PROMOTED):
+        st.cond(PROGRESSING, FALSE, NO_ROLLOUT, f"version {p.stable} is stable; no rollout in progress")
+
+
+def _shadow(p: _Pass) -> None:
+    """The version traffic is mirrored to, when spec.shadow resolves to one that neither serves nor waits."""
+    st, out, md, resolved, old = p.st, p.out, p.md, p.resolved, p.old
     shadow = resolved.shadow if md.spec.shadow is not None else None
-    if shadow in (stable, canary):
+    if shadow in (p.stable, p.canary):
         shadow = None
     if shadow and (block := _gate(md, resolved, "shadow", shadow)):
-        blocks.append((*block, shadow))
+        p.blocks.append((*block, shadow))
         shadow = None
     if "shadow" in resolved.errors:
-        degraded.append((SHADOW_NOT_FOUND, resolved.errors["shadow"]))
+        p.degraded.append((SHADOW_NOT_FOUND, resolved.errors["shadow"]))
     if shadow and md.spec.shadow and shadow != old.get("shadowVersion"):
         message = f"mirroring {md.spec.shadow.percent}% of traffic to version {shadow}"
         message += _approved(md, resolved, "shadow", shadow)
@@ -352,49 +421,63 @@ def plan(
         st.s["shadowVersion"] = shadow
     else:
         st.clear("shadowVersion", "shadowReport")
+    p.shadow = shadow
 
-    # --- retiring versions ----------------------------------------------------------------
+
+def _retirement(p: _Pass) -> list[dict[str, Any]]:
+    """Former stable versions that keep running until their scale-down delay has passed."""
     retiring = [
         r
-        for r in st.s.get("retiring", [])
-        if parse_rfc3339(r["after"]) > now and r["version"] not in (stable, canary, shadow)
+        for r in p.st.s.get("retiring", [])
+        if parse_rfc3339(r["after"]) > p.now and r["version"] not in (p.stable, p.canary, p.shadow)
     ]
     if retiring:
-        st.s["retiring"] = retiring
+        p.st.s["retiring"] = retiring
     else:
-        st.clear("retiring")
+        p.st.clear("retiring")
+    return retiring
 
-    # --- children -------------------------------------------------------------------------
-    live = {stable: "stable"}
-    if canary:
-        live[canary] = "canary"
-    if shadow:
-        live[shadow] = "shadow"
+
+def _children(
+    p: _Pass, body: dict[str, Any], settings: Settings, retiring: list[dict[str, Any]]
+) -> list[tuple[str, str, str]]:
+    """Every live version's Triton, the route table and the gateway; traffic and url in status. Returns the
+    feature problems as (role, reason, message)."""
+    st, md, name = p.st, p.md, body["metadata"]["name"]
+    live = {p.stable: "stable"}
+    if p.canary:
+        live[p.canary] = "canary"
+    if p.shadow:
+        live[p.shadow] = "shadow"
     for r in retiring:
         live.setdefault(r["version"], "stable")
-    out.live_versions = live
+    p.out.live_versions = live
     model = md.spec.model.name
     for version, role in live.items():
         version_model = model_of(md, role)
-        out.apply.append(children.triton_deployment(body, md, version_model, version, role, settings))
-        out.apply.append(children.triton_service(body, version))
+        p.out.apply.append(children.triton_deployment(body, md, version_model, version, role, settings))
+        p.out.apply.append(children.triton_service(body, version))
         if md.spec.autoscaling is not None:
-            out.apply.append(children.autoscaler(body, md, version))
-    routes = _routes(st.s, md, observed, model, stable, canary, shadow)
-    features, feature_problems = _feature_routes(md, meta["namespace"], resolved.features, routes)
-    degraded += [(reason, message) for _, reason, message in feature_problems]
-    _drift_routes(st, out, old, md, resolved.baselines, routes)
-    table = children.route_table(md, name, resolved.task, routes, features)
-    out.apply.append(children.routes_configmap(body, table))
-    out.apply.append(children.gateway_deployment(body, md, settings))
-    out.apply.append(children.gateway_service(body))
+            p.out.apply.append(children.autoscaler(body, md, version))
+    routes = _routes(st.s, md, p.observed, model, p.stable, p.canary, p.shadow)
+    features, feature_problems = _feature_routes(md, body["metadata"]["namespace"], p.resolved.features, routes)
+    p.degraded += [(reason, message) for _, reason, message in feature_problems]
+    _drift_routes(st, p.out, p.old, md, p.resolved.baselines, routes)
+    table = children.route_table(md, name, p.resolved.task, routes, features)
+    p.out.apply.append(children.routes_configmap(body, table))
+    p.out.apply.append(children.gateway_deployment(body, md, settings))
+    p.out.apply.append(children.gateway_service(body))
     st.s["traffic"] = [
         {"version": r["version"], "role": r["role"], "percent": r.get("weight") or r.get("percent", 0)} for r in routes
     ]
-    if observed.gateway_url:
-        st.s["url"] = f"{observed.gateway_url}/v2/models/{name}"
+    if p.observed.gateway_url:
+        st.s["url"] = f"{p.observed.gateway_url}/v2/models/{name}"
+    return feature_problems
 
-    # --- readiness ----------------------------------------------------------------------
+
+def _readiness(p: _Pass, name: str, feature_problems: list[tuple[str, str, str]]) -> None:
+    """Ready, lastFailure, Degraded and Approved from what serves and what went wrong."""
+    st, out, stable, observed = p.st, p.out, p.stable, p.observed
     failing = observed.failures
     if stable not in observed.ready_versions:
         st.cond(READY, FALSE, WAITING_FOR_STABLE, _waiting_for(f"Triton of version {stable}", failing.get(stable)))
@@ -411,17 +494,16 @@ def plan(
     if (last := podfailure.newer(st.s.get("lastFailure"), failure, st.now)) is not None:
         st.s["lastFailure"] = last
         out.events.append(podfailure.event(last))
-    if degraded:
-        reason, message = degraded[0]
-        st.cond(DEGRADED, TRUE, reason, "; ".join(m for _, m in degraded))
-        if not _same_condition(old, DEGRADED, reason, "; ".join(m for _, m in degraded)):
+    if p.degraded:
+        reason, message = p.degraded[0]
+        st.cond(DEGRADED, TRUE, reason, "; ".join(m for _, m in p.degraded))
+        if not _same_condition(p.old, DEGRADED, reason, "; ".join(m for _, m in p.degraded)):
             out.events.append(("Warning", reason, message))
             st.s["lastFailure"] = {"reason": reason, "message": message, "time": st.now}
-    elif not _is(st.s, ROLLED_BACK) or canary is not None:
+    elif not _is(st.s, ROLLED_BACK) or p.canary is not None:
         st.cond(DEGRADED, FALSE, AS_EXPECTED, "")
-    _approval_condition(st, out, old, md, blocks, stable, withdrawn=held if held == old.get("canaryVersion") else None)
-    out.status = st.s
-    return out
+    withdrawn = p.held if p.held == p.old.get("canaryVersion") else None
+    _approval_condition(st, out, p.old, p.md, p.blocks, stable, withdrawn=withdrawn)
 
 
 def _gate(md: ModelDeployment, resolved: Resolved, role: str, version: str) -> tuple[str, str] | None:

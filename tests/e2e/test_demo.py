@@ -81,7 +81,7 @@ def test_train_serve_promote_and_roll_back_with_no_failed_request(tmp_path: Path
         table = CliRunner().invoke(cli.main, ["lineage", "md/cancer", *where]).output
         assert "md/cancer on accuracy" in table and stable["data"]["sha256"][:12] in table
         # The card of the version the retrain registered: its data's hash and its run's metrics.
-        card = CliRunner().invoke(cli.main, ["model", "card", "cancer", "4", "--tracking-uri", state.mlflow_url])
+        card = CliRunner().invoke(cli.main, ["model", "card", "breast-cancer", "4", "--tracking-uri", state.mlflow_url])
         assert card.exit_code == 0, card.output
         assert stable["data"]["sha256"] in card.output
         assert f"| accuracy | {result['retrain']['status']['metrics']['accuracy']:.4f} |" in card.output

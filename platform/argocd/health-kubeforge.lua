@@ -35,6 +35,11 @@ end
 if ready ~= nil and ready.reason == "InvalidSpec" then
   return { status = "Degraded", message = text(ready) }
 end
+local approved = conditions["Approved"]
+if approved ~= nil and approved.status == "False" and approved.reason == "AwaitingApproval" then
+  -- Waiting for a person (kubeforge model approve), as a paused rollout does: Suspended, not Progressing.
+  return { status = "Suspended", message = text(approved) }
+end
 if progressing ~= nil and progressing.status == "True" then
   return { status = "Progressing", message = text(progressing) }
 end

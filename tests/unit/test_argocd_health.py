@@ -74,6 +74,13 @@ def test_model_deployment_health_follows_the_rollout() -> None:
     assert verdict["status"] == "Degraded" and "error-rate = 0.5" in verdict["message"]
 
 
+def test_a_version_awaiting_approval_is_suspended_naming_the_command() -> None:
+    gated = md(policy={"requireApproval": True})
+    waiting = md_plan(gated, Resolved(stable="1"), SERVING, None, SETTINGS, NOW).status
+    verdict = health(with_status(gated, waiting))
+    assert verdict["status"] == "Suspended" and "kubeforge model approve m 1" in verdict["message"], verdict
+
+
 def test_invalid_spec_is_degraded() -> None:
     obj = md(replicas=-1)
     status = md_plan(obj, Resolved(), Observed(), None, SETTINGS, NOW).status

@@ -83,10 +83,11 @@ CustomResourceDefinition watch is in rbac.yaml.
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
-# Why pods fail (training attempts, Tritons, gateways) and materialization results: read only.
+# Why pods fail (training attempts, Tritons, gateways; a deployment's pods are watched) and
+# materialization results: read only.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list]
+  verbs: [list, watch]
 # Children, written by server-side apply after a read; leftovers of a deleted owner are deleted.
 # Jobs: training attempts and materializations (watched for their completion).
 - apiGroups: [batch]

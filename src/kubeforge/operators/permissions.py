@@ -22,7 +22,7 @@ NAMESPACED: dict[tuple[str, str], dict[str, str]] = {
     },
     (KUBEFORGE, "modeldeployments"): {
         "get": "deployment.handlers.reconcile reads the ModelDeployment",
-        "list": "kopf watches; deployment.handlers.featureview_event lists the deployments a view feeds",
+        "list": "kopf watches (the md_memos and md_feature_views indexes)",
         "watch": "kopf.on.event(modeldeployments)",
         "patch": "kopf's finalizer (kopf.on.delete) and progress annotations",
     },
@@ -37,7 +37,8 @@ NAMESPACED: dict[tuple[str, str], dict[str, str]] = {
     (KUBEFORGE, "featureviews/status"): {"patch": "kube.write_status"},
     (CORE, "events"): {"create": "kube.event, on status transitions (kopf's own event posting is off)"},
     (CORE, "pods"): {
-        "list": "why pods fail (training._attempt_failure, deployment._pod_failures), materialization results",
+        "list": "why pods fail (training._attempt_failure), materialization results; kopf watches",
+        "watch": "kopf.on.event(pods) and the md_pods index: why a deployment's pods fail",
     },
     ("batch", "jobs"): {
         "get": "kube.apply_children reads each child first; training reconcile reads its current Job",
@@ -56,14 +57,14 @@ NAMESPACED: dict[tuple[str, str], dict[str, str]] = {
     },
     (CORE, "services"): {
         "get": "kube.apply_children",
-        "list": "deployment observe (dns addressing), _prune, modeldeployment_deleted",
+        "list": "deployment.handlers.modeldeployment_deleted",
         "create": "server-side apply of a new child",
         "patch": "server-side apply",
         "delete": "_prune, modeldeployment_deleted; a deleted owner's leftover",
     },
     ("apps", "deployments"): {
         "get": "kube.apply_children",
-        "list": "kopf watches; deployment observe, _prune, modeldeployment_deleted",
+        "list": "kopf watches (the md_workloads index); modeldeployment_deleted",
         "watch": "kopf.on.event(deployments)",
         "create": "server-side apply of a new child",
         "patch": "server-side apply",
@@ -71,13 +72,13 @@ NAMESPACED: dict[tuple[str, str], dict[str, str]] = {
     },
     ("autoscaling", "horizontalpodautoscalers"): {
         "get": "kube.apply_children",
-        "list": "_prune, modeldeployment_deleted",
+        "list": "modeldeployment_deleted",
         "create": "server-side apply of a new child",
         "patch": "server-side apply",
         "delete": "_prune, modeldeployment_deleted; a deleted owner's leftover",
     },
     ("discovery.k8s.io", "endpointslices"): {
-        "list": "kopf watches; deployment observe (endpoints addressing)",
+        "list": "kopf watches (the md_addresses index, for endpoints addressing)",
         "watch": "kopf.on.event(endpointslices)",
     },
     ("monitoring.coreos.com", "prometheusrules"): {

@@ -575,7 +575,8 @@ def _on_event(namespace: str, name: str, memo: Mapping[str, Any], kwargs: Mappin
         try:
             reconcile(namespace, name, memo, Watched.of(kwargs))
             return
-        except kopf.TemporaryError:
+        except kopf.TemporaryError as err:
+            logger.warning(f"reconcile failed, the poll timer tries again: {err}")
             return
         except Exception as err:
             if delay is None:

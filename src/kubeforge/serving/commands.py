@@ -48,6 +48,9 @@ def export_command(
 @click.option("--tokens", type=click.Path(dir_okay=False, path_type=Path), help="Bearer token file; no auth without.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8080, show_default=True)
+@click.option(
+    "--grpc-port", type=click.IntRange(0, 65535), default=0, show_default=True, help="OIP over gRPC; 0 for none."
+)
 @click.option("--max-body-bytes", type=int, default=16 * 1024 * 1024, show_default=True)
 @click.option("--reload-interval", type=float, default=1.0, show_default=True, help="Seconds between file checks.")
 @click.option(
@@ -70,6 +73,7 @@ def gateway_command(
     tokens: Path | None,
     host: str,
     port: int,
+    grpc_port: int,
     max_body_bytes: int,
     reload_interval: float,
     payload_log_dir: Path | None,
@@ -89,5 +93,7 @@ def gateway_command(
         access_log=None if access_log == "off" else access_log,
         access_log_max_mb=access_log_max_mb,
         access_log_max_files=access_log_max_files,
+        grpc_host=host,
+        grpc_port=grpc_port,
     )
     serve(settings, host, port)

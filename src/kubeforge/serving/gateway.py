@@ -100,6 +100,9 @@ class Settings:
     """Size at which an access log file is rotated."""
     access_log_max_files: int = 5
     """Rotated access log files kept."""
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 0
+    """Port of the Open Inference Protocol over gRPC (:mod:`.grpcgateway`); 0 for none."""
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -232,9 +235,16 @@ class Gateway:
             self.access.run(),
         )
         tasks = [asyncio.create_task(c) for c in loops]
+        grpc_server = None
+        if self.settings.grpc_port:
+            from .grpcgateway import start  # grpc is imported only by gateways that serve it
+
+            grpc_server = await start(self, self.settings.grpc_host, self.settings.grpc_port)
         try:
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(1.0)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -248,7 +258,7 @@ class Gateway:
 
     # --- request path ----------------------------------------------------------------------
 
-    def _route(
+    def resolve(
         self, name: str, version: str | None, authorization: str | None, call: Call | None = None
     ) -> tuple[Route, Target | None]:
         """The route and, for /versions/{v}/ paths, the pinned version; raises for unknown ones. The caller the
@@ -314,26 +324,34 @@ class Gateway:
         call = Call(time.perf_counter(), time.time())
         path = scope["path"]
         match = INFER_PATH.match(path)
-        headers = Headers(scope=scope)
-        try:
-            if match is None:
-                raise HTTPException(404, f"no route for {path}")
-            response = await self._infer(call, match["name"], match["version"], headers, receive)
-        except HTTPException as exc:
-            response = error(exc.status_code, str(exc.detail), dict(exc.headers or {}))
-        except Throttled as refused:
-            call.throttled = refused.reason
-            response = throttled(refused)
+        if match is None:
+            response = error(404, f"no route for {path}")
+        else:
+            response = await self.answer(call, match["name"], match["version"], Headers(scope=scope), receive)
         call.request_id = response.headers[REQUEST_ID_HEADER] = call.request_id or request_id(None)
         try:
             await response(scope, receive, send)
         finally:  # also when the caller went away while the answer was sent
-            self.admission.count(call.caller, response.status_code)
-            if self.access.enabled:
-                version, role = response.headers.get(VERSION_HEADER), response.headers.get(ROLE_HEADER)
-                model = match["name"] if match else None
-                role = "fallback" if call.fell_back else role
-                self._log(call, "POST", path, model, version, role, response.status_code, len(response.body))
+            self.settle(call, "POST", path, match["name"] if match else None, response, len(response.body))
+
+    async def answer(self, call: Call, name: str, version: str | None, headers: Headers, receive: Receive) -> Response:
+        """The REST answer to one inference request, refusals included; the gRPC service answers from it too, so
+        both protocols route, authorize, limit, fall back, mirror and record alike."""
+        try:
+            return await self._infer(call, name, version, headers, receive)
+        except HTTPException as exc:
+            return error(exc.status_code, str(exc.detail), dict(exc.headers or {}))
+        except Throttled as refused:
+            call.throttled = refused.reason
+            return throttled(refused)
+
+    def settle(self, call: Call, method: str, path: str, model: str | None, response: Response, sent: int) -> None:
+        """Count an answered inference request against its tenant and write its access log line."""
+        self.admission.count(call.caller, response.status_code)
+        if self.access.enabled:
+            version, role = response.headers.get(VERSION_HEADER), response.headers.get(ROLE_HEADER)
+            role = "fallback" if call.fell_back else role
+            self._log(call, method, path, model, version, role, response.status_code, sent)
 
     def _log(
         self,
@@ -351,7 +369,7 @@ class Gateway:
         self.access.record((*entry, call.received, call.throttled))
 
     async def _infer(self, call: Call, name: str, version: str | None, headers: Headers, receive: Receive) -> Response:
-        route, pinned = self._route(name, version, headers.get("authorization"), call)
+        route, pinned = self.resolve(name, version, headers.get("authorization"), call)
         admitted = self.admission.admit(call.caller, time.monotonic())
         try:
             return await self._forward(call, route, pinned, headers, receive)
@@ -465,27 +483,33 @@ class Gateway:
 
     def _route_of(self, request: Request) -> tuple[Route, Target | None]:
         params = request.path_params
-        return self._route(params["name"], params.get("version"), request.headers.get("authorization"), _call(request))
+        return self.resolve(params["name"], params.get("version"), request.headers.get("authorization"), _call(request))
 
     async def metadata(self, request: Request) -> Response:
         route, pinned = self._route_of(request)
+        status, body = await self.describe(route, pinned, request.url.path.endswith("/config"))
+        headers = {VERSION_HEADER: (pinned or route.stable).version} if status == 200 else None
+        return Response(json.dumps(body), status, headers, media_type="application/json")
+
+    async def describe(self, route: Route, pinned: Target | None, config: bool) -> tuple[int, dict[str, Any]]:
+        """Triton's metadata (or config) of the pinned or stable version under the model's own name, with the
+        versions in service; Triton's error body, or a 503 one when Triton cannot be reached."""
         target = pinned or route.stable
-        suffix = "/config" if request.url.path.endswith("/config") else ""
         try:
-            resp = await self.upstreams.get(target, suffix)
-        except (OSError, TimeoutError) as err:
-            return error(503, f"model {route.name!r} version {target.version} unreachable: {type(err).__name__}")
+            resp = await self.upstreams.get(target, "/config" if config else "")
+            body: dict[str, Any] = resp.json()
+        except (OSError, TimeoutError, ValueError) as err:
+            return 503, {"error": f"model {route.name!r} version {target.version} unreachable: {type(err).__name__}"}
         if resp.status_code != 200:
-            return Response(resp.content, resp.status_code, media_type="application/json")
-        body: dict[str, Any] = resp.json()
+            return resp.status_code, body
         body["name"] = route.name
-        if not suffix and pinned is None:
+        if not config and pinned is None:
             body["versions"] = sorted(t.version for t in route.versions.values() if t.role != "shadow")
-        return Response(json.dumps(body), 200, {VERSION_HEADER: target.version}, media_type="application/json")
+        return 200, body
 
     async def post_feedback(self, request: Request) -> Response:
         """POST /v2/models/{name}/feedback: labels joined to earlier answers by request id; counts by result."""
-        route, _ = self._route(request.path_params["name"], None, request.headers.get("authorization"), _call(request))
+        route, _ = self.resolve(request.path_params["name"], None, request.headers.get("authorization"), _call(request))
         try:
             payload = await self._body(request.headers, request.receive)
             counts, records = self.feedback.post(route, payload)
@@ -497,7 +521,7 @@ class Gateway:
 
     async def feedback_dataset(self, request: Request) -> Response:
         """GET /v2/models/{name}/feedback/dataset?since=24h&target=label: labelled payload records as CSV."""
-        route, _ = self._route(request.path_params["name"], None, request.headers.get("authorization"), _call(request))
+        route, _ = self.resolve(request.path_params["name"], None, request.headers.get("authorization"), _call(request))
         directory = self.settings.payload_dir
         if route.spec.payload_log is None or directory is None:
             message = f"model {route.name!r} has no payload log to build a data set from: set its payloadLog"
@@ -512,9 +536,10 @@ class Gateway:
 
     async def model_ready(self, request: Request) -> Response:
         route, pinned = self._route_of(request)
-        target = pinned or route.stable
-        ready = await self.upstreams.probe(target) and self.stores.ready(route)
-        return Response(status_code=200 if ready else 503)
+        return Response(status_code=200 if await self.model_is_ready(route, pinned) else 503)
+
+    async def model_is_ready(self, route: Route, pinned: Target | None) -> bool:
+        return await self.upstreams.probe(pinned or route.stable) and self.stores.ready(route)
 
     async def logged(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve a model request other than inference through app, with its line in the access log."""
@@ -548,8 +573,11 @@ class Gateway:
             self._log(call, scope["method"], path, model, version, role, status, sent)
 
     async def server_ready(self, _: Request) -> Response:
-        ready = self.loaded and all(r.stable.ready and self.stores.ready(r) for r in self.routes.values())
-        return Response(status_code=200 if ready else 503)
+        return Response(status_code=200 if self.ready() else 503)
+
+    def ready(self) -> bool:
+        """A route table is loaded and every model's stable version (and feature store) can answer."""
+        return self.loaded and all(r.stable.ready and self.stores.ready(r) for r in self.routes.values())
 
 
 def _call(request: Request) -> Call | None:
@@ -561,8 +589,11 @@ async def _live(_: Request) -> Response:
     return Response(status_code=200)
 
 
+SERVER_METADATA = {"name": "kubeforge-gateway", "version": "v2", "extensions": ["binary_tensor_data"]}
+
+
 async def _server_metadata(_: Request) -> Response:
-    return Response(json.dumps({"name": "kubeforge-gateway", "version": "v2", "extensions": ["binary_tensor_data"]}))
+    return Response(json.dumps(SERVER_METADATA))
 
 
 async def _metrics(_: Request) -> Response:

@@ -86,6 +86,13 @@ SHADOW_LATENCY_DELTA_SUM = Gauge(
     ["model", "version"],
     registry=REGISTRY,
 )
+GRPC_REQUESTS = Counter(
+    "kubeforge_gateway_grpc_requests",
+    "Calls of the gateway's gRPC service by method and gRPC status code; inference calls are also in the "
+    "per-version request series, with the HTTP status the same refusal or answer has over REST",
+    ["method", "code"],
+    registry=REGISTRY,
+)
 RELOADS = Counter(
     "kubeforge_route_table_reloads",
     "Route table (and token file) reloads by result: ok or failed (the previous one stays in force)",

@@ -35,6 +35,8 @@ TOKENS_MOUNT = "/etc/kubeforge/tokens"
 PAYLOAD_LOG_MOUNT = "/var/log/kubeforge/payloads"
 PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 GATEWAY_PORT = 8080
+GATEWAY_PORTS = {"http": GATEWAY_PORT, "grpc": 8081}
+"""The gateway's ports: the Open Inference Protocol over REST and over gRPC (tritonclient.grpc, perf_analyzer)."""
 
 
 def version_name(md: str, version: str) -> str:
@@ -261,6 +263,8 @@ def gateway_deployment(owner: dict[str, Any], md: ModelDeployment, settings: Set
         f"$({labels.LISTEN_ADDRESS_ENV})",
         "--port",
         "$(KUBEFORGE_PORT_HTTP)",
+        "--grpc-port",
+        "$(KUBEFORGE_PORT_GRPC)",
     ]
     volumes: list[dict[str, Any]] = [{"name": "routes", "configMap": {"name": routes_name(name)}}]
     mounts: list[dict[str, Any]] = [{"name": "routes", "mountPath": ROUTES_MOUNT, "readOnly": True}]
@@ -273,8 +277,7 @@ def gateway_deployment(owner: dict[str, Any], md: ModelDeployment, settings: Set
         args += ["--payload-log-dir", PAYLOAD_LOG_MOUNT]
         volumes.append({"name": "payload-log", "emptyDir": {}})
         mounts.append({"name": "payload-log", "mountPath": PAYLOAD_LOG_MOUNT})
-    ports = {"http": GATEWAY_PORT}
-    env = _server_env(ports)
+    env = _server_env(GATEWAY_PORTS)
     if md.spec.features is not None:
         # The gateway reads the online store materialization Jobs write: Redis, or the sqlite file on the store's
         # volume, mounted writable because sqlite readers take locks and may have to roll back a hot journal.
@@ -291,7 +294,7 @@ def gateway_deployment(owner: dict[str, Any], md: ModelDeployment, settings: Set
         "command": args,
         "env": env,
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "ports": _container_ports(ports),
+        "ports": _container_ports(GATEWAY_PORTS),
         "readinessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 2},
         "volumeMounts": mounts,
     }
@@ -316,7 +319,7 @@ def gateway_deployment(owner: dict[str, Any], md: ModelDeployment, settings: Set
 def gateway_service(owner: dict[str, Any]) -> dict[str, Any]:
     name = owner["metadata"]["name"]
     selector = {labels.MODELDEPLOYMENT: name, labels.COMPONENT: "gateway"}
-    return _service(owner, gateway_name(name), "gateway", selector, {"http": GATEWAY_PORT})
+    return _service(owner, gateway_name(name), "gateway", selector, GATEWAY_PORTS)
 
 
 def prometheus_rule(owner: dict[str, Any], targets: dict[str, Any]) -> dict[str, Any]:

@@ -147,7 +147,7 @@ def test_a_modeldeployment_takes_no_leftover_over_but_replaces_it(
 
     wait_for(lambda: gateway_owner() == uid, 30, "the gateway Service")
     svc = core.read_namespaced_service("lefty-gateway", namespace)
-    assert [p.name for p in svc.spec.ports] == ["http"] and "app" not in (svc.metadata.labels or {})
+    assert [p.name for p in svc.spec.ports] == ["http", "grpc"] and "app" not in (svc.metadata.labels or {})
     assert "Service lefty-gateway" in event_message(api, namespace, "lefty", "DeletingLeftover")
 
 

@@ -26,7 +26,6 @@ from typing import Any
 import grpc
 import numpy as np
 from google.protobuf import json_format
-from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.types import Message
@@ -285,11 +284,11 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 raise unreadable
             return {"type": "http.request", "body": body, "more_body": False}
 
-        raw = [(k.encode(), v.encode("latin-1")) for k, v in context.invocation_metadata() or () if isinstance(v, str)]
-        raw = [(k, v) for k, v in raw if k not in _NOT_FORWARDED]
-        raw += [(b"content-type", b"application/octet-stream"), (HEADER_LENGTH.encode(), str(length).encode())]
+        metadata = context.invocation_metadata() or ()
+        headers = {k: v for k, v in metadata if isinstance(v, str) and k not in _NOT_FORWARDED}
+        headers |= {"content-type": "application/octet-stream", HEADER_LENGTH: str(length)}
         name, version = request.model_name, request.model_version or None
-        response = await self.gw.answer(call, name, version, Headers(raw=raw), receive)
+        response = await self.gw.answer(call, name, version, headers, receive)
         call.request_id = response.headers[REQUEST_ID_HEADER] = call.request_id or request_id(None)
         self.gw.settle(call, "POST", SERVICE + "ModelInfer", name, response, len(response.body))
         trailers = tuple((k, v) for k in TRAILERS if (v := response.headers.get(k)) is not None)

@@ -1,0 +1,147 @@
+"""The gateway's gRPC hop over calling Triton's gRPC port directly, measured side by side in one run on loopback.
+
+Starts MLflow, registers the tiny classifier, exports it, starts tritonserver and a gateway serving gRPC and REST,
+then sends the same ModelInfer request (one row, raw input contents, as tritonclient.grpc sends it) to Triton's
+gRPC port and to the gateway's in alternating rounds at concurrency 1 and 16, one grpc.aio channel with a
+pre-serialized request so the load generator spends no CPU on protobuf. Prints p50/p99, added latency and the
+throughput ratio, and the gateway's CPU time per request (from /proc) for gRPC beside the same request over REST,
+which is what translating between the two costs, and beside a grpc.aio server whose ModelInfer only returns an
+empty answer: the floor Python's gRPC server costs before any gateway work. Run from the repository root:
+.venv/bin/python -m tests.benchmarks.bench_grpc
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+from tests.benchmarks.bench_gateway import _compare, _cpu_seconds, _gateway, _pct, _round
+from tests.integration.serving.conftest import RUNTIME, Threshold, register, signature
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
+
+from kubeforge.api.modeldeployment import ModelRef
+from kubeforge.core import modelcontract as mc
+from kubeforge.local import mlflow_server
+from kubeforge.local import triton as local_triton
+from kubeforge.local.processes import free_port, spawn, terminate
+from kubeforge.serving import export
+
+ROUNDS = 5
+PER_ROUND = {1: 300, 16: 1200}
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def _request(version: str = "") -> bytes:
+    row = np.array([[0.7, 0.1, 0.2, 0.3]], dtype=np.float32)
+    request = pb.ModelInferRequest(model_name="bench", model_version=version, raw_input_contents=[row.tobytes()])
+    request.inputs.add(name=mc.INPUT_NAME, datatype="FP32", shape=list(row.shape))
+    return request.SerializeToString()
+
+
+async def _grpc_round(port: int, request: bytes, concurrency: int, total: int) -> tuple[list[float], float]:
+    latencies: list[float] = []
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        infer = channel.unary_unary(INFER)  # bytes in, bytes out: no protobuf on the load generator's side
+
+        async def caller() -> None:
+            for _ in range(total // concurrency):
+                start = time.perf_counter()
+                await infer(request)
+                latencies.append(time.perf_counter() - start)
+
+        await infer(request)  # connect before the clock starts
+        start = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(concurrency)))
+    return latencies, len(latencies) / (time.perf_counter() - start)
+
+
+class _Empty(service_pb2_grpc.GRPCInferenceServiceServicer):
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: object) -> pb.ModelInferResponse:
+        return pb.ModelInferResponse(model_name=request.model_name)
+
+
+async def _floor(port: int) -> None:
+    server = grpc.aio.server()
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(_Empty(), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+def _start_floor(work: Path, procs: list) -> tuple[int, int]:
+    port = free_port()
+    proc = spawn([sys.executable, "-m", "tests.benchmarks.bench_grpc", "--floor", str(port)], work / "floor.log")
+    procs.append(lambda: terminate(proc.pid))
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        grpc.channel_ready_future(channel).result(timeout=30)
+    return port, proc.pid
+
+
+def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="bench-grpc-"))
+    ml = mlflow_server.start(work / "mlflow")
+    procs = []
+    try:
+        version = register(ml.url, "bench", Threshold(0.0, 1.0), signature())
+        export.export(ml.url, ModelRef(name="bench", version=int(version)), work / "repo", RUNTIME)
+        triton = local_triton.start(work / "repo", work / "triton", models=["bench"])
+        procs.append(triton.stop)
+        stable = {"version": version, "role": "stable", "url": triton.url, "weight": 100}
+        grpc_port = free_port()
+        routes = {"models": {"bench": {"versions": [stable]}}}
+        http_port, pid = _gateway(
+            work, "gateway", routes, procs, ("--grpc-port", str(grpc_port), "--access-log", "off")
+        )
+        floor_port, floor_pid = _start_floor(work, procs)
+        rounds = {
+            "direct": lambda c, n: _grpc_round(triton.grpc_port, _request(version), c, n),
+            "gateway": lambda c, n: _grpc_round(grpc_port, _request(), c, n),
+            "rest": lambda c, n: _round(http_port, "/v2/models/bench/infer", c, n),
+            "floor": lambda c, n: _grpc_round(floor_port, _request(), c, n),
+        }
+        pids = {"direct": triton.pid, "gateway": pid, "rest": pid, "floor": floor_pid}
+        print(f"{'concurrency':>11} {'path':>8} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}")
+        for concurrency, per_round in PER_ROUND.items():
+            lat: dict[str, list[float]] = {k: [] for k in rounds}
+            rps: dict[str, list[float]] = {k: [] for k in rounds}
+            cpu = dict.fromkeys(rounds, 0.0)
+            for run in rounds.values():  # warm-up
+                asyncio.run(run(concurrency, per_round // 4))
+            for _ in range(ROUNDS):  # alternate, so a shared machine's changing load hits each alike
+                for k, run in rounds.items():
+                    used = _cpu_seconds(pids[k])
+                    latencies, throughput = asyncio.run(run(concurrency, per_round))
+                    cpu[k] += _cpu_seconds(pids[k]) - used
+                    lat[k] += latencies
+                    rps[k].append(throughput)
+            for k in rounds:
+                p50, p99 = _pct(lat[k], 0.5), _pct(lat[k], 0.99)
+                print(f"{concurrency:>11} {k:>8} {p50:>8.3f} {p99:>8.3f} {statistics.median(rps[k]):>8.0f}")
+            median = {k: statistics.median(v) for k, v in rps.items()}
+            _compare(
+                concurrency, "the gRPC gateway", lat["gateway"], lat["direct"], median["gateway"], median["direct"]
+            )
+            per = {k: cpu[k] / len(lat[k]) * 1e6 for k in rounds}
+            print(
+                f"concurrency {concurrency}: CPU per request {per['gateway']:.0f} µs in the gateway over gRPC, "
+                f"{per['rest']:.0f} µs over REST; {per['floor']:.0f} µs in an empty grpc.aio server; "
+                f"{per['direct']:.0f} µs in Triton"
+            )
+    finally:
+        for stop in reversed(procs):
+            stop()
+        ml.stop()
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--floor"]:
+        asyncio.run(_floor(int(sys.argv[2])))
+    else:
+        main()

@@ -17,7 +17,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -84,6 +87,24 @@ def _start_floor(work: Path, procs: list) -> tuple[int, int]:
     return port, proc.pid
 
 
+@dataclass
+class Seen:
+    """What the rounds against one target measured."""
+
+    latencies: list[float] = field(default_factory=list)
+    throughputs: list[float] = field(default_factory=list)
+    cpu: float = 0.0
+
+    def measure(
+        self, run: Callable[[int, int], Coroutine[Any, Any, tuple[list[float], float]]], pid: int, c: int, n: int
+    ):
+        used = _cpu_seconds(pid)
+        latencies, throughput = asyncio.run(run(c, n))
+        self.cpu += _cpu_seconds(pid) - used
+        self.latencies += latencies
+        self.throughputs.append(throughput)
+
+
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-grpc-"))
     ml = mlflow_server.start(work / "mlflow")
@@ -109,18 +130,15 @@ def main() -> None:
         pids = {"direct": triton.pid, "gateway": pid, "rest": pid, "floor": floor_pid}
         print(f"{'concurrency':>11} {'path':>8} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}")
         for concurrency, per_round in PER_ROUND.items():
-            lat: dict[str, list[float]] = {k: [] for k in rounds}
-            rps: dict[str, list[float]] = {k: [] for k in rounds}
-            cpu = dict.fromkeys(rounds, 0.0)
+            seen = {k: Seen() for k in rounds}
             for run in rounds.values():  # warm-up
                 asyncio.run(run(concurrency, per_round // 4))
             for _ in range(ROUNDS):  # alternate, so a shared machine's changing load hits each alike
                 for k, run in rounds.items():
-                    used = _cpu_seconds(pids[k])
-                    latencies, throughput = asyncio.run(run(concurrency, per_round))
-                    cpu[k] += _cpu_seconds(pids[k]) - used
-                    lat[k] += latencies
-                    rps[k].append(throughput)
+                    seen[k].measure(run, pids[k], concurrency, per_round)
+            lat = {k: v.latencies for k, v in seen.items()}
+            cpu = {k: v.cpu for k, v in seen.items()}
+            rps = {k: v.throughputs for k, v in seen.items()}
             for k in rounds:
                 p50, p99 = _pct(lat[k], 0.5), _pct(lat[k], 0.99)
                 print(f"{concurrency:>11} {k:>8} {p50:>8.3f} {p99:>8.3f} {statistics.median(rps[k]):>8.0f}")

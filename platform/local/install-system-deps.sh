@@ -6,9 +6,10 @@
 #   lua5.1, lua-cjson  running the Argo CD health check in tests (Argo CD speaks Lua 5.1)
 #   prometheus, prometheus-alertmanager  the local platform's monitoring; promtool tests the alert rules
 #   redis-server  the Redis online store that feature store tests start on 127.0.0.1
+#   libgomp1     OpenMP, which LightGBM's and XGBoost's wheels load
 set -euo pipefail
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
-pkgs=(etcd-server openssl golang-go rsync dpkg-dev golang-github-modern-go-reflect2-dev python3-venv lua5.1 lua-cjson redis-server prometheus prometheus-alertmanager)
+pkgs=(etcd-server openssl golang-go rsync dpkg-dev golang-github-modern-go-reflect2-dev python3-venv lua5.1 lua-cjson redis-server prometheus prometheus-alertmanager libgomp1)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -83,6 +83,7 @@ down: install ## Stop the local platform; its data stays
 bench: install triton-venv ## Benchmarks (print ratios measured in one run; see docs/benchmarks.md)
 	$(BIN)/python tests/benchmarks/bench_trainer.py
 	$(BIN)/python -m tests.benchmarks.bench_gateway
+	$(BIN)/python -m tests.benchmarks.bench_grpc
 	$(BIN)/python -m tests.benchmarks.bench_frameworks
 	$(BIN)/python -m tests.benchmarks.bench_operator
 

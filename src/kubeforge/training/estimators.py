@@ -16,6 +16,7 @@ validation rows and refused when it does not give what the original model gives.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 from typing import Any
@@ -253,8 +254,10 @@ def _round_lightgbm_thresholds(model: Any, dump: dict[str, Any]) -> None:
                 values[i] = next(iter(rounded))
 
 
+@functools.cache
 def _register_converters() -> None:
-    """Teach skl2onnx the XGBoost and LightGBM estimators, with onnxmltools' converters (its documented way)."""
+    """Teach skl2onnx the XGBoost and LightGBM estimators, with onnxmltools' converters (its documented way);
+    once per process."""
     from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm
     from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
     from skl2onnx import update_registered_converter

@@ -203,7 +203,8 @@ def _attempt_estimator(spec: TrainingJobSpec, settings: Settings, started: float
     estimators.fit(estimator, data.x_train, data.y_train, task, len(data.classes))
     evaluated = data.x_val if len(data.x_val) else data.x_train
     truth = data.y_val if len(data.x_val) else data.y_train
-    final = estimators.evaluate(estimators.predict(estimator, evaluated, task), truth, task)
+    answers = estimators.predict(estimator, evaluated, task)  # the validation rows', when there are any
+    final = estimators.evaluate(answers, truth, task)
     onnx_model = estimators.to_onnx(estimator, len(data.features), task)
     estimators.check_onnx(onnx_model, estimator, evaluated, task)
     print("fitted: " + " ".join(f"val_{k}={v:.4f}" for k, v in final.items()), flush=True)
@@ -229,7 +230,6 @@ def _attempt_estimator(spec: TrainingJobSpec, settings: Settings, started: float
             data.x_train[:5],
             tags | _metric_tags(final),
         )
-        answers = estimators.predict(estimator, data.x_val, task)
         card = _card(spec, settings, data, drift_baseline, params, final, answers, run_id, started)
         registration.write_card(spec.model.name, registered.version, card)
     return _result(experiment.experiment_id, run_id, registered, final)

@@ -105,17 +105,16 @@ def features(baseline: contract.Baseline) -> list[FeatureSummary]:
 
 def per_class(probabilities: np.ndarray, truth: np.ndarray, classes: list[Any]) -> list[ClassMetrics]:
     """Precision, recall, F1 and support of each class, from a classifier's probabilities on the validation rows."""
+    from sklearn.metrics import precision_recall_fscore_support
+
     predicted = np.asarray(probabilities).argmax(axis=1)
-    truth = np.asarray(truth).astype(np.int64)
-    rows = []
-    for i, label in enumerate(classes):
-        tp = int(((predicted == i) & (truth == i)).sum())
-        guessed, actual = int((predicted == i).sum()), int((truth == i).sum())
-        precision = tp / guessed if guessed else 0.0
-        recall = tp / actual if actual else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        rows.append(ClassMetrics(label=str(label), precision=precision, recall=recall, f1=f1, support=actual))
-    return rows
+    scores = precision_recall_fscore_support(
+        np.asarray(truth).astype(np.int64), predicted, labels=list(range(len(classes))), zero_division=0
+    )
+    return [
+        ClassMetrics(label=str(label), precision=p, recall=r, f1=f, support=int(n))
+        for label, p, r, f, n in zip(classes, *scores, strict=True)
+    ]
 
 
 def markdown(card: ModelCard) -> str:

@@ -26,11 +26,13 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -130,6 +132,32 @@ def cpu_seconds(pid: int) -> float:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
             ticks += int(fields[11]) + int(fields[12])
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def api_requests(api: client.ApiClient) -> Counter[tuple[str, str]]:
+    """The API server's request counts by (verb, resource, subresource), from its own metrics."""
+    resp = api.call_api(*api.param_serialize("GET", "/metrics", auth_settings=["BearerToken"]))
+    resp.read()
+    counts: Counter[tuple[str, str]] = Counter()
+    for line in resp.data.decode().splitlines():
+        if line.startswith("apiserver_request_total{"):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            what = labels.get("resource", "") + (f"/{labels['subresource']}" if labels.get("subresource") else "")
+            counts[(labels.get("verb", ""), what)] += int(float(line.rsplit(" ", 1)[1]))
+    return counts
+
+
+def _per_resource(
+    before: Counter[tuple[str, str]], after: Counter[tuple[str, str]], count: int, created: int = 0
+) -> str:
+    """Writes and reads per resource between two api_requests snapshots, leaving out lists and watches (the
+    benchmark's own polling) and the benchmark's creates of the ModelDeployments themselves."""
+    diff = after - before
+    diff[("POST", "modeldeployments")] -= created
+    kept = {key: n for key, n in diff.items() if n > 0 and key[0] not in ("LIST", "WATCH")}
+    rows = sorted((n / count, verb, what) for (verb, what), n in kept.items())
+    total = sum(r[0] for r in rows)
+    return f"{total:.1f}: " + ", ".join(f"{verb} {what} {n:.1f}" for n, verb, what in reversed(rows) if n >= 0.05)
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -326,7 +354,9 @@ def main() -> None:
         rss_applies = rss_mb(pid)
 
         print(f"2. {args.count} ModelDeployments at once", flush=True)
+        before = api_requests(api)
         elapsed = converge(api, version, args.count)
+        converged_at = api_requests(api)
         cpu_after_converge = cpu_seconds(pid)
         rss_converged = rss_mb(pid)
         rss_peak = rss_converged
@@ -335,6 +365,7 @@ def main() -> None:
             time.sleep(0.5)
             rss_peak = max(rss_peak, rss_mb(pid))
         cpu_settled = cpu_seconds(pid)
+        requests_settled = api_requests(api)
         load_end = os.getloadavg()
 
     total = args.applies + args.count
@@ -354,6 +385,8 @@ def main() -> None:
         (f"  target >= {TARGETS['rate']:.0f}/s", _verdict(rate >= TARGETS["rate"])),
         ("  share of the plain client's rate", f"{rate / plain_rate:.0%}"),
         (f"  target >= {TARGETS['share']:.0%}", _verdict(rate / plain_rate >= TARGETS["share"])),
+        ("  API requests per resource to converge", _per_resource(before, converged_at, args.count, args.count)),
+        (f"  ... in the {args.settle:.0f} s after", _per_resource(converged_at, requests_settled, args.count)),
         (f"operator RSS at {total} resources, converged / peak", f"{rss_converged:.0f} / {rss_peak:.0f} MB"),
         (f"  target <= {TARGETS['rss_mb']:.0f} MB", _verdict(rss_peak <= TARGETS["rss_mb"])),
         ("  after startup / after the applies", f"{rss_start:.0f} / {rss_applies:.0f} MB"),

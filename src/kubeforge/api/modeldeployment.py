@@ -495,6 +495,9 @@ class ModelDeploymentStatus(KubeModel):
     """Shadow comparison."""
     url: str | None = None
     """Inference endpoint (Open Inference Protocol v2)."""
+    grpc_url: str | None = None
+    """The same endpoint over gRPC, as host:port: the Open Inference Protocol's GRPCInferenceService
+    (tritonclient.grpc, perf_analyzer -i grpc), with the same routing, auth, metrics and drift as url."""
     last_failure: FailureInfo | None = None
     """Last failure, kept after recovery for reference."""
     last_retrain: RetrainRecord | None = None

@@ -244,38 +244,32 @@ def patch_status(
     old: dict[str, Any] | None,
     new: dict[str, Any],
     uid: str | None = None,
-) -> bool:
-    """Patch the status subresource when new differs from old; True when it wrote.
+) -> dict[str, Any] | None:
+    """Patch the status subresource when new differs from old; the object as written, None when nothing was.
 
     With uid, only the object with that uid is written: a status computed for an object that has been
-    deleted and created anew under its name in the meantime must not land on the new one (False then).
+    deleted and created anew under its name in the meantime must not land on the new one (None then).
     The status subresource ignores metadata in a merge patch, so that write is a JSON patch whose first
     operation tests metadata.uid, and replaces the status as a whole.
     """
     if old == new:
-        return False
-    group, _, version = api_version.rpartition("/")
-    plural = resource(api, api_version, kind).name
-    custom = client.CustomObjectsApi(api)
+        return None
+    path = _path(api, api_version, kind, name, namespace) + "/status"
     if uid is None:
         # A JSON merge patch sets keys present in new and removes keys dropped since old.
         patch = dict(new)
         for gone in set(old or {}) - set(new):
             patch[gone] = None
-        custom.patch_namespaced_custom_object_status(group, version, namespace, plural, name, {"status": patch})
-        return True
+        return _request(api, "PATCH", path, {"status": patch}, content_type="application/merge-patch+json")
     whole = {k: v for k, v in new.items() if v is not None}
     ops = [{"op": "test", "path": "/metadata/uid", "value": uid}, {"op": "add", "path": "/status", "value": whole}]
     try:
-        custom.patch_namespaced_custom_object_status(
-            group, version, namespace, plural, name, ops, _content_type="application/json-patch+json"
-        )
+        return _request(api, "PATCH", path, ops, content_type="application/json-patch+json")
     except ApiException as err:
         current = get(api, api_version, kind, name, namespace) if err.status == 422 else None
         if err.status == 404 or (err.status == 422 and (current or {}).get("metadata", {}).get("uid") != uid):
-            return False
+            return None
         raise
-    return True
 
 
 def write_status(
@@ -285,16 +279,19 @@ def write_status(
     new: dict[str, Any],
     events: list[tuple[str, str, str]],
     component: str,
-) -> bool:
+) -> dict[str, Any] | None:
     """Patch body's status when it changed, and only then record events (type, reason, message):
     events mark transitions, so a resync that changes nothing stays silent. Nothing is written when body
-    has been replaced by a new object of the same name since it was read."""
+    has been replaced by a new object of the same name since it was read. The object as written, or None."""
     meta = body["metadata"]
-    if not patch_status(api, body["apiVersion"], body["kind"], meta["name"], meta["namespace"], old, new, meta["uid"]):
-        return False
+    written = patch_status(
+        api, body["apiVersion"], body["kind"], meta["name"], meta["namespace"], old, new, meta["uid"]
+    )
+    if written is None:
+        return None
     for type_, reason, message in events:
         event(api, body, type_, reason, message, component=component)
-    return True
+    return written
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,10 @@ NAMESPACED: dict[tuple[str, str], dict[str, str]] = {
         "create": "deployment.handlers._retrain creates a TrainingJob (kube.create)",
     },
     (KUBEFORGE, "modeldeployments"): {
-        "get": "deployment.handlers.reconcile reads the ModelDeployment",
-        "list": "kopf watches (the md_memos and md_feature_views indexes)",
+        "get": "deployment.handlers.reconcile when no event brought the object; _sweep checks an owner is gone",
+        "list": "kopf watches (the md_memos, md_cadence and md_feature_views indexes)",
         "watch": "kopf.on.event(modeldeployments)",
-        "patch": "kopf's finalizer (kopf.on.delete) and progress annotations",
+        "patch": "kopf removes the finalizer earlier versions added",
     },
     (KUBEFORGE, "featureviews"): {
         "get": "featureview.handlers.reconcile; training and deployment handlers read the view they use",

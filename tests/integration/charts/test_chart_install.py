@@ -185,10 +185,10 @@ def test_under_the_charts_service_account_a_model_is_trained_and_served(
     gateway = st["url"].split("/v2/")[0]
     assert httpx.get(f"{gateway}/v2/models/cancer/ready", timeout=5).status_code == 200
 
-    # Deleting runs the ModelDeployment's finalizer, which deletes its children: also allowed.
+    # The operator deletes the children of a ModelDeployment that is gone: also allowed.
     custom.delete_namespaced_custom_object(GROUP, VERSION, ns, "modeldeployments", "cancer")
     gone = lambda: not client.AppsV1Api(api).list_namespaced_deployment(ns).items  # noqa: E731
-    wait_for(gone, 60, "the ModelDeployment's Deployments deleted by its finalizer")
+    wait_for(gone, 60, "the ModelDeployment's Deployments deleted by the operator")
     refused(release.operator)
 
 

@@ -13,10 +13,13 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytest
+import tritonclient.grpc
 from kubernetes import client
 from mlflow import MlflowClient
 
+from kubeforge.core import modelcontract as mc
 from kubeforge.local.demo import Traffic
 from kubeforge.local.processes import alive
 from kubeforge.local.runner.state import RunnerState
@@ -90,6 +93,12 @@ def test_serves_the_aliased_version_through_the_gateway(
     time.sleep(2)
     caller.stop()
     assert caller.samples and all(s.ok and s.version == "2" for s in caller.samples)
+    # The same deployment over gRPC, at the address its status gives, with Triton's own client.
+    grpc = tritonclient.grpc.InferenceServerClient(st["grpcUrl"])
+    inp = tritonclient.grpc.InferInput(mc.INPUT_NAME, [2, N_FEATURES], "FP32")
+    inp.set_data_from_numpy(np.array(ROWS[:2], dtype=np.float32))
+    answer = grpc.infer("serve-me", [inp])
+    assert answer.get_response().model_version == "2" and answer.as_numpy(mc.OUTPUT_NAME).shape[0] == 2
 
 
 def test_a_healthy_canary_walks_its_steps_and_is_promoted(
@@ -239,6 +248,38 @@ def test_deleting_removes_everything_it_created_and_leaves_mlflow(
         what="children removed",
     )
     assert registry.get_model_version_by_alias("doomed", "champion").version == "1", "MLflow untouched"
+
+
+def test_children_of_a_deployment_deleted_while_no_operator_ran_are_removed_after_it_starts(
+    operator: Operator, api: client.ApiClient, namespace: str, mlflow, registry
+) -> None:
+    model(mlflow, registry, "orphaned", [0.0], {"champion": 1})
+    create_md(api, namespace, "orphaned", model={"name": "orphaned", "alias": "champion"})
+    wait_for(lambda: deployments(api, namespace) == ["orphaned-gateway", "orphaned-v1"], what="children")
+    operator.stop()
+    try:
+        client.CustomObjectsApi(api).delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "orphaned")
+        # No finalizer holds it: it is gone at once, and nothing but the operator removes its children here.
+        wait_for(
+            lambda: (
+                not client.CustomObjectsApi(api).list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)[
+                    "items"
+                ]
+            )
+        )
+        assert deployments(api, namespace) == ["orphaned-gateway", "orphaned-v1"]
+    finally:
+        operator.start()
+    core, selector = client.CoreV1Api(api), f"{MD_LABEL}=orphaned"
+    wait_for(
+        lambda: (
+            not deployments(api, namespace)
+            and not core.list_namespaced_service(namespace, label_selector=selector).items
+            and not core.list_namespaced_config_map(namespace, label_selector=selector).items
+        ),
+        40,
+        "children removed by the restarted operator",
+    )
 
 
 def test_a_runner_killed_mid_rollout_is_restarted_and_the_rollout_finishes_without_duplicates(

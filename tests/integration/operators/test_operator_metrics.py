@@ -54,11 +54,6 @@ def delete_md(api: client.ApiClient, namespace: str, name: str) -> None:
     client.CustomObjectsApi(api).delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
 
 
-def md_finalizers(api: client.ApiClient, namespace: str, name: str) -> list[str]:
-    obj = client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-    return obj["metadata"].get("finalizers") or []
-
-
 def md_status(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
     obj = client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
     return obj.get("status") or {}
@@ -181,7 +176,6 @@ def test_where_prometheus_rules_are_served_a_deployment_owns_one_with_its_target
     assert value(operator, rules.DRIFT_PSI_THRESHOLD, **deployment, alerting="shared") is None
     assert value(operator, rules.SLO_LATENCY_P99, **deployment, alerting="own") == 0.25
 
-    # No garbage collector runs here: the operator's finalizer deletes the rule, once the operator has set it.
-    wait_for(lambda: md_finalizers(api, namespace, "guarded"), what="the operator's finalizer")
+    # No garbage collector runs here: the operator deletes the rule when it sees its deployment go.
     delete_md(api, namespace, "guarded")
     wait_for(lambda: rule(api, namespace, "guarded-slo") is None, what="the rule deleted with its deployment")

@@ -14,7 +14,9 @@ from kubeforge.operators.settings import Settings
 SETTINGS = Settings("http://mlflow:5000", "kf:1", "triton:1", "kf:1", "http://prom:9090")
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 URLS = {v: f"http://127.0.0.1:90{v}" for v in ("1", "2", "3")}
-EVERYTHING_READY = Observed(frozenset({"1", "2", "3"}), URLS, True, "http://127.0.0.1:8080", True)
+EVERYTHING_READY = Observed(
+    frozenset({"1", "2", "3"}), URLS, True, "http://127.0.0.1:8080", True, gateway_grpc="127.0.0.1:8081"
+)
 PASS = [{"name": "error-rate", "threshold": "<= 0.01", "value": 0.0, "passed": True}]
 FAIL = [{"name": "error-rate", "threshold": "<= 0.01", "value": 0.42, "passed": False}]
 
@@ -75,6 +77,7 @@ def test_first_version_serves_once_triton_and_gateway_are_ready() -> None:
     assert cond(b, "Ready")["status"] == "True"
     assert weights(p) == {"1": 100}
     assert b["status"]["url"] == "http://127.0.0.1:8080/v2/models/clf"
+    assert b["status"]["grpcUrl"] == "127.0.0.1:8081"
     assert b["status"]["traffic"] == [{"version": "1", "role": "stable", "percent": 100}]
 
 

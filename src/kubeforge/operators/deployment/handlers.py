@@ -2,22 +2,27 @@
 
 Triggers: the ModelDeployment's own events, events of its Deployments, EndpointSlices and
 Pods (readiness, addresses, why pods fail), spec changes of the FeatureView it reads
-features from, a 2-second timer while a canary or shadow is live (analysis intervals,
-step pauses) and a slower one that follows registry aliases and retries what no watch
-event will. Each runs the same level-based reconcile under a per-object lock.
+features from, and the operator's one clock (see clock): every 2 seconds while a canary or
+shadow is live (analysis intervals, step pauses), when a registry alias or approval it
+follows changes, and to retry what no watch event will. Each runs the same level-based
+reconcile under a per-object lock.
 
 What a pass observes comes from kopf indexes over the watches the operator holds anyway
-(label-selected on the API server, so only kubeforge's children are held): no list call
-per pass. What the operator remembers about one ModelDeployment (:class:`State`) lives in
-that object's kopf memo, found by its children's handlers through the ``md_memos`` index,
-and goes when the object goes. When a child cannot be applied, the ModelDeployment says so
-(Ready=False) and the timer tries again with a back-off.
+(label-selected on the API server, so only kubeforge's children are held), and the
+ModelDeployment itself from its newest event or status write: no read or list call per
+pass. What the operator remembers about one ModelDeployment (:class:`State`) lives in that
+object's kopf memo, found by its children's handlers and the clock through the ``md_memos``
+index, and goes when the object goes. When a child cannot be applied, the ModelDeployment
+says so (Ready=False) and the clock tries again with a back-off.
 """
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import hashlib
 import json
+import logging
 import threading
 import time
 from collections import defaultdict
@@ -44,17 +49,11 @@ from .. import metrics
 from ..labels import COMPONENT, MODEL_VERSION, MODELDEPLOYMENT
 from ..runtime import Context, context
 from . import analysis as an
-from . import children, history
+from . import children, clock, history
 from . import retrain as rt
 from .rollout import (
-    FEATURE_VIEW_NOT_FOUND,
     GATEWAY,
-    INVALID_SPEC,
-    READY,
     ROLLED_BACK,
-    WAITING_FOR_GATEWAY,
-    WAITING_FOR_ROUTES,
-    WAITING_FOR_STABLE,
     DriftBaseline,
     FeatureSource,
     Observed,
@@ -78,8 +77,10 @@ _baselines: dict[tuple[str, str], DriftBaseline] = {}  # (model, version) -> its
 
 STATE = "kubeforge.modeldeployment"  # key of State in a ModelDeployment's memo
 VIEW_GENERATION = "kubeforge.modeldeployment.view-generation"  # key in a FeatureView's memo
-EVENT_RETRIES = (1.0, 2.0, 4.0)
-"""Seconds between tries of a pass an event started that raised: kopf does not retry event handlers."""
+CLOCK_TASK = "kubeforge.modeldeployment.clock"  # key of the clock's task in the operator's memo
+MAX_RETRY_S = 60.0
+"""Longest pause before a pass that raised is tried again (1, 2, 4 ... seconds until then)."""
+log = logging.getLogger("kubeforge.operators.deployment")
 
 
 @dataclass
@@ -94,6 +95,12 @@ class State:
     """Canary version -> the gateway's metrics at the last analysis; the next one compares with it."""
     holding: dict[str, datetime] = field(default_factory=dict)
     """Retrain trigger -> since when it holds (see retrain)."""
+    body: dict[str, Any] | None = None
+    """The object as its newest event or status write had it: a pass reads it instead of the API server."""
+    deleted: bool = False
+    """The object is gone: a pass still queued must not create its children again."""
+    clock: clock.Clock = field(default_factory=clock.Clock)
+    """When it needs a pass that no event starts (see clock)."""
 
 
 def state_of(memo: Mapping[str, Any]) -> State:
@@ -112,6 +119,20 @@ def _resolve_one(ctx: Context, name: str, alias: str | None, version: int | None
     if mv.tags.get(mc.TAG_TASK):
         _resolve_cache[(name, "task")] = (time.monotonic(), mv.tags[mc.TAG_TASK])
     return mv.version
+
+
+def answers(ctx: Context, refs: Iterable[clock.Ref]) -> tuple[Any, ...]:
+    """What the registry says of each reference now (its version and that version's approval, or the error): the
+    clock compares them with what a ModelDeployment's last pass used. Answers are shared for RESOLVE_TTL."""
+    said: list[Any] = []
+    for name, alias, version in refs:
+        try:
+            found = _resolve_one(ctx, name, alias, version)
+        except MLflowError as err:
+            said.append(type(err).__name__)
+        else:
+            said.append((found, _approvals.get((name, found))))
+    return tuple(said)
 
 
 def resolve(ctx: Context, md: ModelDeployment, namespace: str, status: dict[str, Any]) -> Resolved:
@@ -261,6 +282,7 @@ class Address(NamedTuple):
 
     part: str  # model version, or GATEWAY
     url: str
+    grpc: str | None  # host:port of its gRPC port, if it has one
 
 
 def _part(labels: Mapping[str, str]) -> str | None:
@@ -280,6 +302,14 @@ def watch_only_children(settings: kopf.OperatorSettings, **_: Any) -> None:
 async def md_memos(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> dict[tuple[str, str], kopf.Memo]:
     """Each ModelDeployment's memo by namespace and name: its children's events reach its State through it."""
     return {(namespace, name): memo}
+
+
+@kopf.index(GROUP, VERSION, "modeldeployments")
+async def md_cadence(
+    namespace: str, name: str, spec: Mapping[str, Any], status: Mapping[str, Any], **_: Any
+) -> dict[tuple[str, str], clock.Cadence]:
+    """Each ModelDeployment's Cadence: what the clock reads to start the passes no event starts."""
+    return {(namespace, name): clock.Cadence.of(spec, status)}
 
 
 @kopf.index(GROUP, VERSION, "modeldeployments")
@@ -307,9 +337,10 @@ async def md_addresses(
     namespace: str, labels: Mapping[str, str], body: Mapping[str, Any], **_: Any
 ) -> dict[tuple[str, str], Address] | None:
     """Each ModelDeployment's ready addresses, with endpoints addressing (see observe)."""
-    owner, url = labels[MODELDEPLOYMENT], _slice_url(body, "http")
+    owner, url, grpc = labels[MODELDEPLOYMENT], _slice_url(body, "http"), _slice_url(body, "grpc")
     part = GATEWAY if labels.get(SERVICE_NAME) == children.gateway_name(owner) else labels.get(MODEL_VERSION)
-    return {(namespace, owner): Address(part, url)} if part and url else None
+    grpc = grpc.removeprefix("http://") if grpc else None
+    return {(namespace, owner): Address(part, url, grpc)} if part and url else None
 
 
 @kopf.index("v1", "pods", labels={MODELDEPLOYMENT: kopf.PRESENT})
@@ -355,12 +386,12 @@ def observe(ctx: Context, body: dict[str, Any], watched: Watched) -> Observed:
     ready = frozenset(w.part for w in workloads if w.available and w.part != GATEWAY)
     gateway_ready = any(w.available for w in workloads if w.part == GATEWAY)
     urls: dict[str, str] = {}
-    gateway_url = None
+    gateway_url = gateway_grpc = None
     if ctx.settings.service_addressing == "endpoints":
         # EndpointSlices, not Endpoints: they may carry loopback addresses (the local runtime's).
         for address in list(watched.addresses.get(key, ())):
             if address.part == GATEWAY:
-                gateway_url = address.url
+                gateway_url, gateway_grpc = address.url, address.grpc
             else:
                 urls[address.part] = address.url
     else:
@@ -368,6 +399,7 @@ def observe(ctx: Context, body: dict[str, Any], watched: Watched) -> Observed:
         urls = {w.part: f"http://{children.version_name(name, w.part)}.{ns}.svc:{port}" for w in workloads}
         urls.pop(GATEWAY, None)
         gateway_url = f"http://{children.gateway_name(name)}.{ns}.svc:{children.GATEWAY_PORT}"
+        gateway_grpc = f"{children.gateway_name(name)}.{ns}.svc:{children.GATEWAY_PORTS['grpc']}"
     model_ready = False
     if gateway_ready and gateway_url:
         try:
@@ -381,7 +413,7 @@ def observe(ctx: Context, body: dict[str, Any], watched: Watched) -> Observed:
         for part, pod in list(watched.pods.get(key, ())):
             parts[part].append(pod)
         failures = {part: failure for part, pods in parts.items() if (failure := podfailure.pick(pods)) is not None}
-    return Observed(ready, urls, gateway_ready, gateway_url, model_ready, failures=failures)
+    return Observed(ready, urls, gateway_ready, gateway_url, model_ready, failures=failures, gateway_grpc=gateway_grpc)
 
 
 def _scrape(url: str | None) -> str | None:
@@ -456,20 +488,41 @@ def _prune(ctx: Context, namespace: str, name: str, state: State, watched: Watch
             state.applied.pop((kind, child), None)
 
 
+def _newest(state: State, seen: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The newer of the body an event brought and the one this process knows (by resourceVersion, which the API
+    server increases with every write), kept in state; None when neither is known or they cannot be compared."""
+    known = state.body
+    if seen is not None:
+        try:
+            newer = known is None or int(seen["metadata"]["resourceVersion"]) > int(
+                known["metadata"]["resourceVersion"]
+            )
+        except (KeyError, ValueError):
+            return None
+        if newer:
+            state.body = known = copy.deepcopy(dict(seen))
+    return known
+
+
 @metrics.reconciled(KIND)
-def reconcile(namespace: str, name: str, memo: Mapping[str, Any], watched: Watched, retry: int = 0) -> None:
-    """One level-based pass; retry counts the timer's failed passes before this one (for the back-off)."""
+def reconcile(namespace: str, name: str, memo: Mapping[str, Any], watched: Watched, seen: Any = None) -> None:
+    """One level-based pass over the newest known body (seen: the one an event brought), read from the API server
+    only when this process knows none."""
     ctx = context()
     state = state_of(memo)
     with state.lock:
-        body = kube.get(ctx.api, API_VERSION, KIND, name, namespace)
+        if state.deleted:
+            return
+        body = _newest(state, seen) or kube.get(ctx.api, API_VERSION, KIND, name, namespace)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return
+        state.body = body
         now = datetime.now(UTC)
         try:
             md = parse({"kind": KIND, "metadata": {"name": name}, "spec": body.get("spec")})
             assert isinstance(md, ModelDeployment)
             resolved = resolve(ctx, md, namespace, body.get("status") or {})
+            state.clock.answers = answers(ctx, clock.Cadence.of(body["spec"], {}).follows)
         except InvalidResource:
             md, resolved = None, Resolved()
         observed = observe(ctx, body, watched)
@@ -489,8 +542,8 @@ def reconcile(namespace: str, name: str, memo: Mapping[str, Any], watched: Watch
             # Nothing the plan decided took effect: the last status stays, with Ready=False saying why.
             st = StatusDraft(old_status, body["metadata"].get("generation"), now)
             events = err.report(st, old_status)
-            kube.write_status(ctx.api, body, old_status, st.s, events, component=EVENT_SOURCE)
-            raise kopf.TemporaryError(err.message, delay=err.retry_after(retry)) from err
+            state.body = kube.write_status(ctx.api, body, old_status, st.s, events, component=EVENT_SOURCE) or body
+            raise kopf.TemporaryError(err.message, delay=err.retry_after(state.clock.retries)) from err
         _prune(ctx, namespace, name, state, watched, set(p.live_versions))
         if md is not None and md.spec.retrain is not None:
             _retrain(ctx, body, md, state, observed, metrics_text, p, now)
@@ -502,10 +555,11 @@ def reconcile(namespace: str, name: str, memo: Mapping[str, Any], watched: Watch
         shadow = p.status.get("shadowVersion")
         if shadow and metrics_text:
             p.status["shadowReport"] = an.shadow_report(an.parse(metrics_text, name, shadow), shadow)
-        if kube.write_status(ctx.api, body, old_status, p.status, p.events, component=EVENT_SOURCE) and any(
-            reason == ROLLED_BACK for _, reason, _ in p.events
-        ):
-            metrics.ROLLBACKS.labels(namespace, name).inc()
+        written = kube.write_status(ctx.api, body, old_status, p.status, p.events, component=EVENT_SOURCE)
+        if written is not None:
+            state.body = written
+            if any(reason == ROLLED_BACK for _, reason, _ in p.events):
+                metrics.ROLLBACKS.labels(namespace, name).inc()
 
 
 def _retrain(
@@ -567,30 +621,30 @@ def _retrain(
     metrics.RETRAIN_FAILED.labels(namespace, name).set(1 if decision.failed else 0)
 
 
-def _on_event(namespace: str, name: str, memo: Mapping[str, Any], kwargs: Mapping[str, Any], logger: Any) -> None:
-    """A pass started by a watch event. kopf does not retry an event handler that raised, and a ModelDeployment
-    waiting on events has no timer that would: such a pass is tried again EVENT_RETRIES later. A child that could
-    not be applied is not (Ready=False says so, and the poll timer retries it with a back-off)."""
-    for delay in (*EVENT_RETRIES, None):
-        try:
-            reconcile(namespace, name, memo, Watched.of(kwargs))
-            return
-        except kopf.TemporaryError as err:
-            logger.warning(f"reconcile failed, the poll timer tries again: {err}")
-            return
-        except Exception as err:
-            if delay is None:
-                raise
-            logger.warning(f"reconcile failed, trying again in {delay:.0f} s: {err!r}")
-            time.sleep(delay)
+def _pass(namespace: str, name: str, memo: Mapping[str, Any], watched: Watched, seen: Any = None) -> None:
+    """A reconcile pass, whatever started it, with its outcome on the object's clock: a pass that raised is tried
+    again by the clock after the error's delay (a child not applied: see ChildNotApplied.retry_after) or after 1, 2,
+    4 ... seconds (kopf retries no event handler), and an event's pass counts as the clock's."""
+    ticks = state_of(memo).clock
+    try:
+        reconcile(namespace, name, memo, watched, seen)
+    except Exception as err:
+        delay = err.delay if isinstance(err, kopf.TemporaryError) else min(2.0**ticks.retries, MAX_RETRY_S)
+        ticks.retries += 1
+        ticks.retry_at = time.monotonic() + (delay or 0.0)
+        log.warning(f"{namespace}/{name}: reconcile failed, trying again in {delay:.0f} s: {err}")
+    else:
+        ticks.retries, ticks.retry_at = 0, None
+    finally:
+        ticks.last_pass = time.monotonic()
 
 
-def _for_parent(namespace: str, labels: Mapping[str, str], kwargs: Mapping[str, Any], logger: Any) -> None:
+def _for_parent(namespace: str, labels: Mapping[str, str], kwargs: Mapping[str, Any]) -> None:
     """A child changed: a pass of the ModelDeployment it belongs to, if that one exists."""
     name = labels[MODELDEPLOYMENT]
     memo = next(iter(list(kwargs["md_memos"].get((namespace, name), ()))), None)
     if memo is not None:
-        _on_event(namespace, name, memo, kwargs, logger)
+        _pass(namespace, name, memo, Watched.of(kwargs))
 
 
 @kopf.on.event(GROUP, VERSION, "modeldeployments")
@@ -599,34 +653,47 @@ def modeldeployment_event(
 ) -> None:
     metrics.RESOURCE_STATES.seen(KIND, event)
     if event.get("type") == "DELETED":
-        with state_of(memo).lock:  # after a pass that was under way, which may have set them again
+        state = state_of(memo)
+        with state.lock:  # after a pass that was under way, which may have applied children or set metrics
+            state.deleted, state.body = True, None
             metrics.forget_deployment(namespace, name)
+            delete_children(context(), namespace, name)
     else:
-        _on_event(namespace, name, memo, kwargs, logger)
+        _pass(namespace, name, memo, Watched.of(kwargs), event.get("object"))
+
+
+def delete_children(ctx: Context, namespace: str, name: str) -> None:
+    """Delete every child of a ModelDeployment that is gone, by its label: where no garbage collector follows the
+    ownerReferences (the local runtime), nothing else would. MLflow is left as it was."""
+    selector = f"{MODELDEPLOYMENT}={name}"
+    kinds = [*VERSION_KINDS, ("v1", "ConfigMap")]
+    if metrics.prometheus_rules_served(ctx.api):
+        kinds.append(metrics.PROMETHEUS_RULE)
+    for api_version, kind in kinds:
+        for obj in kube.list_objects(ctx.api, api_version, kind, namespace, selector):
+            kube.delete(ctx.api, api_version, kind, obj["metadata"]["name"], namespace)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={MODELDEPLOYMENT: kopf.PRESENT})
-def deployment_event(labels: dict[str, str], namespace: str, logger: Any, **kwargs: Any) -> None:
+def deployment_event(labels: dict[str, str], namespace: str, **kwargs: Any) -> None:
     """Readiness of a version's Triton or of the gateway changed."""
-    _for_parent(namespace, labels, kwargs, logger)
+    _for_parent(namespace, labels, kwargs)
 
 
 @kopf.on.event("discovery.k8s.io", "endpointslices", labels={MODELDEPLOYMENT: kopf.PRESENT})
-def endpoints_event(labels: dict[str, str], namespace: str, logger: Any, **kwargs: Any) -> None:
+def endpoints_event(labels: dict[str, str], namespace: str, **kwargs: Any) -> None:
     """Addresses changed (the route table carries them when service addressing is by endpoints)."""
-    _for_parent(namespace, labels, kwargs, logger)
+    _for_parent(namespace, labels, kwargs)
 
 
 @kopf.on.event("v1", "pods", labels={MODELDEPLOYMENT: kopf.PRESENT})
-def pod_event(labels: dict[str, str], namespace: str, logger: Any, **kwargs: Any) -> None:
+def pod_event(labels: dict[str, str], namespace: str, **kwargs: Any) -> None:
     """A pod started, failed or went: why pods fail is in status (lastFailure, the Ready message)."""
-    _for_parent(namespace, labels, kwargs, logger)
+    _for_parent(namespace, labels, kwargs)
 
 
 @kopf.on.event(GROUP, VERSION, "featureviews")
-def featureview_event(
-    event: dict[str, Any], name: str, namespace: str, memo: kopf.Memo, logger: Any, **kwargs: Any
-) -> None:
+def featureview_event(event: dict[str, Any], name: str, namespace: str, memo: kopf.Memo, **kwargs: Any) -> None:
     """A FeatureView appeared, went or changed its spec: the ModelDeployments fed from it carry its join key, ttl and
     defaults in their route tables. Its status updates (freshness, every few seconds) change none of that."""
     generation = (event.get("object") or {}).get("metadata", {}).get("generation")
@@ -635,57 +702,79 @@ def featureview_event(
             return
         memo[VIEW_GENERATION] = generation
     for md_name in list(kwargs["md_feature_views"].get((namespace, name), ())):
-        _for_parent(namespace, {MODELDEPLOYMENT: md_name}, kwargs, logger)
+        _for_parent(namespace, {MODELDEPLOYMENT: md_name}, kwargs)
 
 
-def _ready_reason(status: dict[str, Any]) -> str | None:
-    return next((c.get("reason") for c in status.get("conditions") or [] if c.get("type") == READY), None)
+@kopf.on.startup()
+async def start_clock(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
+    """Start the operator's one clock (see clock); it reads the indexes kopf keeps filling."""
+    memo[CLOCK_TASK] = asyncio.create_task(_clock(settings.execution.executor, kwargs))
 
 
-def _rolling(status: dict[str, Any], **_: Any) -> bool:
-    """On the clock: rollouts, shadows, scale-down delays, and a route-table reload nothing else signals."""
-    if _ready_reason(status) == WAITING_FOR_ROUTES:
-        return True
-    return bool(status.get("canaryVersion") or status.get("shadowVersion") or status.get("retiring"))
+@kopf.on.cleanup()
+async def stop_clock(memo: kopf.Memo, **_: Any) -> None:
+    if CLOCK_TASK in memo:
+        memo[CLOCK_TASK].cancel()
 
 
-@kopf.timer(GROUP, VERSION, "modeldeployments", interval=2, when=_rolling)
-def rollout_timer(name: str, namespace: str, memo: kopf.Memo, retry: int, **kwargs: Any) -> None:
-    """Step pauses, analysis intervals, shadow reports, scale-down delays and route reloads run on the clock."""
-    reconcile(namespace, name, memo, Watched.of(kwargs), retry)
+async def _clock(executor: Any, indexes: Mapping[str, Any]) -> None:
+    """Every TICK_S, start the passes that are due in kopf's thread pool: on time (clock.due), or because the
+    registry now answers otherwise than it did for a ModelDeployment's last pass (asked once per reference for
+    all of them, off the event loop)."""
+    loop = asyncio.get_running_loop()
+    watched = Watched.of(indexes)
+
+    def start(key: tuple[str, str], memo: Mapping[str, Any]) -> None:
+        ticks = state_of(memo).clock
+        ticks.running = True
+
+        def run() -> None:
+            try:
+                _pass(*key, memo, watched)
+            finally:
+                ticks.running = False
+
+        loop.run_in_executor(executor, run)
+
+    next_sweep = time.monotonic() + clock.FIRST_SWEEP_S
+    while True:
+        await asyncio.sleep(clock.TICK_S)
+        now, looks = time.monotonic(), []
+        if now >= next_sweep:
+            next_sweep = now + clock.SWEEP_S
+            owners = set(indexes["md_workloads"]) - set(indexes["md_memos"])
+            if owners:
+                loop.run_in_executor(executor, _sweep, owners)
+        for key, cadences in list(indexes["md_cadence"].items()):
+            cadence = next(iter(list(cadences)), None)
+            memo = next(iter(list(indexes["md_memos"].get(key, ()))), None)
+            if cadence is None or memo is None:
+                continue
+            ticks = state_of(memo).clock
+            if clock.due(cadence, ticks, now):
+                start(key, memo)
+            elif clock.registry_due(cadence, ticks, now):
+                ticks.last_look = now
+                looks.append((key, memo, cadence))
+        if looks:
+            changed = await loop.run_in_executor(executor, _changed, looks)
+            for key, memo in changed:
+                start(key, memo)
 
 
-WAITING_ON_EVENTS = frozenset({WAITING_FOR_STABLE, WAITING_FOR_GATEWAY, INVALID_SPEC, FEATURE_VIEW_NOT_FOUND})
-"""Ready reasons that only a watch event can end (a Deployment's or pod's, a spec change, a FeatureView)."""
-
-
-def _polled(spec: dict[str, Any], status: dict[str, Any], **_: Any) -> bool:
-    """Registry aliases and approvals change outside Kubernetes, and a child that could not be applied or a version
-    that did not resolve is not announced by any event; what waits on events is left to them."""
-    ready = _ready_reason(status)
-    approval = (spec.get("policy") or {}).get("requireApproval")
-    watched = ready in WAITING_ON_EVENTS or any(
-        c.get("type") == READY and c.get("status") == "True" for c in status.get("conditions") or []
-    )
-    return bool(spec.get("followAlias") or spec.get("canary") or spec.get("retrain") or approval) or not watched
-
-
-@kopf.timer(GROUP, VERSION, "modeldeployments", interval=10, when=_polled)
-def poll_timer(name: str, namespace: str, memo: kopf.Memo, retry: int, **kwargs: Any) -> None:
-    """Follow registry aliases (MLflow webhooks are optional) and approvals, retry what could not be applied (with a
-    back-off) or resolved, and watch the retrain triggers."""
-    reconcile(namespace, name, memo, Watched.of(kwargs), retry)
-
-
-@kopf.on.delete(GROUP, VERSION, "modeldeployments")
-def modeldeployment_deleted(name: str, namespace: str, **_: Any) -> None:
-    """Remove every child, also where no garbage collector runs (the local runtime); MLflow is left as it was. What
-    the operator remembered of it goes with its memo."""
+def _sweep(owners: set[tuple[str, str]]) -> None:
+    """Delete the children of ModelDeployments deleted while no operator ran (children in the Deployment index
+    whose owner kopf does not know), after asking the API server that the owner is really gone."""
     ctx = context()
-    selector = f"{MODELDEPLOYMENT}={name}"
-    kinds = [*VERSION_KINDS, ("v1", "ConfigMap")]
-    if metrics.prometheus_rules_served(ctx.api):
-        kinds.append(metrics.PROMETHEUS_RULE)
-    for api_version, kind in kinds:
-        for obj in kube.list_objects(ctx.api, api_version, kind, namespace, selector):
-            kube.delete(ctx.api, api_version, kind, obj["metadata"]["name"], namespace)
+    for namespace, name in owners:
+        if kube.get(ctx.api, API_VERSION, KIND, name, namespace) is None:
+            log.info(f"{namespace}/{name}: deleted while no operator ran; deleting its children")
+            delete_children(ctx, namespace, name)
+
+
+def _changed(looks: list[tuple[tuple[str, str], Mapping[str, Any], clock.Cadence]]) -> list[Any]:
+    """The ModelDeployments among looks whose registry answers differ from their last pass's."""
+    ctx = context()
+    return [
+        (key, memo) for key, memo, cadence in looks if answers(ctx, cadence.follows) != state_of(memo).clock.answers
+    ]

@@ -128,6 +128,7 @@ class Observed:
     model_ready: bool = False  # the gateway answers /v2/models/<name>/ready: the route table is in force
     # Why pods fail (core.podfailure.pick), per model version and GATEWAY; read only while something is not ready.
     failures: dict[str, dict[str, Any]] = field(default_factory=dict)
+    gateway_grpc: str | None = None  # host:port of the gateway's gRPC endpoint
 
 
 @dataclass
@@ -472,6 +473,8 @@ def _children(
     ]
     if p.observed.gateway_url:
         st.s["url"] = f"{p.observed.gateway_url}/v2/models/{name}"
+    if p.observed.gateway_grpc:
+        st.s["grpcUrl"] = p.observed.gateway_grpc
     return feature_problems
 
 

@@ -1,0 +1,107 @@
+"""When a ModelDeployment needs a pass that no watch event will start: the operator's one clock.
+
+Rollouts, shadows and scale-down delays run on time, registry aliases and approvals change
+outside Kubernetes, retrain triggers hold for a duration, and a pass that failed is tried again.
+Per-object kopf timers did this with a task per ModelDeployment, and each time an object moved
+in or out of a timer's filter kopf stopped the timer with a patch of the object (a "touch"
+annotation): writes that bought nothing. One loop reads a :class:`Cadence` per ModelDeployment
+from an index instead and starts only the passes that are due (:func:`due`); the registry is
+asked once per (model, alias) for all of them, and a ModelDeployment whose answers did not
+change is left alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .rollout import (
+    FEATURE_VIEW_NOT_FOUND,
+    INVALID_SPEC,
+    READY,
+    WAITING_FOR_GATEWAY,
+    WAITING_FOR_ROUTES,
+    WAITING_FOR_STABLE,
+)
+
+ROLLING_S = 2.0
+"""Seconds between passes while a canary or shadow is live (analysis intervals, step pauses, shadow reports)."""
+POLL_S = 10.0
+"""Seconds between looks at the registry, and between passes of a ModelDeployment that is not settled or has a
+retrain policy (its triggers hold for a duration or follow a schedule)."""
+TICK_S = 0.5
+"""How often the loop looks for due passes."""
+FIRST_SWEEP_S = 10.0
+"""When, after the start, the loop first looks for children of ModelDeployments deleted while no operator ran
+(kopf has listed every ModelDeployment by then; the owner is asked for before anything is deleted anyway)."""
+SWEEP_S = 60.0
+"""How often it looks again."""
+
+WAITING_ON_EVENTS = frozenset({WAITING_FOR_STABLE, WAITING_FOR_GATEWAY, INVALID_SPEC, FEATURE_VIEW_NOT_FOUND})
+"""Ready reasons that only a watch event can end (a Deployment's or pod's, a spec change, a FeatureView)."""
+
+Ref = tuple[str, str | None, int | None]
+"""A model reference as the spec gives it: registered model, alias, version."""
+
+
+@dataclass(frozen=True)
+class Cadence:
+    """What of one ModelDeployment's spec and status decides when it needs a pass on the clock."""
+
+    rolling: bool = False
+    """A canary or shadow is live, versions are retiring, or the gateway has not loaded its route table yet."""
+    polled: bool = False
+    """A retrain policy, or a Ready reason no event will end (a child not applied, a version not resolved)."""
+    follows: tuple[Ref, ...] = ()
+    """The references whose registry answers (version, approval) can change what it serves: all of them when it
+    follows an alias, has a canary or requires approval, else none."""
+
+    @classmethod
+    def of(cls, spec: Mapping[str, Any], status: Mapping[str, Any]) -> Cadence:
+        conditions = status.get("conditions") or []
+        ready = next((c for c in conditions if c.get("type") == READY), {})
+        rolling = ready.get("reason") == WAITING_FOR_ROUTES or bool(
+            status.get("canaryVersion") or status.get("shadowVersion") or status.get("retiring")
+        )
+        settled = ready.get("status") == "True" or ready.get("reason") in WAITING_ON_EVENTS
+        approval = (spec.get("policy") or {}).get("requireApproval")
+        refs = [spec.get("model")] + [(spec.get(role) or {}).get("model") for role in ("canary", "shadow")]
+        followed = bool(spec.get("followAlias") or spec.get("canary") or approval)
+        follows = tuple((r.get("name", ""), r.get("alias"), r.get("version")) for r in refs if r) if followed else ()
+        return cls(rolling, bool(spec.get("retrain")) or not settled, follows)
+
+
+@dataclass
+class Clock:
+    """One ModelDeployment's timekeeping (in its State); monotonic seconds."""
+
+    last_pass: float = 0.0
+    """When its last pass ended, whatever started it: an event's pass counts, so the clock does not repeat it."""
+    retry_at: float | None = None
+    """When to try again after a failed pass."""
+    retries: int = 0
+    """Failed passes in a row (the back-off grows with them)."""
+    last_look: float = 0.0
+    """When the loop last compared its registry answers."""
+    answers: tuple[Any, ...] | None = None
+    """Its registry answers as its last pass resolved them."""
+    running: bool = False
+    """A pass the clock started has not ended yet."""
+
+
+def due(cadence: Cadence, clock: Clock, now: float) -> bool:
+    """Whether a pass is due now for time's sake (a retry, the rollout's clock, a poll); the registry's answers
+    are compared apart (see :func:`registry_due`)."""
+    if clock.running:
+        return False
+    if clock.retry_at is not None:
+        return now >= clock.retry_at
+    if cadence.rolling and now - clock.last_pass >= ROLLING_S:
+        return True
+    return cadence.polled and now - clock.last_pass >= POLL_S
+
+
+def registry_due(cadence: Cadence, clock: Clock, now: float) -> bool:
+    """Whether it is time to compare this ModelDeployment's registry answers with those its last pass used."""
+    return bool(cadence.follows) and not clock.running and now - clock.last_look >= POLL_S

@@ -488,20 +488,31 @@ def _prune(ctx: Context, namespace: str, name: str, state: State, watched: Watch
             state.applied.pop((kind, child), None)
 
 
+def _version(body: Mapping[str, Any] | None) -> int | None:
+    """body's resourceVersion as a number (the API server increases it with every write), None if it has none."""
+    try:
+        return int(body["metadata"]["resourceVersion"]) if body else None
+    except (KeyError, ValueError):
+        return None
+
+
 def _newest(state: State, seen: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """The newer of the body an event brought and the one this process knows (by resourceVersion, which the API
-    server increases with every write), kept in state; None when neither is known or they cannot be compared."""
+    """The newer of the body an event brought and the one this process knows, kept in state; None when neither
+    is known or they cannot be compared."""
     known = state.body
     if seen is not None:
-        try:
-            newer = known is None or int(seen["metadata"]["resourceVersion"]) > int(
-                known["metadata"]["resourceVersion"]
-            )
-        except (KeyError, ValueError):
+        mine, theirs = _version(known), _version(seen)
+        if theirs is None or (known is not None and mine is None):
             return None
-        if newer:
-            state.body = known = copy.deepcopy(dict(seen))
+        if mine is None or theirs > mine:
+            state.body = known = _kept(copy.deepcopy(dict(seen)))
     return known
+
+
+def _kept(body: dict[str, Any]) -> dict[str, Any]:
+    """body as State keeps it: without managedFields, which no pass reads and which is most of its size."""
+    body["metadata"].pop("managedFields", None)
+    return body
 
 
 @metrics.reconciled(KIND)
@@ -516,7 +527,7 @@ def reconcile(namespace: str, name: str, memo: Mapping[str, Any], watched: Watch
         body = _newest(state, seen) or kube.get(ctx.api, API_VERSION, KIND, name, namespace)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return
-        state.body = body
+        state.body = _kept(body)
         now = datetime.now(UTC)
         try:
             md = parse({"kind": KIND, "metadata": {"name": name}, "spec": body.get("spec")})
@@ -542,7 +553,8 @@ def reconcile(namespace: str, name: str, memo: Mapping[str, Any], watched: Watch
             # Nothing the plan decided took effect: the last status stays, with Ready=False saying why.
             st = StatusDraft(old_status, body["metadata"].get("generation"), now)
             events = err.report(st, old_status)
-            state.body = kube.write_status(ctx.api, body, old_status, st.s, events, component=EVENT_SOURCE) or body
+            written = kube.write_status(ctx.api, body, old_status, st.s, events, component=EVENT_SOURCE)
+            state.body = _kept(written) if written is not None else body
             raise kopf.TemporaryError(err.message, delay=err.retry_after(state.clock.retries)) from err
         _prune(ctx, namespace, name, state, watched, set(p.live_versions))
         if md is not None and md.spec.retrain is not None:
@@ -557,7 +569,7 @@ def reconcile(namespace: str, name: str, memo: Mapping[str, Any], watched: Watch
             p.status["shadowReport"] = an.shadow_report(an.parse(metrics_text, name, shadow), shadow)
         written = kube.write_status(ctx.api, body, old_status, p.status, p.events, component=EVENT_SOURCE)
         if written is not None:
-            state.body = written
+            state.body = _kept(written)
             if any(reason == ROLLED_BACK for _, reason, _ in p.events):
                 metrics.ROLLBACKS.labels(namespace, name).inc()
 
@@ -659,7 +671,10 @@ def modeldeployment_event(
             metrics.forget_deployment(namespace, name)
             delete_children(context(), namespace, name)
     else:
-        _pass(namespace, name, memo, Watched.of(kwargs), event.get("object"))
+        seen, known = event.get("object"), state_of(memo).body
+        if known is not None and (_version(seen) or 0) <= (_version(known) or -1):
+            return  # its own status write coming back: the pass that wrote it saw all there was
+        _pass(namespace, name, memo, Watched.of(kwargs), seen)
 
 
 def delete_children(ctx: Context, namespace: str, name: str) -> None:

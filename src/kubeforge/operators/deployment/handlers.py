@@ -99,6 +99,10 @@ class State:
     """The object as its newest event or status write had it: a pass reads it instead of the API server."""
     deleted: bool = False
     """The object is gone: a pass still queued must not create its children again."""
+    inputs: tuple[Any, ...] | None = None
+    """What the last pass that succeeded read (see reconcile); None after one that failed."""
+    live: frozenset[str] = frozenset()
+    """The versions the last pass kept live."""
     clock: clock.Clock = field(default_factory=clock.Clock)
     """When it needs a pass that no event starts (see clock)."""
 
@@ -516,9 +520,13 @@ def _kept(body: dict[str, Any]) -> dict[str, Any]:
 
 
 @metrics.reconciled(KIND)
-def reconcile(namespace: str, name: str, memo: Mapping[str, Any], watched: Watched, seen: Any = None) -> None:
+def reconcile(
+    namespace: str, name: str, memo: Mapping[str, Any], watched: Watched, seen: Any = None, event: bool = True
+) -> None:
     """One level-based pass over the newest known body (seen: the one an event brought), read from the API server
-    only when this process knows none."""
+    only when this process knows none. A pass an event started ends early when nothing it reads differs from what
+    the last pass read (a child's event that changes nothing the plan uses: the Deployment just applied being
+    created); the clock's passes always run, as time is one of their inputs."""
     ctx = context()
     state = state_of(memo)
     with state.lock:
@@ -537,6 +545,11 @@ def reconcile(namespace: str, name: str, memo: Mapping[str, Any], watched: Watch
         except InvalidResource:
             md, resolved = None, Resolved()
         observed = observe(ctx, body, watched)
+        stray = frozenset(w.part for w in list(watched.workloads.get((namespace, name), ()))) - state.live - {GATEWAY}
+        inputs = (body["metadata"].get("resourceVersion"), resolved, observed, stray)
+        if event and inputs == state.inputs:
+            return
+        state.inputs = None
         old_status = body.get("status") or {}
         results = None
         metrics_text = None
@@ -572,6 +585,7 @@ def reconcile(namespace: str, name: str, memo: Mapping[str, Any], watched: Watch
             state.body = _kept(written)
             if any(reason == ROLLED_BACK for _, reason, _ in p.events):
                 metrics.ROLLBACKS.labels(namespace, name).inc()
+        state.inputs, state.live = inputs, frozenset(p.live_versions)
 
 
 def _retrain(
@@ -633,13 +647,15 @@ def _retrain(
     metrics.RETRAIN_FAILED.labels(namespace, name).set(1 if decision.failed else 0)
 
 
-def _pass(namespace: str, name: str, memo: Mapping[str, Any], watched: Watched, seen: Any = None) -> None:
+def _pass(
+    namespace: str, name: str, memo: Mapping[str, Any], watched: Watched, seen: Any = None, event: bool = True
+) -> None:
     """A reconcile pass, whatever started it, with its outcome on the object's clock: a pass that raised is tried
     again by the clock after the error's delay (a child not applied: see ChildNotApplied.retry_after) or after 1, 2,
     4 ... seconds (kopf retries no event handler), and an event's pass counts as the clock's."""
     ticks = state_of(memo).clock
     try:
-        reconcile(namespace, name, memo, watched, seen)
+        reconcile(namespace, name, memo, watched, seen, event)
     except Exception as err:
         delay = err.delay if isinstance(err, kopf.TemporaryError) else min(2.0**ticks.retries, MAX_RETRY_S)
         ticks.retries += 1
@@ -745,7 +761,7 @@ async def _clock(executor: Any, indexes: Mapping[str, Any]) -> None:
 
         def run() -> None:
             try:
-                _pass(*key, memo, watched)
+                _pass(*key, memo, watched, event=False)
             finally:
                 ticks.running = False
 

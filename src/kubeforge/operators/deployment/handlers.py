@@ -771,26 +771,29 @@ async def _clock(executor: Any, indexes: Mapping[str, Any]) -> None:
     while True:
         await asyncio.sleep(clock.TICK_S)
         now, looks = time.monotonic(), []
-        if now >= next_sweep:
-            next_sweep = now + clock.SWEEP_S
-            owners = set(indexes["md_workloads"]) - set(indexes["md_memos"])
-            if owners:
-                loop.run_in_executor(executor, _sweep, owners)
-        for key, cadences in list(indexes["md_cadence"].items()):
-            cadence = next(iter(list(cadences)), None)
-            memo = next(iter(list(indexes["md_memos"].get(key, ()))), None)
-            if cadence is None or memo is None:
-                continue
-            ticks = state_of(memo).clock
-            if clock.due(cadence, ticks, now):
-                start(key, memo)
-            elif clock.registry_due(cadence, ticks, now):
-                ticks.last_look = now
-                looks.append((key, memo, cadence))
-        if looks:
-            changed = await loop.run_in_executor(executor, _changed, looks)
-            for key, memo in changed:
-                start(key, memo)
+        try:
+            if now >= next_sweep:
+                next_sweep = now + clock.SWEEP_S
+                owners = set(indexes["md_workloads"]) - set(indexes["md_memos"])
+                if owners:
+                    loop.run_in_executor(executor, _sweep, owners)
+            for key, cadences in list(indexes["md_cadence"].items()):
+                cadence = next(iter(list(cadences)), None)
+                memo = next(iter(list(indexes["md_memos"].get(key, ()))), None)
+                if cadence is None or memo is None:
+                    continue
+                ticks = state_of(memo).clock
+                if clock.due(cadence, ticks, now):
+                    start(key, memo)
+                elif clock.registry_due(cadence, ticks, now):
+                    ticks.last_look = now
+                    looks.append((key, memo, cadence))
+            if looks:
+                changed = await loop.run_in_executor(executor, _changed, looks)
+                for key, memo in changed:
+                    start(key, memo)
+        except Exception:  # one bad tick must not stop every rollout: the next one tries again
+            log.exception("the ModelDeployment clock's tick failed")
 
 
 def _sweep(owners: set[tuple[str, str]]) -> None:
@@ -798,9 +801,12 @@ def _sweep(owners: set[tuple[str, str]]) -> None:
     whose owner kopf does not know), after asking the API server that the owner is really gone."""
     ctx = context()
     for namespace, name in owners:
-        if kube.get(ctx.api, API_VERSION, KIND, name, namespace) is None:
-            log.info(f"{namespace}/{name}: deleted while no operator ran; deleting its children")
-            delete_children(ctx, namespace, name)
+        try:
+            if kube.get(ctx.api, API_VERSION, KIND, name, namespace) is None:
+                log.info(f"{namespace}/{name}: deleted while no operator ran; deleting its children")
+                delete_children(ctx, namespace, name)
+        except Exception:  # the next sweep tries again
+            log.exception(f"{namespace}/{name}: deleting the children of a deleted ModelDeployment failed")
 
 
 def _changed(looks: list[tuple[tuple[str, str], Mapping[str, Any], clock.Cadence]]) -> list[Any]:

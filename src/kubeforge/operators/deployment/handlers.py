@@ -480,12 +480,16 @@ VERSION_KINDS = [("apps/v1", "Deployment"), ("v1", "Service"), ("autoscaling/v1"
 """The children each live version gets, all named children.version_name."""
 
 
+def _deployed(watched: Watched, namespace: str, name: str) -> frozenset[str]:
+    """The versions a ModelDeployment has a Deployment of, as the index holds them."""
+    return frozenset(w.part for w in list(watched.workloads.get((namespace, name), ())) if w.part != GATEWAY)
+
+
 def _prune(ctx: Context, namespace: str, name: str, state: State, watched: Watched, live: set[str]) -> None:
     """Delete the children of versions that are no longer live: those whose Deployment the index still holds (each
     version's children are applied together, and the watch reports a deletion within moments, so a version is
     deleted at most a few times over, never listed)."""
-    versions = {w.part for w in list(watched.workloads.get((namespace, name), ())) if w.part != GATEWAY}
-    for version in versions - live:
+    for version in _deployed(watched, namespace, name) - live:
         child = children.version_name(name, version)
         for api_version, kind in VERSION_KINDS:
             kube.delete(ctx.api, api_version, kind, child, namespace)
@@ -500,17 +504,21 @@ def _version(body: Mapping[str, Any] | None) -> int | None:
         return None
 
 
+def _newer(seen: Mapping[str, Any] | None, known: Mapping[str, Any] | None) -> bool:
+    """Whether an event's body is newer than the one this process knows; one that cannot be compared counts as
+    newer (the pass then reads the object, see _newest)."""
+    mine, theirs = _version(known), _version(seen)
+    return known is None or mine is None or theirs is None or theirs > mine
+
+
 def _newest(state: State, seen: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """The newer of the body an event brought and the one this process knows, kept in state; None when neither
     is known or they cannot be compared."""
-    known = state.body
-    if seen is not None:
-        mine, theirs = _version(known), _version(seen)
-        if theirs is None or (known is not None and mine is None):
+    if seen is not None and _newer(seen, state.body):
+        if _version(seen) is None or (state.body is not None and _version(state.body) is None):
             return None
-        if mine is None or theirs > mine:
-            state.body = known = _kept(copy.deepcopy(dict(seen)))
-    return known
+        state.body = _kept(copy.deepcopy(dict(seen)))
+    return state.body
 
 
 def _kept(body: dict[str, Any]) -> dict[str, Any]:
@@ -545,7 +553,7 @@ def reconcile(
         except InvalidResource:
             md, resolved = None, Resolved()
         observed = observe(ctx, body, watched)
-        stray = frozenset(w.part for w in list(watched.workloads.get((namespace, name), ()))) - state.live - {GATEWAY}
+        stray = _deployed(watched, namespace, name) - state.live  # what _prune would delete
         inputs = (body["metadata"].get("resourceVersion"), resolved, observed, stray)
         if event and inputs == state.inputs:
             return
@@ -687,8 +695,8 @@ def modeldeployment_event(
             metrics.forget_deployment(namespace, name)
             delete_children(context(), namespace, name)
     else:
-        seen, known = event.get("object"), state_of(memo).body
-        if known is not None and (_version(seen) or 0) <= (_version(known) or -1):
+        seen = event.get("object")
+        if not _newer(seen, state_of(memo).body):
             return  # its own status write coming back: the pass that wrote it saw all there was
         _pass(namespace, name, memo, Watched.of(kwargs), seen)
 

@@ -84,12 +84,24 @@ def _path(api: client.ApiClient, api_version: str, kind: str, name: str, namespa
     return str(res.path(name=name, namespace=(namespace or "default") if res.namespaced else None))
 
 
-def apply(api: client.ApiClient, obj: dict[str, Any], field_manager: str = FIELD_MANAGER) -> dict[str, Any]:
-    """Server-side apply one object (create or update), taking ownership of the fields it sets."""
+def apply(
+    api: client.ApiClient, obj: dict[str, Any], field_manager: str = FIELD_MANAGER, force: bool = True
+) -> dict[str, Any]:
+    """Server-side apply one object (create or update); the object as written.
+
+    With force, the fields it sets are taken over from any other manager; without, a field another manager set
+    to a different value makes the API server refuse the whole apply (409 Conflict) and nothing is written.
+    """
     meta = obj["metadata"]
     path = _path(api, obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace"))
-    query = [("fieldManager", field_manager), ("force", "true")]
+    query = [("fieldManager", field_manager), ("force", "true" if force else "false")]
     return _request(api, "PATCH", path, obj, query, content_type="application/apply-patch+yaml")
+
+
+def child_manager(owner_uid: str) -> str:
+    """The field manager of an owner's children: one per owner, so that a same-named child of an earlier owner
+    is refused rather than taken over (see apply_children)."""
+    return f"{FIELD_MANAGER}/{owner_uid}"
 
 
 # Reasons of the Ready=False condition an owner reports while a child cannot be applied.
@@ -149,22 +161,35 @@ def _server_message(err: ApiException) -> str:
 def apply_children(api: client.ApiClient, objs: Iterable[dict[str, Any]]) -> None:
     """Server-side apply an owner's children (each with a controller ownerReference to it), in order.
 
-    Another controller's object of the same name is never taken over (an apply by the same field manager
-    would quietly replace its owner reference and content), so each child is read first. When its
-    controller is an earlier owner of the same kind and name that no longer exists (deleted while the
-    garbage collector had not removed its children yet, or, without a garbage collector, never will), the
-    leftover is deleted, the other children are applied, and ChildNotApplied(DELETING_LEFTOVER) asks for a
-    retry that creates it anew. An object of another controller, or any refusal of the API server, raises
-    ChildNotApplied(APPLY_FAILED) naming the object. Callers apply a child only when it is new or changed,
-    so the read is paid rarely.
+    Another controller's object of the same name is never taken over. Each child is applied by its owner's own
+    field manager (:func:`child_manager`) without force, which the API server refuses for any object another
+    controller holds: a field set differently by another manager is a conflict, and where every field agrees
+    the object would have two controller references, which is invalid. So the common cases (a new child, or
+    one this owner applied before) take a single request. Only a refusal reads the object: when its controller
+    is an earlier owner of the same kind and name that no longer exists (deleted while the garbage collector
+    had not removed its children yet, or, without a garbage collector, never will), the leftover is deleted,
+    the other children are applied, and ChildNotApplied(DELETING_LEFTOVER) asks for a retry that creates it
+    anew. An object of another controller, or any refusal of the API server, raises
+    ChildNotApplied(APPLY_FAILED) naming the object. A child that is this owner's but that someone else
+    changed (``kubectl edit``) is applied again with force: the owner's spec wins.
     """
     leftovers: list[str] = []
     predecessor: dict[str, Any] = {}
     for obj in objs:
         meta = obj["metadata"]
         what = f"{obj['kind']} {meta['name']}"
+        mine = controller_of(obj)
+        if mine is not None:
+            try:
+                _release_shared_manager(api, obj, apply(api, obj, child_manager(mine["uid"]), force=False))
+                continue
+            except ApiException as err:
+                if err.status not in (409, 422):
+                    raise ChildNotApplied(
+                        APPLY_FAILED, f"applying {what} failed ({err.status} {err.reason}): {_server_message(err)}"
+                    ) from err
         existing = get(api, obj["apiVersion"], obj["kind"], meta["name"], meta["namespace"])
-        theirs, mine = controller_of(existing) if existing else None, controller_of(obj)
+        theirs = controller_of(existing) if existing else None
         if theirs is not None and mine is not None and theirs.get("uid") != mine["uid"]:
             if _owner_key(theirs) != _owner_key(mine):
                 raise ChildNotApplied(
@@ -180,17 +205,32 @@ def apply_children(api: client.ApiClient, objs: Iterable[dict[str, Any]]) -> Non
             predecessor = theirs
             continue
         try:
-            apply(api, obj)
+            written = apply(api, obj, child_manager(mine["uid"]) if mine else FIELD_MANAGER)
         except ApiException as err:
             raise ChildNotApplied(
                 APPLY_FAILED, f"applying {what} failed ({err.status} {err.reason}): {_server_message(err)}"
             ) from err
+        _release_shared_manager(api, obj, written)
     if leftovers:
         raise ChildNotApplied(
             DELETING_LEFTOVER,
             f"{' and '.join(leftovers)} belonged to an earlier {predecessor['kind']} {predecessor['name']} "
             f"(uid {predecessor['uid']}) that was deleted: deleting, to create anew for this one",
         )
+
+
+def _release_shared_manager(api: client.ApiClient, obj: dict[str, Any], written: dict[str, Any]) -> None:
+    """Children applied before each owner had its own field manager were applied by FIELD_MANAGER itself; once
+    the owner's manager holds the child, an empty apply by FIELD_MANAGER gives up that manager's fields, so a
+    field the owner stops setting is removed instead of lingering under the old name. Once per such child."""
+    if controller_of(obj) is None:
+        return
+    managers = written.get("metadata", {}).get("managedFields") or []
+    if any(m.get("manager") == FIELD_MANAGER and m.get("operation") == "Apply" for m in managers):
+        meta = obj["metadata"]
+        empty = {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "metadata": {"name": meta["name"]}}
+        empty["metadata"]["namespace"] = meta["namespace"]
+        apply(api, empty, FIELD_MANAGER, force=False)
 
 
 def list_objects(

@@ -41,7 +41,7 @@ NAMESPACED: dict[tuple[str, str], dict[str, str]] = {
         "watch": "kopf.on.event(pods) and the md_pods index: why a deployment's pods fail",
     },
     ("batch", "jobs"): {
-        "get": "kube.apply_children reads each child first; training reconcile reads its current Job",
+        "get": "kube.apply_children reads a child the API server refused; training reconcile reads its current Job",
         "list": "kopf watches; featureview reconcile lists its Jobs",
         "watch": "kopf.on.event(jobs) in the TrainingJob and FeatureView operators",
         "create": "server-side apply of a new child (kube.apply)",
@@ -49,21 +49,21 @@ NAMESPACED: dict[tuple[str, str], dict[str, str]] = {
         "delete": "finished attempts and materializations; a deleted owner's leftover (kube.delete)",
     },
     (CORE, "configmaps"): {
-        "get": "kube.apply_children",
+        "get": "kube.apply_children reads a child the API server refused",
         "list": "deployment.handlers.modeldeployment_deleted",
         "create": "server-side apply of a new child",
         "patch": "server-side apply",
         "delete": "modeldeployment_deleted; a deleted owner's leftover",
     },
     (CORE, "services"): {
-        "get": "kube.apply_children",
+        "get": "kube.apply_children reads a child the API server refused",
         "list": "deployment.handlers.modeldeployment_deleted",
         "create": "server-side apply of a new child",
         "patch": "server-side apply",
         "delete": "_prune, modeldeployment_deleted; a deleted owner's leftover",
     },
     ("apps", "deployments"): {
-        "get": "kube.apply_children",
+        "get": "kube.apply_children reads a child the API server refused",
         "list": "kopf watches (the md_workloads index); modeldeployment_deleted",
         "watch": "kopf.on.event(deployments)",
         "create": "server-side apply of a new child",
@@ -71,7 +71,7 @@ NAMESPACED: dict[tuple[str, str], dict[str, str]] = {
         "delete": "_prune, modeldeployment_deleted; a deleted owner's leftover",
     },
     ("autoscaling", "horizontalpodautoscalers"): {
-        "get": "kube.apply_children",
+        "get": "kube.apply_children reads a child the API server refused",
         "list": "modeldeployment_deleted",
         "create": "server-side apply of a new child",
         "patch": "server-side apply",
@@ -82,7 +82,7 @@ NAMESPACED: dict[tuple[str, str], dict[str, str]] = {
         "watch": "kopf.on.event(endpointslices)",
     },
     ("monitoring.coreos.com", "prometheusrules"): {
-        "get": "kube.apply_children (a deployment's own rule, where the Prometheus Operator is installed)",
+        "get": "kube.apply_children reads a refused one (a deployment's own rule, with the Prometheus Operator)",
         "list": "modeldeployment_deleted",
         "create": "server-side apply of a new child",
         "patch": "server-side apply",

@@ -262,6 +262,10 @@ def operator_run(
     metrics_address: str | None,
 ) -> None:
     """Run the operators against $KUBECONFIG (or in-cluster credentials) until stopped."""
+    # The operators talk to the API server through kubeforge.core.kubeapi. kopf imports the Kubernetes client
+    # package whenever it is installed, only to recognise the client's model objects, which the operators never
+    # hand it; kept out of this process, that import's 25 MB are too (docs/benchmarks.md, Operator).
+    sys.modules.setdefault("kubernetes", None)
     from .operators.run import run
 
     run(list(kinds) or None, list(namespaces) or None, verbose, liveness, metrics_address)

@@ -1,12 +1,15 @@
 """Kubernetes client helpers: one way to load credentials and one way to write objects.
 
-Every write kubeforge makes is a server-side apply with a single field manager, so
-repeated applies are idempotent and fields owned by others (HPA replicas, user labels)
-are left alone. Status is written through the status subresource, and only when it
-changed, so a resync does not bump resourceVersions or wake watchers for nothing.
-An operator's children are applied with :func:`apply_children`, which never takes over
-an object another owner controls and turns every refusal into :class:`ChildNotApplied`,
-which the operators report as ``Ready=False``.
+Every write kubeforge makes is a server-side apply, so repeated applies are idempotent and
+fields owned by others (HPA replicas, user labels) are left alone. Status is written through
+the status subresource, and only when it changed, so a resync does not bump resourceVersions
+or wake watchers for nothing. An operator's children are applied with :func:`apply_children`,
+by a field manager per owner, which never takes over an object another owner controls and
+turns every refusal into :class:`ChildNotApplied`, which the operators report as ``Ready=False``.
+
+The functions take either connection: the operators' :class:`KubeApi`, or the Kubernetes
+client's ``ApiClient`` where a caller uses the client's typed APIs as well. Either way an
+error status raises :class:`ApiError`.
 """
 
 from __future__ import annotations
@@ -17,35 +20,58 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from kubernetes import client, config, dynamic
-from kubernetes.client.exceptions import ApiException
+from typing import TYPE_CHECKING, Any
 
 from .conditions import FALSE, StatusDraft, get_condition, now_rfc3339
+from .kubeapi import ApiError, KubeApi
+
+if TYPE_CHECKING:
+    from kubernetes import client
+
+    # The operators hold a KubeApi (no Kubernetes client package in their process); the CLI and the local
+    # runtime, which use the client's typed APIs as well, pass their ApiClient.
+    Api = KubeApi | client.ApiClient
+
+__all__ = ["ApiError", "KubeApi"]  # re-exported: what callers catch, and what connect() returns
 
 FIELD_MANAGER = "kubeforge"
 
 
-def api_client(kubeconfig: str | Path | None = None) -> client.ApiClient:
-    """An ApiClient from an explicit kubeconfig, $KUBECONFIG, ~/.kube/config, or in-cluster credentials."""
+def _kubeconfig(kubeconfig: str | Path | None) -> str | None:
+    """The kubeconfig to read: the one given, $KUBECONFIG, or ~/.kube/config when it exists; None means in-cluster."""
     path = kubeconfig or os.environ.get("KUBECONFIG")
     if path:
-        return config.new_client_from_config(config_file=str(path))
-    try:
-        return config.new_client_from_config()
-    except config.ConfigException:
-        config.load_incluster_config()
-        return client.ApiClient()
+        return str(path)
+    default = Path("~/.kube/config").expanduser()
+    return str(default) if default.is_file() else None
+
+
+def api_client(kubeconfig: str | Path | None = None) -> client.ApiClient:
+    """An ApiClient from an explicit kubeconfig, $KUBECONFIG, ~/.kube/config, or in-cluster credentials."""
+    from kubernetes import client, config
+
+    path = _kubeconfig(kubeconfig)
+    if path:
+        return config.new_client_from_config(config_file=path)
+    config.load_incluster_config()
+    return client.ApiClient()
+
+
+def connect(kubeconfig: str | Path | None = None) -> KubeApi:
+    """A KubeApi from the same credentials api_client would use."""
+    path = _kubeconfig(kubeconfig)
+    return KubeApi.from_kubeconfig(path) if path else KubeApi.in_cluster()
 
 
 @functools.lru_cache(maxsize=8)
-def _dynamic(api: client.ApiClient) -> dynamic.DynamicClient:
+def _dynamic(api: Api) -> Any:
+    from kubernetes import dynamic
+
     return dynamic.DynamicClient(api)
 
 
-def resource(api: client.ApiClient, api_version: str, kind: str) -> Any:
-    """The discovered API resource for apiVersion/kind (cached per client).
+def resource(api: Api, api_version: str, kind: str) -> Any:
+    """The discovered API resource for apiVersion/kind (cached per client), for the dynamic client's calls.
 
     api_version may be a bare group ("discovery.k8s.io"): the server's preferred version is used.
     """
@@ -55,19 +81,20 @@ def resource(api: client.ApiClient, api_version: str, kind: str) -> Any:
 
 
 def _request(
-    api: client.ApiClient,
+    api: Api,
     method: str,
     path: str,
     body: Any = None,
     query: list[tuple[str, str]] | None = None,
     content_type: str = "application/json",
 ) -> dict[str, Any]:
-    """One API request answered as plain JSON; an error raises ApiException (status, reason, body).
+    """One API request answered as plain JSON; an error status raises ApiError (status, reason, body).
 
-    The dynamic client would wrap the answer in its ResourceInstance and format a traceback into every
-    ApiException it re-raises; for the operators' calls (a GET that finds no child yet is the common case)
-    that cost more CPU than the request itself.
+    Through an ApiClient this skips the dynamic client, which would wrap the answer in its ResourceInstance
+    and format a traceback into every exception it re-raises.
     """
+    if isinstance(api, KubeApi):
+        return api.request(method, path, body, query, content_type)
     headers = {"Accept": "application/json", "Content-Type": content_type}
     request = api.param_serialize(
         method, path, query_params=query or [], header_params=headers, body=body, auth_settings=["BearerToken"]
@@ -75,18 +102,19 @@ def _request(
     response = api.call_api(*request)
     response.read()
     if not 200 <= response.status <= 299:
-        api.response_deserialize(response, {})  # raises the ApiException
+        raise ApiError(response.status, response.reason or "", response.data.decode(errors="replace"))
     return json.loads(response.data)
 
 
-def _path(api: client.ApiClient, api_version: str, kind: str, name: str, namespace: str | None) -> str:
+def _path(api: Api, api_version: str, kind: str, name: str | None, namespace: str | None) -> str:
+    """The path of an object, or with name None of its collection."""
+    if isinstance(api, KubeApi):
+        return api.path(api_version, kind, name, namespace)
     res = resource(api, api_version, kind)
     return str(res.path(name=name, namespace=(namespace or "default") if res.namespaced else None))
 
 
-def apply(
-    api: client.ApiClient, obj: dict[str, Any], field_manager: str = FIELD_MANAGER, force: bool = True
-) -> dict[str, Any]:
+def apply(api: Api, obj: dict[str, Any], field_manager: str = FIELD_MANAGER, force: bool = True) -> dict[str, Any]:
     """Server-side apply one object (create or update); the object as written.
 
     With force, the fields it sets are taken over from any other manager; without, a field another manager set
@@ -147,7 +175,7 @@ def _owner_key(ref: dict[str, Any]) -> tuple[str, str, str]:
     return ref.get("apiVersion", "").rpartition("/")[0], ref.get("kind", ""), ref.get("name", "")
 
 
-def _server_message(err: ApiException) -> str:
+def _server_message(err: ApiError) -> str:
     """The API server's own explanation; its invalid-value dumps (a whole pod template for an immutable field)
     are shortened in the middle, keeping what and why."""
     try:
@@ -158,7 +186,7 @@ def _server_message(err: ApiException) -> str:
     return text if len(text) <= 800 else f"{text[:400]} … {text[-300:]}"
 
 
-def apply_children(api: client.ApiClient, objs: Iterable[dict[str, Any]]) -> None:
+def apply_children(api: Api, objs: Iterable[dict[str, Any]]) -> None:
     """Server-side apply an owner's children (each with a controller ownerReference to it), in order.
 
     Another controller's object of the same name is never taken over. Each child is applied by its owner's own
@@ -183,7 +211,7 @@ def apply_children(api: client.ApiClient, objs: Iterable[dict[str, Any]]) -> Non
             try:
                 _release_shared_manager(api, obj, apply(api, obj, child_manager(mine["uid"]), force=False))
                 continue
-            except ApiException as err:
+            except ApiError as err:
                 if err.status not in (409, 422):
                     raise ChildNotApplied(
                         APPLY_FAILED, f"applying {what} failed ({err.status} {err.reason}): {_server_message(err)}"
@@ -206,7 +234,7 @@ def apply_children(api: client.ApiClient, objs: Iterable[dict[str, Any]]) -> Non
             continue
         try:
             written = apply(api, obj, child_manager(mine["uid"]) if mine else FIELD_MANAGER)
-        except ApiException as err:
+        except ApiError as err:
             raise ChildNotApplied(
                 APPLY_FAILED, f"applying {what} failed ({err.status} {err.reason}): {_server_message(err)}"
             ) from err
@@ -219,7 +247,7 @@ def apply_children(api: client.ApiClient, objs: Iterable[dict[str, Any]]) -> Non
         )
 
 
-def _release_shared_manager(api: client.ApiClient, obj: dict[str, Any], written: dict[str, Any]) -> None:
+def _release_shared_manager(api: Api, obj: dict[str, Any], written: dict[str, Any]) -> None:
     """Children applied before each owner had its own field manager were applied by FIELD_MANAGER itself; once
     the owner's manager holds the child, an empty apply by FIELD_MANAGER gives up that manager's fields, so a
     field the owner stops setting is removed instead of lingering under the old name. Once per such child."""
@@ -233,50 +261,47 @@ def _release_shared_manager(api: client.ApiClient, obj: dict[str, Any], written:
         apply(api, empty, FIELD_MANAGER, force=False)
 
 
-def list_objects(
-    api: client.ApiClient, api_version: str, kind: str, namespace: str, label_selector: str
-) -> list[dict[str, Any]]:
+def list_objects(api: Api, api_version: str, kind: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
     """The objects of a kind in namespace that match label_selector, as wire-format dicts."""
-    return resource(api, api_version, kind).get(namespace=namespace, label_selector=label_selector).to_dict()["items"]
+    query = [("labelSelector", label_selector)] if label_selector else None
+    return _request(api, "GET", _path(api, api_version, kind, None, namespace), query=query).get("items") or []
 
 
-def create(api: client.ApiClient, obj: dict[str, Any]) -> dict[str, Any] | None:
+def create(api: Api, obj: dict[str, Any]) -> dict[str, Any] | None:
     """Create obj as it is (no apply: an object of that name made by anyone else is left alone); None when one
     exists already, so a deterministic name makes creating it again from a retry or a second replica harmless."""
     meta = obj["metadata"]
     try:
-        return resource(api, obj["apiVersion"], obj["kind"]).create(body=obj, namespace=meta.get("namespace")).to_dict()
-    except ApiException as err:
+        return _request(api, "POST", _path(api, obj["apiVersion"], obj["kind"], None, meta.get("namespace")), obj)
+    except ApiError as err:
         if err.status == 409:
             return None
         raise
 
 
-def get(api: client.ApiClient, api_version: str, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+def get(api: Api, api_version: str, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
     """The object, or None when it does not exist."""
     try:
         return _request(api, "GET", _path(api, api_version, kind, name, namespace))
-    except ApiException as err:
+    except ApiError as err:
         if err.status == 404:
             return None
         raise
 
 
-def delete(api: client.ApiClient, api_version: str, kind: str, name: str, namespace: str) -> bool:
+def delete(api: Api, api_version: str, kind: str, name: str, namespace: str) -> bool:
     """Delete with background propagation; False when it was already gone."""
     try:
-        resource(api, api_version, kind).delete(
-            name=name, namespace=namespace, body={"propagationPolicy": "Background"}
-        )
+        _request(api, "DELETE", _path(api, api_version, kind, name, namespace), {"propagationPolicy": "Background"})
         return True
-    except ApiException as err:
+    except ApiError as err:
         if err.status == 404:
             return False
         raise
 
 
 def patch_status(
-    api: client.ApiClient,
+    api: Api,
     api_version: str,
     kind: str,
     name: str,
@@ -305,7 +330,7 @@ def patch_status(
     ops = [{"op": "test", "path": "/metadata/uid", "value": uid}, {"op": "add", "path": "/status", "value": whole}]
     try:
         return _request(api, "PATCH", path, ops, content_type="application/json-patch+json")
-    except ApiException as err:
+    except ApiError as err:
         current = get(api, api_version, kind, name, namespace) if err.status == 422 else None
         if err.status == 404 or (err.status == 422 and (current or {}).get("metadata", {}).get("uid") != uid):
             return None
@@ -313,7 +338,7 @@ def patch_status(
 
 
 def write_status(
-    api: client.ApiClient,
+    api: Api,
     body: dict[str, Any],
     old: dict[str, Any] | None,
     new: dict[str, Any],
@@ -352,9 +377,21 @@ class Capabilities:
         return (self.major, self.minor) >= (1, 21)
 
 
-def capabilities(api: client.ApiClient) -> Capabilities:
-    info = client.VersionApi(api).get_code()
-    return Capabilities(int(info.major), int("".join(ch for ch in info.minor if ch.isdigit())))
+def capabilities(api: Api) -> Capabilities:
+    info = _request(api, "GET", "/version")
+    return Capabilities(int(info["major"]), int("".join(ch for ch in info["minor"] if ch.isdigit())))
+
+
+def serves(api: Api, api_version: str, kind: str) -> bool:
+    """Whether the API server serves kind now: asked each time, as a discovery cache goes on answering with a
+    group the server dropped (a CRD deleted)."""
+    try:
+        found = _request(api, "GET", f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}")
+    except ApiError as err:
+        if err.status == 404:
+            return False
+        raise
+    return any(r.get("kind") == kind for r in found.get("resources") or [])
 
 
 def owner_reference(owner: dict[str, Any]) -> dict[str, Any]:
@@ -369,9 +406,7 @@ def owner_reference(owner: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def event(
-    api: client.ApiClient, obj: dict[str, Any], type_: str, reason: str, message: str, component: str = "kubeforge"
-) -> None:
+def event(api: Api, obj: dict[str, Any], type_: str, reason: str, message: str, component: str = "kubeforge") -> None:
     """Record a core/v1 Event about obj (what `kubectl describe` shows)."""
     meta = obj["metadata"]
     now = now_rfc3339()

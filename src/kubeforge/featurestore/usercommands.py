@@ -53,6 +53,8 @@ def _api_errors(kubeconfig: str | None) -> Iterator[None]:
     from kubernetes.config import ConfigException
     from urllib3.exceptions import HTTPError
 
+    from ..core import kube
+
     where = kubeconfig or "$KUBECONFIG or ~/.kube/config"
     try:
         yield
@@ -62,7 +64,7 @@ def _api_errors(kubeconfig: str | None) -> Iterator[None]:
         ) from None
     except HTTPError as err:
         raise click.ClickException(f"cannot reach the API server of {where}: {err}") from None
-    except ApiException as err:
+    except (ApiException, kube.ApiError) as err:
         raise click.ClickException(f"the API server refused: {err.status} {err.reason}: {err.body}") from None
 
 

@@ -22,13 +22,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ..api import ModelDeployment
+from ..core import kube
 from ..monitoring import rules
 
 log = logging.getLogger(__name__)
@@ -188,19 +187,6 @@ def _remove(metric: Gauge | Counter, *labels: str) -> None:
         metric.remove(*labels)
 
 
-def _serves(api: client.ApiClient, api_version: str, kind: str) -> bool:
-    """Whether the API server serves kind now: asked directly, as the client's discovery cache (in memory and in a
-    file) goes on answering with a group the server dropped."""
-    group, _, version = api_version.rpartition("/")
-    try:
-        found = client.CustomObjectsApi(api).get_api_resources(group, version)
-    except ApiException as err:
-        if err.status == 404:
-            return False
-        raise
-    return any(r.kind == kind for r in found.resources or [])
-
-
 class _RuleSupport:
     """Whether the cluster serves PrometheusRules, looked up at most every RULES_RECHECK seconds."""
 
@@ -209,10 +195,10 @@ class _RuleSupport:
         self._answer: bool | None = None
         self._checked = 0.0
 
-    def served(self, api: client.ApiClient) -> bool:
+    def served(self, api: kube.KubeApi) -> bool:
         with self._lock:
             if self._answer is None or time.monotonic() - self._checked >= RULES_RECHECK:
-                answer = _serves(api, *PROMETHEUS_RULE)
+                answer = kube.serves(api, *PROMETHEUS_RULE)
                 if answer != self._answer:
                     log.info(
                         "PrometheusRule (%s) %s: ModelDeployment alert targets go to %s",

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import kopf
-from kubernetes import client
 
 from ..core import kube
 from ..core.mlflow_rest import MLflowRegistry
@@ -25,7 +24,7 @@ ANNOTATION_PREFIX = "kopf.kubeforge.dev"
 
 @dataclass(frozen=True)
 class Context:
-    api: client.ApiClient
+    api: kube.KubeApi
     settings: Settings
     capabilities: kube.Capabilities
     registry: MLflowRegistry
@@ -34,7 +33,7 @@ class Context:
 @functools.cache
 def context() -> Context:
     """Created on first use, in the operator process, from the environment."""
-    api = kube.api_client()
+    api = kube.connect()
     settings = Settings.from_env()
     return Context(api, settings, kube.capabilities(api), MLflowRegistry(settings.mlflow_tracking_uri))
 

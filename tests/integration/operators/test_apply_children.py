@@ -2,7 +2,8 @@
 and never another controller's object taken over.
 
 The children here are ConfigMaps owned by a ConfigMap, so that no controller of the control plane acts on
-them; the rules are the same for every kind the operators create.
+them; the rules are the same for every kind the operators create. Each test runs through both connections
+kube's functions take: the operators' KubeApi and the Kubernetes client's ApiClient (the CLI, the local runtime).
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ from kubeforge.core import kube
 pytestmark = pytest.mark.integration
 
 
-def owner(api: client.ApiClient, namespace: str, name: str = "owner") -> dict[str, Any]:
+@pytest.fixture(params=["KubeApi", "ApiClient"])
+def api(request: pytest.FixtureRequest, controlplane, api: client.ApiClient) -> kube.Api:
+    """Each test once through each connection."""
+    return kube.connect(controlplane.kubeconfig) if request.param == "KubeApi" else api
+
+
+def owner(api: kube.Api, namespace: str, name: str = "owner") -> dict[str, Any]:
     body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": namespace}}
     return kube.apply(api, body)
 
@@ -28,7 +35,7 @@ def child(owner_obj: dict[str, Any], data: dict[str, str], name: str = "child") 
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": data}
 
 
-def read(api: client.ApiClient, namespace: str, name: str = "child") -> dict[str, Any] | None:
+def read(api: kube.Api, namespace: str, name: str = "child") -> dict[str, Any] | None:
     return kube.get(api, "v1", "ConfigMap", name, namespace)
 
 
@@ -43,7 +50,7 @@ def controller_uid(obj: dict[str, Any]) -> str:
 
 
 def test_a_new_child_is_created_by_its_owners_own_field_manager_and_updated_in_place(
-    api: client.ApiClient, namespace: str
+    api: kube.Api, namespace: str
 ) -> None:
     parent = owner(api, namespace)
     kube.apply_children(api, [child(parent, {"a": "1", "b": "2"})])
@@ -58,7 +65,7 @@ def test_a_new_child_is_created_by_its_owners_own_field_manager_and_updated_in_p
 
 
 def test_another_controllers_object_of_the_same_name_is_left_alone_even_when_its_content_agrees(
-    api: client.ApiClient, namespace: str
+    api: kube.Api, namespace: str
 ) -> None:
     other, parent = owner(api, namespace, "other"), owner(api, namespace)
     kube.apply_children(api, [child(other, {"a": "1"})])
@@ -72,7 +79,7 @@ def test_another_controllers_object_of_the_same_name_is_left_alone_even_when_its
     assert len(kept["metadata"]["ownerReferences"]) == 1
 
 
-def test_a_child_someone_else_edited_gets_the_owners_content_back(api: client.ApiClient, namespace: str) -> None:
+def test_a_child_someone_else_edited_gets_the_owners_content_back(api: kube.Api, namespace: str) -> None:
     parent = owner(api, namespace)
     kube.apply_children(api, [child(parent, {"a": "1"})])
     edited = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "child", "namespace": namespace}}
@@ -83,7 +90,7 @@ def test_a_child_someone_else_edited_gets_the_owners_content_back(api: client.Ap
     assert after is not None and after["data"] == {"a": "1", "note": "mine"}, "the owner's field wins, others stay"
 
 
-def test_a_deleted_predecessors_leftover_is_deleted_and_created_anew(api: client.ApiClient, namespace: str) -> None:
+def test_a_deleted_predecessors_leftover_is_deleted_and_created_anew(api: kube.Api, namespace: str) -> None:
     first = owner(api, namespace)
     kube.apply_children(api, [child(first, {"a": "1"})])
     kube.delete(api, "v1", "ConfigMap", "owner", namespace)
@@ -99,7 +106,7 @@ def test_a_deleted_predecessors_leftover_is_deleted_and_created_anew(api: client
 
 
 def test_a_child_written_by_the_shared_field_manager_of_earlier_versions_drops_what_the_owner_no_longer_sets(
-    api: client.ApiClient, namespace: str
+    api: kube.Api, namespace: str
 ) -> None:
     parent = owner(api, namespace)
     kube.apply(api, child(parent, {"a": "1", "old": "x"}))  # as operators before per-owner managers did

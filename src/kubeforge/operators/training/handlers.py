@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
-from kubernetes import client
 
 from ...api import API_VERSION
 from ...core import kube, podfailure
@@ -40,7 +39,7 @@ def _registered_version(registry: MLflowRegistry, model: str, uid: str) -> Model
     return None
 
 
-def _attempt_failure(api: client.ApiClient, body: dict[str, Any], job: dict[str, Any]) -> dict[str, Any] | None:
+def _attempt_failure(api: kube.KubeApi, body: dict[str, Any], job: dict[str, Any]) -> dict[str, Any] | None:
     """Why the pod of the attempt that job runs fails, if it does. Only the Job's own pods count: a deleted
     predecessor's pods carry the same labels until they are collected."""
     meta = body["metadata"]

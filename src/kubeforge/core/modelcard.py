@@ -9,13 +9,15 @@ registration and ``kubeforge model card`` shows the registry's current one.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from pydantic import BaseModel, Field
 
 from . import approval
 from . import modelcontract as contract
+
+if TYPE_CHECKING:
+    import numpy as np
 
 CARD_JSON = "card/model_card.json"
 CARD_MARKDOWN = "card/model_card.md"
@@ -105,6 +107,7 @@ def features(baseline: contract.Baseline) -> list[FeatureSummary]:
 
 def per_class(probabilities: np.ndarray, truth: np.ndarray, classes: list[Any]) -> list[ClassMetrics]:
     """Precision, recall, F1 and support of each class, from a classifier's probabilities on the validation rows."""
+    import numpy as np  # here: the CLI imports this module for every command; only training calls this
     from sklearn.metrics import precision_recall_fscore_support
 
     predicted = np.asarray(probabilities).argmax(axis=1)

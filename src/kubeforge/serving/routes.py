@@ -27,7 +27,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-import numpy as np
 import yaml
 from pydantic import Field, model_validator
 
@@ -228,6 +227,8 @@ class Route:
 
 def compile_table(table: RouteTable, known: dict[tuple[str, str, str, str], Target]) -> dict[str, Route]:
     """Routes for the request path, reusing the Targets (readiness, schemas) of the previous table."""
+    import numpy as np  # here, not at the top: the operators import this module for its types, not for numpy
+
     routes: dict[str, Route] = {}
     for name, spec in table.models.items():
         targets: dict[str, Target] = {}

@@ -3,6 +3,7 @@ kubeconfigs write them, a rotated token picked up without a restart, and refusal
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from kubeforge.core import kube
+from kubeforge.core import kube, kubeapi
 from kubeforge.core.kubeapi import ApiError, KubeApi
 
 pytestmark = pytest.mark.integration
@@ -57,3 +58,17 @@ def test_a_kept_alive_connection_the_server_closed_is_opened_again(controlplane,
     assert kube.get(api, "v1", "Namespace", namespace, None) is not None
     api._local.conn.sock.shutdown(socket.SHUT_RDWR)  # what an idle timeout or a restarted API server leaves
     assert kube.get(api, "v1", "Namespace", namespace, None) is not None
+
+
+def test_in_a_pod_the_service_account_is_used(controlplane, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a pod has: the API server's address in the environment, a token and the CA in the mounted secret
+    (here a directory standing in for /var/run/secrets/kubernetes.io/serviceaccount)."""
+    config = _config(controlplane)
+    (tmp_path / "token").write_text(config["users"][0]["user"]["token"])
+    (tmp_path / "ca.crt").write_bytes(base64.b64decode(config["clusters"][0]["cluster"]["certificate-authority-data"]))
+    monkeypatch.setattr(kubeapi, "SERVICE_ACCOUNT", tmp_path)
+    server = config["clusters"][0]["cluster"]["server"]
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", server.split("//")[1].rsplit(":", 1)[0])
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", server.rsplit(":", 1)[1])
+
+    assert kube.capabilities(KubeApi.in_cluster()).major == 1

@@ -19,7 +19,13 @@ _REGISTRY_MODULE = "mlflow.tracking.request_header.registry"
 
 
 def connect(tracking_uri: str) -> None:
-    """Point MLflow at tracking_uri, with its request-header registry loaded lean."""
+    """Point MLflow at tracking_uri for runs and model versions alike, with its
+    request-header registry loaded lean.
+
+    The registry is set too because MLflow otherwise reads MLFLOW_REGISTRY_URI
+    from the environment, and a process started from a shell (or a parent) that
+    exported one would register versions in a registry the operator never reads.
+    """
     if _REGISTRY_MODULE not in sys.modules:
         load_all = plugins.get_entry_points
 
@@ -32,3 +38,4 @@ def connect(tracking_uri: str) -> None:
         finally:
             plugins.get_entry_points = load_all
     mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+from . import plainhttp
 
 
 class MLflowError(RuntimeError):
@@ -52,21 +52,19 @@ class MLflowRegistry:
 
     def __init__(self, tracking_uri: str, timeout: float = 10.0):
         self.tracking_uri = tracking_uri.rstrip("/")
-        self._http = httpx.Client(base_url=self.tracking_uri, timeout=timeout)
-
-    def close(self) -> None:
-        self._http.close()
+        self.timeout = timeout
 
     def _get(self, path: str, params: dict[str, Any]) -> dict[str, Any]:
         return self._fetch(f"/api/2.0/mlflow/{path}", params).json()
 
-    def _fetch(self, path: str, params: dict[str, Any], body: dict[str, Any] | None = None) -> httpx.Response:
+    def _fetch(self, path: str, params: dict[str, Any], body: dict[str, Any] | None = None) -> plainhttp.Response:
         """GET path with params, or POST body as JSON."""
+        url = self.tracking_uri + path
         try:
-            resp = self._http.get(path, params=params) if body is None else self._http.post(path, json=body)
-        except httpx.HTTPError as err:
+            resp = plainhttp.get(url, params, self.timeout) if body is None else plainhttp.post(url, body, self.timeout)
+        except plainhttp.HttpError as err:
             raise MLflowError(f"MLflow at {self.tracking_uri} is unreachable: {err}") from err
-        if resp.status_code in (400, 404):
+        if resp.status in (400, 404):
             try:
                 body = resp.json()
             except ValueError:
@@ -75,8 +73,8 @@ class MLflowRegistry:
             # A missing version is RESOURCE_DOES_NOT_EXIST; a missing alias is a 400 that says "not found".
             if body.get("error_code") == "RESOURCE_DOES_NOT_EXIST" or "not found" in message.lower():
                 raise NotFound(message)
-        if resp.status_code >= 400:
-            raise MLflowError(f"MLflow {path} failed ({resp.status_code}): {resp.text[:500]}")
+        if resp.status >= 400:
+            raise MLflowError(f"MLflow {path} failed ({resp.status}): {resp.text[:500]}")
         return resp
 
     def by_alias(self, name: str, alias: str) -> ModelVersion:

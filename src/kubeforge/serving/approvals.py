@@ -62,8 +62,6 @@ def _decide(
         raise click.ClickException(str(err)) from None
     except MLflowError as err:
         raise click.ClickException(f"cannot record the decision in MLflow at {uri}: {err}") from None
-    finally:
-        registry.close()
     was = f" (it was {previous.describe()})" if previous.state else ""
     click.echo(f"version {version} of {name} {new.describe()}{was}")
     if state == approval.APPROVED:

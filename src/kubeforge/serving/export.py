@@ -111,7 +111,6 @@ def _over_rest(tracking_uri: str, ref: ModelRef) -> _Found | None:
     except MLflowError as err:
         raise ExportError(f"cannot export {label}: {err}") from err
     if model_file is None:
-        registry.close()
         return None
 
     fmt = modelcontract.model_format(mv.tags)
@@ -122,8 +121,6 @@ def _over_rest(tracking_uri: str, ref: ModelRef) -> _Found | None:
             return registry.artifact(mv.run_id, artifact)
         except MLflowError as err:
             raise ExportError(f"cannot export {label}: its run {mv.run_id} has no {artifact} ({err})") from err
-        finally:
-            registry.close()
 
     return _Found(mv.version, mv.tags.get(modelcontract.TAG_TASK), model_file, script, fmt)
 

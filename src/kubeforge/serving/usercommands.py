@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-import httpx
 
+from ..core import plainhttp
 from ..featurestore.usercommands import _api_errors, _client, _namespace
 
 BATCH = 1000
@@ -52,7 +52,7 @@ def _headers(token: str | None) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"} if token else {}
 
 
-def _refused(resp: httpx.Response) -> str:
+def _refused(resp: plainhttp.Response) -> str:
     try:
         return str(resp.json().get("error") or resp.text)
     except ValueError:
@@ -101,23 +101,19 @@ def feedback(
     items = read_labels(file)
     base = gateway_url(model, url, kubeconfig, namespace)
     totals = {"joined": 0, "unknown": 0, "expired": 0}
-    with httpx.Client(timeout=60) as client:
-        for start in range(0, len(items), BATCH):
-            batch = items[start : start + BATCH]
-            try:
-                resp = client.post(
-                    f"{base}/v2/models/{model}/feedback",
-                    json={"labels": [item for _, item in batch]},
-                    headers=_headers(token),
-                )
-            except httpx.HTTPError as err:
-                raise click.ClickException(f"cannot reach the gateway at {base}: {err}") from None
-            if resp.status_code != 200:
-                message = _by_line(_refused(resp), file, [number for number, _ in batch])
-                applied = f" (lines before {batch[0][0]} were applied)" if start else " (nothing was applied)"
-                raise click.ClickException(f"the gateway refused: {message}{applied}")
-            for key, value in resp.json().items():
-                totals[key] = totals.get(key, 0) + int(value)
+    for start in range(0, len(items), BATCH):
+        batch = items[start : start + BATCH]
+        body = {"labels": [item for _, item in batch]}
+        try:
+            resp = plainhttp.post(f"{base}/v2/models/{model}/feedback", body, 60, _headers(token))
+        except plainhttp.HttpError as err:
+            raise click.ClickException(f"cannot reach the gateway at {base}: {err}") from None
+        if resp.status != 200:
+            message = _by_line(_refused(resp), file, [number for number, _ in batch])
+            applied = f" (lines before {batch[0][0]} were applied)" if start else " (nothing was applied)"
+            raise click.ClickException(f"the gateway refused: {message}{applied}")
+        for key, value in resp.json().items():
+            totals[key] = totals.get(key, 0) + int(value)
     click.echo(f"joined {totals['joined']}, unknown {totals['unknown']}, expired {totals['expired']}")
 
 
@@ -151,15 +147,12 @@ def from_feedback(
         raise click.ClickException(f"--out {out}: name a .csv or .parquet file")
     base = gateway_url(model, url, kubeconfig, namespace)
     try:
-        resp = httpx.get(
-            f"{base}/v2/models/{model}/feedback/dataset",
-            params={"since": since, "target": target},
-            headers=_headers(token),
-            timeout=300,
+        resp = plainhttp.get(
+            f"{base}/v2/models/{model}/feedback/dataset", {"since": since, "target": target}, 300, _headers(token)
         )
-    except httpx.HTTPError as err:
+    except plainhttp.HttpError as err:
         raise click.ClickException(f"cannot reach the gateway at {base}: {err}") from None
-    if resp.status_code != 200:
+    if resp.status != 200:
         raise click.ClickException(f"the gateway refused: {_refused(resp)}")
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".csv":

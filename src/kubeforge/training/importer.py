@@ -844,13 +844,10 @@ def _reachable(tracking_uri: str) -> None:
 
     if not tracking_uri.startswith(("http://", "https://")):
         return
-    registry = MLflowRegistry(tracking_uri)
     try:
-        registry.registered_models(1)
+        MLflowRegistry(tracking_uri).registered_models(1)
     except MLflowError as err:
         raise TrainerError(f"--tracking-uri: {err}; start MLflow or point --tracking-uri at it") from None
-    finally:
-        registry.close()
 
 
 def _last_line(err: BaseException) -> str:

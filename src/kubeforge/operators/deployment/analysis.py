@@ -17,10 +17,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from ...api.modeldeployment import Analysis, AnalysisMetric
+from ...core import plainhttp
 
 UPSTREAM = "kubeforge_upstream_requests"
 UPSTREAM_DURATION = "kubeforge_upstream_request_duration_seconds"
@@ -175,9 +175,9 @@ def promql(prometheus_url: str, query: str, canary: str, stable: str, timeout: f
     """One number from a PromQL query ({{canary}} and {{stable}} replaced by the versions)."""
     text = query.replace("{{canary}}", canary).replace("{{stable}}", stable)
     try:
-        resp = httpx.get(f"{prometheus_url.rstrip('/')}/api/v1/query", params={"query": text}, timeout=timeout)
+        resp = plainhttp.get(f"{prometheus_url.rstrip('/')}/api/v1/query", {"query": text}, timeout)
         data = resp.json()["data"]
-    except (httpx.HTTPError, ValueError, KeyError):
+    except (plainhttp.HttpError, ValueError, KeyError):
         return None
     result = data.get("result")
     if data.get("resultType") == "scalar":

@@ -31,14 +31,13 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-import httpx
 import kopf
 from pydantic import ValidationError
 
 from ...api import API_VERSION, FeatureViewSpec, ModelDeployment, parse
 from ...api.meta import duration_seconds
 from ...api.validation import InvalidResource
-from ...core import kube, podfailure
+from ...core import kube, plainhttp, podfailure
 from ...core import modelcontract as mc
 from ...core.approval import Approval
 from ...core.conditions import StatusDraft, parse_rfc3339
@@ -407,8 +406,8 @@ def observe(ctx: Context, body: dict[str, Any], watched: Watched) -> Observed:
     model_ready = False
     if gateway_ready and gateway_url:
         try:
-            model_ready = httpx.get(f"{gateway_url}/v2/models/{name}/ready", timeout=2).status_code == 200
-        except httpx.HTTPError:
+            model_ready = plainhttp.get(f"{gateway_url}/v2/models/{name}/ready", timeout=2).status == 200
+        except plainhttp.HttpError:
             model_ready = False
     # Why pods fail, only while one of its Deployments has fewer ready pods than it wants.
     failures: dict[str, dict[str, Any]] = {}
@@ -424,9 +423,9 @@ def _scrape(url: str | None) -> str | None:
     if not url:
         return None
     try:
-        resp = httpx.get(f"{url}/metrics", timeout=5)
-        return resp.text if resp.status_code == 200 else None
-    except httpx.HTTPError:
+        resp = plainhttp.get(f"{url}/metrics", timeout=5)
+        return resp.text if resp.status == 200 else None
+    except plainhttp.HttpError:
         return None
 
 

@@ -1,0 +1,69 @@
+"""HTTP requests to MLflow, Prometheus and gateways through the standard library.
+
+The operator process makes few of these (a registry lookup per model reference, a query or a
+scrape per canary analysis, a readiness probe while a gateway comes up), so a connection per
+request costs nothing that matters, while httpx, with the command-line libraries its package
+imports, would add about 8 MB to the operator's memory (docs/benchmarks.md, Operator).
+urllib reads the same proxy variables (HTTP_PROXY, HTTPS_PROXY, NO_PROXY) and trusts the
+system's certificate authorities (or SSL_CERT_FILE).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+
+class HttpError(OSError):
+    """The server could not be reached, or did not answer in time or in HTTP."""
+
+
+@dataclass(frozen=True)
+class Response:
+    """A whole answer, any status: a 4xx or 5xx is the caller's to judge, as with httpx."""
+
+    status: int
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode(errors="replace")
+
+    def json(self) -> Any:
+        """The body as JSON; ValueError when it is not."""
+        return json.loads(self.content)
+
+
+def get(
+    url: str, params: dict[str, Any] | None = None, timeout: float = 10.0, headers: dict[str, str] | None = None
+) -> Response:
+    """GET url, with params as its query string."""
+    query = f"?{urllib.parse.urlencode(params)}" if params else ""
+    return _send(urllib.request.Request(url + query, headers=headers or {}), timeout)
+
+
+def post(url: str, body: Any = None, timeout: float = 10.0, headers: dict[str, str] | None = None) -> Response:
+    """POST body as JSON (none when body is None)."""
+    sent = dict(headers or {})
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        sent["Content-Type"] = "application/json"
+    return _send(urllib.request.Request(url, data=data, headers=sent, method="POST"), timeout)
+
+
+def _send(request: urllib.request.Request, timeout: float) -> Response:
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return Response(resp.status, resp.read())
+    except urllib.error.HTTPError as err:  # a status of 400 or more: an answer, not a failure to get one
+        with err:
+            return Response(err.code, err.read())
+    except (OSError, http.client.HTTPException, ValueError) as err:  # URLError, timeouts, resets; a malformed URL
+        reason = getattr(err, "reason", None) or err
+        raise HttpError(f"{request.get_method()} {request.full_url}: {reason}") from err

@@ -26,8 +26,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+PROCESS_LOCAL = frozenset({"PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR", "prometheus_multiproc_dir"})
+"""Variables a library sets in its own process's environment, for that process alone. Feast, when imported,
+points the Prometheus client at a temporary directory of its importer (feast.metrics): a gateway or operator
+started from that process would keep every metric in mapped files there, each update a file write, and lose
+them when the importer exits. No process started here shares its metrics with another."""
+
+
 def spawn(argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """Start argv in its own session with stdout and stderr appended to log."""
+    """Start argv in its own session with stdout and stderr appended to log, in env (default: this process's)
+    less PROCESS_LOCAL."""
+    env = {name: value for name, value in (os.environ if env is None else env).items() if name not in PROCESS_LOCAL}
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         return subprocess.Popen(
@@ -36,7 +45,7 @@ def spawn(argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None) 
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            env=dict(env) if env is not None else None,
+            env=env,
         )
 
 

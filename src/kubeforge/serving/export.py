@@ -24,12 +24,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import httpx
 import numpy as np
 import yaml
 
 from kubeforge.api.modeldeployment import ModelRef, TritonRuntime
-from kubeforge.core import modelcontract
+from kubeforge.core import modelcontract, plainhttp
 from kubeforge.core.mlflow_rest import MLflowError, MLflowRegistry
 
 from . import tritonconfig
@@ -66,9 +65,11 @@ def _probe(tracking_uri: str, ref: ModelRef) -> None:
     if urlparse(tracking_uri).scheme not in ("http", "https"):
         return
     try:
-        httpx.get(tracking_uri.rstrip("/") + "/health", timeout=10).raise_for_status()
-    except httpx.HTTPError as err:
+        status = plainhttp.get(tracking_uri.rstrip("/") + "/health", timeout=10).status
+    except plainhttp.HttpError as err:
         raise ExportError(f"cannot export {_label(ref)}: MLflow at {tracking_uri} is unreachable ({err})") from err
+    if status >= 400:
+        raise ExportError(f"cannot export {_label(ref)}: MLflow at {tracking_uri} answers /health with {status}")
 
 
 def _tensors(specs: list[dict[str, Any]], label: str, what: str, default_name: str) -> list[Tensor]:

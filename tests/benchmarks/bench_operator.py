@@ -365,6 +365,7 @@ def main() -> None:
             time.sleep(0.5)
             rss_peak = max(rss_peak, rss_mb(pid))
         cpu_settled = cpu_seconds(pid)
+        rss_settled = rss_mb(pid)
         requests_settled = api_requests(api)
         load_end = os.getloadavg()
 
@@ -387,7 +388,10 @@ def main() -> None:
         (f"  target >= {TARGETS['share']:.0%}", _verdict(rate / plain_rate >= TARGETS["share"])),
         ("  API requests per resource to converge", _per_resource(before, converged_at, args.count, args.count)),
         (f"  ... in the {args.settle:.0f} s after", _per_resource(converged_at, requests_settled, args.count)),
-        (f"operator RSS at {total} resources, converged / peak", f"{rss_converged:.0f} / {rss_peak:.0f} MB"),
+        (
+            f"operator RSS at {total} resources, converged / peak / settled",
+            f"{rss_converged:.0f} / {rss_peak:.0f} / {rss_settled:.0f} MB",
+        ),
         (f"  target <= {TARGETS['rss_mb']:.0f} MB", _verdict(rss_peak <= TARGETS["rss_mb"])),
         ("  after startup / after the applies", f"{rss_start:.0f} / {rss_applies:.0f} MB"),
         (

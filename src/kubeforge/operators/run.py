@@ -36,6 +36,7 @@ def run(
         host, _, port = metrics_address.rpartition(":")
         prometheus_client.start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0")
     importlib.import_module("kubeforge.operators.runtime")
+    importlib.import_module("kubeforge.operators.heap")
     for kind in kinds or list(HANDLERS):
         importlib.import_module(HANDLERS[kind])
     asyncio.run(

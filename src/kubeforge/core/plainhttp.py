@@ -3,7 +3,7 @@
 The operator process makes few of these (a registry lookup per model reference, a query or a
 scrape per canary analysis, a readiness probe while a gateway comes up), so a connection per
 request costs nothing that matters, while httpx, with the command-line libraries its package
-imports, would add about 8 MB to the operator's memory (docs/benchmarks.md, Operator).
+imports, would add 4 to 7 MB to the operator's memory (docs/benchmarks.md, Operator).
 urllib reads the same proxy variables (HTTP_PROXY, HTTPS_PROXY, NO_PROXY) and trusts the
 system's certificate authorities (or SSL_CERT_FILE).
 """

@@ -17,6 +17,15 @@ HANDLERS = {
 }
 
 
+def load(kinds: list[str] | None = None) -> None:
+    """Import what registers the operators' handlers with kopf: the shared runtime, the heap trimming, and the
+    handlers of kinds (default: all)."""
+    importlib.import_module("kubeforge.operators.runtime")
+    importlib.import_module("kubeforge.operators.heap")
+    for kind in kinds or list(HANDLERS):
+        importlib.import_module(HANDLERS[kind])
+
+
 def run(
     kinds: list[str] | None = None,
     namespaces: list[str] | None = None,
@@ -35,10 +44,7 @@ def run(
     if metrics_address:
         host, _, port = metrics_address.rpartition(":")
         prometheus_client.start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0")
-    importlib.import_module("kubeforge.operators.runtime")
-    importlib.import_module("kubeforge.operators.heap")
-    for kind in kinds or list(HANDLERS):
-        importlib.import_module(HANDLERS[kind])
+    load(kinds)
     asyncio.run(
         kopf.operator(
             clusterwide=not namespaces,

@@ -7,12 +7,11 @@ import subprocess
 import sys
 
 PROGRAM = """
-import importlib, sys
+import sys
 import kubeforge.cli
 sys.modules.setdefault("kubernetes", None)  # what `kubeforge operator run` does before importing the operators
 from kubeforge.operators import run
-for module in ["kubeforge.operators.runtime", *run.HANDLERS.values()]:
-    importlib.import_module(module)
+run.load()
 loaded = {name.split(".")[0] for name, module in sys.modules.items() if module is not None}
 print(sorted(loaded & {"kubernetes", "httpx", "rich", "numpy", "pandas", "mlflow", "feast", "torch"}))
 """

@@ -7,7 +7,10 @@ alternating rounds at concurrency 1 and 16, with a minimal keep-alive HTTP/1.1 c
 load generator costs as little CPU as possible. Prints added p50/p99 latency and throughput
 ratios: gateway over direct, and drift tracking on over off; and each gateway's CPU time per
 request (from /proc), which a machine shared with other work disturbs far less than wall-clock
-throughput. Then tenancy, at concurrency 1: what tokens, tenant limits and the access log cost (a gateway with a
+throughput. It does so twice where there are two cores or more: once with every process free to run on any core,
+and once with Triton and the load generator on one core and the gateways on another, as a gateway pod with CPU of
+its own would run: the first says what the hop costs on a machine it shares, the second whether the gateway keeps up
+with Triton when it is not taking Triton's CPU. Then tenancy, at concurrency 1: what tokens, tenant limits and the access log cost (a gateway with a
 YAML token file and an access log file against one with neither), and a tenant's p50/p99 with and without a
 noisy neighbour that its rate limit keeps answering 429 (4 connections sending as fast as they can, from a thread
 of their own). Run from the repository root: .venv/bin/python -m tests.benchmarks.bench_gateway [--tenancy-only]
@@ -16,6 +19,7 @@ of their own). Run from the repository root: .venv/bin/python -m tests.benchmark
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import statistics
 import sys
@@ -195,6 +199,61 @@ def _tenancy(work: Path, routes: dict, infer: str, procs: list) -> None:
     )
 
 
+def _measure(targets: dict[str, tuple[int, str]], gateways: dict[str, tuple[int, int]]) -> None:
+    """Alternate rounds to each target at concurrency 1 and 16; print latency, throughput and the gateways' CPU."""
+    print(f"{'concurrency':>11} {'path':>8} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}")
+    for concurrency, per_round in PER_ROUND.items():
+        lat: dict[str, list[float]] = {k: [] for k in targets}
+        rps: dict[str, list[float]] = {k: [] for k in targets}
+        cpu = dict.fromkeys(gateways, 0.0)
+        for p, path in targets.values():  # warm-up
+            asyncio.run(_round(p, path, concurrency, per_round // 4))
+        for _ in range(ROUNDS):  # alternate, so a shared machine's changing load hits each alike
+            for k, (p, path) in targets.items():
+                used = _cpu_seconds(gateways[k][1]) if k in gateways else 0.0
+                latencies, throughput = asyncio.run(_round(p, path, concurrency, per_round))
+                if k in gateways:
+                    cpu[k] += _cpu_seconds(gateways[k][1]) - used
+                lat[k] += latencies
+                rps[k].append(throughput)
+        for k in targets:
+            p50, p99 = _pct(lat[k], 0.5), _pct(lat[k], 0.99)
+            print(f"{concurrency:>11} {k:>8} {p50:>8.3f} {p99:>8.3f} {statistics.median(rps[k]):>8.0f}")
+        median = {k: statistics.median(v) for k, v in rps.items()}
+        _compare(concurrency, "the gateway", lat["gateway"], lat["direct"], median["gateway"], median["direct"])
+        _compare(concurrency, "drift tracking", lat["drift"], lat["gateway"], median["drift"], median["gateway"])
+        off, on = (cpu[k] / len(lat[k]) * 1e6 for k in ("gateway", "drift"))
+        print(
+            f"concurrency {concurrency}: gateway CPU per request {off:.0f} µs without drift tracking, "
+            f"{on:.0f} µs with it ({on / off - 1:+.1%})"
+        )
+
+
+def _tree(pid: int) -> set[int]:
+    """pid and its descendants (Triton's python backend runs each model instance in a process of its own)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                parents.setdefault(int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]), []).append(
+                    int(entry.name)
+                )
+    found, todo = set(), [pid]
+    while todo:
+        found.add(current := todo.pop())
+        todo += parents.get(current, [])
+    return found
+
+
+def _pin(pids: set[int], cpus: set[int]) -> None:
+    """Run every thread of pids on cpus only."""
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(int(task.name), cpus)
+
+
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
     ml = mlflow_server.start(work / "mlflow")
@@ -218,34 +277,20 @@ def main() -> None:
             **{k: (port, infer) for k, (port, _) in gateways.items()},
         }
         if "--tenancy-only" not in sys.argv[1:]:
-            print(f"{'concurrency':>11} {'path':>8} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}")
-            for concurrency, per_round in PER_ROUND.items():
-                lat: dict[str, list[float]] = {k: [] for k in targets}
-                rps: dict[str, list[float]] = {k: [] for k in targets}
-                cpu = dict.fromkeys(gateways, 0.0)
-                for p, path in targets.values():  # warm-up
-                    asyncio.run(_round(p, path, concurrency, per_round // 4))
-                for _ in range(ROUNDS):  # alternate, so a shared machine's changing load hits each alike
-                    for k, (p, path) in targets.items():
-                        used = _cpu_seconds(gateways[k][1]) if k in gateways else 0.0
-                        latencies, throughput = asyncio.run(_round(p, path, concurrency, per_round))
-                        if k in gateways:
-                            cpu[k] += _cpu_seconds(gateways[k][1]) - used
-                        lat[k] += latencies
-                        rps[k].append(throughput)
-                for k in targets:
-                    p50, p99 = _pct(lat[k], 0.5), _pct(lat[k], 0.99)
-                    print(f"{concurrency:>11} {k:>8} {p50:>8.3f} {p99:>8.3f} {statistics.median(rps[k]):>8.0f}")
-                median = {k: statistics.median(v) for k, v in rps.items()}
-                _compare(concurrency, "the gateway", lat["gateway"], lat["direct"], median["gateway"], median["direct"])
-                _compare(
-                    concurrency, "drift tracking", lat["drift"], lat["gateway"], median["drift"], median["gateway"]
-                )
-                off, on = (cpu[k] / len(lat[k]) * 1e6 for k in ("gateway", "drift"))
+            print("Triton, the load generator and the gateways share every core:")
+            _measure(targets, gateways)
+            cores = sorted(os.sched_getaffinity(0))
+            if len(cores) >= 2:
                 print(
-                    f"concurrency {concurrency}: gateway CPU per request {off:.0f} µs without drift tracking, "
-                    f"{on:.0f} µs with it ({on / off - 1:+.1%})"
+                    f"Triton and the load generator on CPU {cores[0]}, the gateways on CPU {cores[1]} "
+                    "(each its own core, as pods with their own CPU have):"
                 )
+                _pin(_tree(triton.pid) | {os.getpid()}, {cores[0]})
+                _pin(set().union(*(_tree(pid) for _, pid in gateways.values())), {cores[1]})
+                try:
+                    _measure(targets, gateways)
+                finally:
+                    _pin(_tree(triton.pid) | {os.getpid()} | {pid for _, pid in gateways.values()}, set(cores))
         _tenancy(work, {"models": {"bench": {"versions": [stable]}}}, infer, procs)
     finally:
         for stop in reversed(procs):

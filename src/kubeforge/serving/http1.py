@@ -1,10 +1,16 @@
-"""A small HTTP/1.1 keep-alive client on asyncio streams, for the gateway's calls to Triton.
+"""A small HTTP/1.1 keep-alive client on asyncio protocols, for the gateway's calls to Triton.
 
 General-purpose async clients cost milliseconds per call on a small machine (separate
 writes for headers and body meeting delayed ACKs, per-request machinery), more than the
 whole hop may add. Triton answers with Content-Length (or chunked) bodies on persistent
 connections, and that is all this client speaks: one write per request, one pool of idle
 connections per origin, and a connection that fails mid-call is closed, never reused.
+
+Each connection is a protocol that collects the answer's bytes and completes one future
+when the whole answer is there, so a call costs one wake-up rather than a stream reader's
+several; and deadlines are checked by one sweep every SWEEP_S while calls are in flight
+rather than by a timer armed and cancelled per call (both measured on the gateway's hot
+path: see docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -15,6 +21,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
+
+SWEEP_S = 0.01
+"""How often calls past their deadline are looked for: a timeout fires at most this late."""
 
 
 class ConnectionFailed(OSError):
@@ -31,14 +40,118 @@ class Reply:
         return json.loads(self.content)
 
 
-class _Conn:
-    __slots__ = ("reader", "writer")
+class _Conn(asyncio.Protocol):
+    """One keep-alive connection; at most one call at a time, whose future gets the parsed Reply."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        self.reader, self.writer = reader, writer
+    def __init__(self, origin: tuple[str, int]) -> None:
+        self.origin = origin
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.head: tuple[int, int, dict[str, str]] | None = None
+        """Where the answer's body starts, its status and headers, once they have arrived."""
+        self.waiter: asyncio.Future[Reply] | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def send(self, data: bytes, waiter: asyncio.Future[Reply]) -> None:
+        assert self.transport is not None
+        self.waiter, self.head = waiter, None
+        self.buffer.clear()
+        self.transport.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if self.waiter is None:  # bytes nobody asked for: the connection is out of step
+            self.close()
+            return
+        try:
+            reply = self._reply(eof=False)
+        except (ValueError, IndexError) as err:
+            self.fail(ConnectionFailed(f"{self._where()}: bad answer: {type(err).__name__}: {err}"))
+            return
+        if reply is not None:
+            self._complete(reply)
+
+    def eof_received(self) -> bool:
+        if self.waiter is not None:  # an answer without a length ends with the connection
+            try:
+                reply = self._reply(eof=True)
+            except (ValueError, IndexError) as err:
+                reply, why = None, f"bad answer: {type(err).__name__}: {err}"
+            else:
+                why = "connection closed mid-answer"
+            if reply is None:
+                self.fail(ConnectionFailed(f"{self._where()}: {why}"))
+            else:
+                reply.headers["connection"] = "close"
+                self._complete(reply)
+        return False  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        why = f"{type(exc).__name__}: {exc}" if exc else "closed by the server"
+        self.fail(ConnectionFailed(f"{self._where()}: {why}"))
+
+    def _reply(self, eof: bool) -> Reply | None:
+        """The whole answer, or None while more is to come; raises ValueError on one that is not HTTP/1.1."""
+        buffer = self.buffer
+        if self.head is None:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return None
+            lines = buffer[:end].decode("latin-1").split("\r\n")
+            headers = {}
+            for line in lines[1:]:
+                key, _, value = line.partition(":")
+                headers[key.strip().lower()] = value.strip()
+            self.head = (end + 4, int(lines[0].split(" ", 2)[1]), headers)
+        start, status, headers = self.head
+        if "content-length" in headers:
+            stop = start + int(headers["content-length"])
+            return Reply(status, headers, bytes(buffer[start:stop])) if len(buffer) >= stop else None
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            content = _dechunk(buffer, start)
+            return None if content is None else Reply(status, headers, content)
+        return Reply(status, headers, bytes(buffer[start:])) if eof else None
+
+    def _complete(self, reply: Reply) -> None:
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(reply)
+
+    def fail(self, err: BaseException) -> None:
+        """End the call under way with err; the connection is not used again."""
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(err)
+        self.close()
 
     def close(self) -> None:
-        self.writer.close()
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def _where(self) -> str:
+        return f"{self.origin[0]}:{self.origin[1]}"
+
+
+def _dechunk(buffer: bytearray, at: int) -> bytes | None:
+    """A chunked body that starts at offset at, or None while its last chunk has not arrived."""
+    parts: list[bytes] = []
+    while True:
+        line_end = buffer.find(b"\r\n", at)
+        if line_end < 0:
+            return None
+        size = int(bytes(buffer[at:line_end]).split(b";")[0], 16)
+        at = line_end + 2
+        if size == 0:  # then trailers, if any, and an empty line
+            return b"".join(parts) if buffer.find(b"\r\n\r\n", at - 2) >= 0 else None
+        if len(buffer) < at + size + 2:
+            return None
+        parts.append(bytes(buffer[at : at + size]))
+        at += size + 2
 
 
 class Client:
@@ -48,6 +161,8 @@ class Client:
         self.max_idle = max_idle_per_origin
         self._idle: dict[tuple[str, int], list[_Conn]] = defaultdict(list)
         self._origins: dict[str, tuple[str, int]] = {}
+        self._deadlines: dict[_Conn, float] = {}
+        self._sweep: tuple[asyncio.AbstractEventLoop, asyncio.TimerHandle] | None = None
 
     def _origin(self, url: str) -> tuple[str, int]:
         origin = self._origins.get(url)
@@ -66,60 +181,51 @@ class Client:
         head = [f"{method} {path} HTTP/1.1\r\nHost: {origin[0]}:{origin[1]}\r\nContent-Length: {len(body)}\r\n"]
         head += [f"{k}: {v}\r\n" for k, v in (headers or {}).items()]
         data = ("".join(head) + "\r\n").encode("latin-1") + body
-        async with asyncio.timeout(timeout):
-            idle = self._idle[origin]
-            while idle:  # a pooled connection the server closed meanwhile fails at once: try the next
-                conn = idle.pop()
-                try:
-                    return await self._exchange(origin, conn, data)
-                except ConnectionFailed:
-                    continue
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        idle = self._idle[origin]
+        while idle:  # a pooled connection the server closed meanwhile fails at once: try the next
+            conn = idle.pop()
+            if conn.closed:
+                continue
             try:
-                reader, writer = await asyncio.open_connection(*origin)
-            except OSError as err:
-                raise ConnectionFailed(f"cannot connect to {origin[0]}:{origin[1]}: {err}") from err
-            return await self._exchange(origin, _Conn(reader, writer), data)
-
-    async def _exchange(self, origin: tuple[str, int], conn: _Conn, data: bytes) -> Reply:
+                return await self._exchange(loop, conn, data, deadline)
+            except ConnectionFailed:
+                continue
         try:
-            conn.writer.write(data)
-            head = await conn.reader.readuntil(b"\r\n\r\n")
-            lines = head.decode("latin-1").split("\r\n")
-            status = int(lines[0].split(" ", 2)[1])
-            headers = {}
-            for line in lines[1:]:
-                if line:
-                    key, _, value = line.partition(":")
-                    headers[key.strip().lower()] = value.strip()
-            if "content-length" in headers:
-                content = await conn.reader.readexactly(int(headers["content-length"]))
-            elif headers.get("transfer-encoding", "").lower() == "chunked":
-                content = await self._chunked(conn.reader)
-            else:
-                content = await conn.reader.read()
-                headers["connection"] = "close"
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, IndexError) as err:
-            conn.close()
-            raise ConnectionFailed(f"{origin[0]}:{origin[1]}: {type(err).__name__}: {err}") from err
-        except BaseException:  # cancelled or timed out mid-exchange: the stream is out of step
+            async with asyncio.timeout_at(deadline):
+                transport, conn = await loop.create_connection(lambda: _Conn(origin), *origin)
+        except OSError as err:
+            raise ConnectionFailed(f"cannot connect to {origin[0]}:{origin[1]}: {err}") from err
+        conn.transport = transport  # type: ignore[assignment]  # uvloop may call connection_made after this returns
+        return await self._exchange(loop, conn, data, deadline)
+
+    async def _exchange(self, loop: asyncio.AbstractEventLoop, conn: _Conn, data: bytes, deadline: float) -> Reply:
+        waiter: asyncio.Future[Reply] = loop.create_future()
+        self._deadlines[conn] = deadline
+        if self._sweep is None or self._sweep[0] is not loop:
+            self._sweep = (loop, loop.call_later(SWEEP_S, self._expire, loop))
+        try:
+            conn.send(data, waiter)
+            reply = await waiter
+        except BaseException:  # failed, timed out or cancelled mid-exchange: the stream is out of step
             conn.close()
             raise
-        if headers.get("connection", "").lower() == "close" or len(self._idle[origin]) >= self.max_idle:
+        finally:
+            del self._deadlines[conn]
+        if reply.headers.get("connection", "").lower() == "close" or len(self._idle[conn.origin]) >= self.max_idle:
             conn.close()
         else:
-            self._idle[origin].append(conn)
-        return Reply(status, headers, content)
+            self._idle[conn.origin].append(conn)
+        return reply
 
-    @staticmethod
-    async def _chunked(reader: asyncio.StreamReader) -> bytes:
-        parts = []
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-            if size == 0:
-                await reader.readuntil(b"\r\n")
-                return b"".join(parts)
-            parts.append(await reader.readexactly(size))
-            await reader.readexactly(2)
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Fail the calls past their deadline with TimeoutError; look again in SWEEP_S while any is in flight."""
+        now = loop.time()
+        for conn, deadline in list(self._deadlines.items()):
+            if deadline <= now:
+                conn.fail(TimeoutError())
+        self._sweep = (loop, loop.call_later(SWEEP_S, self._expire, loop)) if self._deadlines else None
 
     async def close(self) -> None:
         for conns in self._idle.values():

@@ -1,19 +1,19 @@
 """Gateway hop over calling Triton directly, and drift tracking's cost, measured side by side in one run on loopback.
 
-Starts MLflow, registers a tiny classifier with a drift baseline, exports it, starts tritonserver
-and two gateway processes, one tracking drift (the version's baseline in its route table, as the
-operator writes it) and one not, then sends the same requests to Triton and to each gateway in
-alternating rounds at concurrency 1 and 16, with a minimal keep-alive HTTP/1.1 client so the
-load generator costs as little CPU as possible. Prints added p50/p99 latency and throughput
-ratios: gateway over direct, and drift tracking on over off; and each gateway's CPU time per
-request (from /proc), which a machine shared with other work disturbs far less than wall-clock
-throughput. It does so twice where there are two cores or more: once with every process free to run on any core,
-and once with Triton and the load generator on one core and the gateways on another, as a gateway pod with CPU of
-its own would run: the first says what the hop costs on a machine it shares, the second whether the gateway keeps up
-with Triton when it is not taking Triton's CPU. Then tenancy, at concurrency 1: what tokens, tenant limits and the access log cost (a gateway with a
-YAML token file and an access log file against one with neither), and a tenant's p50/p99 with and without a
-noisy neighbour that its rate limit keeps answering 429 (4 connections sending as fast as they can, from a thread
-of their own). Run from the repository root: .venv/bin/python -m tests.benchmarks.bench_gateway [--tenancy-only]
+Starts MLflow, registers a tiny classifier with a drift baseline, exports it, starts tritonserver and two gateway
+processes, one tracking drift (the version's baseline in its route table, as the operator writes it) and one not,
+then sends the same requests to Triton and to each gateway in alternating rounds at concurrency 1 and 16, with a
+minimal keep-alive HTTP/1.1 client so the load generator costs as little CPU as possible. Prints added p50/p99
+latency and throughput ratios: gateway over direct, and drift tracking on over off; and each gateway's CPU time per
+request (from /proc), which a machine shared with other work disturbs far less than wall-clock throughput. It does
+so twice where there are two cores or more: once with every process free to run on any core, and once with Triton
+and the load generator on one core and the gateways on another, as a gateway pod with CPU of its own would run: the
+first says what the hop costs on a machine it shares, the second whether the gateway keeps up with Triton when it is
+not taking Triton's CPU. Then tenancy, at concurrency 1: what tokens, tenant limits and the access log cost (a
+gateway with a YAML token file and an access log file against one with neither), and a tenant's p50/p99 with and
+without a noisy neighbour that its rate limit keeps answering 429 (4 connections sending as fast as they can, from a
+thread of their own). Run from the repository root:
+.venv/bin/python -m tests.benchmarks.bench_gateway [--tenancy-only]
 """
 
 from __future__ import annotations

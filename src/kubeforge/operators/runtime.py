@@ -17,9 +17,13 @@ import kopf
 
 from ..core import kube
 from ..core.mlflow_rest import MLflowRegistry
+from .labels import PART_OF
 from .settings import Settings
 
 ANNOTATION_PREFIX = "kopf.kubeforge.dev"
+PODS_SELECTOR = f"{PART_OF}=kubeforge"
+"""The pods the operators watch: kubeforge's own (trainers, Triton, gateways, materialization), whichever kind
+owns them. One selector for all: kopf joins every selector set for a resource with AND."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/finalizer"
     settings.posting.enabled = False  # kubeforge posts its own events, on transitions only
     settings.watching.server_timeout = 300
+    settings.watching.label_selectors[("v1", "pods")] = PODS_SELECTOR
     settings.networking.request_timeout = 30
     context()
 

@@ -19,8 +19,8 @@ from kubeforge.local.processes import free_port, spawn, terminate, wait_http
 class Operator:
     """`kubeforge operator run` as a child process that tests can stop and start again."""
 
-    def __init__(self, kubeconfig: Path, mlflow_url: str, log: Path):
-        self.kubeconfig, self.mlflow_url, self.log = kubeconfig, mlflow_url, log
+    def __init__(self, kubeconfig: Path, mlflow_url: str, log: Path, args: tuple[str, ...] = ()):
+        self.kubeconfig, self.mlflow_url, self.log, self.args = kubeconfig, mlflow_url, log, args
         self.feast_dir = log.parent / "features"  # the feature store FeatureViews go to
         self.pid: int | None = None
         self.metrics_port = 0
@@ -44,6 +44,7 @@ class Operator:
             f"http://127.0.0.1:{port}/healthz",
             "--metrics-address",
             f"127.0.0.1:{self.metrics_port}",
+            *self.args,
         ]
         proc = spawn(argv, self.log, env)
         self.pid = proc.pid

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 import pytest
@@ -216,3 +217,37 @@ def test_a_completed_job_fills_in_the_registered_version_from_mlflow(
     ready = condition(api, namespace, "cancer")
     assert ready["status"] == "True" and ready["reason"] == "ModelRegistered"
     wait_for(lambda: "ModelRegistered" in event_reasons(api, namespace, "cancer"), what="event ModelRegistered")
+
+
+def test_a_running_trainingjob_costs_no_passes_until_something_happens(
+    controlplane, mlflow, api: client.ApiClient, namespace: str, tmp_path
+) -> None:
+    """Hundreds of queued or running TrainingJobs must not keep the operator and the API server busy: the timer of
+    one whose Job runs does nothing between events, and an event (its pod failing to start) still starts a pass.
+    An operator watching only this namespace counts the passes, so other tests' objects do not."""
+    from tests.integration.operators.test_last_failure import create_pod, kubelet_reports
+    from tests.integration.operators.test_operator_metrics import value
+
+    scoped = Operator(controlplane.kubeconfig, mlflow.url, tmp_path / "operator.log", ("--namespace", namespace))
+    scoped.start()
+    try:
+        create_tj(api, namespace, "quiet")
+        job = wait_for(lambda: client.BatchV1Api(api).list_namespaced_job(namespace).items, what="Job quiet-a1")[0]
+        wait_for(lambda: status(api, namespace, "quiet").get("phase") == "Running", what="phase Running")
+
+        def passes() -> float | None:
+            return value(scoped, "kubeforge_reconcile_duration_seconds_count", kind="TrainingJob")
+
+        time.sleep(3)  # the events of its own writes
+        before = passes()
+        time.sleep(21)  # two of the timer's 10-second intervals after its 5 idle seconds
+        assert passes() == before, "the timer passed over a TrainingJob that waits on its Job"
+
+        create_pod(api, namespace, "quiet-a1-p4x2z", job, "trainer")
+        waiting = {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "example/image:1"'}
+        kubelet_reports(api, namespace, "quiet-a1-p4x2z", "Pending", {"name": "trainer", "state": {"waiting": waiting}})
+        wait_for(lambda: status(api, namespace, "quiet").get("lastFailure"), 30, "lastFailure from the pod's event")
+        assert status(api, namespace, "quiet")["lastFailure"]["reason"] == "ImagePullBackOff"
+        assert (passes() or 0) > (before or 0)
+    finally:
+        scoped.stop()

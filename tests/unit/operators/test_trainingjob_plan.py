@@ -379,3 +379,37 @@ def test_a_queue_on_a_cluster_without_job_suspend_is_refused_naming_the_field() 
     p = step(b, None, caps=OLD)
     assert not [o for o in p.apply if o["kind"] == "Job"]
     assert "spec.queueName" in ready(b)["message"] and "Kubernetes 1.21+" in ready(b)["message"]
+
+
+def _ready(reason: str) -> list[dict[str, str]]:
+    return [{"type": "Ready", "status": "False", "reason": reason, "message": "", "lastTransitionTime": ""}]
+
+
+TICK = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    "status, spec, due",
+    [
+        ({"phase": "Running", "startTime": "2026-01-01T10:00:00Z", "conditions": _ready("JobRunning")}, {}, False),
+        ({"phase": "Pending", "conditions": _ready(tplan.QUEUED), "startTime": "2026-01-01T10:00:00Z"}, {}, False),
+        ({"phase": "Running", "startTime": "2026-01-01T10:00:00Z"}, {"activeDeadlineSeconds": 90}, False),
+        ({"phase": "Running", "startTime": "2026-01-01T09:58:00Z"}, {"activeDeadlineSeconds": 90}, True),
+        ({"phase": "Pending", "conditions": _ready(tplan.WAITING_FOR_FEATUREVIEW)}, {}, True),
+        ({"phase": "Pending", "conditions": _ready(tplan.FEATUREVIEW_NOT_FOUND)}, {}, True),
+        ({"phase": "Succeeded", "mlflow": {}}, {}, True),
+        ({"phase": "Succeeded", "mlflow": {"modelVersion": "3"}}, {}, False),
+    ],
+    ids=[
+        "running",
+        "queued",
+        "deadline-ahead",
+        "deadline-passed",
+        "waiting-for-view",
+        "view-missing",
+        "unregistered",
+        "registered",
+    ],
+)
+def test_the_timer_works_only_for_what_no_event_will_bring(status: dict, spec: dict, due: bool) -> None:
+    assert tplan.due_by_time(status, spec, TICK) is due

@@ -295,9 +295,10 @@ def _part(labels: Mapping[str, str]) -> str | None:
 
 @kopf.on.startup()
 def watch_only_children(settings: kopf.OperatorSettings, **_: Any) -> None:
-    """The API server sends only kubeforge's Deployments, EndpointSlices and Pods: the operator holds nothing of
-    a cluster's other workloads in memory (the handlers' label filters alone would drop them only on arrival)."""
-    for group_plural in (("apps", "deployments"), ("discovery.k8s.io", "endpointslices"), ("v1", "pods")):
+    """The API server sends only kubeforge's Deployments and EndpointSlices (and pods, see runtime): the operator
+    holds nothing of a cluster's other workloads in memory (the handlers' label filters alone would drop them only
+    on arrival)."""
+    for group_plural in (("apps", "deployments"), ("discovery.k8s.io", "endpointslices")):
         settings.watching.label_selectors[group_plural] = MODELDEPLOYMENT
 
 

@@ -1,16 +1,19 @@
 """kopf handlers for TrainingJob: thin glue between watch events and :func:`plan.plan`.
 
-Every trigger (a TrainingJob event, an event of one of its Jobs, a periodic timer for
-unfinished ones) runs the same level-based reconcile under a per-object lock, so the
-order in which events arrive does not matter. When a child cannot be applied, the
-TrainingJob says so (Ready=False) and the timer tries again with a back-off. A
-TrainingJob waiting for its FeatureView is unfinished, so the timer notices within its
-interval when the view is registered.
+Every trigger (a TrainingJob event, an event of one of its Jobs or of their pods, a timer for
+unfinished ones) runs the same level-based reconcile under a per-object lock, so the order in
+which events arrive does not matter. The timer ticks every few seconds but works only when no
+event will come (:func:`plan.due_by_time`: a deadline, a FeatureView not yet registered, a
+model version not yet in MLflow), after a pass that failed (a child that could not be applied
+is retried with a back-off, and the TrainingJob says why with Ready=False), and every RESYNC_S
+as a safety net: a TrainingJob whose Job is queued or running costs no API request between
+events, however many there are.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
@@ -24,12 +27,16 @@ from ...core.mlflow_rest import MLflowError, MLflowRegistry, ModelVersion
 from .. import metrics
 from ..labels import ATTEMPT, TRAININGJOB
 from ..runtime import context
-from .plan import TERMINAL, not_applied, plan, pods_worth_reading, with_registration
+from .plan import TERMINAL, due_by_time, not_applied, plan, pods_worth_reading, with_registration
 
 GROUP, VERSION = API_VERSION.split("/")
 KIND = "TrainingJob"
 EVENT_SOURCE = "kubeforge-trainingjob"
 _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+SETTLED = "kubeforge.trainingjob.settled"
+"""Key in a TrainingJob's kopf memo: when (monotonic) its last pass succeeded; absent after one that failed."""
+RESYNC_S = 300.0
+"""Longest time between two passes of an unfinished TrainingJob that nothing changed."""
 
 
 def _registered_version(registry: MLflowRegistry, model: str, uid: str) -> ModelVersion | None:
@@ -91,17 +98,45 @@ def reconcile(namespace: str, name: str, logger: Any, retry: int = 0) -> None:
         kube.write_status(ctx.api, body, old_status, status, p.events, component=EVENT_SOURCE)
 
 
+@kopf.index(GROUP, VERSION, "trainingjobs")
+async def tj_memos(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> dict[tuple[str, str], kopf.Memo]:
+    """Each TrainingJob's memo by namespace and name: its Jobs' and pods' events record its passes there."""
+    return {(namespace, name): memo}
+
+
+def _pass(namespace: str, name: str, logger: Any, memo: kopf.Memo | None, retry: int = 0) -> None:
+    """reconcile, remembering in memo whether it succeeded (the timer repeats a pass that did not)."""
+    if memo is None:
+        reconcile(namespace, name, logger, retry)
+        return
+    memo.pop(SETTLED, None)
+    reconcile(namespace, name, logger, retry)
+    memo[SETTLED] = time.monotonic()
+
+
+def _for_owner(namespace: str, name: str, logger: Any, indexes: dict[str, Any]) -> None:
+    memo = next(iter(list(indexes["tj_memos"].get((namespace, name), ()))), None)
+    _pass(namespace, name, logger, memo)
+
+
 @kopf.on.event(GROUP, VERSION, "trainingjobs")
-def trainingjob_event(event: dict[str, Any], name: str, namespace: str, logger: Any, **_: Any) -> None:
+def trainingjob_event(event: dict[str, Any], name: str, namespace: str, memo: kopf.Memo, logger: Any, **_: Any) -> None:
     metrics.RESOURCE_STATES.seen(KIND, event)
     if event.get("type") != "DELETED":
-        reconcile(namespace, name, logger)
+        _pass(namespace, name, logger, memo)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={TRAININGJOB: kopf.PRESENT})
-def job_event(labels: dict[str, str], namespace: str, logger: Any, **_: Any) -> None:
+def job_event(labels: dict[str, str], namespace: str, logger: Any, **kwargs: Any) -> None:
     """A Job of a TrainingJob changed (e.g. completed): reconcile its owner."""
-    reconcile(namespace, labels[TRAININGJOB], logger)
+    _for_owner(namespace, labels[TRAININGJOB], logger, kwargs)
+
+
+@kopf.on.event("v1", "pods", labels={TRAININGJOB: kopf.PRESENT})
+def pod_event(labels: dict[str, str], namespace: str, logger: Any, **kwargs: Any) -> None:
+    """A trainer pod started, failed or went: why an attempt's pod fails goes to status (lastFailure) while its
+    Job still runs, which the Job's own status does not say."""
+    _for_owner(namespace, labels[TRAININGJOB], logger, kwargs)
 
 
 def _unfinished(status: dict[str, Any], **_: Any) -> bool:
@@ -111,7 +146,18 @@ def _unfinished(status: dict[str, Any], **_: Any) -> bool:
 
 
 @kopf.timer(GROUP, VERSION, "trainingjobs", interval=10, idle=5, when=_unfinished)
-def trainingjob_timer(name: str, namespace: str, logger: Any, retry: int, **_: Any) -> None:
-    """Deadlines, missed events, pods that fail while their Job runs, and retries of children that could not be
-    applied: re-check unfinished TrainingJobs every few seconds."""
-    reconcile(namespace, name, logger, retry)
+def trainingjob_timer(
+    name: str,
+    namespace: str,
+    status: dict[str, Any],
+    spec: dict[str, Any],
+    memo: kopf.Memo,
+    logger: Any,
+    retry: int,
+    **_: Any,
+) -> None:
+    """Passes no event starts (see the module's docstring); a tick with none due costs nothing."""
+    settled = memo.get(SETTLED)
+    stale = settled is None or time.monotonic() - settled >= RESYNC_S
+    if retry or stale or due_by_time(status, spec, datetime.now(UTC)):
+        _pass(namespace, name, logger, memo, retry)

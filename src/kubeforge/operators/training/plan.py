@@ -321,6 +321,20 @@ def pods_worth_reading(job: dict[str, Any] | None) -> bool:
     return state == "failed" or (state == "active" and (status.get("ready") or 0) < (status.get("active") or 1))
 
 
+def due_by_time(status: dict[str, Any], spec: dict[str, Any], now: datetime) -> bool:
+    """Whether an unfinished TrainingJob needs a pass that no watch event will start: its activeDeadlineSeconds
+    passed, it waits for a FeatureView to be registered (this operator does not watch FeatureViews), or it
+    succeeded and its model version is not yet found in MLflow. Everything else it waits for (its Job, its pods,
+    spec changes) arrives as events."""
+    if status.get("phase") == "Succeeded":
+        return not (status.get("mlflow") or {}).get("modelVersion")
+    reason = (get_condition(status.get("conditions"), READY) or {}).get("reason")
+    if reason in (WAITING_FOR_FEATUREVIEW, FEATUREVIEW_NOT_FOUND):
+        return True
+    deadline, start = spec.get("activeDeadlineSeconds"), parse_rfc3339(status.get("startTime"))
+    return deadline is not None and start is not None and (now - start).total_seconds() >= deadline
+
+
 def not_applied(body: dict[str, Any], err: ChildNotApplied, now: datetime) -> tuple[dict[str, Any], list]:
     """Status and events when the plan's children could not be applied.
 

@@ -322,11 +322,34 @@ def converge(api: client.ApiClient, version: str, count: int) -> float:
         time.sleep(0.1)
 
 
+def waiting_trainingjobs(api: client.ApiClient, count: int) -> float:
+    """Seconds from the first create until all count TrainingJobs have their first attempt's Job."""
+    namespace = "bench-training"
+    client.CoreV1Api(api).create_namespace({"metadata": {"name": namespace}})
+    custom, batch = client.CustomObjectsApi(api), client.BatchV1Api(api)
+
+    def create(name: str) -> None:
+        spec = {"model": {"name": name, "architecture": "logistic"}, "dataset": {"uri": "/data/x.csv", "target": "y"}}
+        body = {"apiVersion": API_VERSION, "kind": "TrainingJob", "metadata": {"name": name}, "spec": spec}
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "trainingjobs", body)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(THREADS) as pool:
+        list(pool.map(create, [f"train-{i}" for i in range(count)]))
+    while len(batch.list_namespaced_job(namespace).items) < count:
+        if time.perf_counter() - start > max(120.0, count):
+            raise TimeoutError("TrainingJobs without their Job")
+        time.sleep(0.5)
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=500, help="ModelDeployments created at once")
     parser.add_argument("--applies", type=int, default=50, help="one-at-a-time kubectl applies")
     parser.add_argument("--settle", type=float, default=10.0, help="seconds to watch the operator after convergence")
+    parser.add_argument("--trainingjobs", type=int, default=200, help="TrainingJobs left waiting on their Jobs")
+    parser.add_argument("--idle", type=float, default=40.0, help="seconds to count what waiting TrainingJobs cost")
     args = parser.parse_args()
     load_start = os.getloadavg()
     with contextlib.ExitStack() as stack:
@@ -367,6 +390,17 @@ def main() -> None:
         cpu_settled = cpu_seconds(pid)
         rss_settled = rss_mb(pid)
         requests_settled = api_requests(api)
+
+        waiting = None
+        if args.trainingjobs:
+            print(f"3. {args.trainingjobs} TrainingJobs waiting on their Jobs", flush=True)
+            jobs_after = waiting_trainingjobs(api, args.trainingjobs)
+            time.sleep(10)  # the events of the operator's own writes, and kopf's idle time before timers tick
+            idle_before, idle_cpu = api_requests(api), cpu_seconds(pid)
+            time.sleep(args.idle)
+            idle_after = api_requests(api)
+            per_minute = sum((idle_after - idle_before).values()) / args.trainingjobs / args.idle * 60
+            waiting = (jobs_after, per_minute, (cpu_seconds(pid) - idle_cpu) / args.idle * 100)
         load_end = os.getloadavg()
 
     total = args.applies + args.count
@@ -400,6 +434,13 @@ def main() -> None:
         ),
         (f"operator CPU over {args.settle:.0f} s after convergence", f"{settled_cpu:.0f} % of a core"),
     ]
+    if waiting is not None:
+        jobs_after, per_minute, idle_cpu = waiting
+        rows += [
+            (f"{args.trainingjobs} TrainingJobs: each has its Job after", f"{jobs_after:.1f} s"),
+            (f"  API requests per TrainingJob per minute, waiting ({args.idle:.0f} s)", f"{per_minute:.2f}"),
+            ("  operator CPU meanwhile", f"{idle_cpu:.0f} % of a core"),
+        ]
     width = max(len(r[0]) for r in rows)
     print()
     for label, value in rows:

@@ -12,6 +12,7 @@ events, however many there are.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import defaultdict
@@ -146,7 +147,7 @@ def _unfinished(status: dict[str, Any], **_: Any) -> bool:
 
 
 @kopf.timer(GROUP, VERSION, "trainingjobs", interval=10, idle=5, when=_unfinished)
-def trainingjob_timer(
+async def trainingjob_timer(
     name: str,
     namespace: str,
     status: dict[str, Any],
@@ -154,10 +155,13 @@ def trainingjob_timer(
     memo: kopf.Memo,
     logger: Any,
     retry: int,
+    settings: kopf.OperatorSettings,
     **_: Any,
 ) -> None:
-    """Passes no event starts (see the module's docstring); a tick with none due costs nothing."""
+    """Passes no event starts (see the module's docstring). Decided on kopf's loop, so a tick with none due
+    costs no hop to a worker thread either; a pass runs in kopf's thread pool like the event handlers'."""
     settled = memo.get(SETTLED)
     stale = settled is None or time.monotonic() - settled >= RESYNC_S
     if retry or stale or due_by_time(status, spec, datetime.now(UTC)):
-        _pass(namespace, name, logger, memo, retry)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(settings.execution.executor, _pass, namespace, name, logger, memo, retry)

@@ -5,7 +5,9 @@ scrape per canary analysis, a readiness probe while a gateway comes up), so a co
 request costs nothing that matters, while httpx, with the command-line libraries its package
 imports, would add 4 to 7 MB to the operator's memory (docs/benchmarks.md, Operator).
 urllib reads the same proxy variables (HTTP_PROXY, HTTPS_PROXY, NO_PROXY) and trusts the
-system's certificate authorities (or SSL_CERT_FILE).
+system's certificate authorities (or SSL_CERT_FILE). Unlike urllib's default, and like httpx's,
+a redirect is an answer, not followed: a server the operator was pointed at cannot send its
+requests (and their Authorization headers) somewhere else.
 """
 
 from __future__ import annotations
@@ -17,6 +19,14 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
+
+
+class _Unfollowed(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *_: Any, **__: Any) -> None:
+        return None  # urllib then raises HTTPError with the 3xx, which _send returns as the answer
+
+
+_OPENER = urllib.request.build_opener(_Unfollowed)
 
 
 class HttpError(OSError):
@@ -59,9 +69,9 @@ def post(url: str, body: Any = None, timeout: float = 10.0, headers: dict[str, s
 
 def _send(request: urllib.request.Request, timeout: float) -> Response:
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
+        with _OPENER.open(request, timeout=timeout) as resp:
             return Response(resp.status, resp.read())
-    except urllib.error.HTTPError as err:  # a status of 400 or more: an answer, not a failure to get one
+    except urllib.error.HTTPError as err:  # a 3xx, or 400 or more: an answer, not a failure to get one
         with err:
             return Response(err.code, err.read())
     except (OSError, http.client.HTTPException, ValueError) as err:  # URLError, timeouts, resets; a malformed URL

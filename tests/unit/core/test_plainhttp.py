@@ -14,7 +14,8 @@ from kubeforge.local.processes import free_port
 
 
 class Echo(BaseHTTPRequestHandler):
-    """Answers with what it was sent; /missing with a 404 and a JSON error, as MLflow does."""
+    """Answers with what it was sent; /missing with a 404 and a JSON error, as MLflow does; /moved with a redirect
+    to a port where nothing listens."""
 
     def _answer(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -25,9 +26,11 @@ class Echo(BaseHTTPRequestHandler):
             "type": self.headers.get("content-type"),
             "body": json.loads(self.rfile.read(length)) if length else None,
         }
-        status = 404 if self.path.startswith("/missing") else 200
+        status = 404 if self.path.startswith("/missing") else 302 if self.path.startswith("/moved") else 200
         data = json.dumps({"error_code": "RESOURCE_DOES_NOT_EXIST"} if status == 404 else sent).encode()
         self.send_response(status)
+        if status == 302:
+            self.send_header("Location", "http://127.0.0.1:9/elsewhere")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -70,6 +73,12 @@ def test_an_error_status_is_an_answer_with_its_body(server: str) -> None:
     resp = plainhttp.get(f"{server}/missing")
     assert resp.status == 404
     assert resp.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
+
+
+def test_a_redirect_is_an_answer_not_followed(server: str) -> None:
+    resp = plainhttp.get(f"{server}/moved", headers={"authorization": "Bearer t"})
+    assert resp.status == 302
+    assert resp.json()["auth"] == "Bearer t"  # the body the server sent; nothing went to the redirect's target
 
 
 def test_an_unreachable_server_raises_naming_the_request() -> None:

@@ -52,9 +52,6 @@ class _Conn(asyncio.Protocol):
         self.waiter: asyncio.Future[Reply] | None = None
         self.closed = False
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
     def send(self, data: bytes, waiter: asyncio.Future[Reply]) -> None:
         assert self.transport is not None
         self.waiter, self.head = waiter, None
@@ -66,28 +63,26 @@ class _Conn(asyncio.Protocol):
         if self.waiter is None:  # bytes nobody asked for: the connection is out of step
             self.close()
             return
+        self._settle(eof=False)
+
+    def eof_received(self) -> bool:
+        if self.waiter is not None:  # an answer without a length ends with the connection
+            self._settle(eof=True)
+        return False  # the transport closes itself
+
+    def _settle(self, eof: bool) -> None:
+        """Complete the call with the answer once it is whole; fail it on one that is not HTTP, or cut short."""
         try:
-            reply = self._reply(eof=False)
+            reply = self._reply(eof)
         except (ValueError, IndexError) as err:
             self.fail(ConnectionFailed(f"{self._where()}: bad answer: {type(err).__name__}: {err}"))
             return
         if reply is not None:
-            self._complete(reply)
-
-    def eof_received(self) -> bool:
-        if self.waiter is not None:  # an answer without a length ends with the connection
-            try:
-                reply = self._reply(eof=True)
-            except (ValueError, IndexError) as err:
-                reply, why = None, f"bad answer: {type(err).__name__}: {err}"
-            else:
-                why = "connection closed mid-answer"
-            if reply is None:
-                self.fail(ConnectionFailed(f"{self._where()}: {why}"))
-            else:
+            if eof:
                 reply.headers["connection"] = "close"
-                self._complete(reply)
-        return False  # the transport closes itself
+            self._complete(reply)
+        elif eof:
+            self.fail(ConnectionFailed(f"{self._where()}: connection closed mid-answer"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -197,7 +192,7 @@ class Client:
                 transport, conn = await loop.create_connection(lambda: _Conn(origin), *origin)
         except OSError as err:
             raise ConnectionFailed(f"cannot connect to {origin[0]}:{origin[1]}: {err}") from err
-        conn.transport = transport  # type: ignore[assignment]  # uvloop may call connection_made after this returns
+        conn.transport = transport  # type: ignore[assignment]  # set here: uvloop calls connection_made later
         return await self._exchange(loop, conn, data, deadline)
 
     async def _exchange(self, loop: asyncio.AbstractEventLoop, conn: _Conn, data: bytes, deadline: float) -> Reply:

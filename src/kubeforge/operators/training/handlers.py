@@ -107,12 +107,11 @@ async def tj_memos(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> dict
 
 def _pass(namespace: str, name: str, logger: Any, memo: kopf.Memo | None, retry: int = 0) -> None:
     """reconcile, remembering in memo whether it succeeded (the timer repeats a pass that did not)."""
-    if memo is None:
-        reconcile(namespace, name, logger, retry)
-        return
-    memo.pop(SETTLED, None)
+    if memo is not None:
+        memo.pop(SETTLED, None)
     reconcile(namespace, name, logger, retry)
-    memo[SETTLED] = time.monotonic()
+    if memo is not None:
+        memo[SETTLED] = time.monotonic()
 
 
 def _for_owner(namespace: str, name: str, logger: Any, indexes: dict[str, Any]) -> None:

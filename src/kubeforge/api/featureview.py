@@ -154,9 +154,9 @@ class FeatureViewStatus(KubeModel):
     last_materialized_time: datetime | None = None
     """End of the last successful materialization window."""
     newest_event_time: datetime | None = None
-    """Event time of the newest value in the online store, as of the last successful materialization."""
-    freshness_seconds: Annotated[float, Field(ge=0)] | None = None
-    """Age of the newest value in the online store (now - newestEventTime), refreshed every 10 seconds or so."""
+    """Event time of the newest value in the online store, as of the last successful materialization. Its age
+    (kubectl's Freshness column; the operator's kubeforge_featureview_freshness_seconds) is not written here: a
+    value that changes with the clock would rewrite the object, and wake every watcher, every few seconds."""
     online_rows: Annotated[int, Field(ge=0)] | None = None
     """Entities with a value in the online store not older than the ttl, as of the last successful
     materialization."""
@@ -172,7 +172,7 @@ class FeatureView(Resource):
             PrinterColumn("Entities", ".spec.entities[*].name", description="Entity names"),
             ready_column(),
             PrinterColumn("Materialized", ".status.lastMaterializedTime", "date", "Last materialization"),
-            PrinterColumn("Freshness", ".status.freshnessSeconds", "number", "Age of newest online value (s)"),
+            PrinterColumn("Freshness", ".status.newestEventTime", "date", "Age of the newest online value"),
             PrinterColumn("Rows", ".status.onlineRows", "integer", "Entities with a live online value", priority=1),
             reason_column(),
             age_column(),

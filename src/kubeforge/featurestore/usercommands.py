@@ -126,10 +126,11 @@ namespace_option = click.option(
 
 
 # --- list -------------------------------------------------------------------------------
-def _age(seconds: float | None) -> str:
-    """An age as kubectl shows one: 42s, 5m, 3h, 2d."""
-    if seconds is None:
+def _age(since: str | None) -> str:
+    """The age of an RFC 3339 time as kubectl shows one: 42s, 5m, 3h, 2d."""
+    if not since:
         return _NONE
+    seconds = max(0.0, (datetime.now(UTC) - datetime.fromisoformat(since.replace("Z", "+00:00"))).total_seconds())
     for unit, size, shown_below in (("s", 1, 120), ("m", 60, 7200), ("h", 3600, 172800)):
         if seconds < shown_below:
             return f"{int(seconds // size)}{unit}"
@@ -172,7 +173,7 @@ def list_views(kubeconfig: str | None, namespace: str | None) -> None:
                 ",".join(e["name"] for e in spec.get("entities", [])),
                 ",".join(f["name"] for f in spec.get("features", [])),
                 _ready(body),
-                _age(status.get("freshnessSeconds")),
+                _age(status.get("newestEventTime")),
                 status.get("lastMaterializedTime") or _NONE,
                 str(status["onlineRows"]) if status.get("onlineRows") is not None else _NONE,
             ]

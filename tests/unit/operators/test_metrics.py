@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import kopf
@@ -10,6 +12,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from kubeforge.api import ModelDeployment, parse
+from kubeforge.core.conditions import rfc3339
 from kubeforge.monitoring import rules
 from kubeforge.operators import metrics
 from kubeforge.operators.deployment import children
@@ -176,10 +179,25 @@ def test_a_rule_holds_only_the_alerts_of_the_targets_the_spec_sets() -> None:
 
 def test_a_feature_views_ttl_is_exported_while_its_spec_is_valid_and_goes_with_it() -> None:
     where = {"namespace": "ttl", "featureview": "transactions"}
-    featureview_metrics.observe("ttl", "transactions", 3600, None, None)
+    featureview_metrics.observe("ttl", "transactions", 3600, None)
     assert sample("kubeforge_featureview_ttl_seconds", **where) == 3600
-    featureview_metrics.observe("ttl", "transactions", None, None, None)  # the spec became invalid
+    featureview_metrics.observe("ttl", "transactions", None, None)  # the spec became invalid
     assert REGISTRY.get_sample_value("kubeforge_featureview_ttl_seconds", where) is None
-    featureview_metrics.observe("ttl", "transactions", 60, None, None)
+    featureview_metrics.observe("ttl", "transactions", 60, None)
     featureview_metrics.forget("ttl", "transactions")
     assert REGISTRY.get_sample_value("kubeforge_featureview_ttl_seconds", where) is None
+
+
+def test_a_feature_views_freshness_ages_between_its_events_and_goes_with_it() -> None:
+    """The age is computed at each scrape from the newest value's time in the view's last event: it grows
+    with no pass and no write."""
+    where = {"namespace": "fresh", "featureview": "transactions"}
+    newest = datetime.now(UTC) - timedelta(seconds=90)
+    view = {"metadata": {"namespace": "fresh", "name": "transactions"}, "status": {"newestEventTime": rfc3339(newest)}}
+    featureview_metrics.FRESHNESS.seen({"type": "MODIFIED", "object": view})
+    first = sample("kubeforge_featureview_freshness_seconds", **where)
+    assert 89 <= first < 120
+    time.sleep(1.1)
+    assert sample("kubeforge_featureview_freshness_seconds", **where) >= first + 1
+    featureview_metrics.FRESHNESS.seen({"type": "DELETED", "object": view})
+    assert REGISTRY.get_sample_value("kubeforge_featureview_freshness_seconds", where) is None

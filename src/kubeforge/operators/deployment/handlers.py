@@ -46,6 +46,7 @@ from ...monitoring import rules
 from ...serving.routes import VersionDrift
 from .. import metrics
 from ..labels import COMPONENT, MODEL_VERSION, MODELDEPLOYMENT
+from ..memos import memo_in
 from ..runtime import Context, context
 from . import analysis as an
 from . import children, clock, history
@@ -678,7 +679,7 @@ def _pass(
 def _for_parent(namespace: str, labels: Mapping[str, str], kwargs: Mapping[str, Any]) -> None:
     """A child changed: a pass of the ModelDeployment it belongs to, if that one exists."""
     name = labels[MODELDEPLOYMENT]
-    memo = next(iter(list(kwargs["md_memos"].get((namespace, name), ()))), None)
+    memo = memo_in(kwargs["md_memos"], namespace, name)
     if memo is not None:
         _pass(namespace, name, memo, Watched.of(kwargs))
 
@@ -787,7 +788,7 @@ async def _clock(executor: Any, indexes: Mapping[str, Any]) -> None:
                     loop.run_in_executor(executor, _sweep, owners)
             for key, cadences in list(indexes["md_cadence"].items()):
                 cadence = next(iter(list(cadences)), None)
-                memo = next(iter(list(indexes["md_memos"].get(key, ()))), None)
+                memo = memo_in(indexes["md_memos"], *key)
                 if cadence is None or memo is None:
                     continue
                 ticks = state_of(memo).clock

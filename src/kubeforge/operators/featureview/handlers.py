@@ -1,8 +1,13 @@
 """kopf handlers for FeatureView: thin glue between watch events and :func:`plan.plan`.
 
-Every trigger (a FeatureView event, an event of one of its Jobs, a 10-second timer for
-schedules, freshness and retries) runs the same level-based reconcile under a per-object
-lock. The work runs in this module's own worker threads: the first pass imports Feast
+Every trigger (a FeatureView event, an event of one of its Jobs, a 10-second timer) runs the
+same level-based reconcile under a per-object lock. The timer works only for what no event
+brings (:func:`plan.due_by_time`: a registration to try again, a scheduled run, the newest
+value passing the ttl), after a pass that did not settle, and every five minutes
+(``memos.RESYNC_S``): a view between runs, or whose Job runs, costs no API request. The age
+of its newest value is computed when Prometheus scrapes, so no pass keeps it current.
+
+The work runs in this module's own worker threads: the first pass imports Feast
 (seconds), and registry calls may wait on a database, and neither may hold up kopf's
 loop or the other kinds' handlers. Feast's objects are not thread-safe and a file
 registry is rewritten whole, so registry work runs one call at a time, with one Store
@@ -19,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -33,10 +37,20 @@ from ...core import kube
 from ...core.conditions import StatusDraft
 from ...featurestore.errors import SourceError
 from .. import metrics as operator_metrics
+from ..memos import lock_of, memo_in, run_pass, unsettled
 from ..runtime import Context, context
 from . import metrics
 from .children import FEATUREVIEW, RUN
-from .plan import REGISTRATION_FAILED, Registration, needs_registration, parse_spec, plan, read_result, result_job
+from .plan import (
+    REGISTRATION_FAILED,
+    Registration,
+    due_by_time,
+    needs_registration,
+    parse_spec,
+    plan,
+    read_result,
+    result_job,
+)
 
 if TYPE_CHECKING:
     from ...featurestore.store import Store
@@ -47,7 +61,6 @@ EVENT_SOURCE = "kubeforge-featureview"
 RESULT_WAIT = 5.0
 """Seconds to wait for a finished Job's pod to show its result (the local runner writes it just after)."""
 
-_locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
 _workers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="featureview")
 _feast = threading.Lock()
 _stores: dict[str, Store] = {}
@@ -98,12 +111,14 @@ def _pods(ctx: Context, job: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 @operator_metrics.reconciled(KIND)
-def reconcile(namespace: str, name: str) -> None:
+def reconcile(namespace: str, name: str, memo: kopf.Memo) -> bool:
+    """One level-based pass; False when it left what only the clock will try again: a Job that could not be
+    created, or a finished run whose result has not shown on its pod yet."""
     ctx = context()
-    with _locks[(namespace, name)]:
+    with lock_of(memo):
         body = kube.get(ctx.api, API_VERSION, KIND, name, namespace)
         if body is None or body["metadata"].get("deletionTimestamp"):
-            return
+            return True
         old_status = body.get("status") or {}
         spec, _ = parse_spec(body)
         registration = None
@@ -122,17 +137,18 @@ def reconcile(namespace: str, name: str) -> None:
             st = StatusDraft(old_status, body["metadata"].get("generation"), now)
             kube.write_status(ctx.api, body, old_status, st.s, err.report(st, old_status), component=EVENT_SOURCE)
             operator_metrics.reconcile_failed(KIND)
-            return
+            return False
         for job in p.delete_jobs:
             kube.delete(ctx.api, "batch/v1", "Job", job, namespace)
         kube.write_status(ctx.api, body, old_status, p.status, p.events, component=EVENT_SOURCE)
         ttl = duration_seconds(spec.ttl) if spec is not None else None
-        metrics.observe(namespace, name, ttl, p.freshness, p.finished)
+        metrics.observe(namespace, name, ttl, p.finished)
+        return finished is None or p.finished is not None
 
 
-def _remove(namespace: str, name: str) -> None:
+def _remove(namespace: str, name: str, memo: kopf.Memo) -> None:
     ctx = context()
-    with _locks[(namespace, name)], _feast:
+    with lock_of(memo), _feast:
         try:
             _store(ctx, namespace).remove(name)
         except Exception as err:  # kept: the finalizer stays until the registry answers
@@ -140,30 +156,44 @@ def _remove(namespace: str, name: str) -> None:
     metrics.forget(namespace, name)
 
 
-async def _in_worker(fn: Callable[..., None], *args: Any) -> None:
+async def _in_worker(fn: Callable[..., Any], *args: Any) -> None:
     await asyncio.get_running_loop().run_in_executor(_workers, fn, *args)
 
 
+async def _pass(namespace: str, name: str, memo: kopf.Memo) -> None:
+    await _in_worker(run_pass, memo, reconcile, namespace, name, memo)
+
+
+@kopf.index(GROUP, VERSION, "featureviews")
+async def fv_memos(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> dict[tuple[str, str], kopf.Memo]:
+    """Each FeatureView's memo by namespace and name: its Jobs' events record their passes there."""
+    return {(namespace, name): memo}
+
+
 @kopf.on.event(GROUP, VERSION, "featureviews")
-async def featureview_event(event: dict[str, Any], name: str, namespace: str, **_: Any) -> None:
+async def featureview_event(event: dict[str, Any], name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
     operator_metrics.RESOURCE_STATES.seen(KIND, event)
+    metrics.FRESHNESS.seen(event)
     if event.get("type") != "DELETED":
-        await _in_worker(reconcile, namespace, name)
+        await _pass(namespace, name, memo)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={FEATUREVIEW: kopf.PRESENT})
-async def job_event(labels: dict[str, str], namespace: str, **_: Any) -> None:
-    """A materialization Job changed (e.g. finished): reconcile its FeatureView."""
-    await _in_worker(reconcile, namespace, labels[FEATUREVIEW])
+async def job_event(labels: dict[str, str], namespace: str, fv_memos: kopf.Index[Any, Any], **_: Any) -> None:
+    """A materialization Job changed (e.g. finished): reconcile its FeatureView, unless that one is gone."""
+    if (memo := memo_in(fv_memos, namespace, labels[FEATUREVIEW])) is not None:
+        await _pass(namespace, labels[FEATUREVIEW], memo)
 
 
 @kopf.timer(GROUP, VERSION, "featureviews", interval=10)
-async def featureview_timer(name: str, namespace: str, **_: Any) -> None:
-    """Schedules, freshness and Stale, and retries of registrations that failed run on the clock."""
-    await _in_worker(reconcile, namespace, name)
+async def featureview_timer(name: str, namespace: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Passes no event starts (see the module's docstring), decided on kopf's loop: a tick with none due costs
+    no hop to a worker thread either."""
+    if unsettled(memo) or due_by_time(body, datetime.now(UTC)):
+        await _pass(namespace, name, memo)
 
 
 @kopf.on.delete(GROUP, VERSION, "featureviews")
-async def featureview_deleted(name: str, namespace: str, **_: Any) -> None:
+async def featureview_deleted(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
     """Remove the view from the Feast registry and its table from the online store."""
-    await _in_worker(_remove, namespace, name)
+    await _in_worker(_remove, namespace, name, memo)

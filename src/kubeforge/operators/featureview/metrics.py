@@ -8,14 +8,55 @@ materialization runs go.
 from __future__ import annotations
 
 import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import REGISTRY, Counter, Gauge
+from prometheus_client.metrics_core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
-FRESHNESS = Gauge(
-    "kubeforge_featureview_freshness_seconds",
-    "Age of the newest value of a FeatureView in the online store",
-    ["namespace", "featureview"],
-)
+from ...core.conditions import parse_rfc3339
+
+
+class Freshness(Collector):
+    """kubeforge_featureview_freshness_seconds: the age of each view's newest online value, computed when
+    Prometheus scrapes from the status.newestEventTime of the view's latest watch event. Current at every
+    scrape without a pass or a write per view every few seconds; a deleted view leaves no series."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._newest: dict[tuple[str, str], float] = {}
+
+    def seen(self, event: dict[str, Any]) -> None:
+        """Record the view of a kopf watch event, or forget it when the event says it was deleted."""
+        body = event.get("object") or {}
+        meta = body.get("metadata") or {}
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        newest = parse_rfc3339((body.get("status") or {}).get("newestEventTime"))
+        with self._lock:
+            if event.get("type") == "DELETED" or newest is None:
+                self._newest.pop(key, None)
+            else:
+                self._newest[key] = newest.timestamp()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        now = time.time()
+        with self._lock:
+            newest = sorted(self._newest.items())
+        family = GaugeMetricFamily(
+            "kubeforge_featureview_freshness_seconds",
+            "Age of the newest value of a FeatureView in the online store",
+            labels=["namespace", "featureview"],
+        )
+        for labels, when in newest:
+            family.add_metric(list(labels), max(0.0, now - when))
+        yield family
+
+
+FRESHNESS = Freshness()
+REGISTRY.register(FRESHNESS)
 TTL = Gauge(
     "kubeforge_featureview_ttl_seconds",
     "A FeatureView's spec.ttl: values older than this are not served",
@@ -33,17 +74,13 @@ ROWS = Counter(
 )
 
 
-def observe(
-    namespace: str, name: str, ttl: float | None, freshness: float | None, finished: tuple[str, int] | None
-) -> None:
+def observe(namespace: str, name: str, ttl: float | None, finished: tuple[str, int] | None) -> None:
     """Record what one reconcile of a FeatureView saw; ttl is None while the spec is invalid."""
     if ttl is None:
         with contextlib.suppress(KeyError):  # never observed
             TTL.remove(namespace, name)
     else:
         TTL.labels(namespace, name).set(ttl)
-    if freshness is not None:
-        FRESHNESS.labels(namespace, name).set(freshness)
     if finished is not None:
         result, rows = finished
         MATERIALIZATIONS.labels(namespace, name, result).inc()
@@ -53,7 +90,6 @@ def observe(
 def forget(namespace: str, name: str) -> None:
     """Drop a deleted view's series, so dashboards do not show it as ever older."""
     series = [
-        (FRESHNESS, ()),
         (TTL, ()),
         (ROWS, ()),
         (MATERIALIZATIONS, ("succeeded",)),

@@ -14,6 +14,7 @@ recorded as running, so there is never more than one per view, also across resta
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -54,8 +55,6 @@ MATERIALIZE_NOW = "kubeforge.dev/materialize-now"
 """Annotation asking for a run at once: each new value gets one run (also while suspended)."""
 KEEP_FINISHED = 3
 """Finished Jobs kept per view (the newest), for `kubectl logs`; older ones are deleted."""
-FRESHNESS_STEP = 10
-"""freshnessSeconds is rewritten when it moved by this many seconds: every write is an event to watchers."""
 RESULT_GRACE = timedelta(seconds=30)
 """How long after its Job completed a run's result may take to appear on its pod."""
 LOG_TAIL_LINES = 5
@@ -80,11 +79,9 @@ class Plan:
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
     finished: tuple[str, int] | None = None
     """A run that ended in this pass: ("succeeded" | "failed", rows written), for the metrics."""
-    freshness: float | None = None
-    """Age of the newest online value now, in seconds (for the metrics; status keeps a coarser copy)."""
 
 
-def parse_spec(body: dict[str, Any]) -> tuple[FeatureViewSpec | None, str]:
+def parse_spec(body: Mapping[str, Any]) -> tuple[FeatureViewSpec | None, str]:
     """(spec, "") or (None, a message naming each bad field)."""
     meta = body["metadata"]
     if len(meta["name"]) > children.MAX_NAME:
@@ -100,9 +97,32 @@ def parse_spec(body: dict[str, Any]) -> tuple[FeatureViewSpec | None, str]:
     return fv.spec, ""
 
 
-def needs_registration(body: dict[str, Any]) -> bool:
+def needs_registration(body: Mapping[str, Any]) -> bool:
     """The current generation is not in the Feast registry yet."""
     return (body.get("status") or {}).get("registeredGeneration") != body["metadata"].get("generation")
+
+
+def due_by_time(body: Mapping[str, Any], now: datetime) -> bool:
+    """Whether the clock must pass over this FeatureView: what no watch event brings. A registration to try
+    again (the source may have appeared, the registry's database come back), a scheduled run that fell due, or
+    the newest online value passing the ttl (Stale). A Job's progress, an edit and the materialize-now
+    annotation come as events; so does fixing an invalid spec."""
+    spec, _ = parse_spec(body)
+    if spec is None:
+        return False
+    if needs_registration(body):
+        return True
+    status = body.get("status") or {}
+    last = status.get("lastMaterialization") or {}
+    if spec.online and not spec.materialization.suspend and last.get("phase") != "Running":
+        started = parse_rfc3339(last.get("startTime"))
+        interval = timedelta(seconds=duration_seconds(spec.materialization.interval))
+        if started is None or now >= started + interval:
+            return True
+    newest = parse_rfc3339(status.get("newestEventTime"))
+    if not spec.online or newest is None or is_true(status.get("conditions"), STALE):
+        return False
+    return now - newest > timedelta(seconds=duration_seconds(spec.ttl))
 
 
 def _finished(job: dict[str, Any]) -> str | None:
@@ -276,15 +296,7 @@ def plan(
     keep = KEEP_FINISHED - (1 if last.get("phase") != "Running" else 0)
     out.delete_jobs = [j["metadata"]["name"] for j in done[: max(0, len(done) - keep)]]
 
-    # Freshness.
     newest = parse_rfc3339(st.s.get("newestEventTime"))
-    ttl = duration_seconds(spec.ttl)
-    if newest is not None:
-        out.freshness = max(0.0, (now - newest).total_seconds())
-        recorded = old.get("freshnessSeconds")
-        moved = newest != parse_rfc3339(old.get("newestEventTime"))
-        if recorded is None or moved or abs(out.freshness - recorded) >= FRESHNESS_STEP:
-            st.s["freshnessSeconds"] = int(out.freshness)
 
     # Conditions.
     running = last.get("phase") == "Running"
@@ -327,7 +339,7 @@ def plan(
         st.cond(STALE, FALSE, ONLINE_DISABLED, "spec.online is false")
     elif newest is None:
         st.cond(STALE, UNKNOWN, NO_VALUES, "no value has been materialized yet")
-    elif out.freshness is not None and out.freshness > ttl:
+    elif now - newest > timedelta(seconds=duration_seconds(spec.ttl)):
         message = (
             f"the newest value online is from {rfc3339(newest)}, older than ttl {spec.ttl}, so no value is served: "
             "check that the source gets new data and that materialization runs"

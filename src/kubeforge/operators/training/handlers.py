@@ -5,17 +5,14 @@ unfinished ones) runs the same level-based reconcile under a per-object lock, so
 which events arrive does not matter. The timer ticks every few seconds but works only when no
 event will come (:func:`plan.due_by_time`: a deadline, a FeatureView not yet registered, a
 model version not yet in MLflow), after a pass that failed (a child that could not be applied
-is retried with a back-off, and the TrainingJob says why with Ready=False), and every RESYNC_S
-as a safety net: a TrainingJob whose Job is queued or running costs no API request between
+is retried with a back-off, and the TrainingJob says why with Ready=False), and every five minutes
+(``memos.RESYNC_S``) as a safety net: a TrainingJob whose Job is queued or running costs no API request between
 events, however many there are.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
-from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,17 +24,13 @@ from ...core import modelcontract as mc
 from ...core.mlflow_rest import MLflowError, MLflowRegistry, ModelVersion
 from .. import metrics
 from ..labels import ATTEMPT, TRAININGJOB
+from ..memos import lock_of, memo_in, run_pass, unsettled
 from ..runtime import context
 from .plan import TERMINAL, due_by_time, not_applied, plan, pods_worth_reading, with_registration
 
 GROUP, VERSION = API_VERSION.split("/")
 KIND = "TrainingJob"
 EVENT_SOURCE = "kubeforge-trainingjob"
-_locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
-SETTLED = "kubeforge.trainingjob.settled"
-"""Key in a TrainingJob's kopf memo: when (monotonic) its last pass succeeded; absent after one that failed."""
-RESYNC_S = 300.0
-"""Longest time between two passes of an unfinished TrainingJob that nothing changed."""
 
 
 def _registered_version(registry: MLflowRegistry, model: str, uid: str) -> ModelVersion | None:
@@ -58,13 +51,14 @@ def _attempt_failure(api: kube.KubeApi, body: dict[str, Any], job: dict[str, Any
 
 
 @metrics.reconciled(KIND)
-def reconcile(namespace: str, name: str, logger: Any, retry: int = 0) -> None:
-    """One level-based pass; retry counts the timer's failed passes before this one (for the back-off)."""
+def reconcile(namespace: str, name: str, memo: kopf.Memo, logger: Any, retry: int = 0) -> bool:
+    """One level-based pass; retry counts the timer's failed passes before this one (for the back-off). One
+    that fails raises: kopf retries it from the timer."""
     ctx = context()
-    with _locks[(namespace, name)]:
+    with lock_of(memo):
         body = kube.get(ctx.api, API_VERSION, KIND, name, namespace)
         if body is None or body["metadata"].get("deletionTimestamp"):
-            return
+            return True
         old_status = body.get("status") or {}
         job = None
         if job_name := old_status.get("jobName"):
@@ -97,6 +91,7 @@ def reconcile(namespace: str, name: str, logger: Any, retry: int = 0) -> None:
             if version is not None:
                 p.events.append(("Normal", "ModelRegistered", f"registered as {version.uri}"))
         kube.write_status(ctx.api, body, old_status, status, p.events, component=EVENT_SOURCE)
+        return True
 
 
 @kopf.index(GROUP, VERSION, "trainingjobs")
@@ -105,38 +100,30 @@ async def tj_memos(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> dict
     return {(namespace, name): memo}
 
 
-def _pass(namespace: str, name: str, logger: Any, memo: kopf.Memo | None, retry: int = 0) -> None:
-    """reconcile, remembering in memo whether it succeeded (the timer repeats a pass that did not)."""
-    if memo is not None:
-        memo.pop(SETTLED, None)
-    reconcile(namespace, name, logger, retry)
-    if memo is not None:
-        memo[SETTLED] = time.monotonic()
-
-
-def _for_owner(namespace: str, name: str, logger: Any, indexes: dict[str, Any]) -> None:
-    memo = next(iter(list(indexes["tj_memos"].get((namespace, name), ()))), None)
-    _pass(namespace, name, logger, memo)
+def _for_owner(namespace: str, name: str, logger: Any, tj_memos: kopf.Index[Any, Any]) -> None:
+    """A pass of the TrainingJob a Job or pod belongs to, unless that one is gone."""
+    if (memo := memo_in(tj_memos, namespace, name)) is not None:
+        run_pass(memo, reconcile, namespace, name, memo, logger)
 
 
 @kopf.on.event(GROUP, VERSION, "trainingjobs")
 def trainingjob_event(event: dict[str, Any], name: str, namespace: str, memo: kopf.Memo, logger: Any, **_: Any) -> None:
     metrics.RESOURCE_STATES.seen(KIND, event)
     if event.get("type") != "DELETED":
-        _pass(namespace, name, logger, memo)
+        run_pass(memo, reconcile, namespace, name, memo, logger)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={TRAININGJOB: kopf.PRESENT})
-def job_event(labels: dict[str, str], namespace: str, logger: Any, **kwargs: Any) -> None:
+def job_event(labels: dict[str, str], namespace: str, logger: Any, tj_memos: kopf.Index[Any, Any], **_: Any) -> None:
     """A Job of a TrainingJob changed (e.g. completed): reconcile its owner."""
-    _for_owner(namespace, labels[TRAININGJOB], logger, kwargs)
+    _for_owner(namespace, labels[TRAININGJOB], logger, tj_memos)
 
 
 @kopf.on.event("v1", "pods", labels={TRAININGJOB: kopf.PRESENT})
-def pod_event(labels: dict[str, str], namespace: str, logger: Any, **kwargs: Any) -> None:
+def pod_event(labels: dict[str, str], namespace: str, logger: Any, tj_memos: kopf.Index[Any, Any], **_: Any) -> None:
     """A trainer pod started, failed or went: why an attempt's pod fails goes to status (lastFailure) while its
     Job still runs, which the Job's own status does not say."""
-    _for_owner(namespace, labels[TRAININGJOB], logger, kwargs)
+    _for_owner(namespace, labels[TRAININGJOB], logger, tj_memos)
 
 
 def _unfinished(status: dict[str, Any], **_: Any) -> bool:
@@ -159,8 +146,8 @@ async def trainingjob_timer(
 ) -> None:
     """Passes no event starts (see the module's docstring). Decided on kopf's loop, so a tick with none due
     costs no hop to a worker thread either; a pass runs in kopf's thread pool like the event handlers'."""
-    settled = memo.get(SETTLED)
-    stale = settled is None or time.monotonic() - settled >= RESYNC_S
-    if retry or stale or due_by_time(status, spec, datetime.now(UTC)):
+    if retry or unsettled(memo) or due_by_time(status, spec, datetime.now(UTC)):
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(settings.execution.executor, _pass, namespace, name, logger, memo, retry)
+        await loop.run_in_executor(
+            settings.execution.executor, run_pass, memo, reconcile, namespace, name, memo, logger, retry
+        )

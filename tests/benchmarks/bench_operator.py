@@ -15,9 +15,13 @@ status, which is what a user waits for after `kubectl apply`. Measures, in one r
 2. --count ModelDeployments created at once from a thread pool until every one has its
    children and a status with observedGeneration and stableVersion: resources per second,
    and as a share of the plain client's rate;
-3. resident memory of the operator process tree after that, and its CPU seconds.
+3. resident memory of the operator process tree after that, and its CPU seconds;
+4. what --trainingjobs TrainingJobs waiting on their Jobs, and then --featureviews FeatureViews whose
+   materialization Jobs run, cost over --idle seconds: API requests per resource per minute, and the
+   operator's CPU.
 
 Run from the repository root: .venv/bin/python -m tests.benchmarks.bench_operator [--count 500] [--applies 50]
+[--trainingjobs 200] [--featureviews 100]
 """
 
 from __future__ import annotations
@@ -202,6 +206,7 @@ def operator(kubeconfig: Path, mlflow_url: str, log: Path) -> Iterator[int]:
         "KUBECONFIG": str(kubeconfig),
         "KUBEFORGE_MLFLOW_TRACKING_URI": mlflow_url,
         "KUBEFORGE_SERVICE_ADDRESSING": "endpoints",  # no cluster DNS lookups
+        "KUBEFORGE_FEAST_DIR": str(log.parent / "features"),
     }
     argv = [sys.executable, "-m", "kubeforge.cli", "operator", "run", "--liveness", f"http://127.0.0.1:{port}/healthz"]
     proc = spawn(argv, log, env)
@@ -322,25 +327,74 @@ def converge(api: client.ApiClient, version: str, count: int) -> float:
         time.sleep(0.1)
 
 
-def waiting_trainingjobs(api: client.ApiClient, count: int) -> float:
-    """Seconds from the first create until all count TrainingJobs have their first attempt's Job."""
-    namespace = "bench-training"
+def _create_all(api: client.ApiClient, namespace: str, plural: str, bodies: list[dict[str, Any]]) -> float:
+    """Create bodies in a new namespace from THREADS threads; the perf_counter() at the start."""
     client.CoreV1Api(api).create_namespace({"metadata": {"name": namespace}})
-    custom, batch = client.CustomObjectsApi(api), client.BatchV1Api(api)
-
-    def create(name: str) -> None:
-        spec = {"model": {"name": name, "architecture": "logistic"}, "dataset": {"uri": "/data/x.csv", "target": "y"}}
-        body = {"apiVersion": API_VERSION, "kind": "TrainingJob", "metadata": {"name": name}, "spec": spec}
-        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "trainingjobs", body)
-
+    custom = client.CustomObjectsApi(api)
     start = time.perf_counter()
     with ThreadPoolExecutor(THREADS) as pool:
-        list(pool.map(create, [f"train-{i}" for i in range(count)]))
-    while len(batch.list_namespaced_job(namespace).items) < count:
+        list(pool.map(lambda b: custom.create_namespaced_custom_object(GROUP, VERSION, namespace, plural, b), bodies))
+    return start
+
+
+def _jobs_for_all(api: client.ApiClient, namespace: str, count: int, start: float, what: str) -> float:
+    """Seconds from start until namespace holds count Jobs."""
+    while len(client.BatchV1Api(api).list_namespaced_job(namespace).items) < count:
         if time.perf_counter() - start > max(120.0, count):
-            raise TimeoutError("TrainingJobs without their Job")
+            raise TimeoutError(f"{what} without their Job")
         time.sleep(0.5)
     return time.perf_counter() - start
+
+
+def waiting_trainingjobs(api: client.ApiClient, count: int) -> float:
+    """Seconds from the first create until all count TrainingJobs have their first attempt's Job."""
+    bodies = [
+        {
+            "apiVersion": API_VERSION,
+            "kind": "TrainingJob",
+            "metadata": {"name": f"train-{i}"},
+            "spec": {
+                "model": {"name": f"train-{i}", "architecture": "logistic"},
+                "dataset": {"uri": "/data/x.csv", "target": "y"},
+            },
+        }
+        for i in range(count)
+    ]
+    start = _create_all(api, "bench-training", "trainingjobs", bodies)
+    return _jobs_for_all(api, "bench-training", count, start, "TrainingJobs")
+
+
+def waiting_featureviews(api: client.ApiClient, count: int, source: Path) -> float:
+    """Seconds from the first create until all count FeatureViews are registered in Feast and have their first
+    materialization Job (which no kubelet runs here)."""
+    now = datetime.now(UTC)
+    data = {"customer_id": [1, 2], "spend": [1.5, 2.0], "event_timestamp": [now, now]}
+    import pandas as pd  # the benchmark's own source file; the operator process reads it through Feast
+
+    pd.DataFrame(data).to_parquet(source)
+    spec = {
+        "entities": [{"name": "customer", "joinKeys": ["customer_id"]}],
+        "features": [{"name": "spend", "dtype": "Float64"}],
+        "source": {"path": str(source)},
+        "ttl": "24h",
+        "materialization": {"interval": "1h"},
+    }
+    bodies = [
+        {"apiVersion": API_VERSION, "kind": "FeatureView", "metadata": {"name": f"view-{i}"}, "spec": spec}
+        for i in range(count)
+    ]
+    start = _create_all(api, "bench-features", "featureviews", bodies)
+    return _jobs_for_all(api, "bench-features", count, start, "FeatureViews")
+
+
+def idle_cost(api: client.ApiClient, pid: int, count: int, idle: float) -> tuple[float, float]:
+    """(API requests per resource per minute, operator CPU in % of a core) over idle seconds, after 10 s for
+    the events of the operator's own writes and kopf's idle time before timers tick."""
+    time.sleep(10)
+    before, cpu = api_requests(api), cpu_seconds(pid)
+    time.sleep(idle)
+    per_minute = sum((api_requests(api) - before).values()) / count / idle * 60
+    return per_minute, (cpu_seconds(pid) - cpu) / idle * 100
 
 
 def main() -> None:
@@ -349,7 +403,8 @@ def main() -> None:
     parser.add_argument("--applies", type=int, default=50, help="one-at-a-time kubectl applies")
     parser.add_argument("--settle", type=float, default=10.0, help="seconds to watch the operator after convergence")
     parser.add_argument("--trainingjobs", type=int, default=200, help="TrainingJobs left waiting on their Jobs")
-    parser.add_argument("--idle", type=float, default=40.0, help="seconds to count what waiting TrainingJobs cost")
+    parser.add_argument("--featureviews", type=int, default=100, help="FeatureViews left waiting on their Jobs")
+    parser.add_argument("--idle", type=float, default=40.0, help="seconds to count what waiting resources cost")
     args = parser.parse_args()
     load_start = os.getloadavg()
     with contextlib.ExitStack() as stack:
@@ -391,16 +446,17 @@ def main() -> None:
         rss_settled = rss_mb(pid)
         requests_settled = api_requests(api)
 
-        waiting = None
+        waiting = []
         if args.trainingjobs:
             print(f"3. {args.trainingjobs} TrainingJobs waiting on their Jobs", flush=True)
-            jobs_after = waiting_trainingjobs(api, args.trainingjobs)
-            time.sleep(10)  # the events of the operator's own writes, and kopf's idle time before timers tick
-            idle_before, idle_cpu = api_requests(api), cpu_seconds(pid)
-            time.sleep(args.idle)
-            idle_after = api_requests(api)
-            per_minute = sum((idle_after - idle_before).values()) / args.trainingjobs / args.idle * 60
-            waiting = (jobs_after, per_minute, (cpu_seconds(pid) - idle_cpu) / args.idle * 100)
+            created = waiting_trainingjobs(api, args.trainingjobs)
+            cost = idle_cost(api, pid, args.trainingjobs, args.idle)
+            waiting.append(("TrainingJobs", args.trainingjobs, created, *cost))
+        if args.featureviews:
+            print(f"4. {args.featureviews} FeatureViews waiting on their materialization Jobs", flush=True)
+            created = waiting_featureviews(api, args.featureviews, work / "source.parquet")
+            cost = idle_cost(api, pid, args.featureviews, args.idle)
+            waiting.append(("FeatureViews", args.featureviews, created, *cost))
         load_end = os.getloadavg()
 
     total = args.applies + args.count
@@ -434,11 +490,10 @@ def main() -> None:
         ),
         (f"operator CPU over {args.settle:.0f} s after convergence", f"{settled_cpu:.0f} % of a core"),
     ]
-    if waiting is not None:
-        jobs_after, per_minute, idle_cpu = waiting
+    for kind, count, created, per_minute, idle_cpu in waiting:
         rows += [
-            (f"{args.trainingjobs} TrainingJobs: each has its Job after", f"{jobs_after:.1f} s"),
-            (f"  API requests per TrainingJob per minute, waiting ({args.idle:.0f} s)", f"{per_minute:.2f}"),
+            (f"{count} {kind}: each has its Job after", f"{created:.1f} s"),
+            (f"  API requests per resource per minute, waiting ({args.idle:.0f} s)", f"{per_minute:.2f}"),
             ("  operator CPU meanwhile", f"{idle_cpu:.0f} % of a core"),
         ]
     width = max(len(r[0]) for r in rows)

@@ -26,6 +26,15 @@ def load(kinds: list[str] | None = None) -> None:
         importlib.import_module(HANDLERS[kind])
 
 
+class QuietSuccesses(logging.Filter):
+    """Drops kopf's line for each handler call that succeeded ("Handler 'job_event' succeeded.", "Timer '...'
+    succeeded."): one per watch event and per timer tick, thousands a minute at scale, saying nothing that a
+    failure's line, the Events and the metrics do not. `--verbose` keeps them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.INFO and record.getMessage().endswith("' succeeded."))
+
+
 def run(
     kinds: list[str] | None = None,
     namespaces: list[str] | None = None,
@@ -41,6 +50,8 @@ def run(
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
     )
+    if not verbose:
+        logging.getLogger("kopf.objects").addFilter(QuietSuccesses())
     if metrics_address:
         host, _, port = metrics_address.rpartition(":")
         prometheus_client.start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0")

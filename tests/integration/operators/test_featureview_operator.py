@@ -7,6 +7,7 @@ from the online store the way a client would.
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -196,8 +197,8 @@ def test_a_failing_run_reports_the_column_and_the_next_run_recovers(
 def test_a_view_whose_job_runs_costs_no_passes_until_the_job_ends(
     controlplane, crds_installed, mlflow, api: client.ApiClient, namespace: str, tmp_path: Path
 ) -> None:
-    """Views between runs or waiting on their Job must not keep the operator and the API server busy: the timer
-    passes over neither, and the Job's end still starts a pass at once. An operator watching only this
+    """Views between runs or waiting on their Job must not keep the operator, its log and the API server busy: the
+    timer passes over neither, and the Job's end still starts a pass at once. An operator watching only this
     namespace, where no runner runs Jobs, counts the passes, so other tests' views do not."""
     from tests.integration.operators.test_operator_metrics import value
     from tests.integration.operators.test_trainingjob_operator import mark_job
@@ -223,5 +224,7 @@ def test_a_view_whose_job_runs_costs_no_passes_until_the_job_ends(
         assert condition(api, namespace, "quiet")["reason"] == "MaterializationFailed"
         assert "the node went away" in condition(api, namespace, "quiet")["message"]
         assert passes() > before
+        # Nor does every event and timer tick leave a line in its log.
+        assert not re.search(r"(Handler|Timer) '\w+' succeeded", scoped.log_text())
     finally:
         scoped.stop()

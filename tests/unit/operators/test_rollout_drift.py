@@ -129,3 +129,18 @@ def test_the_baselines_of_three_versions_with_300_features_fit_in_the_route_tabl
     configmap = next(o for o in p.apply if o["kind"] == "ConfigMap")
     assert len(routes(p)["versions"]) == 3 and all("drift" in v for v in routes(p)["versions"])
     assert len(configmap["data"]["routes.yaml"].encode()) < 1024 * 1024  # what the API server takes
+
+
+def test_the_registry_caches_keep_the_newest_versions_and_those_still_served(monkeypatch) -> None:
+    """A retraining loop registers versions for as long as it runs: the operator's caches of what each version's
+    registry entry says (drift baseline, feature order, approval) keep the newest and stay bounded."""
+    from kubeforge.operators.deployment import handlers
+
+    monkeypatch.setattr(handlers, "REGISTRY_CACHE_MAX", 3)
+    cache: dict[tuple[str, str], str] = {}
+    for version in "1234":
+        assert handlers._keep(cache, ("churn", version), f"baseline {version}") == f"baseline {version}"
+    assert list(cache) == [("churn", "2"), ("churn", "3"), ("churn", "4")]
+    handlers._keep(cache, ("churn", "2"), "baseline 2")  # version 2 is still served: resolved again
+    handlers._keep(cache, ("churn", "5"), "baseline 5")
+    assert list(cache) == [("churn", "4"), ("churn", "2"), ("churn", "5")]

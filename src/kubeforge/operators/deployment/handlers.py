@@ -29,7 +29,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import kopf
 from pydantic import ValidationError
@@ -74,6 +74,22 @@ RESOLVE_TTL = 3.0
 _approvals: dict[tuple[str, str], Approval] = {}  # (model, version) -> its approval tags when last resolved
 _feature_orders: dict[tuple[str, str], list[str] | None] = {}  # (model, version) -> its kubeforge.features tag
 _baselines: dict[tuple[str, str], DriftBaseline] = {}  # (model, version) -> its drift baseline, read once
+REGISTRY_CACHE_MAX = 1024
+"""Entries each of those keeps, the newest: a retraining loop registers versions for as long as it runs, and an
+entry dropped is read again if that version is still served."""
+_caches_lock = threading.Lock()
+_V = TypeVar("_V")
+
+
+def _keep(cache: dict[Any, _V], key: Any, value: _V) -> _V:
+    """value, stored in cache as its newest entry; the oldest go beyond REGISTRY_CACHE_MAX."""
+    with _caches_lock:
+        cache.pop(key, None)
+        cache[key] = value
+        while len(cache) > REGISTRY_CACHE_MAX:
+            del cache[next(iter(cache))]
+    return value
+
 
 STATE = "kubeforge.modeldeployment"  # key of State in a ModelDeployment's memo
 VIEW_GENERATION = "kubeforge.modeldeployment.view-generation"  # key in a FeatureView's memo
@@ -118,10 +134,10 @@ def _resolve_one(ctx: Context, name: str, alias: str | None, version: int | None
     if hit and time.monotonic() - hit[0] < RESOLVE_TTL:
         return hit[1]
     mv = ctx.registry.by_alias(name, alias) if alias else ctx.registry.by_version(name, version or 0)
-    _resolve_cache[key] = (time.monotonic(), mv.version)
-    _approvals[(name, mv.version)] = Approval.of(mv.tags)  # comes with the version: no call of its own
+    _keep(_resolve_cache, key, (time.monotonic(), mv.version))
+    _keep(_approvals, (name, mv.version), Approval.of(mv.tags))  # comes with the version: no call of its own
     if mv.tags.get(mc.TAG_TASK):
-        _resolve_cache[(name, "task")] = (time.monotonic(), mv.tags[mc.TAG_TASK])
+        _keep(_resolve_cache, (name, "task"), (time.monotonic(), mv.tags[mc.TAG_TASK]))
     return mv.version
 
 
@@ -213,7 +229,7 @@ def _feature_order(ctx: Context, model: str, version: str) -> list[str] | None:
             tag = ctx.registry.by_version(model, version).tags.get(mc.TAG_FEATURES)
         except MLflowError:
             return None
-        _feature_orders[key] = _json_names(tag)
+        return _keep(_feature_orders, key, _json_names(tag))
     return _feature_orders[key]
 
 
@@ -226,11 +242,10 @@ def drift_baseline(registry: MLflowRegistry, model: str, version: str) -> DriftB
             mv = registry.by_version(model, version)
             raw = registry.artifact(mv.run_id, mc.BASELINE_ARTIFACT)
         except NotFound:
-            _baselines[key] = DriftBaseline(missing=f"its run logged no {mc.BASELINE_ARTIFACT}")
+            return _keep(_baselines, key, DriftBaseline(missing=f"its run logged no {mc.BASELINE_ARTIFACT}"))
         except MLflowError:
             return None
-        else:
-            _baselines[key] = version_drift(raw, mv.tags)
+        return _keep(_baselines, key, version_drift(raw, mv.tags))
     return _baselines[key]
 
 

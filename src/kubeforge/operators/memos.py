@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
+from types import TracebackType
 from typing import Any
 
 import kopf
 
 LOCK = "kubeforge.lock"
-"""Key of the lock that keeps two passes over one object from running at once (handlers run in threads)."""
+"""Key of the lock that keeps two passes over one name from running at once (handlers run in threads)."""
 SETTLED = "kubeforge.settled"
 """Key of when (monotonic) the object's last pass settled; absent after one that did not."""
 RESYNC_S = 300.0
@@ -28,9 +30,35 @@ def memo_in(index: Mapping[Any, Any], namespace: str, name: str) -> kopf.Memo | 
     return next(iter(list(index.get((namespace, name), ()))), None)
 
 
-def lock_of(memo: kopf.Memo) -> threading.Lock:
-    """The object's pass lock, made on first use (setdefault is atomic)."""
-    return memo.setdefault(LOCK, threading.Lock())  # type: ignore[no-any-return]
+class PassLock:
+    """A lock for the passes over one name (a plain lock cannot be weakly referenced)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+
+    def __exit__(self, *_: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self._lock.release()
+
+
+_by_name: weakref.WeakValueDictionary[tuple[str, str], PassLock] = weakref.WeakValueDictionary()
+_by_name_guard = threading.Lock()
+
+
+def lock_of(memo: kopf.Memo, namespace: str, name: str) -> PassLock:
+    """The lock of the passes over (namespace, name), kept in the object's memo. One per name, not per object: a
+    pass reads the object by its name, so a pass started by a deleted object's last events and one of an object
+    re-created under the same name must not run at once. It goes when no memo holds it any more."""
+    lock = memo.get(LOCK)
+    if lock is None:
+        with _by_name_guard:
+            lock = _by_name.get((namespace, name))
+            if lock is None:
+                lock = _by_name[(namespace, name)] = PassLock()
+        lock = memo.setdefault(LOCK, lock)
+    return lock  # type: ignore[no-any-return]
 
 
 def run_pass(memo: kopf.Memo, reconcile: Callable[..., bool], *args: Any) -> None:

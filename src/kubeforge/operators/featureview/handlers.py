@@ -115,7 +115,7 @@ def reconcile(namespace: str, name: str, memo: kopf.Memo) -> bool:
     """One level-based pass; False when it left what only the clock will try again: a Job that could not be
     created, or a finished run whose result has not shown on its pod yet."""
     ctx = context()
-    with lock_of(memo):
+    with lock_of(memo, namespace, name):
         body = kube.get(ctx.api, API_VERSION, KIND, name, namespace)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return True
@@ -148,7 +148,7 @@ def reconcile(namespace: str, name: str, memo: kopf.Memo) -> bool:
 
 def _remove(namespace: str, name: str, memo: kopf.Memo) -> None:
     ctx = context()
-    with lock_of(memo), _feast:
+    with lock_of(memo, namespace, name), _feast:
         try:
             _store(ctx, namespace).remove(name)
         except Exception as err:  # kept: the finalizer stays until the registry answers

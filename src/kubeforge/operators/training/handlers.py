@@ -55,7 +55,7 @@ def reconcile(namespace: str, name: str, memo: kopf.Memo, logger: Any, retry: in
     """One level-based pass; retry counts the timer's failed passes before this one (for the back-off). One
     that fails raises: kopf retries it from the timer."""
     ctx = context()
-    with lock_of(memo):
+    with lock_of(memo, namespace, name):
         body = kube.get(ctx.api, API_VERSION, KIND, name, namespace)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return True

@@ -43,6 +43,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from kubernetes import client
 
 from kubeforge.api import API_VERSION, crdgen
@@ -369,8 +370,6 @@ def waiting_featureviews(api: client.ApiClient, count: int, source: Path) -> flo
     materialization Job (which no kubelet runs here)."""
     now = datetime.now(UTC)
     data = {"customer_id": [1, 2], "spend": [1.5, 2.0], "event_timestamp": [now, now]}
-    import pandas as pd  # the benchmark's own source file; the operator process reads it through Feast
-
     pd.DataFrame(data).to_parquet(source)
     spec = {
         "entities": [{"name": "customer", "joinKeys": ["customer_id"]}],

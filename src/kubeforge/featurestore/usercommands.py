@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from ..core.conditions import parse_rfc3339
 from .config import StoreSettings
 
 if TYPE_CHECKING:
@@ -128,9 +129,10 @@ namespace_option = click.option(
 # --- list -------------------------------------------------------------------------------
 def _age(since: str | None) -> str:
     """The age of an RFC 3339 time as kubectl shows one: 42s, 5m, 3h, 2d."""
-    if not since:
+    when = parse_rfc3339(since)
+    if when is None:
         return _NONE
-    seconds = max(0.0, (datetime.now(UTC) - datetime.fromisoformat(since.replace("Z", "+00:00"))).total_seconds())
+    seconds = max(0.0, (datetime.now(UTC) - when).total_seconds())
     for unit, size, shown_below in (("s", 1, 120), ("m", 60, 7200), ("h", 3600, 172800)):
         if seconds < shown_below:
             return f"{int(seconds // size)}{unit}"

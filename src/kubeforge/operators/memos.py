@@ -61,11 +61,13 @@ def lock_of(memo: kopf.Memo, namespace: str, name: str) -> PassLock:
     return lock  # type: ignore[no-any-return]
 
 
-def run_pass(memo: kopf.Memo, reconcile: Callable[..., bool], *args: Any) -> None:
-    """reconcile(*args), remembering in memo whether it settled: it returned True. One that raised or returned
-    False left something that only the clock will try again."""
+def run_pass(memo: kopf.Memo, reconcile: Callable[..., bool], namespace: str, name: str, *args: Any) -> None:
+    """reconcile(namespace, name, *args) under the name's pass lock, remembering in memo whether it settled: it
+    returned True. One that raised or returned False left something that only the clock will try again."""
     memo.pop(SETTLED, None)
-    if reconcile(*args):
+    with lock_of(memo, namespace, name):
+        settled = reconcile(namespace, name, *args)
+    if settled:
         memo[SETTLED] = time.monotonic()
 
 

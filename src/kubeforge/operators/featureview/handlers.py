@@ -1,7 +1,7 @@
 """kopf handlers for FeatureView: thin glue between watch events and :func:`plan.plan`.
 
 Every trigger (a FeatureView event, an event of one of its Jobs, a 10-second timer) runs the
-same level-based reconcile under a per-object lock. The timer works only for what no event
+same level-based reconcile under a per-name lock. The timer works only for what no event
 brings (:func:`plan.due_by_time`: a registration to try again, a scheduled run, the newest
 value passing the ttl), after a pass that did not settle, and every five minutes
 (``memos.RESYNC_S``): a view between runs, or whose Job runs, costs no API request. The age
@@ -111,39 +111,39 @@ def _pods(ctx: Context, job: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 @operator_metrics.reconciled(KIND)
-def reconcile(namespace: str, name: str, memo: kopf.Memo) -> bool:
-    """One level-based pass; False when it left what only the clock will try again: a Job that could not be
-    created, or a finished run whose result has not shown on its pod yet."""
+def reconcile(namespace: str, name: str) -> bool:
+    """One level-based pass (run under the name's lock: memos.run_pass); False when it left what only the clock
+    will try again: a Job that could not be created, or a finished run whose result has not shown on its pod
+    yet."""
     ctx = context()
-    with lock_of(memo, namespace, name):
-        body = kube.get(ctx.api, API_VERSION, KIND, name, namespace)
-        if body is None or body["metadata"].get("deletionTimestamp"):
-            return True
-        old_status = body.get("status") or {}
-        spec, _ = parse_spec(body)
-        registration = None
-        if spec is not None and needs_registration(body):
-            registration = _register(ctx, namespace, name, spec)
-        listed = kube.list_objects(ctx.api, "batch/v1", "Job", namespace, f"{FEATUREVIEW}={name}")
-        jobs = _owned(listed, body["metadata"]["uid"])
-        finished = result_job(old_status, jobs)
-        pods = _pods(ctx, finished) if finished is not None else []
-        now = datetime.now(UTC)
-        p = plan(body, registration, jobs, pods, ctx.settings, now)
-        try:
-            kube.apply_children(ctx.api, p.apply)
-        except kube.ChildNotApplied as err:
-            # The run did not start: the last status stays, with Ready=False saying why; the timer tries again.
-            st = StatusDraft(old_status, body["metadata"].get("generation"), now)
-            kube.write_status(ctx.api, body, old_status, st.s, err.report(st, old_status), component=EVENT_SOURCE)
-            operator_metrics.reconcile_failed(KIND)
-            return False
-        for job in p.delete_jobs:
-            kube.delete(ctx.api, "batch/v1", "Job", job, namespace)
-        kube.write_status(ctx.api, body, old_status, p.status, p.events, component=EVENT_SOURCE)
-        ttl = duration_seconds(spec.ttl) if spec is not None else None
-        metrics.observe(namespace, name, ttl, p.finished)
-        return finished is None or p.finished is not None
+    body = kube.get(ctx.api, API_VERSION, KIND, name, namespace)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return True
+    old_status = body.get("status") or {}
+    spec, _ = parse_spec(body)
+    registration = None
+    if spec is not None and needs_registration(body):
+        registration = _register(ctx, namespace, name, spec)
+    listed = kube.list_objects(ctx.api, "batch/v1", "Job", namespace, f"{FEATUREVIEW}={name}")
+    jobs = _owned(listed, body["metadata"]["uid"])
+    finished = result_job(old_status, jobs)
+    pods = _pods(ctx, finished) if finished is not None else []
+    now = datetime.now(UTC)
+    p = plan(body, registration, jobs, pods, ctx.settings, now)
+    try:
+        kube.apply_children(ctx.api, p.apply)
+    except kube.ChildNotApplied as err:
+        # The run did not start: the last status stays, with Ready=False saying why; the timer tries again.
+        st = StatusDraft(old_status, body["metadata"].get("generation"), now)
+        kube.write_status(ctx.api, body, old_status, st.s, err.report(st, old_status), component=EVENT_SOURCE)
+        operator_metrics.reconcile_failed(KIND)
+        return False
+    for job in p.delete_jobs:
+        kube.delete(ctx.api, "batch/v1", "Job", job, namespace)
+    kube.write_status(ctx.api, body, old_status, p.status, p.events, component=EVENT_SOURCE)
+    ttl = duration_seconds(spec.ttl) if spec is not None else None
+    metrics.observe(namespace, name, ttl, p.finished)
+    return finished is None or p.finished is not None
 
 
 def _remove(namespace: str, name: str, memo: kopf.Memo) -> None:
@@ -161,7 +161,7 @@ async def _in_worker(fn: Callable[..., Any], *args: Any) -> None:
 
 
 async def _pass(namespace: str, name: str, memo: kopf.Memo) -> None:
-    await _in_worker(run_pass, memo, reconcile, namespace, name, memo)
+    await _in_worker(run_pass, memo, reconcile, namespace, name)
 
 
 @kopf.index(GROUP, VERSION, "featureviews")

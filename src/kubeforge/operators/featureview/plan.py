@@ -116,12 +116,20 @@ def due_by_time(body: Mapping[str, Any], now: datetime) -> bool:
     last = status.get("lastMaterialization") or {}
     if spec.online and not spec.materialization.suspend and last.get("phase") != "Running":
         started = parse_rfc3339(last.get("startTime"))
-        interval = timedelta(seconds=duration_seconds(spec.materialization.interval))
-        if started is None or now >= started + interval:
+        if started is None or now >= started + _interval(spec):
             return True
     newest = parse_rfc3339(status.get("newestEventTime"))
     if not spec.online or newest is None or is_true(status.get("conditions"), STALE):
         return False
+    return _past_ttl(spec, newest, now)
+
+
+def _interval(spec: FeatureViewSpec) -> timedelta:
+    return timedelta(seconds=duration_seconds(spec.materialization.interval))
+
+
+def _past_ttl(spec: FeatureViewSpec, newest: datetime, now: datetime) -> bool:
+    """The newest online value is older than the ttl, so nothing is served (Stale)."""
     return now - newest > timedelta(seconds=duration_seconds(spec.ttl))
 
 
@@ -266,7 +274,7 @@ def plan(
             st.s["lastMaterialization"] = last
 
     # A new run.
-    interval = timedelta(seconds=duration_seconds(spec.materialization.interval))
+    interval = _interval(spec)
     suspended = spec.materialization.suspend
     if registered and spec.online and last.get("phase") != "Running":
         requested = (meta.get("annotations") or {}).get(MATERIALIZE_NOW)
@@ -339,7 +347,7 @@ def plan(
         st.cond(STALE, FALSE, ONLINE_DISABLED, "spec.online is false")
     elif newest is None:
         st.cond(STALE, UNKNOWN, NO_VALUES, "no value has been materialized yet")
-    elif now - newest > timedelta(seconds=duration_seconds(spec.ttl)):
+    elif _past_ttl(spec, newest, now):
         message = (
             f"the newest value online is from {rfc3339(newest)}, older than ttl {spec.ttl}, so no value is served: "
             "check that the source gets new data and that materialization runs"

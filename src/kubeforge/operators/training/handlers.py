@@ -1,7 +1,7 @@
 """kopf handlers for TrainingJob: thin glue between watch events and :func:`plan.plan`.
 
 Every trigger (a TrainingJob event, an event of one of its Jobs or of their pods, a timer for
-unfinished ones) runs the same level-based reconcile under a per-object lock, so the order in
+unfinished ones) runs the same level-based reconcile under a per-name lock, so the order in
 which events arrive does not matter. The timer ticks every few seconds but works only when no
 event will come (:func:`plan.due_by_time`: a deadline, a FeatureView not yet registered, a
 model version not yet in MLflow), after a pass that failed (a child that could not be applied
@@ -24,7 +24,7 @@ from ...core import modelcontract as mc
 from ...core.mlflow_rest import MLflowError, MLflowRegistry, ModelVersion
 from .. import metrics
 from ..labels import ATTEMPT, TRAININGJOB
-from ..memos import lock_of, memo_in, run_pass, unsettled
+from ..memos import memo_in, run_pass, unsettled
 from ..runtime import context
 from .plan import TERMINAL, due_by_time, not_applied, plan, pods_worth_reading, with_registration
 
@@ -51,47 +51,46 @@ def _attempt_failure(api: kube.KubeApi, body: dict[str, Any], job: dict[str, Any
 
 
 @metrics.reconciled(KIND)
-def reconcile(namespace: str, name: str, memo: kopf.Memo, logger: Any, retry: int = 0) -> bool:
-    """One level-based pass; retry counts the timer's failed passes before this one (for the back-off). One
-    that fails raises: kopf retries it from the timer."""
+def reconcile(namespace: str, name: str, logger: Any, retry: int = 0) -> bool:
+    """One level-based pass (run under the name's lock: memos.run_pass); retry counts the timer's failed passes
+    before this one (for the back-off). One that fails raises: kopf retries it from the timer."""
     ctx = context()
-    with lock_of(memo, namespace, name):
-        body = kube.get(ctx.api, API_VERSION, KIND, name, namespace)
-        if body is None or body["metadata"].get("deletionTimestamp"):
-            return True
-        old_status = body.get("status") or {}
-        job = None
-        if job_name := old_status.get("jobName"):
-            job = kube.get(ctx.api, "batch/v1", "Job", job_name, namespace)
-        now = datetime.now(UTC)
-        failure = feature_view = None
-        if old_status.get("phase") not in TERMINAL:
-            if pods_worth_reading(job):
-                failure = _attempt_failure(ctx.api, body, job)
-            if view := ((body.get("spec") or {}).get("dataset") or {}).get("featureView"):
-                feature_view = kube.get(ctx.api, API_VERSION, "FeatureView", str(view.get("name")), namespace)
-        p = plan(body, job, ctx.settings, ctx.capabilities, now, failure, feature_view)
-        try:
-            kube.apply_children(ctx.api, p.apply)
-        except kube.ChildNotApplied as err:
-            status, events = not_applied(body, err, now)
-            kube.write_status(ctx.api, body, old_status, status, events, component=EVENT_SOURCE)
-            raise kopf.TemporaryError(err.message, delay=err.retry_after(retry)) from err
-        for job_to_delete in p.delete_jobs:
-            kube.delete(ctx.api, "batch/v1", "Job", job_to_delete, namespace)
-        status = p.status
-        if p.needs_registration:
-            model = body["spec"]["model"]["name"]
-            try:
-                version = _registered_version(ctx.registry, model, body["metadata"]["uid"])
-            except MLflowError as err:
-                logger.warning(f"MLflow lookup for {model} failed, will retry: {err}")
-                version = None
-            status = with_registration(status, version, model, body["metadata"]["uid"], now)
-            if version is not None:
-                p.events.append(("Normal", "ModelRegistered", f"registered as {version.uri}"))
-        kube.write_status(ctx.api, body, old_status, status, p.events, component=EVENT_SOURCE)
+    body = kube.get(ctx.api, API_VERSION, KIND, name, namespace)
+    if body is None or body["metadata"].get("deletionTimestamp"):
         return True
+    old_status = body.get("status") or {}
+    job = None
+    if job_name := old_status.get("jobName"):
+        job = kube.get(ctx.api, "batch/v1", "Job", job_name, namespace)
+    now = datetime.now(UTC)
+    failure = feature_view = None
+    if old_status.get("phase") not in TERMINAL:
+        if pods_worth_reading(job):
+            failure = _attempt_failure(ctx.api, body, job)
+        if view := ((body.get("spec") or {}).get("dataset") or {}).get("featureView"):
+            feature_view = kube.get(ctx.api, API_VERSION, "FeatureView", str(view.get("name")), namespace)
+    p = plan(body, job, ctx.settings, ctx.capabilities, now, failure, feature_view)
+    try:
+        kube.apply_children(ctx.api, p.apply)
+    except kube.ChildNotApplied as err:
+        status, events = not_applied(body, err, now)
+        kube.write_status(ctx.api, body, old_status, status, events, component=EVENT_SOURCE)
+        raise kopf.TemporaryError(err.message, delay=err.retry_after(retry)) from err
+    for job_to_delete in p.delete_jobs:
+        kube.delete(ctx.api, "batch/v1", "Job", job_to_delete, namespace)
+    status = p.status
+    if p.needs_registration:
+        model = body["spec"]["model"]["name"]
+        try:
+            version = _registered_version(ctx.registry, model, body["metadata"]["uid"])
+        except MLflowError as err:
+            logger.warning(f"MLflow lookup for {model} failed, will retry: {err}")
+            version = None
+        status = with_registration(status, version, model, body["metadata"]["uid"], now)
+        if version is not None:
+            p.events.append(("Normal", "ModelRegistered", f"registered as {version.uri}"))
+    kube.write_status(ctx.api, body, old_status, status, p.events, component=EVENT_SOURCE)
+    return True
 
 
 @kopf.index(GROUP, VERSION, "trainingjobs")
@@ -103,14 +102,14 @@ async def tj_memos(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> dict
 def _for_owner(namespace: str, name: str, logger: Any, tj_memos: kopf.Index[Any, Any]) -> None:
     """A pass of the TrainingJob a Job or pod belongs to, unless that one is gone."""
     if (memo := memo_in(tj_memos, namespace, name)) is not None:
-        run_pass(memo, reconcile, namespace, name, memo, logger)
+        run_pass(memo, reconcile, namespace, name, logger)
 
 
 @kopf.on.event(GROUP, VERSION, "trainingjobs")
 def trainingjob_event(event: dict[str, Any], name: str, namespace: str, memo: kopf.Memo, logger: Any, **_: Any) -> None:
     metrics.RESOURCE_STATES.seen(KIND, event)
     if event.get("type") != "DELETED":
-        run_pass(memo, reconcile, namespace, name, memo, logger)
+        run_pass(memo, reconcile, namespace, name, logger)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={TRAININGJOB: kopf.PRESENT})

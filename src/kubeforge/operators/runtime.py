@@ -42,12 +42,33 @@ def context() -> Context:
     return Context(api, settings, kube.capabilities(api), MLflowRegistry(settings.mlflow_tracking_uri))
 
 
+ESSENCE_METADATA = ("labels", "annotations", "ownerReferences")
+"""What of an object's metadata kopf's essence keeps (labels, annotations) or its storage keys read (owners)."""
+
+
+class EssenceStorage(kopf.AnnotationsDiffBaseStorage):
+    """kopf's diff base in annotations, built without copying what it then drops.
+
+    kopf builds an object's essence (what its change detection compares) for every event of every watched kind,
+    by deep-copying the whole body and then deleting its metadata but labels and annotations, and its status. For
+    a Deployment that is mostly managedFields and status, copied only to be thrown away. This passes kopf a body
+    without them, so the essence it builds is the same for a fraction of the copying; where handlers ask for
+    extra fields (``field=`` on change handlers), which may be anywhere, kopf gets the whole body as before.
+    """
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        if not extra_fields:
+            meta = body.get("metadata") or {}
+            slim = {key: value for key, value in body.items() if key not in ("metadata", "status")}
+            slim["metadata"] = {key: meta[key] for key in ESSENCE_METADATA if key in meta}
+            body = kopf.Body(slim)
+        return super().build(body=body, extra_fields=extra_fields)
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = EssenceStorage(prefix=ANNOTATION_PREFIX, key="last-handled-configuration")
     settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/finalizer"
     settings.posting.enabled = False  # kubeforge posts its own events, on transitions only
     settings.watching.server_timeout = 300

@@ -22,7 +22,7 @@ NAMESPACED: dict[tuple[str, str], dict[str, str]] = {
     },
     (KUBEFORGE, "modeldeployments"): {
         "get": "deployment.handlers.reconcile when no event brought the object; _sweep checks an owner is gone",
-        "list": "kopf watches (the md_memos, md_cadence and md_feature_views indexes)",
+        "list": "kopf watches (the md_memos index)",
         "watch": "kopf.on.event(modeldeployments)",
         "patch": "kopf removes the finalizer earlier versions added",
     },

@@ -5,7 +5,7 @@ outside Kubernetes, retrain triggers hold for a duration, and a pass that failed
 Per-object kopf timers did this with a task per ModelDeployment, and each time an object moved
 in or out of a timer's filter kopf stopped the timer with a patch of the object (a "touch"
 annotation): writes that bought nothing. One loop reads a :class:`Cadence` per ModelDeployment
-from an index instead and starts only the passes that are due (:func:`due`); the registry is
+from its State instead and starts only the passes that are due (:func:`due`); the registry is
 asked once per (model, alias) for all of them, and a ModelDeployment whose answers did not
 change is left alone.
 """
@@ -88,6 +88,8 @@ class Clock:
     """Its registry answers as its last pass resolved them."""
     running: bool = False
     """A pass the clock started has not ended yet."""
+    cadence: Cadence | None = None
+    """From the object's newest event (its spec and status); None before the first."""
 
 
 def due(cadence: Cadence, clock: Clock, now: float) -> bool:

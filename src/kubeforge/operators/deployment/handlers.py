@@ -324,21 +324,6 @@ async def md_memos(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> dict
     return {(namespace, name): memo}
 
 
-@kopf.index(GROUP, VERSION, "modeldeployments")
-async def md_cadence(
-    namespace: str, name: str, spec: Mapping[str, Any], status: Mapping[str, Any], **_: Any
-) -> dict[tuple[str, str], clock.Cadence]:
-    """Each ModelDeployment's Cadence: what the clock reads to start the passes no event starts."""
-    return {(namespace, name): clock.Cadence.of(spec, status)}
-
-
-@kopf.index(GROUP, VERSION, "modeldeployments")
-async def md_feature_views(namespace: str, name: str, spec: Mapping[str, Any], **_: Any) -> dict[Any, str] | None:
-    """ModelDeployment names by the FeatureView they read features from."""
-    view = (spec.get("features") or {}).get("featureView")
-    return {(namespace, view): name} if view else None
-
-
 @kopf.index("apps", "v1", "deployments", labels={MODELDEPLOYMENT: kopf.PRESENT})
 async def md_workloads(
     namespace: str, labels: Mapping[str, str], spec: Mapping[str, Any], status: Mapping[str, Any], **_: Any
@@ -711,7 +696,8 @@ def modeldeployment_event(
             metrics.forget_deployment(namespace, name)
             delete_children(context(), namespace, name)
     else:
-        seen = event.get("object")
+        seen = event.get("object") or {}
+        state_of(memo).clock.cadence = clock.Cadence.of(seen.get("spec") or {}, seen.get("status") or {})
         if not _newer(seen, state_of(memo).body):
             return  # its own status write coming back: the pass that wrote it saw all there was
         _pass(namespace, name, memo, Watched.of(kwargs), seen)
@@ -756,8 +742,20 @@ def featureview_event(event: dict[str, Any], name: str, namespace: str, memo: ko
         if memo.get(VIEW_GENERATION) == generation:
             return
         memo[VIEW_GENERATION] = generation
-    for md_name in list(kwargs["md_feature_views"].get((namespace, name), ())):
+    for md_name in _fed_from(kwargs["md_memos"], namespace, name):
         _for_parent(namespace, {MODELDEPLOYMENT: md_name}, kwargs)
+
+
+def _fed_from(memos: Mapping[tuple[str, str], Any], namespace: str, view: str) -> list[str]:
+    """The ModelDeployments of namespace whose newest known spec reads features from view. One that no pass has
+    begun yet is not among them, and needs not be: its pass sets its body before it reads the view."""
+    names = []
+    for md_namespace, md_name in list(memos):
+        memo = memo_in(memos, md_namespace, md_name) if md_namespace == namespace else None
+        body = state_of(memo).body if memo is not None else None
+        if body and ((body.get("spec") or {}).get("features") or {}).get("featureView") == view:
+            names.append(md_name)
+    return names
 
 
 @kopf.on.startup()
@@ -801,12 +799,12 @@ async def _clock(executor: Any, indexes: Mapping[str, Any]) -> None:
                 owners = set(indexes["md_workloads"]) - set(indexes["md_memos"])
                 if owners:
                     loop.run_in_executor(executor, _sweep, owners)
-            for key, cadences in list(indexes["md_cadence"].items()):
-                cadence = next(iter(list(cadences)), None)
+            for key in list(indexes["md_memos"]):
                 memo = memo_in(indexes["md_memos"], *key)
-                if cadence is None or memo is None:
+                ticks = state_of(memo).clock if memo is not None else None
+                cadence = ticks.cadence if ticks is not None else None
+                if ticks is None or cadence is None:
                     continue
-                ticks = state_of(memo).clock
                 if clock.due(cadence, ticks, now):
                     start(key, memo)
                 elif clock.registry_due(cadence, ticks, now):

@@ -8,13 +8,15 @@ status, which is what a user waits for after `kubectl apply`. Measures, in one r
 
 0. the physical limit: a plain client server-side applying the same children for --count
    resources (the operator's own plan, without the ModelDeployment label, so the operator
-   never sees them) from the same 16 threads, before the operator starts; deleted again;
+   never sees them) from the same 16 threads, before the operator starts; deleted again. Beside it,
+   the same client making every write of the operator's path (the ModelDeployment's create, its children,
+   its first status and event), which is what this API server allows for that path;
 1. ``kubectl apply -f -`` of one ModelDeployment until its Triton Deployment and
    Service, gateway Deployment and Service and route ConfigMap all exist (--applies
    times, one at a time): p50 / p90 / max;
 2. --count ModelDeployments created at once from a thread pool until every one has its
-   children and a status with observedGeneration and stableVersion: resources per second,
-   and as a share of the plain client's rate;
+   children and a status with observedGeneration and stableVersion (seen through watches):
+   resources per second, and as a share of both plain rates; the CPU each process spent per resource;
 3. resident memory of the operator process tree after that, and its CPU seconds;
 4. what --trainingjobs TrainingJobs waiting on their Jobs, and then --featureviews FeatureViews whose
    materialization Jobs run, cost over --idle seconds: API requests per resource per minute, and the
@@ -258,6 +260,39 @@ def plain_client(
     return elapsed, cpu, own
 
 
+def plain_writes(api: client.ApiClient, version: str, count: int) -> float:
+    """Seconds a plain client takes, from THREADS threads, to make every write the operator's path makes for count
+    new ModelDeployments: create each, apply its children, write its first status and post its event, as the
+    operator would (its own plan, with kube.write_status). Before the operator starts, so it never sees them;
+    deleted afterwards."""
+    namespace = "bench-writes"
+    client.CoreV1Api(api).create_namespace({"metadata": {"name": namespace}})
+    settings = Settings.from_env()
+
+    def one(name: str) -> list[dict[str, Any]]:
+        created = kube.create(api, {**_manifest(name), "metadata": {"name": name, "namespace": namespace}})
+        assert created is not None
+        p = rollout.plan(
+            created, rollout.Resolved(stable=version), rollout.Observed(), None, settings, datetime.now(UTC)
+        )
+        for obj in p.apply:
+            del obj["metadata"]["labels"][MODELDEPLOYMENT]
+            kube.apply(api, obj)
+        kube.write_status(api, created, {}, p.status, p.events, component="bench")
+        return [created, *p.apply]
+
+    kube.resource(api, API_VERSION, "ModelDeployment")  # discovery once, before the threads ask for it at once
+    start = time.perf_counter()
+    with ThreadPoolExecutor(THREADS) as pool:
+        written = list(pool.map(one, [f"writes-{i}" for i in range(count)]))
+    elapsed = time.perf_counter() - start
+    with ThreadPoolExecutor(THREADS) as pool:
+        for objs in written:
+            for obj in objs:
+                pool.submit(kube.delete, api, obj["apiVersion"], obj["kind"], obj["metadata"]["name"], namespace)
+    return elapsed
+
+
 def apply_latency(
     api: client.ApiClient, kubeconfig: Path, version: str, applies: int
 ) -> tuple[list[float], list[float]]:
@@ -465,6 +500,7 @@ def main() -> None:
         assert cp.state is not None
         control_plane = [cp.state.apiserver_pid, cp.state.etcd_pid]
         plain, cp_plain, client_plain = plain_client(api, version, args.count, control_plane)
+        writes = plain_writes(api, version, args.count)
         log = work / "operator.log"
         try:
             pid = stack.enter_context(operator(cp.kubeconfig, ml.url, log))
@@ -526,6 +562,10 @@ def main() -> None:
         (f"  target >= {TARGETS['rate']:.0f}/s", _verdict(rate >= TARGETS["rate"])),
         ("  share of the plain client's rate", f"{rate / plain_rate:.0%}"),
         (f"  target >= {TARGETS['share']:.0%}", _verdict(rate / plain_rate >= TARGETS["share"])),
+        (
+            "  plain client making all the operator path's writes; share",
+            f"{args.count / writes:.1f} resources/s; {rate / (args.count / writes):.0%}",
+        ),
         (
             "  CPU per resource, plain client: API server + etcd / client",
             f"{cp_plain / args.count * 1000:.1f} / {client_plain / args.count * 1000:.1f} ms",

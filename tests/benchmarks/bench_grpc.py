@@ -5,8 +5,10 @@ then sends the same ModelInfer request (one row, raw input contents, as tritoncl
 gRPC port and to the gateway's in alternating rounds at concurrency 1 and 16, one grpc.aio channel with a
 pre-serialized request so the load generator spends no CPU on protobuf. Prints p50/p99, added latency and the
 throughput ratio, and the gateway's CPU time per request (from /proc) for gRPC beside the same request over REST,
-which is what translating between the two costs, and beside a grpc.aio server whose ModelInfer only returns an
-empty answer: the floor Python's gRPC server costs before any gateway work. Run from the repository root:
+which is what translating between the two costs, and beside servers whose ModelInfer only returns an empty answer:
+a grpc.aio server (the floor Python's gRPC server costs before any gateway work), grpcio's thread-pool server, and
+the thread-pool server handing each call to an asyncio loop in another thread, as the gateway's async work would
+need it. Run from the repository root:
 .venv/bin/python -m tests.benchmarks.bench_grpc
 """
 
@@ -16,14 +18,17 @@ import asyncio
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
+import uvloop
 from tests.benchmarks.bench_gateway import _compare, _cpu_seconds, _gateway, _pct, _round
 from tests.integration.serving.conftest import RUNTIME, Threshold, register, signature
 from tritonclient.grpc import service_pb2 as pb
@@ -65,22 +70,58 @@ async def _grpc_round(port: int, request: bytes, concurrency: int, total: int) -
     return latencies, len(latencies) / (time.perf_counter() - start)
 
 
-class _Empty(service_pb2_grpc.GRPCInferenceServiceServicer):
+def _empty(request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    return pb.ModelInferResponse(model_name=request.model_name)
+
+
+class _AsyncEmpty(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: pb.ModelInferRequest, context: object) -> pb.ModelInferResponse:
-        return pb.ModelInferResponse(model_name=request.model_name)
+        return _empty(request)
 
 
-async def _floor(port: int) -> None:
+class _ThreadEmpty(service_pb2_grpc.GRPCInferenceServiceServicer):
+    """Answers in the server's thread, or with loop, from a coroutine run there (run_coroutine_threadsafe)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None):
+        self.loop = loop
+
+    def ModelInfer(self, request: pb.ModelInferRequest, context: object) -> pb.ModelInferResponse:
+        if self.loop is None:
+            return _empty(request)
+
+        async def answer() -> pb.ModelInferResponse:
+            return _empty(request)
+
+        return asyncio.run_coroutine_threadsafe(answer(), self.loop).result()
+
+
+async def _aio_floor(port: int) -> None:
     server = grpc.aio.server()
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(_Empty(), server)
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(_AsyncEmpty(), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     await server.wait_for_termination()
 
 
-def _start_floor(work: Path, procs: list) -> tuple[int, int]:
+def _thread_floor(port: int, bridged: bool) -> None:
+    loop = None
+    if bridged:
+        loop = uvloop.new_event_loop()  # the gateway's kind of loop
+        threading.Thread(target=loop.run_forever, daemon=True).start()
+    server = grpc.server(ThreadPoolExecutor(8))
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(_ThreadEmpty(loop), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    server.wait_for_termination()
+
+
+FLOORS = ("aio", "threads", "bridged")
+
+
+def _start_floor(work: Path, procs: list, kind: str) -> tuple[int, int]:
     port = free_port()
-    proc = spawn([sys.executable, "-m", "tests.benchmarks.bench_grpc", "--floor", str(port)], work / "floor.log")
+    argv = [sys.executable, "-m", "tests.benchmarks.bench_grpc", "--floor", kind, str(port)]
+    proc = spawn(argv, work / f"floor-{kind}.log")
     procs.append(lambda: terminate(proc.pid))
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         grpc.channel_ready_future(channel).result(timeout=30)
@@ -120,14 +161,16 @@ def main() -> None:
         http_port, pid = _gateway(
             work, "gateway", routes, procs, ("--grpc-port", str(grpc_port), "--access-log", "off")
         )
-        floor_port, floor_pid = _start_floor(work, procs)
-        rounds = {
+        floors = {kind: _start_floor(work, procs, kind) for kind in FLOORS}
+        rounds: dict[str, Callable[[int, int], Coroutine[Any, Any, tuple[list[float], float]]]] = {
             "direct": lambda c, n: _grpc_round(triton.grpc_port, _request(version), c, n),
             "gateway": lambda c, n: _grpc_round(grpc_port, _request(), c, n),
             "rest": lambda c, n: _round(http_port, "/v2/models/bench/infer", c, n),
-            "floor": lambda c, n: _grpc_round(floor_port, _request(), c, n),
         }
-        pids = {"direct": triton.pid, "gateway": pid, "rest": pid, "floor": floor_pid}
+        pids = {"direct": triton.pid, "gateway": pid, "rest": pid}
+        for kind, (port, floor_pid) in floors.items():
+            rounds[kind] = lambda c, n, port=port: _grpc_round(port, _request(), c, n)
+            pids[kind] = floor_pid
         print(f"{'concurrency':>11} {'path':>8} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}")
         for concurrency, per_round in PER_ROUND.items():
             seen = {k: Seen() for k in rounds}
@@ -149,8 +192,9 @@ def main() -> None:
             per = {k: cpu[k] / len(lat[k]) * 1e6 for k in rounds}
             print(
                 f"concurrency {concurrency}: CPU per request {per['gateway']:.0f} µs in the gateway over gRPC, "
-                f"{per['rest']:.0f} µs over REST; {per['floor']:.0f} µs in an empty grpc.aio server; "
-                f"{per['direct']:.0f} µs in Triton"
+                f"{per['rest']:.0f} µs over REST; {per['direct']:.0f} µs in Triton; empty servers: "
+                f"{per['aio']:.0f} µs grpc.aio, {per['threads']:.0f} µs thread pool, "
+                f"{per['bridged']:.0f} µs thread pool handing each call to an asyncio loop"
             )
     finally:
         for stop in reversed(procs):
@@ -160,6 +204,10 @@ def main() -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--floor"]:
-        asyncio.run(_floor(int(sys.argv[2])))
+        kind, floor_port = sys.argv[2], int(sys.argv[3])
+        if kind == "aio":
+            asyncio.run(_aio_floor(floor_port))
+        else:
+            _thread_floor(floor_port, bridged=kind == "bridged")
     else:
         main()

@@ -228,15 +228,26 @@ def operator(kubeconfig: Path, mlflow_url: str, log: Path) -> Iterator[int]:
         terminate(proc.pid)
 
 
-def _plain_children(namespace: str, name: str, version: str, settings: Settings) -> list[dict[str, Any]]:
-    """The children the operator applies for a new ModelDeployment serving version (its own plan), minus the label
-    that would show them to the operator."""
-    owner = {**_manifest(name), "metadata": {"name": name, "namespace": namespace, "uid": str(uuid.uuid4())}}
-    resolved = rollout.Resolved(stable=version)
-    objs = rollout.plan(owner, resolved, rollout.Observed(), None, settings, datetime.now(UTC)).apply
-    for obj in objs:
+def _plain_plan(owner: dict[str, Any], version: str, settings: Settings) -> rollout.Plan:
+    """The operator's own plan for a new ModelDeployment serving version, its children without the label that
+    would show them to the operator."""
+    p = rollout.plan(owner, rollout.Resolved(stable=version), rollout.Observed(), None, settings, datetime.now(UTC))
+    for obj in p.apply:
         del obj["metadata"]["labels"][MODELDEPLOYMENT]
-    return objs
+    return p
+
+
+def _plain_children(namespace: str, name: str, version: str, settings: Settings) -> list[dict[str, Any]]:
+    owner = {**_manifest(name), "metadata": {"name": name, "namespace": namespace, "uid": str(uuid.uuid4())}}
+    return _plain_plan(owner, version, settings).apply
+
+
+def _delete_all(api: client.ApiClient, namespace: str, written: list[list[dict[str, Any]]]) -> None:
+    """Delete what a plain client wrote, from THREADS threads."""
+    with ThreadPoolExecutor(THREADS) as pool:
+        for objs in written:
+            for obj in objs:
+                pool.submit(kube.delete, api, obj["apiVersion"], obj["kind"], obj["metadata"]["name"], namespace)
 
 
 def plain_client(
@@ -253,10 +264,7 @@ def plain_client(
     with ThreadPoolExecutor(THREADS) as pool:
         list(pool.map(lambda objs: [kube.apply(api, obj) for obj in objs], work))
     elapsed, cpu, own = time.perf_counter() - start, control_plane_cpu(control_plane) - cpu, time.process_time() - own
-    with ThreadPoolExecutor(THREADS) as pool:
-        for objs in work:
-            for obj in objs:
-                pool.submit(kube.delete, api, obj["apiVersion"], obj["kind"], obj["metadata"]["name"], namespace)
+    _delete_all(api, namespace, work)
     return elapsed, cpu, own
 
 
@@ -272,11 +280,8 @@ def plain_writes(api: client.ApiClient, version: str, count: int) -> float:
     def one(name: str) -> list[dict[str, Any]]:
         created = kube.create(api, {**_manifest(name), "metadata": {"name": name, "namespace": namespace}})
         assert created is not None
-        p = rollout.plan(
-            created, rollout.Resolved(stable=version), rollout.Observed(), None, settings, datetime.now(UTC)
-        )
+        p = _plain_plan(created, version, settings)
         for obj in p.apply:
-            del obj["metadata"]["labels"][MODELDEPLOYMENT]
             kube.apply(api, obj)
         kube.write_status(api, created, {}, p.status, p.events, component="bench")
         return [created, *p.apply]
@@ -286,10 +291,7 @@ def plain_writes(api: client.ApiClient, version: str, count: int) -> float:
     with ThreadPoolExecutor(THREADS) as pool:
         written = list(pool.map(one, [f"writes-{i}" for i in range(count)]))
     elapsed = time.perf_counter() - start
-    with ThreadPoolExecutor(THREADS) as pool:
-        for objs in written:
-            for obj in objs:
-                pool.submit(kube.delete, api, obj["apiVersion"], obj["kind"], obj["metadata"]["name"], namespace)
+    _delete_all(api, namespace, written)
     return elapsed
 
 

@@ -698,9 +698,9 @@ def modeldeployment_event(
             metrics.forget_deployment(namespace, name)
             delete_children(context(), namespace, name)
     else:
-        seen = event.get("object") or {}
-        state_of(memo).clock.cadence = clock.Cadence.of(seen.get("spec") or {}, seen.get("status") or {})
-        if not _newer(seen, state_of(memo).body):
+        seen, state = event.get("object") or {}, state_of(memo)
+        state.clock.cadence = clock.Cadence.of(seen.get("spec") or {}, seen.get("status") or {})
+        if not _newer(seen, state.body):
             return  # its own status write coming back: the pass that wrote it saw all there was
         _pass(namespace, name, memo, Watched.of(kwargs), seen)
 
@@ -750,7 +750,7 @@ def featureview_event(event: dict[str, Any], name: str, namespace: str, memo: ko
 
 def _fed_from(memos: Mapping[tuple[str, str], Any], namespace: str, view: str) -> list[str]:
     """The ModelDeployments of namespace whose newest known spec reads features from view. One that no pass has
-    begun yet is not among them, and needs not be: its pass sets its body before it reads the view."""
+    begun yet is not among them, and need not be: its pass sets its body before it reads the view."""
     names = []
     for md_namespace, md_name in list(memos):
         memo = memo_in(memos, md_namespace, md_name) if md_namespace == namespace else None
@@ -804,9 +804,9 @@ async def _clock(executor: Any, indexes: Mapping[str, Any]) -> None:
             for key in list(indexes["md_memos"]):
                 memo = memo_in(indexes["md_memos"], *key)
                 ticks = state_of(memo).clock if memo is not None else None
-                cadence = ticks.cadence if ticks is not None else None
-                if ticks is None or cadence is None:
+                if ticks is None or ticks.cadence is None:
                     continue
+                cadence = ticks.cadence
                 if clock.due(cadence, ticks, now):
                     start(key, memo)
                 elif clock.registry_due(cadence, ticks, now):

@@ -39,7 +39,7 @@ import os
 import re
 import time
 import zlib
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from . import inference_protocol
 from .accesslog import AccessLog
 from .auth import ANONYMOUS, Caller, Forbidden, Tokens, Unauthorized
 from .enrich import Lookup, Stores, Unavailable, entity_request
@@ -319,23 +320,23 @@ class Gateway:
             raise BadRequest("request body inflates past the body limit", 413)
         return plain
 
-    async def infer(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """POST .../infer, served as a bare ASGI app: the hot path skips the framework's routing and
-        request objects, which cost more CPU per call than everything else the gateway does."""
+    async def infer(
+        self, path: str, raw_headers: list[tuple[bytes, bytes]], receive: Receive
+    ) -> tuple[Response, Callable[[int], None]]:
+        """POST .../infer, answered outside the web framework (see :mod:`.inference_protocol`): the framework's
+        routing, request objects and ASGI messages cost more CPU per call than everything else the gateway does.
+        Returns the answer and what settles the call once the answer's body bytes are sent."""
         call = Call(time.perf_counter(), time.time())
-        path = scope["path"]
         match = INFER_PATH.match(path)
         if match is None:
             response = error(404, f"no route for {path}")
         else:
-            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(scope["headers"])}
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(raw_headers)}
             response = await self.answer(call, match["name"], match["version"], headers, receive)
         call.request_id = call.request_id or request_id(None)
         response.raw_headers.append((_REQUEST_ID_KEY, call.request_id.encode("latin-1")))
-        try:
-            await response(scope, receive, send)
-        finally:  # also when the caller went away while the answer was sent
-            self.settle(call, "POST", path, match["name"] if match else None, response, len(response.body))
+        model = match["name"] if match else None
+        return response, lambda sent: self.settle(call, "POST", path, model, response, sent)
 
     async def answer(
         self, call: Call, name: str, version: str | None, headers: Mapping[str, str], receive: Receive
@@ -613,9 +614,9 @@ async def _http_error(_: Request, exc: Exception) -> Response:
     return error(exc.status_code, str(exc.detail), dict(exc.headers or {}))
 
 
-def create_app(settings: Settings) -> ASGIApp:
-    """The gateway's ASGI app: inference requests go straight to the gateway, the rest through FastAPI."""
-    gw = Gateway(settings)
+def create_app(gw: Gateway) -> ASGIApp:
+    """The gateway's ASGI app: everything but inference requests, which its HTTP protocol answers
+    (:func:`serve`)."""
     app = FastAPI(lifespan=gw.lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.add_exception_handler(HTTPException, _http_error)
     add = app.router.add_route
@@ -631,9 +632,7 @@ def create_app(settings: Settings) -> ASGIApp:
         add(prefix, gw.metadata, ["GET"])
 
     async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].endswith("/infer"):
-            await gw.infer(scope, receive, send)
-        elif scope["type"] == "http" and gw.access.enabled and scope["path"].startswith(MODEL_PATHS):
+        if scope["type"] == "http" and gw.access.enabled and scope["path"].startswith(MODEL_PATHS):
             await gw.logged(app, scope, receive, send)
         else:
             await app(scope, receive, send)
@@ -643,16 +642,18 @@ def create_app(settings: Settings) -> ASGIApp:
 
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080) -> None:
     """Run the gateway with uvicorn on uvloop with httptools' parser, named rather than left to uvicorn's "auto": a
-    gateway without them would fall back to pure-Python parsing at about 1.6 times the CPU per request, silently."""
+    gateway without them would fall back to pure-Python parsing at about 1.6 times the CPU per request, silently.
+    uvicorn's httptools protocol runs with inference requests answered by the gateway (:mod:`.inference_protocol`)."""
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    gw = Gateway(settings)
     uvicorn.run(
-        create_app(settings),
+        create_app(gw),
         host=host,
         port=port,
         loop="uvloop",
-        http="httptools",
+        http=inference_protocol.protocol(gw.infer),
         access_log=False,
         log_level="warning",
         proxy_headers=False,

@@ -51,6 +51,62 @@ def test_tritonclient_works_unchanged_through_the_gateway(gateway, triton, regis
     assert pinned.as_numpy(mc.OUTPUT_NAME).shape == (2, 2)
 
 
+def _answer(sock: socket.socket, buffer: bytearray) -> tuple[str, dict[str, str], bytes]:
+    """Read one HTTP/1.1 answer (status line, headers, Content-Length body) from sock; buffer keeps what follows."""
+    while b"\r\n\r\n" not in buffer:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed mid-answer after {bytes(buffer)!r}"
+        buffer += chunk
+    end = buffer.index(b"\r\n\r\n")
+    status, *lines = buffer[:end].decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    stop = end + 4 + int(headers.get("content-length", "0"))
+    while len(buffer) < stop:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed mid-body"
+        buffer += chunk
+    content = bytes(buffer[end + 4 : stop])
+    del buffer[:stop]
+    return status, headers, content
+
+
+def _post(path: str, payload: bytes, *extra: str, version: str = "1.1") -> bytes:
+    head = [f"POST {path} HTTP/{version}", "Host: 127.0.0.1", f"Content-Length: {len(payload)}", *extra, "", ""]
+    return "\r\n".join(head).encode() + payload
+
+
+def test_inference_speaks_http_1_1_as_clients_use_it(gateway, triton, registered):
+    """Pipelined requests, Expect: 100-continue (curl sends it for large bodies), Connection: close and HTTP/1.0:
+    the inference path answers them as any HTTP/1.1 server does."""
+    gw = gateway(table(registered, triton.url))
+    path = f"/v2/models/{registered.name}/infer"
+    ids = [f"req-{i}" for i in range(3)]
+    payloads = [json.dumps({"id": i, **json.loads(body([ROW]))}).encode() for i in ids]
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        buffer = bytearray()
+        sock.sendall(b"".join(_post(path, p) for p in payloads))  # three requests in one write
+        answers = [_answer(sock, buffer) for _ in ids]
+        assert [status for status, _, _ in answers] == ["HTTP/1.1 200 OK"] * 3
+        assert [headers["kubeforge-request-id"] for _, headers, _ in answers] == ids
+        assert all(json.loads(content)["id"] == i for (_, _, content), i in zip(answers, ids, strict=True))
+
+        sock.sendall(_post(path, payloads[0], "Expect: 100-continue")[: -len(payloads[0])])
+        assert _answer(sock, buffer)[0] == "HTTP/1.1 100 Continue"
+        sock.sendall(payloads[0])
+        status, headers, _ = _answer(sock, buffer)
+        assert status == "HTTP/1.1 200 OK" and headers["kubeforge-model-version"] == registered.stable
+
+        sock.sendall(_post(path, b'{"inputs": []}', "Connection: close"))
+        status, headers, content = _answer(sock, buffer)
+        assert status == "HTTP/1.1 400 Bad Request" and "error" in json.loads(content)
+        assert headers["connection"] == "close" and sock.recv(1) == b""  # answered, then closed
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        sock.sendall(_post(path, payloads[1], version="1.0"))
+        status, headers, content = _answer(sock, buffer := bytearray())
+        assert status == "HTTP/1.1 200 OK" and json.loads(content)["id"] == ids[1]
+        assert sock.recv(1) == b""
+
+
 def test_weights_are_honoured(gateway, triton, registered):
     gw = gateway(table(registered, triton.url, canary=(triton.url, 20)))
     n = 1500

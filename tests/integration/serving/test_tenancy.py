@@ -247,3 +247,23 @@ def test_batch_callers_are_turned_away_first_when_the_gateway_fills(gateway, tri
         assert gw.metric("kubeforge_gateway_throttled_total", reason="overload") == 2
     finally:
         hung.close()
+
+
+def test_a_caller_that_goes_away_mid_request_gives_its_tenant_slot_back(gateway, triton, registered, tmp_path):
+    """A caller that stalls mid-body holds its tenant's one slot; once it hangs up, the slot is free again and the
+    access log says what became of the request: nothing was sent back."""
+    path = tmp_path / "access.jsonl"
+    gw = gateway(table(registered, triton.url), tokens(noisy="{maxConcurrent: 1}"), ("--access-log", str(path)))
+    url = f"{gw.url}/v2/models/{registered.name}/infer"
+    head = f"POST /v2/models/{registered.name}/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {SECRETS[1]}\r\n"
+    stalled = socket.create_connection(("127.0.0.1", gw.port))
+    stalled.sendall(f'{head}Content-Length: 1000\r\n\r\n{{"inputs": ['.encode())
+    _wait_for(lambda: gw.metric("kubeforge_gateway_in_flight") == 1, "the stalled request admitted")
+    refused = httpx.post(url, content=body([ROW]), headers=bearer(SECRETS[1]))
+    assert refused.status_code == 429 and refused.json()["limit"] == {"maxConcurrent": 1}
+    stalled.close()
+    _wait_for(lambda: gw.metric("kubeforge_gateway_in_flight") == 0, "the slot given back")
+    assert httpx.post(url, content=body([ROW]), headers=bearer(SECRETS[1])).status_code == 200
+    lines = _wait_for(lambda: path.exists() and len(found := _lines(path.read_text())) == 3 and found, "log")
+    assert [(x["status"], x["tenant"]) for x in lines] == [(429, "noisy"), (400, "noisy"), (200, "noisy")]
+    assert lines[1]["bytes"] == 0 and lines[2]["bytes"] > 0

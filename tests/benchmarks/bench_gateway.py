@@ -9,10 +9,11 @@ request (from /proc), which a machine shared with other work disturbs far less t
 so twice where there are two cores or more: once with every process free to run on any core, and once with Triton
 and the load generator on one core and the gateways on another, as a gateway pod with CPU of its own would run: the
 first says what the hop costs on a machine it shares, the second whether the gateway keeps up with Triton when it is
-not taking Triton's CPU. Then tenancy, at concurrency 1: what tokens, tenant limits and the access log cost (a
-gateway with a YAML token file and an access log file against one with neither), and a tenant's p50/p99 with and
-without a noisy neighbour that its rate limit keeps answering 429 (4 connections sending as fast as they can, from a
-thread of their own). Run from the repository root:
+not taking Triton's CPU. Beside the gateways runs a bare forwarder (tests/benchmarks/forwarder.py): what any Python
+hop costs here, the floor the gateway's figures are read against. Then tenancy, at concurrency 1: what tokens, tenant
+limits and the access log cost (a gateway with a YAML token file and an access log file against one with neither),
+and a tenant's p50/p99 with and without a noisy neighbour that its rate limit keeps answering 429 (4 connections
+sending as fast as they can, from a thread of their own). Run from the repository root:
 .venv/bin/python -m tests.benchmarks.bench_gateway [--tenancy-only]
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import statistics
 import sys
 import tempfile
@@ -100,6 +102,20 @@ def _gateway(work: Path, name: str, routes: dict, stops: list, args: tuple[str, 
     proc = spawn([*argv, "--port", str(port), *args], work / f"{name}.log")
     stops.append(lambda: terminate(proc.pid))
     wait_http(f"http://127.0.0.1:{port}/v2/health/ready", proc, work / f"{name}.log")
+    return port, proc.pid
+
+
+def _forwarder(work: Path, upstream: str, path: str, stops: list) -> tuple[int, int]:
+    """Start the bare forwarder (tests/benchmarks/forwarder.py) in front of upstream's path; its port and pid."""
+    port = free_port()
+    argv = [sys.executable, "-m", "tests.benchmarks.forwarder", str(port), upstream, path]
+    proc = spawn(argv, work / "forwarder.log")
+    stops.append(lambda: terminate(proc.pid))
+    with socket.socket() as probe:
+        deadline = time.monotonic() + 30
+        while probe.connect_ex(("127.0.0.1", port)) != 0:
+            assert time.monotonic() < deadline and proc.poll() is None, (work / "forwarder.log").read_text()
+            time.sleep(0.1)
     return port, proc.pid
 
 
@@ -222,10 +238,11 @@ def _measure(targets: dict[str, tuple[int, str]], gateways: dict[str, tuple[int,
         median = {k: statistics.median(v) for k, v in rps.items()}
         _compare(concurrency, "the gateway", lat["gateway"], lat["direct"], median["gateway"], median["direct"])
         _compare(concurrency, "drift tracking", lat["drift"], lat["gateway"], median["drift"], median["gateway"])
-        off, on = (cpu[k] / len(lat[k]) * 1e6 for k in ("gateway", "drift"))
+        _compare(concurrency, "a bare forwarder", lat["floor"], lat["direct"], median["floor"], median["direct"])
+        off, on, floor = (cpu[k] / len(lat[k]) * 1e6 for k in ("gateway", "drift", "floor"))
         print(
             f"concurrency {concurrency}: gateway CPU per request {off:.0f} µs without drift tracking, "
-            f"{on:.0f} µs with it ({on / off - 1:+.1%})"
+            f"{on:.0f} µs with it ({on / off - 1:+.1%}); the bare forwarder {floor:.0f} µs"
         )
 
 
@@ -268,14 +285,13 @@ def main() -> None:
         assert found is not None and found.drift is not None, "the version has a baseline"
         tracked = {"versions": [{**stable, "drift": found.drift.to_wire()}], "drift": DriftMonitoring().to_wire()}
         infer = "/v2/models/bench/infer"
+        pinned = f"/v2/models/bench/versions/{version}/infer"
         gateways = {
             "gateway": _gateway(work, "gateway", {"models": {"bench": {"versions": [stable]}}}, procs),
             "drift": _gateway(work, "drift", {"models": {"bench": tracked}}, procs),
+            "floor": _forwarder(work, triton.url, pinned, procs),
         }
-        targets = {
-            "direct": (triton.http_port, f"/v2/models/bench/versions/{version}/infer"),
-            **{k: (port, infer) for k, (port, _) in gateways.items()},
-        }
+        targets = {"direct": (triton.http_port, pinned), **{k: (port, infer) for k, (port, _) in gateways.items()}}
         if "--tenancy-only" not in sys.argv[1:]:
             print("Triton, the load generator and the gateways share every core:")
             _measure(targets, gateways)

@@ -19,6 +19,7 @@ from .meta import (
     KubeModel,
     ObjectName,
     PrinterColumn,
+    Quantity,
     RegistryName,
     Resource,
     age_column,
@@ -91,6 +92,25 @@ class TritonRuntime(KubeModel):
     """Model instances per Triton server (instance_group count)."""
     gpus: Annotated[int, Field(ge=0, le=16)] = 0
     """NVIDIA GPUs per Triton replica; instances run as KIND_GPU when > 0."""
+    cpu: Quantity = "1"
+    """CPU requested per Triton replica, e.g. 2 or 500m: what the scheduler sets aside for it and what autoscaling's
+    CPU utilisation is measured against. Requested, not limited: a CPU limit throttles the server in 100 ms
+    periods, which callers see as tail latency."""
+    memory: Quantity = "2Gi"
+    """Memory requested and limited per Triton replica, e.g. 4Gi; a replica that grows past it is restarted. With the
+    python backend each of the instances is a process of its own that loads torch."""
+
+
+class GatewaySpec(KubeModel):
+    """The pod of the inference gateway in front of every version (one gateway per ModelDeployment)."""
+
+    cpu: Quantity = "1"
+    """CPU requested for the gateway, e.g. 2 or 500m. It spends about 0.1-0.25 ms of CPU per one-row request, so
+    with a core of its own it keeps up with a Triton answering thousands a second; requested, not limited, for the
+    same reason as Triton's."""
+    memory: Quantity = "1Gi"
+    """Memory requested and limited for the gateway, e.g. 2Gi; feedback's answers waiting for labels
+    (monitoring.feedback.maxPending, about 450 bytes each) live in it."""
 
 
 class Autoscaling(KubeModel):
@@ -331,7 +351,9 @@ class ModelDeploymentSpec(KubeModel):
     replicas: Annotated[int, Field(ge=0, le=1000)] = 1
     """Triton replicas per version when autoscaling is not set."""
     autoscaling: Autoscaling | None = None
-    """Scale each version's Triton replicas on CPU."""
+    """Scale each version's Triton replicas on CPU (utilisation of runtime.cpu)."""
+    gateway: GatewaySpec = Field(default_factory=GatewaySpec)
+    """CPU and memory of the gateway."""
     canary: Canary | None = None
     """Roll a new version out progressively, gated by metrics."""
     shadow: Shadow | None = None

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc
 from kubernetes import client
+from kubernetes.client.rest import ApiException
 from mlflow import MlflowClient
 
 from kubeforge.core import modelcontract as mc
@@ -227,6 +228,45 @@ def test_invalid_specs_are_refused_naming_the_field(operator: Operator, api: cli
     wait_for(lambda: cond(api, namespace, "bad-steps", "Ready").get("reason") == "InvalidSpec", what="InvalidSpec")
     assert "spec.canary" in cond(api, namespace, "bad-steps", "Ready")["message"]
     assert deployments(api, namespace) == []
+
+
+def test_serving_pods_ask_for_the_cpu_and_memory_the_spec_names(
+    operator: Operator, api: client.ApiClient, namespace: str, mlflow, registry
+) -> None:
+    """Triton's and the gateway's containers request CPU (which autoscaling's utilisation is measured against; an
+    HPA on pods without a CPU request never scales) and request and limit memory, as the spec says or by default;
+    a quantity that is not one is refused by the API server, naming the field."""
+    model(mlflow, registry, "sized", [0.0], {"champion": 1})
+    create_md(
+        api,
+        namespace,
+        "sized",
+        model={"name": "sized", "alias": "champion"},
+        runtime={"cpu": "2", "memory": "3Gi"},
+        gateway={"cpu": "500m", "memory": "768Mi"},
+        autoscaling={"minReplicas": 1, "maxReplicas": 3},
+    )
+    create_md(api, namespace, "plain", model={"name": "sized", "alias": "champion"})
+    want = ["plain-gateway", "plain-v1", "sized-gateway", "sized-v1"]
+    wait_for(lambda: deployments(api, namespace) == want, what="children")
+    apps = client.AppsV1Api(api)
+
+    def resources(deployment: str) -> list[tuple[dict[str, str], dict[str, str]]]:
+        pod = apps.read_namespaced_deployment(deployment, namespace).spec.template.spec
+        containers = [*(pod.init_containers or []), *pod.containers]
+        return [(c.resources.requests, c.resources.limits) for c in containers]
+
+    triton = ({"cpu": "2", "memory": "3Gi"}, {"memory": "3Gi"})
+    assert resources("sized-v1") == [triton, triton], "the exporting init container asks for what Triton does"
+    assert resources("sized-gateway") == [({"cpu": "500m", "memory": "768Mi"}, {"memory": "768Mi"})]
+    assert resources("plain-v1")[1] == ({"cpu": "1", "memory": "2Gi"}, {"memory": "2Gi"})
+    assert resources("plain-gateway") == [({"cpu": "1", "memory": "1Gi"}, {"memory": "1Gi"})]
+    hpa = client.AutoscalingV1Api(api).read_namespaced_horizontal_pod_autoscaler("sized-v1", namespace).spec
+    assert (hpa.scale_target_ref.name, hpa.min_replicas, hpa.max_replicas) == ("sized-v1", 1, 3)
+
+    with pytest.raises(ApiException) as refused:
+        create_md(api, namespace, "greedy", model={"name": "sized", "version": 1}, gateway={"cpu": "a lot"})
+    assert refused.value.status == 422 and "spec.gateway.cpu" in refused.value.body
 
 
 def test_deleting_removes_everything_it_created_and_leaves_mlflow(

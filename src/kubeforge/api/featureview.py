@@ -19,6 +19,7 @@ from .meta import (
     Duration,
     KubeModel,
     PrinterColumn,
+    Quantity,
     Resource,
     UniqueNames,
     age_column,
@@ -77,6 +78,10 @@ class Materialization(KubeModel):
     """How often to materialize new data: a run is due this long after the last one started."""
     suspend: bool = False
     """Stop scheduled runs; a run asked for with the kubeforge.dev/materialize-now annotation still happens."""
+    cpu: Quantity = "1"
+    """CPU requested and limited for each run's Job, e.g. 2 or 500m."""
+    memory: Quantity = "2Gi"
+    """Memory requested and limited for each run's Job, e.g. 4Gi: a run holds the window of the source it copies."""
 
 
 # Lists of named items are maps keyed by name: the API server rejects a name given twice.

@@ -121,6 +121,8 @@ def test_materializes_serves_online_and_leaves_the_registry_when_deleted(
     assert wait_for(lambda: run_finished(api, ns, "spend", 2), FIRST_RUN, "run 2") == "Succeeded"
     assert status(api, ns, "spend")["materializeNow"] == "once-more"
     assert jobs(api, ns) == ["spend-mat-1", "spend-mat-2"]
+    job = client.BatchV1Api(api).read_namespaced_job("spend-mat-2", ns).spec.template.spec.containers[0]
+    assert job.resources.requests == job.resources.limits == {"cpu": "1", "memory": "2Gi"}  # the defaults
 
     client.CustomObjectsApi(api).delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "spend")
 
@@ -177,13 +179,16 @@ def test_a_failing_run_reports_the_column_and_the_next_run_recovers(
 ) -> None:
     ns = runner_namespace
     path = write_source(tmp_path / "spend.parquet")
-    create_fv(api, ns, "spend", path, materialization={"interval": "1h", "suspend": True})
+    sized = {"interval": "1h", "suspend": True, "cpu": "500m", "memory": "1Gi"}
+    create_fv(api, ns, "spend", path, materialization=sized)
     wait_for(lambda: condition(api, ns, "spend").get("reason") == "MaterializationSuspended", FIRST_RUN, "suspended")
     assert jobs(api, ns) == []
 
     write_source(path, spend="amount")  # the column is renamed after the view was registered
     annotate(api, ns, "spend", "1")
     assert wait_for(lambda: run_finished(api, ns, "spend", 1), FIRST_RUN, "run 1") == "Failed"
+    job = client.BatchV1Api(api).read_namespaced_job("spend-mat-1", ns).spec.template.spec.containers[0]
+    assert job.resources.requests == job.resources.limits == {"cpu": "500m", "memory": "1Gi"}
     cond = condition(api, ns, "spend")
     assert (cond["status"], cond["reason"]) == ("False", "SchemaMismatch")
     assert "spend-mat-1" in cond["message"] and "column 'spend' is not in" in cond["message"]

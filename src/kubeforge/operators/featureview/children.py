@@ -44,6 +44,8 @@ def job(owner: dict[str, Any], spec: FeatureViewSpec, run: int, settings: Settin
         {"name": TERMINATION_LOG_ENV, "value": TERMINATION_LOG},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
+    run_size = spec.materialization
+    amounts = {"cpu": str(run_size.cpu), "memory": str(run_size.memory)}
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": settings.materializer_image,
@@ -51,6 +53,7 @@ def job(owner: dict[str, Any], spec: FeatureViewSpec, run: int, settings: Settin
         "env": env,
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
+        "resources": {"requests": amounts, "limits": amounts},
     }
     pod_spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
     if settings.feature_store_pvc:

@@ -229,6 +229,17 @@ def test_promotion_leaves_the_canary_pods_untouched() -> None:
     assert template(after) == template(before), "a changed pod template would restart the new stable's Triton"
 
 
+def test_a_gpu_runtime_asks_for_its_gpus_once_per_pod_and_no_cpu_limit() -> None:
+    p = run(md(runtime={"gpus": 2, "cpu": "4", "memory": "16Gi"}), Resolved(stable="1"))
+    pod = next(o for o in p.apply if o["metadata"]["name"] == "clf-v1" and o["kind"] == "Deployment")["spec"]
+    triton, exporter = pod["template"]["spec"]["containers"][0], pod["template"]["spec"]["initContainers"][0]
+    assert triton["resources"] == {
+        "requests": {"cpu": "4", "memory": "16Gi"},
+        "limits": {"memory": "16Gi", "nvidia.com/gpu": "2"},
+    }
+    assert exporter["resources"]["limits"] == {"memory": "16Gi"}, "the exporter runs before Triton, on no GPU"
+
+
 CANARY_DOWN = Observed(frozenset({"1", "3"}), {v: URLS[v] for v in ("1", "3")}, True, "http://127.0.0.1:8080", True)
 STABLE_DOWN = Observed(frozenset({"2", "3"}), {v: URLS[v] for v in ("2", "3")}, True, "http://127.0.0.1:8080", True)
 NO_DATA = [{"name": "error-rate", "threshold": "<= 0.01"}]

@@ -22,7 +22,7 @@ from typing import Any
 from kubernetes import client
 
 from ...core import kube
-from ...operators import labels
+from ...operators import labels, resources
 from .. import monitoring
 from . import deployments, endpoints, gc, jobs, pods, scrape
 from .executables import Executables
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 COMPONENT = "kubeforge-local-runner"
 MANAGED = "kubeforge-operator"
-GPU = "nvidia.com/gpu"
+GPU = resources.GPU
 NOT_RUN = f"not labelled {labels.MANAGED_BY}={MANAGED}: the local runtime only runs kubeforge's own workloads"
 KINDS = (("batch/v1", "Job", jobs.sync), ("apps/v1", "Deployment", deployments.sync))
 GC_INTERVAL = 5.0

@@ -25,7 +25,7 @@ from ...api import ModelDeployment
 from ...core.kube import owner_reference
 from ...monitoring import rules
 from ...serving.routes import FeatureRoute, ModelRoute, RouteTable, VersionRoute
-from .. import labels
+from .. import labels, resources
 from ..settings import Settings
 
 REPO_MOUNT = "/models"
@@ -95,13 +95,6 @@ def _service(owner: dict[str, Any], name: str, component: str, selector: dict[st
     }
 
 
-def _resources(cpu: int | str, memory: int | str) -> dict[str, Any]:
-    """CPU requested and memory requested and limited: a CPU limit would throttle a server in 100 ms periods, which
-    its callers see as tail latency, while memory past its limit restarts the container rather than the node's
-    other pods running short."""
-    return {"requests": {"cpu": str(cpu), "memory": str(memory)}, "limits": {"memory": str(memory)}}
-
-
 def triton_deployment(
     owner: dict[str, Any], md: ModelDeployment, model: str, version: str, role: str, settings: Settings
 ) -> dict[str, Any]:
@@ -111,9 +104,6 @@ def triton_deployment(
     selector = {labels.MODELDEPLOYMENT: owner["metadata"]["name"], labels.MODEL_VERSION: version}
     # The role stays off the pod template: promoting a canary must not restart its Triton.
     pod_labels = {**labels.common("triton"), **selector}
-    resources = _resources(rt.cpu, rt.memory)
-    if rt.gpus:
-        resources["limits"]["nvidia.com/gpu"] = str(rt.gpus)
     exporter = {
         "name": "export",
         "image": settings.gateway_image,
@@ -135,7 +125,7 @@ def triton_deployment(
         "env": [{"name": "MLFLOW_TRACKING_URI", "value": settings.mlflow_tracking_uri}],
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [{"name": "models", "mountPath": REPO_MOUNT}],
-        "resources": _resources(rt.cpu, rt.memory),  # runs before Triton: the pod asks for no more
+        "resources": resources.server(rt.cpu, rt.memory),  # runs before Triton: the pod asks for no more
     }
     triton = {
         "name": "triton",
@@ -159,7 +149,7 @@ def triton_deployment(
         "ports": _container_ports(PORTS),
         "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 2},
         "volumeMounts": [{"name": "models", "mountPath": REPO_MOUNT}],
-        "resources": resources,
+        "resources": resources.server(rt.cpu, rt.memory, rt.gpus),
     }
     return {
         "apiVersion": "apps/v1",
@@ -305,7 +295,7 @@ def gateway_deployment(owner: dict[str, Any], md: ModelDeployment, settings: Set
         "ports": _container_ports(GATEWAY_PORTS),
         "readinessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 2},
         "volumeMounts": mounts,
-        "resources": _resources(md.spec.gateway.cpu, md.spec.gateway.memory),
+        "resources": resources.server(md.spec.gateway.cpu, md.spec.gateway.memory),
     }
     return {
         "apiVersion": "apps/v1",

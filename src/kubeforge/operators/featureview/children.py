@@ -14,7 +14,7 @@ from typing import Any
 from ...api import FeatureViewSpec
 from ...core.kube import owner_reference
 from ...featurestore.commands import SPEC_ENV, TERMINATION_LOG_ENV
-from .. import labels
+from .. import labels, resources
 from ..settings import Settings
 
 FEATUREVIEW = "kubeforge.dev/featureview"
@@ -45,7 +45,6 @@ def job(owner: dict[str, Any], spec: FeatureViewSpec, run: int, settings: Settin
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
     run_size = spec.materialization
-    amounts = {"cpu": str(run_size.cpu), "memory": str(run_size.memory)}
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": settings.materializer_image,
@@ -53,7 +52,7 @@ def job(owner: dict[str, Any], spec: FeatureViewSpec, run: int, settings: Settin
         "env": env,
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "resources": {"requests": amounts, "limits": amounts},
+        "resources": resources.run(run_size.cpu, run_size.memory),
     }
     pod_spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
     if settings.feature_store_pvc:

@@ -19,7 +19,7 @@ import yaml
 from ...api import TrainingJob
 from ...api.trainingjob import INTENDED_USE_ANNOTATION, LIMITATIONS_ANNOTATION, QUEUE_NAME_LABEL
 from ...core.kube import Capabilities, owner_reference
-from .. import labels
+from .. import labels, resources
 from ..settings import Settings
 
 SPEC_MOUNT = "/etc/kubeforge"
@@ -96,15 +96,6 @@ def headless_service(owner: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _resources(tj: TrainingJob) -> dict[str, Any]:
-    res = tj.spec.resources
-    amounts: dict[str, Any] = {"cpu": str(res.cpu), "memory": str(res.memory)}
-    limits = dict(amounts)
-    if res.gpus:
-        limits["nvidia.com/gpu"] = str(res.gpus)
-    return {"requests": amounts, "limits": limits}
-
-
 def _command(owner: dict[str, Any], tj: TrainingJob, attempt: int) -> list[str]:
     files = ["--spec", f"{SPEC_MOUNT}/{SPEC_FILE}"]
     if tj.spec.dataset.feature_view is not None:
@@ -165,7 +156,7 @@ def job(
                 "image": tj.spec.image or settings.trainer_image,
                 "command": _command(owner, tj, attempt),
                 "env": env,
-                "resources": _resources(tj),
+                "resources": resources.run(tj.spec.resources.cpu, tj.spec.resources.memory, tj.spec.resources.gpus),
                 "volumeMounts": [{"name": "spec", "mountPath": SPEC_MOUNT, "readOnly": True}],
                 "terminationMessagePath": TERMINATION_LOG,
                 "terminationMessagePolicy": "FallbackToLogsOnError",

@@ -350,6 +350,9 @@ class Gateway:
         except Throttled as refused:
             call.throttled = refused.reason
             return throttled(refused)
+        except Exception:  # a fault in the gateway itself: answered, logged and counted like any other answer
+            log.exception("inference request %s for model %s failed in the gateway", call.request_id, name)
+            return error(500, "internal error in the gateway; its log has the traceback")
 
     def settle(self, call: Call, method: str, path: str, model: str | None, response: Response, sent: int) -> None:
         """Count an answered inference request against its tenant and write its access log line."""

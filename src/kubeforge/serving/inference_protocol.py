@@ -32,9 +32,12 @@ def protocol(infer: Infer) -> type[HttpToolsProtocol]:
 
     class InferenceProtocol(HttpToolsProtocol):
         def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGIApp) -> None:
-            """Where uvicorn starts a request's ASGI task, start the gateway's own for an inference request."""
+            """Where uvicorn starts a request's ASGI task, start the gateway's own for an inference request.
+
+            uvicorn passes another app than its own when it refuses the request (``limit_concurrency``): that stays
+            uvicorn's to answer."""
             scope = cycle.scope
-            if scope["method"] != "POST" or not scope["path"].endswith("/infer"):
+            if app is not self.app or scope["method"] != "POST" or not scope["path"].endswith("/infer"):
                 super()._start_asgi_task(cycle, app)
                 return
             task = self.loop.create_task(self._infer(cycle))

@@ -13,6 +13,7 @@ of shutdown chatter.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 # Waiting reasons of a container that is on its way to running: nothing is wrong (yet).
@@ -48,6 +49,12 @@ _TROUBLE = re.compile(
     r"error|fail|exception|fatal|not found|no such|denied|refused|invalid|cannot|can't|unable|killed", re.I
 )
 MAX_MESSAGE = 1024
+OOM_KILLED = "OOMKilled"
+
+
+def out_of_memory(field: str | None) -> str:
+    """What a container the kernel killed at its memory limit failed of, and the fix: its log tail seldom says."""
+    return f"killed at its memory limit; raise {field or 'the container memory limit'}"
 
 
 def _clean(line: str) -> str:
@@ -76,33 +83,43 @@ def meaningful_line(log: str | None) -> str:
     return _clean(best) if best else ""
 
 
-def _container_failure(pod: str, status: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
+def _container_failure(
+    pod: str, status: dict[str, Any], memory_fields: Mapping[str, str]
+) -> tuple[int, dict[str, Any]] | None:
     """(severity, failure) of one container status, or None when the container is fine."""
     state, last = status.get("state") or {}, (status.get("lastState") or {}).get("terminated")
     name = status.get("name")
     if (waiting := state.get("waiting")) and waiting.get("reason") not in STARTING | {None}:
         reason = waiting["reason"]
         # A crash loop's own message is a back-off countdown; why it crashes is in the last termination.
-        message = meaningful_line((last or {}).get("message"))
+        message = _why_ended(last, name, memory_fields) if last else ""
         if not message and reason != "CrashLoopBackOff":
             message = waiting.get("message") or ""
         return 3, _failure(reason, name, pod, (last or {}).get("exitCode"), message, (last or {}).get("finishedAt"))
     if (ended := state.get("terminated")) and ended.get("exitCode"):
-        return 3, _ended(ended, name, pod)
+        return 3, _ended(ended, name, pod, memory_fields)
     if last and last.get("exitCode") and not status.get("ready"):
         # Restarted after a crash and not ready (again): the crash is the best guess why.
-        return 1, _ended(last, name, pod)
+        return 1, _ended(last, name, pod, memory_fields)
     return None
 
 
-def _ended(terminated: dict[str, Any], container: str, pod: str) -> dict[str, Any]:
+def _why_ended(terminated: dict[str, Any], container: str | None, memory_fields: Mapping[str, str]) -> str:
+    if terminated.get("reason") == OOM_KILLED:
+        return out_of_memory(memory_fields.get(container or ""))
+    return meaningful_line(terminated.get("message"))
+
+
+def _ended(
+    terminated: dict[str, Any], container: str | None, pod: str, memory_fields: Mapping[str, str]
+) -> dict[str, Any]:
     """The failure a container's terminated record (state or lastState) describes."""
     return _failure(
         terminated.get("reason") or "Error",
         container,
         pod,
         terminated["exitCode"],
-        meaningful_line(terminated.get("message")),
+        _why_ended(terminated, container, memory_fields),
         terminated.get("finishedAt"),
     )
 
@@ -116,7 +133,7 @@ def _failure(
     return {k: v for k, v in out.items() if v is not None}
 
 
-def _pod_failures(pod: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
+def _pod_failures(pod: dict[str, Any], memory_fields: Mapping[str, str]) -> list[tuple[int, dict[str, Any]]]:
     meta, status = pod.get("metadata") or {}, pod.get("status") or {}
     name = meta.get("name") or ""
     found = []
@@ -128,18 +145,19 @@ def _pod_failures(pod: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
             found.append((2, _failure(cond["reason"], None, name, None, message, cond.get("lastTransitionTime"))))
     for key in ("initContainerStatuses", "containerStatuses"):
         for container in status.get(key) or []:
-            if (failure := _container_failure(name, container)) is not None:
+            if (failure := _container_failure(name, container, memory_fields)) is not None:
                 found.append(failure)
     return found
 
 
-def pick(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+def pick(pods: list[dict[str, Any]], memory_fields: Mapping[str, str] | None = None) -> dict[str, Any] | None:
     """The most relevant failure among pods (wire-format dicts), or None when none of them fails.
 
     A pod the node gave up on (evicted) outranks a container that cannot run (waiting for a bad reason, or
     terminated with a non-zero exit code), which outranks a pod that cannot be scheduled, which outranks a
     container that crashed before and is not ready since; among equals the most recent wins. Pods being
-    deleted are skipped: their containers are stopped on purpose.
+    deleted are skipped: their containers are stopped on purpose. memory_fields names, per container, the spec
+    field that sets its memory limit: the fix a container killed at that limit names.
 
     The result has reason, pod, message and, where they apply, container, exitCode and time (RFC 3339).
     """
@@ -147,7 +165,7 @@ def pick(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
         f
         for pod in sorted(pods, key=lambda p: (p.get("metadata") or {}).get("name") or "")
         if not (pod.get("metadata") or {}).get("deletionTimestamp")
-        for f in _pod_failures(pod)
+        for f in _pod_failures(pod, memory_fields or {})
     ]
     if not found:
         return None

@@ -114,11 +114,28 @@ def test_a_trainer_that_exited_with_code_1_reports_exit_code_and_termination_mes
     assert failure["message"] == "spec.dataset.target: column 'species' not found in /data/iris.csv"
 
 
-def test_oom_killed_without_a_message_says_so_once() -> None:
-    oom = {"name": "trainer", "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}
-    failure = podfailure.pick([pod("p", oom)])
+def test_oom_killed_names_the_field_that_sets_the_limit() -> None:
+    oom = {"name": "trainer", "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled", "message": "epoch 3"}}}
+    failure = podfailure.pick([pod("p", oom)], {"trainer": "spec.resources.memory"})
     assert failure is not None
-    assert podfailure.describe(failure) == "container trainer OOMKilled, exit code 137"
+    assert podfailure.describe(failure) == (
+        "container trainer OOMKilled, exit code 137: killed at its memory limit; raise spec.resources.memory"
+    )
+    unnamed = podfailure.pick([pod("p", oom)])
+    assert unnamed is not None and unnamed["message"] == "killed at its memory limit; raise the container memory limit"
+
+
+def test_a_crash_loop_of_oom_kills_says_out_of_memory_between_crashes_too() -> None:
+    """The kubelet reports a crash-looping container as waiting, its OOM kill only in lastState."""
+    fields = {"triton": "spec.runtime.memory"}
+    looping = crash_looping("triton", TRITON_TAIL)
+    looping["lastState"]["terminated"].update(exitCode=137, reason="OOMKilled")
+    waiting = podfailure.pick([pod("v1-abc", looping)], fields)
+    running_again = {**looping, "state": {"running": {}}, "ready": False}
+    restarted = podfailure.pick([pod("v1-abc", running_again)], fields)
+    assert waiting is not None and restarted is not None
+    assert waiting["message"] == restarted["message"] == "killed at its memory limit; raise spec.runtime.memory"
+    assert podfailure.newer(waiting, restarted, "2026-01-01T00:00:00Z") is None, "the same failure, not news"
 
 
 def test_an_image_that_cannot_be_pulled_reports_the_kubelets_message_and_no_exit_code() -> None:

@@ -206,6 +206,17 @@ def test_a_crash_reports_the_tail_of_the_log() -> None:
     assert "line 16" in cond(b)["message"] and "line 15" not in cond(b)["message"]
 
 
+def test_a_run_killed_at_its_memory_limit_names_the_field_to_raise() -> None:
+    b = body()
+    job = finished(step(b).apply[0], "Failed")
+    killed = pod(job, "materializing spend: 2,000,000 rows")
+    killed["status"]["containerStatuses"][0]["state"]["terminated"].update(exitCode=137, reason="OOMKilled")
+    p = step(b, [job], pods=[killed])
+    assert cond(b)["reason"] == "MaterializationFailed"
+    assert "killed at its memory limit; raise spec.materialization.memory" in cond(b)["message"]
+    assert p.finished == ("failed", 0)
+
+
 def test_a_deleted_job_counts_as_a_failed_run() -> None:
     b = body()
     step(b)

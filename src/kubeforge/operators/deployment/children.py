@@ -37,6 +37,8 @@ PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 GATEWAY_PORT = 8080
 GATEWAY_PORTS = {"http": GATEWAY_PORT, "grpc": 8081}
 """The gateway's ports: the Open Inference Protocol over REST and over gRPC (tritonclient.grpc, perf_analyzer)."""
+MEMORY_FIELDS = {"export": "spec.runtime.memory", "triton": "spec.runtime.memory", "gateway": "spec.gateway.memory"}
+"""The spec field that sets each container's memory limit: what a container killed at it is told to raise."""
 
 
 def version_name(md: str, version: str) -> str:

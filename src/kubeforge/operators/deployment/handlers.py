@@ -419,7 +419,8 @@ def observe(ctx: Context, body: dict[str, Any], watched: Watched) -> Observed:
         parts: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for part, pod in list(watched.pods.get(key, ())):
             parts[part].append(pod)
-        failures = {part: failure for part, pods in parts.items() if (failure := podfailure.pick(pods)) is not None}
+        picked = {part: podfailure.pick(pods, children.MEMORY_FIELDS) for part, pods in parts.items()}
+        failures = {part: failure for part, failure in picked.items() if failure is not None}
     return Observed(ready, urls, gateway_ready, gateway_url, model_ready, failures=failures, gateway_grpc=gateway_grpc)
 
 

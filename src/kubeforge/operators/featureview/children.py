@@ -24,6 +24,8 @@ RUN = "kubeforge.dev/materialization"
 COMPONENT = "materialization"
 TERMINATION_LOG = "/dev/termination-log"
 CONTAINER = "materialize"
+MEMORY_FIELD = "spec.materialization.memory"
+"""The spec field that sets the container's memory limit: what a run killed at it is told to raise."""
 MAX_NAME = 63 - len("-mat-99999")
 """Longest FeatureView name whose Job names stay valid label values (63 characters) for 99999 runs."""
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from ...api import FeatureView, FeatureViewSpec, InvalidResource, parse
 from ...api.meta import duration_seconds
+from ...core import podfailure
 from ...core.conditions import FALSE, TRUE, UNKNOWN, StatusDraft, get_condition, is_true, parse_rfc3339, rfc3339
 from ...featurestore.errors import SchemaMismatch, SourceNotFound
 from ..settings import Settings
@@ -169,8 +170,8 @@ def _tail(text: str) -> str:
     return "\n".join(lines[-LOG_TAIL_LINES:])[-2000:]
 
 
-def _termination_message(job: dict[str, Any], pods: list[dict[str, Any]]) -> str | None:
-    """The termination message of the Job's materialization container, None while it has not terminated."""
+def _terminated(job: dict[str, Any], pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """How the Job's materialization container terminated (reason, message), None while it has not."""
     uid = job["metadata"]["uid"]
     for pod in pods:
         if not any(ref.get("uid") == uid for ref in pod["metadata"].get("ownerReferences") or []):
@@ -178,7 +179,7 @@ def _termination_message(job: dict[str, Any], pods: list[dict[str, Any]]) -> str
         for container in (pod.get("status") or {}).get("containerStatuses") or []:
             ended = (container.get("state") or {}).get("terminated")
             if container.get("name") == children.CONTAINER and ended:
-                return str(ended.get("message") or "")
+                return ended
     return None
 
 
@@ -193,13 +194,17 @@ def read_result(job: dict[str, Any], pods: list[dict[str, Any]], now: datetime) 
     details of a success: what the program wrote (rows, windowEnd, ...), or {} when the pod is gone and its
     result with it. Of a failure: reason and message (the source's problem, or the tail of the log).
     """
-    text = _termination_message(job, pods)
+    ended = _terminated(job, pods)
+    text = None if ended is None else str(ended.get("message") or "")
     if _finished(job) == "Complete":
         found = _message(text or "")
         if found is not None and "windowEnd" in found:
             return True, found
         done = parse_rfc3339((job.get("status") or {}).get("completionTime")) or now
         return (True, {}) if now - done > RESULT_GRACE else None
+    if ended is not None and ended.get("reason") == podfailure.OOM_KILLED:
+        why = podfailure.out_of_memory(children.MEMORY_FIELD)
+        return False, {"reason": MATERIALIZATION_FAILED, "message": f"the Job's container was {why}"}
     found = _message(text or "") or _message(_job_failure(job)) or {}
     if found.get("reason") in (SOURCE_NOT_FOUND, SCHEMA_MISMATCH):
         return False, {"reason": found["reason"], "message": str(found.get("message") or "")}

@@ -27,6 +27,9 @@ SPEC_FILE = "trainingjob.yaml"
 FEATUREVIEW_FILE = "featureview.yaml"
 RENDEZVOUS_PORT = 29500
 TERMINATION_LOG = "/dev/termination-log"
+CONTAINER = "trainer"
+MEMORY_FIELDS = {CONTAINER: "spec.resources.memory"}
+"""The spec field that sets the trainer's memory limit: what a trainer killed at it is told to raise."""
 
 
 def spec_configmap_name(name: str) -> str:
@@ -152,7 +155,7 @@ def job(
         "restartPolicy": "Never",
         "containers": [
             {
-                "name": "trainer",
+                "name": CONTAINER,
                 "image": tj.spec.image or settings.trainer_image,
                 "command": _command(owner, tj, attempt),
                 "env": env,

@@ -26,6 +26,7 @@ from .. import metrics
 from ..labels import ATTEMPT, TRAININGJOB
 from ..memos import memo_in, run_pass, unsettled
 from ..runtime import context
+from . import children
 from .plan import TERMINAL, due_by_time, not_applied, plan, pods_worth_reading, with_registration
 
 GROUP, VERSION = API_VERSION.split("/")
@@ -47,7 +48,8 @@ def _attempt_failure(api: kube.KubeApi, body: dict[str, Any], job: dict[str, Any
     selector = f"{TRAININGJOB}={meta['name']},{ATTEMPT}={job['metadata']['labels'].get(ATTEMPT, '')}"
     pods = kube.list_objects(api, "v1", "Pod", meta["namespace"], selector)
     uid = job["metadata"]["uid"]
-    return podfailure.pick([p for p in pods if (kube.controller_of(p) or {}).get("uid") == uid])
+    owned = [p for p in pods if (kube.controller_of(p) or {}).get("uid") == uid]
+    return podfailure.pick(owned, children.MEMORY_FIELDS)
 
 
 @metrics.reconciled(KIND)

@@ -24,16 +24,6 @@ ANNOTATION_PREFIX = "kopf.kubeforge.dev"
 PODS_SELECTOR = f"{PART_OF}=kubeforge"
 """The pods the operators watch: kubeforge's own (trainers, Triton, gateways, materialization), whichever kind
 owns them. One selector for all: kopf joins every selector set for a resource with AND."""
-WORKERS = 100
-"""Objects of one kind whose events kopf works on at once (kopf: no limit). At the limit kopf stops reading that
-kind's watch stream until a worker is done, so the events of a burst wait in the API server's watch rather than
-decoded and queued in the operator's memory: 500 ModelDeployments created at once converge as fast, in 101 MB instead
-of 153 (docs/benchmarks.md, Round nine). No pass is held back by it: passes run on kopf's thread pool, which
-is smaller still."""
-WORKER_IDLE_S = 0.5
-"""How long a worker waits for its object's next event before it gives its place back (kopf: 5 s): long enough for
-the event of the operator's own status write to find it, short enough that workers with nothing to do do not hold
-up a burst."""
 
 
 @dataclass(frozen=True)
@@ -84,8 +74,6 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.label_selectors[("v1", "pods")] = PODS_SELECTOR
     settings.networking.request_timeout = 30
-    settings.queueing.worker_limit = WORKERS
-    settings.queueing.idle_timeout = WORKER_IDLE_S
     context()
 
 

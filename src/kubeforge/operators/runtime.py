@@ -24,6 +24,10 @@ ANNOTATION_PREFIX = "kopf.kubeforge.dev"
 PODS_SELECTOR = f"{PART_OF}=kubeforge"
 """The pods the operators watch: kubeforge's own (trainers, Triton, gateways, materialization), whichever kind
 owns them. One selector for all: kopf joins every selector set for a resource with AND."""
+EXECUTOR = "kubeforge.executor"
+"""Key of kopf's thread pool in every object's memo (kopf copies the operator's memo into each): a handler that
+decides on kopf's loop runs its pass there, as kopf runs its sync handlers. kopf gives its settings to activities
+only, not to resource handlers."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,7 @@ class EssenceStorage(kopf.AnnotationsDiffBaseStorage):
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
     settings.persistence.diffbase_storage = EssenceStorage(prefix=ANNOTATION_PREFIX, key="last-handled-configuration")
     settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/finalizer"
@@ -74,6 +78,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.label_selectors[("v1", "pods")] = PODS_SELECTOR
     settings.networking.request_timeout = 30
+    memo[EXECUTOR] = settings.execution.executor
     context()
 
 

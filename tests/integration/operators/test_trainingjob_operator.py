@@ -219,6 +219,19 @@ def test_a_completed_job_fills_in_the_registered_version_from_mlflow(
     wait_for(lambda: "ModelRegistered" in event_reasons(api, namespace, "cancer"), what="event ModelRegistered")
 
 
+def test_a_trainingjob_past_its_deadline_fails_though_no_event_comes(
+    operator: Operator, api: client.ApiClient, namespace: str
+) -> None:
+    """Its Job never runs here (no kubelet), so nothing but the operator's timer sees the deadline pass."""
+    create_tj(api, namespace, "slow", activeDeadlineSeconds=3)
+    wait_for(lambda: jobs(api, namespace) == ["slow-a1"], what="Job slow-a1")
+    wait_for(lambda: status(api, namespace, "slow").get("phase") == "Failed", 45, "phase Failed past the deadline")
+    assert condition(api, namespace, "slow")["reason"] == "DeadlineExceeded"
+    assert "activeDeadlineSeconds=3 passed" in condition(api, namespace, "slow")["message"]
+    wait_for(lambda: jobs(api, namespace) == [], 30, "the running attempt's Job deleted")
+    assert "DeadlineExceeded" in event_reasons(api, namespace, "slow")
+
+
 def test_a_running_trainingjob_costs_no_passes_until_something_happens(
     controlplane, mlflow, api: client.ApiClient, namespace: str, tmp_path
 ) -> None:

@@ -25,7 +25,7 @@ from ...core.mlflow_rest import MLflowError, MLflowRegistry, ModelVersion
 from .. import metrics
 from ..labels import ATTEMPT, TRAININGJOB
 from ..memos import memo_in, run_pass, unsettled
-from ..runtime import context
+from ..runtime import EXECUTOR, context
 from . import children
 from .plan import TERMINAL, due_by_time, not_applied, plan, pods_worth_reading, with_registration
 
@@ -142,13 +142,10 @@ async def trainingjob_timer(
     memo: kopf.Memo,
     logger: Any,
     retry: int,
-    settings: kopf.OperatorSettings,
     **_: Any,
 ) -> None:
     """Passes no event starts (see the module's docstring). Decided on kopf's loop, so a tick with none due
     costs no hop to a worker thread either; a pass runs in kopf's thread pool like the event handlers'."""
     if retry or unsettled(memo) or due_by_time(status, spec, datetime.now(UTC)):
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(
-            settings.execution.executor, run_pass, memo, reconcile, namespace, name, memo, logger, retry
-        )
+        await loop.run_in_executor(memo[EXECUTOR], run_pass, memo, reconcile, namespace, name, logger, retry)

@@ -219,8 +219,14 @@ def test_route_table_hot_reloads_under_load_and_refuses_malformed_ones(gateway, 
     def reloads() -> float:
         return sum(gw.metric("kubeforge_route_table_reloads_total", file="routes", result=r) for r in ("ok", "failed"))
 
+    answered: list[int] = []  # request indexes in the order their answers came back
+    old_table_only: list[int] = []
+
     async def swap(i: int) -> None:
+        answered.append(i)
         if i in (100, 200, 300):
+            if i == 100:
+                old_table_only[:] = answered
             before = reloads()
             gw.write(tables[(i // 100) - 1])
             # Each table must be seen before the next replaces it (the file is polled every second).
@@ -230,8 +236,9 @@ def test_route_table_hot_reloads_under_load_and_refuses_malformed_ones(gateway, 
 
     results = send(infer_url(gw), [(body([ROW]), {})] * 500, concurrency=8, on_done=swap)
     assert all(r.status == 200 for r in results)
-    # Well before the swap at the 100th answer (a straggler among the first 80 can land after it).
-    assert {r.version for r in results[:50]} == {registered.stable}
+    # Everything answered before the first new table was written came from the old one: no canary yet.
+    assert len(old_table_only) >= 90
+    assert {results[i].version for i in old_table_only} == {registered.stable}
     time.sleep(0.5)
     assert gw.metric("kubeforge_route_table_reloads_total", file="routes", result="failed") == 2
     assert gw.metric("kubeforge_route_table_reloads_total", file="routes", result="ok") == 2

@@ -87,6 +87,7 @@ def _request(
     body: Any = None,
     query: list[tuple[str, str]] | None = None,
     content_type: str = "application/json",
+    accept: str = "application/json",
 ) -> dict[str, Any]:
     """One API request answered as plain JSON; an error status raises ApiError (status, reason, body).
 
@@ -94,8 +95,8 @@ def _request(
     and format a traceback into every exception it re-raises.
     """
     if isinstance(api, KubeApi):
-        return api.request(method, path, body, query, content_type)
-    headers = {"Accept": "application/json", "Content-Type": content_type}
+        return api.request(method, path, body, query, content_type, accept)
+    headers = {"Accept": accept, "Content-Type": content_type}
     request = api.param_serialize(
         method, path, query_params=query or [], header_params=headers, body=body, auth_settings=["BearerToken"]
     )
@@ -265,6 +266,18 @@ def list_objects(api: Api, api_version: str, kind: str, namespace: str, label_se
     """The objects of a kind in namespace that match label_selector, as wire-format dicts."""
     query = [("labelSelector", label_selector)] if label_selector else None
     return _request(api, "GET", _path(api, api_version, kind, None, namespace), query=query).get("items") or []
+
+
+METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+"""The Accept header that asks for a list of objects' metadata only."""
+
+
+def list_names(api: Api, api_version: str, kind: str, namespace: str, label_selector: str) -> set[str]:
+    """The names of the objects of a kind in namespace that match label_selector, from their metadata alone (the
+    API server leaves out spec, data and status)."""
+    query = [("labelSelector", label_selector)]
+    found = _request(api, "GET", _path(api, api_version, kind, None, namespace), query=query, accept=METADATA_LIST)
+    return {item["metadata"]["name"] for item in found.get("items") or []}
 
 
 def create(api: Api, obj: dict[str, Any]) -> dict[str, Any] | None:

@@ -137,12 +137,13 @@ class KubeApi:
         body: Any = None,
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
+        accept: str = "application/json",
     ) -> dict[str, Any]:
         """One request; the answer as parsed JSON. An error status raises ApiError."""
         target = self._prefix + path + (f"?{urlencode(query)}" if query else "")
         data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
         self._read_token()
-        headers = dict(self._headers)
+        headers = {**self._headers, "Accept": accept}
         if data is not None:
             headers["Content-Type"] = content_type
         status, reason, text = self._exchange(method, target, data, headers)

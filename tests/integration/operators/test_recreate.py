@@ -9,6 +9,7 @@ says so, and creates its own. Whatever else the API server refuses shows up as
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -163,3 +164,46 @@ def test_a_modeldeployment_child_the_api_server_refuses_shows_ready_false_and_an
     assert f"applying Service {name}-gateway failed (422" in ready["message"]
     assert "must be no more than 63 characters" in ready["message"]
     assert event_message(api, namespace, name, "ApplyFailed") == ready["message"]
+
+
+def md_children(api: client.ApiClient, namespace: str, name: str) -> dict[str, str]:
+    """'Kind/name' -> controller uid of each Deployment, Service and ConfigMap labelled as the ModelDeployment's."""
+    selector = f"kubeforge.dev/modeldeployment={name}"
+    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+    found = {
+        "Deployment": apps.list_namespaced_deployment(namespace, label_selector=selector).items,
+        "Service": core.list_namespaced_service(namespace, label_selector=selector).items,
+        "ConfigMap": core.list_namespaced_config_map(namespace, label_selector=selector).items,
+    }
+    return {f"{kind}/{obj.metadata.name}": owner_uid(obj) for kind, objs in found.items() for obj in objs}
+
+
+def test_children_deleted_by_hand_come_back(
+    operator: Operator, api: client.ApiClient, namespace: str, served_model: str
+) -> None:
+    uid = create_md(api, namespace, "handy", served_model)["metadata"]["uid"]
+    wait_for(lambda: len(md_children(api, namespace, "handy")) >= 5, 30, "children")
+    before = md_children(api, namespace, "handy")
+    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+    apps.delete_namespaced_deployment("handy-gateway", namespace, _preload_content=False)
+    # A watch reports the Deployment's deletion at once; the others are found missing within CHECK_S (30 s).
+    wait_for(lambda: "Deployment/handy-gateway" in md_children(api, namespace, "handy"), 10, "the Deployment again")
+    (routes,) = (name.partition("/")[2] for name in before if name.startswith("ConfigMap/"))
+    core.delete_namespaced_service("handy-v1", namespace, _preload_content=False)
+    core.delete_namespaced_config_map(routes, namespace, _preload_content=False)
+    wait_for(lambda: set(md_children(api, namespace, "handy")) == set(before), 45, "the Service and ConfigMap again")
+    assert set(md_children(api, namespace, "handy").values()) == {uid}
+
+
+def test_a_modeldeployment_deleted_and_created_again_at_once_keeps_the_new_ones_children(
+    operator: Operator, api: client.ApiClient, namespace: str, served_model: str
+) -> None:
+    create_md(api, namespace, "again", served_model)
+    wait_for(lambda: len(md_children(api, namespace, "again")) >= 4, 30, "children")
+    before = md_children(api, namespace, "again")
+    client.CustomObjectsApi(api).delete_namespaced_custom_object(GROUP, VERSION, namespace, MD_PLURAL, "again")
+    uid = create_md(api, namespace, "again", served_model)["metadata"]["uid"]
+    # The old object's children go (no garbage collector here: the operator removes them), the new one's stay.
+    wait_for(lambda: md_children(api, namespace, "again") == dict.fromkeys(before, uid), 30, "the new one's children")
+    time.sleep(3)  # what the old object's deletion still had to do is done by now
+    assert md_children(api, namespace, "again") == dict.fromkeys(before, uid)

@@ -37,6 +37,9 @@ FIRST_SWEEP_S = 10.0
 (kopf has listed every ModelDeployment by then; the owner is asked for before anything is deleted anyway)."""
 SWEEP_S = 60.0
 """How often it looks again."""
+CHECK_S = 30.0
+"""How often the loop checks that the children no watch reports on (Services, ConfigMaps, autoscalers) still
+exist, with one request per kind and namespace: one deleted by hand is applied again within this time."""
 
 WAITING_ON_EVENTS = frozenset({WAITING_FOR_STABLE, WAITING_FOR_GATEWAY, INVALID_SPEC, FEATURE_VIEW_NOT_FOUND})
 """Ready reasons that only a watch event can end (a Deployment's or pod's, a spec change, a FeatureView)."""

@@ -46,7 +46,7 @@ from ...monitoring import rules
 from ...serving.routes import VersionDrift
 from .. import metrics
 from ..labels import COMPONENT, MODEL_VERSION, MODELDEPLOYMENT
-from ..memos import memo_in
+from ..memos import lock_of, memo_in
 from ..runtime import Context, context
 from . import analysis as an
 from . import children, clock, history
@@ -104,9 +104,11 @@ class State:
     """What this process remembers about one ModelDeployment between passes; all of it can be lost (a restart
     starts it empty) at the cost of a few repeated requests, never a wrong decision."""
 
-    lock: threading.Lock = field(default_factory=threading.Lock)
     applied: dict[tuple[str, str], str] = field(default_factory=dict)
     """(kind, name) of each child -> hash of what was last applied: an unchanged child is not sent again."""
+    child_gone: bool = False
+    """A child was deleted since the last pass began: the next one forgets applied and inputs, and sends every
+    child again (a Deployment or Service deleted by hand comes back)."""
     snapshots: dict[str, an.Snapshot] = field(default_factory=dict)
     """Canary version -> the gateway's metrics at the last analysis; the next one compares with it."""
     holding: dict[str, datetime] = field(default_factory=dict)
@@ -541,9 +543,11 @@ def reconcile(
     created); the clock's passes always run, as time is one of their inputs."""
     ctx = context()
     state = state_of(memo)
-    with state.lock:
+    with lock_of(memo, namespace, name):  # type: ignore[arg-type]
         if state.deleted:
             return
+        if state.child_gone:
+            state.child_gone, state.applied, state.inputs = False, {}, None
         body = _newest(state, seen) or kube.get(ctx.api, API_VERSION, KIND, name, namespace)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return
@@ -680,10 +684,13 @@ def _pass(
 
 
 def _for_parent(namespace: str, labels: Mapping[str, str], kwargs: Mapping[str, Any]) -> None:
-    """A child changed: a pass of the ModelDeployment it belongs to, if that one exists."""
+    """A child changed: a pass of the ModelDeployment it belongs to, if that one exists. A child that went may have
+    been deleted by hand, and what this process last applied no longer says what exists (see State.child_gone)."""
     name = labels[MODELDEPLOYMENT]
     memo = memo_in(kwargs["md_memos"], namespace, name)
     if memo is not None:
+        if (kwargs.get("event") or {}).get("type") == "DELETED":
+            state_of(memo).child_gone = True
         _pass(namespace, name, memo, Watched.of(kwargs))
 
 
@@ -694,10 +701,12 @@ def modeldeployment_event(
     metrics.RESOURCE_STATES.seen(KIND, event)
     if event.get("type") == "DELETED":
         state = state_of(memo)
-        with state.lock:  # after a pass that was under way, which may have applied children or set metrics
+        # After a pass that was under way, which may have applied children or set metrics, and before any pass of an
+        # object created anew under the same name, whose children this leaves alone.
+        with lock_of(memo, namespace, name):
             state.deleted, state.body = True, None
             metrics.forget_deployment(namespace, name)
-            delete_children(context(), namespace, name)
+            delete_children(context(), namespace, name, (event.get("object") or {}).get("metadata", {}).get("uid"))
     else:
         seen, state = event.get("object") or {}, state_of(memo)
         state.clock.cadence = clock.Cadence.of(seen.get("spec") or {}, seen.get("status") or {})
@@ -706,8 +715,9 @@ def modeldeployment_event(
         _pass(namespace, name, memo, Watched.of(kwargs), seen)
 
 
-def delete_children(ctx: Context, namespace: str, name: str) -> None:
-    """Delete every child of a ModelDeployment that is gone, by its label: where no garbage collector follows the
+def delete_children(ctx: Context, namespace: str, name: str, uid: str | None = None) -> None:
+    """Delete the children of a ModelDeployment that is gone, found by its label; with uid, only those it controls
+    (one created anew under its name may have children already). Where no garbage collector follows the
     ownerReferences (the local runtime), nothing else would. MLflow is left as it was."""
     selector = f"{MODELDEPLOYMENT}={name}"
     kinds = [*VERSION_KINDS, ("v1", "ConfigMap")]
@@ -715,7 +725,8 @@ def delete_children(ctx: Context, namespace: str, name: str) -> None:
         kinds.append(metrics.PROMETHEUS_RULE)
     for api_version, kind in kinds:
         for obj in kube.list_objects(ctx.api, api_version, kind, namespace, selector):
-            kube.delete(ctx.api, api_version, kind, obj["metadata"]["name"], namespace)
+            if uid is None or (kube.controller_of(obj) or {}).get("uid") == uid:
+                kube.delete(ctx.api, api_version, kind, obj["metadata"]["name"], namespace)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={MODELDEPLOYMENT: kopf.PRESENT})
@@ -793,6 +804,7 @@ async def _clock(executor: Any, indexes: Mapping[str, Any]) -> None:
         loop.run_in_executor(executor, run)
 
     next_sweep = time.monotonic() + clock.FIRST_SWEEP_S
+    next_check = time.monotonic() + clock.CHECK_S
     while True:
         await asyncio.sleep(clock.TICK_S)
         now, looks = time.monotonic(), []
@@ -802,6 +814,9 @@ async def _clock(executor: Any, indexes: Mapping[str, Any]) -> None:
                 owners = set(indexes["md_workloads"]) - set(indexes["md_memos"])
                 if owners:
                     loop.run_in_executor(executor, _sweep, owners)
+            if now >= next_check:
+                next_check = now + clock.CHECK_S
+                loop.run_in_executor(executor, _check_unwatched, indexes["md_memos"], watched)
             for key in list(indexes["md_memos"]):
                 memo = memo_in(indexes["md_memos"], *key)
                 ticks = state_of(memo).clock if memo is not None else None
@@ -832,6 +847,36 @@ def _sweep(owners: set[tuple[str, str]]) -> None:
                 delete_children(ctx, namespace, name)
         except Exception:  # the next sweep tries again
             log.exception(f"{namespace}/{name}: deleting the children of a deleted ModelDeployment failed")
+
+
+UNWATCHED_KINDS = [("v1", "Service"), ("v1", "ConfigMap"), ("autoscaling/v1", "HorizontalPodAutoscaler")]
+"""Children whose deletion no watch of the operator reports (Deployments' does: see _for_parent)."""
+
+
+def _check_unwatched(memos: Mapping[tuple[str, str], Any], watched: Watched) -> None:
+    """A pass, sending every child again, of each ModelDeployment that a child this process applied is missing
+    from: one of UNWATCHED_KINDS deleted by hand. A child applied after its kind was listed counts as missing too,
+    which costs a pass that changes nothing."""
+    ctx = context()
+    keys = list(memos)
+    for namespace in {ns for ns, _ in keys}:
+        try:
+            present = {
+                (kind, name)
+                for api_version, kind in UNWATCHED_KINDS
+                for name in kube.list_names(ctx.api, api_version, kind, namespace, MODELDEPLOYMENT)
+            }
+        except Exception:  # the next check tries again
+            log.exception(f"{namespace}: listing the children of ModelDeployments failed")
+            continue
+        kinds = {kind for _, kind in UNWATCHED_KINDS}
+        for key in (k for k in keys if k[0] == namespace):
+            memo = memo_in(memos, *key)
+            state = state_of(memo) if memo is not None else None
+            if state is not None and any(k[0] in kinds and k not in present for k in list(state.applied)):
+                log.info(f"{namespace}/{key[1]}: a child of it was deleted; applying its children again")
+                state.child_gone = True
+                _pass(*key, memo, watched, event=False)
 
 
 def _changed(looks: list[tuple[tuple[str, str], Mapping[str, Any], clock.Cadence]]) -> list[Any]:

@@ -5,6 +5,8 @@ The trainer writes the card when it registers a version, as two artifacts of the
 description, which the MLflow UI renders on the version's page. Everything in it is known
 at training time except the approval, which changes later: the card records the state at
 registration and ``kubeforge model card`` shows the registry's current one.
+``kubeforge model import`` writes one too, saying what kubeforge saw: the file, its reference
+data, no training and no metrics.
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ CARD_MARKDOWN = "card/model_card.md"
 
 
 class FeatureSummary(BaseModel):
-    """One input feature as the training rows had it (the drift baseline's statistics)."""
+    """One input feature as the training rows had it (the drift baseline's statistics); an imported version
+    without reference data has its names only."""
 
     name: str
-    mean: float
-    std: float
-    min: float
-    max: float
+    mean: float | None = None
+    std: float | None = None
+    min: float | None = None
+    max: float | None = None
 
 
 class ClassMetrics(BaseModel):
@@ -65,6 +68,17 @@ class Training(BaseModel):
     code_version: str = ""
 
 
+class Origin(BaseModel):
+    """The file an imported version came from, and the data it was checked on."""
+
+    file: str
+    sha256: str
+    format: str = Field(description="what the file held, as the import read it")
+    reference_data: Dataset | None = Field(
+        default=None, description="the --reference-data rows (none held out: nothing is trained on them)"
+    )
+
+
 class Approval(BaseModel):
     """Who approved or rejected the version, when and why; state None while nobody decided."""
 
@@ -84,11 +98,12 @@ class ModelCard(BaseModel):
     model_class: str = Field(description="the architecture, entrypoint or estimator")
     features: list[FeatureSummary]
     classes: list[str] = Field(default_factory=list)
-    dataset: Dataset
-    hyperparameters: dict[str, Any]
-    metrics: dict[str, float]
+    dataset: Dataset | None = Field(default=None, description="the training data; None for an imported version")
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict)
     per_class: list[ClassMetrics] = Field(default_factory=list)
-    training: Training
+    training: Training | None = Field(default=None, description="None for an imported version")
+    imported: Origin | None = Field(default=None, description="set for a version `kubeforge model import` made")
     intended_use: str | None = None
     limitations: str | None = None
     approval: Approval = Field(default_factory=Approval)
@@ -124,6 +139,11 @@ def markdown(card: ModelCard) -> str:
     """The card for people: the MLflow UI renders it as the version's description."""
     title = f"# {card.model}" + (f" version {card.version}" if card.version else "")
     state = approval.Approval(card.approval.state, card.approval.by, card.approval.at, card.approval.note)
+    ask = (
+        "pass `--{}` to `kubeforge model import`"
+        if card.imported
+        else "annotate the TrainingJob with `kubeforge.dev/{}`"
+    )
     lines = [
         title,
         "",
@@ -133,50 +153,76 @@ def markdown(card: ModelCard) -> str:
         "",
         "## Intended use",
         "",
-        card.intended_use or "Not stated (annotate the TrainingJob with `kubeforge.dev/intended-use`).",
+        card.intended_use or f"Not stated ({ask.format('intended-use')}).",
         "",
         "## Limitations",
         "",
-        card.limitations or "Not stated (annotate the TrainingJob with `kubeforge.dev/limitations`).",
+        card.limitations or f"Not stated ({ask.format('limitations')}).",
         "",
         "## Validation metrics",
         "",
-        "| metric | value |",
-        "|---|---|",
-        *(f"| {k} | {v:.4f} |" for k, v in card.metrics.items()),
     ]
+    if card.metrics:
+        lines += ["| metric | value |", "|---|---|", *(f"| {k} | {v:.4f} |" for k, v in card.metrics.items())]
+    else:
+        lines.append("None: kubeforge did not train this version, and checked it against the model contract only.")
     if card.per_class:
         lines += ["", "| class | precision | recall | f1 | support |", "|---|---|---|---|---|"]
         lines += [
             f"| {c.label} | {c.precision:.4f} | {c.recall:.4f} | {c.f1:.4f} | {c.support} |" for c in card.per_class
         ]
-    data = card.dataset
-    source = (
-        f"FeatureView {data.feature_view} (generation {data.feature_view_generation}), entities "
-        if (data.feature_view)
-        else ""
-    )
-    lines += [
-        "",
-        "## Data",
-        "",
-        f"- source: {source}`{data.uri}`",
-        f"- sha256: `{data.sha256}`",
-        f"- rows: {data.rows} ({data.train_rows} training, {data.validation_rows} validation)",
-        "",
-        "| feature | mean | std | min | max |",
-        "|---|---|---|---|---|",
-        *(f"| {f.name} | {f.mean:.4g} | {f.std:.4g} | {f.min:.4g} | {f.max:.4g} |" for f in card.features),
-        "",
-        "## Training",
-        "",
-        f"- TrainingJob: {card.training.training_job or 'none (trained by hand)'}",
-        f"- MLflow run: `{card.training.run_id}`",
-        f"- attempt {card.training.attempt}, {card.training.seconds:.1f} s",
-        f"- kubeforge {card.training.code_version}",
-        "",
-        "| hyperparameter | value |",
-        "|---|---|",
-        *(f"| {k} | {v} |" for k, v in card.hyperparameters.items()),
-    ]
+    if card.imported is not None:
+        lines += _origin(card.imported)
+    if card.dataset is not None:
+        data = card.dataset
+        source = (
+            f"FeatureView {data.feature_view} (generation {data.feature_view_generation}), entities "
+            if (data.feature_view)
+            else ""
+        )
+        lines += [
+            "",
+            "## Data",
+            "",
+            f"- source: {source}`{data.uri}`",
+            f"- sha256: `{data.sha256}`",
+            f"- rows: {data.rows} ({data.train_rows} training, {data.validation_rows} validation)",
+        ]
+    lines += ["", "| feature | mean | std | min | max |", "|---|---|---|---|---|"]
+    lines += [f"| {f.name} | {_num(f.mean)} | {_num(f.std)} | {_num(f.min)} | {_num(f.max)} |" for f in card.features]
+    if card.training is not None:
+        lines += [
+            "",
+            "## Training",
+            "",
+            f"- TrainingJob: {card.training.training_job or 'none (trained by hand)'}",
+            f"- MLflow run: `{card.training.run_id}`",
+            f"- attempt {card.training.attempt}, {card.training.seconds:.1f} s",
+            f"- kubeforge {card.training.code_version}",
+            "",
+            "| hyperparameter | value |",
+            "|---|---|",
+            *(f"| {k} | {v} |" for k, v in card.hyperparameters.items()),
+        ]
     return "\n".join(lines) + "\n"
+
+
+def _origin(origin: Origin) -> list[str]:
+    reference = origin.reference_data
+    checked = (
+        f"- reference data: `{reference.uri}` (sha256 `{reference.sha256}`, {reference.rows} rows): the model ran on "
+        "them and the drift baseline below is theirs"
+        if reference
+        else "- reference data: none, so no drift baseline (drift is not monitored for this version)"
+    )
+    return [
+        "",
+        "## Origin",
+        "",
+        f"- imported from `{origin.file}` ({origin.format}), sha256 `{origin.sha256}`",
+        checked,
+    ]
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"

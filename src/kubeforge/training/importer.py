@@ -23,7 +23,8 @@ Each model is run on zeros ``[2, n]`` and on the reference data, when given, and
 answer ``[rows, classes]`` probabilities summing to 1 (classification) or ``[rows, 1]``
 (regression). The drift baseline is computed from the reference data as the trainer
 computes it from training data. The version carries the tags of a trained one (task,
-framework, format, features, classes) plus the imported file's name and sha256.
+framework, format, features, classes) plus the imported file's name and sha256, and a model
+card of what was checked (:meth:`Checked.card`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import numpy as np
 import kubeforge
 from kubeforge.api.meta import REGISTRY_NAME_PATTERN
 from kubeforge.api.trainingjob import Task
+from kubeforge.core import modelcard
 from kubeforge.core import modelcontract as contract
 
 from . import baseline as baselines
@@ -110,6 +112,8 @@ class Request:
     trust: bool = False
     alias: str | None = None
     description: str | None = None
+    intended_use: str | None = None
+    limitations: str | None = None
 
 
 @dataclass(frozen=True)
@@ -147,6 +151,30 @@ class Checked:
             tags |= {contract.TAG_REFERENCE_URI: uri, contract.TAG_REFERENCE_SHA256: sha256}
             tags[contract.TAG_REFERENCE_ROWS] = str(rows)
         return tags
+
+    def card(self) -> modelcard.ModelCard:
+        """The version's model card: the file, the reference data and its statistics; no training, no metrics."""
+        request, reference = self.request, None
+        if self.reference is not None:
+            uri, sha256, rows = self.reference
+            reference = modelcard.Dataset(uri=uri, sha256=sha256, rows=rows, train_rows=0, validation_rows=0)
+        return modelcard.ModelCard(
+            model=request.name,
+            task=request.task,
+            framework=self.model.framework,
+            model_class=self.model.model_class,
+            features=(
+                modelcard.features(self.baseline)
+                if self.baseline is not None
+                else [modelcard.FeatureSummary(name=name) for name in self.features]
+            ),
+            classes=[str(c) for c in self.classes],
+            imported=modelcard.Origin(
+                file=request.file.name, sha256=self.sha256, format=WHAT[self.kind], reference_data=reference
+            ),
+            intended_use=request.intended_use,
+            limitations=request.limitations,
+        )
 
 
 @dataclass(frozen=True)
@@ -247,11 +275,12 @@ def register(checked: Checked, tracking_uri: str, say: Callable[[str], None]) ->
                 registration.log_file(Path(tmp), contract.BASELINE_ARTIFACT, baseline)
         model_uri = model.log_model(len(checked.features), checked.n_outputs, request.task)
         version = str(mlflow.register_model(model_uri, request.name, tags=tags).version)
+        card = registration.write_card(request.name, version, checked.card())
     client = MlflowClient()
     if request.alias:
         client.set_registered_model_alias(request.name, request.alias, version)
-    if request.description:
-        client.update_model_version(request.name, version, description=request.description)
+    if request.description:  # above the card, which the MLflow UI shows as the rest of the version's description
+        client.update_model_version(request.name, version, description=f"{request.description}\n\n{card}")
     return Imported(request.name, version, f"models:/{request.name}/{version}", run.info.run_id)
 
 
@@ -261,6 +290,8 @@ class _Model:
     framework: str
     model_format: contract.ModelFormat
     described: str
+    model_class: str
+    """What the model is, for its card: the estimator's class, or the kind of graph and who made it."""
     width: int | None = None
     """How many features it takes, when the file says."""
     names: list[str] | None = None
@@ -302,6 +333,7 @@ class _Onnx(_Model):
         self.wrapped, self.width, notes = _contract_graph(model, label, task)
         self.classes = _onnx_classes(model.graph)
         self.described = f"ONNX model ({producer}); " + "; ".join(notes)
+        self.model_class = f"ONNX graph from {producer}"
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         from .estimators import run_onnx
@@ -332,6 +364,7 @@ class _TorchScript(_Model):
     framework = "torch"
     model_format = "torchscript"
     described = "TorchScript module (it does not say how many features it takes)"
+    model_class = "TorchScript module"
 
     def __init__(self, path: Path, data: bytes):
         import torch
@@ -412,6 +445,7 @@ class _Estimator(_Model):
         if task == "classification" and hasattr(estimator, "classes_"):
             self.classes = [c.item() if isinstance(c, np.generic) else c for c in estimator.classes_]
         self.described = f"{how} holding a fitted {name} ({self.framework})"
+        self.model_class = name
         self.onnx = b""
 
     def prepare(self, n_features: int) -> None:

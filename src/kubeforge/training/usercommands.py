@@ -43,7 +43,9 @@ def _comma_separated(ctx: click.Context, param: click.Parameter, value: str | No
     help="Load a joblib/pickle file (or skops types skops does not trust): this runs code the file names.",
 )
 @click.option("--alias", help="Alias to point at the new version, e.g. candidate.")
-@click.option("--description", help="Description of the model version.")
+@click.option("--description", help="Description of the model version (the model card follows it).")
+@click.option("--intended-use", help="What the model is for, for its model card.")
+@click.option("--limitations", help="Where the model should not be trusted, for its model card.")
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", required=True, help="MLflow tracking server.")
 def model_import(
     name: str,
@@ -55,6 +57,8 @@ def model_import(
     trust: bool,
     alias: str | None,
     description: str | None,
+    intended_use: str | None,
+    limitations: str | None,
     tracking_uri: str,
 ) -> None:
     """Bring your own model: check a model file against the model contract and register it as a version."""
@@ -73,6 +77,8 @@ def model_import(
         trust=trust,
         alias=alias,
         description=description,
+        intended_use=intended_use,
+        limitations=limitations,
     )
     try:
         checked = importer.check(request, click.echo)

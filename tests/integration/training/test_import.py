@@ -30,6 +30,7 @@ from sklearn.preprocessing import StandardScaler
 
 from kubeforge.api.modeldeployment import ModelRef
 from kubeforge.cli import main
+from kubeforge.core import modelcard
 from kubeforge.core import modelcontract as mc
 from kubeforge.core.mlflow_rest import MLflowRegistry
 from kubeforge.local import triton as local_triton
@@ -146,11 +147,14 @@ def test_onnx_and_torchscript_imports_serve_the_original_models_answers(
     reference = tmp_path / "cancer-features.csv"
     data.write(data.breast_cancer()[cancer.features], reference, "csv")
     args = ("--name", "cancer-onnx", "--file", cancer.onnx, "--task", "classification", "--reference-data", reference)
-    result = _import(mlflow.url, *args, "--alias", "candidate", "--description", "exported by skl2onnx")
+    use = ("--intended-use", "Second opinions in the teaching clinic.")
+    result = _import(mlflow.url, *args, "--alias", "candidate", "--description", "exported by skl2onnx", *use)
     assert "ZipMap" in result.output and "drift baseline of 30 features from 569 rows" in result.output
     version = _version(mlflow.url, "cancer-onnx", result)
     tags = version.tags
-    assert version.description == "exported by skl2onnx"
+    # The MLflow UI shows the description given, then the model card.
+    assert version.description.startswith("exported by skl2onnx\n\n# cancer-onnx version 1\n")
+    assert "## Origin" in version.description and "Second opinions in the teaching clinic." in version.description
     assert MlflowClient(mlflow.url).get_model_version_by_alias("cancer-onnx", "candidate").version == "1"
     assert (tags[mc.TAG_TASK], tags[mc.TAG_FRAMEWORK], mc.model_format(tags)) == ("classification", "onnx", "onnx")
     assert json.loads(tags[mc.TAG_FEATURES]) == cancer.features and json.loads(tags[mc.TAG_CLASSES]) == [0, 1]
@@ -161,6 +165,16 @@ def test_onnx_and_torchscript_imports_serve_the_original_models_answers(
     assert "onnx" in info.flavors
     assert signature == ((mc.INPUT_NAME, (-1, 30)), (mc.OUTPUT_NAME, (-1, 2)))
     assert _baseline(mlflow.url, version.run_id, tmp_path / "b1") == compute(cancer.x, cancer.features)
+    shown = CliRunner().invoke(main, ["model", "card", "cancer-onnx", "1", "--json", "--tracking-uri", mlflow.url])
+    assert shown.exit_code == 0, shown.output
+    card = modelcard.ModelCard.model_validate_json(shown.output)
+    assert card.imported is not None and card.imported.file == "cancer.onnx"
+    assert card.imported.sha256 == tags[mc.TAG_IMPORTED_SHA256]
+    assert card.imported.reference_data is not None and card.imported.reference_data.rows == 569
+    assert card.dataset is None and card.training is None and card.metrics == {}
+    assert (card.framework, card.task, card.classes) == ("onnx", "classification", ["0", "1"])
+    assert [f.name for f in card.features] == cancer.features
+    assert card.features[0].mean == pytest.approx(float(cancer.x[:, 0].mean()), rel=1e-4)
 
     # TorchScript: --features named, the reference data holds the target column too.
     args = ("--name", "diabetes-ts", "--file", diabetes.file, "--task", "regression")
@@ -223,6 +237,11 @@ def test_a_trusted_pickle_and_a_skops_file_register_as_the_scikit_learn_flavour(
         assert (version.tags[mc.TAG_FRAMEWORK], mc.model_format(version.tags)) == ("sklearn", "onnx")
         assert json.loads(version.tags[mc.TAG_FEATURES]) == cancer.features
         assert mc.TAG_REFERENCE_URI not in version.tags and "without a drift baseline" in result.output
+        shown = CliRunner().invoke(main, ["model", "card", name, "1", "--tracking-uri", mlflow.url])
+        assert shown.exit_code == 0, shown.output
+        assert f"imported from `{file.name}`" in shown.output and "no drift baseline" in shown.output
+        assert f"| {cancer.features[0]} | n/a | n/a | n/a | n/a |" in shown.output
+        assert "Not stated (pass `--intended-use` to `kubeforge model import`)" in shown.output
         mlflow_lib.set_tracking_uri(mlflow.url)
         loaded = mlflow_sklearn.load_model(f"models:/{name}/1")
         np.testing.assert_allclose(loaded.predict_proba(cancer.x[:5]), cancer.pipeline.predict_proba(cancer.x[:5]))

@@ -64,6 +64,23 @@ def test_weights_must_increase() -> None:
     assert "steps[1].weight is 20" in str(exc.value)
 
 
+def test_retraining_from_a_gateway_with_tokens_needs_a_token_to_read_it_with() -> None:
+    spec = {
+        "model": {"name": "m", "version": 1},
+        "auth": {"secretRef": {"name": "callers"}},
+        "retrain": {"trainingJob": {"name": "m-train"}, "triggers": {"drift": {}}, "dataset": {"fromFeedback": {}}},
+    }
+    with pytest.raises(InvalidResource) as exc:
+        parse({"kind": "ModelDeployment", "metadata": {"name": "x"}, "spec": spec})
+    assert "retrain.dataset.fromFeedback.tokenSecretRef is required with auth" in str(exc.value)
+    spec["retrain"]["dataset"]["fromFeedback"]["tokenSecretRef"] = {"name": "retrain-token"}
+    md = parse({"kind": "ModelDeployment", "metadata": {"name": "x"}, "spec": spec})
+    assert md.to_wire()["spec"]["retrain"]["dataset"]["fromFeedback"]["tokenSecretRef"] == {
+        "name": "retrain-token",
+        "key": "token",
+    }
+
+
 def test_defaults_are_filled_in() -> None:
     tj = parse(
         {

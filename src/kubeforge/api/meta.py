@@ -97,6 +97,15 @@ RegistryName = Annotated[str, Field(pattern=REGISTRY_NAME_PATTERN, min_length=1,
 ColumnName = Annotated[str, Field(min_length=1, max_length=256)]
 
 
+class SecretKeyRef(KubeModel):
+    """One key of a Secret in the same namespace."""
+
+    name: ObjectName
+    """Secret name."""
+    key: Annotated[str, Field(pattern=r"^[-._a-zA-Z0-9]+$", min_length=1, max_length=253)] = "token"
+    """Key in the Secret whose value is used."""
+
+
 class ObjectMeta(BaseModel):
     """The parts of Kubernetes object metadata kubeforge reads; everything else passes through."""
 

@@ -379,6 +379,12 @@ class ModelDeploymentSpec(KubeModel):
     def _consistent(self) -> ModelDeploymentSpec:
         if self.follow_alias and self.model.alias is None:
             raise ValueError("followAlias needs model.alias: set an alias to follow, or drop followAlias")
+        feedback = self.retrain.dataset.from_feedback if self.retrain and self.retrain.dataset else None
+        if self.auth is not None and feedback is not None and feedback.token_secret_ref is None:
+            raise ValueError(
+                "retrain.dataset.fromFeedback.tokenSecretRef is required with auth: the gateway refuses the retrain's "
+                "trainer without a token; name a Secret key holding one of the gateway's tokens"
+            )
         return self
 
 

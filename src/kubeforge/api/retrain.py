@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from croniter import croniter
 from pydantic import Field, field_validator, model_validator
 
-from .meta import Duration, KubeModel, ObjectName, exactly_one_of
+from .meta import Duration, KubeModel, ObjectName, SecretKeyRef, exactly_one_of
 from .trainingjob import FeatureViewSource, TrainingJobSpec
 
 Trigger = Literal["drift", "accuracy", "schedule"]
@@ -83,6 +83,9 @@ class FeedbackDataset(KubeModel):
 
     since: Duration = "24h"
     """How far back labelled requests are taken."""
+    token_secret_ref: SecretKeyRef | None = None
+    """Secret key holding one of the gateway's bearer tokens, which the retrain's trainer sends to read the data set;
+    required when the deployment has spec.auth."""
 
 
 class RetrainDataset(KubeModel):

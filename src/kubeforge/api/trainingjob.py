@@ -22,6 +22,7 @@ from .meta import (
     Quantity,
     RegistryName,
     Resource,
+    SecretKeyRef,
     Toleration,
     UniqueNames,
     age_column,
@@ -167,6 +168,9 @@ class DatasetSpec(KubeModel):
     features: UniqueNames | None = None
     """Feature columns, in the order the model takes them; all columns but the target when omitted (with
     featureView: features of the view, all of them in the view's order when omitted)."""
+    token_secret_ref: SecretKeyRef | None = None
+    """Secret key holding a bearer token the trainer sends when it reads an http(s) uri: a gateway's feedback data
+    set behind spec.auth, or a data service of your own."""
     validation_split: Annotated[float, Field(ge=0, le=0.9)] = 0.2
     """Fraction of rows held out for validation metrics."""
     split_seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0

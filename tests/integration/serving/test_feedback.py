@@ -16,6 +16,7 @@ import pytest
 
 from kubeforge.api.trainingjob import DatasetSpec
 from kubeforge.training import datasets
+from kubeforge.training.errors import TrainerError
 
 from .conftest import FEATURES, N_FEATURES, body, drift_table, table
 
@@ -133,7 +134,7 @@ def kubeforge(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "kubeforge.cli", *args], capture_output=True, text=True, timeout=120)
 
 
-def test_the_cli_sends_a_label_file_and_writes_the_data_set(gateway, triton, registered, tmp_path):
+def test_the_cli_sends_a_label_file_and_writes_the_data_set(gateway, triton, registered, tmp_path, monkeypatch):
     routes = table(registered, triton.url, feedback={"minLabels": 1}, payloadLog={"samplePercent": 100})
     logs = tmp_path / "payloads"
     gw = gateway(routes, tokens=f"{TOKEN} clf", args=("--payload-log-dir", str(logs)))
@@ -165,3 +166,12 @@ def test_the_cli_sends_a_label_file_and_writes_the_data_set(gateway, triton, reg
     frame = pd.read_parquet(out)
     assert list(frame.columns) == [*(f"feature_{i}" for i in range(N_FEATURES)), "label", "event_timestamp"]
     assert sorted(frame["label"]) == [0, 0, 0, 1, 1, 1]
+
+    # A retrain's trainer reads the same data set with the token its TrainingJob's tokenSecretRef gives it.
+    source = DatasetSpec(
+        uri=f"{gw.url}/v2/models/clf/feedback/dataset?since=1h&target=label", format="csv", target="label"
+    )
+    with pytest.raises(TrainerError, match=r"spec\.dataset\.uri: cannot read .*401"):
+        datasets.load(source, "classification")
+    monkeypatch.setenv("KUBEFORGE_DATASET_TOKEN", TOKEN)
+    assert datasets.load(source, "classification").rows == 6

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from kubeforge.api.meta import SecretKeyRef
 from kubeforge.api.retrain import Retrain
 from kubeforge.operators.deployment import retrain as rt
 
@@ -118,6 +119,11 @@ def test_the_trainingjob_copies_the_template_reads_recent_labels_and_goes_with_t
         "format": "csv",
     }
     assert template["dataset"]["uri"] == "/data/old.csv", "the template is not changed"
+    # Behind the gateway's tokens: the retrain's own token, not the one the template read its data with.
+    p.dataset.from_feedback.token_secret_ref = SecretKeyRef(name="retrain-token", key="t")  # type: ignore[union-attr]
+    template["dataset"]["tokenSecretRef"] = {"name": "old-data", "key": "token"}
+    tj = rt.training_job(owner, p, template, ("cancer-retrain-1", "drift", 0.81), "http://127.0.0.1:9000")
+    assert tj["spec"]["dataset"]["tokenSecretRef"] == {"name": "retrain-token", "key": "t"}
     meta = tj["metadata"]
     assert meta["labels"][rt.RETRAIN_OF] == "cancer" and meta["labels"][rt.TRIGGER] == "drift"
     assert meta["annotations"][rt.VALUE] == "0.81" and meta["ownerReferences"][0]["uid"] == "u-1"

@@ -85,6 +85,18 @@ def test_first_reconcile_creates_spec_and_attempt_one() -> None:
     assert [e[1] for e in p.events] == ["JobCreated"]
 
 
+def test_a_dataset_token_reaches_the_trainer_from_its_secret_never_in_the_job() -> None:
+    dataset = {"uri": "https://data.example/iris.csv", "target": "species", "tokenSecretRef": {"name": "data-api"}}
+    (container,) = next(o for o in step(body(dataset=dataset), None).apply if o["kind"] == "Job")["spec"]["template"][
+        "spec"
+    ]["containers"]
+    (token,) = (e for e in container["env"] if e["name"] == "KUBEFORGE_DATASET_TOKEN")
+    assert token == {
+        "name": "KUBEFORGE_DATASET_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "data-api", "key": "token"}},
+    }
+
+
 def test_multi_replica_is_an_indexed_job_with_rendezvous_service() -> None:
     b = body(replicas=3)
     p = step(b, None)

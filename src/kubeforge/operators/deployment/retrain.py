@@ -240,6 +240,9 @@ def training_job(
             model = owner["metadata"]["name"]
             source["uri"] = f"{(gateway_url or '').rstrip('/')}/v2/models/{model}/feedback/dataset?{query}"
             source["format"] = "csv"
+            source.pop("tokenSecretRef", None)  # the template's was for its own data
+            if (token := dataset.from_feedback.token_secret_ref) is not None:
+                source["tokenSecretRef"] = token.to_wire()
     meta = owner["metadata"]
     annotations = {VALUE: f"{value:.6g}"} if value is not None else {}
     return {

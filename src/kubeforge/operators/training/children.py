@@ -151,6 +151,9 @@ def job(
         {"name": "KUBEFORGE_TERMINATION_LOG", "value": TERMINATION_LOG},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
+    if (token := tj.spec.dataset.token_secret_ref) is not None:
+        secret = {"secretKeyRef": {"name": token.name, "key": token.key}}
+        env.append({"name": "KUBEFORGE_DATASET_TOKEN", "valueFrom": secret})
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "containers": [

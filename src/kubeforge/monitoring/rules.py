@@ -35,6 +35,9 @@ import yaml
 DOCS_URL = "https://github.com/kubeforge/kubeforge/blob/main/docs"
 """Where the repository's docs/ folder is published; runbook_url annotations point below it."""
 RUNBOOKS = "runbooks"
+RUNBOOKS_URL = f"{DOCS_URL}/{RUNBOOKS}"
+"""Where runbook_url annotations point unless told otherwise (the chart's monitoring.runbookUrl, the operator's
+KUBEFORGE_RUNBOOK_URL): ``<base>/<AlertName>.md``, the layout of docs/runbooks."""
 
 PACKAGE_RULES = Path("src/kubeforge/monitoring/rules/kubeforge.yaml")
 """The rule groups file (relative to the repository root) that promtool and the local Prometheus load."""
@@ -103,8 +106,8 @@ def duration(seconds: float) -> str:
     return "".join(parts) or "0s"
 
 
-def runbook_url(alert: str) -> str:
-    return f"{DOCS_URL}/{RUNBOOKS}/{alert}.md"
+def runbook_url(alert: str, base: str = RUNBOOKS_URL) -> str:
+    return f"{base.rstrip('/')}/{alert}.md"
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,7 @@ class Alert:
     for_: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
 
-    def rule(self) -> dict[str, Any]:
+    def rule(self, runbooks: str = RUNBOOKS_URL) -> dict[str, Any]:
         rule: dict[str, Any] = {"alert": self.name, "expr": self.expr}
         if self.for_:
             rule["for"] = self.for_
@@ -127,7 +130,7 @@ class Alert:
         rule["annotations"] = {
             "summary": self.summary,
             "description": self.description,
-            "runbook_url": runbook_url(self.name),
+            "runbook_url": runbook_url(self.name, runbooks),
         }
         return rule
 
@@ -451,12 +454,14 @@ def deployment_rule(
     latency_p99_seconds: float | None = None,
     drift_psi_threshold: float | None = None,
     drift_hold: str = DRIFT_HOLD,
+    runbooks: str = RUNBOOKS_URL,
 ) -> dict[str, Any]:
     """One ModelDeployment's PrometheusRule: its SLO and drift alerts with its targets written in.
 
     error_ratio is the share of requests allowed to fail (the error budget), latency_p99_seconds the
     p99 latency target, drift_psi_threshold the PSI above which features or predictions count as drifted,
-    and drift_hold how long (a Prometheus duration) it must stay above before the drift alerts fire.
+    and drift_hold how long (a Prometheus duration) it must stay above before the drift alerts fire; runbooks is
+    where the alerts' runbook_url annotations point.
     A target left out leaves out the alerts that need it, as a deployment without the gauge is not
     judged by the shared rules; with none the rule holds no group.
     """
@@ -471,7 +476,7 @@ def deployment_rule(
         SLO_LATENCY_P99: latency_alerts,
         DRIFT_PSI_THRESHOLD: lambda t: drift_alerts(t, drift_hold),
     }
-    rules = [a.rule() for target, judged in alerts.items() if target in targets.values for a in judged(targets)]
+    rules = [a.rule(runbooks) for target, judged in alerts.items() if target in targets.values for a in judged(targets)]
     groups = [{"name": f"kubeforge.modeldeployment.{namespace}.{name}", "rules": rules}] if rules else []
     return prometheus_rule(deployment_rule_name(name), namespace, groups, {"kubeforge.dev/modeldeployment": name})
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from .. import __version__
 from ..featurestore.config import StoreSettings
+from ..monitoring import rules
 
 REGISTRY = "ghcr.io/kubeforge"
 """Where kubeforge's images are published (operators/, serving/ and training/ hold their Dockerfiles)."""
@@ -51,6 +52,8 @@ class Settings:
     filesystem."""
     materializer_image: str = OPERATOR_IMAGE
     """Image of materialization Jobs."""
+    runbook_url: str = rules.RUNBOOKS_URL
+    """Where the runbook_url annotations of each deployment's own alerts point (``<base>/<AlertName>.md``)."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -67,4 +70,5 @@ class Settings:
             feature_store=StoreSettings.from_env(),
             feature_store_pvc=env("KUBEFORGE_FEAST_PVC", ""),
             materializer_image=env("KUBEFORGE_MATERIALIZER_IMAGE", OPERATOR_IMAGE),
+            runbook_url=env("KUBEFORGE_RUNBOOK_URL") or rules.RUNBOOKS_URL,
         )

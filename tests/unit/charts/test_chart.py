@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from kubeforge import __version__, chartgen
+from kubeforge.monitoring import rules as alert_rules
 from kubeforge.operators import permissions
 from tests.charts import CHART, CI_VALUES, helm, render
 from tests.conftest import REPO
@@ -130,6 +131,26 @@ def test_monitoring_objects_carry_the_committed_rules_and_dashboards() -> None:
     assert len(by_kind(objs, "ServiceMonitor")) == len(by_kind(objs, "NetworkPolicy")) == 1
     defaults = render()
     assert not [o for o in defaults if o["kind"] in PROMETHEUS_OPERATOR_KINDS | {"NetworkPolicy"}]
+
+
+def test_runbook_links_point_where_the_values_say_for_shared_and_per_deployment_alerts() -> None:
+    def runbooks(objs: list[dict[str, Any]]) -> dict[str, str]:
+        groups = one(objs, "PrometheusRule")["spec"]["groups"]
+        return {r["alert"]: r["annotations"]["runbook_url"] for g in groups for r in g["rules"] if "alert" in r}
+
+    enabled = ("--set", "monitoring.prometheusRule.enabled=true")
+    by_default = runbooks(render(*enabled))
+    assert by_default == {alert: alert_rules.runbook_url(alert) for alert in by_default}
+    objs = render(*enabled, "--set", "monitoring.runbookUrl=https://wiki.example/ml/runbooks/")
+    linked = runbooks(objs)
+    assert len(linked) >= 10
+    assert linked == {alert: f"https://wiki.example/ml/runbooks/{alert}.md" for alert in linked}
+    # The operator writes each deployment's own alerts (rules.deployment_rule) with the same base.
+    container = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["KUBEFORGE_RUNBOOK_URL"] == "https://wiki.example/ml/runbooks/"
+    refused = helm("template", "kubeforge", str(CHART), "--set", "monitoring.runbookUrl=wiki page", check=False)
+    assert refused.returncode != 0 and "runbookUrl" in refused.stderr
 
 
 def grants(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:

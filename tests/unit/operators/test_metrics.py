@@ -145,7 +145,7 @@ def alerts(rule: dict[str, Any]) -> dict[str, list[str]]:
 
 
 def test_the_deployments_own_rule_is_a_child_with_its_targets_written_in() -> None:
-    rule = children.prometheus_rule(OWNER, asdict(metrics.Targets.of(deployment(**SLO))))
+    rule = children.prometheus_rule(OWNER, asdict(metrics.Targets.of(deployment(**SLO))), "https://wiki.example/rb/")
     assert rule["kind"] == "PrometheusRule" and rule["apiVersion"] == "monitoring.coreos.com/v1"
     meta = rule["metadata"]
     assert (meta["name"], meta["namespace"]) == ("cancer-slo", "ml")
@@ -167,14 +167,19 @@ def test_the_deployments_own_rule_is_a_child_with_its_targets_written_in() -> No
     assert all(any(b in expr for expr in found["ModelDeploymentErrorBudgetBurn"]) for b in burn)
     assert found["ModelDeploymentLatencyHigh"] == [f"{rules.LATENCY_P99}{selector} > 0.25"]
     assert found["ModelFeatureDrift"] == [f"{rules.FEATURE_DRIFT}{selector} > 0.3"]
+    runbooks = {a["annotations"]["runbook_url"] for g in rule["spec"]["groups"] for a in g["rules"] if "alert" in a}
+    assert "https://wiki.example/rb/ModelFeatureDrift.md" in runbooks
+    assert all(url.startswith("https://wiki.example/rb/") for url in runbooks)
 
 
 def test_a_rule_holds_only_the_alerts_of_the_targets_the_spec_sets() -> None:
     latency_only = deployment(slo={"latencyP99Ms": 100}, monitoring={"drift": {"enabled": False}})
-    rule = children.prometheus_rule(OWNER, asdict(metrics.Targets.of(latency_only)))
+    rule = children.prometheus_rule(OWNER, asdict(metrics.Targets.of(latency_only)), rules.RUNBOOKS_URL)
     assert list(alerts(rule)) == ["ModelDeploymentLatencyHigh"]
     nothing = deployment(monitoring={"drift": {"enabled": False}})
-    assert children.prometheus_rule(OWNER, asdict(metrics.Targets.of(nothing)))["spec"] == {"groups": []}
+    assert children.prometheus_rule(OWNER, asdict(metrics.Targets.of(nothing)), rules.RUNBOOKS_URL)["spec"] == {
+        "groups": []
+    }
 
 
 def test_a_feature_views_ttl_is_exported_while_its_spec_is_valid_and_goes_with_it() -> None:

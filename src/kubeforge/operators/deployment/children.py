@@ -323,10 +323,11 @@ def gateway_service(owner: dict[str, Any]) -> dict[str, Any]:
     return _service(owner, gateway_name(name), "gateway", selector, GATEWAY_PORTS)
 
 
-def prometheus_rule(owner: dict[str, Any], targets: dict[str, Any]) -> dict[str, Any]:
+def prometheus_rule(owner: dict[str, Any], targets: dict[str, Any], runbooks: str) -> dict[str, Any]:
     """The deployment's own PrometheusRule (``<name>-slo``): its SLO and drift alerts with targets (the keyword
-    arguments of monitoring.rules.deployment_rule) written in; garbage collection deletes it with its owner."""
+    arguments of monitoring.rules.deployment_rule) written in, their runbooks under runbooks; garbage collection
+    deletes it with its owner."""
     meta = owner["metadata"]
-    rule = rules.deployment_rule(meta["namespace"], meta["name"], **targets)
+    rule = rules.deployment_rule(meta["namespace"], meta["name"], runbooks=runbooks, **targets)
     extra = rule["metadata"]["labels"]
     return {**rule, "metadata": _meta(owner, rule["metadata"]["name"], "alert-rules", extra)}

@@ -475,7 +475,7 @@ def _alert_rules(ctx: Context, body: dict[str, Any], md: ModelDeployment | None,
     if metrics.prometheus_rules_served(ctx.api):
         metrics.export_targets(namespace, name, targets, rules.OWN)
         hold = rules.duration(duration_seconds(md.spec.monitoring.drift.alert_after))
-        return [children.prometheus_rule(body, {**asdict(targets), "drift_hold": hold})]
+        return [children.prometheus_rule(body, {**asdict(targets), "drift_hold": hold}, ctx.settings.runbook_url)]
     metrics.export_targets(namespace, name, targets, rules.SHARED)
     # Gone with its CRD: should the CRD come back, the rule must be applied anew.
     state.applied.pop((metrics.PROMETHEUS_RULE[1], rules.deployment_rule_name(name)), None)

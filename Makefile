@@ -87,6 +87,10 @@ bench: install triton-venv ## Benchmarks (print ratios measured in one run; see 
 	$(BIN)/python -m tests.benchmarks.bench_frameworks
 	$(BIN)/python -m tests.benchmarks.bench_operator
 
+.PHONY: images
+images: ## Build the container images (REGISTRY=..., PUSH=1 to push, DRY_RUN=1 to print the commands; docs/images.md)
+	bash platform/images/build.sh
+
 .PHONY: controlplane-up
 controlplane-up: install ## Start a local API server + etcd (prints the kubeconfig to use)
 	$(BIN)/kubeforge controlplane up

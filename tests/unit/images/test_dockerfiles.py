@@ -199,6 +199,37 @@ def test_oci_labels(image: Image) -> None:
     )
 
 
+def _build_script(**env: str) -> subprocess.CompletedProcess[str]:
+    path = {"PATH": "/usr/bin:/bin", "HOME": "/tmp"}
+    return subprocess.run(
+        ["bash", str(REPO / "platform" / "images" / "build.sh")], env={**path, **env}, capture_output=True, text=True
+    )
+
+
+def test_make_images_builds_every_image_with_its_tag_and_pushes_them_all() -> None:
+    done = _build_script(DRY_RUN="1", PUSH="1", REGISTRY="registry.example/ml", REVISION="abc123")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    builds = [line for line in lines if line.startswith("docker build ")]
+    expected = {(i.dockerfile, f"{i.name.replace('ghcr.io/kubeforge', 'registry.example/ml')}:{i.tag}") for i in IMAGES}
+    assert {(line.split(" -f ")[1].split()[0], line.split(" -t ")[1].split()[0]) for line in builds} == expected
+    assert all(f"--build-arg VERSION={__version__} --build-arg REVISION=abc123" in line for line in builds)
+    assert all(line.endswith(" .") for line in builds), "the build context is the repository root"
+    pushed = sorted(line.split()[-1] for line in lines if line.startswith("docker push "))
+    assert pushed == sorted(tag for _, tag in expected)
+    # By default the tags are the ones the operators and the chart run.
+    defaults = _build_script(DRY_RUN="1").stdout
+    for image in (settings.OPERATOR_IMAGE, settings.GATEWAY_IMAGE, settings.TRAINER_IMAGE, settings.TRITON_IMAGE):
+        assert f" -t {image} " in defaults
+    assert "docker push" not in defaults
+
+
+def test_make_images_without_an_engine_says_what_to_install() -> None:
+    done = _build_script(DOCKER="no-such-engine")
+    assert done.returncode == 1 and "no-such-engine not found: install Docker 23 or later" in done.stderr
+    assert done.stdout == ""
+
+
 def test_the_operators_default_images_are_these_images() -> None:
     expected = {
         "operator": settings.OPERATOR_IMAGE,

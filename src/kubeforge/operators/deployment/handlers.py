@@ -106,6 +106,8 @@ class State:
 
     applied: dict[tuple[str, str], str] = field(default_factory=dict)
     """(kind, name) of each child -> hash of what was last applied: an unchanged child is not sent again."""
+    applied_at: float = 0.0
+    """When (monotonic) a pass last sent children."""
     child_gone: bool = False
     """A child was deleted since the last pass began: the next one forgets applied and inputs, and sends every
     child again (a Deployment or Service deleted by hand comes back)."""
@@ -460,6 +462,8 @@ def _apply(ctx: Context, state: State, objs: list[dict[str, Any]]) -> None:
         digest = hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()
         if state.applied.get(key) != digest:
             fresh[key] = (obj, digest)
+    if fresh:
+        state.applied_at = time.monotonic()
     kube.apply_children(ctx.api, [obj for obj, _ in fresh.values()])
     state.applied.update({key: digest for key, (_, digest) in fresh.items()})
 
@@ -683,13 +687,15 @@ def _pass(
         ticks.last_pass = time.monotonic()
 
 
-def _for_parent(namespace: str, labels: Mapping[str, str], kwargs: Mapping[str, Any]) -> None:
-    """A child changed: a pass of the ModelDeployment it belongs to, if that one exists. A child that went may have
-    been deleted by hand, and what this process last applied no longer says what exists (see State.child_gone)."""
+def _for_parent(namespace: str, labels: Mapping[str, str], kwargs: Mapping[str, Any], resend: bool = False) -> None:
+    """A child changed: a pass of the ModelDeployment it belongs to, if that one exists. With resend, its deletion
+    says that a child the operator applies may be gone (a Deployment, or the Service of an EndpointSlice), deleted
+    by hand, and what this process last applied no longer says what exists (see State.child_gone); pods come and
+    go on their own."""
     name = labels[MODELDEPLOYMENT]
     memo = memo_in(kwargs["md_memos"], namespace, name)
     if memo is not None:
-        if (kwargs.get("event") or {}).get("type") == "DELETED":
+        if resend and (kwargs.get("event") or {}).get("type") == "DELETED":
             state_of(memo).child_gone = True
         _pass(namespace, name, memo, Watched.of(kwargs))
 
@@ -731,14 +737,15 @@ def delete_children(ctx: Context, namespace: str, name: str, uid: str | None = N
 
 @kopf.on.event("apps", "v1", "deployments", labels={MODELDEPLOYMENT: kopf.PRESENT})
 def deployment_event(labels: dict[str, str], namespace: str, **kwargs: Any) -> None:
-    """Readiness of a version's Triton or of the gateway changed."""
-    _for_parent(namespace, labels, kwargs)
+    """Readiness of a version's Triton or of the gateway changed, or the Deployment went."""
+    _for_parent(namespace, labels, kwargs, resend=True)
 
 
 @kopf.on.event("discovery.k8s.io", "endpointslices", labels={MODELDEPLOYMENT: kopf.PRESENT})
 def endpoints_event(labels: dict[str, str], namespace: str, **kwargs: Any) -> None:
-    """Addresses changed (the route table carries them when service addressing is by endpoints)."""
-    _for_parent(namespace, labels, kwargs)
+    """Addresses changed (the route table carries them when service addressing is by endpoints), or the slice went
+    with its Service."""
+    _for_parent(namespace, labels, kwargs, resend=True)
 
 
 @kopf.on.event("v1", "pods", labels={MODELDEPLOYMENT: kopf.PRESENT})
@@ -855,11 +862,12 @@ UNWATCHED_KINDS = [("v1", "Service"), ("v1", "ConfigMap"), ("autoscaling/v1", "H
 
 def _check_unwatched(memos: Mapping[tuple[str, str], Any], watched: Watched) -> None:
     """A pass, sending every child again, of each ModelDeployment that a child this process applied is missing
-    from: one of UNWATCHED_KINDS deleted by hand. A child applied after its kind was listed counts as missing too,
-    which costs a pass that changes nothing."""
+    from: one of UNWATCHED_KINDS deleted by hand. Deployments that sent children since the listing began are left
+    to the next check (what they sent may have come after the list)."""
     ctx = context()
     keys = list(memos)
     for namespace in {ns for ns, _ in keys}:
+        listed_at = time.monotonic()
         try:
             present = {
                 (kind, name)
@@ -873,7 +881,9 @@ def _check_unwatched(memos: Mapping[tuple[str, str], Any], watched: Watched) -> 
         for key in (k for k in keys if k[0] == namespace):
             memo = memo_in(memos, *key)
             state = state_of(memo) if memo is not None else None
-            if state is not None and any(k[0] in kinds and k not in present for k in list(state.applied)):
+            if state is None or state.applied_at >= listed_at:
+                continue
+            if any(k[0] in kinds and k not in present for k in list(state.applied)):
                 log.info(f"{namespace}/{key[1]}: a child of it was deleted; applying its children again")
                 state.child_gone = True
                 _pass(*key, memo, watched, event=False)

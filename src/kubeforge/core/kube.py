@@ -187,8 +187,9 @@ def _server_message(err: ApiError) -> str:
     return text if len(text) <= 800 else f"{text[:400]} … {text[-300:]}"
 
 
-def apply_children(api: Api, objs: Iterable[dict[str, Any]]) -> None:
-    """Server-side apply an owner's children (each with a controller ownerReference to it), in order.
+def apply_children(api: Api, objs: Iterable[dict[str, Any]]) -> dict[tuple[str, str], str]:
+    """Server-side apply an owner's children (each with a controller ownerReference to it), in order; the
+    resourceVersion each was written at, by (kind, name), which tells a later change by someone else.
 
     Another controller's object of the same name is never taken over. Each child is applied by its owner's own
     field manager (:func:`child_manager`) without force, which the API server refuses for any object another
@@ -204,13 +205,16 @@ def apply_children(api: Api, objs: Iterable[dict[str, Any]]) -> None:
     """
     leftovers: list[str] = []
     predecessor: dict[str, Any] = {}
+    versions: dict[tuple[str, str], str] = {}
     for obj in objs:
         meta = obj["metadata"]
         what = f"{obj['kind']} {meta['name']}"
         mine = controller_of(obj)
         if mine is not None:
             try:
-                _release_shared_manager(api, obj, apply(api, obj, child_manager(mine["uid"]), force=False))
+                written = apply(api, obj, child_manager(mine["uid"]), force=False)
+                versions[(obj["kind"], meta["name"])] = written["metadata"].get("resourceVersion", "")
+                _release_shared_manager(api, obj, written)
                 continue
             except ApiError as err:
                 if err.status not in (409, 422):
@@ -239,6 +243,7 @@ def apply_children(api: Api, objs: Iterable[dict[str, Any]]) -> None:
             raise ChildNotApplied(
                 APPLY_FAILED, f"applying {what} failed ({err.status} {err.reason}): {_server_message(err)}"
             ) from err
+        versions[(obj["kind"], meta["name"])] = written["metadata"].get("resourceVersion", "")
         _release_shared_manager(api, obj, written)
     if leftovers:
         raise ChildNotApplied(
@@ -246,6 +251,7 @@ def apply_children(api: Api, objs: Iterable[dict[str, Any]]) -> None:
             f"{' and '.join(leftovers)} belonged to an earlier {predecessor['kind']} {predecessor['name']} "
             f"(uid {predecessor['uid']}) that was deleted: deleting, to create anew for this one",
         )
+    return versions
 
 
 def _release_shared_manager(api: Api, obj: dict[str, Any], written: dict[str, Any]) -> None:
@@ -272,12 +278,12 @@ METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v
 """The Accept header that asks for a list of objects' metadata only."""
 
 
-def list_names(api: Api, api_version: str, kind: str, namespace: str, label_selector: str) -> set[str]:
-    """The names of the objects of a kind in namespace that match label_selector, from their metadata alone (the
-    API server leaves out spec, data and status)."""
+def list_versions(api: Api, api_version: str, kind: str, namespace: str, label_selector: str) -> dict[str, str]:
+    """Name -> resourceVersion of the objects of a kind in namespace that match label_selector, from their metadata
+    alone (the API server leaves out spec, data and status)."""
     query = [("labelSelector", label_selector)]
     found = _request(api, "GET", _path(api, api_version, kind, None, namespace), query=query, accept=METADATA_LIST)
-    return {item["metadata"]["name"] for item in found.get("items") or []}
+    return {item["metadata"]["name"]: item["metadata"].get("resourceVersion", "") for item in found.get("items") or []}
 
 
 def create(api: Api, obj: dict[str, Any]) -> dict[str, Any] | None:

@@ -178,7 +178,7 @@ def md_children(api: client.ApiClient, namespace: str, name: str) -> dict[str, s
     return {f"{kind}/{obj.metadata.name}": owner_uid(obj) for kind, objs in found.items() for obj in objs}
 
 
-def test_children_deleted_by_hand_come_back(
+def test_children_deleted_or_edited_by_hand_come_back(
     operator: Operator, api: client.ApiClient, namespace: str, served_model: str
 ) -> None:
     uid = create_md(api, namespace, "handy", served_model)["metadata"]["uid"]
@@ -193,6 +193,11 @@ def test_children_deleted_by_hand_come_back(
     core.delete_namespaced_config_map(routes, namespace, _preload_content=False)
     wait_for(lambda: set(md_children(api, namespace, "handy")) == set(before), 45, "the Service and ConfigMap again")
     assert set(md_children(api, namespace, "handy").values()) == {uid}
+    # An edit by hand (kubectl edit) is undone within the same time: the operator's spec wins.
+    data = core.read_namespaced_config_map(routes, namespace).data
+    core.patch_namespaced_config_map(routes, namespace, {"data": {key: "# edited by hand\n" for key in data}})
+    assert core.read_namespaced_config_map(routes, namespace).data != data
+    wait_for(lambda: core.read_namespaced_config_map(routes, namespace).data == data, 45, "the route table restored")
 
 
 def test_a_modeldeployment_deleted_and_created_again_at_once_keeps_the_new_ones_children(

@@ -108,9 +108,11 @@ class State:
     """(kind, name) of each child -> hash of what was last applied: an unchanged child is not sent again."""
     applied_at: float = 0.0
     """When (monotonic) a pass last sent children."""
+    written: dict[tuple[str, str], str] = field(default_factory=dict)
+    """(kind, name) of each child -> the resourceVersion its last apply wrote: a different one is someone else's."""
     child_gone: bool = False
-    """A child was deleted since the last pass began: the next one forgets applied and inputs, and sends every
-    child again (a Deployment or Service deleted by hand comes back)."""
+    """A child was deleted or changed by someone else since the last pass began: the next one forgets applied and
+    inputs, and sends every child again (a Deployment or Service deleted by hand comes back, an edit is undone)."""
     snapshots: dict[str, an.Snapshot] = field(default_factory=dict)
     """Canary version -> the gateway's metrics at the last analysis; the next one compares with it."""
     holding: dict[str, datetime] = field(default_factory=dict)
@@ -464,7 +466,7 @@ def _apply(ctx: Context, state: State, objs: list[dict[str, Any]]) -> None:
             fresh[key] = (obj, digest)
     if fresh:
         state.applied_at = time.monotonic()
-    kube.apply_children(ctx.api, [obj for obj, _ in fresh.values()])
+    state.written.update(kube.apply_children(ctx.api, [obj for obj, _ in fresh.values()]))
     state.applied.update({key: digest for key, (_, digest) in fresh.items()})
 
 
@@ -504,6 +506,7 @@ def _prune(ctx: Context, namespace: str, name: str, state: State, watched: Watch
         for api_version, kind in VERSION_KINDS:
             kube.delete(ctx.api, api_version, kind, child, namespace)
             state.applied.pop((kind, child), None)
+            state.written.pop((kind, child), None)
 
 
 def _version(body: Mapping[str, Any] | None) -> int | None:
@@ -551,7 +554,7 @@ def reconcile(
         if state.deleted:
             return
         if state.child_gone:
-            state.child_gone, state.applied, state.inputs = False, {}, None
+            state.child_gone, state.applied, state.written, state.inputs = False, {}, {}, None
         body = _newest(state, seen) or kube.get(ctx.api, API_VERSION, KIND, name, namespace)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return
@@ -857,22 +860,25 @@ def _sweep(owners: set[tuple[str, str]]) -> None:
 
 
 UNWATCHED_KINDS = [("v1", "Service"), ("v1", "ConfigMap"), ("autoscaling/v1", "HorizontalPodAutoscaler")]
-"""Children whose deletion no watch of the operator reports (Deployments' does: see _for_parent)."""
+"""Children whose deletion or change no watch of the operator reports (Deployments' does: see _for_parent)."""
+CHANGED_BY_OTHERS = frozenset({"HorizontalPodAutoscaler"})
+"""Kinds whose objects others write as they work (the autoscaler its status): checked for deletion only."""
 
 
 def _check_unwatched(memos: Mapping[tuple[str, str], Any], watched: Watched) -> None:
     """A pass, sending every child again, of each ModelDeployment that a child this process applied is missing
-    from: one of UNWATCHED_KINDS deleted by hand. Deployments that sent children since the listing began are left
-    to the next check (what they sent may have come after the list)."""
+    from, or changed since (another resourceVersion than its apply wrote): one of UNWATCHED_KINDS deleted or edited
+    by hand. Deployments that sent children since the listing began are left to the next check (what they sent may
+    have come after the list)."""
     ctx = context()
     keys = list(memos)
     for namespace in {ns for ns, _ in keys}:
         listed_at = time.monotonic()
         try:
             present = {
-                (kind, name)
+                (kind, name): version
                 for api_version, kind in UNWATCHED_KINDS
-                for name in kube.list_names(ctx.api, api_version, kind, namespace, MODELDEPLOYMENT)
+                for name, version in kube.list_versions(ctx.api, api_version, kind, namespace, MODELDEPLOYMENT).items()
             }
         except Exception:  # the next check tries again
             log.exception(f"{namespace}: listing the children of ModelDeployments failed")
@@ -883,8 +889,18 @@ def _check_unwatched(memos: Mapping[tuple[str, str], Any], watched: Watched) -> 
             state = state_of(memo) if memo is not None else None
             if state is None or state.applied_at >= listed_at:
                 continue
-            if any(k[0] in kinds and k not in present for k in list(state.applied)):
-                log.info(f"{namespace}/{key[1]}: a child of it was deleted; applying its children again")
+            gone = [k for k in list(state.applied) if k[0] in kinds and k not in present]
+            edited = [
+                k
+                for k, version in list(state.written.items())
+                if k[0] in kinds - CHANGED_BY_OTHERS and k in present and present[k] != version
+            ]
+            if gone or edited:
+                what = ", ".join(
+                    f"{kind} {name} {'deleted' if (kind, name) in gone else 'changed'}"
+                    for kind, name in [*gone, *edited]
+                )
+                log.info(f"{namespace}/{key[1]}: {what} by someone else; applying its children again")
                 state.child_gone = True
                 _pass(*key, memo, watched, event=False)
 

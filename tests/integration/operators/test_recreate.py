@@ -111,12 +111,12 @@ def served_model(mlflow) -> str:
     return "in-the-way"
 
 
-def create_md(api: client.ApiClient, namespace: str, name: str, model: str) -> dict[str, Any]:
+def create_md(api: client.ApiClient, namespace: str, name: str, model: str, **spec: Any) -> dict[str, Any]:
     body = {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "ModelDeployment",
         "metadata": {"name": name},
-        "spec": {"model": {"name": model, "version": 1}},
+        "spec": {"model": {"name": model, "version": 1}, **spec},
     }
     return client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, namespace, MD_PLURAL, body)
 
@@ -181,10 +181,15 @@ def md_children(api: client.ApiClient, namespace: str, name: str) -> dict[str, s
 def test_children_deleted_or_edited_by_hand_come_back(
     operator: Operator, api: client.ApiClient, namespace: str, served_model: str
 ) -> None:
-    uid = create_md(api, namespace, "handy", served_model)["metadata"]["uid"]
+    autoscaling = {"minReplicas": 1, "maxReplicas": 3}
+    uid = create_md(api, namespace, "handy", served_model, autoscaling=autoscaling)["metadata"]["uid"]
     wait_for(lambda: len(md_children(api, namespace, "handy")) >= 5, 30, "children")
     before = md_children(api, namespace, "handy")
     core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+    # Scaled up as the autoscaler does (the scale subresource, its field manager): sending the other children again
+    # must leave that alone.
+    scale = {"spec": {"replicas": 3}}
+    apps.patch_namespaced_deployment_scale("handy-v1", namespace, scale, field_manager="kube-controller-manager")
     apps.delete_namespaced_deployment("handy-gateway", namespace, _preload_content=False)
     # A watch reports the Deployment's deletion at once; the others are found missing within CHECK_S (30 s).
     wait_for(lambda: "Deployment/handy-gateway" in md_children(api, namespace, "handy"), 10, "the Deployment again")
@@ -198,6 +203,7 @@ def test_children_deleted_or_edited_by_hand_come_back(
     core.patch_namespaced_config_map(routes, namespace, {"data": {key: "# edited by hand\n" for key in data}})
     assert core.read_namespaced_config_map(routes, namespace).data != data
     wait_for(lambda: core.read_namespaced_config_map(routes, namespace).data == data, 45, "the route table restored")
+    assert apps.read_namespaced_deployment("handy-v1", namespace).spec.replicas == 3, "the autoscaler's replicas kept"
 
 
 def test_a_modeldeployment_deleted_and_created_again_at_once_keeps_the_new_ones_children(

@@ -110,9 +110,10 @@ class State:
     """When (monotonic) a pass last sent children."""
     written: dict[tuple[str, str], str] = field(default_factory=dict)
     """(kind, name) of each child -> the resourceVersion its last apply wrote: a different one is someone else's."""
-    child_gone: bool = False
-    """A child was deleted or changed by someone else since the last pass began: the next one forgets applied and
-    inputs, and sends every child again (a Deployment or Service deleted by hand comes back, an edit is undone)."""
+    resend: set[tuple[str, str]] = field(default_factory=set)
+    """(kind, name) of children deleted or changed by someone else since the last pass began: the next one sends
+    them again whatever applied says (a Deployment or Service deleted by hand comes back, an edit is undone), and
+    only them, so an autoscaled Deployment's replicas are left to its autoscaler."""
     snapshots: dict[str, an.Snapshot] = field(default_factory=dict)
     """Canary version -> the gateway's metrics at the last analysis; the next one compares with it."""
     holding: dict[str, datetime] = field(default_factory=dict)
@@ -553,8 +554,13 @@ def reconcile(
     with lock_of(memo, namespace, name):  # type: ignore[arg-type]
         if state.deleted:
             return
-        if state.child_gone:
-            state.child_gone, state.applied, state.written, state.inputs = False, {}, {}, None
+        if state.resend:
+            gone = set(state.resend)
+            state.resend -= gone
+            for key in gone:
+                state.applied.pop(key, None)
+                state.written.pop(key, None)
+            state.inputs = None
         body = _newest(state, seen) or kube.get(ctx.api, API_VERSION, KIND, name, namespace)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return
@@ -690,16 +696,18 @@ def _pass(
         ticks.last_pass = time.monotonic()
 
 
-def _for_parent(namespace: str, labels: Mapping[str, str], kwargs: Mapping[str, Any], resend: bool = False) -> None:
-    """A child changed: a pass of the ModelDeployment it belongs to, if that one exists. With resend, its deletion
-    says that a child the operator applies may be gone (a Deployment, or the Service of an EndpointSlice), deleted
-    by hand, and what this process last applied no longer says what exists (see State.child_gone); pods come and
-    go on their own."""
+def _for_parent(
+    namespace: str, labels: Mapping[str, str], kwargs: Mapping[str, Any], sent: tuple[str, str] | None = None
+) -> None:
+    """A child changed: a pass of the ModelDeployment it belongs to, if that one exists. sent is the (kind, name) of
+    the child the operator applies that this event's deletion says is gone (a Deployment, or the Service of an
+    EndpointSlice), perhaps deleted by hand: the pass sends it again (see State.resend). Pods come and go on their
+    own."""
     name = labels[MODELDEPLOYMENT]
     memo = memo_in(kwargs["md_memos"], namespace, name)
     if memo is not None:
-        if resend and (kwargs.get("event") or {}).get("type") == "DELETED":
-            state_of(memo).child_gone = True
+        if sent is not None and (kwargs.get("event") or {}).get("type") == "DELETED":
+            state_of(memo).resend.add(sent)
         _pass(namespace, name, memo, Watched.of(kwargs))
 
 
@@ -739,16 +747,17 @@ def delete_children(ctx: Context, namespace: str, name: str, uid: str | None = N
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={MODELDEPLOYMENT: kopf.PRESENT})
-def deployment_event(labels: dict[str, str], namespace: str, **kwargs: Any) -> None:
+def deployment_event(labels: dict[str, str], namespace: str, name: str, **kwargs: Any) -> None:
     """Readiness of a version's Triton or of the gateway changed, or the Deployment went."""
-    _for_parent(namespace, labels, kwargs, resend=True)
+    _for_parent(namespace, labels, kwargs, ("Deployment", name))
 
 
 @kopf.on.event("discovery.k8s.io", "endpointslices", labels={MODELDEPLOYMENT: kopf.PRESENT})
 def endpoints_event(labels: dict[str, str], namespace: str, **kwargs: Any) -> None:
     """Addresses changed (the route table carries them when service addressing is by endpoints), or the slice went
     with its Service."""
-    _for_parent(namespace, labels, kwargs, resend=True)
+    service = labels.get(SERVICE_NAME)
+    _for_parent(namespace, labels, kwargs, ("Service", service) if service else None)
 
 
 @kopf.on.event("v1", "pods", labels={MODELDEPLOYMENT: kopf.PRESENT})
@@ -866,7 +875,7 @@ CHANGED_BY_OTHERS = frozenset({"HorizontalPodAutoscaler"})
 
 
 def _check_unwatched(memos: Mapping[tuple[str, str], Any], watched: Watched) -> None:
-    """A pass, sending every child again, of each ModelDeployment that a child this process applied is missing
+    """A pass, sending them again, of each ModelDeployment that children this process applied are missing
     from, or changed since (another resourceVersion than its apply wrote): one of UNWATCHED_KINDS deleted or edited
     by hand. Deployments that sent children since the listing began are left to the next check (what they sent may
     have come after the list)."""
@@ -900,8 +909,8 @@ def _check_unwatched(memos: Mapping[tuple[str, str], Any], watched: Watched) -> 
                     f"{kind} {name} {'deleted' if (kind, name) in gone else 'changed'}"
                     for kind, name in [*gone, *edited]
                 )
-                log.info(f"{namespace}/{key[1]}: {what} by someone else; applying its children again")
-                state.child_gone = True
+                log.info(f"{namespace}/{key[1]}: {what} by someone else; applying again")
+                state.resend.update([*gone, *edited])
                 _pass(*key, memo, watched, event=False)
 
 

@@ -275,12 +275,11 @@ def register(checked: Checked, tracking_uri: str, say: Callable[[str], None]) ->
                 registration.log_file(Path(tmp), contract.BASELINE_ARTIFACT, baseline)
         model_uri = model.log_model(len(checked.features), checked.n_outputs, request.task)
         version = str(mlflow.register_model(model_uri, request.name, tags=tags).version)
-        card = registration.write_card(request.name, version, checked.card())
+        # The description given goes above the card, which the MLflow UI shows as the rest of it.
+        registration.write_card(request.name, version, checked.card(), request.description)
     client = MlflowClient()
     if request.alias:
         client.set_registered_model_alias(request.name, request.alias, version)
-    if request.description:  # above the card, which the MLflow UI shows as the rest of the version's description
-        client.update_model_version(request.name, version, description=f"{request.description}\n\n{card}")
     return Imported(request.name, version, f"models:/{request.name}/{version}", run.info.run_id)
 
 

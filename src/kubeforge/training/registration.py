@@ -181,17 +181,16 @@ def log_estimator(framework: str, estimator: Any, classifier: bool, **common: An
     )
 
 
-def write_card(name: str, version: str, card: modelcard.ModelCard) -> str:
-    """Log the version's model card to the active run (JSON and Markdown) and make the Markdown the version's
-    description, which the MLflow UI shows on the version's page; the Markdown. Written again by a retried
+def write_card(name: str, version: str, card: modelcard.ModelCard, preface: str | None = None) -> None:
+    """Log the version's model card to the active run (JSON and Markdown) and make the Markdown, after preface if
+    given, the version's description, which the MLflow UI shows on the version's page. Written again by a retried
     attempt."""
     card = card.model_copy(update={"version": version})
     text = modelcard.markdown(card)
     with tempfile.TemporaryDirectory() as tmp:
         log_file(Path(tmp), modelcard.CARD_JSON, card.model_dump_json(indent=2).encode())
         log_file(Path(tmp), modelcard.CARD_MARKDOWN, text.encode())
-    MlflowClient().update_model_version(name, version, description=text)
-    return text
+    MlflowClient().update_model_version(name, version, description=f"{preface}\n\n{text}" if preface else text)
 
 
 def _skops_trusted(estimator: Any) -> list[str]:

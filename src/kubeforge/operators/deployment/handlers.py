@@ -491,6 +491,8 @@ def _alert_rules(ctx: Context, body: dict[str, Any], md: ModelDeployment | None,
 
 VERSION_KINDS = [("apps/v1", "Deployment"), ("v1", "Service"), ("autoscaling/v1", "HorizontalPodAutoscaler")]
 """The children each live version gets, all named children.version_name."""
+CHILD_KINDS = [*VERSION_KINDS, ("v1", "ConfigMap")]
+"""Every kind of child but the optional PrometheusRule: the versions' and the gateway's (its route table)."""
 
 
 def _deployed(watched: Watched, namespace: str, name: str) -> frozenset[str]:
@@ -737,7 +739,7 @@ def delete_children(ctx: Context, namespace: str, name: str, uid: str | None = N
     (one created anew under its name may have children already). Where no garbage collector follows the
     ownerReferences (the local runtime), nothing else would. MLflow is left as it was."""
     selector = f"{MODELDEPLOYMENT}={name}"
-    kinds = [*VERSION_KINDS, ("v1", "ConfigMap")]
+    kinds = list(CHILD_KINDS)
     if metrics.prometheus_rules_served(ctx.api):
         kinds.append(metrics.PROMETHEUS_RULE)
     for api_version, kind in kinds:
@@ -868,8 +870,9 @@ def _sweep(owners: set[tuple[str, str]]) -> None:
             log.exception(f"{namespace}/{name}: deleting the children of a deleted ModelDeployment failed")
 
 
-UNWATCHED_KINDS = [("v1", "Service"), ("v1", "ConfigMap"), ("autoscaling/v1", "HorizontalPodAutoscaler")]
+UNWATCHED_KINDS = [(v, kind) for v, kind in CHILD_KINDS if kind != "Deployment"]
 """Children whose deletion or change no watch of the operator reports (Deployments' does: see _for_parent)."""
+UNWATCHED = frozenset(kind for _, kind in UNWATCHED_KINDS)
 CHANGED_BY_OTHERS = frozenset({"HorizontalPodAutoscaler"})
 """Kinds whose objects others write as they work (the autoscaler its status): checked for deletion only."""
 
@@ -892,17 +895,16 @@ def _check_unwatched(memos: Mapping[tuple[str, str], Any], watched: Watched) -> 
         except Exception:  # the next check tries again
             log.exception(f"{namespace}: listing the children of ModelDeployments failed")
             continue
-        kinds = {kind for _, kind in UNWATCHED_KINDS}
         for key in (k for k in keys if k[0] == namespace):
             memo = memo_in(memos, *key)
             state = state_of(memo) if memo is not None else None
             if state is None or state.applied_at >= listed_at:
                 continue
-            gone = [k for k in list(state.applied) if k[0] in kinds and k not in present]
+            gone = [k for k in list(state.applied) if k[0] in UNWATCHED and k not in present]
             edited = [
                 k
                 for k, version in list(state.written.items())
-                if k[0] in kinds - CHANGED_BY_OTHERS and k in present and present[k] != version
+                if k[0] in UNWATCHED - CHANGED_BY_OTHERS and k in present and present[k] != version
             ]
             if gone or edited:
                 what = ", ".join(

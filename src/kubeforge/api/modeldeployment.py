@@ -351,7 +351,8 @@ class ModelDeploymentSpec(KubeModel):
     replicas: Annotated[int, Field(ge=0, le=1000)] = 1
     """Triton replicas per version when autoscaling is not set."""
     autoscaling: Autoscaling | None = None
-    """Scale each version's Triton replicas on CPU (utilisation of runtime.cpu)."""
+    """Scale each version's Triton replicas on CPU (utilisation of runtime.cpu); a change of runtime or bounds keeps
+    the replicas the autoscaler chose, within the new bounds."""
     gateway: GatewaySpec = Field(default_factory=GatewaySpec)
     """CPU and memory of the gateway."""
     canary: Canary | None = None

@@ -1,7 +1,7 @@
 """Kubernetes client helpers: one way to load credentials and one way to write objects.
 
 Every write kubeforge makes is a server-side apply, so repeated applies are idempotent and
-fields owned by others (HPA replicas, user labels) are left alone. Status is written through
+fields kubeforge does not set (user labels, annotations) are left alone. Status is written through
 the status subresource, and only when it changed, so a resync does not bump resourceVersions
 or wake watchers for nothing. An operator's children are applied with :func:`apply_children`,
 by a field manager per owner, which never takes over an object another owner controls and

@@ -269,6 +269,41 @@ def test_serving_pods_ask_for_the_cpu_and_memory_the_spec_names(
     assert refused.value.status == 422 and "spec.gateway.cpu" in refused.value.body
 
 
+def test_an_autoscaled_triton_keeps_the_autoscalers_replicas_when_its_spec_changes(
+    operator: Operator, api: client.ApiClient, namespace: str, mlflow, registry
+) -> None:
+    """minReplicas sets a version's replicas until the autoscaler scales it; from then on the replicas are the
+    autoscaler's, and a change that rolls the Triton Deployment (a new runtime, a new minReplicas) leaves them as
+    they are, instead of dropping a scaled-up deployment back to its minimum under load. Without autoscaling the
+    spec's replicas apply again."""
+    model(mlflow, registry, "busy", [0.0], {"champion": 1})
+    create_md(api, namespace, "busy", model={"name": "busy", "alias": "champion"}, autoscaling={"maxReplicas": 5})
+    apps, custom = client.AppsV1Api(api), client.CustomObjectsApi(api)
+
+    def triton() -> tuple[int, str]:
+        spec = apps.read_namespaced_deployment("busy-v1", namespace).spec
+        return spec.replicas, spec.template.spec.containers[0].resources.requests["cpu"]
+
+    def change(spec: dict[str, Any]) -> None:
+        custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "busy", {"spec": spec})
+
+    wait_for(lambda: "busy-v1" in deployments(api, namespace), what="Triton's Deployment")
+    assert triton() == (1, "1")
+    change({"autoscaling": {"minReplicas": 2, "maxReplicas": 5}})
+    wait_for(lambda: triton() == (2, "1"), what="minReplicas, the autoscaler not having scaled yet")
+    # Scaled up as the autoscaler does: through the scale subresource, by its own field manager.
+    scale = {"spec": {"replicas": 4}}
+    apps.patch_namespaced_deployment_scale("busy-v1", namespace, scale, field_manager="kube-controller-manager")
+    change({"runtime": {"cpu": "2"}, "autoscaling": {"minReplicas": 3, "maxReplicas": 5}})
+    wait_for(lambda: triton()[1] == "2", what="the new runtime")
+    time.sleep(1)  # the pass that follows the Deployment's own event
+    assert triton() == (4, "2"), "the autoscaler's replicas kept"
+    hpa = client.AutoscalingV1Api(api).read_namespaced_horizontal_pod_autoscaler("busy-v1", namespace).spec
+    assert (hpa.min_replicas, hpa.max_replicas) == (3, 5)
+    change({"autoscaling": None, "replicas": 1})
+    wait_for(lambda: triton() == (1, "2"), what="the spec's replicas once autoscaling is off")
+
+
 def test_deleting_removes_everything_it_created_and_leaves_mlflow(
     operator: Operator, api: client.ApiClient, runner_namespace: str, mlflow, registry
 ) -> None:

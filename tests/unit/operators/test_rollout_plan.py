@@ -240,6 +240,22 @@ def test_a_gpu_runtime_asks_for_its_gpus_once_per_pod_and_no_cpu_limit() -> None
     assert exporter["resources"]["limits"] == {"memory": "16Gi"}, "the exporter runs before Triton, on no GPU"
 
 
+def test_autoscaled_replicas_are_those_the_autoscaler_chose_within_the_bounds() -> None:
+    """A re-applied Triton Deployment keeps the replicas it has (the autoscaler's), only brought within
+    minReplicas..maxReplicas; a new one starts at minReplicas; without autoscaling the spec's replicas hold."""
+
+    def replicas(spec: dict[str, Any], now: int | None) -> int:
+        observed = Observed(**{**vars(EVERYTHING_READY), "replicas": {} if now is None else {"1": now}})
+        p = run(md(**spec), Resolved(stable="1"), observed)
+        return next(o for o in p.apply if o["metadata"]["name"] == "clf-v1" and o["kind"] == "Deployment")["spec"][
+            "replicas"
+        ]
+
+    scaling = {"autoscaling": {"minReplicas": 2, "maxReplicas": 5}}
+    assert [replicas(scaling, now) for now in (None, 1, 4, 9)] == [2, 2, 4, 5]
+    assert replicas({"replicas": 3}, 4) == 3
+
+
 CANARY_DOWN = Observed(frozenset({"1", "3"}), {v: URLS[v] for v in ("1", "3")}, True, "http://127.0.0.1:8080", True)
 STABLE_DOWN = Observed(frozenset({"2", "3"}), {v: URLS[v] for v in ("2", "3")}, True, "http://127.0.0.1:8080", True)
 NO_DATA = [{"name": "error-rate", "threshold": "<= 0.01"}]

@@ -98,9 +98,22 @@ def _service(owner: dict[str, Any], name: str, component: str, selector: dict[st
 
 
 def triton_deployment(
-    owner: dict[str, Any], md: ModelDeployment, model: str, version: str, role: str, settings: Settings
+    owner: dict[str, Any],
+    md: ModelDeployment,
+    model: str,
+    version: str,
+    role: str,
+    settings: Settings,
+    replicas_now: int | None = None,
 ) -> dict[str, Any]:
-    """Triton serving one registered version, exported from MLflow by an init container."""
+    """Triton serving one registered version, exported from MLflow by an init container.
+
+    Replicas: spec.replicas; with autoscaling, those the Deployment asks for now (replicas_now, the autoscaler's
+    choice) kept within minReplicas and maxReplicas, as the autoscaler keeps them itself, and minReplicas for a new
+    one. So applying the Deployment again (a new runtime, new bounds) never drops a scaled-up version back to its
+    minimum under load, whichever field manager the API server says holds the replicas (a scale by the autoscaler
+    leaves the applier holding them before Kubernetes 1.22); and without an autoscaler (the local runtime) the
+    bounds still hold."""
     name = version_name(owner["metadata"]["name"], version)
     rt = md.spec.runtime
     selector = {labels.MODELDEPLOYMENT: owner["metadata"]["name"], labels.MODEL_VERSION: version}
@@ -153,12 +166,15 @@ def triton_deployment(
         "volumeMounts": [{"name": "models", "mountPath": REPO_MOUNT}],
         "resources": resources.server(rt.cpu, rt.memory, rt.gpus),
     }
+    replicas, scaling = md.spec.replicas, md.spec.autoscaling
+    if scaling is not None:
+        replicas = min(max(replicas_now or 0, scaling.min_replicas), scaling.max_replicas)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": _meta(owner, name, "triton", {labels.MODEL_VERSION: version, labels.ROLE: role}),
         "spec": {
-            "replicas": md.spec.replicas if md.spec.autoscaling is None else md.spec.autoscaling.min_replicas,
+            "replicas": replicas,
             "selector": {"matchLabels": selector},
             "template": {
                 "metadata": {"labels": pod_labels, "annotations": scrape_annotations(PORTS["metrics"])},

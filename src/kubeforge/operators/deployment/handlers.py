@@ -303,6 +303,7 @@ class Workload(NamedTuple):
     part: str  # its model version, or GATEWAY
     available: bool  # at least one pod available
     short: bool  # fewer ready pods than it wants
+    replicas: int  # how many pods it asks for now (the autoscaler's choice, where one scales it)
 
 
 class Address(NamedTuple):
@@ -337,13 +338,15 @@ async def md_memos(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> dict
 async def md_workloads(
     namespace: str, labels: Mapping[str, str], spec: Mapping[str, Any], status: Mapping[str, Any], **_: Any
 ) -> dict[tuple[str, str], Workload] | None:
-    """Each ModelDeployment's Deployments: which serve (readiness), which versions have one (pruning)."""
+    """Each ModelDeployment's Deployments: which serve (readiness), which versions have one (pruning), how many
+    replicas each asks for now (autoscaling)."""
     part = _part(labels)
     if part is None:
         return None
     available = (status.get("availableReplicas") or 0) >= 1
-    short = (status.get("readyReplicas") or 0) < (spec.get("replicas") or 0)
-    return {(namespace, labels[MODELDEPLOYMENT]): Workload(part, available, short)}
+    replicas = spec.get("replicas") or 0
+    short = (status.get("readyReplicas") or 0) < replicas
+    return {(namespace, labels[MODELDEPLOYMENT]): Workload(part, available, short, replicas)}
 
 
 @kopf.index("discovery.k8s.io", "endpointslices", labels={MODELDEPLOYMENT: kopf.PRESENT})
@@ -428,7 +431,17 @@ def observe(ctx: Context, body: dict[str, Any], watched: Watched) -> Observed:
             parts[part].append(pod)
         picked = {part: podfailure.pick(pods, children.MEMORY_FIELDS) for part, pods in parts.items()}
         failures = {part: failure for part, failure in picked.items() if failure is not None}
-    return Observed(ready, urls, gateway_ready, gateway_url, model_ready, failures=failures, gateway_grpc=gateway_grpc)
+    replicas = {w.part: w.replicas for w in workloads if w.part != GATEWAY}
+    return Observed(
+        ready,
+        urls,
+        gateway_ready,
+        gateway_url,
+        model_ready,
+        failures=failures,
+        gateway_grpc=gateway_grpc,
+        replicas=replicas,
+    )
 
 
 def _scrape(url: str | None) -> str | None:

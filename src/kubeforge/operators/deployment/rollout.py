@@ -129,6 +129,7 @@ class Observed:
     # Why pods fail (core.podfailure.pick), per model version and GATEWAY; read only while something is not ready.
     failures: dict[str, dict[str, Any]] = field(default_factory=dict)
     gateway_grpc: str | None = None  # host:port of the gateway's gRPC endpoint
+    replicas: dict[str, int] = field(default_factory=dict)  # version -> its Triton Deployment's replicas now
 
 
 @dataclass
@@ -456,7 +457,8 @@ def _children(
     model = md.spec.model.name
     for version, role in live.items():
         version_model = model_of(md, role)
-        p.out.apply.append(children.triton_deployment(body, md, version_model, version, role, settings))
+        now = p.observed.replicas.get(version)
+        p.out.apply.append(children.triton_deployment(body, md, version_model, version, role, settings, now))
         p.out.apply.append(children.triton_service(body, version))
         if md.spec.autoscaling is not None:
             p.out.apply.append(children.autoscaler(body, md, version))

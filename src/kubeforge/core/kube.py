@@ -20,7 +20,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .conditions import FALSE, StatusDraft, get_condition, now_rfc3339
 from .kubeapi import ApiError, KubeApi
@@ -187,9 +187,22 @@ def _server_message(err: ApiError) -> str:
     return text if len(text) <= 800 else f"{text[:400]} … {text[-300:]}"
 
 
-def apply_children(api: Api, objs: Iterable[dict[str, Any]]) -> dict[tuple[str, str], str]:
-    """Server-side apply an owner's children (each with a controller ownerReference to it), in order; the
-    resourceVersion each was written at, by (kind, name), which tells a later change by someone else.
+class Written(NamedTuple):
+    """Where an apply left a child: any later write changes its resourceVersion, a later change of its spec (of an
+    object that has one: a Deployment, not a Service or ConfigMap) its generation."""
+
+    version: str
+    generation: int
+
+
+def _written(obj: dict[str, Any]) -> Written:
+    meta = obj.get("metadata") or {}
+    return Written(meta.get("resourceVersion", ""), meta.get("generation") or 0)
+
+
+def apply_children(api: Api, objs: Iterable[dict[str, Any]]) -> dict[tuple[str, str], Written]:
+    """Server-side apply an owner's children (each with a controller ownerReference to it), in order; where each
+    was left, by (kind, name), which tells a later change by someone else.
 
     Another controller's object of the same name is never taken over. Each child is applied by its owner's own
     field manager (:func:`child_manager`) without force, which the API server refuses for any object another
@@ -205,7 +218,7 @@ def apply_children(api: Api, objs: Iterable[dict[str, Any]]) -> dict[tuple[str, 
     """
     leftovers: list[str] = []
     predecessor: dict[str, Any] = {}
-    versions: dict[tuple[str, str], str] = {}
+    versions: dict[tuple[str, str], Written] = {}
     for obj in objs:
         meta = obj["metadata"]
         what = f"{obj['kind']} {meta['name']}"
@@ -213,7 +226,7 @@ def apply_children(api: Api, objs: Iterable[dict[str, Any]]) -> dict[tuple[str, 
         if mine is not None:
             try:
                 written = apply(api, obj, child_manager(mine["uid"]), force=False)
-                versions[(obj["kind"], meta["name"])] = written["metadata"].get("resourceVersion", "")
+                versions[(obj["kind"], meta["name"])] = _written(written)
                 _release_shared_manager(api, obj, written)
                 continue
             except ApiError as err:
@@ -243,7 +256,7 @@ def apply_children(api: Api, objs: Iterable[dict[str, Any]]) -> dict[tuple[str, 
             raise ChildNotApplied(
                 APPLY_FAILED, f"applying {what} failed ({err.status} {err.reason}): {_server_message(err)}"
             ) from err
-        versions[(obj["kind"], meta["name"])] = written["metadata"].get("resourceVersion", "")
+        versions[(obj["kind"], meta["name"])] = _written(written)
         _release_shared_manager(api, obj, written)
     if leftovers:
         raise ChildNotApplied(

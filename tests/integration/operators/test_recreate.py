@@ -203,6 +203,18 @@ def test_children_deleted_or_edited_by_hand_come_back(
     core.patch_namespaced_config_map(routes, namespace, {"data": {key: "# edited by hand\n" for key in data}})
     assert core.read_namespaced_config_map(routes, namespace).data != data
     wait_for(lambda: core.read_namespaced_config_map(routes, namespace).data == data, 45, "the route table restored")
+    # A Deployment edited or scaled by hand is put back at once: its watch reports a spec the operator did not write.
+    gateway = apps.read_namespaced_deployment("handy-gateway", namespace).spec
+    (container,) = gateway.template.spec.containers
+    edit = {"spec": {"template": {"spec": {"containers": [{"name": container.name, "image": "edited:by-hand"}]}}}}
+    apps.patch_namespaced_deployment("handy-gateway", namespace, edit)
+    apps.patch_namespaced_deployment_scale("handy-gateway", namespace, {"spec": {"replicas": 4}})
+
+    def gateway_now() -> tuple[str, int]:
+        spec = apps.read_namespaced_deployment("handy-gateway", namespace).spec
+        return spec.template.spec.containers[0].image, spec.replicas
+
+    wait_for(lambda: gateway_now() == (container.image, gateway.replicas), 10, "the gateway Deployment restored")
     assert apps.read_namespaced_deployment("handy-v1", namespace).spec.replicas == 3, "the autoscaler's replicas kept"
 
 

@@ -108,12 +108,13 @@ class State:
     """(kind, name) of each child -> hash of what was last applied: an unchanged child is not sent again."""
     applied_at: float = 0.0
     """When (monotonic) a pass last sent children."""
-    written: dict[tuple[str, str], str] = field(default_factory=dict)
-    """(kind, name) of each child -> the resourceVersion its last apply wrote: a different one is someone else's."""
+    written: dict[tuple[str, str], kube.Written] = field(default_factory=dict)
+    """(kind, name) of each child -> where its last apply left it: a later resourceVersion (a Service, a ConfigMap)
+    or generation (a Deployment) is someone else's change."""
     resend: set[tuple[str, str]] = field(default_factory=set)
     """(kind, name) of children deleted or changed by someone else since the last pass began: the next one sends
     them again whatever applied says (a Deployment or Service deleted by hand comes back, an edit is undone), and
-    only them, so an autoscaled Deployment's replicas are left to its autoscaler."""
+    only them."""
     snapshots: dict[str, an.Snapshot] = field(default_factory=dict)
     """Canary version -> the gateway's metrics at the last analysis; the next one compares with it."""
     holding: dict[str, datetime] = field(default_factory=dict)
@@ -304,6 +305,8 @@ class Workload(NamedTuple):
     available: bool  # at least one pod available
     short: bool  # fewer ready pods than it wants
     replicas: int  # how many pods it asks for now (the autoscaler's choice, where one scales it)
+    name: str
+    generation: int  # changes with its spec: one later than the operator's last apply is someone else's edit
 
 
 class Address(NamedTuple):
@@ -336,17 +339,24 @@ async def md_memos(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> dict
 
 @kopf.index("apps", "v1", "deployments", labels={MODELDEPLOYMENT: kopf.PRESENT})
 async def md_workloads(
-    namespace: str, labels: Mapping[str, str], spec: Mapping[str, Any], status: Mapping[str, Any], **_: Any
+    namespace: str,
+    name: str,
+    labels: Mapping[str, str],
+    meta: Mapping[str, Any],
+    spec: Mapping[str, Any],
+    status: Mapping[str, Any],
+    **_: Any,
 ) -> dict[tuple[str, str], Workload] | None:
     """Each ModelDeployment's Deployments: which serve (readiness), which versions have one (pruning), how many
-    replicas each asks for now (autoscaling)."""
+    replicas each asks for now (autoscaling), which someone else changed (see _edited)."""
     part = _part(labels)
     if part is None:
         return None
     available = (status.get("availableReplicas") or 0) >= 1
     replicas = spec.get("replicas") or 0
     short = (status.get("readyReplicas") or 0) < replicas
-    return {(namespace, labels[MODELDEPLOYMENT]): Workload(part, available, short, replicas)}
+    generation = meta.get("generation") or 0
+    return {(namespace, labels[MODELDEPLOYMENT]): Workload(part, available, short, replicas, name, generation)}
 
 
 @kopf.index("discovery.k8s.io", "endpointslices", labels={MODELDEPLOYMENT: kopf.PRESENT})
@@ -525,6 +535,25 @@ def _prune(ctx: Context, namespace: str, name: str, state: State, watched: Watch
             state.written.pop((kind, child), None)
 
 
+def _edited(state: State, watched: Watched, namespace: str, name: str) -> list[tuple[str, str]]:
+    """The ModelDeployment's Deployments whose spec someone else changed since this process applied them (kubectl
+    edit, kubectl scale): the index holds a later generation than the apply left. The spec wins, as for a Service
+    or ConfigMap (see _check_unwatched); an autoscaler's scale counts too, and the Deployment sent again keeps the
+    replicas it chose. Read under the pass's lock, after the last apply's answer is in written, so the operator's
+    own change never counts."""
+    edited = []
+    for workload in list(watched.workloads.get((namespace, name), ())):
+        key = ("Deployment", workload.name)
+        mine = state.written.get(key)
+        if mine is not None and workload.generation > mine.generation:
+            edited.append(key)
+    if edited:
+        log.info(
+            f"{namespace}/{name}: {', '.join(f'{k} {n}' for k, n in edited)} changed by someone else; applying again"
+        )
+    return edited
+
+
 def _version(body: Mapping[str, Any] | None) -> int | None:
     """body's resourceVersion as a number (the API server increases it with every write), None if it has none."""
     try:
@@ -569,6 +598,7 @@ def reconcile(
     with lock_of(memo, namespace, name):  # type: ignore[arg-type]
         if state.deleted:
             return
+        state.resend.update(_edited(state, watched, namespace, name))
         if state.resend:
             gone = set(state.resend)
             state.resend -= gone
@@ -916,8 +946,8 @@ def _check_unwatched(memos: Mapping[tuple[str, str], Any], watched: Watched) -> 
             gone = [k for k in list(state.applied) if k[0] in UNWATCHED and k not in present]
             edited = [
                 k
-                for k, version in list(state.written.items())
-                if k[0] in UNWATCHED - CHANGED_BY_OTHERS and k in present and present[k] != version
+                for k, written in list(state.written.items())
+                if k[0] in UNWATCHED - CHANGED_BY_OTHERS and k in present and present[k] != written.version
             ]
             if gone or edited:
                 what = ", ".join(

@@ -99,21 +99,25 @@ MAX_RETRY_S = 60.0
 log = logging.getLogger("kubeforge.operators.deployment")
 
 
+class Sent(NamedTuple):
+    """A child as this process last applied it."""
+
+    digest: str  # of the object sent: an unchanged child is not sent again
+    written: kube.Written  # where the apply left it: a later resourceVersion or generation is someone else's change
+
+
 @dataclass
 class State:
     """What this process remembers about one ModelDeployment between passes; all of it can be lost (a restart
     starts it empty) at the cost of a few repeated requests, never a wrong decision."""
 
-    applied: dict[tuple[str, str], str] = field(default_factory=dict)
-    """(kind, name) of each child -> hash of what was last applied: an unchanged child is not sent again."""
+    sent: dict[tuple[str, str], Sent] = field(default_factory=dict)
+    """(kind, name) of each child -> what this process last applied of it, and where that left it."""
     applied_at: float = 0.0
     """When (monotonic) a pass last sent children."""
-    written: dict[tuple[str, str], kube.Written] = field(default_factory=dict)
-    """(kind, name) of each child -> where its last apply left it: a later resourceVersion (a Service, a ConfigMap)
-    or generation (a Deployment) is someone else's change."""
     resend: set[tuple[str, str]] = field(default_factory=set)
     """(kind, name) of children deleted or changed by someone else since the last pass began: the next one sends
-    them again whatever applied says (a Deployment or Service deleted by hand comes back, an edit is undone), and
+    them again whatever sent says (a Deployment or Service deleted by hand comes back, an edit is undone), and
     only them."""
     snapshots: dict[str, an.Snapshot] = field(default_factory=dict)
     """Canary version -> the gateway's metrics at the last analysis; the next one compares with it."""
@@ -486,12 +490,12 @@ def _apply(ctx: Context, state: State, objs: list[dict[str, Any]]) -> None:
     for obj in objs:
         key = (obj["kind"], obj["metadata"]["name"])
         digest = hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()
-        if state.applied.get(key) != digest:
+        if (sent := state.sent.get(key)) is None or sent.digest != digest:
             fresh[key] = (obj, digest)
     if fresh:
         state.applied_at = time.monotonic()
-    state.written.update(kube.apply_children(ctx.api, [obj for obj, _ in fresh.values()]))
-    state.applied.update({key: digest for key, (_, digest) in fresh.items()})
+    written = kube.apply_children(ctx.api, [obj for obj, _ in fresh.values()])
+    state.sent.update({key: Sent(digest, written[key]) for key, (_, digest) in fresh.items()})
 
 
 def _alert_rules(ctx: Context, body: dict[str, Any], md: ModelDeployment | None, state: State) -> list[dict[str, Any]]:
@@ -508,7 +512,7 @@ def _alert_rules(ctx: Context, body: dict[str, Any], md: ModelDeployment | None,
         return [children.prometheus_rule(body, {**asdict(targets), "drift_hold": hold}, ctx.settings.runbook_url)]
     metrics.export_targets(namespace, name, targets, rules.SHARED)
     # Gone with its CRD: should the CRD come back, the rule must be applied anew.
-    state.applied.pop((metrics.PROMETHEUS_RULE[1], rules.deployment_rule_name(name)), None)
+    state.sent.pop((metrics.PROMETHEUS_RULE[1], rules.deployment_rule_name(name)), None)
     return []
 
 
@@ -531,8 +535,7 @@ def _prune(ctx: Context, namespace: str, name: str, state: State, watched: Watch
         child = children.version_name(name, version)
         for api_version, kind in VERSION_KINDS:
             kube.delete(ctx.api, api_version, kind, child, namespace)
-            state.applied.pop((kind, child), None)
-            state.written.pop((kind, child), None)
+            state.sent.pop((kind, child), None)
 
 
 def _edited(state: State, watched: Watched, namespace: str, name: str) -> list[tuple[str, str]]:
@@ -544,8 +547,8 @@ def _edited(state: State, watched: Watched, namespace: str, name: str) -> list[t
     edited = []
     for workload in list(watched.workloads.get((namespace, name), ())):
         key = ("Deployment", workload.name)
-        mine = state.written.get(key)
-        if mine is not None and workload.generation > mine.generation:
+        mine = state.sent.get(key)
+        if mine is not None and workload.generation > mine.written.generation:
             edited.append(key)
     if edited:
         log.info(
@@ -603,8 +606,7 @@ def reconcile(
             gone = set(state.resend)
             state.resend -= gone
             for key in gone:
-                state.applied.pop(key, None)
-                state.written.pop(key, None)
+                state.sent.pop(key, None)
             state.inputs = None
         body = _newest(state, seen) or kube.get(ctx.api, API_VERSION, KIND, name, namespace)
         if body is None or body["metadata"].get("deletionTimestamp"):
@@ -943,11 +945,12 @@ def _check_unwatched(memos: Mapping[tuple[str, str], Any], watched: Watched) -> 
             state = state_of(memo) if memo is not None else None
             if state is None or state.applied_at >= listed_at:
                 continue
-            gone = [k for k in list(state.applied) if k[0] in UNWATCHED and k not in present]
+            sent = list(state.sent.items())
+            gone = [k for k, _ in sent if k[0] in UNWATCHED and k not in present]
             edited = [
                 k
-                for k, written in list(state.written.items())
-                if k[0] in UNWATCHED - CHANGED_BY_OTHERS and k in present and present[k] != written.version
+                for k, child in sent
+                if k[0] in UNWATCHED - CHANGED_BY_OTHERS and k in present and present[k] != child.written.version
             ]
             if gone or edited:
                 what = ", ".join(

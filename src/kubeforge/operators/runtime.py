@@ -30,6 +30,38 @@ decides on kopf's loop runs its pass there, as kopf runs its sync handlers. kopf
 only, not to resource handlers."""
 
 
+class WorkerLimit:
+    """kopf's ``settings.queueing.worker_limit`` (how many objects of a kind are worked on at once), in force only
+    once kopf has indexed every object the operator started with.
+
+    A burst (hundreds of resources created at once) otherwise has every object's worker running at once, each
+    holding its decoded events and the copies kopf makes while it handles them: a third of the operator's memory
+    at 500 ModelDeployments (docs/benchmarks.md, Operator, round eleven). But a fixed limit stops an operator that
+    starts with more objects of an indexed kind than the limit: kopf holds each such object's place in its
+    "everything indexed" gate until its worker has indexed it, and a running worker waits at that gate before its
+    handlers, so the running workers wait for objects that wait for a running place (nolar/kopf#1243). So the limit
+    holds only once a handler has run, which kopf allows only after the gate opened for good (it never closes
+    again; objects that come later hold no place in it). kopf compares ``running < limit``: an int's comparison
+    with this object falls back to __gt__, which is where the limit is decided (tests/unit/operators pin that)."""
+
+    def __init__(self) -> None:
+        self.limit = Settings.worker_limit  # the operator's own at start-up (configure)
+        self.indexed = False
+
+    def __gt__(self, running: int) -> bool:
+        return not self.indexed or running < self.limit
+
+    def __repr__(self) -> str:
+        return f"WorkerLimit({self.limit}, indexed={self.indexed})"
+
+
+WORKERS = WorkerLimit()
+"""The operator process's worker limit: every event handler of an owner kind sets indexed (see WorkerLimit)."""
+WORKER_IDLE_S = 0.1
+"""How long an object's worker waits for its next event before it ends and gives its place to another (kopf's
+5 s would keep places held by workers with nothing to do while others queue)."""
+
+
 @dataclass(frozen=True)
 class Context:
     api: kube.KubeApi
@@ -76,10 +108,12 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/finalizer"
     settings.posting.enabled = False  # kubeforge posts its own events, on transitions only
     settings.watching.server_timeout = 300
+    settings.queueing.worker_limit = WORKERS  # type: ignore[assignment]  # an int once indexed (see WorkerLimit)
+    settings.queueing.idle_timeout = WORKER_IDLE_S
     settings.watching.label_selectors[("v1", "pods")] = PODS_SELECTOR
     settings.networking.request_timeout = 30
     memo[EXECUTOR] = settings.execution.executor
-    context()
+    WORKERS.limit = context().settings.worker_limit
 
 
 @kopf.on.login()

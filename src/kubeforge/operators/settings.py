@@ -54,6 +54,9 @@ class Settings:
     """Image of materialization Jobs."""
     runbook_url: str = rules.RUNBOOKS_URL
     """Where the runbook_url annotations of each deployment's own alerts point (``<base>/<AlertName>.md``)."""
+    worker_limit: int = 100
+    """Objects of one kind worked on at once (KUBEFORGE_WORKER_LIMIT; see runtime.WorkerLimit): what a burst of
+    resources costs in memory, against how many are handled side by side."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -71,4 +74,12 @@ class Settings:
             feature_store_pvc=env("KUBEFORGE_FEAST_PVC", ""),
             materializer_image=env("KUBEFORGE_MATERIALIZER_IMAGE", OPERATOR_IMAGE),
             runbook_url=env("KUBEFORGE_RUNBOOK_URL") or rules.RUNBOOKS_URL,
+            worker_limit=_at_least_one("KUBEFORGE_WORKER_LIMIT", 100),
         )
+
+
+def _at_least_one(name: str, default: int) -> int:
+    text = os.environ.get(name) or str(default)
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{name} must be a whole number of at least 1, not {text!r}")
+    return int(text)

@@ -19,8 +19,15 @@ from kubeforge.local.processes import free_port, spawn, terminate, wait_http
 class Operator:
     """`kubeforge operator run` as a child process that tests can stop and start again."""
 
-    def __init__(self, kubeconfig: Path, mlflow_url: str, log: Path, args: tuple[str, ...] = ()):
-        self.kubeconfig, self.mlflow_url, self.log, self.args = kubeconfig, mlflow_url, log, args
+    def __init__(
+        self,
+        kubeconfig: Path,
+        mlflow_url: str,
+        log: Path,
+        args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ):
+        self.kubeconfig, self.mlflow_url, self.log, self.args, self.env = kubeconfig, mlflow_url, log, args, env or {}
         self.feast_dir = log.parent / "features"  # the feature store FeatureViews go to
         self.pid: int | None = None
         self.metrics_port = 0
@@ -33,6 +40,7 @@ class Operator:
             "KUBEFORGE_MLFLOW_TRACKING_URI": self.mlflow_url,
             "KUBEFORGE_SERVICE_ADDRESSING": "endpoints",  # no cluster DNS here, as in the local runtime
             "KUBEFORGE_FEAST_DIR": str(self.feast_dir),
+            **self.env,
         }
         argv = [
             sys.executable,

@@ -47,7 +47,7 @@ from ...serving.routes import VersionDrift
 from .. import metrics
 from ..labels import COMPONENT, MODEL_VERSION, MODELDEPLOYMENT
 from ..memos import lock_of, memo_in
-from ..runtime import Context, context
+from ..runtime import WORKERS, Context, context
 from . import analysis as an
 from . import children, clock, history
 from . import retrain as rt
@@ -762,6 +762,7 @@ def _for_parent(
 def modeldeployment_event(
     event: dict[str, Any], name: str, namespace: str, memo: kopf.Memo, logger: Any, **kwargs: Any
 ) -> None:
+    WORKERS.indexed = True  # kopf runs handlers once everything is indexed (see WorkerLimit)
     metrics.RESOURCE_STATES.seen(KIND, event)
     if event.get("type") == "DELETED":
         state = state_of(memo)

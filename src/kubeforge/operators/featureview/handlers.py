@@ -38,7 +38,7 @@ from ...core.conditions import StatusDraft
 from ...featurestore.errors import SourceError
 from .. import metrics as operator_metrics
 from ..memos import lock_of, memo_in, run_pass, unsettled
-from ..runtime import Context, context
+from ..runtime import WORKERS, Context, context
 from . import metrics
 from .children import FEATUREVIEW, RUN
 from .plan import (
@@ -172,6 +172,7 @@ async def fv_memos(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> dict
 
 @kopf.on.event(GROUP, VERSION, "featureviews")
 async def featureview_event(event: dict[str, Any], name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    WORKERS.indexed = True  # kopf runs handlers once everything is indexed (see WorkerLimit)
     operator_metrics.RESOURCE_STATES.seen(KIND, event)
     metrics.FRESHNESS.seen(event)
     if event.get("type") != "DELETED":

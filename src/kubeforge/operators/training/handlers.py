@@ -25,7 +25,7 @@ from ...core.mlflow_rest import MLflowError, MLflowRegistry, ModelVersion
 from .. import metrics
 from ..labels import ATTEMPT, TRAININGJOB
 from ..memos import memo_in, run_pass, unsettled
-from ..runtime import EXECUTOR, context
+from ..runtime import EXECUTOR, WORKERS, context
 from . import children
 from .plan import TERMINAL, due_by_time, not_applied, plan, pods_worth_reading, with_registration
 
@@ -109,6 +109,7 @@ def _for_owner(namespace: str, name: str, logger: Any, tj_memos: kopf.Index[Any,
 
 @kopf.on.event(GROUP, VERSION, "trainingjobs")
 def trainingjob_event(event: dict[str, Any], name: str, namespace: str, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+    WORKERS.indexed = True  # kopf runs handlers once everything is indexed (see WorkerLimit)
     metrics.RESOURCE_STATES.seen(KIND, event)
     if event.get("type") != "DELETED":
         run_pass(memo, reconcile, namespace, name, logger)

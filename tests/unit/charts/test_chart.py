@@ -81,6 +81,8 @@ def test_a_misspelt_value_is_refused_naming_the_key() -> None:
     assert "trackingURI" in proc.stderr and "additional properties" in proc.stderr, proc.stderr
     proc = helm("template", "kubeforge", str(CHART), "--set", "operator.replicas=2", check=False)
     assert proc.returncode != 0 and "replicas" in proc.stderr, proc.stderr
+    proc = helm("template", "kubeforge", str(CHART), "--set", "operator.workerLimit=0", check=False)
+    assert proc.returncode != 0 and "workerLimit" in proc.stderr, proc.stderr
 
 
 def test_the_operator_pod_is_locked_down_and_configured_from_values() -> None:
@@ -108,6 +110,7 @@ def test_the_operator_pod_is_locked_down_and_configured_from_values() -> None:
     assert env["KUBEFORGE_TRITON_IMAGE"] == f"ghcr.io/kubeforge/kubeforge-triton:{__version__}"
     assert env["KUBEFORGE_MATERIALIZER_IMAGE"] == container["image"]
     assert env["KUBEFORGE_FEAST_PVC"] == one(objs, "PersistentVolumeClaim")["metadata"]["name"]
+    assert env["KUBEFORGE_WORKER_LIMIT"] == "100"
     cuda = one(render("--set", "images.trainer.cuda=true", "--set", "images.tag=1.2.3"), "Deployment")
     cuda_env = {e["name"]: e["value"] for e in cuda["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert cuda_env["KUBEFORGE_TRAINER_IMAGE"] == "ghcr.io/kubeforge/kubeforge-trainer:1.2.3-cuda"

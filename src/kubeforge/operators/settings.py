@@ -74,7 +74,7 @@ class Settings:
             feature_store_pvc=env("KUBEFORGE_FEAST_PVC", ""),
             materializer_image=env("KUBEFORGE_MATERIALIZER_IMAGE", OPERATOR_IMAGE),
             runbook_url=env("KUBEFORGE_RUNBOOK_URL") or rules.RUNBOOKS_URL,
-            worker_limit=_at_least_one("KUBEFORGE_WORKER_LIMIT", 100),
+            worker_limit=_at_least_one("KUBEFORGE_WORKER_LIMIT", cls.worker_limit),
         )
 
 

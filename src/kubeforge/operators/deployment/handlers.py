@@ -542,8 +542,8 @@ def _edited(state: State, watched: Watched, namespace: str, name: str) -> list[t
     """The ModelDeployment's Deployments whose spec someone else changed since this process applied them (kubectl
     edit, kubectl scale): the index holds a later generation than the apply left. The spec wins, as for a Service
     or ConfigMap (see _check_unwatched); an autoscaler's scale counts too, and the Deployment sent again keeps the
-    replicas it chose. Read under the pass's lock, after the last apply's answer is in written, so the operator's
-    own change never counts."""
+    replicas it chose. Read under the pass's lock, once the last apply's answer is in State.sent, so the
+    operator's own change never counts."""
     edited = []
     for workload in list(watched.workloads.get((namespace, name), ())):
         key = ("Deployment", workload.name)

@@ -37,7 +37,12 @@ PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 GATEWAY_PORT = 8080
 GATEWAY_PORTS = {"http": GATEWAY_PORT, "grpc": 8081}
 """The gateway's ports: the Open Inference Protocol over REST and over gRPC (tritonclient.grpc, perf_analyzer)."""
-MEMORY_FIELDS = {"export": "spec.runtime.memory", "triton": "spec.runtime.memory", "gateway": "spec.gateway.memory"}
+EXPORT_CONTAINER, TRITON_CONTAINER, GATEWAY_CONTAINER = "export", "triton", "gateway"
+MEMORY_FIELDS = {
+    EXPORT_CONTAINER: "spec.runtime.memory",
+    TRITON_CONTAINER: "spec.runtime.memory",
+    GATEWAY_CONTAINER: "spec.gateway.memory",
+}
 """The spec field that sets each container's memory limit: what a container killed at it is told to raise."""
 
 
@@ -120,7 +125,7 @@ def triton_deployment(
     # The role stays off the pod template: promoting a canary must not restart its Triton.
     pod_labels = {**labels.common("triton"), **selector}
     exporter = {
-        "name": "export",
+        "name": EXPORT_CONTAINER,
         "image": settings.gateway_image,
         "command": [
             "kubeforge",
@@ -143,7 +148,7 @@ def triton_deployment(
         "resources": resources.server(rt.cpu, rt.memory),  # runs before Triton: the pod asks for no more
     }
     triton = {
-        "name": "triton",
+        "name": TRITON_CONTAINER,
         "image": rt.image or settings.triton_image,
         "command": [
             "tritonserver",
@@ -305,7 +310,7 @@ def gateway_deployment(owner: dict[str, Any], md: ModelDeployment, settings: Set
             )
             mounts.append({"name": "feature-store", "mountPath": str(store.root)})
     container = {
-        "name": "gateway",
+        "name": GATEWAY_CONTAINER,
         "image": settings.gateway_image,
         "command": args,
         "env": env,

@@ -294,6 +294,9 @@ def test_an_autoscaled_triton_keeps_the_autoscalers_replicas_when_its_spec_chang
     # Scaled up as the autoscaler does: through the scale subresource, by its own field manager.
     scale = {"spec": {"replicas": 4}}
     apps.patch_namespaced_deployment_scale("busy-v1", namespace, scale, field_manager="kube-controller-manager")
+    # The operator learns the replicas from its watch; a spec change it handled before that would go by what it knew.
+    seen = f"{namespace}/busy: Deployment busy-v1 changed by someone else"
+    wait_for(lambda: seen in operator.log_text(), what="the operator seeing the scale")
     change({"runtime": {"cpu": "2"}, "autoscaling": {"minReplicas": 3, "maxReplicas": 5}})
     wait_for(lambda: triton()[1] == "2", what="the new runtime")
     time.sleep(1)  # the pass that follows the Deployment's own event

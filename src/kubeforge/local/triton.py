@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,8 +83,9 @@ class Layout:
                 link.symlink_to(src)
         return into
 
-    def env(self) -> dict[str, str]:
-        env = dict(os.environ)
+    def env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """base (this process's environment by default) with what tritonserver and its python stub need."""
+        env = dict(os.environ if base is None else base)
         env["LD_LIBRARY_PATH"] = os.pathsep.join(
             [*(str(d) for d in self.libdirs), *filter(None, [env.get("LD_LIBRARY_PATH")])]
         )

@@ -10,9 +10,22 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from .. import triton
+
+NODE_ENV = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH"})
+NODE_ENV_PREFIXES = ("LC_", "XDG_", "PYTHON", "OMP_", "MKL_", "OPENBLAS_", "CUDA_", "NVIDIA_", "SSL_CERT_")
+"""What of the runner's environment a container starts with, before its own env: what a node would give it (a
+PATH and HOME, the locale, the thread and GPU settings a device plugin or the image would set)."""
+
+
+def node_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The environment a local container starts with. Not the rest of the shell that ran ``kubeforge up`` (its
+    MLFLOW_* settings, KUBECONFIG, cloud credentials): a pod in a cluster sees only its own env, and a trainer that
+    only works because of a variable in someone's shell would fail there."""
+    return {k: v for k, v in environ.items() if k in NODE_ENV or k.startswith(NODE_ENV_PREFIXES)}
 
 
 class NotRunnable(Exception):
@@ -38,11 +51,11 @@ class Executables:
             raise NotRunnable("the container has no command: image entrypoints cannot run locally")
         head, rest = words[0], words[1:]
         if head in self.LOCAL:
-            return [str(Path(sys.executable).parent / head), *rest], dict(os.environ)
+            return [str(Path(sys.executable).parent / head), *rest], node_env()
         if head == "tritonserver":
             if self._triton is None:
                 self._triton = triton.Layout.find(triton.default_venv())
             if not any(arg.startswith("--backend-directory") for arg in rest):
                 rest = [*rest, f"--backend-directory={self._triton.backend_directory(pod_dir / 'backends')}"]
-            return [str(self._triton.server), *rest], self._triton.env()
+            return [str(self._triton.server), *rest], self._triton.env(node_env())
         raise NotRunnable(f"command {head!r} cannot run locally (only {', '.join([*self.LOCAL, 'tritonserver'])})")

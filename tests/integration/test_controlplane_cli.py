@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -61,6 +62,30 @@ def test_data_survives_down_and_up(tmp_path: Path) -> None:
         subprocess.run(["kubectl", "create", "namespace", "keep-me"], env=env, check=True, capture_output=True)
         assert kubeforge("controlplane", "down", "--data-dir", str(data)).returncode == 0
         assert kubeforge("controlplane", "up", "--data-dir", str(data)).returncode == 0
+        got = subprocess.run(["kubectl", "get", "namespace", "keep-me"], env=env, capture_output=True, text=True)
+        assert got.returncode == 0, got.stderr
+    finally:
+        kubeforge("controlplane", "down", "--data-dir", str(data))
+
+
+def test_up_replaces_a_control_plane_that_is_half_there(tmp_path: Path) -> None:
+    """etcd killed under a running API server: status says it is not running, and `up` starts it anew (the data
+    kept) instead of refusing because the API server's process is still there."""
+    data = tmp_path / "cp"
+    env = {**os.environ, "KUBECONFIG": str(data / "kubeconfig")}
+    try:
+        assert kubeforge("controlplane", "up", "--data-dir", str(data)).returncode == 0
+        subprocess.run(["kubectl", "create", "namespace", "keep-me"], env=env, check=True, capture_output=True)
+        before = read_state(data)
+        assert before is not None
+        os.kill(before.etcd_pid, signal.SIGKILL)
+        status = kubeforge("controlplane", "status", "--data-dir", str(data))
+        assert status.returncode == 1 and "not running" in status.stdout
+        up = kubeforge("controlplane", "up", "--data-dir", str(data))
+        assert up.returncode == 0, up.stderr
+        after = read_state(data)
+        assert after is not None and after.apiserver_pid != before.apiserver_pid
+        assert not alive(before.apiserver_pid), "the old API server is gone"
         got = subprocess.run(["kubectl", "get", "namespace", "keep-me"], env=env, capture_output=True, text=True)
         assert got.returncode == 0, got.stderr
     finally:

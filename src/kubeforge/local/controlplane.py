@@ -15,6 +15,7 @@ import contextlib
 import json
 import secrets
 import shutil
+import socket
 import subprocess
 import tempfile
 from dataclasses import asdict, dataclass
@@ -99,10 +100,14 @@ class ControlPlane:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         existing = read_state(self.data_dir)
         if existing and alive(existing.apiserver_pid):
-            raise RuntimeError(
-                f"a control plane is already running from {self.data_dir} (pid {existing.apiserver_pid}); "
-                "run `kubeforge controlplane down` first"
-            )
+            if status(self.data_dir)[0]:
+                raise RuntimeError(
+                    f"a control plane is already running from {self.data_dir} (pid {existing.apiserver_pid}); "
+                    "run `kubeforge controlplane down` first"
+                )
+            # Half there (etcd gone, or an API server that stopped listening on its way out): what is left goes.
+            for pid in (existing.apiserver_pid, existing.etcd_pid):
+                terminate(pid)
         pki = self.data_dir / "pki"
         pki.mkdir(exist_ok=True)
         sa_key = pki / "sa.key"
@@ -214,8 +219,15 @@ def read_state(data_dir: Path | str) -> ControlPlaneState | None:
 
 
 def status(data_dir: Path | str) -> tuple[bool, ControlPlaneState | None]:
-    """(running, state) for the control plane of data_dir."""
+    """(running, state) for the control plane of data_dir: both processes alive and the API server taking
+    connections (one sent SIGTERM stops listening at once and can take minutes to exit)."""
     state = read_state(data_dir)
     if state is None:
         return False, None
-    return alive(state.apiserver_pid) and alive(state.etcd_pid), state
+    return alive(state.apiserver_pid) and alive(state.etcd_pid) and _listening(state.apiserver_port), state
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0

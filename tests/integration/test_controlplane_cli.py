@@ -68,9 +68,11 @@ def test_data_survives_down_and_up(tmp_path: Path) -> None:
         kubeforge("controlplane", "down", "--data-dir", str(data))
 
 
-def test_up_replaces_a_control_plane_that_is_half_there(tmp_path: Path) -> None:
-    """etcd killed under a running API server: status says it is not running, and `up` starts it anew (the data
-    kept) instead of refusing because the API server's process is still there."""
+@pytest.mark.parametrize("killed", ["etcd", "kube-apiserver"])
+def test_up_replaces_a_control_plane_that_is_half_there(killed: str, tmp_path: Path) -> None:
+    """One of the two processes killed: status says the control plane is not running, and `up` starts it anew with
+    its data, the survivor stopped first (an API server left behind would make up refuse, an etcd left behind would
+    hold its data directory's lock)."""
     data = tmp_path / "cp"
     env = {**os.environ, "KUBECONFIG": str(data / "kubeconfig")}
     try:
@@ -78,14 +80,14 @@ def test_up_replaces_a_control_plane_that_is_half_there(tmp_path: Path) -> None:
         subprocess.run(["kubectl", "create", "namespace", "keep-me"], env=env, check=True, capture_output=True)
         before = read_state(data)
         assert before is not None
-        os.kill(before.etcd_pid, signal.SIGKILL)
+        os.kill(before.etcd_pid if killed == "etcd" else before.apiserver_pid, signal.SIGKILL)
         status = kubeforge("controlplane", "status", "--data-dir", str(data))
         assert status.returncode == 1 and "not running" in status.stdout
         up = kubeforge("controlplane", "up", "--data-dir", str(data))
         assert up.returncode == 0, up.stderr
         after = read_state(data)
         assert after is not None and after.apiserver_pid != before.apiserver_pid
-        assert not alive(before.apiserver_pid), "the old API server is gone"
+        assert not alive(before.apiserver_pid) and not alive(before.etcd_pid), "the old processes are gone"
         got = subprocess.run(["kubectl", "get", "namespace", "keep-me"], env=env, capture_output=True, text=True)
         assert got.returncode == 0, got.stderr
     finally:

@@ -99,15 +99,17 @@ class ControlPlane:
         etcd_bin = binaries.etcd()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         existing = read_state(self.data_dir)
-        if existing and alive(existing.apiserver_pid):
-            if status(self.data_dir)[0]:
-                raise RuntimeError(
-                    f"a control plane is already running from {self.data_dir} (pid {existing.apiserver_pid}); "
-                    "run `kubeforge controlplane down` first"
-                )
-            # Half there (etcd gone, or an API server that stopped listening on its way out): what is left goes.
-            for pid in (existing.apiserver_pid, existing.etcd_pid):
-                terminate(pid)
+        if existing and status(self.data_dir)[0]:
+            raise RuntimeError(
+                f"a control plane is already running from {self.data_dir} (pid {existing.apiserver_pid}); "
+                "run `kubeforge controlplane down` first"
+            )
+        if existing:
+            # Half there (one process gone, or an API server that stopped listening on its way out): what is left
+            # goes, the API server first, so the new etcd gets its data directory's lock.
+            for pid, binary in ((existing.apiserver_pid, "kube-apiserver"), (existing.etcd_pid, "etcd")):
+                if _still(pid, binary):
+                    terminate(pid)
         pki = self.data_dir / "pki"
         pki.mkdir(exist_ok=True)
         sa_key = pki / "sa.key"
@@ -225,6 +227,14 @@ def status(data_dir: Path | str) -> tuple[bool, ControlPlaneState | None]:
     if state is None:
         return False, None
     return alive(state.apiserver_pid) and alive(state.etcd_pid) and _listening(state.apiserver_port), state
+
+
+def _still(pid: int, binary: str) -> bool:
+    """Whether pid is still a process of binary: a pid in an old state file may be another program's by now."""
+    with contextlib.suppress(OSError):
+        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0].decode(errors="replace")
+        return alive(pid) and Path(argv0).name == binary
+    return False
 
 
 def _listening(port: int) -> bool:

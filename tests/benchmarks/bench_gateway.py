@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -37,7 +36,7 @@ from kubeforge.api.modeldeployment import DriftMonitoring, ModelRef
 from kubeforge.core.mlflow_rest import MLflowRegistry
 from kubeforge.local import mlflow_server
 from kubeforge.local import triton as local_triton
-from kubeforge.local.processes import free_port, spawn, terminate, wait_http
+from kubeforge.local.processes import free_port, listening, spawn, terminate, wait_http
 from kubeforge.operators.deployment.handlers import drift_baseline
 from kubeforge.serving import export
 
@@ -111,11 +110,10 @@ def _forwarder(work: Path, upstream: str, path: str, stops: list) -> tuple[int, 
     argv = [sys.executable, "-m", "tests.benchmarks.forwarder", str(port), upstream, path]
     proc = spawn(argv, work / "forwarder.log")
     stops.append(lambda: terminate(proc.pid))
-    with socket.socket() as probe:
-        deadline = time.monotonic() + 30
-        while probe.connect_ex(("127.0.0.1", port)) != 0:
-            assert time.monotonic() < deadline and proc.poll() is None, (work / "forwarder.log").read_text()
-            time.sleep(0.1)
+    deadline = time.monotonic() + 30
+    while not listening(port):
+        assert time.monotonic() < deadline and proc.poll() is None, (work / "forwarder.log").read_text()
+        time.sleep(0.1)
     return port, proc.pid
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,18 +11,13 @@ from pathlib import Path
 import pytest
 
 from kubeforge.local.controlplane import read_state
-from kubeforge.local.processes import alive
+from kubeforge.local.processes import alive, listening
 
 pytestmark = pytest.mark.integration
 
 
 def kubeforge(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "kubeforge.cli", *args], capture_output=True, text=True, timeout=180)
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_up_status_down(tmp_path: Path) -> None:
@@ -49,7 +43,7 @@ def test_up_status_down(tmp_path: Path) -> None:
         down = kubeforge("controlplane", "down", "--data-dir", str(data))
     assert down.returncode == 0, down.stderr
     assert not alive(state.apiserver_pid) and not alive(state.etcd_pid)
-    assert not port_open(state.apiserver_port) and not port_open(state.etcd_port)
+    assert not listening(state.apiserver_port) and not listening(state.etcd_port)
     status = kubeforge("controlplane", "status", "--data-dir", str(data))
     assert status.returncode == 1 and "not running" in status.stdout
 

@@ -15,14 +15,13 @@ import contextlib
 import json
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import binaries
-from .processes import alive, free_port, spawn, terminate, wait_http
+from .processes import alive, free_port, listening, spawn, terminate, wait_http
 
 STATE_FILE = "controlplane.json"
 SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
@@ -226,7 +225,7 @@ def status(data_dir: Path | str) -> tuple[bool, ControlPlaneState | None]:
     state = read_state(data_dir)
     if state is None:
         return False, None
-    return alive(state.apiserver_pid) and alive(state.etcd_pid) and _listening(state.apiserver_port), state
+    return alive(state.apiserver_pid) and alive(state.etcd_pid) and listening(state.apiserver_port), state
 
 
 def _still(pid: int, binary: str) -> bool:
@@ -235,9 +234,3 @@ def _still(pid: int, binary: str) -> bool:
         argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0].decode(errors="replace")
         return alive(pid) and Path(argv0).name == binary
     return False
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0

@@ -26,6 +26,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def listening(port: int, timeout: float = 2.0) -> bool:
+    """Whether something on 127.0.0.1 takes connections on port now (a process can be alive and no longer
+    serving, e.g. an API server on its way out after SIGTERM)."""
+    with socket.socket() as s:
+        s.settimeout(timeout)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 PROCESS_LOCAL = frozenset({"PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR", "prometheus_multiproc_dir"})
 """Variables a library sets in its own process's environment, for that process alone. Feast, when imported,
 points the Prometheus client at a temporary directory of its importer (feast.metrics): a gateway or operator

@@ -12,10 +12,19 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
 import pytest
+import yaml
 from kubernetes import client
+from mlflow import MlflowClient
 
+from kubeforge.core import kube
+from kubeforge.local.runner import endpoints
+from kubeforge.operators.deployment.children import ROUTES_FILE, routes_name
+from kubeforge.operators.deployment.handlers import RESOLVE_TTL
+from kubeforge.training.baseline import compute
 from tests.integration.operators.conftest import Operator, wait_for
+from tests.integration.operators.test_approval import serve
 from tests.integration.operators.test_trainingjob_operator import (
     GROUP,
     PLURAL,
@@ -27,7 +36,7 @@ from tests.integration.operators.test_trainingjob_operator import (
     mark_job,
     status,
 )
-from tests.integration.serving.conftest import Threshold, register
+from tests.integration.serving.conftest import FEATURES, N_FEATURES, Threshold, register, signature
 
 pytestmark = pytest.mark.integration
 MD_PLURAL = "modeldeployments"
@@ -230,3 +239,34 @@ def test_a_modeldeployment_deleted_and_created_again_at_once_keeps_the_new_ones_
     wait_for(lambda: md_children(api, namespace, "again") == dict.fromkeys(before, uid), 30, "the new one's children")
     time.sleep(3)  # what the old object's deletion still had to do is done by now
     assert md_children(api, namespace, "again") == dict.fromkeys(before, uid)
+
+
+def test_a_registered_model_deleted_and_registered_again_routes_with_its_new_versions_baseline(
+    operator: Operator, api: client.ApiClient, namespace: str, mlflow
+) -> None:
+    """MLflow numbers the versions of a model registered again from 1: the operator must not take what it read of
+    the old version 1 (its drift baseline, read once per version) for the new one."""
+    model = f"reborn-{namespace}"  # registered models are global; namespaces are unique
+    before = compute(np.random.default_rng(0).standard_normal((5_000, N_FEATURES)), FEATURES)
+    after = compute(np.random.default_rng(1).standard_normal((5_000, N_FEATURES)) * 3 + 10, FEATURES)
+    core, slices = client.CoreV1Api(api), kube.resource(api, endpoints.api_version(api), "EndpointSlice")
+
+    def baseline_routed() -> float | None:
+        """The lowest edge of f0's histogram in the drift entry the gateway would be given for version 1."""
+        found = core.list_namespaced_config_map(namespace, field_selector=f"metadata.name={routes_name('reborn')}")
+        table = yaml.safe_load(found.items[0].data[ROUTES_FILE]) if found.items else {}
+        versions = ((table.get("models") or {}).get("reborn") or {}).get("versions") or [{}]
+        drift = versions[0].get("drift")
+        return drift["baseline"][0]["edges"][0] if drift else None
+
+    for baseline in (before, after):
+        register(mlflow.url, model, Threshold(0.0, 1.0), signature(), baseline=baseline)
+        create_md(api, namespace, "reborn", model)
+        serve(api, namespace, "reborn", "1")
+        edge = baseline.features[0].edges[0]
+        wait_for(lambda edge=edge: baseline_routed() == edge, 30, "version 1 routed with its drift baseline")
+        client.CustomObjectsApi(api).delete_namespaced_custom_object(GROUP, VERSION, namespace, MD_PLURAL, "reborn")
+        wait_for(lambda: not md_children(api, namespace, "reborn"), 30, "the deployment's children gone")
+        slices.delete(name="reborn-v1", namespace=namespace)
+        MlflowClient(mlflow.url).delete_registered_model(model)
+        time.sleep(RESOLVE_TTL)  # the registry's answers to the first deployment's passes are not reused

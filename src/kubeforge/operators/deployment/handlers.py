@@ -74,6 +74,7 @@ RESOLVE_TTL = 3.0
 _approvals: dict[tuple[str, str], Approval] = {}  # (model, version) -> its approval tags when last resolved
 _feature_orders: dict[tuple[str, str], list[str] | None] = {}  # (model, version) -> its kubeforge.features tag
 _baselines: dict[tuple[str, str], DriftBaseline] = {}  # (model, version) -> its drift baseline, read once
+_runs: dict[tuple[str, str], str] = {}  # (model, version) -> the run it was registered from, when last resolved
 REGISTRY_CACHE_MAX = 1024
 """Entries each of those keeps, the newest: a retraining loop registers versions for as long as it runs, and an
 entry dropped is read again if that version is still served."""
@@ -89,6 +90,11 @@ def _keep(cache: dict[Any, _V], key: Any, value: _V) -> _V:
         while len(cache) > REGISTRY_CACHE_MAX:
             del cache[next(iter(cache))]
     return value
+
+
+def _forget(cache: dict[Any, Any], key: Any) -> None:
+    with _caches_lock:
+        cache.pop(key, None)
 
 
 STATE = "kubeforge.modeldeployment"  # key of State in a ModelDeployment's memo
@@ -149,6 +155,12 @@ def _resolve_one(ctx: Context, name: str, alias: str | None, version: int | None
         return hit[1]
     mv = ctx.registry.by_alias(name, alias) if alias else ctx.registry.by_version(name, version or 0)
     _keep(_resolve_cache, key, (time.monotonic(), mv.version))
+    if _runs.get((name, mv.version), mv.run_id) != mv.run_id:
+        # The registered model was deleted and registered again: this number is another version now, and what
+        # was read once of the one before (its drift baseline, its features) is not its.
+        _forget(_baselines, (name, mv.version))
+        _forget(_feature_orders, (name, mv.version))
+    _keep(_runs, (name, mv.version), mv.run_id)
     _keep(_approvals, (name, mv.version), Approval.of(mv.tags))  # comes with the version: no call of its own
     if mv.tags.get(mc.TAG_TASK):
         _keep(_resolve_cache, (name, "task"), (time.monotonic(), mv.tags[mc.TAG_TASK]))
@@ -156,8 +168,9 @@ def _resolve_one(ctx: Context, name: str, alias: str | None, version: int | None
 
 
 def answers(ctx: Context, refs: Iterable[clock.Ref]) -> tuple[Any, ...]:
-    """What the registry says of each reference now (its version and that version's approval, or the error): the
-    clock compares them with what a ModelDeployment's last pass used. Answers are shared for RESOLVE_TTL."""
+    """What the registry says of each reference now (its version, that version's approval and the run it was
+    registered from, or the error): the clock compares them with what a ModelDeployment's last pass used. Answers
+    are shared for RESOLVE_TTL."""
     said: list[Any] = []
     for name, alias, version in refs:
         try:
@@ -165,7 +178,7 @@ def answers(ctx: Context, refs: Iterable[clock.Ref]) -> tuple[Any, ...]:
         except MLflowError as err:
             said.append(type(err).__name__)
         else:
-            said.append((found, _approvals.get((name, found))))
+            said.append((found, _approvals.get((name, found)), _runs.get((name, found))))
     return tuple(said)
 
 

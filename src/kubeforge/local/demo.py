@@ -16,12 +16,14 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import yaml
 
+from ..api.trainingjob import RETRAIN_OF_LABEL
 from ..core import kube
 from . import runtime
 
@@ -30,6 +32,9 @@ SHIFTED = ("mean_radius", "mean_perimeter", "mean_area", "worst_radius", "worst_
 """What a new scanner measures larger than the old one did: the drift the demo shows."""
 SCALE = 1.5
 DRIFT_ALERT = "ModelFeatureDrift"
+DEPLOYMENT = "cancer"
+TRAININGJOBS = ("cancer-v1", "cancer-v2", "cancer-v3")
+"""The objects the story applies (from the examples); a run starts by deleting what an earlier one left of them."""
 
 
 @dataclass
@@ -181,6 +186,57 @@ class Demo:
         self.say(f"  {name} registered as version {st['mlflow']['modelVersion']} ({metrics})")
         return tj
 
+    def start_over(self, timeout: float = 120) -> None:
+        """Delete what an earlier run left (its ModelDeployment, its TrainingJobs and their retrains, the versions
+        it registered), so a second `kubeforge demo` tells the story again instead of finding its TrainingJobs done
+        and its deployment past the canary it waits for. Waits until their Jobs and Deployments are gone too, so
+        nothing of the earlier run registers or serves during this one; the earlier runs stay in MLflow."""
+        left = [self._find("modeldeployments", DEPLOYMENT), *(self._find("trainingjobs", n) for n in TRAININGJOBS)]
+        left += self._custom().list_namespaced_custom_object(
+            GROUP, VERSION, self.ns, "trainingjobs", label_selector=f"{RETRAIN_OF_LABEL}={DEPLOYMENT}"
+        )["items"]
+        found = [obj for obj in left if obj]
+        if found:
+            names = ", ".join(f"{o['kind']} {o['metadata']['name']}" for o in found)
+            self.say(f"starting over: deleting what the last run left ({names}) and the model versions it registered")
+        for obj in found:
+            kube.delete(self.api, obj["apiVersion"], obj["kind"], obj["metadata"]["name"], self.ns)
+        owners = {obj["metadata"]["uid"] for obj in found}
+
+        def children() -> list[str]:
+            kinds = (("batch/v1", "Job"), ("apps/v1", "Deployment"))
+            return [
+                f"{kind} {child['metadata']['name']}"
+                for api_version, kind in kinds
+                for child in kube.list_objects(self.api, api_version, kind, self.ns, "")
+                if owners & {ref["uid"] for ref in child["metadata"].get("ownerReferences", [])}
+            ]
+
+        deadline = time.monotonic() + timeout
+        while remaining := children():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"what the last run left is still there after {timeout:.0f}s: {remaining}")
+            time.sleep(1)
+        model = yaml.safe_load((self.examples / "trainingjob-v1.yaml").read_text())["spec"]["model"]["name"]
+        gone = httpx.request(
+            "DELETE",
+            f"{self.state.mlflow_url}/api/2.0/mlflow/registered-models/delete",
+            json={"name": model},
+            timeout=30,
+        )
+        if gone.status_code >= 400 and "RESOURCE_DOES_NOT_EXIST" not in gone.text:
+            raise RuntimeError(f"MLflow did not delete registered model {model!r}: {gone.text[:300]}")
+
+    def _find(self, plural: str, name: str) -> dict[str, Any] | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return self.get(plural, name)
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
     # --- the story ---------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         import numpy as np
@@ -189,6 +245,7 @@ class Demo:
         self.say("starting the local platform (control plane, MLflow, operators, runner)")
         _, self.state = runtime.up(self.data_dir)
         self.api = kube.api_client(runtime.Layout(self.data_dir).kubeconfig)
+        self.start_over()
         frame = load_breast_cancer(as_frame=True).frame
         frame.columns = [c.replace(" ", "_") for c in frame.columns]
         datasets = self.data_dir / "datasets"
@@ -249,7 +306,8 @@ class Demo:
         of every shifted feature to reach Alertmanager."""
         shifted = [columns.index(c) for c in SHIFTED]
         traffic.rows = [[v * SCALE if i in shifted else v for i, v in enumerate(row)] for row in traffic.rows]
-        drift = Drift(time.time() - traffic.started, md["spec"]["monitoring"]["drift"]["psiThreshold"])
+        shifted_at = time.time()
+        drift = Drift(shifted_at - traffic.started, md["spec"]["monitoring"]["drift"]["psiThreshold"])
         self.say(f"drift: a new scanner measures cell sizes {SCALE}x larger ({', '.join(SHIFTED)})")
         stable = md["status"]["stableVersion"]
         psi = f'max by (feature) (kubeforge_drift_psi{{model="cancer", version="{stable}", role="stable"}})'
@@ -258,7 +316,9 @@ class Demo:
             drift.alerts = [
                 a
                 for a in httpx.get(f"{self.state.alertmanager_url}/api/v2/alerts", timeout=10).json()
-                if a["labels"].get("modeldeployment") == "cancer" and a["labels"]["alertname"].startswith("Model")
+                if a["labels"].get("modeldeployment") == DEPLOYMENT
+                and a["labels"]["alertname"].startswith("Model")
+                and datetime.fromisoformat(a["startsAt"]).timestamp() >= shifted_at  # not one of an earlier run's
             ]
             if {a["labels"].get("feature") for a in drift.alerts} >= set(SHIFTED):
                 drift.alerted_at = time.time() - traffic.started

@@ -233,3 +233,26 @@ def test_a_view_whose_job_runs_costs_no_passes_until_the_job_ends(
         assert not re.search(r"(Handler|Timer) '\w+' succeeded", scoped.log_text())
     finally:
         scoped.stop()
+
+
+def test_a_job_deleted_by_hand_mid_run_fails_the_run_and_the_next_one_starts(
+    operator: Operator, api: client.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    # No runner runs Jobs in this namespace: run 1 stays running until its Job is deleted.
+    create_fv(api, namespace, "dropped", write_source(tmp_path / "dropped.parquet"))
+
+    def running() -> bool:
+        return condition(api, namespace, "dropped", "Materializing").get("status") == "True"
+
+    wait_for(running, FIRST_RUN, "run 1 started")
+    client.BatchV1Api(api).delete_namespaced_job("dropped-mat-1", namespace, propagation_policy="Background")
+    assert wait_for(lambda: run_finished(api, namespace, "dropped", 1), 30, "run 1's end") == "Failed"
+    cond = condition(api, namespace, "dropped")
+    assert (cond["status"], cond["reason"]) == ("False", "MaterializationFailed")
+    assert "Job dropped-mat-1 was deleted before it finished" in cond["message"]
+    assert condition(api, namespace, "dropped", "Materializing")["status"] == "False"
+    wait_for(lambda: ("Warning", "MaterializationFailed") in events(api, namespace, "dropped"), 30, "the event")
+
+    annotate(api, namespace, "dropped", "again")
+    wait_for(lambda: "dropped-mat-2" in jobs(api, namespace), 30, "run 2's Job")
+    wait_for(running, 30, "run 2 started")

@@ -230,9 +230,20 @@ def train(args: tuple[str, ...]) -> None:
 def demo(data_dir: Path | None, examples: Path, out: Path) -> None:
     """Train, serve, canary-promote v2 and roll back a broken v3, with live traffic; writes a summary and a plot."""
     from .local import runtime
-    from .local.demo import Demo
+    from .local.demo import Demo, Stopped
 
-    Demo(data_dir or runtime.default_data_dir(), examples, out).run()
+    data_dir = data_dir or runtime.default_data_dir()
+    try:
+        Demo(data_dir, examples, out).run()
+    except runtime.UpFailed as err:
+        raise click.ClickException(str(err)) from err
+    except Stopped as err:
+        down = [name for name, running, _ in runtime.status(data_dir) if not running]
+        parts = f"not running now: {', '.join(down)}" if down else "every part of the local platform still runs"
+        raise click.ClickException(
+            f"the demo stopped: {err}\n{parts} (`kubeforge status`; logs under {runtime.Layout(data_dir).logs}). "
+            "`kubeforge demo` again starts the platform's missing parts and the story over."
+        ) from err
 
 
 @main.group()

@@ -9,6 +9,10 @@ platform's Prometheus at the end.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -21,6 +25,7 @@ from kubernetes import client
 from kubeforge import cli
 from kubeforge.core import kube
 from kubeforge.local import runtime
+from kubeforge.local.controlplane import read_state
 from kubeforge.local.demo import SHIFTED, Demo, Traffic
 from kubeforge.local.processes import alive
 from kubeforge.local.runner.state import RunnerState
@@ -171,6 +176,30 @@ def test_train_serve_promote_and_roll_back_with_no_failed_request(tmp_path: Path
     assert not runtime.leftovers(data)
     assert not ours & all_listening_ports()
     assert json.loads((data / "local.json").read_text())  # state kept for the next `up`
+
+
+@pytest.mark.timeout(600)
+def test_the_demo_stops_with_what_is_down_when_the_api_server_is_killed(tmp_path: Path) -> None:
+    data = tmp_path / "kubeforge"
+    argv = [sys.executable, "-m", "kubeforge.cli", "demo", "--data-dir", str(data), "--examples", "docs/examples"]
+    demo = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert demo.stdout is not None
+        for line in demo.stdout:
+            if "TrainingJob cancer-v1 applied" in line:
+                break
+        apiserver = read_state(data / "controlplane")
+        assert apiserver is not None
+        os.kill(apiserver.apiserver_pid, signal.SIGKILL)
+        _, err = demo.communicate(timeout=120)
+        assert demo.returncode == 1
+        assert "Traceback" not in err, err
+        assert "Error: the demo stopped: " in err and "not running now: control plane" in err, err
+        assert f"logs under {data / 'logs'}" in err
+    finally:
+        demo.kill()
+        runtime.down(data)
+    assert not runtime.leftovers(data)
 
 
 def prometheus_has(url: str, promql: str) -> bool:

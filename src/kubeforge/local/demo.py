@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import urllib3
 import yaml
+from kubernetes.client.exceptions import ApiException
 
 from ..api.trainingjob import RETRAIN_OF_LABEL
 from ..core import kube
@@ -35,6 +37,9 @@ DRIFT_ALERT = "ModelFeatureDrift"
 DEPLOYMENT = "cancer"
 TRAININGJOBS = ("cancer-v1", "cancer-v2", "cancer-v3")
 """The objects the story applies (from the examples); a run starts by deleting what an earlier one left of them."""
+Stopped = (TimeoutError, RuntimeError, OSError, httpx.HTTPError, urllib3.exceptions.HTTPError, ApiException)
+"""What ends the story early: a step that does not get there, a TrainingJob that fails, a part of the platform that
+stops answering (the command says which parts are down)."""
 
 
 @dataclass
@@ -228,8 +233,6 @@ class Demo:
             raise RuntimeError(f"MLflow did not delete registered model {model!r}: {gone.text[:300]}")
 
     def _find(self, plural: str, name: str) -> dict[str, Any] | None:
-        from kubernetes.client.exceptions import ApiException
-
         try:
             return self.get(plural, name)
         except ApiException as err:

@@ -230,7 +230,7 @@ def train(args: tuple[str, ...]) -> None:
 def demo(data_dir: Path | None, examples: Path, out: Path) -> None:
     """Train, serve, canary-promote v2 and roll back a broken v3, with live traffic; writes a summary and a plot."""
     from .local import runtime
-    from .local.demo import Demo, Stopped
+    from .local.demo import Demo, Stopped, why
 
     data_dir = data_dir or runtime.default_data_dir()
     try:
@@ -241,7 +241,7 @@ def demo(data_dir: Path | None, examples: Path, out: Path) -> None:
         down = [name for name, running, _ in runtime.status(data_dir) if not running]
         parts = f"not running now: {', '.join(down)}" if down else "every part of the local platform still runs"
         raise click.ClickException(
-            f"the demo stopped: {err}\n{parts} (`kubeforge status`; logs under {runtime.Layout(data_dir).logs}). "
+            f"the demo stopped: {why(err)}\n{parts} (`kubeforge status`; logs under {runtime.Layout(data_dir).logs}). "
             "`kubeforge demo` again starts the platform's missing parts and the story over."
         ) from err
 

@@ -42,6 +42,14 @@ Stopped = (TimeoutError, RuntimeError, OSError, httpx.HTTPError, urllib3.excepti
 stops answering (the command says which parts are down)."""
 
 
+def why(err: BaseException) -> str:
+    """What stopped the story, in a line: an unreachable server by its address and the request it refused."""
+    if isinstance(err, urllib3.exceptions.MaxRetryError):
+        reason = str(err.reason).rsplit(": ", 1)[-1]
+        return f"no answer from {err.pool.host}:{err.pool.port} ({reason}) to {err.url}"
+    return str(err) or type(err).__name__
+
+
 @dataclass
 class Sample:
     t: float

@@ -37,7 +37,7 @@ from kubeforge.core.mlflow_rest import MLflowRegistry
 from kubeforge.local import mlflow_server
 from kubeforge.local import triton as local_triton
 from kubeforge.local.processes import free_port, listening, spawn, terminate, wait_http
-from kubeforge.operators.deployment.handlers import drift_baseline
+from kubeforge.operators.deployment.versions import Versions
 from kubeforge.serving import export
 
 ROUNDS = 6
@@ -279,7 +279,7 @@ def main() -> None:
         triton = local_triton.start(work / "repo", work / "triton", models=["bench"])
         procs.append(triton.stop)
         stable = {"version": version, "role": "stable", "url": triton.url, "weight": 100}
-        found = drift_baseline(MLflowRegistry(ml.url), "bench", version)
+        found = Versions(MLflowRegistry(ml.url)).baseline("bench", version)
         assert found is not None and found.drift is not None, "the version has a baseline"
         tracked = {"versions": [{**stable, "drift": found.drift.to_wire()}], "drift": DriftMonitoring().to_wire()}
         infer = "/v2/models/bench/infer"

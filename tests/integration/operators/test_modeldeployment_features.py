@@ -17,6 +17,7 @@ from kubeforge.core import modelcontract as mc
 from kubeforge.core.mlflow_rest import MLflowRegistry
 from kubeforge.operators.deployment import handlers
 from kubeforge.operators.deployment.rollout import FEATURE_VIEW_NOT_FOUND, Observed, plan
+from kubeforge.operators.deployment.versions import Versions
 from kubeforge.operators.runtime import Context
 from kubeforge.operators.settings import Settings
 from kubeforge.serving.routes import RouteTable
@@ -50,7 +51,7 @@ def test_the_view_and_each_versions_feature_order_reach_the_route_table(
     md = parse({"kind": "ModelDeployment", "metadata": {"name": NAME}, "spec": spec})
     assert isinstance(md, ModelDeployment)
 
-    missing = handlers.resolve(ctx, md, namespace, {}).features
+    missing = handlers.resolve(ctx, Versions(ctx.registry), md, namespace, {}).features
     assert missing is not None and missing.view is None
     assert (
         missing.error == f"spec.features.featureView: FeatureView 'customer-stats' does not exist in namespace "
@@ -73,7 +74,7 @@ def test_the_view_and_each_versions_feature_order_reach_the_route_table(
     client.CustomObjectsApi(api).create_namespaced_custom_object(
         "kubeforge.dev", "v1alpha1", namespace, "featureviews", view
     )
-    resolved = handlers.resolve(ctx, md, namespace, {})
+    resolved = handlers.resolve(ctx, Versions(ctx.registry), md, namespace, {})
     assert resolved.stable == "1" and resolved.canary == "2" and resolved.features is not None
     assert resolved.features.orders == {(NAME, "1"): ORDERS["1"], (NAME, "2"): ORDERS["2"]}
 

@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 from kubeforge.core import kube
 from kubeforge.local.runner import endpoints
 from kubeforge.operators.deployment.children import ROUTES_FILE, routes_name
-from kubeforge.operators.deployment.handlers import RESOLVE_TTL
+from kubeforge.operators.deployment.versions import RESOLVE_TTL
 from kubeforge.training.baseline import compute
 from tests.integration.operators.conftest import Operator, wait_for
 from tests.integration.operators.test_approval import serve

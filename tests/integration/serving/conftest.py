@@ -24,7 +24,7 @@ from kubeforge.core import modelcontract as mc
 from kubeforge.core.mlflow_rest import MLflowRegistry
 from kubeforge.local import triton as local_triton
 from kubeforge.local.processes import free_port, spawn, terminate, wait_http
-from kubeforge.operators.deployment.handlers import drift_baseline
+from kubeforge.operators.deployment.versions import Versions
 from kubeforge.serving import export
 from kubeforge.training.baseline import compute
 
@@ -191,9 +191,9 @@ def drift_table(mlflow_url: str, registered: Registered, triton_url: str) -> dic
     routes = table(registered, triton_url, canary=(triton_url, 0))
     model = routes["models"][registered.name]
     model["drift"] = DriftMonitoring(min_samples=DRIFT_MIN_SAMPLES).to_wire()
-    registry = MLflowRegistry(mlflow_url)
+    versions = Versions(MLflowRegistry(mlflow_url))
     for entry in model["versions"]:
-        found = drift_baseline(registry, registered.name, entry["version"])
+        found = versions.baseline(registered.name, entry["version"])
         assert found is not None, "MLflow answers"
         if found.drift is not None:
             entry["drift"] = found.drift.to_wire()

@@ -34,7 +34,7 @@ from kubeforge.core import modelcard
 from kubeforge.core import modelcontract as mc
 from kubeforge.core.mlflow_rest import MLflowRegistry
 from kubeforge.local import triton as local_triton
-from kubeforge.operators.deployment.handlers import drift_baseline
+from kubeforge.operators.deployment.versions import Versions
 from kubeforge.serving import export
 from kubeforge.training.baseline import compute
 from tests.integration.serving.conftest import RUNTIME, Gateway
@@ -191,9 +191,9 @@ def test_onnx_and_torchscript_imports_serve_the_original_models_answers(
     assert _baseline(mlflow.url, version.run_id, tmp_path / "b2") == compute(diabetes.x, diabetes.features)
 
     # Drift monitoring reads both as it reads a trained version.
-    registry = MLflowRegistry(mlflow.url)
+    versions = Versions(MLflowRegistry(mlflow.url))
     for name, features in (("cancer-onnx", cancer.features), ("diabetes-ts", diabetes.features)):
-        found = drift_baseline(registry, name, "1")
+        found = versions.baseline(name, "1")
         assert found is not None and found.drift is not None and found.drift.features == features
 
     # Served by Triton and through the gateway, both answer what the original models answer.

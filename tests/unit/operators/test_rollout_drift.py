@@ -11,8 +11,8 @@ import numpy as np
 from kubeforge.api.modeldeployment import AnalysisMetric
 from kubeforge.core import modelcontract as mc
 from kubeforge.operators.deployment import analysis as an
-from kubeforge.operators.deployment.handlers import version_drift
 from kubeforge.operators.deployment.rollout import DriftBaseline, Plan, Resolved
+from kubeforge.operators.deployment.versions import version_drift
 from kubeforge.serving.routes import RouteTable
 from kubeforge.training.baseline import compute
 from tests.unit.operators.test_rollout_plan import CANARY, cond, md, routes, run
@@ -134,13 +134,14 @@ def test_the_baselines_of_three_versions_with_300_features_fit_in_the_route_tabl
 def test_the_registry_caches_keep_the_newest_versions_and_those_still_served(monkeypatch) -> None:
     """A retraining loop registers versions for as long as it runs: the operator's caches of what each version's
     registry entry says (drift baseline, feature order, approval) keep the newest and stay bounded."""
-    from kubeforge.operators.deployment import handlers
+    from kubeforge.operators.deployment import versions
 
-    monkeypatch.setattr(handlers, "REGISTRY_CACHE_MAX", 3)
+    monkeypatch.setattr(versions, "CACHE_MAX", 3)
+    keep = versions.Versions._keep
     cache: dict[tuple[str, str], str] = {}
     for version in "1234":
-        assert handlers._keep(cache, ("churn", version), f"baseline {version}") == f"baseline {version}"
+        assert keep(cache, ("churn", version), f"baseline {version}") == f"baseline {version}"
     assert list(cache) == [("churn", "2"), ("churn", "3"), ("churn", "4")]
-    handlers._keep(cache, ("churn", "2"), "baseline 2")  # version 2 is still served: resolved again
-    handlers._keep(cache, ("churn", "5"), "baseline 5")
+    keep(cache, ("churn", "2"), "baseline 2")  # version 2 is still served: resolved again
+    keep(cache, ("churn", "5"), "baseline 5")
     assert list(cache) == [("churn", "4"), ("churn", "2"), ("churn", "5")]

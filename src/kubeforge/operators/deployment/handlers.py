@@ -23,13 +23,12 @@ import copy
 import hashlib
 import json
 import logging
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 import kopf
 from pydantic import ValidationError
@@ -38,12 +37,10 @@ from ...api import API_VERSION, FeatureViewSpec, ModelDeployment, parse
 from ...api.meta import duration_seconds
 from ...api.validation import InvalidResource
 from ...core import kube, plainhttp, podfailure
-from ...core import modelcontract as mc
 from ...core.approval import Approval
 from ...core.conditions import StatusDraft, parse_rfc3339
-from ...core.mlflow_rest import MLflowError, MLflowRegistry, NotFound
+from ...core.mlflow_rest import MLflowError, NotFound
 from ...monitoring import rules
-from ...serving.routes import VersionDrift
 from .. import metrics
 from ..labels import COMPONENT, MODEL_VERSION, MODELDEPLOYMENT
 from ..memos import lock_of, memo_in
@@ -54,7 +51,6 @@ from . import retrain as rt
 from .rollout import (
     GATEWAY,
     ROLLED_BACK,
-    DriftBaseline,
     FeatureSource,
     Observed,
     Plan,
@@ -64,40 +60,13 @@ from .rollout import (
     model_of,
     plan,
 )
+from .versions import Versions
 
 GROUP, VERSION = API_VERSION.split("/")
 KIND = "ModelDeployment"
 EVENT_SOURCE = "kubeforge-modeldeployment"
-# Registry answers shared by every ModelDeployment that serves the same versions (not per-object state).
-_resolve_cache: dict[tuple[str, str], tuple[float, str]] = {}
-RESOLVE_TTL = 3.0
-_approvals: dict[tuple[str, str], Approval] = {}  # (model, version) -> its approval tags when last resolved
-_feature_orders: dict[tuple[str, str], list[str] | None] = {}  # (model, version) -> its kubeforge.features tag
-_baselines: dict[tuple[str, str], DriftBaseline] = {}  # (model, version) -> its drift baseline, read once
-_runs: dict[tuple[str, str], str] = {}  # (model, version) -> the run it was registered from, when last resolved
-REGISTRY_CACHE_MAX = 1024
-"""Entries each of those keeps, the newest: a retraining loop registers versions for as long as it runs, and an
-entry dropped is read again if that version is still served."""
-_caches_lock = threading.Lock()
-_V = TypeVar("_V")
-
-
-def _keep(cache: dict[Any, _V], key: Any, value: _V) -> _V:
-    """value, stored in cache as its newest entry; the oldest go beyond REGISTRY_CACHE_MAX."""
-    with _caches_lock:
-        cache.pop(key, None)
-        cache[key] = value
-        while len(cache) > REGISTRY_CACHE_MAX:
-            del cache[next(iter(cache))]
-    return value
-
-
-def _forget(cache: dict[Any, Any], key: Any) -> None:
-    with _caches_lock:
-        cache.pop(key, None)
-
-
 STATE = "kubeforge.modeldeployment"  # key of State in a ModelDeployment's memo
+VERSIONS = "kubeforge.modeldeployment.versions"  # key of the process's Versions in kopf's memos (know_versions)
 VIEW_GENERATION = "kubeforge.modeldeployment.view-generation"  # key in a FeatureView's memo
 CLOCK_TASK = "kubeforge.modeldeployment.clock"  # key of the clock's task in the operator's memo
 MAX_RETRY_S = 60.0
@@ -148,41 +117,7 @@ def state_of(memo: Mapping[str, Any]) -> State:
     return state if state is not None else memo.setdefault(STATE, State())  # type: ignore[attr-defined]
 
 
-def _resolve_one(ctx: Context, name: str, alias: str | None, version: int | None) -> str:
-    key = (name, alias or f"v{version}")
-    hit = _resolve_cache.get(key)
-    if hit and time.monotonic() - hit[0] < RESOLVE_TTL:
-        return hit[1]
-    mv = ctx.registry.by_alias(name, alias) if alias else ctx.registry.by_version(name, version or 0)
-    _keep(_resolve_cache, key, (time.monotonic(), mv.version))
-    if _runs.get((name, mv.version), mv.run_id) != mv.run_id:
-        # The registered model was deleted and registered again: this number is another version now, and what
-        # was read once of the one before (its drift baseline, its features) is not its.
-        _forget(_baselines, (name, mv.version))
-        _forget(_feature_orders, (name, mv.version))
-    _keep(_runs, (name, mv.version), mv.run_id)
-    _keep(_approvals, (name, mv.version), Approval.of(mv.tags))  # comes with the version: no call of its own
-    if mv.tags.get(mc.TAG_TASK):
-        _keep(_resolve_cache, (name, "task"), (time.monotonic(), mv.tags[mc.TAG_TASK]))
-    return mv.version
-
-
-def answers(ctx: Context, refs: Iterable[clock.Ref]) -> tuple[Any, ...]:
-    """What the registry says of each reference now (its version, that version's approval and the run it was
-    registered from, or the error): the clock compares them with what a ModelDeployment's last pass used. Answers
-    are shared for RESOLVE_TTL."""
-    said: list[Any] = []
-    for name, alias, version in refs:
-        try:
-            found = _resolve_one(ctx, name, alias, version)
-        except MLflowError as err:
-            said.append(type(err).__name__)
-        else:
-            said.append((found, _approvals.get((name, found)), _runs.get((name, found))))
-    return tuple(said)
-
-
-def resolve(ctx: Context, md: ModelDeployment, namespace: str, status: dict[str, Any]) -> Resolved:
+def resolve(ctx: Context, versions: Versions, md: ModelDeployment, namespace: str, status: dict[str, Any]) -> Resolved:
     refs = {"stable": md.spec.model}
     if md.spec.canary is not None:
         refs["canary"] = md.spec.canary.model
@@ -195,27 +130,26 @@ def resolve(ctx: Context, md: ModelDeployment, namespace: str, status: dict[str,
         field = {"stable": "spec.model", "canary": "spec.canary.model", "shadow": "spec.shadow.model"}[role]
         what = f"alias {ref.alias!r}" if ref.alias else f"version {ref.version}"
         try:
-            found[role] = _resolve_one(ctx, ref.name, ref.alias, ref.version)
-            if (ref.name, found[role]) in _approvals:
-                approvals[(ref.name, found[role])] = _approvals[(ref.name, found[role])]
+            found[role] = versions.resolve(ref.name, ref.alias, ref.version)
+            if (approved := versions.approval(ref.name, found[role])) is not None:
+                approvals[(ref.name, found[role])] = approved
         except NotFound:
             errors[role] = f"{field}: {what} of registered model {ref.name!r} does not exist in MLflow"
         except MLflowError as err:
             errors[role] = f"{field}: cannot resolve {what} of {ref.name!r}: {err}"
-    task_hit = _resolve_cache.get((md.spec.model.name, "task"))
     resolved = Resolved(
         found.get("stable"),
         found.get("canary"),
         found.get("shadow"),
-        task_hit[1] if task_hit else "classification",
+        versions.task(md.spec.model.name) or "classification",
         errors,
         approvals=approvals,
     )
     pairs = _routable(md, resolved, status)
     if md.spec.features is not None:
-        resolved = replace(resolved, features=_feature_source(ctx, md, namespace, pairs))
+        resolved = replace(resolved, features=_feature_source(ctx, versions, md, namespace, pairs))
     if md.spec.monitoring.drift.enabled:
-        found = {pair: drift_baseline(ctx.registry, *pair) for pair in pairs}
+        found = {pair: versions.baseline(*pair) for pair in pairs}
         resolved = replace(resolved, baselines={pair: b for pair, b in found.items() if b is not None})
     return resolved
 
@@ -232,7 +166,9 @@ def _routable(md: ModelDeployment, resolved: Resolved, status: dict[str, Any]) -
     return {(model_of(md, role), v) for role, versions in candidates.items() for v in versions if v}
 
 
-def _feature_source(ctx: Context, md: ModelDeployment, namespace: str, pairs: set[tuple[str, str]]) -> FeatureSource:
+def _feature_source(
+    ctx: Context, versions: Versions, md: ModelDeployment, namespace: str, pairs: set[tuple[str, str]]
+) -> FeatureSource:
     """spec.features as the cluster and MLflow have it now: the FeatureView, and the feature order of every
     version in pairs."""
     assert md.spec.features is not None
@@ -244,72 +180,7 @@ def _feature_source(ctx: Context, md: ModelDeployment, namespace: str, pairs: se
         view = FeatureViewSpec.model_validate(obj.get("spec") or {})
     except ValidationError as err:
         return FeatureSource(error=f"{where} is invalid: {err.errors()[0]['msg']}")
-    return FeatureSource(view, orders={pair: _feature_order(ctx, *pair) for pair in pairs})
-
-
-def _feature_order(ctx: Context, model: str, version: str) -> list[str] | None:
-    """A version's features in input order, read once (the tag is written when the version is registered); a
-    version MLflow cannot tell about now is asked again on the next pass."""
-    key = (model, version)
-    if key not in _feature_orders:
-        try:
-            tag = ctx.registry.by_version(model, version).tags.get(mc.TAG_FEATURES)
-        except MLflowError:
-            return None
-        return _keep(_feature_orders, key, _json_names(tag))
-    return _feature_orders[key]
-
-
-def drift_baseline(registry: MLflowRegistry, model: str, version: str) -> DriftBaseline | None:
-    """A version's drift baseline, read once (the trainer logs it before registering the version); None while
-    MLflow cannot tell, to be asked again on the next pass."""
-    key = (model, version)
-    if key not in _baselines:
-        try:
-            mv = registry.by_version(model, version)
-            raw = registry.artifact(mv.run_id, mc.BASELINE_ARTIFACT)
-        except NotFound:
-            return _keep(_baselines, key, DriftBaseline(missing=f"its run logged no {mc.BASELINE_ARTIFACT}"))
-        except MLflowError:
-            return None
-        return _keep(_baselines, key, version_drift(raw, mv.tags))
-    return _baselines[key]
-
-
-def version_drift(raw: bytes, tags: dict[str, str]) -> DriftBaseline:
-    """The route table's drift entry of a version from its baseline artifact and tags: the histograms, the input
-    order (kubeforge.features, else the baseline's), and how its outputs read (task, classes)."""
-    try:
-        baseline = mc.Baseline.model_validate_json(raw)
-    except ValidationError as err:
-        return DriftBaseline(missing=f"{mc.BASELINE_ARTIFACT} is unreadable: {err.errors()[0]['msg']}")
-    features = _json_names(tags.get(mc.TAG_FEATURES)) or [h.name for h in baseline.features]
-    task = tags.get(mc.TAG_TASK)
-    try:
-        drift = VersionDrift(
-            features=features,
-            baseline=baseline.features,
-            task=task if task in ("classification", "regression") else None,
-            classes=[str(c) for c in _json_list(tags.get(mc.TAG_CLASSES)) or []] or None,
-        )
-    except ValidationError as err:
-        return DriftBaseline(missing=f"its {mc.TAG_FEATURES} tag is unusable: {err.errors()[0]['msg']}")
-    return DriftBaseline(drift)
-
-
-def _json_list(tag: str | None) -> list[Any] | None:
-    """A tag holding a JSON list, or None when it is missing or holds something else."""
-    try:
-        items = json.loads(tag) if tag else None
-    except ValueError:
-        return None
-    return items if isinstance(items, list) else None
-
-
-def _json_names(tag: str | None) -> list[str] | None:
-    """A tag holding a JSON list of names (kubeforge.features), or None."""
-    names = _json_list(tag)
-    return names if names is not None and all(isinstance(n, str) for n in names) else None
+    return FeatureSource(view, orders={pair: versions.feature_order(*pair) for pair in pairs})
 
 
 SERVICE_NAME = "kubernetes.io/service-name"
@@ -629,8 +500,9 @@ def reconcile(
         try:
             md = parse({"kind": KIND, "metadata": {"name": name}, "spec": body.get("spec")})
             assert isinstance(md, ModelDeployment)
-            resolved = resolve(ctx, md, namespace, body.get("status") or {})
-            state.clock.answers = answers(ctx, clock.Cadence.of(body["spec"], {}).follows)
+            versions = memo[VERSIONS]
+            resolved = resolve(ctx, versions, md, namespace, body.get("status") or {})
+            state.clock.answers = versions.answers(clock.Cadence.of(body["spec"], {}).follows)
         except InvalidResource:
             md, resolved = None, Resolved()
         observed = observe(ctx, body, watched)
@@ -853,6 +725,13 @@ def _fed_from(memos: Mapping[tuple[str, str], Any], namespace: str, view: str) -
 
 
 @kopf.on.startup()
+def know_versions(memo: kopf.Memo, **_: Any) -> None:
+    """The process's one Versions (what it knows of registered versions): kopf copies the operator's memo into each
+    object's, so every ModelDeployment's passes share it."""
+    memo[VERSIONS] = Versions(context().registry)
+
+
+@kopf.on.startup()
 async def start_clock(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
     """Start the operator's one clock (see clock); it reads the indexes kopf keeps filling."""
     memo[CLOCK_TASK] = asyncio.create_task(_clock(settings.execution.executor, kwargs))
@@ -978,7 +857,8 @@ def _check_unwatched(memos: Mapping[tuple[str, str], Any], watched: Watched) -> 
 
 def _changed(looks: list[tuple[tuple[str, str], Mapping[str, Any], clock.Cadence]]) -> list[Any]:
     """The ModelDeployments among looks whose registry answers differ from their last pass's."""
-    ctx = context()
     return [
-        (key, memo) for key, memo, cadence in looks if answers(ctx, cadence.follows) != state_of(memo).clock.answers
+        (key, memo)
+        for key, memo, cadence in looks
+        if memo[VERSIONS].answers(cadence.follows) != state_of(memo).clock.answers
     ]

@@ -225,8 +225,20 @@ def train(args: tuple[str, ...]) -> None:
 @click.option(
     "--data-dir", type=click.Path(file_okay=False, path_type=Path), help="Local runtime data (default: as `up`)."
 )
-@click.option("--examples", type=click.Path(file_okay=False, path_type=Path), default=Path("docs/examples"))
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-output"))
+@click.option(
+    "--examples",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=Path("docs/examples"),
+    show_default=True,
+    help="The story's TrainingJobs and ModelDeployment (docs/examples of the kubeforge repository).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("demo-output"),
+    show_default=True,
+    help="Where the summary (summary.md) and the plot (rollout.png) go.",
+)
 def demo(data_dir: Path | None, examples: Path, out: Path) -> None:
     """Train, serve, canary-promote v2 and roll back a broken v3, with live traffic; writes a summary and a plot."""
     from .local import runtime

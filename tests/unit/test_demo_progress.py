@@ -1,7 +1,10 @@
-"""What the demo prints while a ModelDeployment becomes Ready."""
+"""What the demo prints: its progress while a ModelDeployment becomes Ready, and what it refuses to start with."""
 
 from __future__ import annotations
 
+from click.testing import CliRunner
+
+from kubeforge.cli import main
 from kubeforge.local.demo import _ready_line
 
 
@@ -22,3 +25,12 @@ def test_the_ready_reason_and_message_once_there():
     assert _ready_line(md({"type": "Ready", "status": "True", "reason": "Serving"})) == (
         "  ModelDeployment cancer: Serving"
     )
+
+
+def test_the_demo_without_its_examples_names_the_option_and_starts_nothing(tmp_path):
+    data = tmp_path / "data"
+    argv = ["demo", "--data-dir", str(data), "--examples", str(tmp_path / "nowhere")]
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 2
+    assert "Invalid value for '--examples'" in result.output and "does not exist" in result.output
+    assert not data.exists(), "nothing was started"

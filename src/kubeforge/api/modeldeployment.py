@@ -470,6 +470,7 @@ HistoryAction = Literal[
     "AwaitApproval",
     "Refuse",
     "Retrain",
+    "Reexport",
 ]
 
 
@@ -483,7 +484,9 @@ class HistoryEntry(KubeModel):
     began), Step (the canary's weight rose), Restart (an interrupted step started over), Interrupt (the canary's
     traffic was taken away while a Triton was not ready), Promote, Rollback, Withdraw (a canary stopped without a
     verdict), Shadow (mirroring to a version started or stopped), AwaitApproval (a version waits for approval), Refuse
-    (a rejected version is not rolled out), Retrain (spec.retrain started a TrainingJob, or one failed)."""
+    (a rejected version is not rolled out), Retrain (spec.retrain started a TrainingJob, or one failed), Reexport (a
+    served version is another registration now, its model deleted and registered again: its Triton restarts to
+    export it)."""
     version: str | None = None
     """The model version it concerns."""
     reason: str

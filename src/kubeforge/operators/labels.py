@@ -10,6 +10,10 @@ ATTEMPT = "kubeforge.dev/attempt"
 MODELDEPLOYMENT = "kubeforge.dev/modeldeployment"
 MODEL_VERSION = "kubeforge.dev/model-version"
 ROLE = "kubeforge.dev/role"
+MODEL_RUN = "kubeforge.dev/model-run"
+"""Annotation of a Triton Deployment: the MLflow run its version was registered from (on the Deployment, so it
+restarts nothing), and on its pod template once the version turned out to be another registration (see
+deployment.rollout.Plan.reexports)."""
 
 
 def common(component: str) -> dict[str, str]:

@@ -67,7 +67,7 @@ NAMESPACED: dict[tuple[str, str], dict[str, str]] = {
         "list": "kopf watches (the md_workloads index); modeldeployment_deleted",
         "watch": "kopf.on.event(deployments)",
         "create": "server-side apply of a new child",
-        "patch": "server-side apply",
+        "patch": "server-side apply; _reexport restarts a Triton whose version was registered again",
         "delete": "_prune, modeldeployment_deleted; a deleted owner's leftover",
     },
     ("autoscaling", "horizontalpodautoscalers"): {

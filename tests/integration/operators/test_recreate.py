@@ -22,6 +22,7 @@ from kubeforge.core import kube
 from kubeforge.local.runner import endpoints
 from kubeforge.operators.deployment.children import ROUTES_FILE, routes_name
 from kubeforge.operators.deployment.versions import RESOLVE_TTL
+from kubeforge.operators.labels import MODEL_RUN
 from kubeforge.training.baseline import compute
 from tests.integration.operators.conftest import Operator, wait_for
 from tests.integration.operators.test_approval import serve
@@ -241,32 +242,77 @@ def test_a_modeldeployment_deleted_and_created_again_at_once_keeps_the_new_ones_
     assert md_children(api, namespace, "again") == dict.fromkeys(before, uid)
 
 
+BEFORE = compute(np.random.default_rng(0).standard_normal((5_000, N_FEATURES)), FEATURES)
+AFTER = compute(np.random.default_rng(1).standard_normal((5_000, N_FEATURES)) * 3 + 10, FEATURES)
+"""Drift baselines of two registrations of version 1: their lowest edges tell them apart."""
+
+
+def edge_routed(api: client.ApiClient, namespace: str, name: str) -> float | None:
+    """The lowest edge of f0's histogram in the drift entry the gateway would be given for the first version."""
+    core = client.CoreV1Api(api)
+    found = core.list_namespaced_config_map(namespace, field_selector=f"metadata.name={routes_name(name)}")
+    table = yaml.safe_load(found.items[0].data[ROUTES_FILE]) if found.items else {}
+    versions = ((table.get("models") or {}).get(name) or {}).get("versions") or [{}]
+    drift = versions[0].get("drift")
+    return drift["baseline"][0]["edges"][0] if drift else None
+
+
 def test_a_registered_model_deleted_and_registered_again_routes_with_its_new_versions_baseline(
     operator: Operator, api: client.ApiClient, namespace: str, mlflow
 ) -> None:
     """MLflow numbers the versions of a model registered again from 1: the operator must not take what it read of
     the old version 1 (its drift baseline, read once per version) for the new one."""
     model = f"reborn-{namespace}"  # registered models are global; namespaces are unique
-    before = compute(np.random.default_rng(0).standard_normal((5_000, N_FEATURES)), FEATURES)
-    after = compute(np.random.default_rng(1).standard_normal((5_000, N_FEATURES)) * 3 + 10, FEATURES)
-    core, slices = client.CoreV1Api(api), kube.resource(api, endpoints.api_version(api), "EndpointSlice")
-
-    def baseline_routed() -> float | None:
-        """The lowest edge of f0's histogram in the drift entry the gateway would be given for version 1."""
-        found = core.list_namespaced_config_map(namespace, field_selector=f"metadata.name={routes_name('reborn')}")
-        table = yaml.safe_load(found.items[0].data[ROUTES_FILE]) if found.items else {}
-        versions = ((table.get("models") or {}).get("reborn") or {}).get("versions") or [{}]
-        drift = versions[0].get("drift")
-        return drift["baseline"][0]["edges"][0] if drift else None
-
-    for baseline in (before, after):
+    slices = kube.resource(api, endpoints.api_version(api), "EndpointSlice")
+    for baseline in (BEFORE, AFTER):
         register(mlflow.url, model, Threshold(0.0, 1.0), signature(), baseline=baseline)
         create_md(api, namespace, "reborn", model)
         serve(api, namespace, "reborn", "1")
         edge = baseline.features[0].edges[0]
-        wait_for(lambda edge=edge: baseline_routed() == edge, 30, "version 1 routed with its drift baseline")
+        wait_for(lambda edge=edge: edge_routed(api, namespace, "reborn") == edge, 30, "version 1 and its baseline")
         client.CustomObjectsApi(api).delete_namespaced_custom_object(GROUP, VERSION, namespace, MD_PLURAL, "reborn")
         wait_for(lambda: not md_children(api, namespace, "reborn"), 30, "the deployment's children gone")
         slices.delete(name="reborn-v1", namespace=namespace)
         MlflowClient(mlflow.url).delete_registered_model(model)
         time.sleep(RESOLVE_TTL)  # the registry's answers to the first deployment's passes are not reused
+
+
+def test_a_served_version_registered_again_restarts_its_triton_and_routes_with_its_baseline(
+    operator: Operator, api: client.ApiClient, namespace: str, mlflow
+) -> None:
+    """The same, under a ModelDeployment that keeps serving: its Triton's pods restart to export the version now
+    registered under that number, and the route table takes its baseline, without anyone touching the deployment."""
+    model = f"reissued-{namespace}"
+    registry = MlflowClient(mlflow.url)
+
+    def registered(baseline: Any) -> str:
+        register(mlflow.url, model, Threshold(0.0, 1.0), signature(), baseline=baseline)
+        for alias in ("champion", "candidate"):  # no canary to run: the candidate is the stable version
+            registry.set_registered_model_alias(model, alias, "1")
+        return registry.get_model_version(model, "1").run_id
+
+    first = registered(BEFORE)
+    canary = {"model": {"name": model, "alias": "candidate"}, "steps": [{"weight": 50}]}
+    spec = {"model": {"name": model, "alias": "champion"}, "canary": canary}
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment", "metadata": {"name": "reissued"}}
+    client.CustomObjectsApi(api).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, MD_PLURAL, {**body, "spec": spec}
+    )
+    serve(api, namespace, "reissued", "1")
+    apps = client.AppsV1Api(api)
+
+    def runs() -> tuple[str | None, str | None]:
+        """The run on the Triton Deployment, and on its pod template."""
+        found = apps.read_namespaced_deployment("reissued-v1", namespace)
+        on_template = (found.spec.template.metadata.annotations or {}).get(MODEL_RUN)
+        return (found.metadata.annotations or {}).get(MODEL_RUN), on_template
+
+    wait_for(lambda: edge_routed(api, namespace, "reissued") == BEFORE.features[0].edges[0], 30, "the first baseline")
+    assert runs() == (first, None)
+
+    registry.delete_registered_model(model)
+    second = registered(AFTER)
+    wait_for(lambda: runs() == (second, second), 60, "the Triton pods restarted for the new registration")
+    wait_for(lambda: edge_routed(api, namespace, "reissued") == AFTER.features[0].edges[0], 30, "its baseline")
+    message = event_message(api, namespace, "reissued", "Reexported")
+    assert f"version 1 of {model} is another registration now (run {second}, was {first})" in message

@@ -110,8 +110,12 @@ def triton_deployment(
     role: str,
     settings: Settings,
     replicas_now: int | None = None,
+    run: str | None = None,
 ) -> dict[str, Any]:
     """Triton serving one registered version, exported from MLflow by an init container.
+
+    run: the MLflow run the version was registered from, kept on the Deployment (labels.MODEL_RUN) so a later
+    pass can tell another registration of the same version number (see rollout.Plan.reexports).
 
     Replicas: spec.replicas; with autoscaling, those the Deployment asks for now (replicas_now, the autoscaler's
     choice) kept within minReplicas and maxReplicas, as the autoscaler keeps them itself, and minReplicas for a new
@@ -174,10 +178,13 @@ def triton_deployment(
     replicas, scaling = md.spec.replicas, md.spec.autoscaling
     if scaling is not None:
         replicas = min(max(replicas_now or 0, scaling.min_replicas), scaling.max_replicas)
+    meta = _meta(owner, name, "triton", {labels.MODEL_VERSION: version, labels.ROLE: role})
+    if run:
+        meta["annotations"] = {labels.MODEL_RUN: run}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _meta(owner, name, "triton", {labels.MODEL_VERSION: version, labels.ROLE: role}),
+        "metadata": meta,
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": selector},

@@ -42,7 +42,7 @@ from ...core.conditions import StatusDraft, parse_rfc3339
 from ...core.mlflow_rest import MLflowError, NotFound
 from ...monitoring import rules
 from .. import metrics
-from ..labels import COMPONENT, MODEL_VERSION, MODELDEPLOYMENT
+from ..labels import COMPONENT, MODEL_RUN, MODEL_VERSION, MODELDEPLOYMENT
 from ..memos import lock_of, memo_in
 from ..runtime import WORKERS, Context, context
 from . import analysis as an
@@ -106,6 +106,9 @@ class State:
     """What the last pass that succeeded read (see reconcile); None after one that failed."""
     live: frozenset[str] = frozenset()
     """The versions the last pass kept live."""
+    runs: dict[str, str] = field(default_factory=dict)
+    """Version -> the run this process last wrote on its Triton Deployment (MODEL_RUN): ahead of the index until
+    the watch brings the write back, so a pass in between does not take the version for re-registered again."""
     clock: clock.Clock = field(default_factory=clock.Clock)
     """When it needs a pass that no event starts (see clock)."""
 
@@ -146,6 +149,7 @@ def resolve(ctx: Context, versions: Versions, md: ModelDeployment, namespace: st
         approvals=approvals,
     )
     pairs = _routable(md, resolved, status)
+    resolved = replace(resolved, runs={pair: run for pair in pairs if (run := versions.run(*pair))})
     if md.spec.features is not None:
         resolved = replace(resolved, features=_feature_source(ctx, versions, md, namespace, pairs))
     if md.spec.monitoring.drift.enabled:
@@ -195,6 +199,7 @@ class Workload(NamedTuple):
     replicas: int  # how many pods it asks for now (the autoscaler's choice, where one scales it)
     name: str
     generation: int  # changes with its spec: one later than the operator's last apply is someone else's edit
+    run: str = ""  # the MLflow run its version was registered from, as the operator last wrote it (MODEL_RUN)
 
 
 class Address(NamedTuple):
@@ -236,7 +241,8 @@ async def md_workloads(
     **_: Any,
 ) -> dict[tuple[str, str], Workload] | None:
     """Each ModelDeployment's Deployments: which serve (readiness), which versions have one (pruning), how many
-    replicas each asks for now (autoscaling), which someone else changed (see _edited)."""
+    replicas each asks for now (autoscaling), which someone else changed (see _edited), which registration each
+    version's Triton serves (see rollout.Plan.reexports)."""
     part = _part(labels)
     if part is None:
         return None
@@ -244,7 +250,8 @@ async def md_workloads(
     replicas = spec.get("replicas") or 0
     short = (status.get("readyReplicas") or 0) < replicas
     generation = meta.get("generation") or 0
-    return {(namespace, labels[MODELDEPLOYMENT]): Workload(part, available, short, replicas, name, generation)}
+    run = (meta.get("annotations") or {}).get(MODEL_RUN, "")
+    return {(namespace, labels[MODELDEPLOYMENT]): Workload(part, available, short, replicas, name, generation, run)}
 
 
 @kopf.index("discovery.k8s.io", "endpointslices", labels={MODELDEPLOYMENT: kopf.PRESENT})
@@ -339,6 +346,7 @@ def observe(ctx: Context, body: dict[str, Any], watched: Watched) -> Observed:
         failures=failures,
         gateway_grpc=gateway_grpc,
         replicas=replicas,
+        runs={w.part: w.run for w in workloads if w.part != GATEWAY and w.run},
     )
 
 
@@ -506,6 +514,7 @@ def reconcile(
         except InvalidResource:
             md, resolved = None, Resolved()
         observed = observe(ctx, body, watched)
+        observed = replace(observed, runs={**observed.runs, **state.runs})
         stray = _deployed(watched, namespace, name) - state.live  # what _prune would delete
         inputs = (body["metadata"].get("resourceVersion"), resolved, observed, stray)
         if event and inputs == state.inputs:
@@ -522,6 +531,8 @@ def reconcile(
                 results = _analyse(ctx, body, md, state, metrics_text)
         p = plan(body, resolved, observed, results, ctx.settings, now)
         try:
+            for deployment, run in p.reexports.items():  # before the apply that records the run on the Deployment
+                _reexport(ctx, namespace, deployment, run)
             _apply(ctx, state, [*p.apply, *_alert_rules(ctx, body, md, state)])
         except kube.ChildNotApplied as err:
             # Nothing the plan decided took effect: the last status stays, with Ready=False saying why.
@@ -530,6 +541,11 @@ def reconcile(
             written = kube.write_status(ctx.api, body, old_status, st.s, events, component=EVENT_SOURCE)
             state.body = _kept(written) if written is not None else body
             raise kopf.TemporaryError(err.message, delay=err.retry_after(state.clock.retries)) from err
+        state.runs = {
+            obj["metadata"]["labels"][MODEL_VERSION]: run
+            for obj in p.apply
+            if obj["kind"] == "Deployment" and (run := (obj["metadata"].get("annotations") or {}).get(MODEL_RUN))
+        }
         _prune(ctx, namespace, name, state, watched, set(p.live_versions))
         if md is not None and md.spec.retrain is not None:
             _retrain(ctx, body, md, state, observed, metrics_text, p, now)
@@ -547,6 +563,19 @@ def reconcile(
             if any(reason == ROLLED_BACK for _, reason, _ in p.events):
                 metrics.ROLLBACKS.labels(namespace, name).inc()
         state.inputs, state.live = inputs, frozenset(p.live_versions)
+
+
+REEXPORT_MANAGER = "kubeforge-reexport"
+"""Field manager of the run on a Triton pod template (see rollout.Plan.reexports): not the one that applies the
+Deployment, whose applies leave it where it is, as they leave `kubectl rollout restart`'s."""
+
+
+def _reexport(ctx: Context, namespace: str, deployment: str, run: str) -> None:
+    """Restart a Triton Deployment's pods so they export its version's registration from run."""
+    log.info(f"{namespace}/{deployment}: its version is another registration now (run {run}); restarting its pods")
+    template = {"metadata": {"annotations": {MODEL_RUN: run}}}
+    patch = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": deployment, "namespace": namespace}}
+    kube.apply(ctx.api, {**patch, "spec": {"template": template}}, field_manager=REEXPORT_MANAGER)
 
 
 def _retrain(

@@ -59,6 +59,7 @@ DRIFT_DISABLED = "Disabled"  # spec.monitoring.drift.enabled is false
 READING_BASELINES = "ReadingBaselines"  # MLflow did not tell yet whether a routed version has a baseline
 AWAITING_APPROVAL = "AwaitingApproval"  # a version would become stable, canary or shadow once approved
 REJECTED = "Rejected"  # the version that would be rolled out was rejected in the registry
+REEXPORTED = "Reexported"  # a served version is another registration now: its Triton restarts to export it
 SHADOW_STARTED, SHADOW_STOPPED = "ShadowStarted", "ShadowStopped"
 
 GATEWAY = "gateway"  # Observed.failures key of the gateway's pods (model versions are numbers)
@@ -96,6 +97,8 @@ class Resolved:
     approvals: dict[tuple[str, str], Approval] = field(default_factory=dict)
     """(registered model, version) -> its approval, read from the tags of each version resolved; absent: unknown,
     which spec.policy.requireApproval treats as not approved."""
+    runs: dict[tuple[str, str], str] = field(default_factory=dict)
+    """(registered model, version) -> the MLflow run it was registered from; absent while MLflow cannot tell."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,7 @@ class Observed:
     failures: dict[str, dict[str, Any]] = field(default_factory=dict)
     gateway_grpc: str | None = None  # host:port of the gateway's gRPC endpoint
     replicas: dict[str, int] = field(default_factory=dict)  # version -> its Triton Deployment's replicas now
+    runs: dict[str, str] = field(default_factory=dict)  # version -> the run its Triton Deployment says it serves
 
 
 @dataclass
@@ -139,6 +143,11 @@ class Plan:
     status: dict[str, Any] = field(default_factory=dict)
     events: list[tuple[str, str, str]] = field(default_factory=list)
     analysis_due: bool = False
+    reexports: dict[str, str] = field(default_factory=dict)
+    """Triton Deployment -> the run its pods must export now: its version is another registration than the one
+    they serve (a registered model deleted and registered again numbers its versions from 1). The operator sets
+    the run on the pod template under a field manager of its own, as `kubectl rollout restart` does, so the
+    Deployment's own apply never takes it back; its pods restart and export the new registration."""
 
 
 def canary_settings(md: ModelDeployment) -> tuple[tuple[CanaryStep, ...], Analysis, float]:
@@ -458,7 +467,16 @@ def _children(
     for version, role in live.items():
         version_model = model_of(md, role)
         now = p.observed.replicas.get(version)
-        p.out.apply.append(children.triton_deployment(body, md, version_model, version, role, settings, now))
+        serving, registered = p.observed.runs.get(version), p.resolved.runs.get((version_model, version))
+        if serving and registered and serving != registered:
+            p.out.reexports[children.version_name(name, version)] = registered
+            message = (
+                f"version {version} of {version_model} is another registration now (run {registered}, was "
+                f"{serving}): its Triton restarts to export it"
+            )
+            history.decide(st, p.out.events, "Reexport", version, "Normal", REEXPORTED, message)
+        run = registered or serving
+        p.out.apply.append(children.triton_deployment(body, md, version_model, version, role, settings, now, run))
         p.out.apply.append(children.triton_service(body, version))
         if md.spec.autoscaling is not None:
             p.out.apply.append(children.autoscaler(body, md, version))

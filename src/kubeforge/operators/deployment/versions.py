@@ -76,6 +76,19 @@ class Versions:
         known = self._known.get((name, version))
         return known.approval if known else None
 
+    def run(self, model: str, version: str) -> str | None:
+        """The run a version was registered from, as its last resolution found it or asked now; None when MLflow
+        cannot tell."""
+        known = self._known.get((model, version))
+        if known is None:
+            try:
+                mv = self.registry.by_version(model, version)
+            except MLflowError:
+                return None
+            with self._lock:
+                known = self._keep(self._known, (model, version), Known(mv.run_id, Approval.of(mv.tags)))
+        return known.run_id
+
     def task(self, name: str) -> str | None:
         """The task tag of the model's version last resolved."""
         return self._tasks.get(name)

@@ -466,16 +466,7 @@ def _children(
     model = md.spec.model.name
     for version, role in live.items():
         version_model = model_of(md, role)
-        now = p.observed.replicas.get(version)
-        serving, registered = p.observed.runs.get(version), p.resolved.runs.get((version_model, version))
-        if serving and registered and serving != registered:
-            p.out.reexports[children.version_name(name, version)] = registered
-            message = (
-                f"version {version} of {version_model} is another registration now (run {registered}, was "
-                f"{serving}): its Triton restarts to export it"
-            )
-            history.decide(st, p.out.events, "Reexport", version, "Normal", REEXPORTED, message)
-        run = registered or serving
+        now, run = p.observed.replicas.get(version), _run(p, name, version_model, version)
         p.out.apply.append(children.triton_deployment(body, md, version_model, version, role, settings, now, run))
         p.out.apply.append(children.triton_service(body, version))
         if md.spec.autoscaling is not None:
@@ -496,6 +487,20 @@ def _children(
     if p.observed.gateway_grpc:
         st.s["grpcUrl"] = p.observed.gateway_grpc
     return feature_problems
+
+
+def _run(p: _Pass, name: str, model: str, version: str) -> str | None:
+    """The run a version's Triton is to say it serves: the registry's, else (MLflow cannot tell now) the one its
+    Deployment says. When both are known and differ, the version is another registration: see Plan.reexports."""
+    serving, registered = p.observed.runs.get(version), p.resolved.runs.get((model, version))
+    if serving and registered and serving != registered:
+        p.out.reexports[children.version_name(name, version)] = registered
+        message = (
+            f"version {version} of {model} is another registration now (run {registered}, was {serving}): "
+            "its Triton restarts to export it"
+        )
+        history.decide(p.st, p.out.events, "Reexport", version, "Normal", REEXPORTED, message)
+    return registered or serving
 
 
 def _readiness(p: _Pass, name: str, feature_problems: list[tuple[str, str, str]]) -> None:

@@ -200,10 +200,12 @@ class Demo:
         return tj
 
     def start_over(self, timeout: float = 120) -> None:
-        """Delete what an earlier run left (its ModelDeployment, its TrainingJobs and their retrains, the versions
-        it registered), so a second `kubeforge demo` tells the story again instead of finding its TrainingJobs done
-        and its deployment past the canary it waits for. Waits until their Jobs and Deployments are gone too, so
-        nothing of the earlier run registers or serves during this one; the earlier runs stay in MLflow."""
+        """Delete what an earlier run left (its ModelDeployment, its TrainingJobs and their retrains, and the
+        registered model they trained, so versions count from 1 again), so a second `kubeforge demo` tells the story
+        again instead of finding its TrainingJobs done and its deployment past the canary it waits for. Waits until
+        their Jobs and Deployments are gone too, so nothing of the earlier run registers or serves during this one;
+        the earlier runs themselves stay in MLflow's experiment."""
+        model = yaml.safe_load((self.examples / "trainingjob-v1.yaml").read_text())["spec"]["model"]["name"]
         left = [self._find("modeldeployments", DEPLOYMENT), *(self._find("trainingjobs", n) for n in TRAININGJOBS)]
         left += self._custom().list_namespaced_custom_object(
             GROUP, VERSION, self.ns, "trainingjobs", label_selector=f"{RETRAIN_OF_LABEL}={DEPLOYMENT}"
@@ -211,7 +213,7 @@ class Demo:
         found = [obj for obj in left if obj]
         if found:
             names = ", ".join(f"{o['kind']} {o['metadata']['name']}" for o in found)
-            self.say(f"starting over: deleting what the last run left ({names}) and the model versions it registered")
+            self.say(f"starting over: deleting what the last run left ({names}) and registered model {model!r}")
         for obj in found:
             kube.delete(self.api, obj["apiVersion"], obj["kind"], obj["metadata"]["name"], self.ns)
         owners = {obj["metadata"]["uid"] for obj in found}
@@ -230,7 +232,6 @@ class Demo:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"what the last run left is still there after {timeout:.0f}s: {remaining}")
             time.sleep(1)
-        model = yaml.safe_load((self.examples / "trainingjob-v1.yaml").read_text())["spec"]["model"]["name"]
         gone = httpx.request(
             "DELETE",
             f"{self.state.mlflow_url}/api/2.0/mlflow/registered-models/delete",
@@ -272,20 +273,20 @@ class Demo:
         self.apply("modeldeployment.yaml")
         md = self.wait(
             "modeldeployments",
-            "cancer",
+            DEPLOYMENT,
             lambda o: _cond(o, "Ready") == "True",
             _ready_line,
         )
         url = md["status"]["url"].split("/v2/")[0]
         self.say(f"serving at {md['status']['url']}; sending traffic with tritonclient")
         rows = frame.drop(columns="target").to_numpy(dtype=float).tolist()
-        traffic = Traffic(url, "cancer", rows, frame["target"].astype(int).tolist())
+        traffic = Traffic(url, DEPLOYMENT, rows, frame["target"].astype(int).tolist())
         traffic.start()
         try:
             v2 = self.train("trainingjob-v2.yaml", "cancer-v2", DATASET=str(clean))
             self.wait(
                 "modeldeployments",
-                "cancer",
+                DEPLOYMENT,
                 lambda o: (o.get("status") or {}).get("stableVersion") == v2["status"]["mlflow"]["modelVersion"],
                 _rollout_line,
             )
@@ -294,7 +295,7 @@ class Demo:
             bad_version = v3["status"]["mlflow"]["modelVersion"]
             final = self.wait(
                 "modeldeployments",
-                "cancer",
+                DEPLOYMENT,
                 lambda o: (o.get("status") or {}).get("rolledBackVersion") == bad_version,
                 _rollout_line,
             )
@@ -321,7 +322,7 @@ class Demo:
         drift = Drift(shifted_at - traffic.started, md["spec"]["monitoring"]["drift"]["psiThreshold"])
         self.say(f"drift: a new scanner measures cell sizes {SCALE}x larger ({', '.join(SHIFTED)})")
         stable = md["status"]["stableVersion"]
-        psi = f'max by (feature) (kubeforge_drift_psi{{model="cancer", version="{stable}", role="stable"}})'
+        psi = f'max by (feature) (kubeforge_drift_psi{{model="{DEPLOYMENT}", version="{stable}", role="stable"}})'
         deadline, shown = time.monotonic() + timeout, 0.0
         while time.monotonic() < deadline:
             drift.alerts = [
@@ -357,7 +358,7 @@ class Demo:
         """Follow what spec.retrain does about the drift: live accuracy falls as labels arrive, the trigger creates
         a TrainingJob on the recent labelled traffic, and its version rolls out through the canary."""
         stable = md["status"]["stableVersion"]
-        accuracy = f'kubeforge_live_accuracy{{model="cancer", version="{stable}"}}'
+        accuracy = f'kubeforge_live_accuracy{{model="{DEPLOYMENT}", version="{stable}"}}'
         self.say(f"labels arrive for the shifted traffic; live accuracy of version {stable} (retrains below 0.9):")
 
         def started(o: dict[str, Any]) -> bool:
@@ -368,7 +369,7 @@ class Demo:
             shown = f"{float(live[0]['value'][1]):.3f}" if live else "window filling"
             return f"  live accuracy {shown} | {_cond(o, 'Retraining', 'reason')}: {_message(o, 'Retraining')}"
 
-        md = self.wait("modeldeployments", "cancer", started, accuracy_line, timeout=180)
+        md = self.wait("modeldeployments", DEPLOYMENT, started, accuracy_line, timeout=180)
         drift.retrained_at = time.time() - traffic.started
         name = md["status"]["lastRetrain"]["trainingJob"]
         self.say(f"  retraining: {_message(md, 'Retraining')}")
@@ -385,7 +386,7 @@ class Demo:
         self.say(f"  {name} registered as version {version} ({metrics})")
         final = self.wait(
             "modeldeployments",
-            "cancer",
+            DEPLOYMENT,
             lambda o: (o.get("status") or {}).get("stableVersion") == version,
             _rollout_line,
         )
@@ -394,7 +395,7 @@ class Demo:
         found = httpx.get(
             f"{self.state.prometheus_url}/api/v1/query_range",
             params={
-                "query": 'max by (version) (kubeforge_live_accuracy{model="cancer"})',
+                "query": f'max by (version) (kubeforge_live_accuracy{{model="{DEPLOYMENT}"}})',
                 "start": traffic.started,
                 "end": time.time(),
                 "step": "2s",

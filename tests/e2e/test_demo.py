@@ -182,16 +182,22 @@ def test_train_serve_promote_and_roll_back_with_no_failed_request(tmp_path: Path
 def test_the_demo_stops_with_what_is_down_when_the_api_server_is_killed(tmp_path: Path) -> None:
     data = tmp_path / "kubeforge"
     argv = [sys.executable, "-m", "kubeforge.cli", "demo", "--data-dir", str(data), "--examples", "docs/examples"]
-    demo = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "demo.err"
+    with log.open("w") as stderr:
+        demo = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=stderr, text=True)
     try:
         assert demo.stdout is not None
+        said = []
         for line in demo.stdout:
+            said.append(line)
             if "TrainingJob cancer-v1 applied" in line:
                 break
+        assert said and "cancer-v1 applied" in said[-1], f"the story did not get to training: {said} {log.read_text()}"
         apiserver = read_state(data / "controlplane")
         assert apiserver is not None
         os.kill(apiserver.apiserver_pid, signal.SIGKILL)
-        _, err = demo.communicate(timeout=120)
+        demo.communicate(timeout=120)
+        err = log.read_text()
         assert demo.returncode == 1
         assert "Traceback" not in err, err
         assert "Error: the demo stopped: " in err and "not running now: control plane" in err, err

@@ -35,7 +35,7 @@ SHIFTED = ("mean_radius", "mean_perimeter", "mean_area", "worst_radius", "worst_
 SCALE = 1.5
 DRIFT_ALERT = "ModelFeatureDrift"
 DEPLOYMENT = "cancer"
-TRAININGJOBS = ("cancer-v1", "cancer-v2", "cancer-v3")
+V1, V2, V3 = TRAININGJOBS = ("cancer-v1", "cancer-v2", "cancer-v3")
 """The objects the story applies (from the examples); a run starts by deleting what an earlier one left of them."""
 Stopped = (TimeoutError, RuntimeError, OSError, httpx.HTTPError, urllib3.exceptions.HTTPError, ApiException)
 """What ends the story early: a step that does not get there, a TrainingJob that fails, a part of the platform that
@@ -269,7 +269,7 @@ class Demo:
         bad.to_csv(shuffled, index=False)
         self.say(f"wrote {len(frame)} rows of scikit-learn's breast cancer data to {datasets}")
 
-        v1 = self.train("trainingjob-v1.yaml", "cancer-v1", DATASET=str(clean))
+        v1 = self.train("trainingjob-v1.yaml", V1, DATASET=str(clean))
         self.apply("modeldeployment.yaml")
         md = self.wait(
             "modeldeployments",
@@ -283,7 +283,7 @@ class Demo:
         traffic = Traffic(url, DEPLOYMENT, rows, frame["target"].astype(int).tolist())
         traffic.start()
         try:
-            v2 = self.train("trainingjob-v2.yaml", "cancer-v2", DATASET=str(clean))
+            v2 = self.train("trainingjob-v2.yaml", V2, DATASET=str(clean))
             self.wait(
                 "modeldeployments",
                 DEPLOYMENT,
@@ -291,7 +291,7 @@ class Demo:
                 _rollout_line,
             )
             self.say("  canary promoted: version 2 is stable")
-            v3 = self.train("trainingjob-v3-bad.yaml", "cancer-v3", SHUFFLED_DATASET=str(shuffled))
+            v3 = self.train("trainingjob-v3-bad.yaml", V3, SHUFFLED_DATASET=str(shuffled))
             bad_version = v3["status"]["mlflow"]["modelVersion"]
             final = self.wait(
                 "modeldeployments",

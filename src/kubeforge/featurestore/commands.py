@@ -18,6 +18,7 @@ Feast is imported inside the commands only, so ``kubeforge --help`` stays fast.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -80,3 +81,8 @@ def materialize_job(namespace: str, name: str, spec_json: str, termination_log: 
     }
     _write(termination_log, result)
     click.echo(f"materialized {done.rows} rows; {done.online_rows} entities online; {json.dumps(result)}", err=True)
+    # Done and recorded: leave without the interpreter's teardown, where a native thread Feast's libraries started
+    # can abort the process ("terminate called without an active exception", exit 134) and fail a run that worked.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

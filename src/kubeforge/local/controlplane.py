@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import binaries
-from .processes import alive, free_port, listening, spawn, terminate, wait_http
+from .processes import alive, argv, free_port, listening, spawn, terminate, wait_http
 
 STATE_FILE = "controlplane.json"
 SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
@@ -231,6 +231,6 @@ def status(data_dir: Path | str) -> tuple[bool, ControlPlaneState | None]:
 def _still(pid: int, binary: str) -> bool:
     """Whether pid is still a process of binary: a pid in an old state file may be another program's by now."""
     with contextlib.suppress(OSError):
-        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0].decode(errors="replace")
-        return alive(pid) and Path(argv0).name == binary
+        command = argv(pid)
+        return bool(command) and alive(pid) and Path(command[0]).name == binary
     return False

@@ -37,7 +37,15 @@ DRIFT_ALERT = "ModelFeatureDrift"
 DEPLOYMENT = "cancer"
 V1, V2, V3 = TRAININGJOBS = ("cancer-v1", "cancer-v2", "cancer-v3")
 """The objects the story applies (from the examples); a run starts by deleting what an earlier one left of them."""
-Stopped = (TimeoutError, RuntimeError, OSError, httpx.HTTPError, urllib3.exceptions.HTTPError, ApiException)
+Stopped = (
+    TimeoutError,
+    RuntimeError,
+    OSError,
+    httpx.HTTPError,
+    urllib3.exceptions.HTTPError,
+    ApiException,
+    kube.ApiError,
+)
 """What ends the story early: a step that does not get there, a TrainingJob that fails, a part of the platform that
 stops answering (the command says which parts are down)."""
 
@@ -206,10 +214,10 @@ class Demo:
         their Jobs and Deployments are gone too, so nothing of the earlier run registers or serves during this one;
         the earlier runs themselves stay in MLflow's experiment."""
         model = yaml.safe_load((self.examples / "trainingjob-v1.yaml").read_text())["spec"]["model"]["name"]
-        left = [self._find("modeldeployments", DEPLOYMENT), *(self._find("trainingjobs", n) for n in TRAININGJOBS)]
-        left += self._custom().list_namespaced_custom_object(
-            GROUP, VERSION, self.ns, "trainingjobs", label_selector=f"{RETRAIN_OF_LABEL}={DEPLOYMENT}"
-        )["items"]
+        api_version = f"{GROUP}/{VERSION}"
+        left = [kube.get(self.api, api_version, "ModelDeployment", DEPLOYMENT, self.ns)]
+        left += [kube.get(self.api, api_version, "TrainingJob", name, self.ns) for name in TRAININGJOBS]
+        left += kube.list_objects(self.api, api_version, "TrainingJob", self.ns, f"{RETRAIN_OF_LABEL}={DEPLOYMENT}")
         found = [obj for obj in left if obj]
         if found:
             names = ", ".join(f"{o['kind']} {o['metadata']['name']}" for o in found)
@@ -240,14 +248,6 @@ class Demo:
         )
         if gone.status_code >= 400 and "RESOURCE_DOES_NOT_EXIST" not in gone.text:
             raise RuntimeError(f"MLflow did not delete registered model {model!r}: {gone.text[:300]}")
-
-    def _find(self, plural: str, name: str) -> dict[str, Any] | None:
-        try:
-            return self.get(plural, name)
-        except ApiException as err:
-            if err.status == 404:
-                return None
-            raise
 
     # --- the story ---------------------------------------------------------------------
     def run(self) -> dict[str, Any]:

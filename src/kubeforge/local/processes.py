@@ -159,15 +159,19 @@ def ancestors() -> set[int]:
     return pids
 
 
+def argv(pid: int) -> list[str]:
+    """The command line of process pid (empty for a kernel thread); raises OSError when there is none."""
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+
+
 def find(matches: Callable[[list[str]], bool]) -> list[int]:
     """Live processes of this user, other than this one and its ancestors, whose argv matches."""
     skip, uid, found = ancestors(), os.getuid(), []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+    for proc in Path("/proc").glob("[0-9]*"):
         with contextlib.suppress(OSError, ValueError):
-            pid = int(cmdline.parent.name)
-            if pid in skip or cmdline.parent.stat().st_uid != uid:
+            pid = int(proc.name)
+            if pid in skip or proc.stat().st_uid != uid:
                 continue
-            argv = cmdline.read_bytes().decode(errors="replace").split("\0")[:-1]
-            if argv and matches(argv) and alive(pid):
+            if (command := argv(pid)) and matches(command) and alive(pid):
                 found.append(pid)
     return found

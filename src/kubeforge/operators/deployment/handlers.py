@@ -541,11 +541,7 @@ def reconcile(
             written = kube.write_status(ctx.api, body, old_status, st.s, events, component=EVENT_SOURCE)
             state.body = _kept(written) if written is not None else body
             raise kopf.TemporaryError(err.message, delay=err.retry_after(state.clock.retries)) from err
-        state.runs = {
-            obj["metadata"]["labels"][MODEL_VERSION]: run
-            for obj in p.apply
-            if obj["kind"] == "Deployment" and (run := (obj["metadata"].get("annotations") or {}).get(MODEL_RUN))
-        }
+        state.runs = p.runs
         _prune(ctx, namespace, name, state, watched, set(p.live_versions))
         if md is not None and md.spec.retrain is not None:
             _retrain(ctx, body, md, state, observed, metrics_text, p, now)

@@ -143,6 +143,8 @@ class Plan:
     status: dict[str, Any] = field(default_factory=dict)
     events: list[tuple[str, str, str]] = field(default_factory=list)
     analysis_due: bool = False
+    runs: dict[str, str] = field(default_factory=dict)
+    """Version -> the run its Triton Deployment is applied with (labels.MODEL_RUN), where one is known."""
     reexports: dict[str, str] = field(default_factory=dict)
     """Triton Deployment -> the run its pods must export now: its version is another registration than the one
     they serve (a registered model deleted and registered again numbers its versions from 1). The operator sets
@@ -467,6 +469,8 @@ def _children(
     for version, role in live.items():
         version_model = model_of(md, role)
         now, run = p.observed.replicas.get(version), _run(p, name, version_model, version)
+        if run:
+            p.out.runs[version] = run
         p.out.apply.append(children.triton_deployment(body, md, version_model, version, role, settings, now, run))
         p.out.apply.append(children.triton_service(body, version))
         if md.spec.autoscaling is not None:

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from ...core import modelcontract as mc
 from ...core.approval import Approval
-from ...core.mlflow_rest import MLflowError, MLflowRegistry, NotFound
+from ...core.mlflow_rest import MLflowError, MLflowRegistry, ModelVersion, NotFound
 from ...serving.routes import VersionDrift
 from .clock import Ref
 from .rollout import DriftBaseline
@@ -59,14 +59,9 @@ class Versions:
         if hit and time.monotonic() - hit[0] < RESOLVE_TTL:
             return hit[1]
         mv = self.registry.by_alias(name, alias) if alias else self.registry.by_version(name, version or 0)
-        pair = (name, mv.version)
         with self._lock:
             self._keep(self._resolved, key, (time.monotonic(), mv.version))
-            before = self._known.get(pair)
-            if before is not None and before.run_id != mv.run_id:  # deleted and registered again
-                self._orders.pop(pair, None)
-                self._baselines.pop(pair, None)
-            self._keep(self._known, pair, Known(mv.run_id, Approval.of(mv.tags)))
+            self._learn(mv)
             if mv.tags.get(mc.TAG_TASK):
                 self._keep(self._tasks, name, mv.tags[mc.TAG_TASK])
         return mv.version
@@ -86,7 +81,7 @@ class Versions:
             except MLflowError:
                 return None
             with self._lock:
-                known = self._keep(self._known, (model, version), Known(mv.run_id, Approval.of(mv.tags)))
+                known = self._learn(mv)
         return known.run_id
 
     def task(self, name: str) -> str | None:
@@ -136,6 +131,16 @@ class Versions:
             with self._lock:
                 return self._keep(self._baselines, key, found)
         return self._baselines[key]
+
+    def _learn(self, mv: ModelVersion) -> Known:
+        """Record a version as the registry answered for it, forgetting what was read once of it when its run
+        changed (deleted and registered again). Called under the lock."""
+        pair = (mv.name, mv.version)
+        before = self._known.get(pair)
+        if before is not None and before.run_id != mv.run_id:
+            self._orders.pop(pair, None)
+            self._baselines.pop(pair, None)
+        return self._keep(self._known, pair, Known(mv.run_id, Approval.of(mv.tags)))
 
     @staticmethod
     def _keep(cache: dict[Any, _V], key: Any, value: _V) -> _V:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import random
 import zlib
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -60,6 +61,12 @@ class VersionRoute(KubeModel):
     """stable, canary or shadow."""
     url: Annotated[str, Field(pattern=r"^https?://[^/\s]+$")]
     """Triton's HTTP endpoint, e.g. http://clf-v3.models.svc:8000."""
+    endpoints: Annotated[list[Annotated[str, Field(pattern=r"^https?://[^/\s]+$")]], Field(max_length=1000)] | None = (
+        None
+    )
+    """Every ready replica's HTTP endpoint, url among them, when the operator addresses pods rather than a Service
+    that balances over them (endpoints addressing, the local runtime): requests go round-robin over them. Omitted:
+    url alone."""
     triton_model: Annotated[str, Field(min_length=1, max_length=255)] | None = None
     """Model name inside Triton; the route's model name when omitted."""
     weight: Annotated[int, Field(ge=0, le=1_000_000)] = 0
@@ -163,7 +170,10 @@ class Target:
     url: str
     triton_model: str
     role: Role = "stable"
-    ready: bool = True
+    ready: bool = True  # some replica is not known to be down
+    endpoints: tuple[str, ...] = ()  # every replica's address (see VersionRoute.endpoints); empty: url alone
+    down: set[str] = field(default_factory=set)  # replicas that refused a connection, until a probe finds them ready
+    turn: int = 0  # round-robin position over endpoints
     schema: Any = None  # the version's input schema, once fetched from Triton
     metrics: Any = None  # labelled metric children, bound once per target
     columns: Any = None  # with features: where its feature_order's features are in Route.lookup (numpy indices)
@@ -178,6 +188,46 @@ class Target:
     @property
     def base(self) -> str:
         return f"/v2/models/{self.triton_model}/versions/{self.version}"
+
+    @property
+    def replicas(self) -> tuple[str, ...]:
+        return self.endpoints or (self.url,)
+
+    def address(self, tried: Collection[str] = ()) -> str | None:
+        """The replica a request goes to next, round-robin over those not known to be down and not tried by this
+        request yet; one known down when no other is left (a probe may be behind); None once every one was tried."""
+        replicas = self.replicas
+        if len(replicas) == 1:
+            return None if tried else replicas[0]
+        last_resort = None
+        for _ in range(len(replicas)):
+            self.turn = (self.turn + 1) % len(replicas)
+            url = replicas[self.turn]
+            if url in tried:
+                continue
+            if url not in self.down:
+                return url
+            last_resort = last_resort or url
+        return last_resort
+
+    def mark(self, url: str, ready: bool) -> bool:
+        """What a call or probe found of one replica; the version is ready while any of its replicas is. Returns
+        whether that is news."""
+        if ready == (url not in self.down):
+            return False
+        if ready:
+            self.down.discard(url)
+        else:
+            self.down.add(url)
+        self.ready = any(u not in self.down for u in self.replicas)
+        return True
+
+    def place(self, endpoints: tuple[str, ...]) -> None:
+        """The replicas a new route table names; what is known of those still named is kept."""
+        self.endpoints = endpoints
+        if self.down - set(self.replicas):
+            self.down &= set(self.replicas)
+            self.ready = any(u not in self.down for u in self.replicas)
 
 
 @dataclass(eq=False)
@@ -237,6 +287,7 @@ def compile_table(table: RouteTable, known: dict[tuple[str, str, str, str], Targ
             fresh = Target(name, v.version, v.url.rstrip("/"), v.triton_model or name, v.role)
             target = known.get(fresh.key, fresh)
             target.role = v.role
+            target.place(tuple(u.rstrip("/") for u in v.endpoints or ()))
             targets[v.version] = target
             by_role[v.role] = (target, v)
         orders = {v.version: v.feature_order for v in spec.versions if spec.features and v.feature_order is not None}

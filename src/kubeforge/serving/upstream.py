@@ -3,11 +3,15 @@
 Request bodies go out exactly as they came in (JSON or binary tensor data), and Triton's
 response bytes come back untouched: the gateway never re-encodes tensors. A 5xx,
 a refused or reset connection and a timeout are failures the caller may fall back
-from; a 4xx is Triton's verdict on the input and goes to the client as it is.
+from; a 4xx is Triton's verdict on the input and goes to the client as it is. Where the
+route table names a version's replicas (endpoints addressing), requests go round-robin over
+them and a refused or reset connection is tried at the next one before it counts as a failure.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from dataclasses import dataclass
 
@@ -15,6 +19,8 @@ from .http1 import Client, ConnectionFailed, Reply
 from .metrics import TargetMetrics
 from .oip import HEADER_LENGTH, Schema
 from .routes import Target
+
+log = logging.getLogger(__name__)
 
 
 class UpstreamFailure(Exception):
@@ -57,17 +63,28 @@ class Upstreams:
         return target.metrics
 
     async def infer(self, target: Target, body: bytes, headers: dict[str, str], timeout: float) -> Answer:
+        """One try at the version: at one of its replicas, or, where one refuses or drops the connection, at each
+        of the others in turn (an inference has no side effect to repeat), all within timeout."""
         metrics = self.bind(target)
         start = time.perf_counter()
-        try:
-            resp = await self.client.request("POST", target.url, target.base + "/infer", body, headers, timeout)
-        except TimeoutError as err:
-            metrics.timeout.inc()
-            raise UpstreamFailure("timeout", f"version {target.version} timed out after {timeout:g}s") from err
-        except ConnectionFailed as err:
+        tried: list[str] = []
+        failure: ConnectionFailed | None = None
+        while (url := target.address(tried)) is not None:
+            left = timeout - (time.perf_counter() - start) if tried else timeout
+            tried.append(url)
+            try:
+                resp = await self.client.request("POST", url, target.base + "/infer", body, headers, left)
+                break
+            except TimeoutError as err:
+                metrics.timeout.inc()
+                raise UpstreamFailure("timeout", f"version {target.version} timed out after {timeout:g}s") from err
+            except ConnectionFailed as err:
+                self._mark(target, url, False, str(err))  # until the health check finds it ready again
+                failure = err
+        else:
             metrics.error.inc()
-            target.ready = False  # refused or reset: route around it until the health check sees it back
-            raise UpstreamFailure("error", f"version {target.version} unreachable: {type(err).__name__}") from err
+            where = "unreachable" if len(tried) == 1 else f"unreachable at each of its {len(tried)} replicas"
+            raise UpstreamFailure("error", f"version {target.version} {where}: {type(failure).__name__}") from failure
         seconds = time.perf_counter() - start
         metrics.upstream_duration.observe(seconds)
         if resp.status_code >= 500:
@@ -82,19 +99,39 @@ class Upstreams:
             seconds,
         )
 
-    async def get(self, target: Target, suffix: str = "", timeout: float = 2.0) -> Reply:
-        """GET a path under the version (metadata, /config, /ready); raises OSError or TimeoutError."""
-        return await self.client.request("GET", target.url, target.base + suffix, timeout=timeout)
+    async def get(self, target: Target, suffix: str = "", timeout: float = 2.0, url: str | None = None) -> Reply:
+        """GET a path under the version (metadata, /config, /ready) from one of its replicas (url, when given);
+        raises OSError or TimeoutError."""
+        url = url or target.address() or target.url
+        return await self.client.request("GET", url, target.base + suffix, timeout=timeout)
 
     async def probe(self, target: Target) -> bool:
-        """Refresh target.ready (and its schema, once) from Triton."""
-        try:
-            target.ready = (await self.get(target, "/ready")).status_code == 200
-            if target.ready and target.schema is None:
-                await self.schema(target)
-        except (OSError, TimeoutError):
-            target.ready = False
+        """Refresh what is known of each replica's readiness (and the version's schema, once) from Triton."""
+
+        async def ready(url: str) -> None:
+            try:
+                status = (await self.get(target, "/ready", url=url)).status_code
+                self._mark(target, url, status == 200, f"/ready answered {status}")
+            except (OSError, TimeoutError) as err:
+                self._mark(target, url, False, str(err) or type(err).__name__)
+
+        await asyncio.gather(*(ready(url) for url in target.replicas))
+        if target.ready and target.schema is None:
+            await self.schema(target)
         return target.ready
+
+    @staticmethod
+    def _mark(target: Target, url: str, ready: bool, why: str) -> None:
+        if target.mark(url, ready):
+            what = "ready again" if ready else f"not ready ({why}); requests go to its other replicas, if any"
+            log.log(
+                logging.INFO if ready else logging.WARNING,
+                "version %s of %s at %s: %s",
+                target.version,
+                target.model,
+                url,
+                what,
+            )
 
     async def schema(self, target: Target) -> Schema | None:
         """The version's input schema, fetched once; None while Triton cannot tell."""

@@ -7,9 +7,14 @@ in its init container), and live traffic goes through the real gateway with trit
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import random
 import re
+import signal
 import time
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +29,8 @@ from kubeforge.core import modelcontract as mc
 from kubeforge.local.demo import Traffic
 from kubeforge.local.processes import alive
 from kubeforge.local.runner.state import RunnerState
+from kubeforge.operators.deployment.children import ROUTES_FILE, routes_name
+from kubeforge.serving.routes import RouteTable
 from tests.conftest import RunnerProcess
 from tests.integration.operators.conftest import Operator, wait_for
 from tests.integration.serving.conftest import N_FEATURES, Threshold, register, signature
@@ -399,3 +406,68 @@ def pods(runner: RunnerProcess, namespace: str) -> dict[str, list[int]]:
             owner = pod.name.rsplit("-", 2)[0]
             out.setdefault(owner, []).extend(c.pid for c in pod.containers if c.pid and alive(c.pid))
     return out
+
+
+def route_versions(api: client.ApiClient, namespace: str, name: str) -> list[dict[str, Any]]:
+    """The versions of the route table the operator wrote for the gateway."""
+    cm = client.CoreV1Api(api).read_namespaced_config_map(routes_name(name), namespace)
+    return RouteTable.parse(cm.data[ROUTES_FILE]).model_dump(by_alias=True)["models"][name]["versions"]
+
+
+def answered(url: str, triton_model: str) -> int:
+    """How many inferences one Triton replica has answered, from its statistics extension."""
+    with urllib.request.urlopen(f"{url}/v2/models/{triton_model}/stats", timeout=5) as resp:
+        stats = json.load(resp)["model_stats"]
+    return sum(s["inference_stats"]["success"]["count"] for s in stats)
+
+
+def test_every_triton_replica_answers_and_one_killed_fails_no_request(
+    operator: Operator, api: client.ApiClient, runner_namespace: str, runner: RunnerProcess, mlflow, registry
+) -> None:
+    """Two Triton replicas of a version both take requests: where no Service balances over them (the local
+    runtime addresses pods) the route table names each and the gateway goes round-robin. kill -9 of one mid-traffic
+    fails no request (the gateway tries the other), and the restarted replica takes requests again."""
+    ns = runner_namespace
+    model(mlflow, registry, "spread", [0.0], {"champion": 1})
+    create_md(api, ns, "spread", model={"name": "spread", "alias": "champion"}, replicas=2)
+    ready(api, ns, "spread")
+
+    def replicas() -> list[str]:
+        (stable,) = route_versions(api, ns, "spread")
+        return stable.get("endpoints") or [stable["url"]]
+
+    wait_for(lambda: len(replicas()) == 2, 120, "both replicas in the route table")
+    model_name = route_versions(api, ns, "spread")[0]["tritonModel"]
+    first = replicas()
+    before = {url: answered(url, model_name) for url in first}
+    caller = traffic(api, ns, "spread")
+    try:
+        time.sleep(2)
+        assert all(answered(url, model_name) > before[url] for url in first), "each replica answered"
+        port = int(first[0].rsplit(":", 1)[1])
+        victim = serving_at(runner, port)
+        os.kill(victim, signal.SIGKILL)  # the first replica's Triton
+        time.sleep(3)
+
+        def back() -> bool:
+            with contextlib.suppress(StopIteration, OSError):
+                return (
+                    serving_at(runner, port) != victim and len(replicas()) == 2 and answered(first[0], model_name) >= 0
+                )
+            return False
+
+        wait_for(back, 120, "the killed replica restarted and in the route table again")
+        again = replicas()
+        counts = {url: answered(url, model_name) for url in again}
+        time.sleep(2)
+    finally:
+        caller.stop()
+    assert caller.samples and not [s for s in caller.samples if not s.ok], "no request failed"
+    assert all(answered(url, model_name) > counts[url] for url in again), "both replicas answer again"
+
+
+def serving_at(runner: RunnerProcess, port: int) -> int:
+    """The pid of the running local container whose pod has port as a local port, from the runner's own state."""
+    state = RunnerState.load(runner.data_dir / "runner")
+    pod = next(p for p in state.pods.values() if any(d.get("local") == port for d in p.ports))
+    return next(c.pid for c in pod.containers if not c.init and c.pid and alive(c.pid))

@@ -154,6 +154,15 @@ def canary_triton(mlflow, registered, triton_venv, tmp_path) -> Iterator[local_t
     server.stop()
 
 
+@pytest.fixture
+def stable_replica(mlflow, registered, triton_venv, tmp_path) -> Iterator[local_triton.TritonServer]:
+    """A second Triton with the stable version: another replica of it, for tests that spread over or kill one."""
+    repo = _exported(mlflow.url, tmp_path / "replica-repo", registered.name, [registered.stable])
+    server = local_triton.start(repo, tmp_path / "replica", models=[registered.name], venv=triton_venv)
+    yield server
+    server.stop()
+
+
 def body(rows: list[list[float]]) -> bytes:
     """A JSON inference request for the classifier."""
     shape = [len(rows), N_FEATURES]

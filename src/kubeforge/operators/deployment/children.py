@@ -228,11 +228,11 @@ def route_table(
 ) -> RouteTable:
     """The gateway's table: clients call the model by the ModelDeployment's name.
 
-    versions: [{version, role, url, model, weight, percent, featureOrder, drift}] for what is live and ready; empty
-    until the stable version has an address, when the gateway serves no model yet. features: the FeatureView
-    requests with entity keys are fed from (serving.routes.FeatureRoute, wire format). Drift settings go in with
-    spec.monitoring.drift enabled (each version's baseline is its drift entry), payload log settings when set,
-    feedback settings with spec.monitoring.feedback enabled.
+    versions: [{version, role, url, endpoints, model, weight, percent, featureOrder, drift}] for what is live and
+    ready; empty until the stable version has an address, when the gateway serves no model yet. features: the
+    FeatureView requests with entity keys are fed from (serving.routes.FeatureRoute, wire format). Drift settings go
+    in with spec.monitoring.drift enabled (each version's baseline is its drift entry), payload log settings when
+    set, feedback settings with spec.monitoring.feedback enabled.
     """
     if not versions:
         return RouteTable(models={})
@@ -245,6 +245,7 @@ def route_table(
                         version=v["version"],
                         role=v["role"],
                         url=v["url"],
+                        endpoints=v.get("endpoints"),
                         triton_model=triton_model_name(v["model"]),
                         weight=v.get("weight", 0),
                         percent=v.get("percent", 0),

@@ -203,11 +203,11 @@ class Workload(NamedTuple):
 
 
 class Address(NamedTuple):
-    """Where a version's Triton or the gateway answers, from a ready endpoint of its EndpointSlice."""
+    """Where a version's Triton or the gateway answers, from the ready endpoints of one of its EndpointSlices."""
 
     part: str  # model version, or GATEWAY
-    url: str
-    grpc: str | None  # host:port of its gRPC port, if it has one
+    urls: tuple[str, ...]  # http://address:port of each ready endpoint
+    grpc: str | None  # host:port of the first one's gRPC port, if it has one
 
 
 def _part(labels: Mapping[str, str]) -> str | None:
@@ -259,10 +259,13 @@ async def md_addresses(
     namespace: str, labels: Mapping[str, str], body: Mapping[str, Any], **_: Any
 ) -> dict[tuple[str, str], Address] | None:
     """Each ModelDeployment's ready addresses, with endpoints addressing (see observe)."""
-    owner, url, grpc = labels[MODELDEPLOYMENT], _slice_url(body, "http"), _slice_url(body, "grpc")
+    owner, urls, grpc = labels[MODELDEPLOYMENT], _slice_urls(body, "http"), _slice_urls(body, "grpc")
     part = GATEWAY if labels.get(SERVICE_NAME) == children.gateway_name(owner) else labels.get(MODEL_VERSION)
-    grpc = grpc.removeprefix("http://") if grpc else None
-    return {(namespace, owner): Address(part, url, grpc)} if part and url else None
+    return (
+        {(namespace, owner): Address(part, urls, grpc[0].removeprefix("http://") if grpc else None)}
+        if part and urls
+        else None
+    )
 
 
 @kopf.index("v1", "pods", labels={MODELDEPLOYMENT: kopf.PRESENT})
@@ -290,13 +293,14 @@ class Watched:
         return cls(kwargs["md_workloads"], kwargs["md_addresses"], kwargs["md_pods"])
 
 
-def _slice_url(endpoint_slice: Mapping[str, Any], port_name: str) -> str | None:
-    """http://address:port of the first ready endpoint of an EndpointSlice."""
+def _slice_urls(endpoint_slice: Mapping[str, Any], port_name: str) -> tuple[str, ...]:
+    """http://address:port of each ready endpoint of an EndpointSlice."""
     port = next((p["port"] for p in endpoint_slice.get("ports") or [] if p.get("name") == port_name), None)
-    for endpoint in endpoint_slice.get("endpoints") or []:
-        if port and endpoint.get("addresses") and (endpoint.get("conditions") or {}).get("ready", True):
-            return f"http://{endpoint['addresses'][0]}:{port}"
-    return None
+    return tuple(
+        f"http://{endpoint['addresses'][0]}:{port}"
+        for endpoint in endpoint_slice.get("endpoints") or []
+        if port and endpoint.get("addresses") and (endpoint.get("conditions") or {}).get("ready", True)
+    )
 
 
 def observe(ctx: Context, body: dict[str, Any], watched: Watched) -> Observed:
@@ -308,14 +312,19 @@ def observe(ctx: Context, body: dict[str, Any], watched: Watched) -> Observed:
     ready = frozenset(w.part for w in workloads if w.available and w.part != GATEWAY)
     gateway_ready = any(w.available for w in workloads if w.part == GATEWAY)
     urls: dict[str, str] = {}
+    endpoints: dict[str, tuple[str, ...]] = {}
     gateway_url = gateway_grpc = None
     if ctx.settings.service_addressing == "endpoints":
-        # EndpointSlices, not Endpoints: they may carry loopback addresses (the local runtime's).
-        for address in list(watched.addresses.get(key, ())):
-            if address.part == GATEWAY:
-                gateway_url, gateway_grpc = address.url, address.grpc
-            else:
-                urls[address.part] = address.url
+        # EndpointSlices, not Endpoints: they may carry loopback addresses (the local runtime's). Every ready
+        # replica of a version goes in the route table, which no Service balances over here; the gateway's own
+        # address is its first replica's, the same from pass to pass.
+        found: dict[str, set[str]] = defaultdict(set)
+        for address in sorted(watched.addresses.get(key, ()), key=lambda a: a.urls):
+            found[address.part].update(address.urls)
+            if address.part == GATEWAY and gateway_url is None:
+                gateway_url, gateway_grpc = address.urls[0], address.grpc
+        endpoints = {part: tuple(sorted(u)) for part, u in found.items() if part != GATEWAY}
+        urls = {part: replicas[0] for part, replicas in endpoints.items()}
     else:
         port = children.PORTS["http"]
         urls = {w.part: f"http://{children.version_name(name, w.part)}.{ns}.svc:{port}" for w in workloads}
@@ -345,6 +354,7 @@ def observe(ctx: Context, body: dict[str, Any], watched: Watched) -> Observed:
         model_ready,
         failures=failures,
         gateway_grpc=gateway_grpc,
+        version_endpoints={part: replicas for part, replicas in endpoints.items() if len(replicas) > 1},
         replicas=replicas,
         runs={w.part: w.run for w in workloads if w.part != GATEWAY and w.run},
     )

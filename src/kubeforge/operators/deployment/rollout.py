@@ -134,6 +134,9 @@ class Observed:
     gateway_grpc: str | None = None  # host:port of the gateway's gRPC endpoint
     replicas: dict[str, int] = field(default_factory=dict)  # version -> its Triton Deployment's replicas now
     runs: dict[str, str] = field(default_factory=dict)  # version -> the run its Triton Deployment says it serves
+    # version -> each of its ready Triton replicas' URL, where no Service balances over them (endpoints addressing)
+    # and there is more than one; version_urls has the first.
+    version_endpoints: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass
@@ -610,7 +613,8 @@ def _routes(
     canary: str | None,
     shadow: str | None,
 ) -> list[dict[str, Any]]:
-    """Route table entries; a version enters only once its address is known (stable always)."""
+    """Route table entries; a version enters only once its address is known (stable always), with its replicas'
+    addresses where the gateway balances over them itself."""
     weight = int(s.get("canaryWeight") or 0) if canary else 0
     routes: list[dict[str, Any]] = []
     stable_url = observed.version_urls.get(stable)
@@ -644,6 +648,9 @@ def _routes(
                 "percent": md.spec.shadow.percent,
             }
         )
+    for route in routes:
+        if replicas := observed.version_endpoints.get(route["version"]):
+            route["endpoints"] = list(replicas)
     return routes
 
 

@@ -225,9 +225,8 @@ class Target:
     def place(self, endpoints: tuple[str, ...]) -> None:
         """The replicas a new route table names; what is known of those still named is kept."""
         self.endpoints = endpoints
-        if self.down - set(self.replicas):
-            self.down &= set(self.replicas)
-            self.ready = any(u not in self.down for u in self.replicas)
+        self.down &= set(self.replicas)
+        self.ready = any(u not in self.down for u in self.replicas)
 
 
 @dataclass(eq=False)

@@ -38,10 +38,12 @@ def test_sticky_values_always_pick_the_same_version_and_spread_over_both():
 def test_reload_keeps_readiness_and_schema_of_unchanged_versions():
     old = compile_table(route_table(v("1", "stable", weight=1)), {})
     target = old["clf"].stable
-    target.ready, target.schema = False, "cached"
+    target.mark(URL, False)
+    target.schema = "cached"
     known = {t.key: t for r in old.values() for t in r.versions.values()}
     new = compile_table(route_table(v("1", "stable", weight=9), v("2", "canary", weight=1)), known)
-    assert new["clf"].stable is target and new["clf"].canary is not None and new["clf"].canary.schema is None
+    assert new["clf"].stable is target and not target.ready and target.schema == "cached"
+    assert new["clf"].canary is not None and new["clf"].canary.schema is None
 
 
 @pytest.mark.parametrize(
@@ -80,3 +82,33 @@ def test_stable_answers_are_compared_with_the_canary_at_its_percent() -> None:
     route = compile_table(table, {})["m"]
     assert route.mirrors(route.stable) == [route.canary]
     assert route.mirrors(route.canary) == [], "the canary's own answers have nothing to be compared with"
+
+
+def test_replicas_take_turns_and_one_known_down_is_left_out_until_it_is_back():
+    a, b, c = "http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3"
+    target = compile_table(route_table(v("1", "stable", weight=1, url=a, endpoints=[a, b, c])), {})["clf"].stable
+    assert sorted(target.address() for _ in range(300)) == sorted([a, b, c] * 100)
+    assert target.mark(b, False) and not target.mark(b, False), "news once"
+    assert {target.address() for _ in range(30)} == {a, c} and target.ready
+    # One request tries each replica at most once, a known-down one last.
+    tried: list[str] = []
+    while (url := target.address(tried)) is not None:
+        tried.append(url)
+    assert sorted(tried[:2]) == [a, c] and tried[2:] == [b]
+    target.mark(a, False)
+    target.mark(c, False)
+    assert not target.ready and target.address() == b, "every replica down: still one to try"
+    target.mark(c, True)
+    assert target.ready and {target.address() for _ in range(10)} == {c}
+
+
+def test_a_reload_keeps_what_is_known_of_replicas_still_named():
+    a, b, c = "http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3"
+    old = compile_table(route_table(v("1", "stable", weight=1, url=a, endpoints=[a, b])), {})["clf"].stable
+    old.mark(a, False)
+    old.mark(b, False)
+    known = {old.key: old}
+    new = compile_table(route_table(v("1", "stable", weight=1, url=a, endpoints=[a, c])), known)["clf"].stable
+    assert new is old and new.down == {a} and new.ready, "b gone from the table, c new and not known down"
+    single = compile_table(route_table(v("1", "stable", weight=1, url=a)), known)["clf"].stable
+    assert single.replicas == (a,) and not single.ready and single.address() == a

@@ -102,8 +102,14 @@ class TritonRuntime(KubeModel):
 
 
 class GatewaySpec(KubeModel):
-    """The pod of the inference gateway in front of every version (one gateway per ModelDeployment)."""
+    """The pods of the inference gateway in front of every version (one gateway per ModelDeployment)."""
 
+    replicas: Annotated[int, Field(ge=1, le=100)] = 1
+    """Gateway pods behind its Service. One process keeps up with a Triton answering thousands of requests a second
+    (see cpu); more spread the load and outlive a pod. Canary analysis adds up every replica's counts. What each
+    replica keeps is its own: tenant limits hold per replica, drift and live quality are windows over its share of
+    the traffic (analysis and alerts take the worst), a feedback label joins only on the replica that answered the
+    request, and each holds its own payload log."""
     cpu: Quantity = "1"
     """CPU requested for the gateway, e.g. 2 or 500m. It spends about 0.1-0.25 ms of CPU per one-row request, so
     with a core of its own it keeps up with a Triton answering thousands a second; requested, not limited, for the
@@ -354,7 +360,7 @@ class ModelDeploymentSpec(KubeModel):
     """Scale each version's Triton replicas on CPU (utilisation of runtime.cpu); a change of runtime or bounds keeps
     the replicas the autoscaler chose, within the new bounds."""
     gateway: GatewaySpec = Field(default_factory=GatewaySpec)
-    """CPU and memory of the gateway."""
+    """Replicas, CPU and memory of the gateway."""
     canary: Canary | None = None
     """Roll a new version out progressively, gated by metrics."""
     shadow: Shadow | None = None

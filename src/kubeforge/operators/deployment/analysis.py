@@ -9,11 +9,14 @@ trying the canary because it knew the canary was not ready. Drift is not a count
 gateway computes it over its own sliding window, and the built-ins read the scrape as it is. So is
 live quality (accuracy, mae): the gateway computes it over its feedback window from the labels
 posted to it, and reports it only once the window holds minLabels labelled predictions.
+With several gateway replicas each is scraped and compared with its own previous scrape, and
+their intervals are added up (see total).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +74,36 @@ class Snapshot:
     @property
     def tries(self) -> float:
         return sum(self.outcomes.values())
+
+
+def interval(now: dict[str, Snapshot], prev: dict[str, Snapshot]) -> Snapshot:
+    """What the gateway's replicas (by URL) counted between two analyses: each against its own earlier figures,
+    a replica new since then whole (it started within the interval), added up."""
+    return total(snap.minus(prev[url]) if url in prev else snap for url, snap in now.items())
+
+
+def total(snapshots: Iterable[Snapshot]) -> Snapshot:
+    """Several gateway replicas' figures as one: their counts added, and the largest drift and worst live quality
+    of theirs, since each replica's windows cover only its share of the traffic."""
+    out = Snapshot()
+    for snap in snapshots:
+        for mine, theirs in (
+            (out.outcomes, snap.outcomes),
+            (out.buckets, snap.buckets),
+            (out.delta_buckets, snap.delta_buckets),
+        ):
+            for key, value in theirs.items():
+                mine[key] = mine.get(key, 0.0) + value
+        out.agree += snap.agree
+        out.disagree += snap.disagree
+        out.delta_sum += snap.delta_sum
+        out.delta_count += snap.delta_count
+        for name, value in snap.drift.items():
+            out.drift[name] = max(out.drift.get(name, value), value)
+        for name, value in snap.quality.items():
+            worse = min if name == "accuracy" else max
+            out.quality[name] = worse(out.quality.get(name, value), value)
+    return out
 
 
 def parse(text: str, model: str, version: str) -> Snapshot:

@@ -333,7 +333,7 @@ def gateway_deployment(owner: dict[str, Any], md: ModelDeployment, settings: Set
         "kind": "Deployment",
         "metadata": _meta(owner, gateway_name(name), "gateway"),
         "spec": {
-            "replicas": 1,
+            "replicas": md.spec.gateway.replicas,
             "selector": {"matchLabels": selector},
             "template": {
                 "metadata": {

@@ -25,7 +25,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -94,8 +94,9 @@ class State:
     """(kind, name) of children deleted or changed by someone else since the last pass began: the next one sends
     them again whatever sent says (a Deployment or Service deleted by hand comes back, an edit is undone), and
     only them."""
-    snapshots: dict[str, an.Snapshot] = field(default_factory=dict)
-    """Canary version -> the gateway's metrics at the last analysis; the next one compares with it."""
+    snapshots: dict[str, dict[str, an.Snapshot]] = field(default_factory=dict)
+    """Canary version -> each gateway replica's (by URL) metrics at the last analysis; the next one compares with
+    them."""
     holding: dict[str, datetime] = field(default_factory=dict)
     """Retrain trigger -> since when it holds (see retrain)."""
     body: dict[str, Any] | None = None
@@ -314,15 +315,17 @@ def observe(ctx: Context, body: dict[str, Any], watched: Watched) -> Observed:
     urls: dict[str, str] = {}
     endpoints: dict[str, tuple[str, ...]] = {}
     gateway_url = gateway_grpc = None
+    # Each ready pod's address, from the EndpointSlices (in a cluster, the slices of the Services' pods): the
+    # gateway's replicas are scraped one by one for analysis.
+    found: dict[str, set[str]] = defaultdict(set)
+    slices = sorted(watched.addresses.get(key, ()), key=lambda a: a.urls)
+    for address in slices:
+        found[address.part].update(address.urls)
     if ctx.settings.service_addressing == "endpoints":
         # EndpointSlices, not Endpoints: they may carry loopback addresses (the local runtime's). Every ready
         # replica of a version goes in the route table, which no Service balances over here; the gateway's own
         # address is its first replica's, the same from pass to pass.
-        found: dict[str, set[str]] = defaultdict(set)
-        for address in sorted(watched.addresses.get(key, ()), key=lambda a: a.urls):
-            found[address.part].update(address.urls)
-            if address.part == GATEWAY and gateway_url is None:
-                gateway_url, gateway_grpc = address.urls[0], address.grpc
+        gateway_url, gateway_grpc = next(((a.urls[0], a.grpc) for a in slices if a.part == GATEWAY), (None, None))
         endpoints = {part: tuple(sorted(u)) for part, u in found.items() if part != GATEWAY}
         urls = {part: replicas[0] for part, replicas in endpoints.items()}
     else:
@@ -355,35 +358,46 @@ def observe(ctx: Context, body: dict[str, Any], watched: Watched) -> Observed:
         failures=failures,
         gateway_grpc=gateway_grpc,
         version_endpoints={part: replicas for part, replicas in endpoints.items() if len(replicas) > 1},
+        gateway_replicas=tuple(sorted(found[GATEWAY])) or ((gateway_url,) if gateway_url else ()),
         replicas=replicas,
         runs={w.part: w.run for w in workloads if w.part != GATEWAY and w.run},
     )
 
 
-def _scrape(url: str | None) -> str | None:
-    if not url:
-        return None
-    try:
-        resp = plainhttp.get(f"{url}/metrics", timeout=5)
-        return resp.text if resp.status == 200 else None
-    except plainhttp.HttpError:
-        return None
+def _scrape(urls: tuple[str, ...]) -> dict[str, str]:
+    """Each gateway replica's /metrics text by its URL; one that does not answer is left out."""
+    texts = {}
+    for url in urls:
+        try:
+            resp = plainhttp.get(f"{url}/metrics", timeout=5)
+        except plainhttp.HttpError:
+            continue
+        if resp.status == 200:
+            texts[url] = resp.text
+    return texts
 
 
 def _analyse(
-    ctx: Context, body: dict[str, Any], md: ModelDeployment, state: State, text: str | None
+    ctx: Context,
+    body: dict[str, Any],
+    md: ModelDeployment,
+    state: State,
+    texts: dict[str, str],
+    replicas: Collection[str],
 ) -> list[dict[str, Any]] | None:
+    """The canary's verdicts over the interval since the last analysis (see analysis.interval). What is known of a
+    gateway replica not scraped this time is kept while it is one of the gateway's replicas."""
     status = body.get("status") or {}
     canary, stable = status.get("canaryVersion"), status.get("stableVersion")
     _, analysis, _ = canary_settings(md)
-    if text is None:
+    if not texts:
         return [an.verdict(m, None) for m in analysis.metrics]  # gateway unreachable: no data
-    canary_now = an.parse(text, body["metadata"]["name"], canary)
+    now = {url: an.parse(text, body["metadata"]["name"], canary) for url, text in texts.items()}
     prev = state.snapshots.get(canary)
-    state.snapshots[canary] = canary_now
+    state.snapshots[canary] = {**{u: s for u, s in (prev or {}).items() if u in replicas}, **now}
     if prev is None:
         return [an.verdict(m, None) for m in analysis.metrics]  # first look: the next interval has data
-    return an.evaluate(analysis, canary_now.minus(prev), ctx.settings.prometheus_url, canary, stable)
+    return an.evaluate(analysis, an.interval(now, prev), ctx.settings.prometheus_url, canary, stable)
 
 
 def _apply(ctx: Context, state: State, objs: list[dict[str, Any]]) -> None:
@@ -533,12 +547,14 @@ def reconcile(
         old_status = body.get("status") or {}
         results = None
         metrics_text = None
+        texts: dict[str, str] = {}
         if md is not None and (old_status.get("canaryVersion") or old_status.get("shadowVersion")):
             due = analysis_due(old_status, md, now)
             if due or old_status.get("shadowVersion"):
-                metrics_text = _scrape(observed.gateway_url)
+                texts = _scrape(observed.gateway_replicas)
+                metrics_text = "\n".join(texts.values()) or None  # every replica's series: parsers add them up
             if due:
-                results = _analyse(ctx, body, md, state, metrics_text)
+                results = _analyse(ctx, body, md, state, texts, observed.gateway_replicas)
         p = plan(body, resolved, observed, results, ctx.settings, now)
         try:
             for deployment, run in p.reexports.items():  # before the apply that records the run on the Deployment

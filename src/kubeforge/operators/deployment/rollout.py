@@ -137,6 +137,7 @@ class Observed:
     # version -> each of its ready Triton replicas' URL, where no Service balances over them (endpoints addressing)
     # and there is more than one; version_urls has the first.
     version_endpoints: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    gateway_replicas: tuple[str, ...] = ()  # each ready gateway pod's URL (its metrics are scraped one by one)
 
 
 @dataclass

@@ -163,7 +163,8 @@ class RouteTable(KubeModel):
 
 @dataclass(eq=False)
 class Target:
-    """A version as the gateway calls it. Kept across reloads (by key) with its readiness and schema."""
+    """A version as the gateway calls it. Kept across reloads (by key) with its readiness, schema and windows, also
+    when its address changes (a replica gone or back: what is known of each replica is kept, see place)."""
 
     model: str
     version: str
@@ -182,8 +183,8 @@ class Target:
     classes: Any = None  # class labels in output order (its drift entry's), or None: labels are class indices
 
     @property
-    def key(self) -> tuple[str, str, str, str]:
-        return (self.model, self.url, self.triton_model, self.version)
+    def key(self) -> tuple[str, str, str]:
+        return (self.model, self.triton_model, self.version)
 
     @property
     def base(self) -> str:
@@ -222,9 +223,9 @@ class Target:
         self.ready = any(u not in self.down for u in self.replicas)
         return True
 
-    def place(self, endpoints: tuple[str, ...]) -> None:
-        """The replicas a new route table names; what is known of those still named is kept."""
-        self.endpoints = endpoints
+    def place(self, url: str, endpoints: tuple[str, ...]) -> None:
+        """The address and replicas a new route table names; what is known of those still named is kept."""
+        self.url, self.endpoints = url, endpoints
         self.down &= set(self.replicas)
         self.ready = any(u not in self.down for u in self.replicas)
 
@@ -286,7 +287,7 @@ def compile_table(table: RouteTable, known: dict[tuple[str, str, str, str], Targ
             fresh = Target(name, v.version, v.url.rstrip("/"), v.triton_model or name, v.role)
             target = known.get(fresh.key, fresh)
             target.role = v.role
-            target.place(tuple(u.rstrip("/") for u in v.endpoints or ()))
+            target.place(fresh.url, tuple(u.rstrip("/") for u in v.endpoints or ()))
             targets[v.version] = target
             by_role[v.role] = (target, v)
         orders = {v.version: v.feature_order for v in spec.versions if spec.features and v.feature_order is not None}

@@ -164,7 +164,7 @@ class RouteTable(KubeModel):
 @dataclass(eq=False)
 class Target:
     """A version as the gateway calls it. Kept across reloads (by key) with its readiness, schema and windows, also
-    when its address changes (a replica gone or back: what is known of each replica is kept, see place)."""
+    when its addresses change (a replica gone or back: what is known of each replica is kept, see place)."""
 
     model: str
     version: str
@@ -224,8 +224,10 @@ class Target:
         return True
 
     def place(self, url: str, endpoints: tuple[str, ...]) -> None:
-        """The address and replicas a new route table names; what is known of those still named is kept."""
-        self.url, self.endpoints = url, endpoints
+        """The address and replicas a new route table names; what is known of those still named is kept. The schema
+        is asked for again where they changed: a new pod may serve the version registered anew."""
+        if (url, endpoints) != (self.url, self.endpoints):
+            self.url, self.endpoints, self.schema = url, endpoints, None
         self.down &= set(self.replicas)
         self.ready = any(u not in self.down for u in self.replicas)
 

@@ -277,7 +277,7 @@ class Route:
         return out
 
 
-def compile_table(table: RouteTable, known: dict[tuple[str, str, str, str], Target]) -> dict[str, Route]:
+def compile_table(table: RouteTable, known: dict[tuple[str, str, str], Target]) -> dict[str, Route]:
     """Routes for the request path, reusing the Targets (readiness, schemas) of the previous table."""
     import numpy as np  # here, not at the top: the operators import this module for its types, not for numpy
 

@@ -85,15 +85,16 @@ def interval(now: dict[str, Snapshot], prev: dict[str, Snapshot]) -> Snapshot:
 def total(snapshots: Iterable[Snapshot]) -> Snapshot:
     """Several gateway replicas' figures as one: their counts added, and the largest drift and worst live quality
     of theirs, since each replica's windows cover only its share of the traffic."""
+
+    def add(mine: dict[Any, float], theirs: dict[Any, float]) -> None:
+        for key, value in theirs.items():
+            mine[key] = mine.get(key, 0.0) + value
+
     out = Snapshot()
     for snap in snapshots:
-        for mine, theirs in (
-            (out.outcomes, snap.outcomes),
-            (out.buckets, snap.buckets),
-            (out.delta_buckets, snap.delta_buckets),
-        ):
-            for key, value in theirs.items():
-                mine[key] = mine.get(key, 0.0) + value
+        add(out.outcomes, snap.outcomes)
+        add(out.buckets, snap.buckets)
+        add(out.delta_buckets, snap.delta_buckets)
         out.agree += snap.agree
         out.disagree += snap.disagree
         out.delta_sum += snap.delta_sum

@@ -639,7 +639,7 @@ def _retrain(
     jobs = [rt.RetrainJob.of(j) for j in found_jobs]
     triggers = retrain.triggers
     if text is None and (triggers.drift or triggers.accuracy):
-        text = _scrape(observed.gateway_url)
+        text = "\n".join(_scrape(observed.gateway_replicas).values()) or None
     observation = rt.observe(text, name, p.status.get("stableVersion"))
     created = parse_rfc3339(meta["creationTimestamp"]) or now
     previous = parse_rfc3339((p.status.get("lastRetrain") or {}).get("time"))

@@ -233,7 +233,7 @@ def test_a_versions_replicas_share_its_requests_and_one_killed_or_gone_fails_non
     failed = [r for r in results if r.status != 200]
     assert not failed, f"{len(failed)} failed, e.g. {failed[0].status} {failed[0].content[:200]!r}"
     assert shares["replica"] > 100, "the replica took its share of the first 300"
-    assert answered(triton.url, registered) - before[triton.url] >= 600 - shares["replica"]
+    assert answered(triton.url, registered) - before[triton.url] >= 300, "the other replica answered the rest"
     assert gw.metric("kubeforge_fallbacks_total", model=registered.name) == 0
     assert gw.metric("kubeforge_upstream_requests_total", version=registered.stable, outcome="error") == 0
     log = gw.log.read_text()

@@ -8,16 +8,15 @@ in its init container), and live traffic goes through the real gateway with trit
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import re
 import signal
 import time
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc
@@ -33,7 +32,7 @@ from kubeforge.operators.deployment.children import ROUTES_FILE, routes_name
 from kubeforge.serving.routes import RouteTable
 from tests.conftest import RunnerProcess
 from tests.integration.operators.conftest import Operator, wait_for
-from tests.integration.serving.conftest import N_FEATURES, Threshold, register, signature
+from tests.integration.serving.conftest import N_FEATURES, Threshold, answered, register, signature
 
 pytestmark = pytest.mark.integration
 GROUP, VERSION, PLURAL = "kubeforge.dev", "v1alpha1", "modeldeployments"
@@ -274,6 +273,9 @@ def test_serving_pods_ask_for_the_cpu_and_memory_the_spec_names(
     with pytest.raises(ApiException) as refused:
         create_md(api, namespace, "greedy", model={"name": "sized", "version": 1}, gateway={"cpu": "a lot"})
     assert refused.value.status == 422 and "spec.gateway.cpu" in refused.value.body
+    with pytest.raises(ApiException) as refused:
+        create_md(api, namespace, "no-gateway", model={"name": "sized", "version": 1}, gateway={"replicas": 0})
+    assert refused.value.status == 422 and "spec.gateway.replicas" in refused.value.body
 
 
 def test_an_autoscaled_triton_keeps_the_autoscalers_replicas_when_its_spec_changes(
@@ -414,13 +416,6 @@ def route_versions(api: client.ApiClient, namespace: str, name: str) -> list[dic
     return RouteTable.parse(cm.data[ROUTES_FILE]).model_dump(by_alias=True)["models"][name]["versions"]
 
 
-def answered(url: str, triton_model: str) -> int:
-    """How many inferences one Triton replica has answered, from its statistics extension."""
-    with urllib.request.urlopen(f"{url}/v2/models/{triton_model}/stats", timeout=5) as resp:
-        stats = json.load(resp)["model_stats"]
-    return sum(s["inference_stats"]["success"]["count"] for s in stats)
-
-
 def test_every_triton_replica_answers_and_one_killed_fails_no_request(
     operator: Operator, api: client.ApiClient, runner_namespace: str, runner: RunnerProcess, mlflow, registry
 ) -> None:
@@ -450,7 +445,7 @@ def test_every_triton_replica_answers_and_one_killed_fails_no_request(
         time.sleep(3)
 
         def back() -> bool:
-            with contextlib.suppress(StopIteration, OSError):
+            with contextlib.suppress(StopIteration, OSError, httpx.HTTPError):
                 return (
                     serving_at(runner, port) != victim and len(replicas()) == 2 and answered(first[0], model_name) >= 0
                 )

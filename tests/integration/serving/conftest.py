@@ -163,6 +163,14 @@ def stable_replica(mlflow, registered, triton_venv, tmp_path) -> Iterator[local_
     server.stop()
 
 
+def answered(url: str, model: str, version: str | None = None) -> int:
+    """How many inferences the Triton at url has answered for model (one version of it, when given), from its
+    statistics extension."""
+    path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/stats"
+    stats = httpx.get(url + path, timeout=5).raise_for_status().json()["model_stats"]
+    return sum(s["inference_stats"]["success"]["count"] for s in stats)
+
+
 def body(rows: list[list[float]]) -> bytes:
     """A JSON inference request for the classifier."""
     shape = [len(rows), N_FEATURES]

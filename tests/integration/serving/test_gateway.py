@@ -11,7 +11,6 @@ import signal
 import socket
 import statistics
 import time
-import urllib.request
 
 import numpy as np
 import pytest
@@ -20,7 +19,7 @@ import tritonclient.http as httpclient
 from kubeforge.core import modelcontract as mc
 from kubeforge.local.processes import free_port
 
-from .conftest import N_FEATURES, body, send, table
+from .conftest import N_FEATURES, answered, body, send, table
 
 pytestmark = pytest.mark.integration
 
@@ -220,30 +219,30 @@ def test_a_versions_replicas_share_its_requests_and_one_killed_or_gone_fails_non
     routes = table(registered, triton.url)
     routes["models"][registered.name]["versions"][0]["endpoints"] = [triton.url, stable_replica.url, gone]
     gw = gateway(routes)
-    before = {server.url: answered(server.url, registered) for server in (triton, stable_replica)}
+    before = {
+        server.url: answered(server.url, registered.name, registered.stable) for server in (triton, stable_replica)
+    }
 
     shares = {}
 
     async def kill_at(i: int) -> None:
         if i == 300:
-            shares["replica"] = answered(stable_replica.url, registered) - before[stable_replica.url]
+            shares["replica"] = (
+                answered(stable_replica.url, registered.name, registered.stable) - before[stable_replica.url]
+            )
             os.killpg(stable_replica.pid, signal.SIGKILL)
 
     results = send(infer_url(gw), [(body([ROW]), {})] * 600, concurrency=8, on_done=kill_at)
     failed = [r for r in results if r.status != 200]
     assert not failed, f"{len(failed)} failed, e.g. {failed[0].status} {failed[0].content[:200]!r}"
     assert shares["replica"] > 100, "the replica took its share of the first 300"
-    assert answered(triton.url, registered) - before[triton.url] >= 300, "the other replica answered the rest"
+    assert answered(triton.url, registered.name, registered.stable) - before[triton.url] >= 300, (
+        "the other replica answered the rest"
+    )
     assert gw.metric("kubeforge_fallbacks_total", model=registered.name) == 0
     assert gw.metric("kubeforge_upstream_requests_total", version=registered.stable, outcome="error") == 0
     log = gw.log.read_text()
     assert f"at {gone}: not ready" in log and f"at {stable_replica.url}: not ready" in log, "both named in its log"
-
-
-def answered(url: str, registered) -> int:
-    """Inferences one Triton has answered for the stable version, from its statistics extension."""
-    with urllib.request.urlopen(f"{url}/v2/models/{registered.name}/versions/{registered.stable}/stats") as resp:
-        return sum(s["inference_stats"]["success"]["count"] for s in json.load(resp)["model_stats"])
 
 
 def test_route_table_hot_reloads_under_load_and_refuses_malformed_ones(gateway, triton, registered):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import ssl
@@ -18,12 +19,48 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LOWEST_PORT = 10000
+"""Below this are the ports other services are configured on by convention; no pick goes there."""
+
+_given: set[int] = set()
+
+
+def _ephemeral() -> tuple[int, int]:
+    """The ports the kernel gives outgoing connections (Linux; the usual default where it cannot be read)."""
+    try:
+        low, high = (int(n) for n in EPHEMERAL_RANGE.read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
+
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
+    """A TCP port on 127.0.0.1 that nothing uses right now, outside the kernel's ephemeral range.
+
+    The server it is for binds it moments later. A port the kernel picked (bind to 0) comes from the range it
+    also gives every outgoing connection, so on a busy machine a client's connection can take it in between
+    and the server fails with 'address already in use'; outside that range only another pick can. Ports
+    handed out by this process are not handed out again, so several picks in a row differ.
+    """
+    low, high = _ephemeral()
+    ranges = [(LOWEST_PORT, low - 1), (high + 1, 65535)]
+    ports = [(a, b) for a, b in ranges if b > a]
+    for _ in range(200 if ports else 0):
+        a, b = random.choice(ports)
+        port = random.randint(a, b)
+        if port in _given:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _given.add(port)
+        return port
+    with socket.socket() as s:  # no room outside the range (an unusual kernel setting): the kernel's pick
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def listening(port: int, timeout: float = 2.0) -> bool:

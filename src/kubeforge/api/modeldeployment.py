@@ -108,8 +108,8 @@ class GatewaySpec(KubeModel):
     """Gateway pods behind its Service. One process keeps up with a Triton answering thousands of requests a second
     (see cpu); more spread the load and outlive a pod. Canary analysis adds up every replica's counts. What each
     replica keeps is its own: tenant limits hold per replica, drift and live quality are windows over its share of
-    the traffic (analysis and alerts take the worst), a feedback label joins only on the replica that answered the
-    request, and each holds its own payload log."""
+    the traffic (analysis and alerts take the worst), and each holds its own payload log. A feedback label or a data
+    set request may reach any replica: it asks the others for the answers it did not give."""
     cpu: Quantity = "1"
     """CPU requested for the gateway, e.g. 2 or 500m. It spends about 0.1-0.25 ms of CPU per one-row request, so
     with a core of its own it keeps up with a Triton answering thousands a second; requested, not limited, for the

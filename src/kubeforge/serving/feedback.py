@@ -71,6 +71,8 @@ DECODE_QUEUE = 65_536
 DECODE_INTERVAL = 1.0
 """Seconds at most between decoding what is queued."""
 EVENT_TIMESTAMP = "event_timestamp"
+RESULTS = ("joined", "unknown", "expired")
+"""What becomes of a label: it joins an answer, no answer with its id is remembered, or it came too late."""
 
 
 class BadFeedback(ValueError):
@@ -294,6 +296,19 @@ def _as_trained(text: str) -> Any:
     return text
 
 
+@dataclass
+class Checked:
+    """A batch of labels checked whole at one replica: each item's result there, and the labels that join there."""
+
+    results: list[str]
+    """Per item: joined, unknown or expired."""
+    joined: list[tuple[str, Answered, np.ndarray, Any]]
+    """(request id, its answer, the label as compared, the label as written) of each item that joins."""
+
+    def counts(self) -> dict[str, int]:
+        return {result: self.results.count(result) for result in RESULTS}
+
+
 # --- the gateway's part ---------------------------------------------------------------------------
 
 
@@ -366,17 +381,23 @@ class Feedback:
     def post(self, route: Route, payload: bytes) -> tuple[dict[str, int], list[dict[str, Any]]]:
         """Check a batch of labels whole, then join it: the counts by result and the records of the joined labels
         (for the labels file). Raises BadFeedback before anything is applied."""
+        checked = self.check(route, parse(payload))
+        return checked.counts(), self.apply(route, checked)
+
+    def check(self, route: Route, items: list[tuple[str, Any]], positions: list[int] | None = None) -> Checked:
+        """Each item's result at this replica, and the labels that join here, checked against what they label;
+        raises BadFeedback (naming labels[positions[i]], the item's place in the batch the caller sent) before
+        anything is applied."""
         store = self.stores.get(route.name)
         if store is None:
             raise BadFeedback(
                 f"model {route.name!r} does not take feedback: enable spec.monitoring.feedback of its ModelDeployment",
                 404,
             )
-        items = parse(payload)
         store.expire(self.clock())
         found = [store.find(request_id) for request_id, _ in items]
         decode([entry for _, entry in found if entry is not None and entry.answer is not None])
-        counts = {"joined": 0, "unknown": 0, "expired": 0}
+        results: list[str] = []
         joined: list[tuple[str, Answered, np.ndarray, Any]] = []
         seen: set[str] = set()
         for i, ((request_id, label), (result, entry)) in enumerate(zip(items, found, strict=True)):
@@ -384,16 +405,23 @@ class Feedback:
                 if entry.error is not None:
                     self._report_once(route.name, f"model {route.name}: an answer could not be read: {entry.error}")
                 result, entry = "unknown", None
-            counts[result] += 1
+            results.append(result)
             if entry is not None:
                 seen.add(request_id)
-                values, written = truth(f"labels[{i}]", label, entry)
+                values, written = truth(f"labels[{i if positions is None else positions[i]}]", label, entry)
                 joined.append((request_id, entry, values, written))
+        return Checked(results, joined)
+
+    def apply(self, route: Route, checked: Checked, misses: bool = True) -> list[dict[str, Any]]:
+        """Join what checked found here: each answer is labelled once and its label counted in its version's
+        window. The records of the joined labels, for the labels file. misses: count the items left unknown or
+        expired (the replica the caller sent the batch to does, once; a peer it asked does not)."""
+        store = self.stores[route.name]
         now = self.wall()
         stamp = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         window = self.settings[route.name].window
         records = []
-        for request_id, entry, values, written in joined:
+        for request_id, entry, values, written in checked.joined:
             store.take(request_id)
             key = (route.name, entry.version, entry.role)
             quality = self.windows.get(key)
@@ -403,10 +431,11 @@ class Feedback:
             quality.add(entry.prediction, values)
             FEEDBACK_LABELS.labels(*key, "joined").inc()
             records.append({"requestId": request_id, "time": stamp, "label": written})
-        for result in ("unknown", "expired"):
+        counts = checked.counts()
+        for result in ("unknown", "expired") if misses else ():
             if counts[result]:
                 FEEDBACK_LABELS.labels(route.name, "", "", result).inc(counts[result])
-        return counts, records
+        return records
 
     def _report_once(self, key: str, message: str) -> None:
         if key not in self._reported:
@@ -537,6 +566,25 @@ def dataset(directory: Path, route: Route, since_s: float, target: str, now: flo
             rows.append({**dict(zip(names, row.tolist(), strict=True)), target: value, EVENT_TIMESTAMP: record["time"]})
     out = io.StringIO()
     writer = csv.DictWriter(out, [*columns, target, EVENT_TIMESTAMP], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def merge_datasets(texts: list[str]) -> str:
+    """Data sets of several gateway replicas (CSV, as :func:`dataset` writes them) as one: every replica's rows,
+    oldest first, under the columns of all (a feature only one replica met is empty in the others' rows)."""
+    readers = [csv.DictReader(io.StringIO(text)) for text in texts]
+    columns: dict[str, None] = {}
+    rows: list[dict[str, str]] = []
+    for reader in readers:
+        columns.update(dict.fromkeys(reader.fieldnames or []))
+        rows.extend(reader)
+    last = list(readers[0].fieldnames or [])[-2:]  # the label column and event_timestamp, last in each
+    order = [name for name in columns if name not in last] + last
+    rows.sort(key=lambda row: row.get(EVENT_TIMESTAMP, ""))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, order, restval="", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue()

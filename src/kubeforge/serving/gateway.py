@@ -55,12 +55,13 @@ from . import inference_protocol
 from .accesslog import AccessLog
 from .auth import ANONYMOUS, Caller, Forbidden, Tokens, Unauthorized
 from .enrich import Lookup, Stores, Unavailable, entity_request
-from .feedback import BadFeedback, Feedback, QualityCollector, dataset, since_seconds
+from .feedback import BadFeedback, Feedback, QualityCollector, dataset, merge_datasets, parse, since_seconds
 from .filewatch import FileWatch
 from .metrics import FALLBACK_REASONS, FALLBACKS, REGISTRY, RELOADS, UPSTREAM_REQUESTS
 from .monitor import DriftCollector, Monitor
 from .oip import HEADER_LENGTH, BadRequest, Body, validate
 from .payloads import PayloadLogger
+from .peers import INSTANCE_HEADER, PEER_HEADER, Peers, PeerUnavailable
 from .routes import Route, RouteTable, Target, compile_table
 from .shadow import Job, Mirror
 from .tenancy import Admission, TenancyCollector, Throttled
@@ -162,6 +163,7 @@ class Gateway:
         self.mirror = Mirror(self.upstreams, self.monitor, capacity=settings.shadow_queue)
         self.payloads = PayloadLogger(settings.payload_dir)
         self.feedback = Feedback()
+        self.peers = Peers(self.upstreams.client)
         self.stores = Stores()
         self.admission = Admission()
         self.access = AccessLog(settings.access_log, settings.access_log_max_mb, settings.access_log_max_files)
@@ -184,6 +186,7 @@ class Gateway:
                 self.routes = compile_table(table, known)  # one assignment: requests see old or new, never half
                 self.monitor.load(self.routes.values())
                 self.feedback.load(self.routes.values())
+                self.peers.load(table.peers or [])
                 _count_fallbacks_from_zero(self.routes.values())
                 self.loaded = True
                 RELOADS.labels("routes", "ok").inc()
@@ -520,31 +523,47 @@ class Gateway:
         return 200, body
 
     async def post_feedback(self, request: Request) -> Response:
-        """POST /v2/models/{name}/feedback: labels joined to earlier answers by request id; counts by result."""
+        """POST /v2/models/{name}/feedback: labels joined to earlier answers by request id; counts by result. Labels
+        for answers another replica of this gateway gave join there (:mod:`.peers`)."""
         route, _ = self.resolve(request.path_params["name"], None, request.headers.get("authorization"), _call(request))
+        peer = PEER_HEADER in request.headers
+        headers = {INSTANCE_HEADER: self.peers.instance} if peer else None
         try:
             payload = await self._body(request.headers, request.receive)
-            counts, records = self.feedback.post(route, payload)
-        except (BadRequest, BadFeedback) as err:
-            return error(err.status, str(err))
+            items = parse(payload)
+            checked = self.feedback.check(route, items, _positions(payload, len(items)) if peer else None)
+            if peer and request.query_params.get("dryRun") == "true":
+                return Response(json.dumps({"results": checked.results}), 200, headers, media_type="application/json")
+            parts = {} if peer else await self.peers.find(route.name, items, checked, request.headers)
+        except (BadRequest, BadFeedback, PeerUnavailable) as err:
+            return error(err.status, str(err), headers)
+        records = self.feedback.apply(route, checked, misses=not peer)
+        await self.peers.join(route.name, items, parts, request.headers)
         if route.spec.payload_log is not None:
             await self.payloads.labels(route.name, route.spec.payload_log, records)
-        return Response(json.dumps(counts), 200, media_type="application/json")
+        answer = {**checked.counts(), **({"results": checked.results} if peer else {})}
+        return Response(json.dumps(answer), 200, headers, media_type="application/json")
 
     async def feedback_dataset(self, request: Request) -> Response:
-        """GET /v2/models/{name}/feedback/dataset?since=24h&target=label: labelled payload records as CSV."""
+        """GET /v2/models/{name}/feedback/dataset?since=24h&target=label: labelled payload records as CSV, every
+        replica's of this gateway."""
         route, _ = self.resolve(request.path_params["name"], None, request.headers.get("authorization"), _call(request))
+        peer = PEER_HEADER in request.headers
+        headers = {INSTANCE_HEADER: self.peers.instance} if peer else None
         directory = self.settings.payload_dir
         if route.spec.payload_log is None or directory is None:
             message = f"model {route.name!r} has no payload log to build a data set from: set its payloadLog"
-            return error(404, message)
+            return error(404, message, headers)
         try:
             since = since_seconds(request.query_params.get("since", "24h"))
             target = request.query_params.get("target", "label")
             text = await asyncio.to_thread(dataset, directory, route, since, target, time.time())
-        except BadFeedback as err:
-            return error(err.status, str(err))
-        return Response(text, 200, media_type="text/csv")
+            if not peer and self.peers.others:
+                texts = await self.peers.datasets(f"{request.url.path}?{request.url.query}", request.headers)
+                text = merge_datasets([text, *texts]) if texts else text
+        except (BadFeedback, PeerUnavailable) as err:
+            return error(err.status, str(err), headers)
+        return Response(text, 200, headers, media_type="text/csv")
 
     async def model_ready(self, request: Request) -> Response:
         route, pinned = self._route_of(request)
@@ -590,6 +609,13 @@ class Gateway:
     def ready(self) -> bool:
         """A route table is loaded and every model's stable version (and feature store) can answer."""
         return self.loaded and all(r.stable.ready and self.stores.ready(r) for r in self.routes.values())
+
+
+def _positions(payload: bytes, count: int) -> list[int] | None:
+    """Where the items a peer passed on stand in the batch its caller sent (so errors name them as sent)."""
+    positions = json.loads(payload).get("positions")
+    ok = isinstance(positions, list) and len(positions) == count and all(type(p) is int for p in positions)
+    return positions if ok else None
 
 
 def _call(request: Request) -> Call | None:

@@ -154,6 +154,11 @@ class RouteTable(KubeModel):
 
     models: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=255)], ModelRoute]
     """Model name (as clients call it) to its route."""
+    peers: Annotated[list[Annotated[str, Field(pattern=r"^http://", max_length=512)]], Field(max_length=100)] | None = (
+        None
+    )
+    """Every replica of the gateway serving this table (itself included), where it runs as several: a replica asks
+    the others for what it does not hold itself (the answers labels join, their data sets). Omitted for one."""
 
     @classmethod
     def parse(cls, text: str | bytes) -> RouteTable:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from kubernetes import client
 from mlflow import MlflowClient
 
 from kubeforge.core import kube
+from kubeforge.core import modelcontract as mc
 from kubeforge.local.demo import Traffic
 from kubeforge.local.runner import endpoints
+from kubeforge.operators.deployment import retrain as rt
 from tests.integration.operators.conftest import Operator, wait_for
 from tests.integration.operators.test_modeldeployment_operator import (
     ROWS,
@@ -20,6 +23,8 @@ from tests.integration.operators.test_modeldeployment_operator import (
     ready,
     status,
 )
+from tests.integration.operators.test_retrain import retrains
+from tests.integration.serving.conftest import N_FEATURES
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +53,7 @@ def test_canary_analysis_adds_up_every_gateway_replica(
 ) -> None:
     """Two gateway replicas (spec.gateway.replicas) each take half the traffic. The canary needs more requests per
     interval (minRequests) than either replica sees alone, so it is promoted only because the analysis adds up what
-    every replica counted; no request fails."""
+    every replica counted; no request fails. Then feedback labels join across the replicas."""
     ns = runner_namespace
     model(mlflow, registry, "twin", [0.0, 0.0], {"champion": 1})
     canary = {
@@ -75,3 +80,52 @@ def test_canary_analysis_adds_up_every_gateway_replica(
     history = status(api, ns, "twin").get("history") or []
     assert any(h.get("action") == "Promote" and h.get("version") == "2" for h in history), history
     assert "twin-v2" in deployments(api, ns)
+
+    # A label reaches whichever replica the Service picks: the one that did not answer asks the one that did (the
+    # operator names every ready gateway pod in the route table), and the label joins there.
+    first, second = gateway_replicas(api, ns, "twin")
+    request = {"inputs": [{"name": mc.INPUT_NAME, "datatype": "FP32", "shape": [1, N_FEATURES], "data": ROWS[0]}]}
+
+    def joins_across_replicas() -> bool:
+        answer = httpx.post(f"{first}/v2/models/twin/infer", json=request)
+        label = [{"id": answer.headers["kubeforge-request-id"], "label": 0}]
+        return httpx.post(f"{second}/v2/models/twin/feedback", json=label).json()["joined"] == 1
+
+    wait_for(joins_across_replicas, 60, "a label sent to one gateway replica joins the answer the other gave")
+
+
+def test_wrong_labels_at_one_gateway_replica_start_an_accuracy_retrain(
+    operator: Operator, api: client.ApiClient, runner_namespace: str, mlflow, registry
+) -> None:
+    """spec.retrain's accuracy trigger reads every gateway replica and takes the worst: labels saying each answer of
+    one replica was wrong start a retrain, though the other replica never saw a label."""
+    ns = runner_namespace
+    model(mlflow, registry, "lapse", [0.0, 0.0], {"champion": 1})
+    template = {
+        "model": {"name": "lapse", "architecture": "logistic"},
+        "dataset": {"uri": "/nonexistent/lapse.csv", "target": "y"},
+    }
+    create_md(
+        api,
+        ns,
+        "lapse",
+        model={"name": "lapse", "alias": "champion"},
+        gateway={"replicas": 2},
+        monitoring={"feedback": {"minLabels": 5}},
+        retrain={"trainingJob": {"spec": template}, "triggers": {"accuracy": {"below": 0.9, "for": "1s"}}},
+    )
+    ready(api, ns, "lapse")
+    wait_for(lambda: len(gateway_replicas(api, ns, "lapse")) == 2, 120, "both gateway replicas ready")
+    _, second = gateway_replicas(api, ns, "lapse")  # not the address status.url names
+    for row in ROWS[:10]:
+        request = {"inputs": [{"name": mc.INPUT_NAME, "datatype": "FP32", "shape": [1, N_FEATURES], "data": row}]}
+        answer = httpx.post(f"{second}/v2/models/lapse/infer", json=request)
+        scores = answer.json()["outputs"][0]["data"]
+        wrong = 0 if scores[1] > scores[0] else 1
+        label = [{"id": answer.headers["kubeforge-request-id"], "label": wrong}]
+        assert httpx.post(f"{second}/v2/models/lapse/feedback", json=label).json()["joined"] == 1
+
+    made = wait_for(lambda: retrains(api, ns), 60, "the accuracy-triggered retrain")
+    assert made[0]["metadata"]["labels"][rt.TRIGGER] == "accuracy"
+    last = wait_for(lambda: status(api, ns, "lapse").get("lastRetrain"), 30, "status.lastRetrain")
+    assert last["trigger"] == "accuracy" and last["value"] == 0.0, last

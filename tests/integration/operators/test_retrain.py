@@ -3,7 +3,8 @@ a failed one stops retraining, and a TrainingJob an earlier operator created is 
 
 A six-field cron ("every 10 seconds") keeps the schedule tests short. No kubelet runs here: the retrain's
 Job is marked failed through its status, as envtest users do. The drift and accuracy triggers read the
-gateway's gauges; they are covered by the unit tests of the decision and the demo's end-to-end run.
+gateway's gauges; they are covered by the unit tests of the decision, the accuracy trigger over two real gateway
+replicas by test_gateway_replicas.py, and both by the demo's end-to-end run.
 """
 
 from __future__ import annotations

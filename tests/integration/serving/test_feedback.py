@@ -175,3 +175,59 @@ def test_the_cli_sends_a_label_file_and_writes_the_data_set(gateway, triton, reg
         datasets.load(source, "classification")
     monkeypatch.setenv("KUBEFORGE_DATASET_TOKEN", TOKEN)
     assert datasets.load(source, "classification").rows == 6
+
+
+def test_labels_and_data_sets_reach_the_gateway_replica_that_answered(gateway, triton, registered, mlflow, tmp_path):
+    """Two replicas of one gateway, as behind a Service: whichever gets the labels or the data set request, the
+    labels join where the answers were given, a bad batch is refused whole at both, and a replica that cannot be
+    asked makes the request fail with nothing applied, rather than labels counted unknown."""
+    routes = drift_table(mlflow.url, registered, triton.url)
+    routes["models"]["clf"]["feedback"] = {"window": "10m", "minLabels": 1}
+    routes["models"]["clf"]["payloadLog"] = {"samplePercent": 100}
+    logs = {name: tmp_path / f"payloads-{name}" for name in "ab"}
+    a = gateway(routes, args=("--payload-log-dir", str(logs["a"])))
+    b = gateway(routes, args=("--payload-log-dir", str(logs["b"])))
+    for gw in (a, b):  # the operator names every ready gateway pod in the table
+        before = gw.metric("kubeforge_route_table_reloads_total", file="routes", result="ok")
+        gw.write({**routes, "peers": [a.url, b.url]})
+        deadline = time.monotonic() + 10
+        while gw.metric("kubeforge_route_table_reloads_total", file="routes", result="ok") == before:
+            assert time.monotonic() < deadline, "the table with peers is loaded"
+            time.sleep(0.1)
+    at_b = answer_all(b.url, [f"b-{i}" for i in range(10)])
+    at_a = answer_all(a.url, [f"a-{i}" for i in range(10)])
+    stable = {"version": registered.stable, "role": "stable"}
+    labels = [{"id": i, "label": label} for i, label in {**at_b, **at_a}.items()]
+    feedback = f"{b.url}/v2/models/clf/feedback"
+
+    bad = [*labels[:17], {"id": "a-7", "label": "bogus"}, *labels[18:]]
+    refused = httpx.post(feedback, json=bad)
+    assert refused.status_code == 422 and "labels[17].label is not a class" in refused.json()["error"]
+    assert a.metric("kubeforge_live_labels", **stable) == b.metric("kubeforge_live_labels", **stable) == 0
+
+    joined = httpx.post(feedback, json=[*labels, {"id": "never-answered", "label": "pos"}])
+    assert joined.status_code == 200 and joined.json() == {"joined": 20, "unknown": 1, "expired": 0}
+    assert a.metric("kubeforge_live_labels", **stable) == b.metric("kubeforge_live_labels", **stable) == 10
+    assert a.metric("kubeforge_live_accuracy", **stable) == b.metric("kubeforge_live_accuracy", **stable) == 1.0
+    unknown = {"version": "", "role": "", "result": "unknown"}
+    assert (
+        a.metric("kubeforge_feedback_labels_total", **unknown),
+        b.metric("kubeforge_feedback_labels_total", **unknown),
+    ) == (0, 1)
+
+    for name in "ab":
+        wait_for_lines(logs[name] / "clf.labels.jsonl", 10)
+        wait_for_lines(logs[name] / "clf.jsonl", 10)
+    frame = pd.read_csv(f"{b.url}/v2/models/clf/feedback/dataset?since=1h&target=target")
+    assert len(frame) == 20 and list(frame.columns) == [*FEATURES, "target", "event_timestamp"]
+    assert list(frame["event_timestamp"]) == sorted(frame["event_timestamp"]), "oldest first across replicas"
+    assert frame.groupby(frame["f0"] > 0)["target"].value_counts().to_dict() == {(True, "pos"): 10, (False, "neg"): 10}
+
+    answer_all(b.url, ["b-late"])
+    a.stop()
+    down = httpx.post(feedback, json=[{"id": "b-late", "label": "pos"}, {"id": "answered-by-a", "label": "pos"}])
+    assert down.status_code == 503 and a.url in down.json()["error"] and "nothing was applied" in down.json()["error"]
+    assert b.metric("kubeforge_live_labels", **stable) == 10
+    assert httpx.get(f"{b.url}/v2/models/clf/feedback/dataset?since=1h").status_code == 503
+    alone = httpx.post(feedback, json=[{"id": "b-late", "label": "pos"}])
+    assert alone.json() == {"joined": 1, "unknown": 0, "expired": 0}, "labels B remembers need no peer"

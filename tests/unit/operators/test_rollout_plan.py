@@ -400,3 +400,14 @@ def test_requests_routed_around_a_canary_known_not_ready_count_as_errors() -> No
     delta = an.parse(text(100, 1, 49), "clf", "2").minus(an.parse(text(50, 0, 0), "clf", "2"))
     assert delta.tries == 100
     assert an.builtin("error-rate", delta, 20) == 0.5
+
+
+def test_gateway_pods_are_told_of_each_other_only_when_there_are_several() -> None:
+    """A label or a data set request reaches any gateway pod; the pods ask each other for what they did not answer."""
+    pods = ("http://127.0.0.1:8082", "http://127.0.0.1:8080")
+    several = Observed(**{**vars(EVERYTHING_READY), "gateway_replicas": pods})
+    cm = next(o for o in run(md(), Resolved(stable="1"), several).apply if o["kind"] == "ConfigMap")
+    assert yaml.safe_load(cm["data"]["routes.yaml"])["peers"] == sorted(pods)
+    one = Observed(**{**vars(EVERYTHING_READY), "gateway_replicas": pods[:1]})
+    cm = next(o for o in run(md(), Resolved(stable="1"), one).apply if o["kind"] == "ConfigMap")
+    assert "peers" not in yaml.safe_load(cm["data"]["routes.yaml"]), "a one-pod gateway's table is as before"

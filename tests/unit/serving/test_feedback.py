@@ -261,3 +261,17 @@ def test_every_answer_is_remembered_while_the_entry_stays_small():
 def test_the_gateway_registry_serves_the_feedback_counters():
     names = {m.name for m in REGISTRY.collect()}
     assert {"kubeforge_feedback_labels", "kubeforge_feedback_evicted"} <= names
+
+
+def test_data_sets_of_several_gateway_replicas_merge_into_one_oldest_first() -> None:
+    from kubeforge.serving.feedback import merge_datasets
+
+    first = "f0,f1,label,event_timestamp\n1.0,2.0,pos,2026-01-01T00:00:02.000Z\n"
+    second = "f0,f1,feature_2,label,event_timestamp\n3.0,4.0,5.0,neg,2026-01-01T00:00:01.000Z\n"
+    merged = merge_datasets([first, second]).splitlines()
+    assert merged == [
+        "f0,f1,feature_2,label,event_timestamp",
+        "3.0,4.0,5.0,neg,2026-01-01T00:00:01.000Z",
+        "1.0,2.0,,pos,2026-01-01T00:00:02.000Z",
+    ]
+    assert merge_datasets([first, "f0,f1,label,event_timestamp\n"]) == first, "a replica without rows adds none"

@@ -224,7 +224,12 @@ def autoscaler(owner: dict[str, Any], md: ModelDeployment, version: str) -> dict
 
 
 def route_table(
-    md: ModelDeployment, name: str, task: str, versions: list[dict[str, Any]], features: dict[str, Any] | None = None
+    md: ModelDeployment,
+    name: str,
+    task: str,
+    versions: list[dict[str, Any]],
+    features: dict[str, Any] | None = None,
+    gateways: tuple[str, ...] = (),
 ) -> RouteTable:
     """The gateway's table: clients call the model by the ModelDeployment's name.
 
@@ -232,7 +237,8 @@ def route_table(
     ready; empty until the stable version has an address, when the gateway serves no model yet. features: the
     FeatureView requests with entity keys are fed from (serving.routes.FeatureRoute, wire format). Drift settings go
     in with spec.monitoring.drift enabled (each version's baseline is its drift entry), payload log settings when
-    set, feedback settings with spec.monitoring.feedback enabled.
+    set, feedback settings with spec.monitoring.feedback enabled. gateways: the URL of each ready gateway pod;
+    where there are several, each is told of all (its peers, which it asks for the answers it did not give).
     """
     if not versions:
         return RouteTable(models={})
@@ -263,7 +269,8 @@ def route_table(
                 payload_log=monitoring.payload_log,
                 feedback=monitoring.feedback if monitoring.feedback.enabled else None,
             )
-        }
+        },
+        peers=sorted(gateways) if len(gateways) > 1 else None,
     )
 
 

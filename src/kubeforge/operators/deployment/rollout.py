@@ -483,7 +483,7 @@ def _children(
     features, feature_problems = _feature_routes(md, body["metadata"]["namespace"], p.resolved.features, routes)
     p.degraded += [(reason, message) for _, reason, message in feature_problems]
     _drift_routes(st, p.out, p.old, md, p.resolved.baselines, routes)
-    table = children.route_table(md, name, p.resolved.task, routes, features)
+    table = children.route_table(md, name, p.resolved.task, routes, features, p.observed.gateway_replicas)
     p.out.apply.append(children.routes_configmap(body, table))
     p.out.apply.append(children.gateway_deployment(body, md, settings))
     p.out.apply.append(children.gateway_service(body))

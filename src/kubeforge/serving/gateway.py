@@ -613,7 +613,8 @@ class Gateway:
 
 def _positions(payload: bytes, count: int) -> list[int] | None:
     """Where the items a peer passed on stand in the batch its caller sent (so errors name them as sent)."""
-    positions = json.loads(payload).get("positions")
+    body = json.loads(payload)  # parse() read it already
+    positions = body.get("positions") if isinstance(body, dict) else None
     ok = isinstance(positions, list) and len(positions) == count and all(type(p) is int for p in positions)
     return positions if ok else None
 

@@ -92,6 +92,12 @@ def _refused(response: Response, trailers: tuple[tuple[str, str], ...]) -> Refus
 # --- parameters and tensors ---------------------------------------------------------------------------------------
 
 
+TRITON_RESERVED = "triton_"
+"""Request parameters Triton keeps for itself. Its gRPC front end reads them (perf_analyzer sends
+triton_enable_empty_final_response on every call, meant for streams) and its REST front end refuses them, so they
+are not carried over to the REST request: ModelInfer is one answer to one request, which none of them changes."""
+
+
 def _parameters(params: Any) -> dict[str, Any]:
     """A protobuf map of InferParameter as the JSON object REST carries."""
     out = {}
@@ -154,7 +160,7 @@ def rest_request(request: pb.ModelInferRequest) -> tuple[bytes, int]:
     header: dict[str, Any] = {"inputs": inputs}
     if request.id:
         header["id"] = request.id
-    params = _parameters(request.parameters)
+    params = {k: v for k, v in _parameters(request.parameters).items() if not k.startswith(TRITON_RESERVED)}
     if request.outputs:
         header["outputs"] = [
             {"name": o.name, "parameters": {**_parameters(o.parameters), "binary_data": True}} for o in request.outputs

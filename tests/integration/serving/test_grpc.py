@@ -72,9 +72,11 @@ def test_tritonclient_grpc_works_unchanged_and_is_counted(gateway, triton, regis
     assert pinned.as_numpy(mc.OUTPUT_NAME).shape == (2, 2)
 
     # Typed contents instead of raw bytes (clients other than tritonclient send them), with the request id and
-    # the answering version in the trailing metadata, as REST has them in headers.
+    # the answering version in the trailing metadata, as REST has them in headers; and the parameter Triton's
+    # perf_analyzer puts on every call, which Triton's REST front end would refuse.
     request = pb.ModelInferRequest(model_name=registered.name, id="typed-1")
     request.inputs.add(name=mc.INPUT_NAME, datatype="FP32", shape=[2, 4]).contents.fp32_contents.extend(ROWS.ravel())
+    request.parameters["triton_enable_empty_final_response"].bool_param = True
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         reply, call = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer.with_call(request)
     trailers = dict(call.trailing_metadata())

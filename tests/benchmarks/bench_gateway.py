@@ -27,7 +27,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 from tests.integration.serving.conftest import BASELINE, RUNTIME, Threshold, body, register, signature
@@ -269,17 +272,46 @@ def _pin(pids: set[int], cpus: set[int]) -> None:
                     os.sched_setaffinity(int(task.name), cpus)
 
 
-def main() -> None:
-    work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
+@dataclass
+class Serving:
+    """What every gateway benchmark measures against: MLflow, the tiny classifier registered as "bench" and
+    exported, and one tritonserver serving it."""
+
+    work: Path
+    mlflow_url: str
+    version: str
+    triton: local_triton.TritonServer
+    procs: list[Callable[[], None]]
+    """How to stop what was started, in start order; a benchmark adds its own processes."""
+
+    @property
+    def stable(self) -> dict[str, Any]:
+        """The route of the registered version, all traffic to it."""
+        return {"version": self.version, "role": "stable", "url": self.triton.url, "weight": 100}
+
+
+@contextlib.contextmanager
+def serving(prefix: str, **registered: Any) -> Iterator[Serving]:
+    """Start what Serving names (registered: more arguments of the registration); stop it all afterwards."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
     ml = mlflow_server.start(work / "mlflow")
-    procs = []
+    procs: list[Callable[[], None]] = []
     try:
-        version = register(ml.url, "bench", Threshold(0.0, 1.0), signature(), baseline=BASELINE)
+        version = register(ml.url, "bench", Threshold(0.0, 1.0), signature(), **registered)
         export.export(ml.url, ModelRef(name="bench", version=int(version)), work / "repo", RUNTIME)
         triton = local_triton.start(work / "repo", work / "triton", models=["bench"])
         procs.append(triton.stop)
-        stable = {"version": version, "role": "stable", "url": triton.url, "weight": 100}
-        found = Versions(MLflowRegistry(ml.url)).baseline("bench", version)
+        yield Serving(work, ml.url, version, triton, procs)
+    finally:
+        for stop in reversed(procs):
+            stop()
+        ml.stop()
+
+
+def main() -> None:
+    with serving("bench-gateway-", baseline=BASELINE) as bench:
+        work, triton, version, procs, stable = bench.work, bench.triton, bench.version, bench.procs, bench.stable
+        found = Versions(MLflowRegistry(bench.mlflow_url)).baseline("bench", version)
         assert found is not None and found.drift is not None, "the version has a baseline"
         tracked = {"versions": [{**stable, "drift": found.drift.to_wire()}], "drift": DriftMonitoring().to_wire()}
         infer = "/v2/models/bench/infer"
@@ -306,10 +338,6 @@ def main() -> None:
                 finally:
                     _pin(_tree(triton.pid) | {os.getpid()} | {pid for _, pid in gateways.values()}, set(cores))
         _tenancy(work, {"models": {"bench": {"versions": [stable]}}}, infer, procs)
-    finally:
-        for stop in reversed(procs):
-            stop()
-        ml.stop()
 
 
 if __name__ == "__main__":

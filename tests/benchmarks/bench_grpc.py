@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -29,17 +28,12 @@ from typing import Any
 import grpc
 import numpy as np
 import uvloop
-from tests.benchmarks.bench_gateway import _compare, _cpu_seconds, _gateway, _pct, _round
-from tests.integration.serving.conftest import RUNTIME, Threshold, register, signature
+from tests.benchmarks.bench_gateway import _compare, _cpu_seconds, _gateway, _pct, _round, serving
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
-from kubeforge.api.modeldeployment import ModelRef
 from kubeforge.core import modelcontract as mc
-from kubeforge.local import mlflow_server
-from kubeforge.local import triton as local_triton
 from kubeforge.local.processes import free_port, spawn, terminate
-from kubeforge.serving import export
 
 ROUNDS = 5
 PER_ROUND = {1: 300, 16: 1200}
@@ -147,17 +141,10 @@ class Seen:
 
 
 def main() -> None:
-    work = Path(tempfile.mkdtemp(prefix="bench-grpc-"))
-    ml = mlflow_server.start(work / "mlflow")
-    procs = []
-    try:
-        version = register(ml.url, "bench", Threshold(0.0, 1.0), signature())
-        export.export(ml.url, ModelRef(name="bench", version=int(version)), work / "repo", RUNTIME)
-        triton = local_triton.start(work / "repo", work / "triton", models=["bench"])
-        procs.append(triton.stop)
-        stable = {"version": version, "role": "stable", "url": triton.url, "weight": 100}
+    with serving("bench-grpc-") as bench:
+        work, triton, version, procs = bench.work, bench.triton, bench.version, bench.procs
         grpc_port = free_port()
-        routes = {"models": {"bench": {"versions": [stable]}}}
+        routes = {"models": {"bench": {"versions": [bench.stable]}}}
         http_port, pid = _gateway(
             work, "gateway", routes, procs, ("--grpc-port", str(grpc_port), "--access-log", "off")
         )
@@ -196,10 +183,6 @@ def main() -> None:
                 f"{per['aio']:.0f} µs grpc.aio, {per['threads']:.0f} µs thread pool, "
                 f"{per['bridged']:.0f} µs thread pool handing each call to an asyncio loop"
             )
-    finally:
-        for stop in reversed(procs):
-            stop()
-        ml.stop()
 
 
 if __name__ == "__main__":

@@ -24,17 +24,11 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from tests.benchmarks.bench_gateway import _gateway
-from tests.integration.serving.conftest import RUNTIME, Threshold, register, signature
+from tests.benchmarks.bench_gateway import _gateway, serving
 
-from kubeforge.api.modeldeployment import ModelRef
-from kubeforge.local import mlflow_server
-from kubeforge.local import triton as local_triton
 from kubeforge.local.processes import free_port
-from kubeforge.serving import export
 
 ROUNDS = 3
 CONCURRENCY = (1, 16)
@@ -70,18 +64,11 @@ def _run(binary: str, protocol: str, address: str, version: str, concurrency: in
 
 def main() -> None:
     binary = _perf_analyzer()
-    work = Path(tempfile.mkdtemp(prefix="bench-pa-"))
-    ml = mlflow_server.start(work / "mlflow")
-    procs = []
-    try:
-        version = register(ml.url, "bench", Threshold(0.0, 1.0), signature())
-        export.export(ml.url, ModelRef(name="bench", version=int(version)), work / "repo", RUNTIME)
-        triton = local_triton.start(work / "repo", work / "triton", models=["bench"])
-        procs.append(triton.stop)
-        stable = {"version": version, "role": "stable", "url": triton.url, "weight": 100}
-        routes = {"models": {"bench": {"versions": [stable]}}}
+    with serving("bench-pa-") as bench:
+        work, triton, version = bench.work, bench.triton, bench.version
+        routes = {"models": {"bench": {"versions": [bench.stable]}}}
         grpc_port = free_port()
-        http_port, _ = _gateway(work, "gateway", routes, procs, ("--grpc-port", str(grpc_port)))
+        http_port, _ = _gateway(work, "gateway", routes, bench.procs, ("--grpc-port", str(grpc_port)))
         targets = {
             ("http", "direct"): (triton.url.removeprefix("http://"), version),
             ("http", "gateway"): (f"127.0.0.1:{http_port}", ""),
@@ -115,10 +102,6 @@ def main() -> None:
                     f"{protocol} concurrency {concurrency}: gateway {g['rps'] / d['rps']:.0%} of direct Triton's "
                     f"throughput, added p50 {g['p50'] - d['p50']:+.3f} ms, p99 {g['p99'] - d['p99']:+.3f} ms"
                 )
-    finally:
-        for stop in reversed(procs):
-            stop()
-        ml.stop()
 
 
 if __name__ == "__main__":

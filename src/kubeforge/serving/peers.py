@@ -9,6 +9,11 @@ applied whole, whichever replicas answered it. A data set is every replica's, ga
 Requests between replicas carry PEER_HEADER: a peer answers from what it holds and asks no one further. Each
 answers with its INSTANCE_HEADER, by which a replica recognises its own address among the peers (the route table
 names every replica, itself included) and asks itself nothing more.
+
+A peer that refuses the connection is gone (its pod deleted or its process restarting), and what it remembered
+went with it, as on any gateway restart: it is passed over, its labels count as unknown, and the route table
+drops it once the operator sees it gone. A peer that does not answer in time, or answers what no replica would,
+may still hold answers: the request fails with a 503 naming it and nothing applied, to be sent again.
 """
 
 from __future__ import annotations
@@ -21,13 +26,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from .feedback import BadFeedback, Checked
-from .http1 import Client, Reply
+from .http1 import Client, ConnectionFailed, Reply
 
 log = logging.getLogger(__name__)
 
 PEER_HEADER = "kubeforge-peer"
 INSTANCE_HEADER = "kubeforge-gateway-instance"
-TIMEOUT_S = 10.0
+TIMEOUT_S = 5.0
 """How long a peer may take to check or join a batch of labels."""
 DATASET_TIMEOUT_S = 300.0
 """How long a peer may take to build its data set (it reads its whole payload log)."""
@@ -75,7 +80,7 @@ class Peers:
         parts: dict[str, list[int]] = {}
         for url, answer in zip(peers, answers, strict=True):
             if answer is None:
-                continue  # this replica itself
+                continue  # this replica itself, or one that is gone
             for i, result in zip(unknown, answer, strict=True):
                 if result == "joined" and checked.results[i] != "joined":
                     checked.results[i] = "joined"
@@ -92,15 +97,14 @@ class Peers:
 
         async def one(url: str, positions: list[int]) -> None:
             try:
-                await self._labels(url, model, items, positions, headers, dry_run=False)
+                if await self._labels(url, model, items, positions, headers, dry_run=False) is not None:
+                    return
+                why = "it is gone"
             except (PeerUnavailable, BadFeedback) as err:
-                log.error(
-                    "model %s: %d labels remembered by gateway replica %s not joined: %s",
-                    model,
-                    len(positions),
-                    url,
-                    err,
-                )
+                why = str(err)
+            log.error(
+                "model %s: %d labels remembered by gateway replica %s not joined: %s", model, len(positions), url, why
+            )
 
         await asyncio.gather(*(one(url, positions) for url, positions in parts.items()))
 
@@ -113,7 +117,7 @@ class Peers:
         headers: Mapping[str, str],
         dry_run: bool,
     ) -> list[str] | None:
-        """One peer's result per item at positions; None when url is this replica."""
+        """One peer's result per item at positions; None when url is this replica or one that is gone."""
         labels = [{"id": items[i][0], "label": items[i][1]} for i in positions]
         body = json.dumps({"labels": labels, "positions": positions}).encode()
         path = f"/v2/models/{model}/feedback" + ("?dryRun=true" if dry_run else "")
@@ -131,7 +135,7 @@ class Peers:
         return [str(r) for r in results]
 
     async def datasets(self, path: str, headers: Mapping[str, str]) -> list[str]:
-        """Every peer's data set (CSV) for path; raises PeerUnavailable when one cannot give it."""
+        """Every peer's data set (CSV) for path, but those gone; raises PeerUnavailable when one cannot give it."""
         peers = self.others
         replies = await asyncio.gather(*(self._ask(url, "GET", path, b"", headers, DATASET_TIMEOUT_S) for url in peers))
         texts = []
@@ -146,13 +150,17 @@ class Peers:
     async def _ask(
         self, url: str, method: str, path: str, body: bytes, headers: Mapping[str, str], timeout: float
     ) -> Reply | None:
-        """A peer's reply; None when url turned out to be this replica (remembered: it is not asked again)."""
+        """A peer's reply; None when url turned out to be this replica (remembered: it is not asked again) or a
+        replica that is gone (it refused the connection)."""
         sent = {k: v for k in PASSED_ON if (v := headers.get(k)) is not None}
         sent[PEER_HEADER] = "1"
         if body:
             sent["content-type"] = "application/json"
         try:
             reply = await self.client.request(method, url, path, body, sent, timeout)
+        except ConnectionFailed as err:
+            log.warning("gateway replica %s is gone (%s); what it remembered went with it: passed over", url, err)
+            return None
         except (OSError, TimeoutError) as err:
             why = str(err) or type(err).__name__
             raise PeerUnavailable(

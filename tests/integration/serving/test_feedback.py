@@ -5,6 +5,7 @@ labelled requests come back as a data set the trainer reads over HTTP and the CL
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -179,8 +180,8 @@ def test_the_cli_sends_a_label_file_and_writes_the_data_set(gateway, triton, reg
 
 def test_labels_and_data_sets_reach_the_gateway_replica_that_answered(gateway, triton, registered, mlflow, tmp_path):
     """Two replicas of one gateway, as behind a Service: whichever gets the labels or the data set request, the
-    labels join where the answers were given, a bad batch is refused whole at both, and a replica that cannot be
-    asked makes the request fail with nothing applied, rather than labels counted unknown."""
+    labels join where the answers were given and a bad batch is refused whole at both. A replica that does not
+    answer makes the request fail with nothing applied; one that is gone is passed over."""
     routes = drift_table(mlflow.url, registered, triton.url)
     routes["models"]["clf"]["feedback"] = {"window": "10m", "minLabels": 1}
     routes["models"]["clf"]["payloadLog"] = {"samplePercent": 100}
@@ -188,12 +189,7 @@ def test_labels_and_data_sets_reach_the_gateway_replica_that_answered(gateway, t
     a = gateway(routes, args=("--payload-log-dir", str(logs["a"])))
     b = gateway(routes, args=("--payload-log-dir", str(logs["b"])))
     for gw in (a, b):  # the operator names every ready gateway pod in the table
-        before = gw.metric("kubeforge_route_table_reloads_total", file="routes", result="ok")
-        gw.write({**routes, "peers": [a.url, b.url]})
-        deadline = time.monotonic() + 10
-        while gw.metric("kubeforge_route_table_reloads_total", file="routes", result="ok") == before:
-            assert time.monotonic() < deadline, "the table with peers is loaded"
-            time.sleep(0.1)
+        with_peers(gw, routes, [a.url, b.url])
     at_b = answer_all(b.url, [f"b-{i}" for i in range(10)])
     at_a = answer_all(a.url, [f"a-{i}" for i in range(10)])
     stable = {"version": registered.stable, "role": "stable"}
@@ -223,11 +219,38 @@ def test_labels_and_data_sets_reach_the_gateway_replica_that_answered(gateway, t
     assert list(frame["event_timestamp"]) == sorted(frame["event_timestamp"]), "oldest first across replicas"
     assert frame.groupby(frame["f0"] > 0)["target"].value_counts().to_dict() == {(True, "pos"): 10, (False, "neg"): 10}
 
+    # A replica that does not answer may still remember answers: the batch fails naming it, nothing applied.
     answer_all(b.url, ["b-late"])
+    late = [{"id": "b-late", "label": "pos"}, {"id": "answered-by-a", "label": "pos"}]
+    hung = socket.socket()  # takes connections into its backlog and never answers
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(16)
+    hung_url = f"http://127.0.0.1:{hung.getsockname()[1]}"
+    try:
+        with_peers(b, routes, [a.url, b.url, hung_url])
+        stuck = httpx.post(feedback, json=late, timeout=30)
+        assert stuck.status_code == 503 and hung_url in stuck.json()["error"]
+        assert "nothing was applied" in stuck.json()["error"]
+        assert b.metric("kubeforge_live_labels", **stable) == 10
+    finally:
+        hung.close()
+
+    # One that refuses connections is gone, and what it remembered with it (as on any gateway restart): passed
+    # over, its labels unknown, until the operator drops it from the table.
+    with_peers(b, routes, [a.url, b.url])
     a.stop()
-    down = httpx.post(feedback, json=[{"id": "b-late", "label": "pos"}, {"id": "answered-by-a", "label": "pos"}])
-    assert down.status_code == 503 and a.url in down.json()["error"] and "nothing was applied" in down.json()["error"]
-    assert b.metric("kubeforge_live_labels", **stable) == 10
-    assert httpx.get(f"{b.url}/v2/models/clf/feedback/dataset?since=1h").status_code == 503
-    alone = httpx.post(feedback, json=[{"id": "b-late", "label": "pos"}])
-    assert alone.json() == {"joined": 1, "unknown": 0, "expired": 0}, "labels B remembers need no peer"
+    gone = httpx.post(feedback, json=late)
+    assert gone.status_code == 200 and gone.json() == {"joined": 1, "unknown": 1, "expired": 0}
+    assert b.metric("kubeforge_live_labels", **stable) == 11
+    wait_for_lines(logs["b"] / "clf.labels.jsonl", 11)
+    assert len(pd.read_csv(f"{b.url}/v2/models/clf/feedback/dataset?since=1h&target=target")) == 11, "B's own rows"
+
+
+def with_peers(gw, routes: dict, peers: list[str]) -> None:
+    """Give gw the route table naming peers, as the operator does, and wait until it has loaded it."""
+    before = gw.metric("kubeforge_route_table_reloads_total", file="routes", result="ok")
+    gw.write({**routes, "peers": peers})
+    deadline = time.monotonic() + 10
+    while gw.metric("kubeforge_route_table_reloads_total", file="routes", result="ok") == before:
+        assert time.monotonic() < deadline, "the table with peers is loaded"
+        time.sleep(0.1)

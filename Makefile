@@ -87,6 +87,11 @@ bench: install triton-venv ## Benchmarks (print ratios measured in one run; see 
 	$(BIN)/python -m tests.benchmarks.bench_frameworks
 	$(BIN)/python -m tests.benchmarks.bench_operator
 
+.PHONY: bench-perf-analyzer
+bench-perf-analyzer: install triton-venv ## Triton's perf_analyzer against the gateway and Triton (fetched into .tools/; needs libb64-0d)
+	PYTHON=$(BIN)/python bash platform/local/install-perf-analyzer.sh .tools/perf-analyzer
+	PERF_ANALYZER=.tools/perf-analyzer/perf_analyzer $(BIN)/python -m tests.benchmarks.bench_perf_analyzer
+
 .PHONY: images
 images: ## Build the container images (REGISTRY=..., PUSH=1 to push, DRY_RUN=1 to print the commands; docs/images.md)
 	bash platform/images/build.sh

@@ -7,13 +7,10 @@ latencies with the gateway's throughput as a share of direct Triton's. Run from 
 
     .venv/bin/python -m tests.benchmarks.bench_perf_analyzer
 
-perf_analyzer is not on PyPI on its own: it ships in tritonclient's manylinux wheels up to 2.45.0 (data/bin/),
-built against libb64 and the CUDA runtime, which it loads even for CPU-only work. On Debian:
-
-    apt-get install libb64-0d
-    pip download --no-deps tritonclient==2.45.0 nvidia-cuda-runtime-cu12 -d /tmp/pa  # then unzip both
-    PERF_ANALYZER=/tmp/pa/.../data/bin/perf_analyzer LD_LIBRARY_PATH=/tmp/pa/nvidia/cuda_runtime/lib \\
-        .venv/bin/python -m tests.benchmarks.bench_perf_analyzer
+perf_analyzer is not on PyPI on its own: it ships in tritonclient's manylinux wheels up to 2.45.0, built against
+libb64 and the CUDA runtime, which it loads even for CPU-only work. `make bench-perf-analyzer` fetches it
+(platform/local/install-perf-analyzer.sh; Debian's libb64-0d must be installed) and runs this with
+PERF_ANALYZER set; otherwise perf_analyzer is looked for on PATH.
 """
 
 from __future__ import annotations

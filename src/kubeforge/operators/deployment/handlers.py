@@ -384,6 +384,12 @@ def _scrape(urls: tuple[str, ...]) -> dict[str, str]:
     return {url: text for url, text in texts.items() if text is not None}
 
 
+def _together(texts: dict[str, str]) -> str | None:
+    """Every gateway replica's series in one text, for the parsers that add them up (shadow agreement) or take the
+    worst (retrain triggers); None when no replica answered."""
+    return "\n".join(texts.values()) or None
+
+
 def _analyse(
     ctx: Context,
     body: dict[str, Any],
@@ -559,7 +565,7 @@ def reconcile(
             due = analysis_due(old_status, md, now)
             if due or old_status.get("shadowVersion"):
                 texts = _scrape(observed.gateway_replicas)
-                metrics_text = "\n".join(texts.values()) or None  # every replica's series: parsers add them up
+                metrics_text = _together(texts)
             if due:
                 results = _analyse(ctx, body, md, state, texts, observed.gateway_replicas)
         p = plan(body, resolved, observed, results, ctx.settings, now)
@@ -639,7 +645,7 @@ def _retrain(
     jobs = [rt.RetrainJob.of(j) for j in found_jobs]
     triggers = retrain.triggers
     if text is None and (triggers.drift or triggers.accuracy):
-        text = "\n".join(_scrape(observed.gateway_replicas).values()) or None
+        text = _together(_scrape(observed.gateway_replicas))
     observation = rt.observe(text, name, p.status.get("stableVersion"))
     created = parse_rfc3339(meta["creationTimestamp"]) or now
     previous = parse_rfc3339((p.status.get("lastRetrain") or {}).get("time"))

@@ -24,6 +24,7 @@ LOWEST_PORT = 10000
 """Below this are the ports other services are configured on by convention; no pick goes there."""
 
 _given: set[int] = set()
+_random = random.Random()  # its own: a caller seeding the shared generator (tests do) must not make picks repeat
 
 
 def _ephemeral() -> tuple[int, int]:
@@ -47,8 +48,8 @@ def free_port() -> int:
     ranges = [(LOWEST_PORT, low - 1), (high + 1, 65535)]
     ports = [(a, b) for a, b in ranges if b > a]
     for _ in range(200 if ports else 0):
-        a, b = random.choice(ports)
-        port = random.randint(a, b)
+        a, b = _random.choice(ports)
+        port = _random.randint(a, b)
         if port in _given:
             continue
         with socket.socket() as s:

@@ -206,8 +206,10 @@ class Quality:
 USAGE = 'send {"labels": [{"id": "<kubeforge-request-id of the answer>", "label": <label>}, ...]}'
 
 
-def parse(payload: bytes) -> list[tuple[str, Any]]:
-    """(id, label) of every item of a feedback body; raises BadFeedback naming the first field at fault."""
+def parse(payload: bytes) -> tuple[list[tuple[str, Any]], list[int] | None]:
+    """(id, label) of every item of a feedback body; raises BadFeedback naming the first field at fault. And the
+    items' places in the batch the caller sent, where a gateway replica passes part of a batch on to a peer
+    (``positions``, one per item; None otherwise)."""
     try:
         body = json.loads(payload)
     except (ValueError, UnicodeDecodeError):
@@ -237,7 +239,9 @@ def parse(payload: bytes) -> list[tuple[str, Any]]:
                 "with one per row of the request"
             )
         out.append((request_id, label))
-    return out
+    positions = body.get("positions") if isinstance(body, dict) else None
+    valid = isinstance(positions, list) and len(positions) == len(out) and all(type(p) is int for p in positions)
+    return out, positions if valid else None
 
 
 def _scalar(value: Any) -> bool:
@@ -381,7 +385,7 @@ class Feedback:
     def post(self, route: Route, payload: bytes) -> tuple[dict[str, int], list[dict[str, Any]]]:
         """Check a batch of labels whole, then join it: the counts by result and the records of the joined labels
         (for the labels file). Raises BadFeedback before anything is applied."""
-        checked = self.check(route, parse(payload))
+        checked = self.check(route, parse(payload)[0])
         return checked.counts(), self.apply(route, checked)
 
     def check(self, route: Route, items: list[tuple[str, Any]], positions: list[int] | None = None) -> Checked:

@@ -530,8 +530,8 @@ class Gateway:
         headers = {INSTANCE_HEADER: self.peers.instance} if peer else None
         try:
             payload = await self._body(request.headers, request.receive)
-            items = parse(payload)
-            checked = self.feedback.check(route, items, _positions(payload, len(items)) if peer else None)
+            items, positions = parse(payload)
+            checked = self.feedback.check(route, items, positions if peer else None)
             if peer and request.query_params.get("dryRun") == "true":
                 return Response(json.dumps({"results": checked.results}), 200, headers, media_type="application/json")
             parts = {} if peer else await self.peers.find(route.name, items, checked, request.headers)
@@ -609,14 +609,6 @@ class Gateway:
     def ready(self) -> bool:
         """A route table is loaded and every model's stable version (and feature store) can answer."""
         return self.loaded and all(r.stable.ready and self.stores.ready(r) for r in self.routes.values())
-
-
-def _positions(payload: bytes, count: int) -> list[int] | None:
-    """Where the items a peer passed on stand in the batch its caller sent (so errors name them as sent)."""
-    body = json.loads(payload)  # parse() read it already
-    positions = body.get("positions") if isinstance(body, dict) else None
-    ok = isinstance(positions, list) and len(positions) == count and all(type(p) is int for p in positions)
-    return positions if ok else None
 
 
 def _call(request: Request) -> Call | None:

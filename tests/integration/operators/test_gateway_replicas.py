@@ -10,7 +10,6 @@ from kubernetes import client
 from mlflow import MlflowClient
 
 from kubeforge.core import kube
-from kubeforge.core import modelcontract as mc
 from kubeforge.local.demo import Traffic
 from kubeforge.local.runner import endpoints
 from kubeforge.operators.deployment import retrain as rt
@@ -24,7 +23,7 @@ from tests.integration.operators.test_modeldeployment_operator import (
     status,
 )
 from tests.integration.operators.test_retrain import retrains
-from tests.integration.serving.conftest import N_FEATURES
+from tests.integration.serving.conftest import body
 
 pytestmark = pytest.mark.integration
 
@@ -84,10 +83,9 @@ def test_canary_analysis_adds_up_every_gateway_replica(
     # A label reaches whichever replica the Service picks: the one that did not answer asks the one that did (the
     # operator names every ready gateway pod in the route table), and the label joins there.
     first, second = gateway_replicas(api, ns, "twin")
-    request = {"inputs": [{"name": mc.INPUT_NAME, "datatype": "FP32", "shape": [1, N_FEATURES], "data": ROWS[0]}]}
 
     def joins_across_replicas() -> bool:
-        answer = httpx.post(f"{first}/v2/models/twin/infer", json=request)
+        answer = httpx.post(f"{first}/v2/models/twin/infer", content=body([ROWS[0]]))
         label = [{"id": answer.headers["kubeforge-request-id"], "label": 0}]
         return httpx.post(f"{second}/v2/models/twin/feedback", json=label).json()["joined"] == 1
 
@@ -118,8 +116,7 @@ def test_wrong_labels_at_one_gateway_replica_start_an_accuracy_retrain(
     wait_for(lambda: len(gateway_replicas(api, ns, "lapse")) == 2, 120, "both gateway replicas ready")
     _, second = gateway_replicas(api, ns, "lapse")  # not the address status.url names
     for row in ROWS[:10]:
-        request = {"inputs": [{"name": mc.INPUT_NAME, "datatype": "FP32", "shape": [1, N_FEATURES], "data": row}]}
-        answer = httpx.post(f"{second}/v2/models/lapse/infer", json=request)
+        answer = httpx.post(f"{second}/v2/models/lapse/infer", content=body([row]))
         scores = answer.json()["outputs"][0]["data"]
         wrong = 0 if scores[1] > scores[0] else 1
         label = [{"id": answer.headers["kubeforge-request-id"], "label": wrong}]

@@ -32,5 +32,5 @@ def test_a_port_something_listens_on_is_passed_over(monkeypatch: pytest.MonkeyPa
         taken = held.getsockname()[1]
         draws = iter([taken, taken + 1])
         monkeypatch.setattr(processes, "_given", set())
-        monkeypatch.setattr(processes.random, "randint", lambda a, b: next(draws))
+        monkeypatch.setattr(processes._random, "randint", lambda a, b: next(draws))
         assert processes.free_port() == taken + 1

@@ -150,9 +150,13 @@ class JoinStore:
             return "expired", None
         return ("expired" if request_id in self.expired else "unknown"), None
 
-    def take(self, request_id: str) -> None:
-        """Remove a joined entry: an answer is labelled once."""
-        self.entries.pop(request_id, None)
+    def take(self, request_id: str, entry: Answered) -> bool:
+        """Remove entry, found earlier under request_id: an answer is labelled once. False when it is no longer
+        here (a batch checked at the same time took it first, or it expired or was replaced since)."""
+        if self.entries.get(request_id) is not entry:
+            return False
+        del self.entries[request_id]
+        return True
 
 
 def decode(entries: list[Answered]) -> None:
@@ -306,8 +310,9 @@ class Checked:
 
     results: list[str]
     """Per item: joined, unknown or expired."""
-    joined: list[tuple[str, Answered, np.ndarray, Any]]
-    """(request id, its answer, the label as compared, the label as written) of each item that joins."""
+    joined: list[tuple[int, str, Answered, np.ndarray, Any]]
+    """(position in results, request id, its answer, the label as compared, the label as written) of each item
+    that joins."""
 
     def counts(self) -> dict[str, int]:
         return {result: self.results.count(result) for result in RESULTS}
@@ -386,7 +391,9 @@ class Feedback:
         """Check a batch of labels whole, then join it: the counts by result and the records of the joined labels
         (for the labels file). Raises BadFeedback before anything is applied."""
         checked = self.check(route, parse(payload)[0])
-        return checked.counts(), self.apply(route, checked)
+        records = self.apply(route, checked)
+        self.missed(route, checked)
+        return checked.counts(), records
 
     def check(self, route: Route, items: list[tuple[str, Any]], positions: list[int] | None = None) -> Checked:
         """Each item's result at this replica, and the labels that join here, checked against what they label;
@@ -402,7 +409,7 @@ class Feedback:
         found = [store.find(request_id) for request_id, _ in items]
         decode([entry for _, entry in found if entry is not None and entry.answer is not None])
         results: list[str] = []
-        joined: list[tuple[str, Answered, np.ndarray, Any]] = []
+        joined: list[tuple[int, str, Answered, np.ndarray, Any]] = []
         seen: set[str] = set()
         for i, ((request_id, label), (result, entry)) in enumerate(zip(items, found, strict=True)):
             if entry is not None and (request_id in seen or entry.prediction is None):
@@ -413,20 +420,23 @@ class Feedback:
             if entry is not None:
                 seen.add(request_id)
                 values, written = truth(f"labels[{i if positions is None else positions[i]}]", label, entry)
-                joined.append((request_id, entry, values, written))
+                joined.append((i, request_id, entry, values, written))
         return Checked(results, joined)
 
-    def apply(self, route: Route, checked: Checked, misses: bool = True) -> list[dict[str, Any]]:
+    def apply(self, route: Route, checked: Checked) -> list[dict[str, Any]]:
         """Join what checked found here: each answer is labelled once and its label counted in its version's
-        window. The records of the joined labels, for the labels file. misses: count the items left unknown or
-        expired (the replica the caller sent the batch to does, once; a peer it asked does not)."""
+        window. An answer another batch took since the check (the caller's replica asks its peers in between) is
+        not joined twice: its item becomes unknown in checked. The records of the joined labels, for the labels
+        file."""
         store = self.stores[route.name]
         now = self.wall()
         stamp = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         window = self.settings[route.name].window
         records = []
-        for request_id, entry, values, written in checked.joined:
-            store.take(request_id)
+        for i, request_id, entry, values, written in checked.joined:
+            if not store.take(request_id, entry):
+                checked.results[i] = "expired" if request_id in store.expired else "unknown"
+                continue
             key = (route.name, entry.version, entry.role)
             quality = self.windows.get(key)
             if quality is None or quality.task != entry.task:
@@ -435,11 +445,15 @@ class Feedback:
             quality.add(entry.prediction, values)
             FEEDBACK_LABELS.labels(*key, "joined").inc()
             records.append({"requestId": request_id, "time": stamp, "label": written})
+        return records
+
+    def missed(self, route: Route, checked: Checked) -> None:
+        """Count the items of a batch that joined nowhere, unknown or expired: once, by the replica the caller sent
+        the batch to, after every replica joined its part."""
         counts = checked.counts()
-        for result in ("unknown", "expired") if misses else ():
+        for result in ("unknown", "expired"):
             if counts[result]:
                 FEEDBACK_LABELS.labels(route.name, "", "", result).inc(counts[result])
-        return records
 
     def _report_once(self, key: str, message: str) -> None:
         if key not in self._reported:

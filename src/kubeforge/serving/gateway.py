@@ -537,8 +537,10 @@ class Gateway:
             parts = {} if peer else await self.peers.find(route.name, items, checked, request.headers)
         except (BadRequest, BadFeedback, PeerUnavailable) as err:
             return error(err.status, str(err), headers)
-        records = self.feedback.apply(route, checked, misses=not peer)
-        await self.peers.join(route.name, items, parts, request.headers)
+        records = self.feedback.apply(route, checked)
+        await self.peers.join(route.name, items, parts, checked, request.headers)
+        if not peer:
+            self.feedback.missed(route, checked)
         if route.spec.payload_log is not None:
             await self.payloads.labels(route.name, route.spec.payload_log, records)
         answer = {**checked.counts(), **({"results": checked.results} if peer else {})}

@@ -1,10 +1,12 @@
 """What a gateway replica asks of the others that serve the same route table (its ``peers``).
 
 Each replica remembers the answers it gave (feedback's join store) and writes its own payload log, while the
-gateway's Service sends a caller's labels, or a request for a data set, to any one of them. So a replica sent
-labels for answers it does not remember asks its peers which of them do: every peer checks its part of the batch
-(a dry run), and only when every part is accepted does each join its own, so a batch is still refused whole or
-applied whole, whichever replicas answered it. A data set is every replica's, gathered and merged by the one asked.
+gateway's Service sends a caller's labels, or a request for a data set, to any one of them. So a replica sent labels
+for answers it does not remember asks its peers which of them do: every peer checks its part of the batch (a dry
+run), and only when every part is accepted does each join its own, so a batch is still refused whole or applied
+whole, whichever replicas answered it. Between the dry run and the join another batch may label the same answers;
+each is joined once, by the batch applied first, and the other's caller is told it is unknown. A data set is every
+replica's, gathered and merged by the one asked.
 
 Requests between replicas carry PEER_HEADER: a peer answers from what it holds and asks no one further. Each
 answers with its INSTANCE_HEADER, by which a replica recognises its own address among the peers (the route table
@@ -90,21 +92,43 @@ class Peers:
         return parts
 
     async def join(
-        self, model: str, items: list[tuple[str, Any]], parts: dict[str, list[int]], headers: Mapping[str, str]
+        self,
+        model: str,
+        items: list[tuple[str, Any]],
+        parts: dict[str, list[int]],
+        checked: Checked,
+        headers: Mapping[str, str],
     ) -> None:
-        """Have each peer join its part, as found. A peer that fails now (it went away since it accepted) loses its
-        part; that is logged, the rest stands."""
+        """Have each peer join its part, as found; checked's results take what each peer did join. An item another
+        batch labelled at the peer since the dry run is not joined twice: the peer says so, and it is unknown. A
+        peer that went away since it accepted, or now refuses its part, joined none of it (logged); one that does
+        not answer may have joined it (logged, the results left as found)."""
 
         async def one(url: str, positions: list[int]) -> None:
             try:
-                if await self._labels(url, model, items, positions, headers, dry_run=False) is not None:
-                    return
+                results = await self._labels(url, model, items, positions, headers, dry_run=False)
                 why = "it is gone"
-            except (PeerUnavailable, BadFeedback) as err:
-                why = str(err)
-            log.error(
-                "model %s: %d labels remembered by gateway replica %s not joined: %s", model, len(positions), url, why
-            )
+            except BadFeedback as err:
+                results, why = None, str(err)
+            except PeerUnavailable as err:
+                log.error(
+                    "model %s: %d labels sent to gateway replica %s may not have joined: %s",
+                    model,
+                    len(positions),
+                    url,
+                    err,
+                )
+                return
+            if results is None:
+                log.error(
+                    "model %s: %d labels remembered by gateway replica %s not joined: %s",
+                    model,
+                    len(positions),
+                    url,
+                    why,
+                )
+            for i, result in zip(positions, results or ["unknown"] * len(positions), strict=True):
+                checked.results[i] = result
 
         await asyncio.gather(*(one(url, positions) for url, positions in parts.items()))
 

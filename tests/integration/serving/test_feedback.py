@@ -5,9 +5,12 @@ labelled requests come back as a data set the trainer reads over HTTP and the CL
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -244,6 +247,45 @@ def test_labels_and_data_sets_reach_the_gateway_replica_that_answered(gateway, t
     assert b.metric("kubeforge_live_labels", **stable) == 11
     wait_for_lines(logs["b"] / "clf.labels.jsonl", 11)
     assert len(pd.read_csv(f"{b.url}/v2/models/clf/feedback/dataset?since=1h&target=target")) == 11, "B's own rows"
+
+
+def test_an_answer_labelled_twice_while_a_replica_waits_for_its_peers_joins_once(gateway, triton, registered, mlflow):
+    """A replica sent a batch checks it, then waits for every peer's dry run before joining; a batch labelling the
+    same answers that lands meanwhile (at this replica or at the one that gave the answer) takes them first. The
+    waiting batch does not join them again: its caller is told they are unknown, and each answer is counted once.
+    The wait is made real by stopping a third replica (SIGSTOP), as a stalled process is."""
+    routes = drift_table(mlflow.url, registered, triton.url)
+    routes["models"]["clf"]["feedback"] = {"window": "10m", "minLabels": 1}
+    a, b, stalled = gateway(routes), gateway(routes), gateway(routes)
+    with_peers(b, routes, [a.url, b.url, stalled.url])
+    answer_all(a.url, ["at-a"])
+    answer_all(b.url, ["at-b"])
+    stable = {"version": registered.stable, "role": "stable"}
+    first: list[httpx.Response] = []
+    os.kill(stalled.proc.pid, signal.SIGSTOP)
+    try:
+        waiting = threading.Thread(
+            target=lambda: first.append(
+                httpx.post(
+                    f"{b.url}/v2/models/clf/feedback",
+                    json=[{"id": "at-a", "label": "pos"}, {"id": "at-b", "label": "pos"}],
+                    timeout=30,
+                )
+            )
+        )
+        waiting.start()
+        time.sleep(1.0)  # b has checked the batch and a has accepted its part; b waits for the stalled replica
+        for gw, request_id in ((b, "at-b"), (a, "at-a")):
+            taken = httpx.post(f"{gw.url}/v2/models/clf/feedback", json=[{"id": request_id, "label": "neg"}])
+            assert taken.json() == {"joined": 1, "unknown": 0, "expired": 0}
+    finally:
+        os.kill(stalled.proc.pid, signal.SIGCONT)
+    waiting.join(timeout=30)
+    assert first[0].status_code == 200 and first[0].json() == {"joined": 0, "unknown": 2, "expired": 0}
+    for gw in (a, b):  # each answer counted once, with the label that took it (wrong: accuracy 0)
+        assert gw.metric("kubeforge_live_labels", **stable) == 1
+        assert gw.metric("kubeforge_live_accuracy", **stable) == 0.0
+    assert b.metric("kubeforge_feedback_labels_total", version="", role="", result="unknown") == 2
 
 
 def with_peers(gw, routes: dict, peers: list[str]) -> None:

@@ -143,6 +143,25 @@ def test_joined_labels_give_accuracy_per_version_once_the_window_holds_min_label
     assert series(feedback)[("kubeforge_live_labels", "1", "stable")] == 0, "the window slid past them"
 
 
+def test_an_answer_labelled_by_two_batches_checked_at_once_joins_the_first_applied_only():
+    """A replica checks a batch, then waits for its peers before applying it; a batch labelling the same answer
+    that is applied meanwhile takes it, and the first batch's label for it is unknown, not counted twice."""
+    clock = Clock()
+    feedback = Feedback(clock=clock, wall=clock)
+    [route] = routes(classes=["neg", "pos"])
+    feedback.load([route])
+    for request_id in ("r0", "r1"):
+        answered(feedback, route, "1", request_id, [[0.1, 0.9]])
+
+    waiting = feedback.check(route, [("r0", "pos"), ("r1", "neg")])
+    assert waiting.results == ["joined", "joined"]
+    assert post(feedback, route, [{"id": "r1", "label": "pos"}]) == {"joined": 1, "unknown": 0, "expired": 0}
+    records = feedback.apply(route, waiting)
+    assert waiting.counts() == {"joined": 1, "unknown": 1, "expired": 0}
+    assert [r["requestId"] for r in records] == ["r0"], "only what joined goes to the labels file"
+    assert series(feedback)[("kubeforge_live_labels", "1", "stable")] == 2, "r1 counted once, with its first label"
+
+
 def test_a_version_without_class_labels_takes_class_indices():
     clock = Clock()
     feedback = Feedback(clock=clock, wall=clock)

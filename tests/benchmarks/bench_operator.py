@@ -18,12 +18,15 @@ status, which is what a user waits for after `kubectl apply`. Measures, in one r
    children and a status with observedGeneration and stableVersion (seen through watches):
    resources per second, and as a share of both plain rates; the CPU each process spent per resource;
 3. resident memory of the operator process tree after that, and its CPU seconds;
-4. what --trainingjobs TrainingJobs waiting on their Jobs, and then --featureviews FeatureViews whose
+4. with --restart, the operator stopped and started again over every ModelDeployment, as an upgrade or a
+   rescheduled pod does: how long until it is quiet again, its peak and settled memory, its CPU and the API
+   requests it makes (none should be writes: nothing changed);
+5. what --trainingjobs TrainingJobs waiting on their Jobs, and then --featureviews FeatureViews whose
    materialization Jobs run, cost over --idle seconds: API requests per resource per minute, and the
    operator's CPU.
 
 Run from the repository root: .venv/bin/python -m tests.benchmarks.bench_operator [--count 500] [--applies 50]
-[--trainingjobs 200] [--featureviews 100]
+[--restart] [--trainingjobs 200] [--featureviews 100]
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -480,6 +484,42 @@ def idle_cost(api: client.ApiClient, pid: int, count: int, idle: float) -> tuple
     return per_minute, (cpu_seconds(pid) - cpu) / idle * 100
 
 
+@dataclass
+class Restart:
+    seconds: float
+    """From the new operator's start until its CPU fell quiet (under QUIET_CPU of a core for QUIET_S)."""
+    cpu: float
+    rss_peak: float
+    rss_settled: float
+    requests: str
+
+
+QUIET_S, QUIET_CPU = 2.0, 0.05
+
+
+def restart(
+    stack: contextlib.ExitStack, api: client.ApiClient, pid: int, start: Callable[[], Iterator[int]]
+) -> tuple[int, Restart]:
+    """Stop the operator at pid, start another with start, and follow it until it is quiet; its pid and what the
+    restart cost."""
+    terminate(pid)
+    before, began = api_requests(api), time.monotonic()
+    pid = stack.enter_context(start())
+    samples = [(time.monotonic(), cpu_seconds(pid))]
+    peak, busy_until = rss_mb(pid), time.monotonic()
+    while time.monotonic() - busy_until < QUIET_S:
+        time.sleep(0.25)
+        now, cpu = time.monotonic(), cpu_seconds(pid)
+        samples.append((now, cpu))
+        peak = max(peak, rss_mb(pid))
+        window = [(t, c) for t, c in samples if t >= now - QUIET_S]
+        if now - window[0][0] < QUIET_S / 2 or (cpu - window[0][1]) / (now - window[0][0]) >= QUIET_CPU:
+            busy_until = now
+    after = api_requests(api)
+    cost = Restart(busy_until - began, samples[-1][1], peak, rss_mb(pid), _per_resource(before, after, 1))
+    return pid, cost
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=500, help="ModelDeployments created at once")
@@ -488,6 +528,7 @@ def main() -> None:
     parser.add_argument("--trainingjobs", type=int, default=200, help="TrainingJobs left waiting on their Jobs")
     parser.add_argument("--featureviews", type=int, default=100, help="FeatureViews left waiting on their Jobs")
     parser.add_argument("--idle", type=float, default=40.0, help="seconds to count what waiting resources cost")
+    parser.add_argument("--restart", action="store_true", help="restart the operator over every ModelDeployment")
     args = parser.parse_args()
     load_start = os.getloadavg()
     with contextlib.ExitStack() as stack:
@@ -533,14 +574,19 @@ def main() -> None:
         rss_settled = rss_mb(pid)
         requests_settled = api_requests(api)
 
+        restarted = None
+        if args.restart:
+            print(f"4. the operator restarted over {args.applies + args.count} ModelDeployments", flush=True)
+            pid, restarted = restart(stack, api, pid, lambda: operator(cp.kubeconfig, ml.url, log))
+
         waiting = []
         if args.trainingjobs:
-            print(f"3. {args.trainingjobs} TrainingJobs waiting on their Jobs", flush=True)
+            print(f"5. {args.trainingjobs} TrainingJobs waiting on their Jobs", flush=True)
             created = waiting_trainingjobs(api, args.trainingjobs)
             cost = idle_cost(api, pid, args.trainingjobs, args.idle)
             waiting.append(("TrainingJobs", args.trainingjobs, created, *cost))
         if args.featureviews:
-            print(f"4. {args.featureviews} FeatureViews waiting on their materialization Jobs", flush=True)
+            print(f"5. {args.featureviews} FeatureViews waiting on their materialization Jobs", flush=True)
             created = waiting_featureviews(api, args.featureviews, work / "source.parquet")
             cost = idle_cost(api, pid, args.featureviews, args.idle)
             waiting.append(("FeatureViews", args.featureviews, created, *cost))
@@ -592,6 +638,12 @@ def main() -> None:
         ),
         (f"operator CPU over {args.settle:.0f} s after convergence", f"{settled_cpu:.0f} % of a core"),
     ]
+    if restarted is not None:
+        rows += [
+            (f"restarted over {total}: quiet after", f"{restarted.seconds:.1f} s (operator CPU {restarted.cpu:.1f} s)"),
+            ("  RSS peak / settled", f"{restarted.rss_peak:.0f} / {restarted.rss_settled:.0f} MB"),
+            ("  API requests until quiet, in all", restarted.requests),
+        ]
     for kind, count, created, per_minute, idle_cpu in waiting:
         rows += [
             (f"{count} {kind}: each has its Job after", f"{created:.1f} s"),

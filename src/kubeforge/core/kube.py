@@ -291,12 +291,20 @@ METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v
 """The Accept header that asks for a list of objects' metadata only."""
 
 
-def list_versions(api: Api, api_version: str, kind: str, namespace: str, label_selector: str) -> dict[str, str]:
-    """Name -> resourceVersion of the objects of a kind in namespace that match label_selector, from their metadata
-    alone (the API server leaves out spec, data and status)."""
+def list_metadata(api: Api, api_version: str, kind: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+    """The metadata of the objects of a kind in namespace that match label_selector, and nothing else of them (the
+    API server leaves out spec, data and status)."""
     query = [("labelSelector", label_selector)]
     found = _request(api, "GET", _path(api, api_version, kind, None, namespace), query=query, accept=METADATA_LIST)
-    return {item["metadata"]["name"]: item["metadata"].get("resourceVersion", "") for item in found.get("items") or []}
+    return [item["metadata"] for item in found.get("items") or []]
+
+
+def list_versions(api: Api, api_version: str, kind: str, namespace: str, label_selector: str) -> dict[str, str]:
+    """Name -> resourceVersion of the objects of a kind in namespace that match label_selector (list_metadata)."""
+    return {
+        meta["name"]: meta.get("resourceVersion", "")
+        for meta in list_metadata(api, api_version, kind, namespace, label_selector)
+    }
 
 
 def create(api: Api, obj: dict[str, Any]) -> dict[str, Any] | None:

@@ -15,6 +15,10 @@ MODEL_RUN = "kubeforge.dev/model-run"
 restarts nothing), and on its pod template once the version turned out to be another registration (see
 deployment.rollout.Plan.reexports)."""
 
+APPLIED = "kubeforge.dev/applied"
+"""Annotation of each ModelDeployment child: the digest of the object its owner last applied (without this
+annotation), by which a restarted operator tells the children it need not apply again (deployment.applied)."""
+
 
 def common(component: str) -> dict[str, str]:
     return {PART_OF: "kubeforge", MANAGED_BY: "kubeforge-operator", COMPONENT: component}

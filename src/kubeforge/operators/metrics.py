@@ -44,6 +44,12 @@ RECONCILE_ERRORS = Counter(
     "Reconcile passes that failed (an exception, or a child the API server refused); each is retried",
     ["kind"],
 )
+CHILD_APPLIES = Counter(
+    "kubeforge_modeldeployment_child_applies",
+    "Children of ModelDeployments the operator applied (one request each), by namespace and the child's kind; a "
+    "child unchanged since it was last applied, by this process or one before it, is not sent",
+    ["namespace", "kind"],
+)
 ROLLBACKS = Counter(
     "kubeforge_rollbacks",
     "Canaries the operator rolled back (RolledBack events)",

@@ -50,14 +50,14 @@ NAMESPACED: dict[tuple[str, str], dict[str, str]] = {
     },
     (CORE, "configmaps"): {
         "get": "kube.apply_children reads a child the API server refused",
-        "list": "deployment.handlers.modeldeployment_deleted",
+        "list": "modeldeployment_deleted; _check_unwatched; applied.Listings (first passes after a start)",
         "create": "server-side apply of a new child",
         "patch": "server-side apply",
         "delete": "modeldeployment_deleted; a deleted owner's leftover",
     },
     (CORE, "services"): {
         "get": "kube.apply_children reads a child the API server refused",
-        "list": "deployment.handlers.modeldeployment_deleted",
+        "list": "modeldeployment_deleted; _check_unwatched; applied.Listings (first passes after a start)",
         "create": "server-side apply of a new child",
         "patch": "server-side apply",
         "delete": "_prune, modeldeployment_deleted; a deleted owner's leftover",
@@ -72,7 +72,7 @@ NAMESPACED: dict[tuple[str, str], dict[str, str]] = {
     },
     ("autoscaling", "horizontalpodautoscalers"): {
         "get": "kube.apply_children reads a child the API server refused",
-        "list": "modeldeployment_deleted",
+        "list": "modeldeployment_deleted; _check_unwatched; applied.Listings (first passes after a start)",
         "create": "server-side apply of a new child",
         "patch": "server-side apply",
         "delete": "_prune, modeldeployment_deleted; a deleted owner's leftover",
@@ -83,7 +83,7 @@ NAMESPACED: dict[tuple[str, str], dict[str, str]] = {
     },
     ("monitoring.coreos.com", "prometheusrules"): {
         "get": "kube.apply_children reads a refused one (a deployment's own rule, with the Prometheus Operator)",
-        "list": "modeldeployment_deleted",
+        "list": "modeldeployment_deleted; applied.Listings (first passes after a start)",
         "create": "server-side apply of a new child",
         "patch": "server-side apply",
         "delete": "modeldeployment_deleted; a deleted owner's leftover",

@@ -26,6 +26,7 @@ from kubeforge.operators.labels import MODEL_RUN
 from kubeforge.training.baseline import compute
 from tests.integration.operators.conftest import Operator, wait_for
 from tests.integration.operators.test_approval import serve
+from tests.integration.operators.test_operator_metrics import value
 from tests.integration.operators.test_trainingjob_operator import (
     GROUP,
     PLURAL,
@@ -226,6 +227,37 @@ def test_children_deleted_or_edited_by_hand_come_back(
 
     wait_for(lambda: gateway_now() == (container.image, gateway.replicas), 10, "the gateway Deployment restored")
     assert apps.read_namespaced_deployment("handy-v1", namespace).spec.replicas == 3, "the autoscaler's replicas kept"
+
+
+def test_a_restarted_operator_applies_only_the_children_changed_while_it_was_down(
+    operator: Operator, api: client.ApiClient, namespace: str, served_model: str
+) -> None:
+    """An operator that starts again (an upgrade, a rescheduled pod) finds every child as it left it and sends none
+    of them again, but for one someone changed while it was down: that one gets the spec back."""
+    create_md(api, namespace, "steady", served_model)
+    wait_for(lambda: len(md_children(api, namespace, "steady")) >= 5, 30, "children")
+    core = client.CoreV1Api(api)
+    (routes,) = (n.partition("/")[2] for n in md_children(api, namespace, "steady") if n.startswith("ConfigMap/"))
+    data = core.read_namespaced_config_map(routes, namespace).data
+    operator.stop()
+    core.patch_namespaced_config_map(routes, namespace, {"data": {key: "# edited by hand\n" for key in data}})
+    # Another's annotation on a child changes nothing the operator applies.
+    core.patch_namespaced_service("steady-gateway", namespace, {"metadata": {"annotations": {"example.com/team": "a"}}})
+    operator.start()
+    wait_for(lambda: core.read_namespaced_config_map(routes, namespace).data == data, 30, "the route table restored")
+
+    def applies() -> dict[str, float | None]:
+        kinds = ("ConfigMap", "Deployment", "Service")
+        found = {
+            k: value(operator, "kubeforge_modeldeployment_child_applies_total", namespace=namespace, kind=k)
+            for k in kinds
+        }
+        return {kind: n for kind, n in found.items() if n}
+
+    wait_for(lambda: applies().get("ConfigMap") == 1.0, 10, "the route table's apply")
+    time.sleep(3)  # passes the children's events and the clock start send nothing more
+    assert applies() == {"ConfigMap": 1.0}
+    assert core.read_namespaced_service("steady-gateway", namespace).metadata.annotations["example.com/team"] == "a"
 
 
 def test_a_modeldeployment_deleted_and_created_again_at_once_keeps_the_new_ones_children(

@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import hashlib
-import json
 import logging
 import time
-from collections import defaultdict
+from collections import ChainMap, defaultdict
 from collections.abc import Collection, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -47,7 +45,7 @@ from ..labels import COMPONENT, MODEL_RUN, MODEL_VERSION, MODELDEPLOYMENT
 from ..memos import lock_of, memo_in
 from ..runtime import WORKERS, Context, context
 from . import analysis as an
-from . import children, clock, history
+from . import applied, children, clock, history
 from . import retrain as rt
 from .rollout import (
     GATEWAY,
@@ -68,6 +66,7 @@ KIND = "ModelDeployment"
 EVENT_SOURCE = "kubeforge-modeldeployment"
 STATE = "kubeforge.modeldeployment"  # key of State in a ModelDeployment's memo
 VERSIONS = "kubeforge.modeldeployment.versions"  # key of the process's Versions in kopf's memos (know_versions)
+LISTINGS = "kubeforge.modeldeployment.listings"  # key of the process's applied.Listings in kopf's memos (same)
 VIEW_GENERATION = "kubeforge.modeldeployment.view-generation"  # key in a FeatureView's memo
 CLOCK_TASK = "kubeforge.modeldeployment.clock"  # key of the clock's task in the operator's memo
 MAX_RETRY_S = 60.0
@@ -202,6 +201,7 @@ class Workload(NamedTuple):
     name: str
     generation: int  # changes with its spec: one later than the operator's last apply is someone else's edit
     run: str = ""  # the MLflow run its version was registered from, as the operator last wrote it (MODEL_RUN)
+    left: applied.Left | None = None  # what its owner last applied of it, for a first pass after a start
 
 
 class Address(NamedTuple):
@@ -244,7 +244,7 @@ async def md_workloads(
 ) -> dict[tuple[str, str], Workload] | None:
     """Each ModelDeployment's Deployments: which serve (readiness), which versions have one (pruning), how many
     replicas each asks for now (autoscaling), which someone else changed (see _edited), which registration each
-    version's Triton serves (see rollout.Plan.reexports)."""
+    version's Triton serves (see rollout.Plan.reexports), what was applied of each (see applied)."""
     part = _part(labels)
     if part is None:
         return None
@@ -253,7 +253,8 @@ async def md_workloads(
     short = (status.get("readyReplicas") or 0) < replicas
     generation = meta.get("generation") or 0
     run = (meta.get("annotations") or {}).get(MODEL_RUN, "")
-    return {(namespace, labels[MODELDEPLOYMENT]): Workload(part, available, short, replicas, name, generation, run)}
+    workload = Workload(part, available, short, replicas, name, generation, run, applied.left(meta))
+    return {(namespace, labels[MODELDEPLOYMENT]): workload}
 
 
 @kopf.index("discovery.k8s.io", "endpointslices", labels={MODELDEPLOYMENT: kopf.PRESENT})
@@ -413,18 +414,43 @@ def _analyse(
     return an.evaluate(analysis, an.interval(now, prev), ctx.settings.prometheus_url, canary, stable)
 
 
-def _apply(ctx: Context, state: State, objs: list[dict[str, Any]]) -> None:
-    """Apply the children that differ from what this process last applied (kube.apply_children)."""
+def _apply(
+    ctx: Context, state: State, objs: list[dict[str, Any]], found: Mapping[tuple[str, str], applied.Left]
+) -> None:
+    """Apply the children that differ from what this process last applied (kube.apply_children), or, for those it
+    has not applied yet, from what found says an earlier process applied (see applied)."""
     fresh = {}
-    for obj in objs:
-        key = (obj["kind"], obj["metadata"]["name"])
-        digest = hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()
-        if (sent := state.sent.get(key)) is None or sent.digest != digest:
+    for planned in objs:
+        key = (planned["kind"], planned["metadata"]["name"])
+        obj, digest = applied.stamped(planned)
+        sent = state.sent.get(key)
+        if sent is None and (seen := found.get(key)) is not None and seen.digest == digest and seen.untouched:
+            state.sent[key] = sent = Sent(digest, seen.written)
+        if sent is None or sent.digest != digest:
             fresh[key] = (obj, digest)
     if fresh:
         state.applied_at = time.monotonic()
     written = kube.apply_children(ctx.api, [obj for obj, _ in fresh.values()])
     state.sent.update({key: Sent(digest, written[key]) for key, (_, digest) in fresh.items()})
+    for obj, _ in fresh.values():
+        metrics.CHILD_APPLIES.labels(obj["metadata"]["namespace"], obj["kind"]).inc()
+
+
+def _found(
+    ctx: Context, memo: Mapping[str, Any], body: Mapping[str, Any], state: State, watched: Watched
+) -> Mapping[tuple[str, str], applied.Left]:
+    """What earlier processes applied of a ModelDeployment's children, for the first pass of one this process
+    found when it started (see applied); nothing for later passes, or for one created since."""
+    meta = body["metadata"]
+    created = parse_rfc3339(meta.get("creationTimestamp"))
+    if state.sent or created is None:
+        return {}
+    kinds = (*UNWATCHED_KINDS, *([metrics.PROMETHEUS_RULE] if metrics.prometheus_rules_served(ctx.api) else []))
+    listed = memo[LISTINGS].of(ctx.api, meta["namespace"], kinds, created.timestamp())
+    if listed is None:
+        return {}
+    deployments = watched.workloads.get((meta["namespace"], meta["name"]), ())
+    return ChainMap({("Deployment", w.name): w.left for w in list(deployments) if w.left is not None}, listed)
 
 
 def _alert_rules(ctx: Context, body: dict[str, Any], md: ModelDeployment | None, state: State) -> list[dict[str, Any]]:
@@ -572,7 +598,7 @@ def reconcile(
         try:
             for deployment, run in p.reexports.items():  # before the apply that records the run on the Deployment
                 _reexport(ctx, namespace, deployment, run)
-            _apply(ctx, state, [*p.apply, *_alert_rules(ctx, body, md, state)])
+            _apply(ctx, state, [*p.apply, *_alert_rules(ctx, body, md, state)], _found(ctx, memo, body, state, watched))
         except kube.ChildNotApplied as err:
             # Nothing the plan decided took effect: the last status stays, with Ready=False saying why.
             st = StatusDraft(old_status, body["metadata"].get("generation"), now)
@@ -790,15 +816,16 @@ def _fed_from(memos: Mapping[tuple[str, str], Any], namespace: str, view: str) -
 
 @kopf.on.startup()
 def know_versions(memo: kopf.Memo, **_: Any) -> None:
-    """The process's one Versions (what it knows of registered versions): kopf copies the operator's memo into each
-    object's, so every ModelDeployment's passes share it."""
+    """The process's one Versions (what it knows of registered versions) and Listings (what earlier processes
+    applied): kopf copies the operator's memo into each object's, so every ModelDeployment's passes share them."""
     memo[VERSIONS] = Versions(context().registry)
+    memo[LISTINGS] = applied.Listings()
 
 
 @kopf.on.startup()
 async def start_clock(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
     """Start the operator's one clock (see clock); it reads the indexes kopf keeps filling."""
-    memo[CLOCK_TASK] = asyncio.create_task(_clock(settings.execution.executor, kwargs))
+    memo[CLOCK_TASK] = asyncio.create_task(_clock(settings.execution.executor, kwargs, memo[LISTINGS]))
 
 
 @kopf.on.cleanup()
@@ -807,7 +834,7 @@ async def stop_clock(memo: kopf.Memo, **_: Any) -> None:
         memo[CLOCK_TASK].cancel()
 
 
-async def _clock(executor: Any, indexes: Mapping[str, Any]) -> None:
+async def _clock(executor: Any, indexes: Mapping[str, Any], listings: applied.Listings) -> None:
     """Every TICK_S, start the passes that are due in kopf's thread pool: on time (clock.due), or because the
     registry now answers otherwise than it did for a ModelDeployment's last pass (asked once per reference for
     all of them, off the event loop)."""
@@ -839,6 +866,7 @@ async def _clock(executor: Any, indexes: Mapping[str, Any]) -> None:
                     loop.run_in_executor(executor, _sweep, owners)
             if now >= next_check:
                 next_check = now + clock.CHECK_S
+                listings.expire()
                 loop.run_in_executor(executor, _check_unwatched, indexes["md_memos"], watched)
             for key in list(indexes["md_memos"]):
                 memo = memo_in(indexes["md_memos"], *key)
@@ -872,7 +900,7 @@ def _sweep(owners: set[tuple[str, str]]) -> None:
             log.exception(f"{namespace}/{name}: deleting the children of a deleted ModelDeployment failed")
 
 
-UNWATCHED_KINDS = [(v, kind) for v, kind in CHILD_KINDS if kind != "Deployment"]
+UNWATCHED_KINDS = tuple((v, kind) for v, kind in CHILD_KINDS if kind != "Deployment")
 """Children whose deletion or change no watch of the operator reports (Deployments' does: see _for_parent)."""
 UNWATCHED = frozenset(kind for _, kind in UNWATCHED_KINDS)
 CHANGED_BY_OTHERS = frozenset({"HorizontalPodAutoscaler"})

@@ -9,6 +9,8 @@ import logging
 import kopf
 import prometheus_client
 
+from . import indexgate
+
 # Handler modules per kind; importing one registers its handlers with kopf.
 HANDLERS = {
     "trainingjob": "kubeforge.operators.training.handlers",
@@ -56,6 +58,7 @@ def run(
         host, _, port = metrics_address.rpartition(":")
         prometheus_client.start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0")
     load(kinds)
+    indexgate.install()  # a restart over thousands of objects otherwise spends minutes waking workers
     asyncio.run(
         kopf.operator(
             clusterwide=not namespaces,

@@ -775,6 +775,20 @@ def operators() -> Dashboard:
                     ),
                 ],
             ),
+            (
+                "Writes",
+                [
+                    Panel(
+                        "ModelDeployment children applied per second",
+                        "Children the operator sent to the API server, by kind: a rollout step or a spec change "
+                        "sends the children it changes, a child deleted or edited by hand is sent again, and an "
+                        "operator that starts again sends only those changed while it was down.",
+                        "ops",
+                        [Query(_rate("kubeforge_modeldeployment_child_applies_total", "", "kind"), "{{kind}}")],
+                        width=24,
+                    ),
+                ],
+            ),
         ],
     )
 

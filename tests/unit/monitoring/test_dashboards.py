@@ -60,6 +60,7 @@ COUNTERS = {
     "kubeforge_reconcile_duration_seconds_count": [f'{OPERATOR}, kind="ModelDeployment"'],
     "kubeforge_reconcile_errors_total": [f'{OPERATOR}, kind="ModelDeployment"'],
     "kubeforge_rollbacks_total": [f'{OPERATOR}, namespace="ml", modeldeployment="cancer"'],
+    "kubeforge_modeldeployment_child_applies_total": [f'{OPERATOR}, namespace="ml", kind="ConfigMap"'],
     "kubeforge_feedback_labels_total": [f'{GATEWAY}, {TRAFFIC}, result="joined"']
     + [f'{GATEWAY}, model="cancer", version="", role="", result="{r}"' for r in ("unknown", "expired")],
     "kubeforge_feedback_evicted_total": [f'{GATEWAY}, model="cancer"'],

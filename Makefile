@@ -85,7 +85,7 @@ bench: install triton-venv ## Benchmarks (print ratios measured in one run; see 
 	$(BIN)/python -m tests.benchmarks.bench_gateway
 	$(BIN)/python -m tests.benchmarks.bench_grpc
 	$(BIN)/python -m tests.benchmarks.bench_frameworks
-	$(BIN)/python -m tests.benchmarks.bench_operator
+	$(BIN)/python -m tests.benchmarks.bench_operator --restart
 
 .PHONY: bench-perf-analyzer
 bench-perf-analyzer: install triton-venv ## Triton's perf_analyzer against the gateway and Triton (fetched into .tools/; needs libb64-0d)

@@ -441,9 +441,11 @@ def _found(
 ) -> Mapping[tuple[str, str], applied.Left]:
     """What earlier processes applied of a ModelDeployment's children, for the first pass of one this process
     found when it started (see applied); nothing for later passes, or for one created since."""
+    if state.sent:  # every pass but a ModelDeployment's first in this process
+        return {}
     meta = body["metadata"]
     created = parse_rfc3339(meta.get("creationTimestamp"))
-    if state.sent or created is None:
+    if created is None:
         return {}
     kinds = (*UNWATCHED_KINDS, *([metrics.PROMETHEUS_RULE] if metrics.prometheus_rules_served(ctx.api) else []))
     listed = memo[LISTINGS].of(ctx.api, meta["namespace"], kinds, created.timestamp())

@@ -27,7 +27,8 @@ from ..labels import APPLIED, MODELDEPLOYMENT
 
 Kinds = tuple[tuple[str, str], ...]
 LISTING_S = 60.0
-"""How long a namespace's listing serves first passes before it is made again."""
+"""How long a namespace's listing serves first passes: the clock forgets it after that (:meth:`Listings.expire`),
+and a first pass that comes later lists the namespace again."""
 
 
 class Left(NamedTuple):
@@ -89,17 +90,17 @@ class Listings:
         if created >= self.started:
             return None
         with self._lock:
-            listed_at, found = self._listed.get((namespace, kinds), (0.0, {}))
-            if time.monotonic() - listed_at > LISTING_S:
+            if (namespace, kinds) not in self._listed:
                 listed_at, found = time.monotonic(), {}
                 for api_version, kind in kinds:
                     for meta in kube.list_metadata(api, api_version, kind, namespace, MODELDEPLOYMENT):
                         found[(kind, meta["name"])] = left(meta)
                 self._listed[(namespace, kinds)] = (listed_at, found)
-            return found
+            return self._listed[(namespace, kinds)][1]
 
     def expire(self) -> None:
-        """Forget the listings older than LISTING_S (the clock calls this: after a start nothing asks again)."""
+        """Forget the listings older than LISTING_S (the clock calls this every 30 seconds: after a start nothing
+        asks again, and a listing kept longer would only grow staler)."""
         with self._lock:
             now = time.monotonic()
             self._listed = {key: item for key, item in self._listed.items() if now - item[0] <= LISTING_S}

@@ -2,7 +2,8 @@
 them: one :class:`Versions` per operator process, in kopf's memo.
 
 An alias or version is asked of MLflow at most once per RESOLVE_TTL seconds, whatever the number of deployments
-that refer to it, and the version's approval, run and task come with that one answer. What cannot change once a
+that refer to it (an answer that it does not exist included: deployments waiting for a version to be registered
+ask on every pass), and the version's approval, run and task come with that one answer. What cannot change once a
 version is registered (its input order, its drift baseline) is read once, and again only when the version turns
 out to be another registration: MLflow numbers the versions of a model deleted and registered again from 1, and
 a version whose run changed is not the one read before. Each map keeps its newest CACHE_MAX entries: a retraining
@@ -46,7 +47,8 @@ class Versions:
     def __init__(self, registry: MLflowRegistry) -> None:
         self.registry = registry
         self._lock = threading.Lock()  # passes run in kopf's threads; reads of one key need none
-        self._resolved: dict[tuple[str, str], tuple[float, str]] = {}  # (model, alias or v<n>) -> (when, version)
+        self._resolved: dict[tuple[str, str], tuple[float, str, str]] = {}
+        """(model, alias or v<n>) -> (when, version, "") or, when the registry had none, (when, "", why)"""
         self._known: dict[tuple[str, str], Known] = {}  # (model, version) -> as last resolved
         self._tasks: dict[str, str] = {}  # model -> the task tag of its version last resolved
         self._orders: dict[tuple[str, str], list[str] | None] = {}  # (model, version) -> its kubeforge.features
@@ -57,10 +59,17 @@ class Versions:
         key = (name, alias or f"v{version}")
         hit = self._resolved.get(key)
         if hit and time.monotonic() - hit[0] < RESOLVE_TTL:
+            if hit[2]:
+                raise NotFound(hit[2])
             return hit[1]
-        mv = self.registry.by_alias(name, alias) if alias else self.registry.by_version(name, version or 0)
+        try:
+            mv = self.registry.by_alias(name, alias) if alias else self.registry.by_version(name, version or 0)
+        except NotFound as err:
+            with self._lock:
+                self._keep(self._resolved, key, (time.monotonic(), "", str(err) or type(err).__name__))
+            raise
         with self._lock:
-            self._keep(self._resolved, key, (time.monotonic(), mv.version))
+            self._keep(self._resolved, key, (time.monotonic(), mv.version, ""))
             self._learn(mv)
             if mv.tags.get(mc.TAG_TASK):
                 self._keep(self._tasks, name, mv.tags[mc.TAG_TASK])

@@ -20,10 +20,12 @@ status, which is what a user waits for after `kubectl apply`. Measures, in one r
 3. resident memory of the operator process tree after that, and its CPU seconds;
 4. with --restart, the operator stopped and started again over every ModelDeployment, as an upgrade or a
    rescheduled pod does: how long until it is quiet again, its peak memory and what it holds once it has
-   trimmed its heap, its CPU and the API requests it makes (none should be writes: nothing changed);
+   trimmed its heap, its CPU and the API requests it makes, lists included (none should be writes: nothing
+   changed);
 5. what --trainingjobs TrainingJobs waiting on their Jobs, and then --featureviews FeatureViews whose
    materialization Jobs run, cost over --idle seconds: API requests per resource per minute, and the
-   operator's CPU.
+   operator's CPU;
+6. with --restart and any of them, the operator restarted once more, over every resource of the three kinds.
 
 Run from the repository root: .venv/bin/python -m tests.benchmarks.bench_operator [--count 500] [--applies 50]
 [--restart] [--trainingjobs 200] [--featureviews 100]
@@ -168,13 +170,14 @@ def api_requests(api: client.ApiClient) -> Counter[tuple[str, str]]:
 
 
 def _per_resource(
-    before: Counter[tuple[str, str]], after: Counter[tuple[str, str]], count: int, created: int = 0
+    before: Counter[tuple[str, str]], after: Counter[tuple[str, str]], count: int, created: int = 0, lists: bool = False
 ) -> str:
-    """Writes and reads per resource between two api_requests snapshots, leaving out lists and watches (the
-    benchmark's own polling) and the benchmark's creates of the ModelDeployments themselves."""
+    """Writes and reads per resource between two api_requests snapshots, leaving out watches, the benchmark's
+    creates of the ModelDeployments themselves and, unless lists, lists (the benchmark's own polling)."""
     diff = after - before
     diff[("POST", "modeldeployments")] -= created
-    kept = {key: n for key, n in diff.items() if n > 0 and key[0] not in ("LIST", "WATCH")}
+    left_out = ("WATCH",) if lists else ("LIST", "WATCH")
+    kept = {key: n for key, n in diff.items() if n > 0 and key[0] not in left_out}
     rows = sorted((n / count, verb, what) for (verb, what), n in kept.items())
     total = sum(r[0] for r in rows)
     return f"{total:.1f}: " + ", ".join(f"{verb} {what} {n:.1f}" for n, verb, what in reversed(rows) if n >= 0.05)
@@ -520,7 +523,7 @@ def restart(
             busy_until = now
     after = api_requests(api)
     time.sleep(TRIMMED_S)
-    cost = Restart(busy_until - began, samples[-1][1], peak, rss_mb(pid), _per_resource(before, after, 1))
+    cost = Restart(busy_until - began, samples[-1][1], peak, rss_mb(pid), _per_resource(before, after, 1, lists=True))
     return pid, cost
 
 
@@ -594,6 +597,11 @@ def main() -> None:
             created = waiting_featureviews(api, args.featureviews, work / "source.parquet")
             cost = idle_cost(api, pid, args.featureviews, args.idle)
             waiting.append(("FeatureViews", args.featureviews, created, *cost))
+        restarted_all = None
+        if args.restart and waiting:
+            every = sum(count for _, count, *_ in waiting) + args.applies + args.count
+            print(f"6. the operator restarted over {every} resources of every kind", flush=True)
+            pid, restarted_all = restart(stack, api, pid, lambda: operator(cp.kubeconfig, ml.url, log))
         load_end = os.getloadavg()
 
     total = args.applies + args.count
@@ -643,21 +651,28 @@ def main() -> None:
         (f"operator CPU over {args.settle:.0f} s after convergence", f"{settled_cpu:.0f} % of a core"),
     ]
     if restarted is not None:
-        rows += [
-            (f"restarted over {total}: quiet after", f"{restarted.seconds:.1f} s (operator CPU {restarted.cpu:.1f} s)"),
-            (f"  RSS peak / {TRIMMED_S:.0f} s after", f"{restarted.rss_peak:.0f} / {restarted.rss_settled:.0f} MB"),
-            ("  API requests until quiet, in all", restarted.requests),
-        ]
+        rows += _restart_rows(f"restarted over {total}", restarted)
     for kind, count, created, per_minute, idle_cpu in waiting:
         rows += [
             (f"{count} {kind}: each has its Job after", f"{created:.1f} s"),
             (f"  API requests per resource per minute, waiting ({args.idle:.0f} s)", f"{per_minute:.2f}"),
             ("  operator CPU meanwhile", f"{idle_cpu:.0f} % of a core"),
         ]
+    if restarted_all is not None:
+        kinds = " + ".join(f"{count} {kind}" for kind, count, *_ in waiting)
+        rows += _restart_rows(f"restarted over {total} ModelDeployments + {kinds}", restarted_all)
     width = max(len(r[0]) for r in rows)
     print()
     for label, value in rows:
         print(f"{label:<{width}}  {value}")
+
+
+def _restart_rows(what: str, restarted: Restart) -> list[tuple[str, str]]:
+    return [
+        (f"{what}: quiet after", f"{restarted.seconds:.1f} s (operator CPU {restarted.cpu:.1f} s)"),
+        (f"  RSS peak / {TRIMMED_S:.0f} s after", f"{restarted.rss_peak:.0f} / {restarted.rss_settled:.0f} MB"),
+        ("  API requests until quiet, in all", restarted.requests),
+    ]
 
 
 def _ms(values: list[float], *quantiles: float) -> str:

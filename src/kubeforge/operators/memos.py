@@ -20,6 +20,9 @@ LOCK = "kubeforge.lock"
 """Key of the lock that keeps two passes over one name from running at once (handlers run in threads)."""
 SETTLED = "kubeforge.settled"
 """Key of when (monotonic) the object's last pass settled; absent after one that did not."""
+SEEN = "kubeforge.seen"
+"""Key of what the object's last settled pass read (:class:`Reads`); absent while a pass runs and after one that did
+not settle."""
 RESYNC_S = 300.0
 """Longest time between two passes of an object that is waiting on events, as a safety net for a lost one."""
 
@@ -61,14 +64,39 @@ def lock_of(memo: kopf.Memo, namespace: str, name: str) -> PassLock:
     return lock  # type: ignore[no-any-return]
 
 
+class Reads(dict[tuple[str, str], str]):
+    """The resourceVersion of each object a pass read, by (kind, name): the object itself and the children it
+    looked at."""
+
+    def __call__(self, kind: str, obj: Mapping[str, Any] | None) -> Any:
+        """obj, as read (None: not found), noted."""
+        if obj is not None:
+            self[(kind, obj["metadata"]["name"])] = obj["metadata"].get("resourceVersion", "")
+        return obj
+
+
 def run_pass(memo: kopf.Memo, reconcile: Callable[..., bool], namespace: str, name: str, *args: Any) -> None:
-    """reconcile(namespace, name, *args) under the name's pass lock, remembering in memo whether it settled: it
-    returned True. One that raised or returned False left something that only the clock will try again."""
+    """reconcile(namespace, name, reads, *args) under the name's pass lock, remembering in memo whether it settled
+    (it returned True) and what it read. One that raised or returned False left something that only the clock will
+    try again."""
     memo.pop(SETTLED, None)
+    memo.pop(SEEN, None)
+    reads = Reads()
     with lock_of(memo, namespace, name):
-        settled = reconcile(namespace, name, *args)
+        settled = reconcile(namespace, name, reads, *args)
     if settled:
+        memo[SEEN] = reads
         memo[SETTLED] = time.monotonic()
+
+
+def read_already(memo: kopf.Memo, kind: str, obj: Mapping[str, Any]) -> bool:
+    """Whether the last settled pass over memo's object read obj (of kind) as this event brings it: a pass now would
+    find nothing that one did not, since whatever else it reads brings its own event or the clock's pass when it
+    changes. An operator
+    that starts gets every object's first event and every child's at once, the same versions twice over."""
+    meta = obj.get("metadata") or {}
+    version = meta.get("resourceVersion")
+    return version is not None and (memo.get(SEEN) or {}).get((kind, meta.get("name"))) == version
 
 
 def unsettled(memo: kopf.Memo) -> bool:

@@ -387,14 +387,6 @@ class Feedback:
                 decode(batch)
                 await asyncio.sleep(0)
 
-    def post(self, route: Route, payload: bytes) -> tuple[dict[str, int], list[dict[str, Any]]]:
-        """Check a batch of labels whole, then join it: the counts by result and the records of the joined labels
-        (for the labels file). Raises BadFeedback before anything is applied."""
-        checked = self.check(route, parse(payload)[0])
-        records = self.apply(route, checked)
-        self.missed(route, checked)
-        return checked.counts(), records
-
     def check(self, route: Route, items: list[tuple[str, Any]], positions: list[int] | None = None) -> Checked:
         """Each item's result at this replica, and the labels that join here, checked against what they label;
         raises BadFeedback (naming labels[positions[i]], the item's place in the batch the caller sent) before

@@ -15,6 +15,7 @@ from kubeforge.operators.deployment.rollout import Resolved
 from kubeforge.serving.feedback import Feedback, QualityCollector
 from kubeforge.serving.routes import RouteTable, compile_table
 from tests.unit.operators.test_rollout_plan import md, routes, run
+from tests.unit.serving.test_feedback import post
 
 
 def test_feedback_settings_reach_the_route_table_and_disabling_drops_them() -> None:
@@ -49,7 +50,7 @@ def exposition(task: str, labels: list[tuple[list[float], object]], min_labels: 
     for i, (output, _) in enumerate(labels):
         tensor = {"name": "outputs", "datatype": "FP32", "shape": [1, len(output)], "data": output}
         feedback.record(route, route.versions["2"], f"r{i}", (json.dumps({"outputs": [tensor]}).encode(), None))
-    feedback.post(route, json.dumps([{"id": f"r{i}", "label": label} for i, (_, label) in enumerate(labels)]).encode())
+    post(feedback, route, [{"id": f"r{i}", "label": label} for i, (_, label) in enumerate(labels)])
     registry = CollectorRegistry()
     registry.register(QualityCollector(lambda: feedback))
     return generate_latest(registry).decode()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+from typing import Any
 
 import kopf
 
@@ -23,3 +24,35 @@ def test_an_object_and_one_recreated_under_its_name_share_a_pass_lock_that_goes_
     gc.collect()
     assert ("ml", "churn") not in memos._by_name  # nothing is left behind once both objects are forgotten
     assert ("ml", "fraud") in memos._by_name
+
+
+def obj(name: str, version: str) -> dict[str, Any]:
+    return {"metadata": {"name": name, "resourceVersion": version}}
+
+
+def test_an_event_bringing_what_the_last_settled_pass_read_starts_no_pass() -> None:
+    """A restarted operator gets a TrainingJob's first event and its Job's at once: the pass of the first reads both,
+    so the second would read the same again. Only what a settled pass read counts, and only at that version."""
+    state = {"TrainingJob": obj("churn", "10"), "Job": obj("churn-1", "11")}
+    settle = True
+
+    def reconcile(namespace: str, name: str, reads: memos.Reads) -> bool:
+        for kind, found in state.items():
+            reads(kind, found)
+        reads("Pod", None)  # not found: nothing noted
+        return settle
+
+    memo = kopf.Memo()
+    assert not memos.read_already(memo, "Job", obj("churn-1", "11"))  # no pass yet
+    memos.run_pass(memo, reconcile, "ml", "churn")
+    assert memos.read_already(memo, "TrainingJob", obj("churn", "10"))
+    assert memos.read_already(memo, "Job", obj("churn-1", "11"))
+    assert not memos.read_already(memo, "Job", obj("churn-1", "12"))  # changed since: a pass must see it
+    assert not memos.read_already(memo, "Pod", obj("churn-1", "11"))  # another kind's object
+    assert not memos.read_already(memo, "Job", {"metadata": {"name": "churn-1"}})  # no version to compare
+
+    state["Job"], settle = obj("churn-1", "12"), False
+    memos.run_pass(memo, reconcile, "ml", "churn")
+    assert not memos.read_already(memo, "Job", obj("churn-1", "12"))  # a pass that did not settle is tried again
+    assert not memos.read_already(memo, "TrainingJob", obj("churn", "10"))
+    assert memos.unsettled(memo)

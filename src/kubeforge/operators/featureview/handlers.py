@@ -37,7 +37,7 @@ from ...core import kube
 from ...core.conditions import StatusDraft
 from ...featurestore.errors import SourceError
 from .. import metrics as operator_metrics
-from ..memos import lock_of, memo_in, run_pass, unsettled
+from ..memos import Reads, lock_of, memo_in, read_already, run_pass, unsettled
 from ..runtime import WORKERS, Context, context
 from . import metrics
 from .children import FEATUREVIEW, RUN
@@ -111,12 +111,12 @@ def _pods(ctx: Context, job: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 @operator_metrics.reconciled(KIND)
-def reconcile(namespace: str, name: str) -> bool:
+def reconcile(namespace: str, name: str, reads: Reads) -> bool:
     """One level-based pass (run under the name's lock: memos.run_pass); False when it left what only the clock
     will try again: a Job that could not be created, or a finished run whose result has not shown on its pod
     yet."""
     ctx = context()
-    body = kube.get(ctx.api, API_VERSION, KIND, name, namespace)
+    body = reads(KIND, kube.get(ctx.api, API_VERSION, KIND, name, namespace))
     if body is None or body["metadata"].get("deletionTimestamp"):
         return True
     old_status = body.get("status") or {}
@@ -124,7 +124,9 @@ def reconcile(namespace: str, name: str) -> bool:
     registration = None
     if spec is not None and needs_registration(body):
         registration = _register(ctx, namespace, name, spec)
-    listed = kube.list_objects(ctx.api, "batch/v1", "Job", namespace, f"{FEATUREVIEW}={name}")
+    listed = [
+        reads("Job", job) for job in kube.list_objects(ctx.api, "batch/v1", "Job", namespace, f"{FEATUREVIEW}={name}")
+    ]
     jobs = _owned(listed, body["metadata"]["uid"])
     finished = result_job(old_status, jobs)
     pods = _pods(ctx, finished) if finished is not None else []
@@ -175,14 +177,18 @@ async def featureview_event(event: dict[str, Any], name: str, namespace: str, me
     WORKERS.indexed = True  # kopf runs handlers once everything is indexed (see WorkerLimit)
     operator_metrics.RESOURCE_STATES.seen(KIND, event)
     metrics.FRESHNESS.seen(event)
-    if event.get("type") != "DELETED":
+    if event.get("type") != "DELETED" and not read_already(memo, KIND, event.get("object") or {}):
         await _pass(namespace, name, memo)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={FEATUREVIEW: kopf.PRESENT})
-async def job_event(labels: dict[str, str], namespace: str, fv_memos: kopf.Index[Any, Any], **_: Any) -> None:
-    """A materialization Job changed (e.g. finished): reconcile its FeatureView, unless that one is gone."""
-    if (memo := memo_in(fv_memos, namespace, labels[FEATUREVIEW])) is not None:
+async def job_event(
+    labels: dict[str, str], namespace: str, body: kopf.Body, fv_memos: kopf.Index[Any, Any], **_: Any
+) -> None:
+    """A materialization Job changed (e.g. finished): reconcile its FeatureView, unless that one is gone or its last
+    pass read the Job as it is."""
+    memo = memo_in(fv_memos, namespace, labels[FEATUREVIEW])
+    if memo is not None and not read_already(memo, "Job", body):
         await _pass(namespace, labels[FEATUREVIEW], memo)
 
 

@@ -24,7 +24,7 @@ from ...core import modelcontract as mc
 from ...core.mlflow_rest import MLflowError, MLflowRegistry, ModelVersion
 from .. import metrics
 from ..labels import ATTEMPT, TRAININGJOB
-from ..memos import memo_in, run_pass, unsettled
+from ..memos import Reads, memo_in, read_already, run_pass, unsettled
 from ..runtime import EXECUTOR, WORKERS, context
 from . import children
 from .plan import TERMINAL, due_by_time, not_applied, plan, pods_worth_reading, with_registration
@@ -41,34 +41,36 @@ def _registered_version(registry: MLflowRegistry, model: str, uid: str) -> Model
     return None
 
 
-def _attempt_failure(api: kube.KubeApi, body: dict[str, Any], job: dict[str, Any]) -> dict[str, Any] | None:
+def _attempt_failure(
+    api: kube.KubeApi, body: dict[str, Any], job: dict[str, Any], reads: Reads
+) -> dict[str, Any] | None:
     """Why the pod of the attempt that job runs fails, if it does. Only the Job's own pods count: a deleted
     predecessor's pods carry the same labels until they are collected."""
     meta = body["metadata"]
     selector = f"{TRAININGJOB}={meta['name']},{ATTEMPT}={job['metadata']['labels'].get(ATTEMPT, '')}"
-    pods = kube.list_objects(api, "v1", "Pod", meta["namespace"], selector)
+    pods = [reads("Pod", pod) for pod in kube.list_objects(api, "v1", "Pod", meta["namespace"], selector)]
     uid = job["metadata"]["uid"]
     owned = [p for p in pods if (kube.controller_of(p) or {}).get("uid") == uid]
     return podfailure.pick(owned, children.MEMORY_FIELDS)
 
 
 @metrics.reconciled(KIND)
-def reconcile(namespace: str, name: str, logger: Any, retry: int = 0) -> bool:
+def reconcile(namespace: str, name: str, reads: Reads, logger: Any, retry: int = 0) -> bool:
     """One level-based pass (run under the name's lock: memos.run_pass); retry counts the timer's failed passes
     before this one (for the back-off). One that fails raises: kopf retries it from the timer."""
     ctx = context()
-    body = kube.get(ctx.api, API_VERSION, KIND, name, namespace)
+    body = reads(KIND, kube.get(ctx.api, API_VERSION, KIND, name, namespace))
     if body is None or body["metadata"].get("deletionTimestamp"):
         return True
     old_status = body.get("status") or {}
     job = None
     if job_name := old_status.get("jobName"):
-        job = kube.get(ctx.api, "batch/v1", "Job", job_name, namespace)
+        job = reads("Job", kube.get(ctx.api, "batch/v1", "Job", job_name, namespace))
     now = datetime.now(UTC)
     failure = feature_view = None
     if old_status.get("phase") not in TERMINAL:
         if pods_worth_reading(job):
-            failure = _attempt_failure(ctx.api, body, job)
+            failure = _attempt_failure(ctx.api, body, job, reads)
         if view := ((body.get("spec") or {}).get("dataset") or {}).get("featureView"):
             feature_view = kube.get(ctx.api, API_VERSION, "FeatureView", str(view.get("name")), namespace)
     p = plan(body, job, ctx.settings, ctx.capabilities, now, failure, feature_view)
@@ -101,9 +103,12 @@ async def tj_memos(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> dict
     return {(namespace, name): memo}
 
 
-def _for_owner(namespace: str, name: str, logger: Any, tj_memos: kopf.Index[Any, Any]) -> None:
-    """A pass of the TrainingJob a Job or pod belongs to, unless that one is gone."""
-    if (memo := memo_in(tj_memos, namespace, name)) is not None:
+def _for_owner(
+    namespace: str, name: str, kind: str, body: kopf.Body, logger: Any, tj_memos: kopf.Index[Any, Any]
+) -> None:
+    """A pass of the TrainingJob a Job or pod (body, of kind) belongs to, unless that one is gone or its last pass
+    read the child as it is."""
+    if (memo := memo_in(tj_memos, namespace, name)) is not None and not read_already(memo, kind, body):
         run_pass(memo, reconcile, namespace, name, logger)
 
 
@@ -111,21 +116,25 @@ def _for_owner(namespace: str, name: str, logger: Any, tj_memos: kopf.Index[Any,
 def trainingjob_event(event: dict[str, Any], name: str, namespace: str, memo: kopf.Memo, logger: Any, **_: Any) -> None:
     WORKERS.indexed = True  # kopf runs handlers once everything is indexed (see WorkerLimit)
     metrics.RESOURCE_STATES.seen(KIND, event)
-    if event.get("type") != "DELETED":
+    if event.get("type") != "DELETED" and not read_already(memo, KIND, event.get("object") or {}):
         run_pass(memo, reconcile, namespace, name, logger)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={TRAININGJOB: kopf.PRESENT})
-def job_event(labels: dict[str, str], namespace: str, logger: Any, tj_memos: kopf.Index[Any, Any], **_: Any) -> None:
+def job_event(
+    labels: dict[str, str], namespace: str, body: kopf.Body, logger: Any, tj_memos: kopf.Index[Any, Any], **_: Any
+) -> None:
     """A Job of a TrainingJob changed (e.g. completed): reconcile its owner."""
-    _for_owner(namespace, labels[TRAININGJOB], logger, tj_memos)
+    _for_owner(namespace, labels[TRAININGJOB], "Job", body, logger, tj_memos)
 
 
 @kopf.on.event("v1", "pods", labels={TRAININGJOB: kopf.PRESENT})
-def pod_event(labels: dict[str, str], namespace: str, logger: Any, tj_memos: kopf.Index[Any, Any], **_: Any) -> None:
+def pod_event(
+    labels: dict[str, str], namespace: str, body: kopf.Body, logger: Any, tj_memos: kopf.Index[Any, Any], **_: Any
+) -> None:
     """A trainer pod started, failed or went: why an attempt's pod fails goes to status (lastFailure) while its
     Job still runs, which the Job's own status does not say."""
-    _for_owner(namespace, labels[TRAININGJOB], logger, tj_memos)
+    _for_owner(namespace, labels[TRAININGJOB], "Pod", body, logger, tj_memos)
 
 
 def _unfinished(status: dict[str, Any], **_: Any) -> bool:

@@ -12,7 +12,7 @@ import time
 import weakref
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import kopf
 
@@ -23,6 +23,7 @@ SETTLED = "kubeforge.settled"
 SEEN = "kubeforge.seen"
 """Key of what the object's last settled pass read (:class:`Reads`); absent while a pass runs and after one that did
 not settle."""
+_Read = TypeVar("_Read", bound=Mapping[str, Any] | None)
 RESYNC_S = 300.0
 """Longest time between two passes of an object that is waiting on events, as a safety net for a lost one."""
 
@@ -68,7 +69,7 @@ class Reads(dict[tuple[str, str], str]):
     """The resourceVersion of each object a pass read, by (kind, name): the object itself and the children it
     looked at."""
 
-    def __call__(self, kind: str, obj: Mapping[str, Any] | None) -> Any:
+    def __call__(self, kind: str, obj: _Read) -> _Read:
         """obj, as read (None: not found), noted."""
         if obj is not None:
             self[(kind, obj["metadata"]["name"])] = obj["metadata"].get("resourceVersion", "")

@@ -69,7 +69,7 @@ def reconcile(namespace: str, name: str, reads: Reads, logger: Any, retry: int =
     now = datetime.now(UTC)
     failure = feature_view = None
     if old_status.get("phase") not in TERMINAL:
-        if pods_worth_reading(job):
+        if job is not None and pods_worth_reading(job):
             failure = _attempt_failure(ctx.api, body, job, reads)
         if view := ((body.get("spec") or {}).get("dataset") or {}).get("featureView"):
             feature_view = kube.get(ctx.api, API_VERSION, "FeatureView", str(view.get("name")), namespace)

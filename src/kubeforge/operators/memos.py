@@ -93,8 +93,8 @@ def run_pass(memo: kopf.Memo, reconcile: Callable[..., bool], namespace: str, na
 def read_already(memo: kopf.Memo, kind: str, obj: Mapping[str, Any]) -> bool:
     """Whether the last settled pass over memo's object read obj (of kind) as this event brings it: a pass now would
     find nothing that one did not, since whatever else it reads brings its own event or the clock's pass when it
-    changes. An operator
-    that starts gets every object's first event and every child's at once, the same versions twice over."""
+    changes. An operator that starts gets every object's first event and every child's at once, the same versions
+    twice over."""
     meta = obj.get("metadata") or {}
     version = meta.get("resourceVersion")
     return version is not None and (memo.get(SEEN) or {}).get((kind, meta.get("name"))) == version

@@ -173,11 +173,13 @@ async def fv_memos(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> dict
 
 
 @kopf.on.event(GROUP, VERSION, "featureviews")
-async def featureview_event(event: dict[str, Any], name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+async def featureview_event(
+    event: dict[str, Any], body: kopf.Body, name: str, namespace: str, memo: kopf.Memo, **_: Any
+) -> None:
     WORKERS.indexed = True  # kopf runs handlers once everything is indexed (see WorkerLimit)
     operator_metrics.RESOURCE_STATES.seen(KIND, event)
     metrics.FRESHNESS.seen(event)
-    if event.get("type") != "DELETED" and not read_already(memo, KIND, event.get("object") or {}):
+    if event.get("type") != "DELETED" and not read_already(memo, KIND, body):
         await _pass(namespace, name, memo)
 
 

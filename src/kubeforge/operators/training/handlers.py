@@ -113,10 +113,12 @@ def _for_owner(
 
 
 @kopf.on.event(GROUP, VERSION, "trainingjobs")
-def trainingjob_event(event: dict[str, Any], name: str, namespace: str, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+def trainingjob_event(
+    event: dict[str, Any], body: kopf.Body, name: str, namespace: str, memo: kopf.Memo, logger: Any, **_: Any
+) -> None:
     WORKERS.indexed = True  # kopf runs handlers once everything is indexed (see WorkerLimit)
     metrics.RESOURCE_STATES.seen(KIND, event)
-    if event.get("type") != "DELETED" and not read_already(memo, KIND, event.get("object") or {}):
+    if event.get("type") != "DELETED" and not read_already(memo, KIND, body):
         run_pass(memo, reconcile, namespace, name, logger)
 
 

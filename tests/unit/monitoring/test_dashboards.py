@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -161,3 +162,25 @@ def test_every_query_returns_data_for_the_metric_catalogue(tmp_path: Path) -> No
         ["promtool", "test", "rules", tmp_path / "test.yaml"], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _panel_titles(node: object) -> set[str]:
+    if isinstance(node, list):
+        return set().union(*(_panel_titles(n) for n in node))
+    if not isinstance(node, dict):
+        return set()
+    own = {node["title"]} if "type" in node and "title" in node else set()
+    return own | _panel_titles(node.get("panels", []))
+
+
+def test_every_panel_a_runbook_points_to_is_on_a_dashboard_it_names() -> None:
+    """Runbooks send on-call to panels by title (in italics) on dashboards named in bold: a renamed panel must not
+    leave them looking for one that is not there."""
+    panels = {board["title"]: _panel_titles(board["panels"]) for board in BOARDS.values()}
+    for runbook in sorted((ROOT / "docs" / rules.RUNBOOKS).glob("*.md")):
+        text = runbook.read_text()
+        bold = (" ".join(title.split()) for title in re.findall(r"\*\*([^*]+)\*\*", text))
+        named = [title for title in bold if title in panels]
+        on_them = set().union(*(panels[title] for title in named))
+        for italic in re.findall(r"(?<![*\w])\*([^*\n]+)\*(?![*\w])", text):
+            assert italic in on_them, f"{runbook.name}: no panel {italic!r} on {named}"

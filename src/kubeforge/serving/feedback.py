@@ -56,6 +56,7 @@ from kubeforge.monitoring.window import SlidingCounts
 
 from .metrics import FEEDBACK_EVICTED, FEEDBACK_LABELS
 from .oip import Body, headers, tensors
+from .payloads import logged_features
 from .routes import Route, Target
 
 log = logging.getLogger(__name__)
@@ -525,24 +526,16 @@ def _lines(directory: Path, name: str) -> Iterator[dict[str, Any]]:
                         yield item
 
 
-def feature_names(route: Route) -> dict[str, list[str]]:
-    """Each version's features in its input order: its drift entry's, else its featureOrder."""
-    out = {}
-    for v in route.spec.versions:
-        names = v.drift.features if v.drift is not None else v.feature_order
-        if names:
-            out[v.version] = list(names)
-    return out
-
-
 def dataset(directory: Path, route: Route, since_s: float, target: str, now: float) -> str:
     """The labelled payload records of route's model answered within since_s before now, as CSV: one column per
-    feature (named in the answering version's order; feature_<i> where the version is no longer known), the label
-    column target and event_timestamp (when the request was answered), one row per row of each request. Records
-    without a label, or whose features were redacted, are left out."""
+    feature (named in the answering version's order, also for a version the route no longer has: the payload log
+    keeps each version's names; feature_<i> where none are known), the label column target and event_timestamp
+    (when the request was answered), one row per row of each request. Records without a label, or whose features
+    were redacted, are left out."""
     if not target or target == EVENT_TIMESTAMP:
         raise BadFeedback(f"target must name the label column, other than {EVENT_TIMESTAMP}")
-    names_by_version = feature_names(route)
+    served = {version: list(t.features) for version, t in route.versions.items() if t.features}
+    names_by_version = {**logged_features(directory, route.name), **served}
     if any(target in names for names in names_by_version.values()):
         raise BadFeedback("target is the name of one of the model's features: choose another name for the label")
     labels = {

@@ -17,7 +17,10 @@ one ``{"requestId", "time", "label"}`` per line, rotated alike.
 
 Each model writes ``<dir>/<model>.jsonl``, rotated at ``maxFileMb`` to ``.1`` (``.1`` to
 ``.2``, ...), ``maxFiles`` rotated files kept: disk use stays below ``(maxFiles + 1) *
-maxFileMb`` per model whatever the traffic.
+maxFileMb`` per model whatever the traffic. Beside it, ``<dir>/<model>.features.json`` keeps the
+names of each recorded version's input features (``{version: [name, ...]}``): a data set built
+from the records names its columns also for versions the route no longer has (a canary rolled
+back, a stable version retired), and after a restart.
 
 The request path only samples and queues references to bytes it already holds. The queue is
 bounded (a full queue drops the record and counts it); a writer task hands batches to a thread
@@ -70,6 +73,23 @@ class Sample:
     rebuilt: Body | None
     """The request the version received, when the gateway built it from the online store."""
     answer: Body
+    features: tuple[str, ...] | None = None
+    """The version's input features in order, where the route names them."""
+
+
+def features_path(directory: Path, model: str) -> Path:
+    return directory / f"{model}.features.json"
+
+
+def logged_features(directory: Path, model: str) -> dict[str, list[str]]:
+    """The input feature names of each version whose requests model's payload log recorded (empty before any)."""
+    try:
+        found = json.loads(features_path(directory, model).read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    if not isinstance(found, dict):
+        return {}
+    return {str(k): [str(n) for n in v] for k, v in found.items() if isinstance(v, list)}
 
 
 class Rotation(Protocol):
@@ -135,6 +155,7 @@ class PayloadLogger:
         self.thread = ThreadPoolExecutor(1, thread_name_prefix="payload-log")
         self.files: dict[str, RotatingFile] = {}
         self.label_files: dict[str, RotatingFile] = {}
+        self.features: dict[str, dict[str, list[str]]] = {}  # by model: what its features file holds
         self._reported: set[str] = set()
 
     def offer(
@@ -158,7 +179,7 @@ class PayloadLogger:
         latency = time.perf_counter() - start
         when = time.time() - latency
         labels = (target.model, target.version, target.role)
-        sample = Sample(settings, *labels, request_id, when, latency, request, rebuilt, answer)
+        sample = Sample(settings, *labels, request_id, when, latency, request, rebuilt, answer, target.features)
         try:
             self.queue.put_nowait(sample)
         except asyncio.QueueFull:
@@ -213,6 +234,7 @@ class PayloadLogger:
                     file = self.files[model] = RotatingFile(self.directory / f"{model}.jsonl")
                 file.write(line, sample.settings)
                 written.add(file)
+                self._note_features(sample)
             except Exception as err:  # one bad record must not stop the log
                 PAYLOAD_RECORDS.labels(model, "failed").inc()
                 self._report_once(type(err).__name__, f"payload record of model {model} not written: {err!r}")
@@ -220,6 +242,24 @@ class PayloadLogger:
                 PAYLOAD_RECORDS.labels(model, "written").inc()
         for file in written:
             file.flush()
+
+    def _note_features(self, sample: Sample) -> None:
+        """Keep the sample's version's feature names in its model's features file, written anew (atomically) only
+        when a version's names are new: once per version, not per record."""
+        assert self.directory is not None
+        if sample.features is None:
+            return
+        known = self.features.get(sample.model)
+        if known is None:
+            known = self.features[sample.model] = logged_features(self.directory, sample.model)
+        names = list(sample.features)
+        if known.get(sample.version) == names:
+            return
+        known[sample.version] = names
+        path = features_path(self.directory, sample.model)
+        partial = path.with_suffix(".json.partial")
+        partial.write_text(json.dumps(known))
+        partial.replace(path)
 
     @staticmethod
     def line(sample: Sample) -> bytes:

@@ -186,6 +186,7 @@ class Target:
     drift: Any = None  # with a baseline: its drift tracker and the requests waiting for it (monitor.Tracked)
     task: str = "classification"  # how its answers read for feedback: its drift entry's task, else the model's
     classes: Any = None  # class labels in output order (its drift entry's), or None: labels are class indices
+    features: tuple[str, ...] | None = None  # its input features in order: its drift entry's, else its featureOrder
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -303,6 +304,8 @@ def compile_table(table: RouteTable, known: dict[tuple[str, str, str], Target]) 
             target = targets[v.version]
             target.task = (v.drift.task if v.drift is not None else None) or spec.task
             target.classes = tuple(v.drift.classes) if v.drift is not None and v.drift.classes else None
+            names = v.drift.features if v.drift is not None else v.feature_order
+            target.features = tuple(names) if names else None
         for version, target in targets.items():
             order = orders.get(version)
             target.columns = None if order is None else np.array([lookup.index(f) for f in order], dtype=np.intp)

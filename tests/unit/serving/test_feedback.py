@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import tracemalloc
 
 import numpy as np
@@ -22,6 +23,7 @@ from kubeforge.serving.feedback import (
     parse,
 )
 from kubeforge.serving.metrics import REGISTRY
+from kubeforge.serving.payloads import PayloadLogger
 from kubeforge.serving.routes import Route, RouteTable, compile_table
 
 
@@ -274,6 +276,35 @@ def test_the_dataset_joins_labels_to_payload_records_one_row_per_request_row(tmp
     assert dataset(tmp_path, route, 1800, "target", now).splitlines() == ["f0,f1,target,event_timestamp"]
     with pytest.raises(BadFeedback, match="target is the name of one of the model's features"):
         dataset(tmp_path, route, 3600, "f0", now)
+
+
+def test_rows_of_a_version_the_route_no_longer_has_keep_its_feature_names(tmp_path):
+    """A canary rolled back or a stable version retired leaves the route, while its labelled records stay in the
+    window a retrain reads: their columns are named as that version named its features (the payload log keeps the
+    names), not feature_<i>, which would give the trainer each feature twice, half empty."""
+    drift = {"features": ["f0", "f1"], "baseline": [], "task": "classification", "classes": ["neg", "pos"]}
+    versions = [
+        {"version": "1", "role": "stable", "url": "http://127.0.0.1:1", "weight": 90, "drift": drift},
+        {"version": "2", "role": "canary", "url": "http://127.0.0.1:2", "weight": 10, "drift": drift},
+    ]
+    spec = {"versions": versions, "task": "classification", "payloadLog": {"samplePercent": 100}}
+    [route] = compile_table(RouteTable.model_validate({"models": {"clf": spec}}), {}).values()
+    logger = PayloadLogger(tmp_path)
+    for version, request_id in (("2", "a"), ("1", "b")):
+        request = json.dumps({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}]})
+        logger.offer(route, route.versions[version], request_id, time.perf_counter(), (request.encode(), None), None,
+                     answer([[0.1, 0.9]]))  # fmt: skip
+    logger._write([logger.queue.get_nowait() for _ in range(logger.queue.qsize())])
+    logger.close()
+    labels = [{"requestId": "a", "label": 1}, {"requestId": "b", "label": 0}]
+    (tmp_path / "clf.labels.jsonl").write_text("".join(json.dumps(item) + "\n" for item in labels))
+
+    spec["versions"] = versions[:1]  # version 2 rolled back: the route has version 1 alone
+    [retired] = compile_table(RouteTable.model_validate({"models": {"clf": spec}}), {}).values()
+    rows = dataset(tmp_path, retired, 3600, "target", time.time() + 1).splitlines()
+
+    assert rows[0] == "f0,f1,target,event_timestamp"
+    assert [row.split(",")[:3] for row in rows[1:]] == [["1.0", "2.0", "1"], ["1.0", "2.0", "0"]]
 
 
 def test_every_answer_is_remembered_while_the_entry_stays_small():

@@ -76,18 +76,31 @@ class Reads(dict[tuple[str, str], str]):
         return obj
 
 
-def run_pass(memo: kopf.Memo, reconcile: Callable[..., bool], namespace: str, name: str, *args: Any) -> None:
+def run_pass(
+    memo: kopf.Memo,
+    reconcile: Callable[..., bool],
+    namespace: str,
+    name: str,
+    *args: Any,
+    brought: tuple[str, Mapping[str, Any]] | None = None,
+) -> None:
     """reconcile(namespace, name, reads, *args) under the name's pass lock, remembering in memo whether it settled
     (it returned True) and what it read. One that raised or returned False left something that only the clock will
-    try again."""
-    memo.pop(SETTLED, None)
-    memo.pop(SEEN, None)
-    reads = Reads()
+    try again.
+
+    brought is the object (kind, body) of the event that asks for the pass: none runs when the last settled pass read
+    it as it is (:func:`read_already`). That is decided under the lock, so an event that comes while a pass runs, such
+    as the one of the pass's own status write, is weighed against what that pass read."""
     with lock_of(memo, namespace, name):
+        if brought is not None and read_already(memo, *brought):
+            return
+        memo.pop(SETTLED, None)
+        memo.pop(SEEN, None)
+        reads = Reads()
         settled = reconcile(namespace, name, reads, *args)
-    if settled:
-        memo[SEEN] = reads
-        memo[SETTLED] = time.monotonic()
+        if settled:
+            memo[SEEN] = reads
+            memo[SETTLED] = time.monotonic()
 
 
 def read_already(memo: kopf.Memo, kind: str, obj: Mapping[str, Any]) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import threading
 from typing import Any
 
 import kopf
@@ -56,3 +57,36 @@ def test_an_event_bringing_what_the_last_settled_pass_read_starts_no_pass() -> N
     assert not memos.read_already(memo, "Job", obj("churn-1", "12"))  # a pass that did not settle is tried again
     assert not memos.read_already(memo, "TrainingJob", obj("churn", "10"))
     assert memos.unsettled(memo)
+
+
+def test_an_event_that_comes_while_a_pass_runs_is_weighed_against_what_that_pass_read() -> None:
+    """A pass's own status write comes back as an event while the pass is still finishing (when a Job's event or the
+    clock started it, on another thread): it waits for the pass and starts none when the pass read or wrote that
+    version; one bringing anything newer does."""
+    inside, finish = threading.Event(), threading.Event()
+    passes: list[str] = []
+
+    def reconcile(namespace: str, name: str, reads: memos.Reads, who: str) -> bool:
+        passes.append(who)
+        if who == "job event":
+            inside.set()
+            finish.wait(5)
+        reads("TrainingJob", obj("churn", "21"))  # its status write, as the API server answered it
+        return True
+
+    memo = kopf.Memo()
+    first = threading.Thread(target=memos.run_pass, args=(memo, reconcile, "ml", "churn", "job event"))
+    first.start()
+    assert inside.wait(5)
+    own = threading.Thread(
+        target=memos.run_pass,
+        args=(memo, reconcile, "ml", "churn", "own write"),
+        kwargs={"brought": ("TrainingJob", obj("churn", "21"))},
+    )
+    own.start()
+    finish.set()
+    first.join(5)
+    own.join(5)
+    assert passes == ["job event"]
+    memos.run_pass(memo, reconcile, "ml", "churn", "newer", brought=("TrainingJob", obj("churn", "22")))
+    assert passes == ["job event", "newer"]

@@ -216,6 +216,26 @@ def test_reconcile_is_idempotent() -> None:
     assert again.status == first and again.events == [] and again.apply == []
 
 
+def test_a_status_write_needs_no_pass_of_its_own_only_where_planning_again_from_it_leaves_it_as_is() -> None:
+    b = body()
+    p = step(b, None)
+    assert not tplan.leaves_as_is(plan(b, None, SETTINGS, NEW, T0), b), "attempt 1's Job is not read yet"
+    job = job_with(None, p)
+    step(b, job)
+    assert tplan.leaves_as_is(plan(b, job, SETTINGS, NEW, T0), b), "running, as written"
+    later = plan(b, job, SETTINGS, NEW, T0 + timedelta(minutes=5))
+    assert tplan.leaves_as_is(later, b), "time alone changes nothing"
+    changed = copy.deepcopy(b)
+    changed["metadata"]["generation"] = 2
+    assert not tplan.leaves_as_is(plan(changed, job, SETTINGS, NEW, T0), changed), "a spec change is observed"
+    done = job_with("Complete", p)
+    step(b, done)
+    assert not tplan.leaves_as_is(plan(b, done, SETTINGS, NEW, T0), b), "the registry lookup is still due"
+    version = ModelVersion("iris", "3", "run9", "src", {})
+    b["status"] = with_registration(b["status"], version, "iris", "uid-1", T0)
+    assert tplan.leaves_as_is(plan(b, done, SETTINGS, NEW, T0), b), "registered: finished for good"
+
+
 EXIT_1 = {
     "reason": "Error",
     "container": "trainer",

@@ -22,6 +22,7 @@ from 1 again, and a predecessor's Job still in the way is replaced (kube.apply_c
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -37,7 +38,7 @@ from ...core import kube
 from ...core.conditions import StatusDraft
 from ...featurestore.errors import SourceError
 from .. import metrics as operator_metrics
-from ..memos import Reads, lock_of, memo_in, read_already, run_pass, unsettled
+from ..memos import Reads, lock_of, memo_in, run_pass, unsettled
 from ..runtime import WORKERS, Context, context
 from . import metrics
 from .children import FEATUREVIEW, RUN
@@ -162,8 +163,8 @@ async def _in_worker(fn: Callable[..., Any], *args: Any) -> None:
     await asyncio.get_running_loop().run_in_executor(_workers, fn, *args)
 
 
-async def _pass(namespace: str, name: str, memo: kopf.Memo) -> None:
-    await _in_worker(run_pass, memo, reconcile, namespace, name)
+async def _pass(namespace: str, name: str, memo: kopf.Memo, brought: tuple[str, kopf.Body] | None = None) -> None:
+    await _in_worker(functools.partial(run_pass, memo, reconcile, namespace, name, brought=brought))
 
 
 @kopf.index(GROUP, VERSION, "featureviews")
@@ -179,8 +180,8 @@ async def featureview_event(
     WORKERS.indexed = True  # kopf runs handlers once everything is indexed (see WorkerLimit)
     operator_metrics.RESOURCE_STATES.seen(KIND, event)
     metrics.FRESHNESS.seen(event)
-    if event.get("type") != "DELETED" and not read_already(memo, KIND, body):
-        await _pass(namespace, name, memo)
+    if event.get("type") != "DELETED":
+        await _pass(namespace, name, memo, (KIND, body))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={FEATUREVIEW: kopf.PRESENT})
@@ -190,8 +191,8 @@ async def job_event(
     """A materialization Job changed (e.g. finished): reconcile its FeatureView, unless that one is gone or its last
     pass read the Job as it is."""
     memo = memo_in(fv_memos, namespace, labels[FEATUREVIEW])
-    if memo is not None and not read_already(memo, "Job", body):
-        await _pass(namespace, labels[FEATUREVIEW], memo)
+    if memo is not None:
+        await _pass(namespace, labels[FEATUREVIEW], memo, ("Job", body))
 
 
 @kopf.timer(GROUP, VERSION, "featureviews", interval=10)

@@ -24,10 +24,10 @@ from ...core import modelcontract as mc
 from ...core.mlflow_rest import MLflowError, MLflowRegistry, ModelVersion
 from .. import metrics
 from ..labels import ATTEMPT, TRAININGJOB
-from ..memos import Reads, memo_in, read_already, run_pass, unsettled
+from ..memos import Reads, memo_in, run_pass, unsettled
 from ..runtime import EXECUTOR, WORKERS, context
 from . import children
-from .plan import TERMINAL, due_by_time, not_applied, plan, pods_worth_reading, with_registration
+from .plan import TERMINAL, due_by_time, leaves_as_is, not_applied, plan, pods_worth_reading, with_registration
 
 GROUP, VERSION = API_VERSION.split("/")
 KIND = "TrainingJob"
@@ -93,7 +93,11 @@ def reconcile(namespace: str, name: str, reads: Reads, logger: Any, retry: int =
         status = with_registration(status, version, model, body["metadata"]["uid"], now)
         if version is not None:
             p.events.append(("Normal", "ModelRegistered", f"registered as {version.uri}"))
-    kube.write_status(ctx.api, body, old_status, status, p.events, component=EVENT_SOURCE)
+    written = kube.write_status(ctx.api, body, old_status, status, p.events, component=EVENT_SOURCE)
+    if written is not None:
+        again = plan(written, job, ctx.settings, ctx.capabilities, now, failure, feature_view)
+        if leaves_as_is(again, written):
+            reads(KIND, written)  # the event of this write brings nothing a pass would act on
     return True
 
 
@@ -108,8 +112,8 @@ def _for_owner(
 ) -> None:
     """A pass of the TrainingJob a Job or pod (body, of kind) belongs to, unless that one is gone or its last pass
     read the child as it is."""
-    if (memo := memo_in(tj_memos, namespace, name)) is not None and not read_already(memo, kind, body):
-        run_pass(memo, reconcile, namespace, name, logger)
+    if (memo := memo_in(tj_memos, namespace, name)) is not None:
+        run_pass(memo, reconcile, namespace, name, logger, brought=(kind, body))
 
 
 @kopf.on.event(GROUP, VERSION, "trainingjobs")
@@ -118,8 +122,8 @@ def trainingjob_event(
 ) -> None:
     WORKERS.indexed = True  # kopf runs handlers once everything is indexed (see WorkerLimit)
     metrics.RESOURCE_STATES.seen(KIND, event)
-    if event.get("type") != "DELETED" and not read_already(memo, KIND, body):
-        run_pass(memo, reconcile, namespace, name, logger)
+    if event.get("type") != "DELETED":
+        run_pass(memo, reconcile, namespace, name, logger, brought=(KIND, body))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={TRAININGJOB: kopf.PRESENT})
@@ -134,9 +138,11 @@ def job_event(
 def pod_event(
     labels: dict[str, str], namespace: str, body: kopf.Body, logger: Any, tj_memos: kopf.Index[Any, Any], **_: Any
 ) -> None:
-    """A trainer pod started, failed or went: why an attempt's pod fails goes to status (lastFailure) while its
-    Job still runs, which the Job's own status does not say."""
-    _for_owner(namespace, labels[TRAININGJOB], "Pod", body, logger, tj_memos)
+    """A trainer pod fails or does not start: why goes to status (lastFailure) while its Job still runs, which the
+    Job's own status does not say. A pod that reports nothing wrong starts no pass: whatever its Job makes of it
+    comes as the Job's own event."""
+    if podfailure.pick([dict(body)], children.MEMORY_FIELDS) is not None:
+        _for_owner(namespace, labels[TRAININGJOB], "Pod", body, logger, tj_memos)
 
 
 def _unfinished(status: dict[str, Any], **_: Any) -> bool:

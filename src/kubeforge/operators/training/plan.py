@@ -308,6 +308,14 @@ def plan(
     return out
 
 
+def leaves_as_is(p: Plan, body: dict[str, Any]) -> bool:
+    """Whether p, planned from body, would change nothing: no child to apply or Job to delete, no registry lookup,
+    no event, and the status body has. A pass's own status write comes back as an event; when planning again from
+    the object it wrote leaves it as is, that event needs no pass of its own."""
+    quiet = not (p.apply or p.delete_jobs or p.events or p.needs_registration)
+    return quiet and p.status == (body.get("status") or {})
+
+
 def pods_worth_reading(job: dict[str, Any] | None) -> bool:
     """Whether the attempt's pods may explain something: its Job failed, or not every active pod is ready.
 

@@ -72,6 +72,8 @@ def test_train_serve_promote_and_roll_back_with_no_failed_request(tmp_path: Path
         assert [r["metadata"]["name"] for r in retrains] == [retrain["trainingJob"]]
         assert "/v2/models/cancer/feedback/dataset?since=30s" in retrains[0]["spec"]["dataset"]["uri"]
         assert result["retrain"]["status"]["metrics"]["accuracy"] > 0.9
+        # In one attempt: its data set names every column alike, also those of rows a rolled-back version answered.
+        assert result["retrain"]["status"]["attempts"] == 1
 
         # Lineage: what serves, from which TrainingJob, on which bytes, because of which trigger.
         state = runtime.LocalState.read(data)

@@ -24,6 +24,8 @@ SEEN = "kubeforge.seen"
 """Key of what the object's last settled pass read (:class:`Reads`); absent while a pass runs and after one that did
 not settle."""
 _Read = TypeVar("_Read", bound=Mapping[str, Any] | None)
+Brought = tuple[str, Mapping[str, Any]]
+"""The object an event brings, with its kind: what a pass it asks for may find it has read already."""
 RESYNC_S = 300.0
 """Longest time between two passes of an object that is waiting on events, as a safety net for a lost one."""
 
@@ -82,7 +84,7 @@ def run_pass(
     namespace: str,
     name: str,
     *args: Any,
-    brought: tuple[str, Mapping[str, Any]] | None = None,
+    brought: Brought | None = None,
 ) -> None:
     """reconcile(namespace, name, reads, *args) under the name's pass lock, remembering in memo whether it settled
     (it returned True) and what it read. One that raised or returned False left something that only the clock will

@@ -75,7 +75,7 @@ def test_a_trainingjob_recreated_over_its_predecessors_leftovers_gets_fresh_chil
     custom = client.CustomObjectsApi(api)
     custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "again")
     mark_job(api, namespace, "again-a1", "Failed", "old attempt failed")
-    # As `kubectl delete` does, wait until it is gone (the operator's finalizer stops its timer first).
+    # As `kubectl delete` does, wait until it is gone.
     wait_for(lambda: not custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"], 30, "gone")
     # No garbage collector here: the Job and the spec ConfigMap outlive their TrainingJob.
     assert job_owner(api, namespace, "again-a1") == old["metadata"]["uid"]

@@ -222,7 +222,7 @@ def test_a_completed_job_fills_in_the_registered_version_from_mlflow(
 def test_a_trainingjob_past_its_deadline_fails_though_no_event_comes(
     operator: Operator, api: client.ApiClient, namespace: str
 ) -> None:
-    """Its Job never runs here (no kubelet), so nothing but the operator's timer sees the deadline pass."""
+    """Its Job never runs here (no kubelet), so nothing but the operator's clock sees the deadline pass."""
     create_tj(api, namespace, "slow", activeDeadlineSeconds=3)
     wait_for(lambda: jobs(api, namespace) == ["slow-a1"], what="Job slow-a1")
     wait_for(lambda: status(api, namespace, "slow").get("phase") == "Failed", 45, "phase Failed past the deadline")
@@ -235,8 +235,8 @@ def test_a_trainingjob_past_its_deadline_fails_though_no_event_comes(
 def test_a_running_trainingjob_costs_no_passes_until_something_happens(
     controlplane, mlflow, api: client.ApiClient, namespace: str, tmp_path
 ) -> None:
-    """Hundreds of queued or running TrainingJobs must not keep the operator and the API server busy: the timer of
-    one whose Job runs does nothing between events, and an event (its pod failing to start) still starts a pass.
+    """Hundreds of queued or running TrainingJobs must not keep the operator and the API server busy: the clock
+    passes over none whose Job runs between events, and an event (its pod failing to start) still starts a pass.
     An operator watching only this namespace counts the passes, so other tests' objects do not."""
     from tests.integration.operators.test_last_failure import create_pod, kubelet_reports
     from tests.integration.operators.test_operator_metrics import value
@@ -253,8 +253,8 @@ def test_a_running_trainingjob_costs_no_passes_until_something_happens(
 
         time.sleep(3)  # the events of its own writes
         before = passes()
-        time.sleep(21)  # two of the timer's 10-second intervals after its 5 idle seconds
-        assert passes() == before, "the timer passed over a TrainingJob that waits on its Job"
+        time.sleep(21)  # two of the clock's 10-second looks after its 5 idle seconds
+        assert passes() == before, "the clock passed over a TrainingJob that waits on its Job"
 
         create_pod(api, namespace, "quiet-a1-p4x2z", job, "trainer")
         waiting = {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "example/image:1"'}
@@ -264,3 +264,23 @@ def test_a_running_trainingjob_costs_no_passes_until_something_happens(
         assert (passes() or 0) > (before or 0)
     finally:
         scoped.stop()
+
+
+def test_a_trainingjob_carries_no_finalizer_so_deleting_it_never_waits_for_an_operator(
+    operator: Operator, api: client.ApiClient, namespace: str
+) -> None:
+    """`kubectl delete` of a TrainingJob must not hang while the operator is down or uninstalled, and the operator
+    writes nothing to a TrainingJob but its status: a finalizer would be two more writes, and two passes, each."""
+    create_tj(api, namespace, "brief")
+    wait_for(lambda: jobs(api, namespace) == ["brief-a1"], what="Job brief-a1")
+    wait_for(lambda: status(api, namespace, "brief").get("phase") == "Running", what="phase Running")
+    mark_job(api, namespace, "brief-a1", "Failed", "out of memory")
+    wait_for(lambda: jobs(api, namespace) == ["brief-a1", "brief-a2"], what="attempt 2")
+    operator.stop()
+    try:
+        assert not get_tj(api, namespace, "brief")["metadata"].get("finalizers")
+        custom = client.CustomObjectsApi(api)
+        custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "brief")
+        wait_for(lambda: not custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"], 5)
+    finally:
+        operator.start()

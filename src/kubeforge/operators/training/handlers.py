@@ -1,18 +1,20 @@
 """kopf handlers for TrainingJob: thin glue between watch events and :func:`plan.plan`.
 
-Every trigger (a TrainingJob event, an event of one of its Jobs or of their pods, a timer for
-unfinished ones) runs the same level-based reconcile under a per-name lock, so the order in
-which events arrive does not matter. The timer ticks every few seconds but works only when no
-event will come (:func:`plan.due_by_time`: a deadline, a FeatureView not yet registered, a
-model version not yet in MLflow), after a pass that failed (a child that could not be applied
-is retried with a back-off, and the TrainingJob says why with Ready=False), and every five minutes
+Every trigger (a TrainingJob event, an event of one of its Jobs or of their pods, the operator's one clock) runs the
+same level-based reconcile under a per-name lock, so the order in which events arrive does not matter. The clock
+(:mod:`.clock`) ticks every second but passes only when no event will come (:func:`plan.due_by_time`: a deadline, a
+FeatureView not yet registered, a model version not yet in MLflow), after a pass that failed (a child that could not
+be applied is retried with a back-off, and the TrainingJob says why with Ready=False), and every five minutes
 (``memos.RESYNC_S``) as a safety net: a TrainingJob whose Job is queued or running costs no API request between
-events, however many there are.
+events, however many there are, and carries no finalizer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,14 +26,18 @@ from ...core import modelcontract as mc
 from ...core.mlflow_rest import MLflowError, MLflowRegistry, ModelVersion
 from .. import metrics
 from ..labels import ATTEMPT, TRAININGJOB
-from ..memos import Reads, memo_in, run_pass, unsettled
-from ..runtime import EXECUTOR, WORKERS, context
-from . import children
-from .plan import TERMINAL, due_by_time, leaves_as_is, not_applied, plan, pods_worth_reading, with_registration
+from ..memos import Brought, Reads, memo_in, run_pass, unsettled
+from ..runtime import WORKERS, context
+from . import children, clock
+from .plan import TERMINAL, leaves_as_is, not_applied, plan, pods_worth_reading, with_registration
 
 GROUP, VERSION = API_VERSION.split("/")
 KIND = "TrainingJob"
 EVENT_SOURCE = "kubeforge-trainingjob"
+TICKS = "kubeforge.trainingjob.ticks"  # key of a TrainingJob's clock.Ticks in its memo
+CLOCK_TASK = "kubeforge.trainingjob.clock"  # key of the clock's task in the operator's memo
+
+log = logging.getLogger(__name__)
 
 
 def _registered_version(registry: MLflowRegistry, model: str, uid: str) -> ModelVersion | None:
@@ -107,13 +113,34 @@ async def tj_memos(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> dict
     return {(namespace, name): memo}
 
 
+def _ticks(memo: Mapping[str, Any]) -> clock.Ticks:
+    ticks = memo.get(TICKS)
+    if ticks is None:
+        ticks = memo[TICKS] = clock.Ticks()  # type: ignore[index]
+    return ticks  # type: ignore[no-any-return]
+
+
+def _pass(memo: Mapping[str, Any], namespace: str, name: str, logger: Any, brought: Brought | None = None) -> None:
+    """A pass, whatever started it, with its outcome on the TrainingJob's clock: one that failed is tried again by
+    the clock after the error's delay (a child not applied: see ChildNotApplied.retry_after) or after 1, 2, 4 ...
+    seconds, as kopf retries no event handler."""
+    ticks = _ticks(memo)
+    try:
+        run_pass(memo, reconcile, namespace, name, logger, ticks.retries, brought=brought)  # type: ignore[arg-type]
+    except Exception as err:
+        wait = ticks.failed(time.monotonic(), err.delay if isinstance(err, kopf.TemporaryError) else None)
+        logger.warning(f"{namespace}/{name}: reconcile failed, trying again in {wait:.0f} s: {err}")
+    else:
+        ticks.passed()
+
+
 def _for_owner(
     namespace: str, name: str, kind: str, body: kopf.Body, logger: Any, tj_memos: kopf.Index[Any, Any]
 ) -> None:
     """A pass of the TrainingJob a Job or pod (body, of kind) belongs to, unless that one is gone or its last pass
     read the child as it is."""
     if (memo := memo_in(tj_memos, namespace, name)) is not None:
-        run_pass(memo, reconcile, namespace, name, logger, brought=(kind, body))
+        _pass(memo, namespace, name, logger, (kind, body))
 
 
 @kopf.on.event(GROUP, VERSION, "trainingjobs")
@@ -123,7 +150,9 @@ def trainingjob_event(
     WORKERS.indexed = True  # kopf runs handlers once everything is indexed (see WorkerLimit)
     metrics.RESOURCE_STATES.seen(KIND, event)
     if event.get("type") != "DELETED":
-        run_pass(memo, reconcile, namespace, name, logger, brought=(KIND, body))
+        seen, ticks = event.get("object") or {}, _ticks(memo)
+        ticks.spec, ticks.status, ticks.event_at = seen.get("spec") or {}, seen.get("status") or {}, time.monotonic()
+        _pass(memo, namespace, name, logger, (KIND, body))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={TRAININGJOB: kopf.PRESENT})
@@ -145,25 +174,39 @@ def pod_event(
         _for_owner(namespace, labels[TRAININGJOB], "Pod", body, logger, tj_memos)
 
 
-def _unfinished(status: dict[str, Any], **_: Any) -> bool:
-    if status.get("phase") not in TERMINAL:
-        return True
-    return status.get("phase") == "Succeeded" and not (status.get("mlflow") or {}).get("modelVersion")
+@kopf.on.startup()
+async def start_trainingjob_clock(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
+    """Start the TrainingJob operator's one clock (see clock); it reads the index of memos kopf keeps filling."""
+    memo[CLOCK_TASK] = asyncio.create_task(_clock(settings.execution.executor, kwargs["tj_memos"]))
 
 
-@kopf.timer(GROUP, VERSION, "trainingjobs", interval=10, idle=5, when=_unfinished)
-async def trainingjob_timer(
-    name: str,
-    namespace: str,
-    status: dict[str, Any],
-    spec: dict[str, Any],
-    memo: kopf.Memo,
-    logger: Any,
-    retry: int,
-    **_: Any,
-) -> None:
-    """Passes no event starts (see the module's docstring). Decided on kopf's loop, so a tick with none due
-    costs no hop to a worker thread either; a pass runs in kopf's thread pool like the event handlers'."""
-    if retry or unsettled(memo) or due_by_time(status, spec, datetime.now(UTC)):
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(memo[EXECUTOR], run_pass, memo, reconcile, namespace, name, logger, retry)
+@kopf.on.cleanup()
+async def stop_trainingjob_clock(memo: kopf.Memo, **_: Any) -> None:
+    if CLOCK_TASK in memo:
+        memo[CLOCK_TASK].cancel()
+
+
+async def _clock(executor: Any, memos: kopf.Index[Any, Any]) -> None:
+    """Every TICK_S, start the passes that are due (clock.due) in kopf's thread pool. Decided on kopf's loop, so a
+    tick with none due costs no hop to a worker thread."""
+    loop = asyncio.get_running_loop()
+
+    def run(memo: kopf.Memo, ticks: clock.Ticks, namespace: str, name: str) -> None:
+        try:
+            _pass(memo, namespace, name, log)
+        finally:
+            ticks.running = False
+
+    while True:
+        await asyncio.sleep(clock.TICK_S)
+        try:
+            now, wall = time.monotonic(), datetime.now(UTC)
+            for key in list(memos):
+                memo = memo_in(memos, *key)
+                if memo is None or (ticks := memo.get(TICKS)) is None:
+                    continue  # gone, or no event of it handled yet
+                if clock.due(ticks, unsettled(memo), now, wall):
+                    ticks.running = True
+                    loop.run_in_executor(executor, run, memo, ticks, *key)
+        except Exception:  # one bad tick must not stop every TrainingJob's clock: the next one tries again
+            log.exception("the TrainingJob clock's tick failed")

@@ -1,0 +1,80 @@
+"""When a TrainingJob needs a pass that no watch event will start: the TrainingJob operator's one clock.
+
+A per-object kopf timer did this before, and kopf guards every object a timer runs for with a finalizer: it added
+one when a TrainingJob started and removed it when it finished, two writes (and two passes over their events) per
+TrainingJob that bought nothing, and a TrainingJob deleted while no operator ran stayed until one came back to
+remove it. One loop reads the :class:`Ticks` each TrainingJob's events leave in its memo instead, and starts only
+the passes that are due (:func:`due`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from .plan import TERMINAL, due_by_time
+
+TICK_S = 1.0
+"""How often the loop looks for due passes (a retry's delay is kept to about this)."""
+LOOK_S = 10.0
+"""Seconds between two looks at one TrainingJob's waits on time (a deadline, a FeatureView, its registration)."""
+IDLE_S = 5.0
+"""Seconds after a TrainingJob's newest event before the clock passes over it: that event's own pass runs first."""
+MAX_RETRY_S = 300.0
+"""Longest wait before trying a failed pass again."""
+
+
+@dataclass
+class Ticks:
+    """One TrainingJob's timekeeping (in its memo); monotonic seconds."""
+
+    spec: dict[str, Any] = field(default_factory=dict)
+    status: dict[str, Any] = field(default_factory=dict)
+    """Its spec and status as its newest event brought them."""
+    event_at: float = 0.0
+    """When its newest event came."""
+    looked_at: float = 0.0
+    """When the clock last looked at its waits on time."""
+    retries: int = 0
+    """Failed passes in a row (the back-off grows with them)."""
+    retry_at: float | None = None
+    """When to try again after a failed pass."""
+    running: bool = False
+    """A pass the clock started has not ended yet."""
+
+    def failed(self, now: float, delay: float | None) -> float:
+        """Note a failed pass; how long until the next try (delay where the failure named one)."""
+        wait = min(2.0**self.retries, MAX_RETRY_S) if delay is None else delay
+        self.retries += 1
+        self.retry_at = now + wait
+        return wait
+
+    def passed(self) -> None:
+        self.retries, self.retry_at = 0, None
+
+
+def unfinished(status: Mapping[str, Any]) -> bool:
+    """Not failed or succeeded for good: a succeeded one waits until its version is found in MLflow."""
+    if status.get("phase") not in TERMINAL:
+        return True
+    return status.get("phase") == "Succeeded" and not (status.get("mlflow") or {}).get("modelVersion")
+
+
+def due(ticks: Ticks, unsettled: bool, now: float, wall: datetime) -> bool:
+    """Whether the clock must pass over the TrainingJob now: a failed pass's retry fell due; or, a while after its
+    newest event, its last pass did not settle (or settled long ago: memos.RESYNC_S) while it is unfinished; or one
+    of its waits on time ended (looked at every LOOK_S)."""
+    if ticks.running:
+        return False
+    if ticks.retry_at is not None:
+        return now >= ticks.retry_at
+    if now - ticks.event_at < IDLE_S or not unfinished(ticks.status):
+        return False
+    if unsettled:
+        return True
+    if now - ticks.looked_at < LOOK_S:
+        return False
+    ticks.looked_at = now
+    return due_by_time(ticks.status, ticks.spec, wall)

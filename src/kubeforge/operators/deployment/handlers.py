@@ -726,13 +726,17 @@ def _for_parent(
     """A child changed: a pass of the ModelDeployment it belongs to, if that one exists. sent is the (kind, name) of
     the child the operator applies that this event's deletion says is gone (a Deployment, or the Service of an
     EndpointSlice), perhaps deleted by hand: the pass sends it again (see State.resend). Pods come and go on their
-    own."""
+    own. No pass before the ModelDeployment's own first event has been handled (an operator that starts gets every
+    child's first event too): the pass of that event, to come or under way, reads every child after this change, and
+    one now would have to read the ModelDeployment from the API server."""
     name = labels[MODELDEPLOYMENT]
     memo = memo_in(kwargs["md_memos"], namespace, name)
     if memo is not None:
+        state = state_of(memo)
         if sent is not None and (kwargs.get("event") or {}).get("type") == "DELETED":
-            state_of(memo).resend.add(sent)
-        _pass(namespace, name, memo, Watched.of(kwargs))
+            state.resend.add(sent)
+        if state.body is not None:
+            _pass(namespace, name, memo, Watched.of(kwargs))
 
 
 @kopf.on.event(GROUP, VERSION, "modeldeployments")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -113,20 +112,19 @@ async def tj_memos(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> dict
     return {(namespace, name): memo}
 
 
-def _ticks(memo: Mapping[str, Any]) -> clock.Ticks:
-    ticks = memo.get(TICKS)
-    if ticks is None:
-        ticks = memo[TICKS] = clock.Ticks()  # type: ignore[index]
-    return ticks  # type: ignore[no-any-return]
+def _ticks(memo: kopf.Memo) -> clock.Ticks:
+    """The Ticks in a TrainingJob's memo, made on first use (setdefault is atomic: handlers run in threads)."""
+    ticks: clock.Ticks | None = memo.get(TICKS)
+    return ticks if ticks is not None else memo.setdefault(TICKS, clock.Ticks())
 
 
-def _pass(memo: Mapping[str, Any], namespace: str, name: str, logger: Any, brought: Brought | None = None) -> None:
+def _pass(memo: kopf.Memo, namespace: str, name: str, logger: Any, brought: Brought | None = None) -> None:
     """A pass, whatever started it, with its outcome on the TrainingJob's clock: one that failed is tried again by
     the clock after the error's delay (a child not applied: see ChildNotApplied.retry_after) or after 1, 2, 4 ...
     seconds, as kopf retries no event handler."""
     ticks = _ticks(memo)
     try:
-        run_pass(memo, reconcile, namespace, name, logger, ticks.retries, brought=brought)  # type: ignore[arg-type]
+        run_pass(memo, reconcile, namespace, name, logger, ticks.retries, brought=brought)
     except Exception as err:
         wait = ticks.failed(time.monotonic(), err.delay if isinstance(err, kopf.TemporaryError) else None)
         logger.warning(f"{namespace}/{name}: reconcile failed, trying again in {wait:.0f} s: {err}")

@@ -234,12 +234,12 @@ class PayloadLogger:
                     file = self.files[model] = RotatingFile(self.directory / f"{model}.jsonl")
                 file.write(line, sample.settings)
                 written.add(file)
-                self._note_features(sample)
             except Exception as err:  # one bad record must not stop the log
                 PAYLOAD_RECORDS.labels(model, "failed").inc()
                 self._report_once(type(err).__name__, f"payload record of model {model} not written: {err!r}")
             else:
                 PAYLOAD_RECORDS.labels(model, "written").inc()
+                self._note_features(sample)
         for file in written:
             file.flush()
 
@@ -255,11 +255,16 @@ class PayloadLogger:
         names = list(sample.features)
         if known.get(sample.version) == names:
             return
-        known[sample.version] = names
+        updated = {**known, sample.version: names}
         path = features_path(self.directory, sample.model)
         partial = path.with_suffix(".json.partial")
-        partial.write_text(json.dumps(known))
-        partial.replace(path)
+        try:
+            partial.write_text(json.dumps(updated))
+            partial.replace(path)
+        except OSError as err:  # the record is written; its version's names are tried again with its next one
+            self._report_once("features", f"feature names of model {sample.model} not written: {err!r}")
+            return
+        self.features[sample.model] = updated
 
     @staticmethod
     def line(sample: Sample) -> bytes:

@@ -11,6 +11,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -28,6 +29,30 @@ Brought = tuple[str, Mapping[str, Any]]
 """The object an event brings, with its kind: what a pass it asks for may find it has read already."""
 RESYNC_S = 300.0
 """Longest time between two passes of an object that is waiting on events, as a safety net for a lost one."""
+MAX_RETRY_S = 60.0
+"""Longest pause before a pass that raised is tried again (1, 2, 4 ... seconds until then)."""
+
+
+@dataclass
+class Retries:
+    """An object's failed passes in a row, and when its clock tries again: kopf retries no event handler."""
+
+    retries: int = 0
+    """Failed passes in a row (the back-off grows with them)."""
+    retry_at: float | None = None
+    """When to try again after a failed pass (monotonic seconds)."""
+
+    def failed(self, now: float, err: Exception) -> float:
+        """Note a pass that raised err; how long until the next try: the delay err names (kopf.TemporaryError, e.g.
+        a child not applied: see ChildNotApplied.retry_after), else 1, 2, 4 ... seconds up to MAX_RETRY_S."""
+        named = err.delay if isinstance(err, kopf.TemporaryError) else None
+        wait = min(2.0**self.retries, MAX_RETRY_S) if named is None else named
+        self.retries += 1
+        self.retry_at = now + wait
+        return wait
+
+    def passed(self) -> None:
+        self.retries, self.retry_at = 0, None
 
 
 def memo_in(index: Mapping[Any, Any], namespace: str, name: str) -> kopf.Memo | None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import kopf
+
+from kubeforge.operators.memos import MAX_RETRY_S
 from kubeforge.operators.training import clock
 
 WALL = datetime(2026, 1, 1, tzinfo=UTC)
@@ -44,9 +47,9 @@ def test_an_unsettled_trainingjob_waits_for_its_events_own_pass_then_gets_one() 
 
 def test_a_failed_pass_is_tried_again_after_the_delay_it_named_else_with_a_growing_back_off() -> None:
     t = ticks({"phase": "Failed"})  # a status write that failed is retried also for a finished one
-    assert t.failed(10.0, 7.0) == 7.0
+    assert t.failed(10.0, kopf.TemporaryError("child not applied", delay=7.0)) == 7.0
     assert not clock.due(t, False, 16.9, WALL) and clock.due(t, False, 17.0, WALL)
-    waits = [t.failed(20.0, None) for _ in range(12)]
-    assert waits[:4] == [2.0, 4.0, 8.0, 16.0] and waits[-1] == clock.MAX_RETRY_S
+    waits = [t.failed(20.0, RuntimeError("API server unreachable")) for _ in range(12)]
+    assert waits[:4] == [2.0, 4.0, 8.0, 16.0] and waits[-1] == MAX_RETRY_S
     t.passed()
     assert t.retry_at is None and t.retries == 0 and not clock.due(t, False, 1000.0, WALL)

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..memos import Retries
 from .rollout import (
     FEATURE_VIEW_NOT_FOUND,
     INVALID_SPEC,
@@ -76,15 +77,11 @@ class Cadence:
 
 
 @dataclass
-class Clock:
+class Clock(Retries):
     """One ModelDeployment's timekeeping (in its State); monotonic seconds."""
 
     last_pass: float = 0.0
     """When its last pass ended, whatever started it: an event's pass counts, so the clock does not repeat it."""
-    retry_at: float | None = None
-    """When to try again after a failed pass."""
-    retries: int = 0
-    """Failed passes in a row (the back-off grows with them)."""
     last_look: float = 0.0
     """When the loop last compared its registry answers."""
     answers: tuple[Any, ...] | None = None

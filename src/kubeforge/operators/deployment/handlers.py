@@ -69,8 +69,6 @@ VERSIONS = "kubeforge.modeldeployment.versions"  # key of the process's Versions
 LISTINGS = "kubeforge.modeldeployment.listings"  # key of the process's applied.Listings in kopf's memos (same)
 VIEW_GENERATION = "kubeforge.modeldeployment.view-generation"  # key in a FeatureView's memo
 CLOCK_TASK = "kubeforge.modeldeployment.clock"  # key of the clock's task in the operator's memo
-MAX_RETRY_S = 60.0
-"""Longest pause before a pass that raised is tried again (1, 2, 4 ... seconds until then)."""
 log = logging.getLogger("kubeforge.operators.deployment")
 
 
@@ -710,12 +708,10 @@ def _pass(
     try:
         reconcile(namespace, name, memo, watched, seen, event)
     except Exception as err:
-        delay = err.delay if isinstance(err, kopf.TemporaryError) else min(2.0**ticks.retries, MAX_RETRY_S)
-        ticks.retries += 1
-        ticks.retry_at = time.monotonic() + (delay or 0.0)
-        log.warning(f"{namespace}/{name}: reconcile failed, trying again in {delay:.0f} s: {err}")
+        wait = ticks.failed(time.monotonic(), err)
+        log.warning(f"{namespace}/{name}: reconcile failed, trying again in {wait:.0f} s: {err}")
     else:
-        ticks.retries, ticks.retry_at = 0, None
+        ticks.passed()
     finally:
         ticks.last_pass = time.monotonic()
 

@@ -38,7 +38,7 @@ from ...core import kube
 from ...core.conditions import StatusDraft
 from ...featurestore.errors import SourceError
 from .. import metrics as operator_metrics
-from ..memos import Reads, lock_of, memo_in, run_pass, unsettled
+from ..memos import Brought, Reads, lock_of, memo_in, run_pass, unsettled
 from ..runtime import WORKERS, Context, context
 from . import metrics
 from .children import FEATUREVIEW, RUN
@@ -163,7 +163,7 @@ async def _in_worker(fn: Callable[..., Any], *args: Any) -> None:
     await asyncio.get_running_loop().run_in_executor(_workers, fn, *args)
 
 
-async def _pass(namespace: str, name: str, memo: kopf.Memo, brought: tuple[str, kopf.Body] | None = None) -> None:
+async def _pass(namespace: str, name: str, memo: kopf.Memo, brought: Brought | None = None) -> None:
     await _in_worker(functools.partial(run_pass, memo, reconcile, namespace, name, brought=brought))
 
 

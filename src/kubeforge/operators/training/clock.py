@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from ..memos import Retries
 from .plan import TERMINAL, due_by_time
 
 TICK_S = 1.0
@@ -22,12 +23,10 @@ LOOK_S = 10.0
 """Seconds between two looks at one TrainingJob's waits on time (a deadline, a FeatureView, its registration)."""
 IDLE_S = 5.0
 """Seconds after a TrainingJob's newest event before the clock passes over it: that event's own pass runs first."""
-MAX_RETRY_S = 300.0
-"""Longest wait before trying a failed pass again."""
 
 
 @dataclass
-class Ticks:
+class Ticks(Retries):
     """One TrainingJob's timekeeping (in its memo); monotonic seconds."""
 
     spec: dict[str, Any] = field(default_factory=dict)
@@ -37,22 +36,8 @@ class Ticks:
     """When its newest event came."""
     looked_at: float = 0.0
     """When the clock last looked at its waits on time."""
-    retries: int = 0
-    """Failed passes in a row (the back-off grows with them)."""
-    retry_at: float | None = None
-    """When to try again after a failed pass."""
     running: bool = False
     """A pass the clock started has not ended yet."""
-
-    def failed(self, now: float, delay: float | None) -> float:
-        """Note a failed pass; how long until the next try (delay where the failure named one)."""
-        wait = min(2.0**self.retries, MAX_RETRY_S) if delay is None else delay
-        self.retries += 1
-        self.retry_at = now + wait
-        return wait
-
-    def passed(self) -> None:
-        self.retries, self.retry_at = 0, None
 
 
 def unfinished(status: Mapping[str, Any]) -> bool:

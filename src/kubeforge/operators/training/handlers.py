@@ -119,14 +119,12 @@ def _ticks(memo: kopf.Memo) -> clock.Ticks:
 
 
 def _pass(memo: kopf.Memo, namespace: str, name: str, logger: Any, brought: Brought | None = None) -> None:
-    """A pass, whatever started it, with its outcome on the TrainingJob's clock: one that failed is tried again by
-    the clock after the error's delay (a child not applied: see ChildNotApplied.retry_after) or after 1, 2, 4 ...
-    seconds, as kopf retries no event handler."""
+    """A pass, whatever started it, with its outcome on the TrainingJob's clock (memos.Retries)."""
     ticks = _ticks(memo)
     try:
         run_pass(memo, reconcile, namespace, name, logger, ticks.retries, brought=brought)
     except Exception as err:
-        wait = ticks.failed(time.monotonic(), err.delay if isinstance(err, kopf.TemporaryError) else None)
+        wait = ticks.failed(time.monotonic(), err)
         logger.warning(f"{namespace}/{name}: reconcile failed, trying again in {wait:.0f} s: {err}")
     else:
         ticks.passed()

@@ -526,17 +526,35 @@ def _lines(directory: Path, name: str) -> Iterator[dict[str, Any]]:
                         yield item
 
 
-def dataset(directory: Path, route: Route, since_s: float, target: str, now: float) -> str:
+def feature_list(text: str | None) -> list[str] | None:
+    """?features=f0,f2 as names, in that order; None when not given. BadFeedback naming it when it names none or
+    one twice."""
+    if text is None:
+        return None
+    names = [name.strip() for name in text.split(",")]
+    if not all(names) or len(set(names)) != len(names):
+        raise BadFeedback("features must name feature columns once each, separated by commas: f0,f1,f2")
+    return names
+
+
+def dataset(
+    directory: Path, route: Route, since_s: float, target: str, now: float, features: list[str] | None = None
+) -> str:
     """The labelled payload records of route's model answered within since_s before now, as CSV: one column per
-    feature (named in the answering version's order, also for a version the route no longer has: the payload log
-    keeps each version's names; feature_<i> where none are known), the label column target and event_timestamp
-    (when the request was answered), one row per row of each request. Records without a label, or whose features
-    were redacted, are left out."""
+    feature, the label column target and event_timestamp (when the request was answered), one row per row of each
+    request. Records without a label, or whose features were redacted, are left out.
+
+    A row's features are named as the version that answered it named them (also a version the route no longer
+    has: the payload log keeps each version's names; feature_<i> where none are known). The columns are features,
+    else the stable version's: what a retrain of the model trains on. A row of a version that lacks one of them
+    (a canary that took other features, say) is left out, and counted in the gateway's log: a column half empty
+    would only make the trainer refuse the whole set. Where the stable version's names are not known either, the
+    columns are every name the rows have."""
     if not target or target == EVENT_TIMESTAMP:
         raise BadFeedback(f"target must name the label column, other than {EVENT_TIMESTAMP}")
     served = {version: list(t.features) for version, t in route.versions.items() if t.features}
     names_by_version = {**logged_features(directory, route.name), **served}
-    if any(target in names for names in names_by_version.values()):
+    if any(target in names for names in names_by_version.values()) or target in (features or ()):
         raise BadFeedback("target is the name of one of the model's features: choose another name for the label")
     labels = {
         item["requestId"]: item["label"]
@@ -544,8 +562,10 @@ def dataset(directory: Path, route: Route, since_s: float, target: str, now: flo
         if isinstance(item.get("requestId"), str) and "label" in item
     }
     start = datetime.fromtimestamp(now - since_s, UTC)
-    columns = dict.fromkeys(names_by_version.get(route.stable.version, []))  # the header even without rows
+    wanted = features or names_by_version.get(route.stable.version)
+    columns = dict.fromkeys(wanted or [])  # the header even without rows
     rows: list[dict[str, Any]] = []
+    left_out: dict[str, int] = {}
     for record in _lines(directory, f"{route.name}.jsonl"):
         label = labels.get(record.get("requestId"))  # type: ignore[arg-type]
         if label is None:
@@ -561,12 +581,26 @@ def dataset(directory: Path, route: Route, since_s: float, target: str, now: flo
         per_row = label if isinstance(label, list) else [label]
         if len(per_row) != len(matrix):
             continue
-        names = names_by_version.get(str(record.get("version")))
+        version = str(record.get("version"))
+        names = names_by_version.get(version)
         if names is None or len(names) != matrix.shape[1]:
             names = [f"feature_{i}" for i in range(matrix.shape[1])]
-        columns.update(dict.fromkeys(names))
+        if wanted is not None and not columns.keys() <= set(names):
+            left_out[version] = left_out.get(version, 0) + len(matrix)
+            continue
+        if wanted is None:
+            columns.update(dict.fromkeys(names))
         for row, value in zip(matrix, per_row, strict=True):
-            rows.append({**dict(zip(names, row.tolist(), strict=True)), target: value, EVENT_TIMESTAMP: record["time"]})
+            cells = dict(zip(names, row.tolist(), strict=True))
+            if wanted is not None:
+                cells = {name: cells[name] for name in columns}
+            rows.append({**cells, target: value, EVENT_TIMESTAMP: record["time"]})
+    if left_out:
+        log.info(
+            "data set of model %s: %d labelled rows left out, answered by versions without one of its features %s "
+            "(rows by version: %s)",
+            route.name, sum(left_out.values()), ", ".join(columns), left_out,
+        )  # fmt: skip
     out = io.StringIO()
     writer = csv.DictWriter(out, [*columns, target, EVENT_TIMESTAMP], lineterminator="\n")
     writer.writeheader()

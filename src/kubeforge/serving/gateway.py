@@ -55,7 +55,16 @@ from . import inference_protocol
 from .accesslog import AccessLog
 from .auth import ANONYMOUS, Caller, Forbidden, Tokens, Unauthorized
 from .enrich import Lookup, Stores, Unavailable, entity_request
-from .feedback import BadFeedback, Feedback, QualityCollector, dataset, merge_datasets, parse, since_seconds
+from .feedback import (
+    BadFeedback,
+    Feedback,
+    QualityCollector,
+    dataset,
+    feature_list,
+    merge_datasets,
+    parse,
+    since_seconds,
+)
 from .filewatch import FileWatch
 from .metrics import FALLBACK_REASONS, FALLBACKS, REGISTRY, RELOADS, UPSTREAM_REQUESTS
 from .monitor import DriftCollector, Monitor
@@ -547,8 +556,8 @@ class Gateway:
         return Response(json.dumps(answer), 200, headers, media_type="application/json")
 
     async def feedback_dataset(self, request: Request) -> Response:
-        """GET /v2/models/{name}/feedback/dataset?since=24h&target=label: labelled payload records as CSV, every
-        replica's of this gateway."""
+        """GET /v2/models/{name}/feedback/dataset?since=24h&target=label[&features=f0,f1]: labelled payload records
+        as CSV, every replica's of this gateway."""
         route, _ = self.resolve(request.path_params["name"], None, request.headers.get("authorization"), _call(request))
         peer = PEER_HEADER in request.headers
         headers = {INSTANCE_HEADER: self.peers.instance} if peer else None
@@ -559,7 +568,8 @@ class Gateway:
         try:
             since = since_seconds(request.query_params.get("since", "24h"))
             target = request.query_params.get("target", "label")
-            text = await asyncio.to_thread(dataset, directory, route, since, target, time.time())
+            features = feature_list(request.query_params.get("features"))
+            text = await asyncio.to_thread(dataset, directory, route, since, target, time.time(), features)
             if not peer and self.peers.others:
                 texts = await self.peers.datasets(f"{request.url.path}?{request.url.query}", request.headers)
                 text = merge_datasets([text, *texts]) if texts else text

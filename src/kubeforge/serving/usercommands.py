@@ -127,6 +127,10 @@ def dataset() -> None:
 @click.option("--since", default="24h", show_default=True, help="How far back answered requests are taken.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="FILE.csv or .parquet")
 @click.option("--target", default="label", show_default=True, help="Name of the label column.")
+@click.option(
+    "--features",
+    help="Feature columns, comma-separated (default: the stable version's); rows of versions without one are left out.",
+)
 @_url_option
 @_kubeconfig_option
 @_namespace_option
@@ -136,6 +140,7 @@ def from_feedback(
     since: str,
     out: Path,
     target: str,
+    features: str | None,
     url: str | None,
     kubeconfig: str | None,
     namespace: str | None,
@@ -148,7 +153,10 @@ def from_feedback(
     base = gateway_url(model, url, kubeconfig, namespace)
     try:
         resp = plainhttp.get(
-            f"{base}/v2/models/{model}/feedback/dataset", {"since": since, "target": target}, 300, _headers(token)
+            f"{base}/v2/models/{model}/feedback/dataset",
+            {"since": since, "target": target, **({"features": features} if features else {})},
+            300,
+            _headers(token),
         )
     except plainhttp.HttpError as err:
         raise click.ClickException(f"cannot reach the gateway at {base}: {err}") from None

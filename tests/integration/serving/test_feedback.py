@@ -170,6 +170,12 @@ def test_the_cli_sends_a_label_file_and_writes_the_data_set(gateway, triton, reg
     frame = pd.read_parquet(out)
     assert list(frame.columns) == [*(f"feature_{i}" for i in range(N_FEATURES)), "label", "event_timestamp"]
     assert sorted(frame["label"]) == [0, 0, 0, 1, 1, 1]
+    some = tmp_path / "out" / "some.csv"
+    chosen = kubeforge("dataset", "from-feedback", *target, "--features", "feature_1,feature_0", "--out", str(some))
+    refused = kubeforge("dataset", "from-feedback", *target, "--features", "feature_0,feature_0", "--out", str(some))
+    assert chosen.returncode == 0 and "wrote 6 labelled rows" in chosen.stdout, chosen.stderr
+    assert list(pd.read_csv(some).columns) == ["feature_1", "feature_0", "label", "event_timestamp"]
+    assert refused.returncode != 0 and "features must name feature columns once each" in refused.stderr
 
     # A retrain's trainer reads the same data set with the token its TrainingJob's tokenSecretRef gives it.
     source = DatasetSpec(

@@ -124,6 +124,10 @@ def test_the_trainingjob_copies_the_template_reads_recent_labels_and_goes_with_t
     template["dataset"]["tokenSecretRef"] = {"name": "old-data", "key": "token"}
     tj = rt.training_job(owner, p, template, ("cancer-retrain-1", "drift", 0.81), "http://127.0.0.1:9000")
     assert tj["spec"]["dataset"]["tokenSecretRef"] == {"name": "retrain-token", "key": "t"}
+    # A template that trains on some features asks the gateway for those columns (and rows that have them).
+    template["dataset"]["features"] = ["radius", "texture"]
+    tj = rt.training_job(owner, p, template, ("cancer-retrain-1", "drift", 0.81), "http://127.0.0.1:9000")
+    assert tj["spec"]["dataset"]["uri"].endswith("?since=6h&target=target&features=radius%2Ctexture")
     meta = tj["metadata"]
     assert meta["labels"][rt.RETRAIN_OF] == "cancer" and meta["labels"][rt.TRIGGER] == "drift"
     assert meta["annotations"][rt.VALUE] == "0.81" and meta["ownerReferences"][0]["uid"] == "u-1"

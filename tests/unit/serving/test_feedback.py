@@ -20,6 +20,7 @@ from kubeforge.serving.feedback import (
     QualityCollector,
     dataset,
     decode,
+    feature_list,
     parse,
 )
 from kubeforge.serving.metrics import REGISTRY
@@ -305,6 +306,47 @@ def test_rows_of_a_version_the_route_no_longer_has_keep_its_feature_names(tmp_pa
 
     assert rows[0] == "f0,f1,target,event_timestamp"
     assert [row.split(",")[:3] for row in rows[1:]] == [["1.0", "2.0", "1"], ["1.0", "2.0", "0"]]
+
+
+def test_a_data_set_has_the_features_a_retrain_trains_on_and_leaves_out_rows_of_versions_without_them(tmp_path):
+    """The stable version takes f0, f1; a canary takes a third feature, and a shadow since retired took others.
+    One CSV of all three would have columns half empty, which the trainer refuses whole: the data set takes the
+    stable version's features (or those asked for) and the rows that have them."""
+
+    def drift(*names: str) -> dict:
+        return {"features": list(names), "baseline": [], "task": "classification", "classes": ["neg", "pos"]}
+
+    versions = [
+        {"version": "1", "role": "stable", "url": "http://127.0.0.1:1", "weight": 50, "drift": drift("f0", "f1")},
+        {"version": "2", "role": "canary", "url": "http://127.0.0.1:2", "weight": 50, "drift": drift("f2", "f0", "f1")},
+        {"version": "3", "role": "shadow", "url": "http://127.0.0.1:3", "weight": 0, "drift": drift("g0", "g1")},
+    ]
+    spec = {"versions": versions, "task": "classification", "payloadLog": {"samplePercent": 100}}
+    [route] = compile_table(RouteTable.model_validate({"models": {"clf": spec}}), {}).values()
+    logger = PayloadLogger(tmp_path)
+    sent = {"a": ("1", [1, 2]), "b": ("2", [3, 4, 5]), "c": ("3", [6, 7]), "d": ("1", [8, 9])}
+    for request_id, (version, row) in sent.items():
+        tensor = {"name": "features", "datatype": "FP32", "shape": [1, len(row)], "data": row}
+        logger.offer(route, route.versions[version], request_id, time.perf_counter(),
+                     (json.dumps({"inputs": [tensor]}).encode(), None), None, answer([[0.1, 0.9]]))  # fmt: skip
+    logger._write([logger.queue.get_nowait() for _ in range(logger.queue.qsize())])
+    logger.close()
+    labels = [{"requestId": request_id, "label": i % 2} for i, request_id in enumerate(sent)]
+    (tmp_path / "clf.labels.jsonl").write_text("".join(json.dumps(item) + "\n" for item in labels))
+    spec["versions"] = versions[:2]  # version 3 retired; its rows stay in the window
+    [route] = compile_table(RouteTable.model_validate({"models": {"clf": spec}}), {}).values()
+    now = time.time() + 1
+
+    rows = [row.split(",")[:-1] for row in dataset(tmp_path, route, 3600, "label", now).splitlines()]
+    assert rows == [["f0", "f1", "label"], ["1.0", "2.0", "0"], ["4.0", "5.0", "1"], ["8.0", "9.0", "1"]]
+    asked = [row.split(",")[:-1] for row in dataset(tmp_path, route, 3600, "label", now, ["f2", "f0"]).splitlines()]
+    assert asked == [["f2", "f0", "label"], ["3.0", "4.0", "1"]], "only the canary's rows have f2"
+    with pytest.raises(BadFeedback, match="target is the name of one of the model's features"):
+        dataset(tmp_path, route, 3600, "f2", now, ["f2"])
+    assert feature_list(" f2, f0") == ["f2", "f0"] and feature_list(None) is None
+    for bad in ("", "f0,,f1", "f0,f0"):
+        with pytest.raises(BadFeedback, match="features must name feature columns once each"):
+            feature_list(bad)
 
 
 def test_every_answer_is_remembered_while_the_entry_stays_small():

@@ -236,7 +236,13 @@ def training_job(
         elif dataset.feature_view is not None:
             source["featureView"] = dataset.feature_view.to_wire()
         elif dataset.from_feedback is not None:
-            query = urlencode({"since": dataset.from_feedback.since, "target": source.get("target", "label")})
+            query = urlencode(
+                {
+                    "since": dataset.from_feedback.since,
+                    "target": source.get("target", "label"),
+                    **({"features": ",".join(source["features"])} if source.get("features") else {}),
+                }
+            )
             model = owner["metadata"]["name"]
             source["uri"] = f"{(gateway_url or '').rstrip('/')}/v2/models/{model}/feedback/dataset?{query}"
             source["format"] = "csv"

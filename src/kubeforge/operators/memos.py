@@ -73,6 +73,10 @@ class PassLock:
     def __exit__(self, *_: type[BaseException] | BaseException | TracebackType | None) -> None:
         self._lock.release()
 
+    def busy(self) -> bool:
+        """A pass over the name is under way."""
+        return self._lock.locked()
+
 
 _by_name: weakref.WeakValueDictionary[tuple[str, str], PassLock] = weakref.WeakValueDictionary()
 _by_name_guard = threading.Lock()
@@ -141,6 +145,10 @@ def read_already(memo: kopf.Memo, kind: str, obj: Mapping[str, Any]) -> bool:
 
 
 def unsettled(memo: kopf.Memo) -> bool:
-    """The clock must pass over the object: its last pass did not settle, or RESYNC_S passed since it did."""
+    """The clock must pass over the object: its last pass did not settle, or RESYNC_S passed since it did; not while
+    a pass is under way (its outcome is not known yet, and a pass queued behind it would find what it found)."""
+    lock = memo.get(LOCK)
+    if lock is not None and lock.busy():
+        return False
     settled = memo.get(SETTLED)
     return settled is None or time.monotonic() - settled >= RESYNC_S

@@ -270,6 +270,26 @@ def test_a_view_between_runs_writes_nothing_as_its_values_age() -> None:
         assert b["status"] == before
 
 
+def test_a_status_write_needs_no_pass_of_its_own_only_where_planning_again_from_it_leaves_it_as_is() -> None:
+    b = body()
+    assert not fplan.leaves_as_is(b, [], SETTINGS, T0), "not registered yet"
+    [job] = step(b).apply  # registered, run 1 started
+    assert fplan.leaves_as_is(b, [job], SETTINGS, T0), "its Job created, as written"
+    assert not fplan.leaves_as_is(b, [], SETTINGS, T0), "without the Job it created, the run would count as failed"
+    assert fplan.leaves_as_is(b, [job], SETTINGS, T0 + timedelta(minutes=5)), "time alone changes nothing"
+    done = finished(job, "Complete")
+    assert not fplan.leaves_as_is(b, [done], SETTINGS, T0), "a finished run's result is still to be read"
+    step(b, [done], T0 + timedelta(seconds=20), pods=[pod(done, json.dumps(RESULT))])
+    assert fplan.leaves_as_is(b, [done], SETTINGS, T0 + timedelta(seconds=20)), "its result recorded"
+    assert not fplan.leaves_as_is(b, [done], SETTINGS, T0 + timedelta(minutes=10)), "the next run is due"
+    edited = copy.deepcopy(b)
+    edited["metadata"]["generation"] = 2
+    assert not fplan.leaves_as_is(edited, [done], SETTINGS, T0), "a spec change is registered"
+    failed = body()
+    step(failed, registration=Registration(fplan.REGISTRATION_FAILED, "the database is down"))
+    assert not fplan.leaves_as_is(failed, [], SETTINGS, T0), "a failed registration is tried again"
+
+
 def due(b: dict[str, Any], now: datetime) -> bool:
     return fplan.due_by_time(b, now)
 

@@ -90,3 +90,29 @@ def test_an_event_that_comes_while_a_pass_runs_is_weighed_against_what_that_pass
     assert passes == ["job event"]
     memos.run_pass(memo, reconcile, "ml", "churn", "newer", brought=("TrainingJob", obj("churn", "22")))
     assert passes == ["job event", "newer"]
+
+
+def test_the_clock_starts_no_pass_behind_one_under_way() -> None:
+    """An object's first pass may take seconds (a FeatureView's imports Feast and registers it): a clock tick meanwhile
+    finds it unsettled, and a pass queued behind it would find what it found. Once it ends, the clock decides by how
+    it ended."""
+    inside, finish = threading.Event(), threading.Event()
+    settle = True
+
+    def reconcile(namespace: str, name: str, reads: memos.Reads) -> bool:
+        inside.set()
+        finish.wait(5)
+        return settle
+
+    memo = kopf.Memo()
+    assert memos.unsettled(memo), "never passed over"
+    running = threading.Thread(target=memos.run_pass, args=(memo, reconcile, "ml", "churn"))
+    running.start()
+    assert inside.wait(5)
+    assert not memos.unsettled(memo), "a pass is under way"
+    finish.set()
+    running.join(5)
+    assert not memos.unsettled(memo), "it settled"
+    settle = False
+    memos.run_pass(memo, reconcile, "ml", "churn")
+    assert memos.unsettled(memo), "it did not settle: the clock tries again"

@@ -5,7 +5,9 @@ same level-based reconcile under a per-name lock. The timer works only for what 
 brings (:func:`plan.due_by_time`: a registration to try again, a scheduled run, the newest
 value passing the ttl), after a pass that did not settle, and every five minutes
 (``memos.RESYNC_S``): a view between runs, or whose Job runs, costs no API request. The age
-of its newest value is computed when Prometheus scrapes, so no pass keeps it current.
+of its newest value is computed when Prometheus scrapes, so no pass keeps it current. The
+events of a pass's own status write and of the Job it created start no pass where planning
+again from what it wrote leaves the view as is (:func:`plan.leaves_as_is`).
 
 The work runs in this module's own worker threads: the first pass imports Feast
 (seconds), and registry calls may wait on a database, and neither may hold up kopf's
@@ -38,7 +40,7 @@ from ...core import kube
 from ...core.conditions import StatusDraft
 from ...featurestore.errors import SourceError
 from .. import metrics as operator_metrics
-from ..memos import Brought, Reads, lock_of, memo_in, run_pass, unsettled
+from ..memos import Brought, Reads, lock_of, memo_in, read_already, run_pass, unsettled
 from ..runtime import WORKERS, Context, context
 from . import metrics
 from .children import FEATUREVIEW, RUN
@@ -46,6 +48,7 @@ from .plan import (
     REGISTRATION_FAILED,
     Registration,
     due_by_time,
+    leaves_as_is,
     needs_registration,
     parse_spec,
     plan,
@@ -134,7 +137,7 @@ def reconcile(namespace: str, name: str, reads: Reads) -> bool:
     now = datetime.now(UTC)
     p = plan(body, registration, jobs, pods, ctx.settings, now)
     try:
-        kube.apply_children(ctx.api, p.apply)
+        applied = kube.apply_children(ctx.api, p.apply)
     except kube.ChildNotApplied as err:
         # The run did not start: the last status stays, with Ready=False saying why; the timer tries again.
         st = StatusDraft(old_status, body["metadata"].get("generation"), now)
@@ -143,7 +146,13 @@ def reconcile(namespace: str, name: str, reads: Reads) -> bool:
         return False
     for job in p.delete_jobs:
         kube.delete(ctx.api, "batch/v1", "Job", job, namespace)
-    kube.write_status(ctx.api, body, old_status, p.status, p.events, component=EVENT_SOURCE)
+    written = kube.write_status(ctx.api, body, old_status, p.status, p.events, component=EVENT_SOURCE)
+    if written is not None:
+        left = [job for job in jobs if job["metadata"]["name"] not in p.delete_jobs] + p.apply
+        if leaves_as_is(written, left, ctx.settings, now):
+            reads(KIND, written)  # the events of this write and of the Jobs it created bring nothing to act on
+            for (_, job_name), where in applied.items():
+                reads("Job", {"metadata": {"name": job_name, "resourceVersion": where.version}})
     ttl = duration_seconds(spec.ttl) if spec is not None else None
     metrics.observe(namespace, name, ttl, p.finished)
     return finished is None or p.finished is not None
@@ -198,8 +207,10 @@ async def job_event(
 @kopf.timer(GROUP, VERSION, "featureviews", interval=10)
 async def featureview_timer(name: str, namespace: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Passes no event starts (see the module's docstring), decided on kopf's loop: a tick with none due costs
-    no hop to a worker thread either."""
-    if unsettled(memo) or due_by_time(body, datetime.now(UTC)):
+    no hop to a worker thread either. What is due by time is judged on the view as its last settled pass read it;
+    kopf's body may be older (its first tick comes once that event's pass ended, with that event's body) or newer
+    (then its event's pass is on the way)."""
+    if unsettled(memo) or (read_already(memo, KIND, body) and due_by_time(body, datetime.now(UTC))):
         await _pass(namespace, name, memo)
 
 

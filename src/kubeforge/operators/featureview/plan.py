@@ -366,6 +366,18 @@ def plan(
     return out
 
 
+def leaves_as_is(body: dict[str, Any], jobs: list[dict[str, Any]], settings: Settings, now: datetime) -> bool:
+    """Whether a pass over body, finding jobs, would change nothing: no registration to try, no finished run to read,
+    no Job to create or delete, no event, and the status body has. A pass's own status write comes back as an
+    event; when planning again from the object it wrote (with the Jobs as it left them) leaves it as is, that event
+    needs no pass of its own."""
+    status = body.get("status") or {}
+    if needs_registration(body) or result_job(status, jobs) is not None:
+        return False
+    p = plan(body, None, jobs, [], settings, now)
+    return not (p.apply or p.delete_jobs or p.events) and p.status == status
+
+
 def _record(st: StatusDraft, last: dict[str, Any], outcome: tuple[bool, dict[str, Any]], out: Plan) -> dict[str, Any]:
     """last (the run that was running) with its outcome; the view's status and events updated with it."""
     succeeded, details = outcome

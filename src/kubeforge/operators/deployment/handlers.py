@@ -8,7 +8,7 @@ follows changes, and to retry what no watch event will. Each runs the same level
 reconcile under a per-object lock.
 
 What a pass observes comes from kopf indexes over the watches the operator holds anyway
-(label-selected on the API server, so only kubeforge's children are held), and the
+(label-selected on the API server, so only kubeforge's children are held; see observe), and the
 ModelDeployment itself from its newest event or status write: no read or list call per
 pass. What the operator remembers about one ModelDeployment (:class:`State`) lives in that
 object's kopf memo, found by its children's handlers and the clock through the ``md_memos``
@@ -22,9 +22,8 @@ import asyncio
 import copy
 import logging
 import time
-from collections import ChainMap, defaultdict
-from collections.abc import Collection, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections import ChainMap
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -35,17 +34,17 @@ from pydantic import ValidationError
 from ...api import API_VERSION, FeatureViewSpec, ModelDeployment, parse
 from ...api.meta import duration_seconds
 from ...api.validation import InvalidResource
-from ...core import kube, plainhttp, podfailure
+from ...core import kube
 from ...core.approval import Approval
 from ...core.conditions import StatusDraft, parse_rfc3339
 from ...core.mlflow_rest import MLflowError, NotFound
 from ...monitoring import rules
 from .. import metrics
-from ..labels import COMPONENT, MODEL_RUN, MODEL_VERSION, MODELDEPLOYMENT
+from ..labels import MODEL_RUN, MODELDEPLOYMENT
 from ..memos import lock_of, memo_in
 from ..runtime import WORKERS, Context, context
 from . import analysis as an
-from . import applied, children, clock, history
+from . import applied, children, clock, history, observe
 from . import retrain as rt
 from .rollout import (
     GATEWAY,
@@ -186,35 +185,6 @@ def _feature_source(
     return FeatureSource(view, orders={pair: versions.feature_order(*pair) for pair in pairs})
 
 
-SERVICE_NAME = "kubernetes.io/service-name"
-
-
-class Workload(NamedTuple):
-    """One Deployment of a ModelDeployment, as the md_workloads index holds it."""
-
-    part: str  # its model version, or GATEWAY
-    available: bool  # at least one pod available
-    short: bool  # fewer ready pods than it wants
-    replicas: int  # how many pods it asks for now (the autoscaler's choice, where one scales it)
-    name: str
-    generation: int  # changes with its spec: one later than the operator's last apply is someone else's edit
-    run: str = ""  # the MLflow run its version was registered from, as the operator last wrote it (MODEL_RUN)
-    left: applied.Left | None = None  # what its owner last applied of it, for a first pass after a start
-
-
-class Address(NamedTuple):
-    """Where a version's Triton or the gateway answers, from the ready endpoints of one of its EndpointSlices."""
-
-    part: str  # model version, or GATEWAY
-    urls: tuple[str, ...]  # http://address:port of each ready endpoint
-    grpc: str | None  # host:port of the first one's gRPC port, if it has one
-
-
-def _part(labels: Mapping[str, str]) -> str | None:
-    """The model version a child serves, GATEWAY for the gateway's, None for neither."""
-    return GATEWAY if labels.get(COMPONENT) == "gateway" else labels.get(MODEL_VERSION)
-
-
 @kopf.on.startup()
 def watch_only_children(settings: kopf.OperatorSettings, **_: Any) -> None:
     """The API server sends only kubeforge's Deployments and EndpointSlices (and pods, see runtime): the operator
@@ -239,154 +209,28 @@ async def md_workloads(
     spec: Mapping[str, Any],
     status: Mapping[str, Any],
     **_: Any,
-) -> dict[tuple[str, str], Workload] | None:
-    """Each ModelDeployment's Deployments: which serve (readiness), which versions have one (pruning), how many
-    replicas each asks for now (autoscaling), which someone else changed (see _edited), which registration each
-    version's Triton serves (see rollout.Plan.reexports), what was applied of each (see applied)."""
-    part = _part(labels)
-    if part is None:
-        return None
-    available = (status.get("availableReplicas") or 0) >= 1
-    replicas = spec.get("replicas") or 0
-    short = (status.get("readyReplicas") or 0) < replicas
-    generation = meta.get("generation") or 0
-    run = (meta.get("annotations") or {}).get(MODEL_RUN, "")
-    workload = Workload(part, available, short, replicas, name, generation, run, applied.left(meta))
-    return {(namespace, labels[MODELDEPLOYMENT]): workload}
+) -> dict[tuple[str, str], observe.Workload] | None:
+    """Each ModelDeployment's Deployments (observe.workload)."""
+    found = observe.workload(name, labels, meta, spec, status)
+    return {(namespace, labels[MODELDEPLOYMENT]): found} if found is not None else None
 
 
 @kopf.index("discovery.k8s.io", "endpointslices", labels={MODELDEPLOYMENT: kopf.PRESENT})
 async def md_addresses(
     namespace: str, labels: Mapping[str, str], body: Mapping[str, Any], **_: Any
-) -> dict[tuple[str, str], Address] | None:
-    """Each ModelDeployment's ready addresses, with endpoints addressing (see observe)."""
-    owner, urls, grpc = labels[MODELDEPLOYMENT], _slice_urls(body, "http"), _slice_urls(body, "grpc")
-    part = GATEWAY if labels.get(SERVICE_NAME) == children.gateway_name(owner) else labels.get(MODEL_VERSION)
-    return (
-        {(namespace, owner): Address(part, urls, grpc[0].removeprefix("http://") if grpc else None)}
-        if part and urls
-        else None
-    )
+) -> dict[tuple[str, str], observe.Address] | None:
+    """Each ModelDeployment's ready addresses, with endpoints addressing (observe.address)."""
+    found = observe.address(labels, body)
+    return {(namespace, labels[MODELDEPLOYMENT]): found} if found is not None else None
 
 
 @kopf.index("v1", "pods", labels={MODELDEPLOYMENT: kopf.PRESENT})
 async def md_pods(
     namespace: str, name: str, labels: Mapping[str, str], meta: Mapping[str, Any], body: Mapping[str, Any], **_: Any
 ) -> dict[tuple[str, str], tuple[str, dict[str, Any]]] | None:
-    """Each ModelDeployment's pods, as much of each as tells why it fails (core.podfailure)."""
-    part = _part(labels)
-    if part is None:
-        return None
-    pod = {"metadata": {"name": name, "deletionTimestamp": meta.get("deletionTimestamp")}, "status": body.get("status")}
-    return {(namespace, labels[MODELDEPLOYMENT]): (part, pod)}
-
-
-@dataclass(frozen=True)
-class Watched:
-    """The indexes a pass reads, as kopf passes them to every handler."""
-
-    workloads: Mapping[tuple[str, str], Iterable[Workload]]
-    addresses: Mapping[tuple[str, str], Iterable[Address]]
-    pods: Mapping[tuple[str, str], Iterable[tuple[str, dict[str, Any]]]]
-
-    @classmethod
-    def of(cls, kwargs: Mapping[str, Any]) -> Watched:
-        return cls(kwargs["md_workloads"], kwargs["md_addresses"], kwargs["md_pods"])
-
-
-def _slice_urls(endpoint_slice: Mapping[str, Any], port_name: str) -> tuple[str, ...]:
-    """http://address:port of each ready endpoint of an EndpointSlice."""
-    port = next((p["port"] for p in endpoint_slice.get("ports") or [] if p.get("name") == port_name), None)
-    return tuple(
-        f"http://{endpoint['addresses'][0]}:{port}"
-        for endpoint in endpoint_slice.get("endpoints") or []
-        if port and endpoint.get("addresses") and (endpoint.get("conditions") or {}).get("ready", True)
-    )
-
-
-def observe(ctx: Context, body: dict[str, Any], watched: Watched) -> Observed:
-    """Readiness, addresses and pod failures of a ModelDeployment's children, from the indexes (no request), and
-    whether its gateway serves it (one request, while the gateway is available)."""
-    ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
-    key = (ns, name)
-    workloads = list(watched.workloads.get(key, ()))
-    ready = frozenset(w.part for w in workloads if w.available and w.part != GATEWAY)
-    gateway_ready = any(w.available for w in workloads if w.part == GATEWAY)
-    urls: dict[str, str] = {}
-    endpoints: dict[str, tuple[str, ...]] = {}
-    gateway_url = gateway_grpc = None
-    # Each ready pod's address, from the EndpointSlices (in a cluster, the slices of the Services' pods): the
-    # gateway's replicas are scraped one by one for analysis.
-    found: dict[str, set[str]] = defaultdict(set)
-    slices = sorted(watched.addresses.get(key, ()), key=lambda a: a.urls)
-    for address in slices:
-        found[address.part].update(address.urls)
-    if ctx.settings.service_addressing == "endpoints":
-        # EndpointSlices, not Endpoints: they may carry loopback addresses (the local runtime's). Every ready
-        # replica of a version goes in the route table, which no Service balances over here; the gateway's own
-        # address is its first replica's, the same from pass to pass.
-        gateway_url, gateway_grpc = next(((a.urls[0], a.grpc) for a in slices if a.part == GATEWAY), (None, None))
-        endpoints = {part: tuple(sorted(u)) for part, u in found.items() if part != GATEWAY}
-        urls = {part: replicas[0] for part, replicas in endpoints.items()}
-    else:
-        port = children.PORTS["http"]
-        urls = {w.part: f"http://{children.version_name(name, w.part)}.{ns}.svc:{port}" for w in workloads}
-        urls.pop(GATEWAY, None)
-        gateway_url = f"http://{children.gateway_name(name)}.{ns}.svc:{children.GATEWAY_PORT}"
-        gateway_grpc = f"{children.gateway_name(name)}.{ns}.svc:{children.GATEWAY_PORTS['grpc']}"
-    model_ready = False
-    if gateway_ready and gateway_url:
-        try:
-            model_ready = plainhttp.get(f"{gateway_url}/v2/models/{name}/ready", timeout=2).status == 200
-        except plainhttp.HttpError:
-            model_ready = False
-    # Why pods fail, only while one of its Deployments has fewer ready pods than it wants.
-    failures: dict[str, dict[str, Any]] = {}
-    if any(w.short for w in workloads):
-        parts: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for part, pod in list(watched.pods.get(key, ())):
-            parts[part].append(pod)
-        picked = {part: podfailure.pick(pods, children.MEMORY_FIELDS) for part, pods in parts.items()}
-        failures = {part: failure for part, failure in picked.items() if failure is not None}
-    replicas = {w.part: w.replicas for w in workloads if w.part != GATEWAY}
-    return Observed(
-        ready,
-        urls,
-        gateway_ready,
-        gateway_url,
-        model_ready,
-        failures=failures,
-        gateway_grpc=gateway_grpc,
-        version_endpoints={part: replicas for part, replicas in endpoints.items() if len(replicas) > 1},
-        gateway_replicas=tuple(sorted(found[GATEWAY])) or ((gateway_url,) if gateway_url else ()),
-        replicas=replicas,
-        runs={w.part: w.run for w in workloads if w.part != GATEWAY and w.run},
-    )
-
-
-def _scrape(urls: tuple[str, ...]) -> dict[str, str]:
-    """Each gateway replica's /metrics text by its URL, several at once (one that hangs costs its timeout once, not
-    once per replica); one that does not answer is left out."""
-
-    def scrape(url: str) -> str | None:
-        try:
-            resp = plainhttp.get(f"{url}/metrics", timeout=5)
-        except plainhttp.HttpError:
-            return None
-        return resp.text if resp.status == 200 else None
-
-    if len(urls) > 1:
-        with ThreadPoolExecutor(min(len(urls), 8), thread_name_prefix="scrape") as pool:
-            texts = dict(zip(urls, pool.map(scrape, urls), strict=True))
-    else:
-        texts = {url: scrape(url) for url in urls}
-    return {url: text for url, text in texts.items() if text is not None}
-
-
-def _together(texts: dict[str, str]) -> str | None:
-    """Every gateway replica's series in one text, for the parsers that add them up (shadow agreement) or take the
-    worst (retrain triggers); None when no replica answered."""
-    return "\n".join(texts.values()) or None
+    """Each ModelDeployment's pods, as much of each as tells why it fails (observe.pod)."""
+    found = observe.pod(name, labels, meta, body)
+    return {(namespace, labels[MODELDEPLOYMENT]): found} if found is not None else None
 
 
 def _analyse(
@@ -435,7 +279,7 @@ def _apply(
 
 
 def _found(
-    ctx: Context, memo: Mapping[str, Any], body: Mapping[str, Any], state: State, watched: Watched
+    ctx: Context, memo: Mapping[str, Any], body: Mapping[str, Any], state: State, watched: observe.Watched
 ) -> Mapping[tuple[str, str], applied.Left]:
     """What earlier processes applied of a ModelDeployment's children, for the first pass of one this process
     found when it started (see applied); nothing for later passes, or for one created since."""
@@ -477,12 +321,12 @@ CHILD_KINDS = [*VERSION_KINDS, ("v1", "ConfigMap")]
 """Every kind of child but the optional PrometheusRule: the versions' and the gateway's (its route table)."""
 
 
-def _deployed(watched: Watched, namespace: str, name: str) -> frozenset[str]:
+def _deployed(watched: observe.Watched, namespace: str, name: str) -> frozenset[str]:
     """The versions a ModelDeployment has a Deployment of, as the index holds them."""
     return frozenset(w.part for w in list(watched.workloads.get((namespace, name), ())) if w.part != GATEWAY)
 
 
-def _prune(ctx: Context, namespace: str, name: str, state: State, watched: Watched, live: set[str]) -> None:
+def _prune(ctx: Context, namespace: str, name: str, state: State, watched: observe.Watched, live: set[str]) -> None:
     """Delete the children of versions that are no longer live: those whose Deployment the index still holds (each
     version's children are applied together, and the watch reports a deletion within moments, so a version is
     deleted at most a few times over, never listed)."""
@@ -493,7 +337,7 @@ def _prune(ctx: Context, namespace: str, name: str, state: State, watched: Watch
             state.sent.pop((kind, child), None)
 
 
-def _edited(state: State, watched: Watched, namespace: str, name: str) -> list[tuple[str, str]]:
+def _edited(state: State, watched: observe.Watched, namespace: str, name: str) -> list[tuple[str, str]]:
     """The ModelDeployment's Deployments whose spec someone else changed since this process applied them (kubectl
     edit, kubectl scale): the index holds a later generation than the apply left. The spec wins, as for a Service
     or ConfigMap (see _check_unwatched); an autoscaler's scale counts too, and the Deployment sent again keeps the
@@ -545,7 +389,7 @@ def _kept(body: dict[str, Any]) -> dict[str, Any]:
 
 @metrics.reconciled(KIND)
 def reconcile(
-    namespace: str, name: str, memo: Mapping[str, Any], watched: Watched, seen: Any = None, event: bool = True
+    namespace: str, name: str, memo: Mapping[str, Any], watched: observe.Watched, seen: Any = None, event: bool = True
 ) -> None:
     """One level-based pass over the newest known body (seen: the one an event brought), read from the API server
     only when this process knows none. A pass an event started ends early when nothing it reads differs from what
@@ -576,7 +420,7 @@ def reconcile(
             state.clock.answers = versions.answers(clock.Cadence.of(body["spec"], {}).follows)
         except InvalidResource:
             md, resolved = None, Resolved()
-        observed = observe(ctx, body, watched)
+        observed = observe.observed(ctx, body, watched)
         observed = replace(observed, runs={**observed.runs, **state.runs})
         stray = _deployed(watched, namespace, name) - state.live  # what _prune would delete
         inputs = (body["metadata"].get("resourceVersion"), resolved, observed, stray)
@@ -590,8 +434,8 @@ def reconcile(
         if md is not None and (old_status.get("canaryVersion") or old_status.get("shadowVersion")):
             due = analysis_due(old_status, md, now)
             if due or old_status.get("shadowVersion"):
-                texts = _scrape(observed.gateway_replicas)
-                metrics_text = _together(texts)
+                texts = observe.scrape(observed.gateway_replicas)
+                metrics_text = observe.together(texts)
             if due:
                 results = _analyse(ctx, body, md, state, texts, observed.gateway_replicas)
         p = plan(body, resolved, observed, results, ctx.settings, now)
@@ -671,7 +515,7 @@ def _retrain(
     jobs = [rt.RetrainJob.of(j) for j in found_jobs]
     triggers = retrain.triggers
     if text is None and (triggers.drift or triggers.accuracy):
-        text = _together(_scrape(observed.gateway_replicas))
+        text = observe.together(observe.scrape(observed.gateway_replicas))
     observation = rt.observe(text, name, p.status.get("stableVersion"))
     created = parse_rfc3339(meta["creationTimestamp"]) or now
     previous = parse_rfc3339((p.status.get("lastRetrain") or {}).get("time"))
@@ -699,7 +543,7 @@ def _retrain(
 
 
 def _pass(
-    namespace: str, name: str, memo: Mapping[str, Any], watched: Watched, seen: Any = None, event: bool = True
+    namespace: str, name: str, memo: Mapping[str, Any], watched: observe.Watched, seen: Any = None, event: bool = True
 ) -> None:
     """A reconcile pass, whatever started it, with its outcome on the object's clock: a pass that raised is tried
     again by the clock after the error's delay (a child not applied: see ChildNotApplied.retry_after) or after 1, 2,
@@ -732,7 +576,7 @@ def _for_parent(
         if sent is not None and (kwargs.get("event") or {}).get("type") == "DELETED":
             state.resend.add(sent)
         if state.body is not None:
-            _pass(namespace, name, memo, Watched.of(kwargs))
+            _pass(namespace, name, memo, observe.Watched.of(kwargs))
 
 
 @kopf.on.event(GROUP, VERSION, "modeldeployments")
@@ -754,7 +598,7 @@ def modeldeployment_event(
         state.clock.cadence = clock.Cadence.of(seen.get("spec") or {}, seen.get("status") or {})
         if not _newer(seen, state.body):
             return  # its own status write coming back: the pass that wrote it saw all there was
-        _pass(namespace, name, memo, Watched.of(kwargs), seen)
+        _pass(namespace, name, memo, observe.Watched.of(kwargs), seen)
 
 
 def delete_children(ctx: Context, namespace: str, name: str, uid: str | None = None) -> None:
@@ -781,7 +625,7 @@ def deployment_event(labels: dict[str, str], namespace: str, name: str, **kwargs
 def endpoints_event(labels: dict[str, str], namespace: str, **kwargs: Any) -> None:
     """Addresses changed (the route table carries them when service addressing is by endpoints), or the slice went
     with its Service."""
-    service = labels.get(SERVICE_NAME)
+    service = labels.get(observe.SERVICE_NAME)
     _for_parent(namespace, labels, kwargs, ("Service", service) if service else None)
 
 
@@ -841,7 +685,7 @@ async def _clock(executor: Any, indexes: Mapping[str, Any], listings: applied.Li
     registry now answers otherwise than it did for a ModelDeployment's last pass (asked once per reference for
     all of them, off the event loop)."""
     loop = asyncio.get_running_loop()
-    watched = Watched.of(indexes)
+    watched = observe.Watched.of(indexes)
 
     def start(key: tuple[str, str], memo: Mapping[str, Any]) -> None:
         ticks = state_of(memo).clock
@@ -909,7 +753,7 @@ CHANGED_BY_OTHERS = frozenset({"HorizontalPodAutoscaler"})
 """Kinds whose objects others write as they work (the autoscaler its status): checked for deletion only."""
 
 
-def _check_unwatched(memos: Mapping[tuple[str, str], Any], watched: Watched) -> None:
+def _check_unwatched(memos: Mapping[tuple[str, str], Any], watched: observe.Watched) -> None:
     """A pass, sending them again, of each ModelDeployment that children this process applied are missing
     from, or changed since (another resourceVersion than its apply wrote): one of UNWATCHED_KINDS deleted or edited
     by hand. Deployments that sent children since the listing began are left to the next check (what they sent may

@@ -266,6 +266,43 @@ def test_a_running_trainingjob_costs_no_passes_until_something_happens(
         scoped.stop()
 
 
+def test_a_restarted_operator_passes_once_over_a_trainingjob_whatever_its_earlier_attempts_left(
+    controlplane, crds_installed, mlflow, api: client.ApiClient, namespace: str, tmp_path
+) -> None:
+    """An operator that starts gets an event for every attempt's Job, often before their TrainingJob's own: a pass
+    reads only the current attempt's, and the TrainingJob's first event's pass reads it. Before, each earlier
+    attempt's Job cost a pass of its own (two requests each) on every restart."""
+    from tests.integration.operators.test_operator_metrics import value
+
+    def scoped() -> Operator:
+        return Operator(controlplane.kubeconfig, mlflow.url, tmp_path / "operator.log", ("--namespace", namespace))
+
+    first = scoped()
+    first.start()
+    try:
+        create_tj(api, namespace, "thrice", backoffLimit=2)
+        for attempt in (1, 2):
+            wait_for(lambda a=attempt: f"thrice-a{a}" in jobs(api, namespace), what=f"attempt {attempt}")
+            mark_job(api, namespace, f"thrice-a{attempt}", "Failed", "pod exited with code 3")
+        wait_for(lambda: jobs(api, namespace) == ["thrice-a1", "thrice-a2", "thrice-a3"], what="attempt 3")
+        wait_for(lambda: status(api, namespace, "thrice").get("attempts") == 3, what="attempt 3 in status")
+    finally:
+        first.stop()
+    again = scoped()
+    again.start()
+    try:
+
+        def passes() -> float:
+            return value(again, "kubeforge_reconcile_duration_seconds_count", kind="TrainingJob") or 0.0
+
+        wait_for(lambda: passes() >= 1, what="the restarted operator's first pass")
+        time.sleep(3)  # every Job's event has come by now
+        assert passes() == 1
+        assert status(api, namespace, "thrice")["attempts"] == 3 and jobs(api, namespace)[-1] == "thrice-a3"
+    finally:
+        again.stop()
+
+
 def test_a_trainingjob_carries_no_finalizer_so_deleting_it_never_waits_for_an_operator(
     operator: Operator, api: client.ApiClient, namespace: str
 ) -> None:

@@ -53,3 +53,19 @@ def test_a_failed_pass_is_tried_again_after_the_delay_it_named_else_with_a_growi
     assert waits[:4] == [2.0, 4.0, 8.0, 16.0] and waits[-1] == MAX_RETRY_S
     t.passed()
     assert t.retry_at is None and t.retries == 0 and not clock.due(t, False, 1000.0, WALL)
+
+
+def test_children_of_earlier_attempts_or_of_a_trainingjob_whose_own_event_is_still_to_come_start_no_pass() -> None:
+    """A restarted operator gets an event for every attempt's Job and failed pod, often before their owner's; a pass
+    reads only the current attempt's, and the owner's first event's pass reads them all. Where the newest event of
+    the TrainingJob is behind (attempt 3 started, its event not handled yet), attempt 3's children still count."""
+
+    def needs(t: clock.Ticks, attempt: str | None) -> bool:
+        return clock.child_needs_pass(t, {} if attempt is None else {"kubeforge.dev/attempt": attempt})
+
+    third = ticks({**RUNNING, "attempts": 3}, event_at=5.0)
+    assert [needs(third, a) for a in ("1", "2", "3", None)] == [False, False, True, True]
+    behind = ticks({**RUNNING, "attempts": 2}, event_at=5.0)
+    assert needs(behind, "3")
+    assert not needs(clock.Ticks(), "1"), "its owner's own event not handled yet"
+    assert needs(ticks({}, event_at=5.0), "1"), "a new TrainingJob's first attempt"

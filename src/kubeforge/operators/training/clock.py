@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from ..labels import ATTEMPT
 from ..memos import Retries
 from .plan import TERMINAL, due_by_time
 
@@ -33,7 +34,7 @@ class Ticks(Retries):
     status: dict[str, Any] = field(default_factory=dict)
     """Its spec and status as its newest event brought them."""
     event_at: float = 0.0
-    """When its newest event came."""
+    """When its newest event came (0: none handled yet)."""
     looked_at: float = 0.0
     """When the clock last looked at its waits on time."""
     running: bool = False
@@ -45,6 +46,19 @@ def unfinished(status: Mapping[str, Any]) -> bool:
     if status.get("phase") not in TERMINAL:
         return True
     return status.get("phase") == "Succeeded" and not (status.get("mlflow") or {}).get("modelVersion")
+
+
+def child_needs_pass(ticks: Ticks, labels: Mapping[str, str]) -> bool:
+    """Whether an event of a TrainingJob's Job or pod (by the child's labels) may need a pass of it. Not before the
+    TrainingJob's own first event has been handled: that event's pass, still to come, reads every child as it is
+    then (an operator that starts gets every attempt's Job and failed pod at once, and kopf may hand it those
+    before their owner). Nor for a child of an attempt before the current one, as the newest event tells it: a pass
+    reads only the current attempt's Job and pods. A newest event behind the current attempt only tells an earlier
+    number, so a current child never counts as earlier."""
+    if not ticks.event_at:
+        return False
+    attempt = labels.get(ATTEMPT, "")
+    return not (attempt.isdigit() and int(attempt) < int(ticks.status.get("attempts") or 0))
 
 
 def due(ticks: Ticks, unsettled: bool, now: float, wall: datetime) -> bool:

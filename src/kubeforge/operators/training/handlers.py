@@ -133,9 +133,10 @@ def _pass(memo: kopf.Memo, namespace: str, name: str, logger: Any, brought: Brou
 def _for_owner(
     namespace: str, name: str, kind: str, body: kopf.Body, logger: Any, tj_memos: kopf.Index[Any, Any]
 ) -> None:
-    """A pass of the TrainingJob a Job or pod (body, of kind) belongs to, unless that one is gone or its last pass
-    read the child as it is."""
-    if (memo := memo_in(tj_memos, namespace, name)) is not None:
+    """A pass of the TrainingJob a Job or pod (body, of kind) belongs to, unless that one is gone, the child brings
+    nothing a pass would read (clock.child_needs_pass) or its last pass read the child as it is."""
+    memo = memo_in(tj_memos, namespace, name)
+    if memo is not None and clock.child_needs_pass(_ticks(memo), body.get("metadata", {}).get("labels") or {}):
         _pass(memo, namespace, name, logger, (kind, body))
 
 

@@ -556,6 +556,13 @@ def dataset(
     names_by_version = {**logged_features(directory, route.name), **served}
     if any(target in names for names in names_by_version.values()) or target in (features or ()):
         raise BadFeedback("target is the name of one of the model's features: choose another name for the label")
+    known = {name for names in names_by_version.values() for name in names}
+    unknown = [f for f in features or () if f not in known and not re.fullmatch(r"feature_\d+", f)]
+    if unknown:
+        raise BadFeedback(
+            f"features: {unknown[0]!r} is not a feature of model {route.name!r}; its versions take "
+            f"{', '.join(sorted(known)) or 'features whose names are not known (feature_0, feature_1, ...)'}"
+        )
     labels = {
         item["requestId"]: item["label"]
         for item in _lines(directory, f"{route.name}.labels.jsonl")

@@ -343,6 +343,8 @@ def test_a_data_set_has_the_features_a_retrain_trains_on_and_leaves_out_rows_of_
     assert asked == [["f2", "f0", "label"], ["3.0", "4.0", "1"]], "only the canary's rows have f2"
     with pytest.raises(BadFeedback, match="target is the name of one of the model's features"):
         dataset(tmp_path, route, 3600, "f2", now, ["f2"])
+    with pytest.raises(BadFeedback, match=r"features: 'f3' is not a feature of model 'clf'; its versions take f0, f1"):
+        dataset(tmp_path, route, 3600, "label", now, ["f0", "f3"])
     assert feature_list(" f2, f0") == ["f2", "f0"] and feature_list(None) is None
     for bad in ("", "f0,,f1", "f0,f0"):
         with pytest.raises(BadFeedback, match="features must name feature columns once each"):

@@ -60,12 +60,12 @@ def test_children_of_earlier_attempts_or_of_a_trainingjob_whose_own_event_is_sti
     reads only the current attempt's, and the owner's first event's pass reads them all. Where the newest event of
     the TrainingJob is behind (attempt 3 started, its event not handled yet), attempt 3's children still count."""
 
-    def needs(t: clock.Ticks, attempt: str | None) -> bool:
+    def needs(t: clock.Ticks | None, attempt: str | None) -> bool:
         return clock.child_needs_pass(t, {} if attempt is None else {"kubeforge.dev/attempt": attempt})
 
     third = ticks({**RUNNING, "attempts": 3}, event_at=5.0)
     assert [needs(third, a) for a in ("1", "2", "3", None)] == [False, False, True, True]
     behind = ticks({**RUNNING, "attempts": 2}, event_at=5.0)
     assert needs(behind, "3")
-    assert not needs(clock.Ticks(), "1"), "its owner's own event not handled yet"
+    assert not needs(None, "1") and not needs(clock.Ticks(), "1"), "its owner's own event not handled yet"
     assert needs(ticks({}, event_at=5.0), "1"), "a new TrainingJob's first attempt"

@@ -48,14 +48,14 @@ def unfinished(status: Mapping[str, Any]) -> bool:
     return status.get("phase") == "Succeeded" and not (status.get("mlflow") or {}).get("modelVersion")
 
 
-def child_needs_pass(ticks: Ticks, labels: Mapping[str, str]) -> bool:
+def child_needs_pass(ticks: Ticks | None, labels: Mapping[str, str]) -> bool:
     """Whether an event of a TrainingJob's Job or pod (by the child's labels) may need a pass of it. Not before the
     TrainingJob's own first event has been handled: that event's pass, still to come, reads every child as it is
     then (an operator that starts gets every attempt's Job and failed pod at once, and kopf may hand it those
     before their owner). Nor for a child of an attempt before the current one, as the newest event tells it: a pass
     reads only the current attempt's Job and pods. A newest event behind the current attempt only tells an earlier
     number, so a current child never counts as earlier."""
-    if not ticks.event_at:
+    if ticks is None or not ticks.event_at:
         return False
     attempt = labels.get(ATTEMPT, "")
     return not (attempt.isdigit() and int(attempt) < int(ticks.status.get("attempts") or 0))

@@ -136,7 +136,7 @@ def _for_owner(
     """A pass of the TrainingJob a Job or pod (body, of kind) belongs to, unless that one is gone, the child brings
     nothing a pass would read (clock.child_needs_pass) or its last pass read the child as it is."""
     memo = memo_in(tj_memos, namespace, name)
-    if memo is not None and clock.child_needs_pass(_ticks(memo), body.get("metadata", {}).get("labels") or {}):
+    if memo is not None and clock.child_needs_pass(memo.get(TICKS), body.get("metadata", {}).get("labels") or {}):
         _pass(memo, namespace, name, logger, (kind, body))
 
 

@@ -17,7 +17,7 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -39,6 +39,8 @@ class Response:
 
     status: int
     content: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+    """Its headers, names in lower case."""
 
     @property
     def text(self) -> str:
@@ -70,10 +72,10 @@ def post(url: str, body: Any = None, timeout: float = 10.0, headers: dict[str, s
 def _send(request: urllib.request.Request, timeout: float) -> Response:
     try:
         with _OPENER.open(request, timeout=timeout) as resp:
-            return Response(resp.status, resp.read())
+            return Response(resp.status, resp.read(), {k.lower(): v for k, v in resp.headers.items()})
     except urllib.error.HTTPError as err:  # a 3xx, or 400 or more: an answer, not a failure to get one
         with err:
-            return Response(err.code, err.read())
+            return Response(err.code, err.read(), {k.lower(): v for k, v in err.headers.items()})
     except (OSError, http.client.HTTPException, ValueError) as err:  # URLError, timeouts, resets; a malformed URL
         reason = getattr(err, "reason", None) or err
         raise HttpError(f"{request.get_method()} {request.full_url}: {reason}") from err

@@ -44,7 +44,7 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
@@ -526,6 +526,17 @@ def _lines(directory: Path, name: str) -> Iterator[dict[str, Any]]:
                         yield item
 
 
+ROWS_LEFT_OUT_HEADER = "kubeforge-rows-left-out"
+"""Answer header of a data set: how many labelled rows it left out (see dataset)."""
+
+
+class DataSet(NamedTuple):
+    """A data set as CSV, and how many labelled rows it left out: answered by versions without its features."""
+
+    text: str
+    left_out: int
+
+
 def feature_list(text: str | None) -> list[str] | None:
     """?features=f0,f2 as names, in that order; None when not given. BadFeedback naming it when it names none or
     one twice."""
@@ -539,7 +550,7 @@ def feature_list(text: str | None) -> list[str] | None:
 
 def dataset(
     directory: Path, route: Route, since_s: float, target: str, now: float, features: list[str] | None = None
-) -> str:
+) -> DataSet:
     """The labelled payload records of route's model answered within since_s before now, as CSV: one column per
     feature, the label column target and event_timestamp (when the request was answered), one row per row of each
     request. Records without a label, or whose features were redacted, are left out.
@@ -547,9 +558,9 @@ def dataset(
     A row's features are named as the version that answered it named them (also a version the route no longer
     has: the payload log keeps each version's names; feature_<i> where none are known). The columns are features,
     else the stable version's: what a retrain of the model trains on. A row of a version that lacks one of them
-    (a canary that took other features, say) is left out, and counted in the gateway's log: a column half empty
-    would only make the trainer refuse the whole set. Where the stable version's names are not known either, the
-    columns are every name the rows have."""
+    (a canary that took other features, say) is left out and counted (DataSet.left_out, and the gateway's log): a
+    column half empty would only make the trainer refuse the whole set. Where the stable version's names are not
+    known either, the columns are every name the rows have."""
     if not target or target == EVENT_TIMESTAMP:
         raise BadFeedback(f"target must name the label column, other than {EVENT_TIMESTAMP}")
     served = {version: list(t.features) for version, t in route.versions.items() if t.features}
@@ -612,13 +623,14 @@ def dataset(
     writer = csv.DictWriter(out, [*columns, target, EVENT_TIMESTAMP], lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    return out.getvalue()
+    return DataSet(out.getvalue(), sum(left_out.values()))
 
 
-def merge_datasets(texts: list[str]) -> str:
+def merge_datasets(sets: list[DataSet]) -> DataSet:
     """Data sets of several gateway replicas (CSV, as :func:`dataset` writes them) as one: every replica's rows,
-    oldest first, under the columns of all (a feature only one replica met is empty in the others' rows)."""
-    readers = [csv.DictReader(io.StringIO(text)) for text in texts]
+    oldest first, under the columns of all (a feature only one replica met is empty in the others' rows), and every
+    replica's rows left out."""
+    readers = [csv.DictReader(io.StringIO(text)) for text, _ in sets]
     columns: dict[str, None] = {}
     rows: list[dict[str, str]] = []
     for reader in readers:
@@ -631,4 +643,4 @@ def merge_datasets(texts: list[str]) -> str:
     writer = csv.DictWriter(out, order, restval="", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    return out.getvalue()
+    return DataSet(out.getvalue(), sum(left_out for _, left_out in sets))

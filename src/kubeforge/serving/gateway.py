@@ -56,6 +56,7 @@ from .accesslog import AccessLog
 from .auth import ANONYMOUS, Caller, Forbidden, Tokens, Unauthorized
 from .enrich import Lookup, Stores, Unavailable, entity_request
 from .feedback import (
+    ROWS_LEFT_OUT_HEADER,
     BadFeedback,
     Feedback,
     QualityCollector,
@@ -569,13 +570,13 @@ class Gateway:
             since = since_seconds(request.query_params.get("since", "24h"))
             target = request.query_params.get("target", "label")
             features = feature_list(request.query_params.get("features"))
-            text = await asyncio.to_thread(dataset, directory, route, since, target, time.time(), features)
+            found = await asyncio.to_thread(dataset, directory, route, since, target, time.time(), features)
             if not peer and self.peers.others:
-                texts = await self.peers.datasets(f"{request.url.path}?{request.url.query}", request.headers)
-                text = merge_datasets([text, *texts]) if texts else text
+                sets = await self.peers.datasets(f"{request.url.path}?{request.url.query}", request.headers)
+                found = merge_datasets([found, *sets]) if sets else found
         except (BadFeedback, PeerUnavailable) as err:
             return error(err.status, str(err), headers)
-        return Response(text, 200, headers, media_type="text/csv")
+        return Response(found.text, 200, {**(headers or {}), ROWS_LEFT_OUT_HEADER: str(found.left_out)}, "text/csv")
 
     async def model_ready(self, request: Request) -> Response:
         route, pinned = self._route_of(request)

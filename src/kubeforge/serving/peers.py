@@ -27,7 +27,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from .feedback import BadFeedback, Checked
+from .feedback import ROWS_LEFT_OUT_HEADER, BadFeedback, Checked, DataSet
 from .http1 import Client, ConnectionFailed, Reply
 
 log = logging.getLogger(__name__)
@@ -158,8 +158,8 @@ class Peers:
             raise PeerUnavailable(f"gateway replica {url} answered {reply.status_code}: {_message(reply)}")
         return [str(r) for r in results]
 
-    async def datasets(self, path: str, headers: Mapping[str, str]) -> list[str]:
-        """Every peer's data set (CSV) for path, but those gone; raises PeerUnavailable when one cannot give it."""
+    async def datasets(self, path: str, headers: Mapping[str, str]) -> list[DataSet]:
+        """Every peer's data set for path, but those gone; raises PeerUnavailable when one cannot give it."""
         peers = self.others
         replies = await asyncio.gather(*(self._ask(url, "GET", path, b"", headers, DATASET_TIMEOUT_S) for url in peers))
         texts = []
@@ -168,7 +168,8 @@ class Peers:
                 continue
             if reply.status_code != 200:
                 raise PeerUnavailable(f"gateway replica {url} answered {reply.status_code}: {_message(reply)}")
-            texts.append(reply.content.decode())
+            left_out = reply.headers.get(ROWS_LEFT_OUT_HEADER, "0")
+            texts.append(DataSet(reply.content.decode(), int(left_out) if left_out.isdigit() else 0))
         return texts
 
     async def _ask(

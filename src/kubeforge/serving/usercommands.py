@@ -175,3 +175,11 @@ def from_feedback(
         frame.to_parquet(out, index=False)
         rows = len(frame)
     click.echo(f"wrote {rows} labelled rows to {out}")
+    from .feedback import ROWS_LEFT_OUT_HEADER  # numpy with it: here only, not in every command's imports
+
+    left_out = resp.headers.get(ROWS_LEFT_OUT_HEADER, "0")
+    if left_out.isdigit() and int(left_out):
+        click.echo(
+            f"left out {left_out} labelled rows answered by versions without one of its features "
+            f"({'--features' if features else 'the stable version'}'s)"
+        )

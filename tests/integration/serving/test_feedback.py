@@ -176,6 +176,9 @@ def test_the_cli_sends_a_label_file_and_writes_the_data_set(gateway, triton, reg
     assert chosen.returncode == 0 and "wrote 6 labelled rows" in chosen.stdout, chosen.stderr
     assert list(pd.read_csv(some).columns) == ["feature_1", "feature_0", "label", "event_timestamp"]
     assert refused.returncode != 0 and "features must name feature columns once each" in refused.stderr
+    none = kubeforge("dataset", "from-feedback", *target, "--features", "feature_9", "--out", str(some))
+    assert none.returncode == 0 and "wrote 0 labelled rows" in none.stdout, none.stderr
+    assert "left out 6 labelled rows answered by versions without one of its features" in none.stdout
 
     # A retrain's trainer reads the same data set with the token its TrainingJob's tokenSecretRef gives it.
     source = DatasetSpec(

@@ -266,7 +266,7 @@ def test_the_dataset_joins_labels_to_payload_records_one_row_per_request_row(tmp
     (tmp_path / "clf.labels.jsonl").write_text("".join(json.dumps(item) + "\n" for item in labels))
     now = 1_893_456_000 + 3600  # 2030-01-01T01:00Z
 
-    text = dataset(tmp_path, route, 2 * 3600, "target", now)
+    text = dataset(tmp_path, route, 2 * 3600, "target", now).text
 
     assert text.splitlines() == [
         "f0,f1,target,event_timestamp",
@@ -274,7 +274,7 @@ def test_the_dataset_joins_labels_to_payload_records_one_row_per_request_row(tmp
         "3.0,4.0,0,2030-01-01T00:00:01.000Z",
         "5.0,6.0,1,2030-01-01T00:00:01.000Z",
     ]
-    assert dataset(tmp_path, route, 1800, "target", now).splitlines() == ["f0,f1,target,event_timestamp"]
+    assert dataset(tmp_path, route, 1800, "target", now).text.splitlines() == ["f0,f1,target,event_timestamp"]
     with pytest.raises(BadFeedback, match="target is the name of one of the model's features"):
         dataset(tmp_path, route, 3600, "f0", now)
 
@@ -302,7 +302,7 @@ def test_rows_of_a_version_the_route_no_longer_has_keep_its_feature_names(tmp_pa
 
     spec["versions"] = versions[:1]  # version 2 rolled back: the route has version 1 alone
     [retired] = compile_table(RouteTable.model_validate({"models": {"clf": spec}}), {}).values()
-    rows = dataset(tmp_path, retired, 3600, "target", time.time() + 1).splitlines()
+    rows = dataset(tmp_path, retired, 3600, "target", time.time() + 1).text.splitlines()
 
     assert rows[0] == "f0,f1,target,event_timestamp"
     assert [row.split(",")[:3] for row in rows[1:]] == [["1.0", "2.0", "1"], ["1.0", "2.0", "0"]]
@@ -337,10 +337,13 @@ def test_a_data_set_has_the_features_a_retrain_trains_on_and_leaves_out_rows_of_
     [route] = compile_table(RouteTable.model_validate({"models": {"clf": spec}}), {}).values()
     now = time.time() + 1
 
-    rows = [row.split(",")[:-1] for row in dataset(tmp_path, route, 3600, "label", now).splitlines()]
+    stable = dataset(tmp_path, route, 3600, "label", now)
+    rows = [row.split(",")[:-1] for row in stable.text.splitlines()]
     assert rows == [["f0", "f1", "label"], ["1.0", "2.0", "0"], ["4.0", "5.0", "1"], ["8.0", "9.0", "1"]]
-    asked = [row.split(",")[:-1] for row in dataset(tmp_path, route, 3600, "label", now, ["f2", "f0"]).splitlines()]
-    assert asked == [["f2", "f0", "label"], ["3.0", "4.0", "1"]], "only the canary's rows have f2"
+    assert stable.left_out == 1, "the shadow's row"
+    asked = dataset(tmp_path, route, 3600, "label", now, ["f2", "f0"])
+    assert [row.split(",")[:-1] for row in asked.text.splitlines()] == [["f2", "f0", "label"], ["3.0", "4.0", "1"]]
+    assert asked.left_out == 3, "only the canary's row has f2"
     with pytest.raises(BadFeedback, match="target is the name of one of the model's features"):
         dataset(tmp_path, route, 3600, "f2", now, ["f2"])
     with pytest.raises(BadFeedback, match=r"features: 'f3' is not a feature of model 'clf'; its versions take f0, f1"):
@@ -364,14 +367,16 @@ def test_the_gateway_registry_serves_the_feedback_counters():
 
 
 def test_data_sets_of_several_gateway_replicas_merge_into_one_oldest_first() -> None:
-    from kubeforge.serving.feedback import merge_datasets
+    from kubeforge.serving.feedback import DataSet, merge_datasets
 
-    first = "f0,f1,label,event_timestamp\n1.0,2.0,pos,2026-01-01T00:00:02.000Z\n"
-    second = "f0,f1,feature_2,label,event_timestamp\n3.0,4.0,5.0,neg,2026-01-01T00:00:01.000Z\n"
-    merged = merge_datasets([first, second]).splitlines()
-    assert merged == [
+    first = DataSet("f0,f1,label,event_timestamp\n1.0,2.0,pos,2026-01-01T00:00:02.000Z\n", 2)
+    second = DataSet("f0,f1,feature_2,label,event_timestamp\n3.0,4.0,5.0,neg,2026-01-01T00:00:01.000Z\n", 1)
+    merged = merge_datasets([first, second])
+    assert merged.left_out == 3
+    assert merged.text.splitlines() == [
         "f0,f1,feature_2,label,event_timestamp",
         "3.0,4.0,5.0,neg,2026-01-01T00:00:01.000Z",
         "1.0,2.0,,pos,2026-01-01T00:00:02.000Z",
     ]
-    assert merge_datasets([first, "f0,f1,label,event_timestamp\n"]) == first, "a replica without rows adds none"
+    empty = DataSet("f0,f1,label,event_timestamp\n", 0)
+    assert merge_datasets([first, empty]) == first, "a replica without rows adds none"

@@ -56,6 +56,9 @@ class Dataset(BaseModel):
     validation_rows: int
     feature_view: str | None = None
     feature_view_generation: str | None = None
+    rows_left_out: int = Field(
+        default=0, description="labelled rows a feedback data set left out: answered by versions without its features"
+    )
 
 
 class Training(BaseModel):
@@ -188,6 +191,8 @@ def markdown(card: ModelCard) -> str:
             f"- sha256: `{data.sha256}`",
             f"- rows: {data.rows} ({data.train_rows} training, {data.validation_rows} validation)",
         ]
+        if data.rows_left_out:
+            lines.append(f"- left out: {data.rows_left_out} labelled rows answered by versions without its features")
     lines += ["", "| feature | mean | std | min | max |", "|---|---|---|---|---|"]
     lines += [f"| {f.name} | {_num(f.mean)} | {_num(f.std)} | {_num(f.min)} | {_num(f.max)} |" for f in card.features]
     if card.training is not None:

@@ -526,10 +526,6 @@ def _lines(directory: Path, name: str) -> Iterator[dict[str, Any]]:
                         yield item
 
 
-ROWS_LEFT_OUT_HEADER = "kubeforge-rows-left-out"
-"""Answer header of a data set: how many labelled rows it left out (see dataset)."""
-
-
 class DataSet(NamedTuple):
     """A data set as CSV, and how many labelled rows it left out: answered by versions without its features."""
 

@@ -51,12 +51,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from kubeforge.core import feedbackset
+from kubeforge.core.feedbackset import ROWS_LEFT_OUT_HEADER
+
 from . import inference_protocol
 from .accesslog import AccessLog
 from .auth import ANONYMOUS, Caller, Forbidden, Tokens, Unauthorized
 from .enrich import Lookup, Stores, Unavailable, entity_request
 from .feedback import (
-    ROWS_LEFT_OUT_HEADER,
     BadFeedback,
     Feedback,
     QualityCollector,
@@ -660,7 +662,7 @@ def create_app(gw: Gateway) -> ASGIApp:
     add("/v2/health/ready", gw.server_ready, ["GET"])
     add("/metrics", _metrics, ["GET"])
     add("/v2/models/{name}/feedback", gw.post_feedback, ["POST"])
-    add("/v2/models/{name}/feedback/dataset", gw.feedback_dataset, ["GET"])
+    add(feedbackset.path("{name}"), gw.feedback_dataset, ["GET"])
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
         add(prefix + "/ready", gw.model_ready, ["GET"])
         add(prefix + "/config", gw.metadata, ["GET"])

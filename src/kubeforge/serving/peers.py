@@ -27,7 +27,9 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from .feedback import ROWS_LEFT_OUT_HEADER, BadFeedback, Checked, DataSet
+from kubeforge.core.feedbackset import ROWS_LEFT_OUT_HEADER, rows_left_out
+
+from .feedback import BadFeedback, Checked, DataSet
 from .http1 import Client, ConnectionFailed, Reply
 
 log = logging.getLogger(__name__)
@@ -168,8 +170,7 @@ class Peers:
                 continue
             if reply.status_code != 200:
                 raise PeerUnavailable(f"gateway replica {url} answered {reply.status_code}: {_message(reply)}")
-            left_out = reply.headers.get(ROWS_LEFT_OUT_HEADER, "0")
-            texts.append(DataSet(reply.content.decode(), int(left_out) if left_out.isdigit() else 0))
+            texts.append(DataSet(reply.content.decode(), rows_left_out(reply.headers.get(ROWS_LEFT_OUT_HEADER))))
         return texts
 
     async def _ask(

@@ -87,6 +87,8 @@ def _version_lineage(registry: MLflowRegistry, kubeconfig: str | None, name: str
             "rows": tags.get(mc.TAG_DATASET_ROWS) or tags.get(mc.TAG_REFERENCE_ROWS, ""),
         },
     }
+    if left_out := tags.get(mc.TAG_DATASET_ROWS_LEFT_OUT):
+        entry["data"]["rowsLeftOut"] = left_out
     if view := tags.get(mc.TAG_FEATUREVIEW):
         entry["data"]["featureView"] = view
         entry["data"]["featureViewGeneration"] = tags.get(mc.TAG_FEATUREVIEW_GENERATION, "")

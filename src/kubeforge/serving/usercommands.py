@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from ..core import plainhttp
+from ..core import feedbackset, plainhttp
 from ..featurestore.usercommands import _api_errors, _client, _namespace
 
 BATCH = 1000
@@ -153,7 +153,7 @@ def from_feedback(
     base = gateway_url(model, url, kubeconfig, namespace)
     try:
         resp = plainhttp.get(
-            f"{base}/v2/models/{model}/feedback/dataset",
+            base + feedbackset.path(model),
             {"since": since, "target": target, **({"features": features} if features else {})},
             300,
             _headers(token),
@@ -175,10 +175,7 @@ def from_feedback(
         frame.to_parquet(out, index=False)
         rows = len(frame)
     click.echo(f"wrote {rows} labelled rows to {out}")
-    from .feedback import ROWS_LEFT_OUT_HEADER  # numpy with it: here only, not in every command's imports
-
-    left_out = resp.headers.get(ROWS_LEFT_OUT_HEADER, "0")
-    if left_out.isdigit() and int(left_out):
+    if left_out := feedbackset.rows_left_out(resp.headers.get(feedbackset.ROWS_LEFT_OUT_HEADER)):
         click.echo(
             f"left out {left_out} labelled rows answered by versions without one of its features "
             f"({'--features' if features else 'the stable version'}'s)"

@@ -6,8 +6,8 @@ check here runs before any training starts and raises a :class:`TrainerError` th
 the field, file, column and rows at fault.
 
 Files are read once through fsspec (local paths, ``file://``, ``memory://``, ``s3://``
-with s3fs installed, ``http(s)://`` with aiohttp, ...); the same bytes are hashed for the
-lineage tag and parsed. An HTTP URL is read with one GET, so it may be a query (a gateway's
+with s3fs installed, ...); the same bytes are hashed for the lineage tag and parsed. An
+``http(s)://`` URL is read with one GET, so it may be a query (a gateway's
 ``/v2/models/<name>/feedback/dataset?since=24h``); ``spec.dataset.format`` names its format.
 
 A dataset built from a FeatureView (``spec.dataset.featureView``) is the entity file
@@ -28,6 +28,8 @@ import os
 import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
+from urllib.parse import urljoin
 
 import fsspec
 import numpy as np
@@ -36,6 +38,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from kubeforge.api.featureview import FeatureView
 from kubeforge.api.trainingjob import DatasetSpec, Task
+from kubeforge.core import feedbackset, plainhttp
 from kubeforge.featurestore import trainingsets
 from kubeforge.featurestore.config import StoreSettings
 
@@ -47,6 +50,9 @@ EXTENSIONS: dict[str, tuple[str, ...]] = {
     "jsonl": (".jsonl", ".ndjson"),
     "parquet": (".parquet", ".pq"),
 }
+# How long an HTTP(S) dataset may take to answer: a feedback data set is built from every gateway replica's payload
+# log, and waits on each for up to 300 seconds.
+HTTP_TIMEOUT_S = 600.0
 # How many row numbers an error message lists before it stops.
 _SHOWN_ROWS = 10
 
@@ -70,6 +76,9 @@ class Dataset:
     y_val: np.ndarray
     feature_view: FeatureView | None = None
     """The FeatureView the features were joined from (uri is then the entity file)."""
+    rows_left_out: int = 0
+    """Labelled rows the gateway's feedback data set at uri left out: answered by versions without one of its
+    features."""
 
 
 def load(spec: DatasetSpec, task: Task, view: FeatureView | None = None, store: StoreSettings | None = None) -> Dataset:
@@ -81,10 +90,11 @@ def load(spec: DatasetSpec, task: Task, view: FeatureView | None = None, store: 
     if spec.feature_view is not None:
         uri = spec.feature_view.entities_uri
         frame, features, digest, hint = _joined(spec, view, store or StoreSettings.from_env())
+        left_out = 0
     else:
         assert spec.uri is not None  # DatasetSpec requires uri or featureView
         uri, hint = spec.uri, ""
-        frame, digest = read(spec.uri, spec.format)
+        frame, digest, left_out = read(spec.uri, spec.format)
         features = _feature_columns(frame, spec)
     x = _feature_matrix(frame, features)
     classes, y = _targets(frame[spec.target], spec.target, task)
@@ -102,6 +112,7 @@ def load(spec: DatasetSpec, task: Task, view: FeatureView | None = None, store: 
         x_val=x[val],
         y_val=y[val],
         feature_view=view if spec.feature_view is not None else None,
+        rows_left_out=left_out,
     )
 
 
@@ -123,7 +134,7 @@ def _joined(
             f"{view.metadata.name!r}"
         )
     field = "spec.dataset.featureView.entitiesUri"
-    entities, _ = read(source.entities_uri, spec.format, field)
+    entities = read(source.entities_uri, spec.format, field).frame
     available = [f.name for f in view.spec.features]
     features = list(spec.features) if spec.features is not None else available
     unknown = [f for f in features if f not in available]
@@ -160,8 +171,18 @@ def _frame_digest(frame: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
-def read(uri: str, fmt: str | None, field: str = "spec.dataset.uri") -> tuple[pd.DataFrame, str]:
-    """All rows of the file or directory at uri (named by field in messages), and the sha256 of the bytes read."""
+class Read(NamedTuple):
+    """What reading a dataset's URI gave."""
+
+    frame: pd.DataFrame
+    sha256: str
+    """Of the bytes read."""
+    rows_left_out: int = 0
+    """Labelled rows a gateway's feedback data set left out (answered by versions without one of its features)."""
+
+
+def read(uri: str, fmt: str | None, field: str = "spec.dataset.uri") -> Read:
+    """All rows of the file or directory at uri (named by field in messages)."""
     if uri.startswith(("http://", "https://")):
         return _read_http(uri, fmt, field)
     try:
@@ -193,29 +214,41 @@ def read(uri: str, fmt: str | None, field: str = "spec.dataset.uri") -> tuple[pd
             )
         frames.append((name, frame))
     frame = frames[0][1] if len(frames) == 1 else pd.concat([f for _, f in frames], ignore_index=True)
-    return frame, digest.hexdigest()
+    return Read(frame, digest.hexdigest())
 
 
-def _read_http(uri: str, fmt: str | None, field: str) -> tuple[pd.DataFrame, str]:
+def _read_http(uri: str, fmt: str | None, field: str) -> Read:
     """The rows an HTTP(S) URL answers with, read in one GET (a URL may be a query, such as a gateway's feedback
-    data set, which has no size to read ranges of and no directory listing). With KUBEFORGE_DATASET_TOKEN set it
-    is sent as a bearer token."""
+    data set, which has no size to read ranges of and no directory listing), and the labelled rows a feedback data
+    set says it left out. With KUBEFORGE_DATASET_TOKEN set it is sent as a bearer token; a redirect is not followed,
+    so that the token goes to the server named and no other."""
     token = os.environ.get("KUBEFORGE_DATASET_TOKEN")
-    options = {"headers": {"Authorization": f"Bearer {token}"}} if token else {}
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        fs, path = fsspec.core.url_to_fs(uri, **options)
-        data = fs.cat_file(path)
-    except FileNotFoundError:
-        raise TrainerError(f"{field}: {uri} answered 404 Not Found") from None
-    except ImportError as exc:
-        raise TrainerError(f"{field}: cannot open {uri}: {exc}") from None
-    except Exception as exc:  # aiohttp's errors: refused, 401, 5xx, ...
-        raise TrainerError(f"{field}: cannot read {uri}: {type(exc).__name__}: {exc}") from None
+        answer = plainhttp.get(uri, timeout=HTTP_TIMEOUT_S, headers=headers)
+    except plainhttp.HttpError as exc:
+        raise TrainerError(f"{field}: cannot {exc}") from None  # "GET <uri>: <why>"
+    if 300 <= answer.status < 400:
+        raise TrainerError(
+            f"{field}: {uri} answered {answer.status}, a redirect, which is not followed: set {field} to where it "
+            f"points ({urljoin(uri, answer.headers['location']) if 'location' in answer.headers else 'no Location'})"
+        )
+    if answer.status != 200:
+        said = answer.text.strip().replace("\n", " ")[:300]
+        raise TrainerError(f"{field}: cannot read {uri}: it answered {answer.status}{': ' + said if said else ''}")
+    data = answer.content
+    left_out = feedbackset.rows_left_out(answer.headers.get(feedbackset.ROWS_LEFT_OUT_HEADER))
     fmt = _file_format(uri.split("?", 1)[0], uri, fmt)
     frame = _PARSERS[fmt](data, uri) if data.strip() else pd.DataFrame()
     if frame.empty:
-        raise TrainerError(f"dataset {uri} is empty (no rows)")
-    return frame, hashlib.sha256(data).hexdigest()
+        why = (
+            f"; it left out {left_out} labelled rows answered by model versions without one of its features: "
+            "name features those versions take in spec.dataset.features"
+            if left_out
+            else ""
+        )
+        raise TrainerError(f"dataset {uri} is empty (no rows){why}")
+    return Read(frame, hashlib.sha256(data).hexdigest(), left_out)
 
 
 def _format_of(path: str) -> str | None:

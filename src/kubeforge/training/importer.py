@@ -754,9 +754,10 @@ def _reference_file(request: Request) -> tuple[Any, str] | None:
     if not uri.lower().split("?", 1)[0].endswith(tuple(e for exts in datasets.EXTENSIONS.values() for e in exts)):
         raise TrainerError(f"--reference-data: {uri}: pass a .csv or .parquet file (or .json, .jsonl)")
     try:
-        return datasets.read(uri, None, "--reference-data")
+        found = datasets.read(uri, None, "--reference-data")
     except TrainerError as err:
         raise TrainerError(f"--reference-data: {str(err).removeprefix('--reference-data: ')}") from None
+    return found.frame, found.sha256
 
 
 def _reference_rows(frame: Any, digest: str, features: list[str], uri: str) -> tuple[np.ndarray, tuple[str, str, int]]:

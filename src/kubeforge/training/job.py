@@ -65,7 +65,7 @@ def _attempt(spec: TrainingJobSpec, settings: Settings, ctx: Context, started: f
     if spec.model.framework in ESTIMATOR_FRAMEWORKS:
         return _attempt_estimator(spec, settings, started)
     hp, task = spec.model.hyperparameters, spec.model.task
-    data = datasets.load(spec.dataset, task, settings.feature_view, settings.feature_store)
+    data = _load(spec, settings)
     torch.manual_seed(hp.seed)
     network = models.build(spec.model, len(data.features), len(data.classes) or 1).to(ctx.device)
     optimizer = make_optimizer(network, hp)
@@ -176,6 +176,7 @@ def _card(
             validation_rows=len(data.x_val),
             feature_view=view.metadata.name if view else None,
             feature_view_generation=str(view.metadata.generation or "") if view else None,
+            rows_left_out=data.rows_left_out,
         ),
         hyperparameters=params,
         metrics=final,
@@ -197,7 +198,7 @@ def _attempt_estimator(spec: TrainingJobSpec, settings: Settings, started: float
     task = spec.model.task
     # A bad estimator or params fails before the data is read.
     estimator = estimators.build(spec.model, spec.resources.gpus)
-    data = datasets.load(spec.dataset, task, settings.feature_view, settings.feature_store)
+    data = _load(spec, settings)
     n_outputs = len(data.classes) or 1
     print(f"fitting {estimators.describe(estimator)} on {len(data.x_train)} rows", flush=True)
     estimators.fit(estimator, data.x_train, data.y_train, task, len(data.classes))
@@ -254,6 +255,19 @@ def progress_line(result: EpochResult) -> str:
     """The line users follow with kubectl logs."""
     scores = " ".join(f"val_{k}={v:.4f}" for k, v in result.metrics.items())
     return f"epoch {result.epoch}/{result.epochs} train_loss={result.train_loss:.4f} {scores} {result.seconds:.2f}s"
+
+
+def _load(spec: TrainingJobSpec, settings: Settings) -> datasets.Dataset:
+    """The job's data, saying in the log what a feedback data set left out: a retrain that trains on fewer rows
+    than were labelled says so where its user looks."""
+    data = datasets.load(spec.dataset, spec.model.task, settings.feature_view, settings.feature_store)
+    if data.rows_left_out:
+        print(
+            f"dataset: {data.rows} labelled rows; {data.rows_left_out} more left out, answered by model versions "
+            f"without one of its features ({', '.join(data.features)})",
+            flush=True,
+        )
+    return data
 
 
 def _params(spec: TrainingJobSpec, data: datasets.Dataset) -> dict[str, Any]:

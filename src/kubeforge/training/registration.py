@@ -65,6 +65,8 @@ def lineage_tags(spec: TrainingJobSpec, dataset: Dataset, identity: Identity) ->
         tags[contract.TAG_FORMAT] = contract.FORMAT_ONNX
     if spec.model.task == "classification":
         tags[contract.TAG_CLASSES] = json.dumps(dataset.classes)
+    if dataset.rows_left_out:
+        tags[contract.TAG_DATASET_ROWS_LEFT_OUT] = str(dataset.rows_left_out)
     if dataset.feature_view is not None:
         tags[contract.TAG_FEATUREVIEW] = dataset.feature_view.metadata.name or ""
         tags[contract.TAG_FEATUREVIEW_GENERATION] = str(dataset.feature_view.metadata.generation or "")

@@ -17,10 +17,16 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
 
+from kubeforge import cli
 from kubeforge.api.trainingjob import DatasetSpec
+from kubeforge.core import modelcard
+from kubeforge.core import modelcontract as mc
 from kubeforge.training import datasets
 from kubeforge.training.errors import TrainerError
+from kubeforge.training.main import main as train
 
 from .conftest import FEATURES, N_FEATURES, body, drift_table, table
 
@@ -107,6 +113,57 @@ def test_labels_join_answers_and_give_live_accuracy_and_a_training_data_set(
     assert data.rows == 40 and data.features == FEATURES and sorted(data.classes) == ["neg", "pos"]
 
 
+def test_a_retrain_on_feedback_says_how_many_labelled_rows_its_data_set_left_out(
+    gateway, triton, registered, mlflow, tmp_path, capsys
+):
+    """Requests pinned to the canary, a version registered without feature names, are answered and labelled with
+    the rest; a data set of the stable version's features leaves their rows out. The trainer trains on the others
+    and says how many it left out: in its log, in the registered version's tags and in its model card."""
+    logs = tmp_path / "payloads"
+    routes = drift_table(mlflow.url, registered, triton.url)
+    routes["models"]["clf"].update({"feedback": {"minLabels": 1}, "payloadLog": {"samplePercent": 100}})
+    gw = gateway(routes, args=("--payload-log-dir", str(logs)))
+    answered = answer_all(gw.url, [f"stable-{i}" for i in range(20)])
+    for i in range(4):
+        pinned = f"{gw.url}/v2/models/clf/versions/{registered.canary}/infer"
+        assert httpx.post(pinned, content=identified(f"canary-{i}", 1.0)).status_code == 200
+        answered[f"canary-{i}"] = "pos"
+    labels = [{"id": i, "label": int(label == "pos")} for i, label in answered.items()]
+    joined = httpx.post(f"{gw.url}/v2/models/clf/feedback", json=labels)
+    assert joined.json().get("joined") == 24, joined.text
+    wait_for_lines(logs / "clf.jsonl", 24)
+    wait_for_lines(logs / "clf.labels.jsonl", 24)
+    job = {
+        "apiVersion": "kubeforge.dev/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": "clf-retrain", "namespace": "team-a"},
+        "spec": {
+            "model": {"name": "clf-from-feedback", "framework": "sklearn", "estimator": "LogisticRegression"},
+            "dataset": {"uri": f"{gw.url}/v2/models/clf/feedback/dataset?since=1h", "format": "csv", "target": "label"},
+        },
+    }
+    (tmp_path / "job.yaml").write_text(json.dumps(job))
+    capsys.readouterr()
+
+    assert train(["--spec", str(tmp_path / "job.yaml"), "--tracking-uri", mlflow.url]) == 0
+
+    out = capsys.readouterr().out
+    assert "dataset: 20 labelled rows; 4 more left out, answered by model versions without one of its features" in out
+    result = json.loads(out.strip().splitlines()[-1])["kubeforge.result"]
+    client = MlflowClient(mlflow.url)
+    version = client.get_model_version("clf-from-feedback", result["modelVersion"])
+    assert version.tags[mc.TAG_DATASET_ROWS] == "20" and version.tags[mc.TAG_DATASET_ROWS_LEFT_OUT] == "4"
+    card = modelcard.ModelCard.model_validate_json(
+        Path(client.download_artifacts(result["runId"], modelcard.CARD_JSON, str(tmp_path))).read_text()
+    )
+    assert (card.dataset.rows, card.dataset.rows_left_out) == (20, 4)
+    assert "- left out: 4 labelled rows answered by versions without its features" in version.description
+    lineage = ["lineage", "model", "clf-from-feedback", version.version, "--json", "--tracking-uri", mlflow.url]
+    walked = CliRunner().invoke(cli.main, [*lineage, "--kubeconfig", "/no"])
+    assert walked.exit_code == 0, walked.output
+    assert json.loads(walked.output)["versions"][0]["data"]["rowsLeftOut"] == "4"
+
+
 def test_late_and_unknown_labels_are_counted_and_bad_batches_refused_whole(gateway, triton, registered):
     routes = table(registered, triton.url, feedback={"ttl": "1s", "minLabels": 1})
     gw = gateway(routes)
@@ -188,6 +245,10 @@ def test_the_cli_sends_a_label_file_and_writes_the_data_set(gateway, triton, reg
         datasets.load(source, "classification")
     monkeypatch.setenv("KUBEFORGE_DATASET_TOKEN", TOKEN)
     assert datasets.load(source, "classification").rows == 6
+    # Features no version answered with leave the trainer nothing, and it says where the rows went.
+    none_source = source.model_copy(update={"uri": source.uri + "&features=feature_9"})
+    with pytest.raises(TrainerError, match=r"is empty \(no rows\); it left out 6 labelled rows answered by model"):
+        datasets.load(none_source, "classification")
 
 
 def test_labels_and_data_sets_reach_the_gateway_replica_that_answered(gateway, triton, registered, mlflow, tmp_path):

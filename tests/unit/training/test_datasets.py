@@ -1,7 +1,10 @@
-"""Loading TrainingJob datasets: every format, directories, fsspec URIs, and a clear error for each bad input."""
+"""Loading TrainingJob datasets: every format, directories, fsspec and HTTP URIs, and a clear error for each bad
+input."""
 
 from __future__ import annotations
 
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import fsspec
@@ -11,6 +14,7 @@ import pytest
 
 from kubeforge.api import FeatureView
 from kubeforge.api.trainingjob import DatasetSpec
+from kubeforge.core.feedbackset import ROWS_LEFT_OUT_HEADER
 from kubeforge.featurestore.config import StoreSettings
 from kubeforge.training import datasets
 from kubeforge.training.errors import TrainerError
@@ -241,3 +245,56 @@ def test_bad_dataset_exits_non_zero_with_its_message(
     assert message in err
     assert err.count("error: ") == 1
     assert message in termination_log.read_text()
+
+
+class _DataServer(BaseHTTPRequestHandler):
+    """Serves iris as CSV at /iris.csv to a caller with the token, /moved.csv as a redirect to it, and a 404
+    with a gateway-like JSON error for anything else."""
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/moved.csv":
+            self.send_response(302)
+            self.send_header("Location", "/iris.csv")
+            body = b""
+        elif path == "/iris.csv" and self.headers.get("authorization") == "Bearer s3cret":
+            self.send_response(200)
+            self.send_header(ROWS_LEFT_OUT_HEADER, "7")
+            body = data.iris().to_csv(index=False).encode()
+        elif path == "/iris.csv":
+            self.send_response(401)
+            body = b'{"error": "send a bearer token"}'
+        else:
+            self.send_response(404)
+            body = b'{"error": "model \'clf\' is not served here"}'
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+def test_an_http_dataset_is_read_with_the_token_and_what_it_left_out_and_not_followed_elsewhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _DataServer)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        with pytest.raises(
+            TrainerError, match=r"spec\.dataset\.uri: cannot read .*/iris\.csv: it answered 401: .*token"
+        ):
+            _load(f"{base}/iris.csv")
+        monkeypatch.setenv("KUBEFORGE_DATASET_TOKEN", "s3cret")
+        loaded = _load(f"{base}/iris.csv?since=1h")
+        assert (loaded.rows, loaded.rows_left_out) == (150, 7)
+        with pytest.raises(TrainerError, match=rf"answered 302, a redirect, which is not followed: .*\({base}/iris"):
+            _load(f"{base}/moved.csv")
+        with pytest.raises(TrainerError, match=r"it answered 404: .*not served here"):
+            _load(f"{base}/gone.csv")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    with pytest.raises(TrainerError, match=r"spec\.dataset\.uri: cannot GET .*/iris\.csv: .*refused"):
+        _load(f"{base}/iris.csv")

@@ -29,6 +29,7 @@ from ...api.meta import duration_seconds
 from ...api.retrain import Retrain
 from ...api.trainingjob import RETRAIN_OF_LABEL as RETRAIN_OF
 from ...api.trainingjob import RETRAIN_TRIGGER_LABEL as TRIGGER
+from ...core import feedbackset
 from ...core.conditions import FALSE, TRUE, parse_rfc3339, rfc3339
 from ...core.kube import owner_reference
 from .. import labels
@@ -244,7 +245,7 @@ def training_job(
                 }
             )
             model = owner["metadata"]["name"]
-            source["uri"] = f"{(gateway_url or '').rstrip('/')}/v2/models/{model}/feedback/dataset?{query}"
+            source["uri"] = f"{(gateway_url or '').rstrip('/')}{feedbackset.path(model)}?{query}"
             source["format"] = "csv"
             source.pop("tokenSecretRef", None)  # the template's was for its own data
             if (token := dataset.from_feedback.token_secret_ref) is not None:

@@ -151,8 +151,7 @@ def reconcile(namespace: str, name: str, reads: Reads) -> bool:
         left = [job for job in jobs if job["metadata"]["name"] not in p.delete_jobs] + p.apply
         if leaves_as_is(written, left, ctx.settings, now):
             reads(KIND, written)  # the events of this write and of the Jobs it created bring nothing to act on
-            for (kind, child), where in applied.items():
-                reads(kind, {"metadata": {"name": child, "resourceVersion": where.version}})
+            reads.update({key: where.version for key, where in applied.items()})
     ttl = duration_seconds(spec.ttl) if spec is not None else None
     metrics.observe(namespace, name, ttl, p.finished)
     return finished is None or p.finished is not None

@@ -13,6 +13,15 @@ ROWS_LEFT_OUT_HEADER = "kubeforge-rows-left-out"
 features (serving.feedback.dataset); every gateway replica's added up."""
 
 
+PEER_TIMEOUT_S = 300.0
+"""How long a gateway replica waits for each other replica's share of a data set (each reads its whole payload
+log)."""
+
+READ_TIMEOUT_S = 2 * PEER_TIMEOUT_S
+"""How long a caller waits for a data set: longer than the replica it asked waits for the others, so that a replica
+that does not answer is reported by the gateway, naming it, and not as the caller's own timeout."""
+
+
 def path(model: str) -> str:
     """The gateway's path of model's feedback data set (query: since, target, features)."""
     return f"/v2/models/{model}/feedback/dataset"

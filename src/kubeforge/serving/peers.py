@@ -27,7 +27,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from kubeforge.core.feedbackset import ROWS_LEFT_OUT_HEADER, rows_left_out
+from kubeforge.core.feedbackset import PEER_TIMEOUT_S, ROWS_LEFT_OUT_HEADER, rows_left_out
 
 from .feedback import BadFeedback, Checked, DataSet
 from .http1 import Client, ConnectionFailed, Reply
@@ -38,8 +38,6 @@ PEER_HEADER = "kubeforge-peer"
 INSTANCE_HEADER = "kubeforge-gateway-instance"
 TIMEOUT_S = 5.0
 """How long a peer may take to check or join a batch of labels."""
-DATASET_TIMEOUT_S = 300.0
-"""How long a peer may take to build its data set (it reads its whole payload log)."""
 PASSED_ON = ("authorization",)
 """Request headers a peer needs to answer as the caller's replica would: the same tokens hold at every replica."""
 
@@ -163,7 +161,7 @@ class Peers:
     async def datasets(self, path: str, headers: Mapping[str, str]) -> list[DataSet]:
         """Every peer's data set for path, but those gone; raises PeerUnavailable when one cannot give it."""
         peers = self.others
-        replies = await asyncio.gather(*(self._ask(url, "GET", path, b"", headers, DATASET_TIMEOUT_S) for url in peers))
+        replies = await asyncio.gather(*(self._ask(url, "GET", path, b"", headers, PEER_TIMEOUT_S) for url in peers))
         texts = []
         for url, reply in zip(peers, replies, strict=True):
             if reply is None:

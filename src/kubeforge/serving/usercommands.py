@@ -155,7 +155,7 @@ def from_feedback(
         resp = plainhttp.get(
             base + feedbackset.path(model),
             {"since": since, "target": target, **({"features": features} if features else {})},
-            300,
+            feedbackset.READ_TIMEOUT_S,
             _headers(token),
         )
     except plainhttp.HttpError as err:

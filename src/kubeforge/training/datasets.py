@@ -50,9 +50,6 @@ EXTENSIONS: dict[str, tuple[str, ...]] = {
     "jsonl": (".jsonl", ".ndjson"),
     "parquet": (".parquet", ".pq"),
 }
-# How long an HTTP(S) dataset may take to answer: a feedback data set is built from every gateway replica's payload
-# log, and waits on each for up to 300 seconds.
-HTTP_TIMEOUT_S = 600.0
 # How many row numbers an error message lists before it stops.
 _SHOWN_ROWS = 10
 
@@ -225,7 +222,7 @@ def _read_http(uri: str, fmt: str | None, field: str) -> Read:
     token = os.environ.get("KUBEFORGE_DATASET_TOKEN")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        answer = plainhttp.get(uri, timeout=HTTP_TIMEOUT_S, headers=headers)
+        answer = plainhttp.get(uri, timeout=feedbackset.READ_TIMEOUT_S, headers=headers)
     except plainhttp.HttpError as exc:
         raise TrainerError(f"{field}: cannot {exc}") from None  # "GET <uri>: <why>"
     if 300 <= answer.status < 400:

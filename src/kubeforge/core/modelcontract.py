@@ -47,7 +47,7 @@ TAG_DATASET_URI = TAG_PREFIX + "dataset.uri"
 TAG_DATASET_SHA256 = TAG_PREFIX + "dataset.sha256"
 TAG_DATASET_ROWS = TAG_PREFIX + "dataset.rows"
 # Labelled rows a gateway's feedback data set left out (answered by versions without one of its features); absent: 0.
-TAG_DATASET_ROWS_LEFT_OUT = TAG_PREFIX + "dataset.rowsLeftOut"
+TAG_DATASET_ROWS_LEFT_OUT = TAG_PREFIX + "dataset.leftout"
 # A version brought in by `kubeforge model import` rather than trained: the file's name and the sha256 of its bytes
 # (TAG_FRAMEWORK is "onnx" for an ONNX graph), and the data its drift baseline was computed from, when given. It has
 # no dataset, job or metric tags: what it was trained on is not known.

@@ -52,7 +52,6 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kubeforge.core import feedbackset
-from kubeforge.core.feedbackset import ROWS_LEFT_OUT_HEADER
 
 from . import inference_protocol
 from .accesslog import AccessLog
@@ -578,7 +577,8 @@ class Gateway:
                 found = merge_datasets([found, *sets]) if sets else found
         except (BadFeedback, PeerUnavailable) as err:
             return error(err.status, str(err), headers)
-        return Response(found.text, 200, {**(headers or {}), ROWS_LEFT_OUT_HEADER: str(found.left_out)}, "text/csv")
+        counted = {**(headers or {}), feedbackset.ROWS_LEFT_OUT_HEADER: str(found.left_out)}
+        return Response(found.text, 200, counted, "text/csv")
 
     async def model_ready(self, request: Request) -> Response:
         route, pinned = self._route_of(request)

@@ -527,10 +527,12 @@ def _lines(directory: Path, name: str) -> Iterator[dict[str, Any]]:
 
 
 class DataSet(NamedTuple):
-    """A data set as CSV, and how many labelled rows it left out: answered by versions without its features."""
+    """A data set as CSV, how many labelled rows it left out (answered by versions without its features), and the
+    feature names of every version it knows of: what a features or target asked for is checked against."""
 
     text: str
     left_out: int
+    known: frozenset[str] = frozenset()
 
 
 def feature_list(text: str | None) -> list[str] | None:
@@ -545,7 +547,13 @@ def feature_list(text: str | None) -> list[str] | None:
 
 
 def dataset(
-    directory: Path, route: Route, since_s: float, target: str, now: float, features: list[str] | None = None
+    directory: Path,
+    route: Route,
+    since_s: float,
+    target: str,
+    now: float,
+    features: list[str] | None = None,
+    check: bool = True,
 ) -> DataSet:
     """The labelled payload records of route's model answered within since_s before now, as CSV: one column per
     feature, the label column target and event_timestamp (when the request was answered), one row per row of each
@@ -556,20 +564,18 @@ def dataset(
     else the stable version's: what a retrain of the model trains on. A row of a version that lacks one of them
     (a canary that took other features, say) is left out and counted (DataSet.left_out, and the gateway's log): a
     column half empty would only make the trainer refuse the whole set. Where the stable version's names are not
-    known either, the columns are every name the rows have."""
+    known either, the columns are every name the rows have.
+
+    With check, target and features are first checked against the feature names this replica knows of
+    (:func:`check_names`); a gateway with other replicas checks them once against what all of them know instead,
+    since a version retired from the route may be known only to the replicas that answered it."""
     if not target or target == EVENT_TIMESTAMP:
         raise BadFeedback(f"target must name the label column, other than {EVENT_TIMESTAMP}")
     served = {version: list(t.features) for version, t in route.versions.items() if t.features}
     names_by_version = {**logged_features(directory, route.name), **served}
-    if any(target in names for names in names_by_version.values()) or target in (features or ()):
-        raise BadFeedback("target is the name of one of the model's features: choose another name for the label")
-    known = {name for names in names_by_version.values() for name in names}
-    unknown = [f for f in features or () if f not in known and not re.fullmatch(r"feature_\d+", f)]
-    if unknown:
-        raise BadFeedback(
-            f"features: {unknown[0]!r} is not a feature of model {route.name!r}; its versions take "
-            f"{', '.join(sorted(known)) or 'features whose names are not known (feature_0, feature_1, ...)'}"
-        )
+    known = frozenset(name for names in names_by_version.values() for name in names)
+    if check:
+        check_names(route.name, target, features, known)
     labels = {
         item["requestId"]: item["label"]
         for item in _lines(directory, f"{route.name}.labels.jsonl")
@@ -619,14 +625,26 @@ def dataset(
     writer = csv.DictWriter(out, [*columns, target, EVENT_TIMESTAMP], lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    return DataSet(out.getvalue(), sum(left_out.values()))
+    return DataSet(out.getvalue(), sum(left_out.values()), known)
+
+
+def check_names(model: str, target: str, features: list[str] | None, known: frozenset[str]) -> None:
+    """BadFeedback when target is a feature name, or features names one that no version in known takes."""
+    if target in known or target in (features or ()):
+        raise BadFeedback("target is the name of one of the model's features: choose another name for the label")
+    unknown = [f for f in features or () if f not in known and not re.fullmatch(r"feature_\d+", f)]
+    if unknown:
+        raise BadFeedback(
+            f"features: {unknown[0]!r} is not a feature of model {model!r}; its versions take "
+            f"{', '.join(sorted(known)) or 'features whose names are not known (feature_0, feature_1, ...)'}"
+        )
 
 
 def merge_datasets(sets: list[DataSet]) -> DataSet:
     """Data sets of several gateway replicas (CSV, as :func:`dataset` writes them) as one: every replica's rows,
-    oldest first, under the columns of all (a feature only one replica met is empty in the others' rows), and every
-    replica's rows left out."""
-    readers = [csv.DictReader(io.StringIO(text)) for text, _ in sets]
+    oldest first, under the columns of all (a feature only one replica met is empty in the others' rows), every
+    replica's rows left out, and the feature names any of them knows of."""
+    readers = [csv.DictReader(io.StringIO(found.text)) for found in sets]
     columns: dict[str, None] = {}
     rows: list[dict[str, str]] = []
     for reader in readers:
@@ -639,4 +657,5 @@ def merge_datasets(sets: list[DataSet]) -> DataSet:
     writer = csv.DictWriter(out, order, restval="", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    return DataSet(out.getvalue(), sum(left_out for _, left_out in sets))
+    known = frozenset().union(*(found.known for found in sets))
+    return DataSet(out.getvalue(), sum(found.left_out for found in sets), known)

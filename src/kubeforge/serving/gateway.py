@@ -61,6 +61,7 @@ from .feedback import (
     BadFeedback,
     Feedback,
     QualityCollector,
+    check_names,
     dataset,
     feature_list,
     merge_datasets,
@@ -72,7 +73,7 @@ from .metrics import FALLBACK_REASONS, FALLBACKS, REGISTRY, RELOADS, UPSTREAM_RE
 from .monitor import DriftCollector, Monitor
 from .oip import HEADER_LENGTH, BadRequest, Body, validate
 from .payloads import PayloadLogger
-from .peers import INSTANCE_HEADER, PEER_HEADER, Peers, PeerUnavailable
+from .peers import INSTANCE_HEADER, KNOWN_FEATURES_HEADER, PEER_HEADER, Peers, PeerUnavailable
 from .routes import Route, RouteTable, Target, compile_table
 from .shadow import Job, Mirror
 from .tenancy import Admission, TenancyCollector, Throttled
@@ -571,13 +572,17 @@ class Gateway:
             since = since_seconds(request.query_params.get("since", "24h"))
             target = request.query_params.get("target", "label")
             features = feature_list(request.query_params.get("features"))
-            found = await asyncio.to_thread(dataset, directory, route, since, target, time.time(), features)
+            alone = not peer and not self.peers.others  # else the replica asked checks the names all replicas know
+            found = await asyncio.to_thread(dataset, directory, route, since, target, time.time(), features, alone)
             if not peer and self.peers.others:
                 sets = await self.peers.datasets(f"{request.url.path}?{request.url.query}", request.headers)
                 found = merge_datasets([found, *sets]) if sets else found
+                check_names(route.name, target, features, found.known)
         except (BadFeedback, PeerUnavailable) as err:
             return error(err.status, str(err), headers)
         counted = {**(headers or {}), feedbackset.ROWS_LEFT_OUT_HEADER: str(found.left_out)}
+        if peer:
+            counted[KNOWN_FEATURES_HEADER] = json.dumps(sorted(found.known))
         return Response(found.text, 200, counted, "text/csv")
 
     async def model_ready(self, request: Request) -> Response:

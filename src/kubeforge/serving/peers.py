@@ -6,7 +6,8 @@ for answers it does not remember asks its peers which of them do: every peer che
 run), and only when every part is accepted does each join its own, so a batch is still refused whole or applied
 whole, whichever replicas answered it. Between the dry run and the join another batch may label the same answers;
 each is joined once, by the batch applied first, and the other's caller is told it is unknown. A data set is every
-replica's, gathered and merged by the one asked.
+replica's, gathered and merged by the one asked, which then checks the feature names asked for against those any
+replica knows of: a version retired from the route table is known only to the replicas whose payload logs have it.
 
 Requests between replicas carry PEER_HEADER: a peer answers from what it holds and asks no one further. Each
 answers with its INSTANCE_HEADER, by which a replica recognises its own address among the peers (the route table
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 
 PEER_HEADER = "kubeforge-peer"
 INSTANCE_HEADER = "kubeforge-gateway-instance"
+KNOWN_FEATURES_HEADER = "kubeforge-known-features"
+"""On a peer's data set: the feature names of every version it knows of, a JSON list."""
 TIMEOUT_S = 5.0
 """How long a peer may take to check or join a batch of labels."""
 PASSED_ON = ("authorization",)
@@ -168,7 +171,8 @@ class Peers:
                 continue
             if reply.status_code != 200:
                 raise PeerUnavailable(f"gateway replica {url} answered {reply.status_code}: {_message(reply)}")
-            texts.append(DataSet(reply.content.decode(), rows_left_out(reply.headers.get(ROWS_LEFT_OUT_HEADER))))
+            left_out = rows_left_out(reply.headers.get(ROWS_LEFT_OUT_HEADER))
+            texts.append(DataSet(reply.content.decode(), left_out, _known(reply.headers.get(KNOWN_FEATURES_HEADER))))
         return texts
 
     async def _ask(
@@ -194,6 +198,16 @@ class Peers:
             self.me = url
             return None
         return reply
+
+
+def _known(value: str | None) -> frozenset[str]:
+    """The feature names a replica's data set says it knows of; none where it does not say (a replica of an
+    earlier release, which checked the names it was asked for itself)."""
+    try:
+        names = json.loads(value or "[]")
+    except ValueError:
+        return frozenset()
+    return frozenset(n for n in names if isinstance(n, str)) if isinstance(names, list) else frozenset()
 
 
 def _message(reply: Reply) -> str:

@@ -4,6 +4,7 @@ labelled requests come back as a data set the trainer reads over HTTP and the CL
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -317,6 +318,52 @@ def test_labels_and_data_sets_reach_the_gateway_replica_that_answered(gateway, t
     assert b.metric("kubeforge_live_labels", **stable) == 11
     wait_for_lines(logs["b"] / "clf.labels.jsonl", 11)
     assert len(pd.read_csv(f"{b.url}/v2/models/clf/feedback/dataset?since=1h&target=target")) == 11, "B's own rows"
+
+
+def test_a_data_set_asked_of_one_replica_may_name_features_another_replica_has_seen(
+    gateway, triton, registered, mlflow, tmp_path
+):
+    """A canary that took other features (g0..g3) answered at replica a alone and was then rolled back: only a's
+    payload log knows its features' names. Asked at b, a data set of those features is a's canary rows, every other
+    row left out and counted; a name no replica knows is refused naming what every replica's versions take."""
+    routes = drift_table(mlflow.url, registered, triton.url)
+    routes["models"]["clf"].update({"feedback": {"minLabels": 1}, "payloadLog": {"samplePercent": 100}})
+    canary = next(v for v in routes["models"]["clf"]["versions"] if v["role"] == "canary")
+    canary["featureOrder"] = ["g0", "g1", "g2", "g3"]
+    logs = {name: tmp_path / f"payloads-{name}" for name in "ab"}
+    a = gateway(routes, args=("--payload-log-dir", str(logs["a"])))
+    b = gateway(routes, args=("--payload-log-dir", str(logs["b"])))
+    for gw in (a, b):
+        with_peers(gw, routes, [a.url, b.url])
+    answered = {**answer_all(a.url, [f"a-{i}" for i in range(4)]), **answer_all(b.url, [f"b-{i}" for i in range(4)])}
+    for i in range(3):
+        pinned = f"{a.url}/v2/models/clf/versions/{registered.canary}/infer"
+        assert httpx.post(pinned, content=identified(f"canary-{i}", 1.0 + i)).status_code == 200
+        answered[f"canary-{i}"] = "pos"
+    labels = [{"id": i, "label": int(label == "pos")} for i, label in answered.items()]  # the canary has no classes
+    joined = httpx.post(f"{b.url}/v2/models/clf/feedback", json=labels)
+    assert joined.json().get("joined") == 11, joined.text
+    for name, count in (("a", 7), ("b", 4)):
+        wait_for_lines(logs[name] / "clf.jsonl", count)
+        wait_for_lines(logs[name] / "clf.labels.jsonl", count)
+    rolled_back = {**routes, "models": {"clf": {**routes["models"]["clf"]}}}
+    rolled_back["models"]["clf"]["versions"] = [v for v in routes["models"]["clf"]["versions"] if v is not canary]
+    for gw in (a, b):
+        with_peers(gw, rolled_back, [a.url, b.url])
+    url = f"{b.url}/v2/models/clf/feedback/dataset?since=1h&target=target"
+
+    found = httpx.get(f"{url}&features=g0,g2")
+
+    assert found.status_code == 200, found.text
+    frame = pd.read_csv(io.StringIO(found.text))
+    assert list(frame.columns) == ["g0", "g2", "target", "event_timestamp"]
+    assert sorted(frame["g0"]) == [1.0, 2.0, 3.0] and set(frame["target"]) == {1}
+    assert found.headers["kubeforge-rows-left-out"] == "8", "the stable version's rows, at both replicas"
+    refused = httpx.get(f"{url}&features=g0,h9")
+    assert refused.status_code == 400
+    assert refused.json()["error"] == (
+        "features: 'h9' is not a feature of model 'clf'; its versions take f0, f1, f2, f3, g0, g1, g2, g3"
+    )
 
 
 def test_an_answer_labelled_twice_while_a_replica_waits_for_its_peers_joins_once(gateway, triton, registered, mlflow):

@@ -18,6 +18,7 @@ from kubeforge.serving.feedback import (
     Feedback,
     JoinStore,
     QualityCollector,
+    check_names,
     dataset,
     decode,
     feature_list,
@@ -348,6 +349,10 @@ def test_a_data_set_has_the_features_a_retrain_trains_on_and_leaves_out_rows_of_
         dataset(tmp_path, route, 3600, "f2", now, ["f2"])
     with pytest.raises(BadFeedback, match=r"features: 'f3' is not a feature of model 'clf'; its versions take f0, f1"):
         dataset(tmp_path, route, 3600, "label", now, ["f0", "f3"])
+    # A replica with peers leaves the check to the one asked, which knows what all of them know.
+    unchecked = dataset(tmp_path, route, 3600, "label", now, ["f0", "f3"], check=False)
+    assert unchecked.left_out == 4 and unchecked.known == {"f0", "f1", "f2", "g0", "g1"}
+    check_names("clf", "label", ["f0", "f3"], unchecked.known | {"f3"})  # f3: known to another replica
     assert feature_list(" f2, f0") == ["f2", "f0"] and feature_list(None) is None
     for bad in ("", "f0,,f1", "f0,f0"):
         with pytest.raises(BadFeedback, match="features must name feature columns once each"):
@@ -369,14 +374,16 @@ def test_the_gateway_registry_serves_the_feedback_counters():
 def test_data_sets_of_several_gateway_replicas_merge_into_one_oldest_first() -> None:
     from kubeforge.serving.feedback import DataSet, merge_datasets
 
-    first = DataSet("f0,f1,label,event_timestamp\n1.0,2.0,pos,2026-01-01T00:00:02.000Z\n", 2)
-    second = DataSet("f0,f1,feature_2,label,event_timestamp\n3.0,4.0,5.0,neg,2026-01-01T00:00:01.000Z\n", 1)
+    first = DataSet("f0,f1,label,event_timestamp\n1.0,2.0,pos,2026-01-01T00:00:02.000Z\n", 2, frozenset({"f0", "f1"}))
+    second = DataSet(
+        "f0,f1,feature_2,label,event_timestamp\n3.0,4.0,5.0,neg,2026-01-01T00:00:01.000Z\n", 1, frozenset({"g0"})
+    )
     merged = merge_datasets([first, second])
-    assert merged.left_out == 3
+    assert merged.left_out == 3 and merged.known == {"f0", "f1", "g0"}
     assert merged.text.splitlines() == [
         "f0,f1,feature_2,label,event_timestamp",
         "3.0,4.0,5.0,neg,2026-01-01T00:00:01.000Z",
         "1.0,2.0,,pos,2026-01-01T00:00:02.000Z",
     ]
-    empty = DataSet("f0,f1,label,event_timestamp\n", 0)
+    empty = DataSet("f0,f1,label,event_timestamp\n", 0, frozenset({"f0", "f1"}))
     assert merge_datasets([first, empty]) == first, "a replica without rows adds none"

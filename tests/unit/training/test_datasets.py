@@ -3,6 +3,7 @@ input."""
 
 from __future__ import annotations
 
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -296,5 +297,7 @@ def test_an_http_dataset_is_read_with_the_token_and_what_it_left_out_and_not_fol
     finally:
         httpd.shutdown()
         httpd.server_close()
-    with pytest.raises(TrainerError, match=r"spec\.dataset\.uri: cannot GET .*/iris\.csv: .*refused"):
-        _load(f"{base}/iris.csv")
+    with socket.socket() as closed:  # bound, never listening: refuses connections, and its port is not reused
+        closed.bind(("127.0.0.1", 0))
+        with pytest.raises(TrainerError, match=r"spec\.dataset\.uri: cannot GET .*/iris\.csv: .*refused"):
+            _load(f"http://127.0.0.1:{closed.getsockname()[1]}/iris.csv")

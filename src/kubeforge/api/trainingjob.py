@@ -286,6 +286,20 @@ class MLflowRef(KubeModel):
     """URI that loads the version, models:/<name>/<version>."""
 
 
+class TrainedOn(KubeModel):
+    """The data set the registered version was trained on, as the trainer recorded it on the version."""
+
+    uri: str | None = None
+    """Where it was read: spec.dataset.uri, or the entity file of a FeatureView."""
+    sha256: str | None = None
+    """SHA-256 of what was read: two TrainingJobs with the same value trained on the same data."""
+    rows: Annotated[int, Field(ge=0)] | None = None
+    """Labelled rows read, training and validation together."""
+    rows_left_out: Annotated[int, Field(ge=0)] | None = None
+    """Labelled rows a feedback data set left out, answered by model versions without one of its features; absent
+    when none were."""
+
+
 class TrainingJobStatus(KubeModel):
     """Observed state of a TrainingJob, written by the operator."""
 
@@ -307,6 +321,8 @@ class TrainingJobStatus(KubeModel):
     """MLflow run and model version produced."""
     metrics: dict[str, float] = Field(default_factory=dict)
     """Final validation metrics, e.g. accuracy, f1, rmse."""
+    dataset: TrainedOn | None = None
+    """The data set the registered version was trained on."""
     last_failure: FailureInfo | None = None
     """Why the last attempt's trainer pod failed or does not run (container, reason, exit code, the telling line
     of its log), kept after a retry or recovery for reference."""

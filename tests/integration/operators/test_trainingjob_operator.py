@@ -175,6 +175,7 @@ def test_a_completed_job_fills_in_the_registered_version_from_mlflow(
     operator: Operator, api: client.ApiClient, namespace: str, mlflow, tmp_path
 ) -> None:
     """The trainer runs here as the pod would (same spec file, same identity), then the Job is marked Complete."""
+    import hashlib
     import subprocess
     import sys
 
@@ -214,6 +215,7 @@ def test_a_completed_job_fills_in_the_registered_version_from_mlflow(
         "modelUri": f"models:/cancer-{namespace}/{result['modelVersion']}",
     }
     assert st["metrics"]["accuracy"] == pytest.approx(result["metrics"]["accuracy"])
+    assert st["dataset"] == {"uri": str(data), "sha256": hashlib.sha256(data.read_bytes()).hexdigest(), "rows": 569}
     ready = condition(api, namespace, "cancer")
     assert ready["status"] == "True" and ready["reason"] == "ModelRegistered"
     wait_for(lambda: "ModelRegistered" in event_reasons(api, namespace, "cancer"), what="event ModelRegistered")

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from kubeforge.core import modelcontract as mc
 from kubeforge.core.kube import APPLY_FAILED, DELETING_LEFTOVER, Capabilities, ChildNotApplied
 from kubeforge.core.mlflow_rest import ModelVersion
 from kubeforge.featurestore.config import StoreSettings
@@ -175,10 +176,14 @@ def test_complete_job_succeeds_and_waits_for_registration() -> None:
     assert b["status"]["phase"] == "Succeeded" and p.needs_registration
     missing = with_registration(b["status"], None, "iris", "uid-1", T0)
     assert next(c for c in missing["conditions"] if c["type"] == "Ready")["reason"] == "RegistrationMissing"
-    version = ModelVersion("iris", "3", "run9", "src", {"kubeforge.metric.accuracy": "0.97"})
+    tags = {"kubeforge.metric.accuracy": "0.97", mc.TAG_DATASET_URI: "s3://data/iris.csv", mc.TAG_DATASET_ROWS: "150"}
+    version = ModelVersion("iris", "3", "run9", "src", {**tags, mc.TAG_DATASET_SHA256: "ab12"})
     done = with_registration(b["status"], version, "iris", "uid-1", T0)
     assert done["mlflow"] == {"runId": "run9", "modelVersion": "3", "modelUri": "models:/iris/3"}
     assert done["metrics"] == {"accuracy": 0.97}
+    assert done["dataset"] == {"uri": "s3://data/iris.csv", "sha256": "ab12", "rows": 150}
+    left_out = ModelVersion("iris", "4", "run10", "src", {**tags, mc.TAG_DATASET_ROWS_LEFT_OUT: "4"})
+    assert with_registration(b["status"], left_out, "iris", "uid-1", T0)["dataset"]["rowsLeftOut"] == 4
     assert next(c for c in done["conditions"] if c["type"] == "Ready")["status"] == "True"
 
 

@@ -8,7 +8,9 @@ from typing import Any
 import kopf
 import pytest
 
-from kubeforge.operators.runtime import ANNOTATION_PREFIX, EssenceStorage
+from kubeforge import api
+from kubeforge.operators import run
+from kubeforge.operators.runtime import ANNOTATION_PREFIX, DELETION_HANDLERS_ONLY, EssenceStorage
 
 KEY = "last-handled-configuration"
 
@@ -62,3 +64,28 @@ def test_the_essence_is_a_copy() -> None:
     assert essence["spec"]["template"]["spec"]["containers"][0]["image"] == "triton:24"
     assert essence["metadata"]["labels"]["kubeforge.dev/model-version"] == "3"
     assert "status" not in essence and "managedFields" not in essence["metadata"]
+
+
+def test_a_kind_with_deletion_handlers_only_gets_no_diff_base_written() -> None:
+    """kopf writes a diff base on a new object and on each change of its spec; for a kind whose only change
+    handlers are deletion handlers nothing compares it, so kopf is shown no change (no write, no pass for its
+    event), whatever an earlier release left in the object's annotations."""
+    storage = EssenceStorage(prefix=ANNOTATION_PREFIX, key=KEY)
+    view = {"apiVersion": "kubeforge.dev/v1alpha1", "kind": "FeatureView", "metadata": {"name": "patients"}}
+    view["spec"] = {"entities": [{"name": "patient_id"}]}
+    for left in ({}, {f"{ANNOTATION_PREFIX}/{KEY}": '{"spec":{"entities":[]}}'}):
+        body = kopf.Body({**view, "metadata": {**view["metadata"], "annotations": left}})
+        assert storage.fetch(body=body) == storage.build(body=body)
+    deployment = kopf.Body(copy.deepcopy(DEPLOYMENT))
+    assert storage.fetch(body=deployment) == {"spec": {"replicas": 1}}, "other kinds keep theirs"
+
+
+@pytest.mark.parametrize("kind", sorted(DELETION_HANDLERS_ONLY))
+def test_a_kind_without_a_diff_base_has_no_change_handler_but_deletion_handlers(kind: str) -> None:
+    """A creation, update, resume or field handler on such a kind would never run: the diff base it needs is not
+    kept."""
+    run.load()
+    resource = kopf.Resource(api.GROUP, api.VERSION, getattr(api, kind).crd.plural, kind=kind, namespaced=True)
+    handlers = kopf.get_default_registry()._changing.get_resource_handlers(resource=resource)
+    assert handlers, f"{kind} has a deletion handler, else it needs no entry"
+    assert {h.reason for h in handlers} == {kopf.Reason.DELETE}

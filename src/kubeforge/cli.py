@@ -288,7 +288,7 @@ def operator_run(
     # The operators talk to the API server through kubeforge.core.kubeapi. kopf imports the Kubernetes client
     # package whenever it is installed, only to recognise the client's model objects, which the operators never
     # hand it; kept out of this process, that import's 25 MB are too (docs/benchmarks.md, Operator).
-    sys.modules.setdefault("kubernetes", None)
+    sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]  # None in sys.modules blocks the import
     from .operators.run import run
 
     run(list(kinds) or None, list(namespaces) or None, verbose, liveness, metrics_address)

@@ -84,7 +84,7 @@ class _Converter:
             out["type"] = "object"
         if out.get("type") == "object" and "properties" not in out and "additionalProperties" not in out:
             out["x-kubernetes-preserve-unknown-fields"] = True
-        first = {k: out.pop(k) for k in ("type", "description") if k in out}
+        first: dict[str, Any] = {k: out.pop(k) for k in ("type", "description") if k in out}
         return {**first, **out}
 
     def _validation_only(self, schema: dict[str, Any]) -> dict[str, Any]:
@@ -104,6 +104,7 @@ def openapi_schema(kind: type[Resource]) -> dict[str, Any]:
     full = kind.model_json_schema(by_alias=True, mode="validation")
     conv = _Converter(full.get("$defs", {}))
     props = full["properties"]
+    assert kind.__doc__ is not None, f"{kind.__name__} has no docstring, the description of its CRD"
     return {
         "type": "object",
         "description": kind.__doc__.strip(),

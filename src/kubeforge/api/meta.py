@@ -10,14 +10,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 GROUP = "kubeforge.dev"
 VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
+API_VERSION: Final = "kubeforge.dev/v1alpha1"  # GROUP/VERSION as a literal: Resource.api_version's one value
 CATEGORY = "kubeforge"
 
 
@@ -43,7 +43,11 @@ LIST_SET: dict[str, Any] = {"x-kubernetes-list-type": "set"}
 
 def _unique(items: list[Any]) -> list[Any]:
     seen: set[Any] = set()
-    dupes = [x for x in items if x in seen or seen.add(x)]
+    dupes = []
+    for x in items:
+        if x in seen:
+            dupes.append(x)
+        seen.add(x)
     if dupes:
         raise ValueError(f"duplicate entries {sorted(set(dupes))!r}: list each one once")
     return items

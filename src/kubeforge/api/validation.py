@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from .featureview import FeatureView
 from .meta import Resource
@@ -48,7 +49,7 @@ class InvalidResource(ValueError):
         return [path for path, _ in self.errors]
 
 
-def _message(err: dict[str, Any]) -> str:
+def _message(err: ErrorDetails) -> str:
     msg = str(err["msg"])
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]

@@ -109,6 +109,6 @@ def record(
         raise ApprovalError(f"version {version} of {model} was {previous.describe()}; approve it anyway with --force")
     new = Approval(state, by, rfc3339(now), note)
     # The state goes last, so a version is never seen decided without who decided it, when and why.
-    for key, value in ((TAG_BY, new.by), (TAG_AT, new.at), (TAG_NOTE, new.note), (TAG, new.state)):
+    for key, value in ((TAG_BY, new.by), (TAG_AT, new.at), (TAG_NOTE, new.note), (TAG, state)):
         registry.set_version_tag(model, version, key, value)
     return previous, new

@@ -35,7 +35,7 @@ def set_condition(
 ) -> list[dict[str, Any]]:
     """A copy of conditions with type_ set; other types are kept in their order."""
     out = [dict(c) for c in conditions]
-    new = {"type": type_, "status": status, "reason": reason}
+    new: dict[str, Any] = {"type": type_, "status": status, "reason": reason}
     if message:  # an empty message is left out: some API server releases read "" as null and reject it
         new["message"] = message
     if generation is not None:

@@ -101,10 +101,10 @@ def _request(
         method, path, query_params=query or [], header_params=headers, body=body, auth_settings=["BearerToken"]
     )
     response = api.call_api(*request)
-    response.read()
+    data: bytes = response.read()  # the body, also kept as response.data
     if not 200 <= response.status <= 299:
-        raise ApiError(response.status, response.reason or "", response.data.decode(errors="replace"))
-    return json.loads(response.data)
+        raise ApiError(response.status, response.reason or "", data.decode(errors="replace"))
+    return json.loads(data)
 
 
 def _path(api: Api, api_version: str, kind: str, name: str | None, namespace: str | None) -> str:

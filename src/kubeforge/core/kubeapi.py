@@ -239,6 +239,7 @@ def _tls(ca: bytes | None, cert: bytes | None, key: bytes | None, insecure: bool
         # ssl loads a client certificate only from files; they live only while being loaded.
         with tempfile.NamedTemporaryFile() as certfile, tempfile.NamedTemporaryFile() as keyfile:
             certfile.write(cert), keyfile.write(key)
-            certfile.flush(), keyfile.flush()
+            certfile.flush()
+            keyfile.flush()
             context.load_cert_chain(certfile.name, keyfile.name)
     return context

@@ -118,6 +118,7 @@ class Store:
         if not self.registered(name):
             return False
         view = self.feast.get_feature_view(name)
+        assert view.batch_source is not None  # the FileSource every view kubeforge registers reads (definitions)
         self.feast.apply([], objects_to_delete=[view, view.batch_source], partial=False)
         return True
 

@@ -524,7 +524,7 @@ def plot(samples: list[Sample], path: Path, drift: Drift, bucket: float = 2.0) -
     end = max(s.t for s in samples)
     edges = [i * bucket for i in range(int(end / bucket) + 2)]
     versions = sorted({s.version for s in samples if s.version}, key=int)
-    shares = {v: [] for v in versions}
+    shares: dict[str, list[float]] = {v: [] for v in versions}
     errors = []
     for lo in edges[:-1]:
         window = [s for s in samples if lo <= s.t < lo + bucket]
@@ -547,8 +547,8 @@ def plot(samples: list[Sample], path: Path, drift: Drift, bucket: float = 2.0) -
         psi.plot([t for t, _ in points], [v for _, v in points], label=feature)
     if others:
         times = sorted({t for points in others for t, _ in points})
-        highest = [max(v for points in others for u, v in points if u == t) for t in times]
-        psi.plot(times, highest, color="grey", label=f"other {len(others)} features (highest)")
+        highest_others = [max(v for points in others for u, v in points if u == t) for t in times]
+        psi.plot(times, highest_others, color="grey", label=f"other {len(others)} features (highest)")
     psi.axhline(drift.threshold, color="black", linestyle="--", linewidth=1, label="alert threshold")
     psi.axvline(drift.shifted_at, color="orange", linewidth=1)
     psi.axvline(drift.alerted_at, color="crimson", linewidth=1)

@@ -232,7 +232,7 @@ def up(data_dir: Path, listen_address: str = "127.0.0.1") -> tuple[ControlPlaneS
         failed = [(name, err) for name, err in failures.items() if err is not None]
         if failed:
             part = " and ".join(name for name, _ in failed)
-            raise failed[0][1]  # type: ignore[misc]
+            raise failed[0][1]
         part = "CRDs"
         _apply_crds(layout.kubeconfig)
         part = "operators"

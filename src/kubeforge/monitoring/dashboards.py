@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from grafana_foundation_sdk.builders import common, dashboard, prometheus, stat, timeseries
+from grafana_foundation_sdk.cog import builder as cogbuilder
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common as common_models
 from grafana_foundation_sdk.models import dashboard as models
@@ -68,7 +69,7 @@ class Panel:
     stacked: bool = False
     thresholds: Sequence[tuple[float, str]] = ()
 
-    def builder(self, panel_id: int) -> dashboard.Panel:
+    def builder(self, panel_id: int) -> cogbuilder.Builder[models.Panel]:
         panel = stat.Panel() if self.stat else timeseries.Panel()
         panel.id(panel_id).title(self.title).description(self.description).datasource(DATASOURCE)
         panel.unit(self.unit).span(self.width).height(4 if self.stat else 8)
@@ -78,10 +79,11 @@ class Panel:
         if self.thresholds:
             steps = [models.Threshold(None, "green"), *(models.Threshold(v, color) for v, color in self.thresholds)]
             panel.thresholds(dashboard.ThresholdsConfig().mode(models.ThresholdsMode.ABSOLUTE).steps(steps))
-            if not self.stat:
+            if isinstance(panel, timeseries.Panel):  # not self.stat
                 style = common.GraphThresholdsStyleConfig().mode(common_models.GraphThresholdsStyleMode.DASHED)
                 panel.thresholds_style(style)
         if self.stacked:
+            assert isinstance(panel, timeseries.Panel), f"{self.title}: a stat panel does not stack"
             panel.stacking(common.StackingConfig().mode(common_models.StackingMode.NORMAL)).fill_opacity(40)
         return panel
 

@@ -280,6 +280,7 @@ class DriftTracker:
             found = histograms.get(name, "no histogram in the baseline")
             problem = found if isinstance(found, str) else _problem(found.edges, found.counts)
             if problem is None:
+                assert not isinstance(found, str)  # a str is its own problem
                 tracked.append((column, found))
             else:
                 self._skipped[name] = problem

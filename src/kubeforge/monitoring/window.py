@@ -26,7 +26,7 @@ class SlidingCounts:
             raise ValueError(f"window_s must be > 0 and buckets >= 1, got {window_s} and {buckets}")
         self._width = window_s / buckets
         self._clock = clock
-        self._counts = np.zeros((buckets, slots), dtype=dtype)
+        self._counts: np.ndarray = np.zeros((buckets, slots), dtype=dtype)
         # The bucket number (clock // width) each row of the ring holds; a row is live while
         # its number is among the last `buckets` ones.
         self._numbers = np.full(buckets, _NEVER, dtype=np.int64)

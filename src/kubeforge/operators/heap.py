@@ -31,7 +31,7 @@ log = logging.getLogger("kubeforge.operators.heap")
 def malloc_trim() -> Callable[[int], int] | None:
     """glibc's malloc_trim, None elsewhere (musl, macOS)."""
     with contextlib.suppress(OSError, AttributeError):
-        return ctypes.CDLL("libc.so.6").malloc_trim  # type: ignore[no-any-return]
+        return ctypes.CDLL("libc.so.6").malloc_trim
     return None
 
 

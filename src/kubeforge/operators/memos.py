@@ -93,7 +93,7 @@ def lock_of(memo: kopf.Memo, namespace: str, name: str) -> PassLock:
             if lock is None:
                 lock = _by_name[(namespace, name)] = PassLock()
         lock = memo.setdefault(LOCK, lock)
-    return lock  # type: ignore[no-any-return]
+    return lock
 
 
 class Reads(dict[tuple[str, str], str]):

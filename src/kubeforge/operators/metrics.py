@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
@@ -119,13 +119,13 @@ class Resources(Collector):
         self._lock = threading.Lock()
         self._objects: dict[tuple[str, str, str], tuple[str, str, str]] = {}
 
-    def seen(self, kind: str, event: dict[str, Any]) -> None:
+    def seen(self, kind: str, event: Mapping[str, Any]) -> None:
         """Record the object of a kopf watch event, or forget it when the event says it was deleted."""
         body = event.get("object") or {}
         meta = body.get("metadata") or {}
         key = (kind, meta.get("namespace", ""), meta.get("name", ""))
         status = body.get("status") or {}
-        ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+        ready: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
         with self._lock:
             if event.get("type") == "DELETED":
                 self._objects.pop(key, None)

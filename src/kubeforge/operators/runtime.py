@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -113,7 +113,7 @@ class EssenceStorage(kopf.AnnotationsDiffBaseStorage):
             meta = body.get("metadata") or {}
             slim = {key: value for key, value in body.items() if key not in ("metadata", "status")}
             slim["metadata"] = {key: meta[key] for key in ESSENCE_METADATA if key in meta}
-            body = kopf.Body(slim)
+            body = kopf.Body(cast(kopf.RawBody, slim))  # the object's own fields, less status and most metadata
         return super().build(body=body, extra_fields=extra_fields)
 
 

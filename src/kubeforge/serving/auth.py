@@ -227,7 +227,7 @@ class Tokens:
         return caller
 
 
-def _explain(err: ValidationError, raw: dict[str, Any]) -> str:
+def _explain(err: ValidationError, raw: dict[Any, Any]) -> str:
     """Pydantic's errors with their paths written as users write them (tokens by index and name); input values,
     which may be tokens, are left out."""
     problems = []

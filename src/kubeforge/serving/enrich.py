@@ -95,7 +95,7 @@ class EntityRequest:
         """The entity keys, after the usual checks (JSON, datatype, shape, sizes, batch size, outputs) of the
         entity input as the request states it; raises BadRequest naming what is wrong."""
         key, datatypes = self.features.entity_key, KEY_DATATYPES[self.features.value_type]
-        datatype = self.entity.get("datatype") if self.entity.get("datatype") in datatypes else datatypes[0]
+        datatype = self.entity["datatype"] if self.entity.get("datatype") in datatypes else datatypes[0]
         shape = self.entity.get("shape")
         wanted = (-1, 1) if isinstance(shape, list) and len(shape) == 2 else (-1,)
         entity_schema = Schema(

@@ -152,7 +152,8 @@ def _with_mlflow(tracking_uri: str, ref: ModelRef) -> _Found:
     def script() -> bytes:
         try:
             with tempfile.TemporaryDirectory() as tmp:
-                return Path(client.download_artifacts(mv.run_id, artifact, tmp)).read_bytes()
+                # A version without a run (run_id None): mlflow raises MlflowException, reported below.
+                return Path(client.download_artifacts(mv.run_id, artifact, tmp)).read_bytes()  # type: ignore[arg-type]
         except (MlflowException, OSError) as err:
             raise ExportError(f"cannot export {label}: its run {mv.run_id} has no {artifact} ({err})") from err
 

@@ -587,7 +587,7 @@ def dataset(
     rows: list[dict[str, Any]] = []
     left_out: dict[str, int] = {}
     for record in _lines(directory, f"{route.name}.jsonl"):
-        label = labels.get(record.get("requestId"))  # type: ignore[arg-type]
+        label = labels.get(record.get("requestId"))
         if label is None:
             continue
         try:

@@ -49,7 +49,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kubeforge.core import feedbackset
 
@@ -597,7 +597,7 @@ class Gateway:
         call = scope[CALL] = Call(time.perf_counter(), time.time())
         status, sent, version, role = 500, 0, None, None
 
-        async def watch(message: dict[str, Any]) -> None:
+        async def watch(message: Message) -> None:
             nonlocal status, sent, version, role
             if message["type"] == "http.response.start":
                 status = message["status"]
@@ -610,7 +610,7 @@ class Gateway:
                 sent += len(message.get("body", b""))
             await send(message)
 
-        async def counted() -> dict[str, Any]:
+        async def counted() -> Message:
             message = await receive()
             if message["type"] == "http.request":
                 call.received += len(message.get("body", b""))

@@ -83,7 +83,7 @@ def code_of(status: int) -> grpc.StatusCode:
 def _refused(response: Response, trailers: tuple[tuple[str, str], ...]) -> Refused:
     """The gRPC error of a REST error response: its body's message, or the body itself when it has none."""
     try:
-        message = json.loads(response.body)["error"]
+        message = json.loads(response.body)["error"]  # type: ignore[arg-type]  # a memoryview body: TypeError, below
     except (ValueError, KeyError, TypeError):
         message = bytes(response.body).decode("utf-8", "replace")
     return Refused(code_of(response.status_code), str(message), trailers)

@@ -192,7 +192,7 @@ class Client:
                 transport, conn = await loop.create_connection(lambda: _Conn(origin), *origin)
         except OSError as err:
             raise ConnectionFailed(f"cannot connect to {origin[0]}:{origin[1]}: {err}") from err
-        conn.transport = transport  # type: ignore[assignment]  # set here: uvloop calls connection_made later
+        conn.transport = transport  # set here: uvloop calls connection_made later
         return await self._exchange(loop, conn, data, deadline)
 
     async def _exchange(self, loop: asyncio.AbstractEventLoop, conn: _Conn, data: bytes, deadline: float) -> Reply:

@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, cast
 
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive
+from starlette.types import Receive
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
+
+if TYPE_CHECKING:
+    from uvicorn._types import ASGI3Application
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +35,7 @@ def protocol(infer: Infer) -> type[HttpToolsProtocol]:
     """uvicorn's HTTP protocol class with POST .../infer answered by infer."""
 
     class InferenceProtocol(HttpToolsProtocol):
-        def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGIApp) -> None:
+        def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
             """Where uvicorn starts a request's ASGI task, start the gateway's own for an inference request.
 
             uvicorn passes another app than its own when it refuses the request (``limit_concurrency``): that stays
@@ -46,7 +50,10 @@ def protocol(infer: Infer) -> type[HttpToolsProtocol]:
 
         async def _infer(self, cycle: RequestResponseCycle) -> None:
             try:
-                response, settle = await infer(cycle.scope["path"], cycle.scope["headers"], cycle.receive)
+                # uvicorn's parser builds the scope's headers as a list; the cycle's receive returns ASGI events as
+                # TypedDicts, the messages starlette's Receive types as plain mappings.
+                headers = cast("list[tuple[bytes, bytes]]", cycle.scope["headers"])
+                response, settle = await infer(cycle.scope["path"], headers, cast(Receive, cycle.receive))
             except Exception:
                 log.exception("inference request failed in the gateway")
                 response, settle = INTERNAL_ERROR, None
@@ -63,7 +70,7 @@ def protocol(infer: Infer) -> type[HttpToolsProtocol]:
 
         def _write(self, cycle: RequestResponseCycle, response: Response) -> None:
             """The whole answer in one send; then what uvicorn's cycle does when an answer is complete."""
-            parts = [STATUS_LINE[response.status_code]]
+            parts: list[bytes | memoryview] = [STATUS_LINE[response.status_code]]
             for name, value in (*self.server_state.default_headers, *response.raw_headers):
                 parts += (name, b": ", value, b"\r\n")
             if not cycle.keep_alive:

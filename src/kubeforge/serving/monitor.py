@@ -143,6 +143,7 @@ def _stack(
         except Exception as err:
             failed[index] = err
     if flat:
+        assert width is not None  # set by the first tensor gathered into flat
         arrays.append(np.asarray(flat, dtype=np.float32).reshape(-1, width))
     return (np.concatenate(arrays) if arrays else None), failed
 

@@ -266,7 +266,9 @@ def _file_format(path: str, uri: str, fmt: str | None) -> str:
             f"spec.dataset.format is {fmt!r} but {uri} has the extension of a {inferred} file; "
             "fix spec.dataset.format or the file name"
         )
-    return fmt or inferred
+    found = fmt or inferred
+    assert found is not None  # both None raised above
+    return found
 
 
 def _directory_files(
@@ -291,6 +293,7 @@ def _directory_files(
     if not files:
         wanted = ", ".join(f"*{e}" for e in EXTENSIONS[fmt]) if fmt else "csv, json, jsonl or parquet files"
         raise TrainerError(f"{field}: directory {uri} has no dataset files ({wanted})")
+    assert fmt is not None  # files were found for it
     return files, fmt
 
 

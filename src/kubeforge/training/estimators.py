@@ -318,4 +318,5 @@ def check_onnx(model: bytes, estimator: BaseEstimator, x: np.ndarray, task: Task
 def describe(estimator: BaseEstimator) -> str:
     """What the estimator is, for the run's params: its class and module."""
     cls = type(estimator)
-    return f"{inspect.getmodule(cls).__name__ if inspect.getmodule(cls) else ''}.{cls.__name__}".lstrip(".")
+    module = inspect.getmodule(cls)
+    return f"{module.__name__ if module else ''}.{cls.__name__}".lstrip(".")

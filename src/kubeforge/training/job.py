@@ -88,6 +88,7 @@ def _attempt(spec: TrainingJobSpec, settings: Settings, ctx: Context, started: f
     with mlflow.start_run(run_id=resumed.run_id if resumed else None, run_name=settings.identity.name or None) as run:
         run_id = run.info.run_id
         if resumed:
+            assert spec.checkpoint is not None  # resumed from its store
             print(f"resuming run {run_id} after epoch {resumed.epoch} from {spec.checkpoint.uri}", flush=True)
         else:
             print(f"started run {run_id} in experiment {experiment.name!r}", flush=True)
@@ -98,7 +99,11 @@ def _attempt(spec: TrainingJobSpec, settings: Settings, ctx: Context, started: f
             print(progress_line(result), flush=True)
             values = {"train_loss": result.train_loss} | {f"val_{k}": v for k, v in result.metrics.items()}
             mlflow.log_metrics(values, step=result.epoch, synchronous=False)
-            if store and (result.epoch % spec.checkpoint.every_epochs == 0 or result.epoch == result.epochs):
+            if (
+                store
+                and spec.checkpoint
+                and (result.epoch % spec.checkpoint.every_epochs == 0 or result.epoch == result.epochs)
+            ):
                 # What a checkpoint resumes after must be in MLflow: a kill right after the save would
                 # otherwise lose the epochs still queued, and the resumed run never logs them again.
                 mlflow.flush_async_logging()

@@ -71,8 +71,12 @@ class Loop:
         self.x_val = torch.as_tensor(standardiser.features(x_val), device=device)
         self.y_val = torch.as_tensor(y_val, device=device)
         self.loss = nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
-        self.sampler = DistributedSampler(
-            range(len(x_train)), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=hp.seed
+        self.sampler: DistributedSampler[int] = DistributedSampler(
+            range(len(x_train)),  # type: ignore[arg-type]  # a Sequence of row indices: the sampler takes only its len()
+            num_replicas=ctx.world_size,
+            rank=ctx.rank,
+            shuffle=True,
+            seed=hp.seed,
         )
 
     def _order(self, epoch: int) -> torch.Tensor:

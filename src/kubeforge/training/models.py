@@ -112,6 +112,9 @@ def _check_shape(model: nn.Module, spec: ModelSpec, n_features: int, n_outputs: 
 class ServingModule(nn.Module):
     """Raw features in, class probabilities (classification) or values (regression) out."""
 
+    x_mean: torch.Tensor  # buffers, registered in __init__
+    x_std: torch.Tensor
+
     def __init__(self, network: nn.Module, standardiser: Standardiser, task: Task):
         super().__init__()
         self.network = network

@@ -211,7 +211,7 @@ def _registered_from(client: MlflowClient, name: str, run_id: str) -> str | None
     return max(existing, key=lambda v: int(v.version)).version if existing else None
 
 
-def _aliased(client: MlflowClient, spec: TrainingJobSpec, version: str | int) -> Registered:
+def _aliased(client: MlflowClient, spec: TrainingJobSpec, version: str) -> Registered:
     name = spec.model.name
     if spec.registration.alias:
         client.set_registered_model_alias(name, spec.registration.alias, version)

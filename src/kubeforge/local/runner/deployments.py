@@ -15,6 +15,7 @@ from . import pods
 
 if TYPE_CHECKING:
     from .loop import Runner
+    from .state import PodState
 
 
 def sync(runner: Runner, deployment: dict[str, Any]) -> None:
@@ -23,7 +24,7 @@ def sync(runner: Runner, deployment: dict[str, Any]) -> None:
     template = spec["template"]
     current = pods.template_hash(template)
     replicas = spec.get("replicas", 1)
-    owned = []
+    owned: list[PodState] = []
     for pod in runner.state.of_owner(meta["uid"]):
         if pod.template_hash != current or len(owned) >= replicas:
             runner.remove_pod(pod)

@@ -42,6 +42,7 @@ def _local_port(pod: PodState, target: Any) -> int | None:
 
 
 def _slice(version: str, service: client.V1Service, pod: PodState) -> dict[str, Any] | None:
+    assert service.spec is not None and service.metadata is not None  # as read from the API server
     ports = []
     for sp in service.spec.ports or []:
         local = _local_port(pod, sp.target_port if sp.target_port is not None else sp.port)
@@ -65,7 +66,8 @@ def _slice(version: str, service: client.V1Service, pod: PodState) -> dict[str, 
 
 
 def _selects(service: client.V1Service, pod: PodState) -> bool:
-    selector = service.spec.selector
+    assert service.spec is not None and service.metadata is not None  # as read from the API server
+    selector = service.spec.selector or {}
     same_namespace = pod.namespace == service.metadata.namespace
     return bool(selector) and same_namespace and all(pod.labels.get(k) == v for k, v in selector.items())
 

@@ -24,7 +24,7 @@ from kubernetes import client
 from ...core import kube
 from ...operators import labels, resources
 from .. import monitoring
-from . import deployments, endpoints, gc, jobs, pods, scrape
+from . import deployments, endpoints, gc, jobs, pods, scrape, stored
 from .executables import Executables
 from .podobjects import PodObjects
 from .rules import RuleSync
@@ -106,7 +106,7 @@ class Runner:
         namespaces = None
         if self.namespace_selector:
             listed = client.CoreV1Api(self.api).list_namespace(label_selector=self.namespace_selector).items
-            namespaces = {ns.metadata.name for ns in listed}
+            namespaces = {stored.name(ns) for ns in listed}
         templates: dict[str, dict[str, Any]] = {}
         for api_version, kind, sync in KINDS:
             for obj in kube.resource(self.api, api_version, kind).get().to_dict()["items"]:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from . import stored
 from .launch import LOOPBACK
 from .pods import terminated
 from .state import ContainerState, PodState
@@ -144,11 +145,11 @@ class PodObjects:
         namespaces: the namespaces this runner serves (None: all).
         """
         listed = self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={NODE}").items
-        objects = {f"{p.metadata.namespace}/{p.metadata.name}": p for p in listed}
+        objects = {f"{stored.namespace(p)}/{stored.name(p)}": p for p in listed}
         now = time.time()
         for pod in list(runner.state.pods.values()):
             obj = objects.get(pod.key)
-            if obj is not None and obj.metadata.deletion_timestamp:
+            if obj is not None and stored.meta(obj).deletion_timestamp:
                 log.info("%s: Pod deleted; stopping it", pod.key)
                 runner.remove_pod(pod)
                 continue
@@ -161,7 +162,7 @@ class PodObjects:
                 if template is None:
                     continue
                 try:
-                    self.core.create_namespaced_pod(pod.namespace, manifest(pod, template))
+                    self.core.create_namespaced_pod(pod.namespace, manifest(pod, template))  # type: ignore[arg-type]  # validate_call makes the dict a V1Pod
                 except ApiException as err:
                     log.warning("%s: cannot create its Pod object: %s", pod.key, err.reason)
                     continue
@@ -169,9 +170,9 @@ class PodObjects:
             if template is not None:
                 self._write_status(pod, template["spec"], now)
         for key, obj in objects.items():
-            ns = obj.metadata.namespace
+            ns = stored.namespace(obj)
             if key not in runner.state.pods and (namespaces is None or ns in namespaces):
-                self._delete(ns, obj.metadata.name)
+                self._delete(ns, stored.name(obj))
                 self.written.pop(key, None)
 
     def _write_status(self, pod: PodState, spec: dict[str, Any], now: float) -> None:

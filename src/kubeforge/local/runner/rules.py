@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import yaml
@@ -61,7 +61,11 @@ class RuleSync:
 
     def sync(self, api: client.ApiClient, namespaces: set[str] | None) -> None:
         try:
-            listed = client.CustomObjectsApi(api).list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
+            # The client types the answer as object; a list answer is the JSON {"items": [...]}.
+            answer = cast(
+                dict[str, Any], client.CustomObjectsApi(api).list_cluster_custom_object(GROUP, VERSION, PLURAL)
+            )
+            listed: list[dict[str, Any]] = answer["items"]
         except ApiException as err:
             if err.status != 404:
                 raise

@@ -6,6 +6,8 @@ import base64
 
 from kubernetes import client
 
+from . import stored
+
 
 class Snapshot:
     """ConfigMap and Secret data by namespace and name, as bytes, fetched on first use."""
@@ -19,7 +21,7 @@ class Snapshot:
         if namespace not in self._configmaps:
             items = self._core.list_namespaced_config_map(namespace).items
             self._configmaps[namespace] = {
-                cm.metadata.name: {
+                stored.name(cm): {
                     **{k: v.encode() for k, v in (cm.data or {}).items()},
                     **{k: base64.b64decode(v) for k, v in (cm.binary_data or {}).items()},
                 }
@@ -31,7 +33,7 @@ class Snapshot:
         if namespace not in self._secrets:
             items = self._core.list_namespaced_secret(namespace).items
             self._secrets[namespace] = {
-                s.metadata.name: {k: base64.b64decode(v) for k, v in (s.data or {}).items()} for s in items
+                stored.name(s): {k: base64.b64decode(v) for k, v in (s.data or {}).items()} for s in items
             }
         return self._secrets[namespace].get(name)
 

@@ -11,6 +11,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..processes import alive, group_alive
 
@@ -107,7 +108,7 @@ def strays(container: ContainerState) -> bool:
     return pid is not None and not alive(pid) and group_alive(pid)
 
 
-def _known(cls: type, saved: dict[str, object]) -> dict[str, object]:
+def _known(cls: type, saved: dict[str, Any]) -> dict[str, Any]:
     """The fields of saved that cls has: a state file written by another kubeforge version still loads."""
     return {k: v for k, v in saved.items() if k in cls.__dataclass_fields__}  # type: ignore[attr-defined]
 

@@ -64,7 +64,7 @@ class Cadence:
     @classmethod
     def of(cls, spec: Mapping[str, Any], status: Mapping[str, Any]) -> Cadence:
         conditions = status.get("conditions") or []
-        ready = next((c for c in conditions if c.get("type") == READY), {})
+        ready: Mapping[str, Any] = next((c for c in conditions if c.get("type") == READY), {})
         rolling = ready.get("reason") == WAITING_FOR_ROUTES or bool(
             status.get("canaryVersion") or status.get("shadowVersion") or status.get("retiring")
         )

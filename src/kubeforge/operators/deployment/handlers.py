@@ -26,7 +26,7 @@ from collections import ChainMap
 from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import kopf
 from pydantic import ValidationError
@@ -151,8 +151,8 @@ def resolve(ctx: Context, versions: Versions, md: ModelDeployment, namespace: st
     if md.spec.features is not None:
         resolved = replace(resolved, features=_feature_source(ctx, versions, md, namespace, pairs))
     if md.spec.monitoring.drift.enabled:
-        found = {pair: versions.baseline(*pair) for pair in pairs}
-        resolved = replace(resolved, baselines={pair: b for pair, b in found.items() if b is not None})
+        baselines = {pair: versions.baseline(*pair) for pair in pairs}
+        resolved = replace(resolved, baselines={pair: b for pair, b in baselines.items() if b is not None})
     return resolved
 
 
@@ -195,14 +195,15 @@ def watch_only_children(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 
 @kopf.index(GROUP, VERSION, "modeldeployments")
-async def md_memos(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> dict[tuple[str, str], kopf.Memo]:
+async def md_memos(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> dict[tuple[str, str], kopf.Memo]:
     """Each ModelDeployment's memo by namespace and name: its children's events reach its State through it."""
+    assert namespace is not None  # namespaced kind
     return {(namespace, name): memo}
 
 
 @kopf.index("apps", "v1", "deployments", labels={MODELDEPLOYMENT: kopf.PRESENT})
 async def md_workloads(
-    namespace: str,
+    namespace: str | None,
     name: str,
     labels: Mapping[str, str],
     meta: Mapping[str, Any],
@@ -211,24 +212,32 @@ async def md_workloads(
     **_: Any,
 ) -> dict[tuple[str, str], observe.Workload] | None:
     """Each ModelDeployment's Deployments (observe.workload)."""
+    assert namespace is not None  # namespaced kind
     found = observe.workload(name, labels, meta, spec, status)
     return {(namespace, labels[MODELDEPLOYMENT]): found} if found is not None else None
 
 
 @kopf.index("discovery.k8s.io", "endpointslices", labels={MODELDEPLOYMENT: kopf.PRESENT})
 async def md_addresses(
-    namespace: str, labels: Mapping[str, str], body: Mapping[str, Any], **_: Any
+    namespace: str | None, labels: Mapping[str, str], body: Mapping[str, Any], **_: Any
 ) -> dict[tuple[str, str], observe.Address] | None:
     """Each ModelDeployment's ready addresses, with endpoints addressing (observe.address)."""
+    assert namespace is not None  # namespaced kind
     found = observe.address(labels, body)
     return {(namespace, labels[MODELDEPLOYMENT]): found} if found is not None else None
 
 
 @kopf.index("v1", "pods", labels={MODELDEPLOYMENT: kopf.PRESENT})
 async def md_pods(
-    namespace: str, name: str, labels: Mapping[str, str], meta: Mapping[str, Any], body: Mapping[str, Any], **_: Any
+    namespace: str | None,
+    name: str,
+    labels: Mapping[str, str],
+    meta: Mapping[str, Any],
+    body: Mapping[str, Any],
+    **_: Any,
 ) -> dict[tuple[str, str], tuple[str, dict[str, Any]]] | None:
     """Each ModelDeployment's pods, as much of each as tells why it fails (observe.pod)."""
+    assert namespace is not None  # namespaced kind
     found = observe.pod(name, labels, meta, body)
     return {(namespace, labels[MODELDEPLOYMENT]): found} if found is not None else None
 
@@ -245,6 +254,7 @@ def _analyse(
     gateway replica not scraped this time is kept while it is one of the gateway's replicas."""
     status = body.get("status") or {}
     canary, stable = status.get("canaryVersion"), status.get("stableVersion")
+    assert canary is not None  # called only when analysis_due, which needs a canaryVersion
     _, analysis, _ = canary_settings(md)
     if not texts:
         return [an.verdict(m, None) for m in analysis.metrics]  # gateway unreachable: no data
@@ -253,7 +263,8 @@ def _analyse(
     state.snapshots[canary] = {**{u: s for u, s in (prev or {}).items() if u in replicas}, **now}
     if prev is None:
         return [an.verdict(m, None) for m in analysis.metrics]  # first look: the next interval has data
-    return an.evaluate(analysis, an.interval(now, prev), ctx.settings.prometheus_url, canary, stable)
+    # A status with a canaryVersion has a stableVersion too: rollout.plan sets the stable before any canary.
+    return an.evaluate(analysis, an.interval(now, prev), ctx.settings.prometheus_url, canary, cast(str, stable))
 
 
 def _apply(
@@ -527,7 +538,7 @@ def _retrain(
         if made is not None:
             metrics.RETRAINS.labels(namespace, name, decision.create[1]).inc()
             jobs.append(rt.RetrainJob.of(made))
-    old = next((c for c in p.status.get("conditions") or [] if c.get("type") == rt.CONDITION), {})
+    old: dict[str, Any] = next((c for c in p.status.get("conditions") or [] if c.get("type") == rt.CONDITION), {})
     status, reason, message = decision.condition
     st.cond(rt.CONDITION, status, reason, message)
     if reason == rt.FAILED and old.get("reason") != rt.FAILED:
@@ -581,8 +592,9 @@ def _for_parent(
 
 @kopf.on.event(GROUP, VERSION, "modeldeployments")
 def modeldeployment_event(
-    event: dict[str, Any], name: str, namespace: str, memo: kopf.Memo, logger: Any, **kwargs: Any
+    event: kopf.RawEvent, name: str, namespace: str | None, memo: kopf.Memo, logger: Any, **kwargs: Any
 ) -> None:
+    assert namespace is not None  # namespaced kind
     WORKERS.indexed = True  # kopf runs handlers once everything is indexed (see WorkerLimit)
     metrics.RESOURCE_STATES.seen(KIND, event)
     if event.get("type") == "DELETED":
@@ -616,29 +628,33 @@ def delete_children(ctx: Context, namespace: str, name: str, uid: str | None = N
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={MODELDEPLOYMENT: kopf.PRESENT})
-def deployment_event(labels: dict[str, str], namespace: str, name: str, **kwargs: Any) -> None:
+def deployment_event(labels: Mapping[str, str], namespace: str | None, name: str, **kwargs: Any) -> None:
     """Readiness of a version's Triton or of the gateway changed, or the Deployment went."""
+    assert namespace is not None  # namespaced kind
     _for_parent(namespace, labels, kwargs, ("Deployment", name))
 
 
 @kopf.on.event("discovery.k8s.io", "endpointslices", labels={MODELDEPLOYMENT: kopf.PRESENT})
-def endpoints_event(labels: dict[str, str], namespace: str, **kwargs: Any) -> None:
+def endpoints_event(labels: Mapping[str, str], namespace: str | None, **kwargs: Any) -> None:
     """Addresses changed (the route table carries them when service addressing is by endpoints), or the slice went
     with its Service."""
+    assert namespace is not None  # namespaced kind
     service = labels.get(observe.SERVICE_NAME)
     _for_parent(namespace, labels, kwargs, ("Service", service) if service else None)
 
 
 @kopf.on.event("v1", "pods", labels={MODELDEPLOYMENT: kopf.PRESENT})
-def pod_event(labels: dict[str, str], namespace: str, **kwargs: Any) -> None:
+def pod_event(labels: Mapping[str, str], namespace: str | None, **kwargs: Any) -> None:
     """A pod started, failed or went: why pods fail is in status (lastFailure, the Ready message)."""
+    assert namespace is not None  # namespaced kind
     _for_parent(namespace, labels, kwargs)
 
 
 @kopf.on.event(GROUP, VERSION, "featureviews")
-def featureview_event(event: dict[str, Any], name: str, namespace: str, memo: kopf.Memo, **kwargs: Any) -> None:
+def featureview_event(event: kopf.RawEvent, name: str, namespace: str | None, memo: kopf.Memo, **kwargs: Any) -> None:
     """A FeatureView appeared, went or changed its spec: the ModelDeployments fed from it carry its join key, ttl and
     defaults in their route tables. Its status updates (freshness, every few seconds) change none of that."""
+    assert namespace is not None  # namespaced kind
     generation = (event.get("object") or {}).get("metadata", {}).get("generation")
     if event.get("type") != "DELETED":
         if memo.get(VIEW_GENERATION) == generation:
@@ -701,6 +717,7 @@ async def _clock(executor: Any, indexes: Mapping[str, Any], listings: applied.Li
 
     next_sweep = time.monotonic() + clock.FIRST_SWEEP_S
     next_check = time.monotonic() + clock.CHECK_S
+    looks: list[tuple[tuple[str, str], Mapping[str, Any], clock.Cadence]]
     while True:
         await asyncio.sleep(clock.TICK_S)
         now, looks = time.monotonic(), []
@@ -717,7 +734,7 @@ async def _clock(executor: Any, indexes: Mapping[str, Any], listings: applied.Li
             for key in list(indexes["md_memos"]):
                 memo = memo_in(indexes["md_memos"], *key)
                 ticks = state_of(memo).clock if memo is not None else None
-                if ticks is None or ticks.cadence is None:
+                if memo is None or ticks is None or ticks.cadence is None:
                     continue
                 cadence = ticks.cadence
                 if clock.due(cadence, ticks, now):
@@ -774,7 +791,7 @@ def _check_unwatched(memos: Mapping[tuple[str, str], Any], watched: observe.Watc
         for key in (k for k in keys if k[0] == namespace):
             memo = memo_in(memos, *key)
             state = state_of(memo) if memo is not None else None
-            if state is None or state.applied_at >= listed_at:
+            if memo is None or state is None or state.applied_at >= listed_at:
                 continue
             sent = list(state.sent.items())
             gone = [k for k, _ in sent if k[0] in UNWATCHED and k not in present]

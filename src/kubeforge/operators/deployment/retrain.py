@@ -67,7 +67,7 @@ class RetrainJob:
     def of(cls, obj: dict[str, Any]) -> RetrainJob:
         meta, status = obj["metadata"], obj.get("status") or {}
         value = (meta.get("annotations") or {}).get(VALUE)
-        ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+        ready: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
         return cls(
             name=meta["name"],
             trigger=(meta.get("labels") or {}).get(TRIGGER, ""),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from ...api import FeatureViewSpec, InvalidResource, ModelDeployment, parse
 from ...api.meta import duration_seconds
@@ -446,7 +446,8 @@ def _retirement(p: _Pass) -> list[dict[str, Any]]:
     retiring = [
         r
         for r in p.st.s.get("retiring", [])
-        if parse_rfc3339(r["after"]) > p.now and r["version"] not in (p.stable, p.canary, p.shadow)
+        # _retire writes every entry with its "after" time
+        if cast(datetime, parse_rfc3339(r["after"])) > p.now and r["version"] not in (p.stable, p.canary, p.shadow)
     ]
     if retiring:
         p.st.s["retiring"] = retiring

@@ -16,14 +16,14 @@ import json
 import threading
 import time
 from collections.abc import Iterable
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar, cast
 
 from pydantic import ValidationError
 
 from ...core import modelcontract as mc
 from ...core.approval import Approval
 from ...core.mlflow_rest import MLflowError, MLflowRegistry, ModelVersion, NotFound
-from ...serving.routes import VersionDrift
+from ...serving.routes import Task, VersionDrift
 from .clock import Ref
 from .rollout import DriftBaseline
 
@@ -174,7 +174,7 @@ def version_drift(raw: bytes, tags: dict[str, str]) -> DriftBaseline:
         drift = VersionDrift(
             features=features,
             baseline=baseline.features,
-            task=task if task in ("classification", "regression") else None,
+            task=cast(Task, task) if task in ("classification", "regression") else None,  # `in` does not narrow
             classes=[str(c) for c in _json_list(tags.get(mc.TAG_CLASSES)) or []] or None,
         )
     except ValidationError as err:

@@ -27,7 +27,7 @@ import asyncio
 import functools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -176,15 +176,17 @@ async def _pass(namespace: str, name: str, memo: kopf.Memo, brought: Brought | N
 
 
 @kopf.index(GROUP, VERSION, "featureviews")
-async def fv_memos(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> dict[tuple[str, str], kopf.Memo]:
+async def fv_memos(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> dict[tuple[str, str], kopf.Memo]:
     """Each FeatureView's memo by namespace and name: its Jobs' events record their passes there."""
+    assert namespace is not None  # namespaced kind
     return {(namespace, name): memo}
 
 
 @kopf.on.event(GROUP, VERSION, "featureviews")
 async def featureview_event(
-    event: dict[str, Any], body: kopf.Body, name: str, namespace: str, memo: kopf.Memo, **_: Any
+    event: kopf.RawEvent, body: kopf.Body, name: str, namespace: str | None, memo: kopf.Memo, **_: Any
 ) -> None:
+    assert namespace is not None  # namespaced kind
     WORKERS.indexed = True  # kopf runs handlers once everything is indexed (see WorkerLimit)
     operator_metrics.RESOURCE_STATES.seen(KIND, event)
     metrics.FRESHNESS.seen(event)
@@ -193,27 +195,29 @@ async def featureview_event(
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={FEATUREVIEW: kopf.PRESENT})
-async def job_event(
-    labels: dict[str, str], namespace: str, body: kopf.Body, fv_memos: kopf.Index[Any, Any], **_: Any
-) -> None:
+async def job_event(labels: Mapping[str, str], namespace: str | None, body: kopf.Body, **kwargs: Any) -> None:
     """A materialization Job changed (e.g. finished): reconcile its FeatureView, unless that one is gone or its last
     pass read the Job as it is."""
+    assert namespace is not None  # namespaced kind
+    fv_memos: kopf.Index[Any, Any] = kwargs["fv_memos"]  # kopf passes each index by its name
     memo = memo_in(fv_memos, namespace, labels[FEATUREVIEW])
     if memo is not None:
         await _pass(namespace, labels[FEATUREVIEW], memo, ("Job", body))
 
 
 @kopf.timer(GROUP, VERSION, "featureviews", interval=10)
-async def featureview_timer(name: str, namespace: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def featureview_timer(name: str, namespace: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Passes no event starts (see the module's docstring), decided on kopf's loop: a tick with none due costs
     no hop to a worker thread either. What is due by time is judged on the view as its last settled pass read it;
     kopf's body may be older (its first tick comes once that event's pass ended, with that event's body) or newer
     (then its event's pass is on the way)."""
+    assert namespace is not None  # namespaced kind
     if unsettled(memo) or (read_already(memo, KIND, body) and due_by_time(body, datetime.now(UTC))):
         await _pass(namespace, name, memo)
 
 
 @kopf.on.delete(GROUP, VERSION, "featureviews")
-async def featureview_deleted(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+async def featureview_deleted(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
     """Remove the view from the Feast registry and its table from the online store."""
+    assert namespace is not None  # namespaced kind
     await _in_worker(_remove, namespace, name, memo)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Gauge
@@ -29,7 +29,7 @@ class Freshness(Collector):
         self._lock = threading.Lock()
         self._newest: dict[tuple[str, str], float] = {}
 
-    def seen(self, event: dict[str, Any]) -> None:
+    def seen(self, event: Mapping[str, Any]) -> None:
         """Record the view of a kopf watch event, or forget it when the event says it was deleted."""
         body = event.get("object") or {}
         meta = body.get("metadata") or {}

@@ -260,7 +260,7 @@ def plan(
         st.s["registeredGeneration"] = generation
         project = meta["namespace"].replace("-", "_")
         out.events.append(("Normal", REGISTERED, f"generation {generation} registered in Feast project {project}"))
-    elif registration is not None:
+    elif registration is not None and registration.reason is not None:
         problem = (registration.reason, registration.message)
     registered = st.s.get("registeredGeneration") == generation
 
@@ -345,7 +345,9 @@ def plan(
     elif suspended:
         st.cond(MATERIALIZING, FALSE, SUSPENDED, f"spec.materialization.suspend is true; {MATERIALIZE_NOW} still works")
     else:
-        due = parse_rfc3339(last["startTime"]) + interval
+        last_start = parse_rfc3339(last["startTime"])
+        assert last_start is not None  # every run is recorded with its startTime
+        due = last_start + interval
         st.cond(MATERIALIZING, FALSE, IDLE, f"next run at {rfc3339(due)}")
 
     if not spec.online:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -107,8 +108,9 @@ def reconcile(namespace: str, name: str, reads: Reads, logger: Any, retry: int =
 
 
 @kopf.index(GROUP, VERSION, "trainingjobs")
-async def tj_memos(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> dict[tuple[str, str], kopf.Memo]:
+async def tj_memos(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> dict[tuple[str, str], kopf.Memo]:
     """Each TrainingJob's memo by namespace and name: its Jobs' and pods' events record its passes there."""
+    assert namespace is not None  # namespaced kind
     return {(namespace, name): memo}
 
 
@@ -142,8 +144,9 @@ def _for_owner(
 
 @kopf.on.event(GROUP, VERSION, "trainingjobs")
 def trainingjob_event(
-    event: dict[str, Any], body: kopf.Body, name: str, namespace: str, memo: kopf.Memo, logger: Any, **_: Any
+    event: kopf.RawEvent, body: kopf.Body, name: str, namespace: str | None, memo: kopf.Memo, logger: Any, **_: Any
 ) -> None:
+    assert namespace is not None  # namespaced kind
     WORKERS.indexed = True  # kopf runs handlers once everything is indexed (see WorkerLimit)
     metrics.RESOURCE_STATES.seen(KIND, event)
     if event.get("type") != "DELETED":
@@ -153,20 +156,20 @@ def trainingjob_event(
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={TRAININGJOB: kopf.PRESENT})
-def job_event(
-    labels: dict[str, str], namespace: str, body: kopf.Body, logger: Any, tj_memos: kopf.Index[Any, Any], **_: Any
-) -> None:
+def job_event(labels: Mapping[str, str], namespace: str | None, body: kopf.Body, logger: Any, **kwargs: Any) -> None:
     """A Job of a TrainingJob changed (e.g. completed): reconcile its owner."""
+    assert namespace is not None  # namespaced kind
+    tj_memos: kopf.Index[Any, Any] = kwargs["tj_memos"]  # kopf passes each index by its name
     _for_owner(namespace, labels[TRAININGJOB], "Job", body, logger, tj_memos)
 
 
 @kopf.on.event("v1", "pods", labels={TRAININGJOB: kopf.PRESENT})
-def pod_event(
-    labels: dict[str, str], namespace: str, body: kopf.Body, logger: Any, tj_memos: kopf.Index[Any, Any], **_: Any
-) -> None:
+def pod_event(labels: Mapping[str, str], namespace: str | None, body: kopf.Body, logger: Any, **kwargs: Any) -> None:
     """A trainer pod fails or does not start: why goes to status (lastFailure) while its Job still runs, which the
     Job's own status does not say. A pod that reports nothing wrong starts no pass: whatever its Job makes of it
     comes as the Job's own event."""
+    assert namespace is not None  # namespaced kind
+    tj_memos: kopf.Index[Any, Any] = kwargs["tj_memos"]  # kopf passes each index by its name
     if podfailure.pick([dict(body)], children.MEMORY_FIELDS) is not None:
         _for_owner(namespace, labels[TRAININGJOB], "Pod", body, logger, tj_memos)
 

@@ -53,8 +53,9 @@ monitoring: install ## Regenerate the alert rules and Grafana dashboards (monito
 	$(BIN)/kubeforge monitoring write
 
 .PHONY: lint
-lint: install ## Ruff, import layering, and checks that crds/ and the Helm chart's generated parts are current
+lint: install ## Ruff, mypy, import layering, and checks that crds/ and the Helm chart's generated parts are current
 	$(BIN)/ruff check src tests
+	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q tests/unit/test_crdgen.py -k committed
 	$(BIN)/python -m kubeforge.chartgen --check .

@@ -162,7 +162,8 @@ class PodObjects:
                 if template is None:
                     continue
                 try:
-                    self.core.create_namespaced_pod(pod.namespace, manifest(pod, template))  # type: ignore[arg-type]  # validate_call makes the dict a V1Pod
+                    # The client declares a V1Pod; its validate_call makes one of the dict.
+                    self.core.create_namespaced_pod(pod.namespace, manifest(pod, template))  # type: ignore[arg-type]
                 except ApiException as err:
                     log.warning("%s: cannot create its Pod object: %s", pod.key, err.reason)
                     continue

@@ -532,7 +532,7 @@ class DataSet(NamedTuple):
 
     text: str
     left_out: int
-    known: frozenset[str] = frozenset()
+    known: frozenset[str]
 
 
 def feature_list(text: str | None) -> list[str] | None:

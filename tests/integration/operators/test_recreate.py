@@ -263,15 +263,19 @@ def test_a_restarted_operator_applies_only_the_children_changed_while_it_was_dow
 def test_a_modeldeployment_deleted_and_created_again_at_once_keeps_the_new_ones_children(
     operator: Operator, api: client.ApiClient, namespace: str, served_model: str
 ) -> None:
-    create_md(api, namespace, "again", served_model)
-    wait_for(lambda: len(md_children(api, namespace, "again")) >= 4, 30, "children")
-    before = md_children(api, namespace, "again")
+    # Every child, named: the first one's pass applies them one by one, so a count could be read between two.
+    children = {"ConfigMap/again-routes", "Deployment/again-gateway", "Deployment/again-v1"}
+    children |= {"Service/again-gateway", "Service/again-v1"}
+    old = create_md(api, namespace, "again", served_model)["metadata"]["uid"]
+    wait_for(
+        lambda: md_children(api, namespace, "again") == dict.fromkeys(children, old), 30, "the first one's children"
+    )
     client.CustomObjectsApi(api).delete_namespaced_custom_object(GROUP, VERSION, namespace, MD_PLURAL, "again")
     uid = create_md(api, namespace, "again", served_model)["metadata"]["uid"]
     # The old object's children go (no garbage collector here: the operator removes them), the new one's stay.
-    wait_for(lambda: md_children(api, namespace, "again") == dict.fromkeys(before, uid), 30, "the new one's children")
+    wait_for(lambda: md_children(api, namespace, "again") == dict.fromkeys(children, uid), 30, "the new one's children")
     time.sleep(3)  # what the old object's deletion still had to do is done by now
-    assert md_children(api, namespace, "again") == dict.fromkeys(before, uid)
+    assert md_children(api, namespace, "again") == dict.fromkeys(children, uid)
 
 
 BEFORE = compute(np.random.default_rng(0).standard_normal((5_000, N_FEATURES)), FEATURES)

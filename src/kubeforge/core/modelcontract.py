@@ -26,7 +26,8 @@ Tags on the model version carry the task and the lineage (:data:`TAG_PREFIX` + n
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -80,6 +81,21 @@ ModelFormat = Literal["torchscript", "onnx"]
 def model_format(tags: dict[str, str]) -> ModelFormat:
     """The serving artifact a model version's tags say its run holds (TorchScript when they say nothing)."""
     return "onnx" if tags.get(TAG_FORMAT) == FORMAT_ONNX else "torchscript"
+
+
+def trained_on(tags: Mapping[str, str]) -> dict[str, Any]:
+    """The data a version learned from, as its tags say: uri, sha256, rows and, for a feedback data set, the labelled
+    rows it left out (rowsLeftOut); for an imported model, the data its drift baseline came from. What no tag says,
+    or a count that is not one, is left out. One reading for the TrainingJob's status.dataset and `kubeforge
+    lineage`."""
+    found: dict[str, Any] = {
+        "uri": tags.get(TAG_DATASET_URI) or tags.get(TAG_REFERENCE_URI),
+        "sha256": tags.get(TAG_DATASET_SHA256) or tags.get(TAG_REFERENCE_SHA256),
+    }
+    rows = tags.get(TAG_DATASET_ROWS) or tags.get(TAG_REFERENCE_ROWS)
+    for key, count in (("rows", rows), ("rowsLeftOut", tags.get(TAG_DATASET_ROWS_LEFT_OUT))):
+        found[key] = int(count) if count and count.isdigit() else None
+    return {k: v for k, v in found.items() if v is not None}
 
 
 def serving_artifact(fmt: ModelFormat) -> str:

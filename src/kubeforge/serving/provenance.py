@@ -81,14 +81,8 @@ def _version_lineage(registry: MLflowRegistry, kubeconfig: str | None, name: str
         "run": found.run_id,
         "framework": tags.get(mc.TAG_FRAMEWORK, "torch"),
         "approval": approval.Approval.of(tags).describe(),
-        "data": {
-            "uri": tags.get(mc.TAG_DATASET_URI) or tags.get(mc.TAG_REFERENCE_URI, ""),
-            "sha256": tags.get(mc.TAG_DATASET_SHA256) or tags.get(mc.TAG_REFERENCE_SHA256, ""),
-            "rows": tags.get(mc.TAG_DATASET_ROWS) or tags.get(mc.TAG_REFERENCE_ROWS, ""),
-        },
+        "data": mc.trained_on(tags),
     }
-    if left_out := tags.get(mc.TAG_DATASET_ROWS_LEFT_OUT):
-        entry["data"]["rowsLeftOut"] = left_out
     if view := tags.get(mc.TAG_FEATUREVIEW):
         entry["data"]["featureView"] = view
         entry["data"]["featureViewGeneration"] = tags.get(mc.TAG_FEATUREVIEW_GENERATION, "")
@@ -121,7 +115,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
         source = (
             f"featureview/{data['featureView']} gen {data['featureViewGeneration']}"
             if data.get("featureView")
-            else data["uri"] or (f"imported {r['imported']['file']}" if r.get("imported") else "-")
+            else data.get("uri") or (f"imported {r['imported']['file']}" if r.get("imported") else "-")
         )
         retrain = r.get("retrain")
         lines.append(
@@ -131,7 +125,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
                 r["framework"],
                 f"{job['namespace']}/{job['name']} ({job['state']})" if job else "-",
                 source,
-                (data["sha256"] or r.get("imported", {}).get("sha256", ""))[:12] or "-",
+                (data.get("sha256") or r.get("imported", {}).get("sha256", ""))[:12] or "-",
                 f"md/{retrain['of']} on {retrain['trigger']}" if retrain else "-",
                 r["approval"],
             )

@@ -162,7 +162,7 @@ def test_a_retrain_on_feedback_says_how_many_labelled_rows_its_data_set_left_out
     lineage = ["lineage", "model", "clf-from-feedback", version.version, "--json", "--tracking-uri", mlflow.url]
     walked = CliRunner().invoke(cli.main, [*lineage, "--kubeconfig", "/no"])
     assert walked.exit_code == 0, walked.output
-    assert json.loads(walked.output)["versions"][0]["data"]["rowsLeftOut"] == "4"
+    assert json.loads(walked.output)["versions"][0]["data"]["rowsLeftOut"] == 4
 
 
 def test_late_and_unknown_labels_are_counted_and_bad_batches_refused_whole(gateway, triton, registered):

@@ -377,15 +377,6 @@ def with_registration(
     st.s["metrics"] = {
         k[len(mc.TAG_METRIC_PREFIX) :]: float(v) for k, v in version.tags.items() if k.startswith(mc.TAG_METRIC_PREFIX)
     }
-    st.s["dataset"] = _trained_on(version.tags)
+    st.s["dataset"] = mc.trained_on(version.tags)
     st.cond(READY, TRUE, MODEL_REGISTERED, f"registered as {version.uri}")
     return st.s
-
-
-def _trained_on(tags: dict[str, str]) -> dict[str, Any]:
-    """status.dataset from the version's lineage tags; a tag missing or not a count is left out."""
-    found: dict[str, Any] = {"uri": tags.get(mc.TAG_DATASET_URI), "sha256": tags.get(mc.TAG_DATASET_SHA256)}
-    for key, tag in (("rows", mc.TAG_DATASET_ROWS), ("rowsLeftOut", mc.TAG_DATASET_ROWS_LEFT_OUT)):
-        count = tags.get(tag, "")
-        found[key] = int(count) if count.isdigit() else None
-    return {k: v for k, v in found.items() if v is not None}

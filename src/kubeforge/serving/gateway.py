@@ -572,9 +572,10 @@ class Gateway:
             since = since_seconds(request.query_params.get("since", "24h"))
             target = request.query_params.get("target", "label")
             features = feature_list(request.query_params.get("features"))
-            alone = not peer and not self.peers.others  # else the replica asked checks the names all replicas know
+            gathers = not peer and bool(self.peers.others)  # and checks the names against those all replicas know
+            alone = not peer and not gathers  # checks them before reading its logs
             found = await asyncio.to_thread(dataset, directory, route, since, target, time.time(), features, alone)
-            if not peer and self.peers.others:
+            if gathers:
                 sets = await self.peers.datasets(f"{request.url.path}?{request.url.query}", request.headers)
                 found = merge_datasets([found, *sets]) if sets else found
                 check_names(route.name, target, features, found.known)

@@ -48,7 +48,11 @@ def serve(api: client.ApiClient, namespace: str, name: str, version: str) -> Non
     """Mark version's Triton available and publish its address, as the local runner would for a serving pod."""
     wait_for(lambda: f"{name}-v{version}" in tritons(api, namespace), 30, f"the Triton of version {version}")
     mark_available(api, namespace, f"{name}-v{version}", 1)
-    service = client.CoreV1Api(api).read_namespaced_service(f"{name}-v{version}", namespace)
+    selector = f"metadata.name={name}-v{version}"
+    core = client.CoreV1Api(api)
+    # Applied after the Deployment by the same pass, so it may not be there yet.
+    found = wait_for(lambda: core.list_namespaced_service(namespace, field_selector=selector).items, 30, selector)
+    (service,) = found
     api_version = endpoints.api_version(api)
     body = {
         "apiVersion": api_version,

@@ -5,7 +5,9 @@ processes, one tracking drift (the version's baseline in its route table, as the
 then sends the same requests to Triton and to each gateway in alternating rounds at concurrency 1 and 16, with a
 minimal keep-alive HTTP/1.1 client so the load generator costs as little CPU as possible. Prints added p50/p99
 latency and throughput ratios: gateway over direct, and drift tracking on over off; and each gateway's CPU time per
-request (from /proc), which a machine shared with other work disturbs far less than wall-clock throughput. It does
+request (from /proc), which a machine shared with other work disturbs far less than wall-clock throughput; and, from
+Triton's own metrics and /proc, how many rows its dynamic batches held and the CPU it spent per request on each path
+(requests that reach it spread out make smaller batches, each of which costs it more per row). It does
 so twice where there are two cores or more: once with every process free to run on any core, and once with Triton
 and the load generator on one core and the gateways on another, as a gateway pod with CPU of its own would run: the
 first says what the hop costs on a machine it shares, the second whether the gateway keeps up with Triton when it is
@@ -22,11 +24,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import statistics
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,26 +220,49 @@ def _tenancy(work: Path, routes: dict, infer: str, procs: list) -> None:
     )
 
 
-def _measure(targets: dict[str, tuple[int, str]], gateways: dict[str, tuple[int, int]]) -> None:
-    """Alternate rounds to each target at concurrency 1 and 16; print latency, throughput and the gateways' CPU."""
-    print(f"{'concurrency':>11} {'path':>8} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}")
+def _triton_counts(triton: local_triton.TritonServer) -> tuple[float, float, float]:
+    """Requests Triton answered, model executions it ran (a dynamic batch is one), and the CPU seconds of its
+    process tree, so far."""
+    text = urllib.request.urlopen(triton.metrics_url, timeout=10).read().decode()
+
+    def total(name: str) -> float:
+        return sum(float(m.group(1)) for m in re.finditer(rf"^{name}{{[^}}]*}} (\S+)$", text, re.MULTILINE))
+
+    cpu = sum(_cpu_seconds(pid) for pid in _tree(triton.pid))
+    return total("nv_inference_request_success"), total("nv_inference_exec_count"), cpu
+
+
+def _measure(
+    targets: dict[str, tuple[int, str]], gateways: dict[str, tuple[int, int]], triton: local_triton.TritonServer
+) -> None:
+    """Alternate rounds to each target at concurrency 1 and 16; print latency, throughput, the gateways' CPU and
+    what Triton spent on each path's requests: how many rows its dynamic batches held, and its CPU per request."""
+    print(f"{'concurrency':>11} {'path':>8} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'batch':>6} {'Triton µs':>9}")
     for concurrency, per_round in PER_ROUND.items():
         lat: dict[str, list[float]] = {k: [] for k in targets}
         rps: dict[str, list[float]] = {k: [] for k in targets}
         cpu = dict.fromkeys(gateways, 0.0)
+        at_triton = {k: [0.0, 0.0, 0.0] for k in targets}  # requests, executions, CPU seconds
         for p, path in targets.values():  # warm-up
             asyncio.run(_round(p, path, concurrency, per_round // 4))
         for _ in range(ROUNDS):  # alternate, so a shared machine's changing load hits each alike
             for k, (p, path) in targets.items():
                 used = _cpu_seconds(gateways[k][1]) if k in gateways else 0.0
+                before = _triton_counts(triton)
                 latencies, throughput = asyncio.run(_round(p, path, concurrency, per_round))
+                after = _triton_counts(triton)
+                at_triton[k] = [a + now - then for a, now, then in zip(at_triton[k], after, before, strict=True)]
                 if k in gateways:
                     cpu[k] += _cpu_seconds(gateways[k][1]) - used
                 lat[k] += latencies
                 rps[k].append(throughput)
         for k in targets:
             p50, p99 = _pct(lat[k], 0.5), _pct(lat[k], 0.99)
-            print(f"{concurrency:>11} {k:>8} {p50:>8.3f} {p99:>8.3f} {statistics.median(rps[k]):>8.0f}")
+            requests, executions, seconds = at_triton[k]
+            print(
+                f"{concurrency:>11} {k:>8} {p50:>8.3f} {p99:>8.3f} {statistics.median(rps[k]):>8.0f} "
+                f"{requests / executions:>6.2f} {seconds / requests * 1e6:>9.0f}"
+            )
         median = {k: statistics.median(v) for k, v in rps.items()}
         _compare(concurrency, "the gateway", lat["gateway"], lat["direct"], median["gateway"], median["direct"])
         _compare(concurrency, "drift tracking", lat["drift"], lat["gateway"], median["drift"], median["gateway"])
@@ -324,7 +351,7 @@ def main() -> None:
         targets = {"direct": (triton.http_port, pinned), **{k: (port, infer) for k, (port, _) in gateways.items()}}
         if "--tenancy-only" not in sys.argv[1:]:
             print("Triton, the load generator and the gateways share every core:")
-            _measure(targets, gateways)
+            _measure(targets, gateways, triton)
             cores = sorted(os.sched_getaffinity(0))
             if len(cores) >= 2:
                 print(
@@ -334,7 +361,7 @@ def main() -> None:
                 _pin(_tree(triton.pid) | {os.getpid()}, {cores[0]})
                 _pin(set().union(*(_tree(pid) for _, pid in gateways.values())), {cores[1]})
                 try:
-                    _measure(targets, gateways)
+                    _measure(targets, gateways, triton)
                 finally:
                     _pin(_tree(triton.pid) | {os.getpid()} | {pid for _, pid in gateways.values()}, set(cores))
         _tenancy(work, {"models": {"bench": {"versions": [stable]}}}, infer, procs)

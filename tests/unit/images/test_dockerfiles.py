@@ -195,7 +195,7 @@ def test_oci_labels(image: Image) -> None:
     assert version == image.tag
     assert (
         labels["org.opencontainers.image.licenses"]
-        == tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["license"]["text"]
+        == tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["license"]
     )
 
 

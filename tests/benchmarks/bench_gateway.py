@@ -220,15 +220,15 @@ def _tenancy(work: Path, routes: dict, infer: str, procs: list) -> None:
     )
 
 
-def _triton_counts(triton: local_triton.TritonServer) -> tuple[float, float, float]:
+def _triton_counts(triton: local_triton.TritonServer, pids: set[int]) -> tuple[float, float, float]:
     """Requests Triton answered, model executions it ran (a dynamic batch is one), and the CPU seconds of its
-    process tree, so far."""
+    processes (pids: its process tree), so far."""
     text = urllib.request.urlopen(triton.metrics_url, timeout=10).read().decode()
 
     def total(name: str) -> float:
         return sum(float(m.group(1)) for m in re.finditer(rf"^{name}{{[^}}]*}} (\S+)$", text, re.MULTILINE))
 
-    cpu = sum(_cpu_seconds(pid) for pid in _tree(triton.pid))
+    cpu = sum(_cpu_seconds(pid) for pid in pids)
     return total("nv_inference_request_success"), total("nv_inference_exec_count"), cpu
 
 
@@ -238,6 +238,7 @@ def _measure(
     """Alternate rounds to each target at concurrency 1 and 16; print latency, throughput, the gateways' CPU and
     what Triton spent on each path's requests: how many rows its dynamic batches held, and its CPU per request."""
     print(f"{'concurrency':>11} {'path':>8} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'batch':>6} {'Triton µs':>9}")
+    pids = _tree(triton.pid)  # its model instances' processes too, started with it
     for concurrency, per_round in PER_ROUND.items():
         lat: dict[str, list[float]] = {k: [] for k in targets}
         rps: dict[str, list[float]] = {k: [] for k in targets}
@@ -248,9 +249,9 @@ def _measure(
         for _ in range(ROUNDS):  # alternate, so a shared machine's changing load hits each alike
             for k, (p, path) in targets.items():
                 used = _cpu_seconds(gateways[k][1]) if k in gateways else 0.0
-                before = _triton_counts(triton)
+                before = _triton_counts(triton, pids)
                 latencies, throughput = asyncio.run(_round(p, path, concurrency, per_round))
-                after = _triton_counts(triton)
+                after = _triton_counts(triton, pids)
                 at_triton[k] = [a + now - then for a, now, then in zip(at_triton[k], after, before, strict=True)]
                 if k in gateways:
                     cpu[k] += _cpu_seconds(gateways[k][1]) - used

@@ -1,21 +1,22 @@
 """Gateway hop over calling Triton directly, and drift tracking's cost, measured side by side in one run on loopback.
 
-Starts MLflow, registers a tiny classifier with a drift baseline, exports it, starts tritonserver and two gateway
-processes, one tracking drift (the version's baseline in its route table, as the operator writes it) and one not,
-then sends the same requests to Triton and to each gateway in alternating rounds at concurrency 1 and 16, with a
-minimal keep-alive HTTP/1.1 client so the load generator costs as little CPU as possible. Prints added p50/p99
-latency and throughput ratios: gateway over direct, and drift tracking on over off; and each gateway's CPU time per
-request (from /proc), which a machine shared with other work disturbs far less than wall-clock throughput; and, from
-Triton's own metrics and /proc, how many rows its dynamic batches held and the CPU it spent per request on each path
-(requests that reach it spread out make smaller batches, each of which costs it more per row). It does
-so twice where there are two cores or more: once with every process free to run on any core, and once with Triton
-and the load generator on one core and the gateways on another, as a gateway pod with CPU of its own would run: the
-first says what the hop costs on a machine it shares, the second whether the gateway keeps up with Triton when it is
-not taking Triton's CPU. Beside the gateways runs a bare forwarder (tests/benchmarks/forwarder.py): what any Python
-hop costs here, the floor the gateway's figures are read against. Then tenancy, at concurrency 1: what tokens, tenant
-limits and the access log cost (a gateway with a YAML token file and an access log file against one with neither),
-and a tenant's p50/p99 with and without a noisy neighbour that its rate limit keeps answering 429 (4 connections
-sending as fast as they can, from a thread of their own). Run from the repository root:
+Starts MLflow, registers a tiny classifier with a drift baseline, exports it, starts tritonserver and three gateway
+processes, one tracking drift (the version's baseline in its route table, as the operator writes it), one joining
+requests (spec.gateway.joinRequests) and one doing neither, then sends the same requests to Triton and to each gateway
+in alternating rounds at concurrency 1 and 16, with a minimal keep-alive HTTP/1.1 client so the load generator costs as
+little CPU as possible. Prints added p50/p99 latency and throughput ratios: gateway over direct, drift tracking on over
+off, joining over each request on its own; and each gateway's CPU time per request (from /proc), which a machine shared
+with other work disturbs far less than wall-clock throughput; and, from Triton's own metrics and /proc, how many rows
+its model executions held and the CPU it spent per caller's request on each path (requests that reach it spread out make
+smaller dynamic batches, each of which costs it more per row). It does so twice where there are two cores or more: once
+with every process free to run on any core, and once with Triton and the load generator on one core and the gateways on
+another, as a gateway pod with CPU of its own would run: the first says what the hop costs on a machine it shares, the
+second whether the gateway keeps up with Triton when it is not taking Triton's CPU. Beside the gateways runs a bare
+forwarder (tests/benchmarks/forwarder.py): what any Python hop costs here, the floor the gateway's figures are read
+against. Then tenancy, at concurrency 1: what tokens, tenant limits and the access log cost (a gateway with a YAML token
+file and an access log file against one with neither), and a tenant's p50/p99 with and without a noisy neighbour that
+its rate limit keeps answering 429 (4 connections sending as fast as they can, from a thread of their own).
+Run from the repository root:
 .venv/bin/python -m tests.benchmarks.bench_gateway [--tenancy-only]
 """
 
@@ -220,30 +221,31 @@ def _tenancy(work: Path, routes: dict, infer: str, procs: list) -> None:
     )
 
 
-def _triton_counts(triton: local_triton.TritonServer, pids: set[int]) -> tuple[float, float, float]:
-    """Requests Triton answered, model executions it ran (a dynamic batch is one), and the CPU seconds of its
-    processes (pids: its process tree), so far."""
+def _triton_counts(triton: local_triton.TritonServer, pids: set[int]) -> tuple[float, float]:
+    """Model executions Triton ran (a dynamic batch is one), and the CPU seconds of its processes (pids: its process
+    tree), so far."""
     text = urllib.request.urlopen(triton.metrics_url, timeout=10).read().decode()
 
     def total(name: str) -> float:
         return sum(float(m.group(1)) for m in re.finditer(rf"^{name}{{[^}}]*}} (\S+)$", text, re.MULTILINE))
 
     cpu = sum(_cpu_seconds(pid) for pid in pids)
-    return total("nv_inference_request_success"), total("nv_inference_exec_count"), cpu
+    return total("nv_inference_exec_count"), cpu
 
 
 def _measure(
     targets: dict[str, tuple[int, str]], gateways: dict[str, tuple[int, int]], triton: local_triton.TritonServer
 ) -> None:
     """Alternate rounds to each target at concurrency 1 and 16; print latency, throughput, the gateways' CPU and
-    what Triton spent on each path's requests: how many rows its dynamic batches held, and its CPU per request."""
+    what Triton spent on each path's requests: how many rows (callers' one-row requests) its model executions held,
+    and its CPU per caller's request (a joined request is several)."""
     print(f"{'concurrency':>11} {'path':>8} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'batch':>6} {'Triton µs':>9}")
     pids = _tree(triton.pid)  # its model instances' processes too, started with it
     for concurrency, per_round in PER_ROUND.items():
         lat: dict[str, list[float]] = {k: [] for k in targets}
         rps: dict[str, list[float]] = {k: [] for k in targets}
         cpu = dict.fromkeys(gateways, 0.0)
-        at_triton = {k: [0.0, 0.0, 0.0] for k in targets}  # requests, executions, CPU seconds
+        at_triton = {k: [0.0, 0.0] for k in targets}  # executions, CPU seconds
         for p, path in targets.values():  # warm-up
             asyncio.run(_round(p, path, concurrency, per_round // 4))
         for _ in range(ROUNDS):  # alternate, so a shared machine's changing load hits each alike
@@ -259,19 +261,22 @@ def _measure(
                 rps[k].append(throughput)
         for k in targets:
             p50, p99 = _pct(lat[k], 0.5), _pct(lat[k], 0.99)
-            requests, executions, seconds = at_triton[k]
+            executions, seconds = at_triton[k]
             print(
                 f"{concurrency:>11} {k:>8} {p50:>8.3f} {p99:>8.3f} {statistics.median(rps[k]):>8.0f} "
-                f"{requests / executions:>6.2f} {seconds / requests * 1e6:>9.0f}"
+                f"{len(lat[k]) / executions:>6.2f} {seconds / len(lat[k]) * 1e6:>9.0f}"
             )
         median = {k: statistics.median(v) for k, v in rps.items()}
         _compare(concurrency, "the gateway", lat["gateway"], lat["direct"], median["gateway"], median["direct"])
         _compare(concurrency, "drift tracking", lat["drift"], lat["gateway"], median["drift"], median["gateway"])
+        _compare(concurrency, "joining requests", lat["joined"], lat["gateway"], median["joined"], median["gateway"])
+        _compare(concurrency, "the joining gateway", lat["joined"], lat["direct"], median["joined"], median["direct"])
         _compare(concurrency, "a bare forwarder", lat["floor"], lat["direct"], median["floor"], median["direct"])
-        off, on, floor = (cpu[k] / len(lat[k]) * 1e6 for k in ("gateway", "drift", "floor"))
+        off, on, joined, floor = (cpu[k] / len(lat[k]) * 1e6 for k in ("gateway", "drift", "joined", "floor"))
         print(
             f"concurrency {concurrency}: gateway CPU per request {off:.0f} µs without drift tracking, "
-            f"{on:.0f} µs with it ({on / off - 1:+.1%}); the bare forwarder {floor:.0f} µs"
+            f"{on:.0f} µs with it ({on / off - 1:+.1%}), {joined:.0f} µs joining requests ({joined / off - 1:+.1%}); "
+            f"the bare forwarder {floor:.0f} µs"
         )
 
 
@@ -342,11 +347,13 @@ def main() -> None:
         found = Versions(MLflowRegistry(bench.mlflow_url)).baseline("bench", version)
         assert found is not None and found.drift is not None, "the version has a baseline"
         tracked = {"versions": [{**stable, "drift": found.drift.to_wire()}], "drift": DriftMonitoring().to_wire()}
+        joining = {"versions": [stable], "joinRequests": True}
         infer = "/v2/models/bench/infer"
         pinned = f"/v2/models/bench/versions/{version}/infer"
         gateways = {
             "gateway": _gateway(work, "gateway", {"models": {"bench": {"versions": [stable]}}}, procs),
             "drift": _gateway(work, "drift", {"models": {"bench": tracked}}, procs),
+            "joined": _gateway(work, "joined", {"models": {"bench": joining}}, procs),
             "floor": _forwarder(work, triton.url, pinned, procs),
         }
         targets = {"direct": (triton.http_port, pinned), **{k: (port, infer) for k, (port, _) in gateways.items()}}

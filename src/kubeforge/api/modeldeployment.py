@@ -102,7 +102,8 @@ class TritonRuntime(KubeModel):
 
 
 class GatewaySpec(KubeModel):
-    """The pods of the inference gateway in front of every version (one gateway per ModelDeployment)."""
+    """The inference gateway in front of every version (one gateway per ModelDeployment): its pods, and whether it
+    joins small requests."""
 
     replicas: Annotated[int, Field(ge=1, le=100)] = 1
     """Gateway pods behind its Service. One process keeps up with a Triton answering thousands of requests a second
@@ -117,6 +118,13 @@ class GatewaySpec(KubeModel):
     memory: Quantity = "1Gi"
     """Memory requested and limited for the gateway, e.g. 2Gi; feedback's answers waiting for labels
     (monitoring.feedback.maxPending, about 450 bytes each) live in it."""
+    join_requests: bool = False
+    """Join the small JSON requests to one version that reach a gateway replica at the same moment (one turn of its
+    event loop, no timer) into one Triton request of up to runtime.maxBatchSize rows, and split the answer: Triton
+    then spends about a third less CPU per request (docs/benchmarks.md). For many concurrent one-row callers.
+    Requests with binary tensors, parameters or an output selection, gRPC calls and a lone request go as they came;
+    a joined request Triton refuses is sent again one by one, so each caller gets Triton's verdict on its own input.
+    Triton's own request counts then count joined requests; the gateway's count callers' requests."""
 
 
 class Autoscaling(KubeModel):
@@ -360,7 +368,7 @@ class ModelDeploymentSpec(KubeModel):
     """Scale each version's Triton replicas on CPU (utilisation of runtime.cpu); a change of runtime or bounds keeps
     the replicas the autoscaler chose, within the new bounds."""
     gateway: GatewaySpec = Field(default_factory=GatewaySpec)
-    """Replicas, CPU and memory of the gateway."""
+    """Replicas, CPU and memory of the gateway, and whether it joins small requests."""
     canary: Canary | None = None
     """Roll a new version out progressively, gated by metrics."""
     shadow: Shadow | None = None

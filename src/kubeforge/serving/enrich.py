@@ -39,7 +39,7 @@ from kubeforge.core.modelcontract import INPUT_NAME
 from kubeforge.featurestore.config import StoreSettings
 
 from .metrics import FEATURE_LOOKUP_DURATION, FEATURE_LOOKUP_MISSES
-from .oip import HEADER_LENGTH, BadRequest, Schema, TensorSchema, binary_bytes, validate
+from .oip import HEADER_LENGTH, BadRequest, Schema, TensorSchema, binary_bytes, flatten, validate
 from .routes import FeatureRoute, Route, Target
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ class EntityRequest:
         assert isinstance(shape, list)
         rows, offset = shape[0], self.header_length or len(self.plain)
         if "binary_data_size" not in (self.entity.get("parameters") or {}):
-            keys = _flatten(self.entity["data"])
+            keys = flatten(self.entity["data"])
         elif datatype == "BYTES":
             keys = binary_bytes(self.plain[offset:], rows, key)
         else:
@@ -145,13 +145,6 @@ def entity_request(plain: bytes, header_length: int | None, route: Route) -> Ent
     if INPUT_NAME in inputs:
         raise BadRequest(f"send either {key!r} (entity keys) or {INPUT_NAME!r} (features), not both")
     return EntityRequest(route, features, plain, header_length, request, entity)
-
-
-def _flatten(data: Any) -> list[Any]:
-    """Elements of nested JSON lists in order (the checks counted them: as many as rows)."""
-    if not isinstance(data, list):
-        return [data]
-    return [item for part in data for item in _flatten(part)]
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ import os
 import re
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,7 @@ from .feedback import (
     since_seconds,
 )
 from .filewatch import FileWatch
+from .joiner import Joiner, join_key
 from .metrics import FALLBACK_REASONS, FALLBACKS, REGISTRY, RELOADS, UPSTREAM_REQUESTS
 from .monitor import DriftCollector, Monitor
 from .oip import HEADER_LENGTH, BadRequest, Body, validate
@@ -178,6 +179,7 @@ class Gateway:
         self.peers = Peers(self.upstreams.client)
         self.stores = Stores()
         self.admission = Admission()
+        self.joiner = Joiner(self.upstreams)
         self.access = AccessLog(settings.access_log, settings.access_log_max_mb, settings.access_log_max_files)
         self._route_watch = FileWatch(settings.routes)
         self._token_watch = FileWatch(settings.tokens) if settings.tokens else None
@@ -411,6 +413,7 @@ class Gateway:
         if can_fall_back and not target.ready:
             target, can_fall_back = self._skip(route, target, call), False
         lookup: Lookup | None = None
+        joining: tuple[Hashable, dict[str, Any]] | None = None  # its join key and checked request
         try:
             body = await self._body(headers, receive)
             call.received = len(body)
@@ -433,8 +436,11 @@ class Gateway:
                 message = f"model {route.name!r} version {target.version} is not ready"
                 return self._answered(target, start, error(503, message))
             if request is None:
-                call.request_id = request_id(validate(plain, length, schema).get("id"))
+                checked = validate(plain, length, schema)
+                call.request_id = request_id(checked.get("id"))
                 forward = {k: v for k in FORWARDED if (v := headers.get(k)) is not None}
+                if route.spec.join_requests and length is None and (key := join_key(checked, schema)) is not None:
+                    joining = key, checked
             else:
                 lookup = await self.stores.lookup(route, request.entities(schema))
                 body, forward = lookup.body(target)
@@ -442,7 +448,10 @@ class Gateway:
         except (BadRequest, Unavailable) as err:
             return self._answered(target, start, error(err.status, str(err)))
         try:
-            answer = await self.upstreams.infer(target, body, forward, route.timeout)
+            if joining is None:
+                answer = await self.upstreams.infer(target, body, forward, route.timeout)
+            else:
+                answer = await self.joiner.infer(target, *joining, (body, forward), schema, route.timeout)
         except UpstreamFailure as err:
             if not can_fall_back:
                 return self._answered(target, start, error(504 if err.reason == "timeout" else 502, str(err)))

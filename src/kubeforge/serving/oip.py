@@ -83,7 +83,7 @@ _INT_RANGE = {t: (int(np.iinfo(d).min), int(np.iinfo(d).max)) for t, d in NUMPY.
 _ITEMSIZE = {t: np.dtype(d).itemsize for t, d in NUMPY.items()}
 
 
-def _flatten(data: Any) -> list[Any]:
+def flatten(data: Any) -> list[Any]:
     """Nested lists' items in order, without recursion; a flat list (the usual request) as it is."""
     if type(data) is list and list not in map(type, data):
         return data
@@ -99,7 +99,7 @@ def _flatten(data: Any) -> list[Any]:
 
 
 def _check_values(name: str, datatype: str, data: Any, count: int) -> None:
-    flat = _flatten(data)
+    flat = flatten(data)
     if len(flat) != count:
         raise BadRequest(f"input {name!r}: data has {len(flat)} elements, shape needs {count}")
     types = set(map(type, flat))

@@ -122,6 +122,9 @@ class ModelRoute(KubeModel):
     """Retry once on the stable version when the chosen one fails, times out or is not ready."""
     timeout_ms: Annotated[int, Field(ge=1, le=600_000)] = 5000
     """Per-try timeout of an upstream request."""
+    join_requests: bool = False
+    """Join the small JSON requests to one version that wait at the same moment into one Triton request (see
+    serving.joiner)."""
     features: FeatureRoute | None = None
     """Requests may carry entity keys; the gateway reads the features from the online store."""
     drift: DriftMonitoring | None = None

@@ -193,8 +193,60 @@ def test_failing_or_slow_shadow_costs_live_traffic_nothing(gateway, triton, regi
         dead.close()
 
 
-def test_killing_the_canary_under_load_fails_no_request(gateway, triton, canary_triton, registered):
-    gw = gateway(table(registered, triton.url, canary=(canary_triton.url, 50), timeoutMs=2000))
+def _bursts(port: int, path: str, payloads: list[bytes], callers: int) -> list[tuple[str, bytes]]:
+    """Each payload's status line and body, sent by callers that each hold a connection and all send at once, then
+    wait for their answers, round after round: many callers whose requests reach the gateway together."""
+    answers: list[tuple[str, bytes]] = []
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(callers)]
+    try:
+        for first in range(0, len(payloads), callers):
+            round_ = payloads[first : first + callers]
+            for sock, payload in zip(socks, round_, strict=False):
+                sock.sendall(_post(path, payload, "Content-Type: application/json"))
+            for sock, _ in zip(socks, round_, strict=False):
+                status, _, content = _answer(sock, bytearray())
+                answers.append((status, content))
+    finally:
+        for sock in socks:
+            sock.close()
+    return answers
+
+
+def test_joined_requests_answer_each_caller_as_triton_does_in_fewer_triton_requests(gateway, triton, registered):
+    """joinRequests: concurrent callers' requests of a few rows each reach Triton as fewer, larger requests, and
+    each caller gets exactly its own rows' answer and its own id; a lone request goes to Triton byte for byte."""
+    gw = gateway(table(registered, triton.url, joinRequests=True))
+    rng = np.random.default_rng(7)
+    requests = []
+    for i in range(400):
+        rows = rng.standard_normal((int(rng.integers(1, 4)), 4)).round(4).tolist()
+        payload = {"id": f"call-{i}", **json.loads(body(rows))}
+        if i % 10 == 0:  # an output selection: sent on its own
+            payload["outputs"] = [{"name": mc.OUTPUT_NAME}]
+        requests.append((json.dumps(payload).encode(), {"content-type": "application/json"}))
+    pinned = f"{triton.url}/v2/models/{registered.name}/versions/{registered.stable}/infer"
+    direct = send(pinned, requests, concurrency=1)
+    before = answered(triton.url, registered.name, registered.stable)
+    joined = _bursts(gw.port, f"/v2/models/{registered.name}/infer", [p for p, _ in requests], callers=16)
+    at_triton = answered(triton.url, registered.name, registered.stable) - before
+    assert [status for status, _ in joined] == ["HTTP/1.1 200 OK"] * len(requests), joined
+    for (payload, _), want, (_, content) in zip(requests, direct, joined, strict=True):
+        asked, want_answer, got_answer = json.loads(payload), json.loads(want.content), json.loads(content)
+        assert got_answer["id"] == asked["id"] and got_answer["model_version"] == registered.stable
+        [want_out], [got_out] = want_answer["outputs"], got_answer["outputs"]
+        assert got_out["shape"] == want_out["shape"] == [len(asked["inputs"][0]["data"]) // 4, 2]
+        np.testing.assert_allclose(got_out["data"], want_out["data"], rtol=1e-6)
+    assert at_triton < len(requests) * 0.9, f"Triton answered {at_triton} requests for {len(requests)} callers"
+
+    before = answered(triton.url, registered.name, registered.stable)
+    one_by_one = send(infer_url(gw, registered.name), requests[:20], concurrency=1)
+    assert answered(triton.url, registered.name, registered.stable) - before == 20
+    assert [r.content for r in one_by_one] == [r.content for r in direct[:20]]
+
+
+@pytest.mark.parametrize("join", [False, True], ids=["each-request", "joined-requests"])
+def test_killing_the_canary_under_load_fails_no_request(gateway, triton, canary_triton, registered, join):
+    gw = gateway(table(registered, triton.url, canary=(canary_triton.url, 50), timeoutMs=2000, joinRequests=join))
 
     async def kill_at(i: int) -> None:
         if i == 150:  # a crash, not a graceful shutdown: Triton finishing in-flight work would hide it

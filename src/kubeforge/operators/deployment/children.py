@@ -264,6 +264,7 @@ def route_table(
                 sticky_header=md.spec.routing.sticky_header,
                 fallback=md.spec.fallback.enabled,
                 timeout_ms=md.spec.fallback.timeout_ms,
+                join_requests=md.spec.gateway.join_requests,
                 features=FeatureRoute.model_validate(features) if features else None,
                 drift=monitoring.drift if monitoring.drift.enabled else None,
                 payload_log=monitoring.payload_log,

@@ -411,3 +411,8 @@ def test_gateway_pods_are_told_of_each_other_only_when_there_are_several() -> No
     one = Observed(**{**vars(EVERYTHING_READY), "gateway_replicas": pods[:1]})
     cm = next(o for o in run(md(), Resolved(stable="1"), one).apply if o["kind"] == "ConfigMap")
     assert "peers" not in yaml.safe_load(cm["data"]["routes.yaml"]), "a one-pod gateway's table is as before"
+
+
+def test_joining_requests_is_the_gateways_only_when_asked() -> None:
+    assert routes(run(md(gateway={"joinRequests": True}), Resolved(stable="1")))["joinRequests"] is True
+    assert routes(run(md(), Resolved(stable="1")))["joinRequests"] is False

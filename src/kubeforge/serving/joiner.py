@@ -30,6 +30,7 @@ from .oip import Schema, flatten
 from .routes import Target
 from .upstream import Answer, Upstreams
 
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode  # built once: json.dumps builds one per call with options
 _INPUT_KEYS = frozenset({"name", "shape", "datatype", "data"})
 _REQUEST_KEYS = frozenset({"inputs", "id"})
 
@@ -161,7 +162,7 @@ def _joined_body(joined: _Joined) -> bytes:
             data += flatten(request["inputs"][i]["data"])
         shape = [joined.rows, *inp["shape"][1:]]
         inputs.append({"name": inp["name"], "shape": shape, "datatype": inp["datatype"], "data": data})
-    return json.dumps({"inputs": inputs}, separators=(",", ":")).encode()
+    return _ENCODE({"inputs": inputs}).encode()
 
 
 def _split(answer: Answer, joined: _Joined) -> list[Answer | BaseException] | None:
@@ -191,6 +192,6 @@ def _split(answer: Answer, joined: _Joined) -> list[Answer | BaseException] | No
             for o, n in zip(outputs, per_row, strict=True)
         ]
         row += rows
-        content = json.dumps(one, separators=(",", ":")).encode()
+        content = _ENCODE(one).encode()
         answers.append(Answer(200, content, answer.content_type, None, answer.seconds))
     return answers

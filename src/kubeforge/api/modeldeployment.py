@@ -121,7 +121,7 @@ class GatewaySpec(KubeModel):
     join_requests: bool = False
     """Join the small JSON requests to one version that reach a gateway replica at the same moment (one turn of its
     event loop, no timer) into one Triton request of up to runtime.maxBatchSize rows, and split the answer: Triton
-    then spends about a third less CPU per request (docs/benchmarks.md). For many concurrent one-row callers.
+    then spends a fifth to a half less CPU per request (docs/benchmarks.md). For many concurrent one-row callers.
     Requests with binary tensors, parameters or an output selection, gRPC calls and a lone request go as they came;
     a joined request Triton refuses is sent again one by one, so each caller gets Triton's verdict on its own input.
     Triton's own request counts then count joined requests; the gateway's count callers' requests."""

@@ -3,7 +3,7 @@
 Behind a gateway, Triton's dynamic batcher sees requests one gateway turn apart and forms small batches; and each
 request costs Triton an HTTP parse and a scheduling pass of its own whatever its rows. Joined, the one-row
 requests that wait in the gateway at the same moment reach Triton as one request of many rows: Triton spends a
-third less CPU per caller's request, and the gateway makes one upstream call for them. This is what KServe's
+fifth to a half less CPU per caller's request, and the gateway makes one upstream call for them. This is what KServe's
 batcher does in front of a model server, without its wait. As in Nagle's algorithm, a request that finds nothing
 of its version on the way to Triton goes at once, as it came, byte for byte: a lone caller waits for no one. Others
 join the requests that reach the gateway in the same turn of its event loop, and the joined request leaves at the

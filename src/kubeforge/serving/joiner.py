@@ -12,15 +12,17 @@ start of the next turn, or at once when it holds the version's maxBatchSize rows
 Only requests whose answers can be told apart again are joined: all-JSON tensors (no binary data), no request
 or input parameters and no output selection, the same inputs in the same order with the same shape after the
 batch dimension, to a version that batches. A joined request Triton refuses (4xx) or answers in a form that
-cannot be split is sent again one request at a time, so each caller gets Triton's own verdict on its request; a
-joined request that fails (5xx, timeout, unreachable) fails each of its callers, whose fallback then retries
-on its own.
+cannot be split is sent again one request at a time, so each caller gets Triton's own verdict on its request (and
+a version whose answers do not split is not joined again); a joined request that fails (5xx, timeout, unreachable)
+fails each of its callers, whose fallback then retries on its own. The upstream metrics count a joined try once per
+caller in it, as the callers' own tries would have counted (a refused one, sent again, counts twice).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 from collections.abc import Hashable
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ from .oip import Schema, flatten
 from .routes import Target
 from .upstream import Answer, Upstreams
 
+log = logging.getLogger(__name__)
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode  # built once: json.dumps builds one per call with options
 _INPUT_KEYS = frozenset({"name", "shape", "datatype", "data"})
 _REQUEST_KEYS = frozenset({"inputs", "id"})
@@ -80,7 +83,7 @@ class Joiner:
         most = schema.max_batch_size
         slot = (id(target), key)
         joined = self.open.get(slot)
-        if joined is None and id(target) not in self.in_flight:
+        if joined is None and (id(target) not in self.in_flight or not target.splits):
             self._going(target, 1)
             try:
                 return await self.upstreams.infer(target, *sent, timeout)
@@ -126,8 +129,16 @@ class Joiner:
                 return
             body = _joined_body(joined)
             headers = {"content-type": "application/json"}
-            answer = await self.upstreams.infer(target, body, headers, timeout)
+            answer = await self.upstreams.infer(target, body, headers, timeout, len(joined.requests))
             split = _split(answer, joined) if answer.status == 200 else None
+            if split is None and answer.status == 200 and target.splits:
+                target.splits = False  # the version's answers do not split: each request goes on its own from now on
+                log.warning(
+                    "version %s of %s answered a joined request in a form that does not split by caller "
+                    "(an output without the batch dimension, or binary); its requests are no longer joined",
+                    target.version,
+                    target.model,
+                )
             if split is None:  # Triton's verdict on one of them, or an answer that cannot be told apart
                 split = await asyncio.gather(
                     *(self.upstreams.infer(target, b, h, timeout) for b, h in joined.sent_as), return_exceptions=True

@@ -39,14 +39,15 @@ REQUEST_DURATION = Histogram(
 )
 UPSTREAM_REQUESTS = Counter(
     "kubeforge_upstream_requests",
-    "Tries sent to Triton (live and shadow); outcome ok, error (5xx, refused, reset), timeout, or not_ready "
-    "(not sent: the version was known not to be ready, and the stable version answered instead)",
+    "Tries sent to Triton (live and shadow), one per caller's request also where the gateway joined several into one "
+    "Triton request; outcome ok, error (5xx, refused, reset), timeout, or not_ready (not sent: the version was known "
+    "not to be ready, and the stable version answered instead)",
     [*_LABELS, "outcome"],
     registry=REGISTRY,
 )
 UPSTREAM_DURATION = Histogram(
     "kubeforge_upstream_request_duration_seconds",
-    "Duration of one try against Triton",
+    "Duration of one try against Triton, observed once per caller's request in it",
     _LABELS,
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,

@@ -62,9 +62,13 @@ class Upstreams:
             target.metrics = TargetMetrics(target.model, target.version, target.role)
         return target.metrics
 
-    async def infer(self, target: Target, body: bytes, headers: dict[str, str], timeout: float) -> Answer:
+    async def infer(
+        self, target: Target, body: bytes, headers: dict[str, str], timeout: float, callers: int = 1
+    ) -> Answer:
         """One try at the version: at one of its replicas, or, where one refuses or drops the connection, at each
-        of the others in turn (an inference has no side effect to repeat), all within timeout."""
+        of the others in turn (an inference has no side effect to repeat), all within timeout. callers: the
+        callers' requests joined in body (serving.joiner); the try counts once for each, as their own tries would
+        have, so error rates, canary analysis and its minRequests read the same with joining as without."""
         metrics = self.bind(target)
         start = time.perf_counter()
         tried: list[str] = []
@@ -76,21 +80,22 @@ class Upstreams:
                 resp = await self.client.request("POST", url, target.base + "/infer", body, headers, left)
                 break
             except TimeoutError as err:
-                metrics.timeout.inc()
+                metrics.timeout.inc(callers)
                 raise UpstreamFailure("timeout", f"version {target.version} timed out after {timeout:g}s") from err
             except ConnectionFailed as err:
                 self._mark(target, url, False, str(err))  # until the health check finds it ready again
                 failure = err
         else:
-            metrics.error.inc()
+            metrics.error.inc(callers)
             where = "unreachable" if len(tried) == 1 else f"unreachable at each of its {len(tried)} replicas"
             raise UpstreamFailure("error", f"version {target.version} {where}: {type(failure).__name__}") from failure
         seconds = time.perf_counter() - start
-        metrics.upstream_duration.observe(seconds)
+        for _ in range(callers):
+            metrics.upstream_duration.observe(seconds)
         if resp.status_code >= 500:
-            metrics.error.inc()
+            metrics.error.inc(callers)
             raise UpstreamFailure("error", f"version {target.version} answered {resp.status_code}")
-        metrics.ok.inc()
+        metrics.ok.inc(callers)
         return Answer(
             resp.status_code,
             resp.content,

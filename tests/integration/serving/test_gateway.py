@@ -227,6 +227,8 @@ def test_joined_requests_answer_each_caller_as_triton_does_in_fewer_triton_reque
     pinned = f"{triton.url}/v2/models/{registered.name}/versions/{registered.stable}/infer"
     direct = send(pinned, requests, concurrency=1)
     before = answered(triton.url, registered.name, registered.stable)
+    tries = {"version": registered.stable, "outcome": "ok"}
+    counted = gw.metric("kubeforge_upstream_requests_total", **tries)
     joined = _bursts(gw.port, f"/v2/models/{registered.name}/infer", [p for p, _ in requests], callers=16)
     at_triton = answered(triton.url, registered.name, registered.stable) - before
     assert [status for status, _ in joined] == ["HTTP/1.1 200 OK"] * len(requests), joined
@@ -237,6 +239,8 @@ def test_joined_requests_answer_each_caller_as_triton_does_in_fewer_triton_reque
         assert got_out["shape"] == want_out["shape"] == [len(asked["inputs"][0]["data"]) // 4, 2]
         np.testing.assert_allclose(got_out["data"], want_out["data"], rtol=1e-6)
     assert at_triton < len(requests) * 0.9, f"Triton answered {at_triton} requests for {len(requests)} callers"
+    # Error rates and canary analysis read tries per caller's request, joined or not.
+    assert gw.metric("kubeforge_upstream_requests_total", **tries) - counted == len(requests)
 
     before = answered(triton.url, registered.name, registered.stable)
     one_by_one = send(infer_url(gw, registered.name), requests[:20], concurrency=1)

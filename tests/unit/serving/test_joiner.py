@@ -42,7 +42,9 @@ class Triton:
         self.refuse_joined, self.fail = refuse_joined, fail
         self.bodies: list[dict[str, Any]] = []
 
-    async def infer(self, target: Target, body: bytes, headers: dict[str, str], timeout: float) -> Answer:
+    async def infer(
+        self, target: Target, body: bytes, headers: dict[str, str], timeout: float, callers: int = 1
+    ) -> Answer:
         sent = json.loads(body)
         self.bodies.append(sent)
         await asyncio.sleep(0)  # on its way: what arrives meanwhile finds it in flight
@@ -56,9 +58,11 @@ class Triton:
         return Answer(200, json.dumps(answer).encode(), "application/json", None, 0.001)
 
 
-async def _call(triton: Triton, requests: list[dict[str, Any]]) -> list[Answer | BaseException]:
+async def _call(
+    triton: Triton, requests: list[dict[str, Any]], target: Target | None = None
+) -> list[Answer | BaseException]:
     joiner = Joiner(triton)  # type: ignore[arg-type]
-    target = Target("clf", "1", "http://127.0.0.1:1", "clf")
+    target = target or Target("clf", "1", "http://127.0.0.1:1", "clf")
     calls = [joiner.infer(target, join_key(r, SCHEMA), r, (json.dumps(r).encode(), {}), SCHEMA, 1.0) for r in requests]
     return await asyncio.gather(*calls, return_exceptions=True)
 
@@ -99,14 +103,20 @@ def test_a_failed_joined_request_fails_each_caller_so_each_can_fall_back():
         (b'{"outputs":[]}' + bytes(16), "14"),  # binary tensor data
     ],
 )
-def test_a_joined_answer_that_cannot_be_split_is_asked_again_one_by_one(content, header_length):
+def test_a_joined_answer_that_cannot_be_split_is_asked_again_one_by_one_and_the_version_no_longer_joined(
+    content, header_length
+):
     class Odd(Triton):
-        async def infer(self, target, body, headers, timeout):
+        async def infer(self, target, body, headers, timeout, callers=1):
             answer = await super().infer(target, body, headers, timeout)
             joined = json.loads(body)["inputs"][0]["shape"][0] > 1
             return Answer(200, content, "application/json", header_length, 0.001) if joined else answer
 
-    triton = Odd()
-    answers = asyncio.run(_call(triton, [request([1, 2], id="a"), request([3, 4], id="b"), request([5, 6], id="c")]))
+    triton, target = Odd(), Target("clf", "1", "http://127.0.0.1:1", "clf")
+    three = [request([1, 2], id="a"), request([3, 4], id="b"), request([5, 6], id="c")]
+    answers = asyncio.run(_call(triton, three, target))
     assert len(triton.bodies) == 4
     assert [json.loads(a.content)["id"] for a in answers if isinstance(a, Answer)] == ["a", "b", "c"]
+    assert not target.splits
+    asyncio.run(_call(triton, three, target))
+    assert [b["inputs"][0]["shape"][0] for b in triton.bodies[4:]] == [1, 1, 1]  # each on its own: not joined

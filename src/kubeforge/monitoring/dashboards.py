@@ -309,6 +309,20 @@ def serving() -> Dashboard:
                         [Query(triton_queue, triton_version)],
                     ),
                     Panel(
+                        "Callers per joined Triton request",
+                        "With spec.gateway.joinRequests: how many callers' requests each Triton request that "
+                        "joined several carried (a request that found nothing of its version in flight goes alone "
+                        "and is not counted).",
+                        "none",
+                        [
+                            Query(
+                                f"{_rate('kubeforge_gateway_joined_requests_total', GATEWAY, TRAFFIC)}\n/\n"
+                                f"{_rate('kubeforge_gateway_joins_total', GATEWAY, TRAFFIC)}",
+                                _VERSION,
+                            )
+                        ],
+                    ),
+                    Panel(
                         "Triton inference failures",
                         "Inferences Triton itself reports as failed, per version.",
                         "reqps",

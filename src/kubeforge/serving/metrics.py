@@ -52,6 +52,18 @@ UPSTREAM_DURATION = Histogram(
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+JOINS = Counter(
+    "kubeforge_gateway_joins",
+    "Triton requests that carried several callers' requests joined (spec.gateway.joinRequests)",
+    _LABELS,
+    registry=REGISTRY,
+)
+JOINED = Counter(
+    "kubeforge_gateway_joined_requests",
+    "Callers' requests the gateway sent to Triton joined with others in one request (spec.gateway.joinRequests)",
+    _LABELS,
+    registry=REGISTRY,
+)
 FALLBACK_REASONS = ("error", "timeout", "not_ready")
 FALLBACKS = Counter(
     "kubeforge_fallbacks",
@@ -145,6 +157,8 @@ class TargetMetrics:
         self.ok = UPSTREAM_REQUESTS.labels(*labels, "ok")
         self.error = UPSTREAM_REQUESTS.labels(*labels, "error")
         self.timeout = UPSTREAM_REQUESTS.labels(*labels, "timeout")
+        self.joins = JOINS.labels(*labels)
+        self.joined = JOINED.labels(*labels)
         self.labels = labels
         self._codes: dict[int, object] = {}
 

@@ -241,6 +241,11 @@ def test_joined_requests_answer_each_caller_as_triton_does_in_fewer_triton_reque
     assert at_triton < len(requests) * 0.9, f"Triton answered {at_triton} requests for {len(requests)} callers"
     # Error rates and canary analysis read tries per caller's request, joined or not.
     assert gw.metric("kubeforge_upstream_requests_total", **tries) - counted == len(requests)
+    # Each joined Triton request stands for its callers: the callers it joined less the requests that carried them
+    # are the Triton requests saved.
+    joins = gw.metric("kubeforge_gateway_joins_total", version=registered.stable)
+    saved = gw.metric("kubeforge_gateway_joined_requests_total", version=registered.stable) - joins
+    assert joins > 0 and saved == len(requests) - at_triton
 
     before = answered(triton.url, registered.name, registered.stable)
     one_by_one = send(infer_url(gw, registered.name), requests[:20], concurrency=1)

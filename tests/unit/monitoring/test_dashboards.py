@@ -36,6 +36,8 @@ COUNTERS = {
     ],
     "kubeforge_upstream_requests_total": [f'{GATEWAY}, {TRAFFIC}, outcome="{o}"' for o in ("ok", "timeout")],
     "kubeforge_fallbacks_total": [f'{GATEWAY}, {TRAFFIC}, reason="timeout"'],
+    "kubeforge_gateway_joins_total": [f"{GATEWAY}, {TRAFFIC}"],
+    "kubeforge_gateway_joined_requests_total": [f"{GATEWAY}, {TRAFFIC}"],
     "kubeforge_shadow_requests_total": [f'{GATEWAY}, model="cancer", version="3", outcome="ok"'],
     "kubeforge_shadow_predictions_total": [
         f'{GATEWAY}, model="cancer", version="3", result="{r}"' for r in ("agree", "disagree")

@@ -129,9 +129,6 @@ class Joiner:
                 return
             body = _joined_body(joined)
             headers = {"content-type": "application/json"}
-            counts = self.upstreams.bind(target)
-            counts.joins.inc()
-            counts.joined.inc(len(joined.requests))
             answer = await self.upstreams.infer(target, body, headers, timeout, len(joined.requests))
             split = _split(answer, joined) if answer.status == 200 else None
             if split is None and answer.status == 200 and target.splits:

@@ -70,6 +70,9 @@ class Upstreams:
         callers' requests joined in body (serving.joiner); the try counts once for each, as their own tries would
         have, so error rates, canary analysis and its minRequests read the same with joining as without."""
         metrics = self.bind(target)
+        if callers > 1:
+            metrics.joins.inc()
+            metrics.joined.inc(callers)
         start = time.perf_counter()
         tried: list[str] = []
         failure: ConnectionFailed | None = None

@@ -190,9 +190,7 @@ class Target:
     task: str = "classification"  # how its answers read for feedback: its drift entry's task, else the model's
     classes: Any = None  # class labels in output order (its drift entry's), or None: labels are class indices
     features: tuple[str, ...] | None = None  # its input features in order: its drift entry's, else its featureOrder
-    splits: bool = (
-        True  # its answers to joined requests split into each caller's (serving.joiner); False once one did not
-    )
+    splits: bool = True  # its answers to joined requests split by caller (serving.joiner); False once one did not
 
     @property
     def key(self) -> tuple[str, str, str]:

@@ -119,12 +119,12 @@ class GatewaySpec(KubeModel):
     """Memory requested and limited for the gateway, e.g. 2Gi; feedback's answers waiting for labels
     (monitoring.feedback.maxPending, about 450 bytes each) live in it."""
     join_requests: bool = False
-    """Join the small JSON requests to one version that reach a gateway replica at the same moment (one turn of its
-    event loop, no timer) into one Triton request of up to runtime.maxBatchSize rows, and split the answer: Triton
-    then spends a fifth to a half less CPU per request (docs/benchmarks.md). For many concurrent one-row callers.
-    Requests with binary tensors, parameters or an output selection, gRPC calls and a lone request go as they came;
-    a joined request Triton refuses is sent again one by one, so each caller gets Triton's verdict on its own input.
-    Triton's own request counts then count joined requests; the gateway's count callers' requests."""
+    """Join the small requests to one version that reach a gateway replica at the same moment (one turn of its event
+    loop, no timer) into one Triton request of up to runtime.maxBatchSize rows, and split the answer: Triton then
+    spends a fifth to a half less CPU per request (docs/benchmarks.md). For many concurrent one-row callers, over
+    REST (JSON or binary tensors) or gRPC. A lone request, and one with parameters Triton reads per request, go as
+    they came; a joined request Triton refuses is sent again one by one, so each caller gets Triton's verdict on its
+    own input. Triton's own request counts then count joined requests; the gateway's count callers' requests."""
 
 
 class Autoscaling(KubeModel):

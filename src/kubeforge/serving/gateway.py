@@ -439,7 +439,7 @@ class Gateway:
                 checked = validate(plain, length, schema)
                 call.request_id = request_id(checked.get("id"))
                 forward = {k: v for k in FORWARDED if (v := headers.get(k)) is not None}
-                if route.spec.join_requests and length is None and (key := join_key(checked, schema)) is not None:
+                if route.spec.join_requests and (key := join_key(checked, schema)) is not None:
                     joining = key, checked
             else:
                 lookup = await self.stores.lookup(route, request.entities(schema))
@@ -451,7 +451,9 @@ class Gateway:
             if joining is None:
                 answer = await self.upstreams.infer(target, body, forward, route.timeout)
             else:
-                answer = await self.joiner.infer(target, *joining, (body, forward), schema, route.timeout)
+                answer = await self.joiner.infer(
+                    target, *joining, (plain, length), (body, forward), schema, route.timeout
+                )
         except UpstreamFailure as err:
             if not can_fall_back:
                 return self._answered(target, start, error(504 if err.reason == "timeout" else 502, str(err)))

@@ -193,51 +193,68 @@ def test_failing_or_slow_shadow_costs_live_traffic_nothing(gateway, triton, regi
         dead.close()
 
 
-def _bursts(port: int, path: str, payloads: list[bytes], callers: int) -> list[tuple[str, bytes]]:
-    """Each payload's status line and body, sent by callers that each hold a connection and all send at once, then
-    wait for their answers, round after round: many callers whose requests reach the gateway together."""
-    answers: list[tuple[str, bytes]] = []
+def _bursts(port: int, path: str, requests: list[tuple[bytes, dict[str, str]]], callers: int) -> list[tuple]:
+    """Each request's status line, headers and body, sent by callers that each hold a connection and all send at once,
+    then wait for their answers, round after round: many callers whose requests reach the gateway together."""
+    answers: list[tuple] = []
     socks = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(callers)]
     try:
-        for first in range(0, len(payloads), callers):
-            round_ = payloads[first : first + callers]
-            for sock, payload in zip(socks, round_, strict=False):
-                sock.sendall(_post(path, payload, "Content-Type: application/json"))
-            for sock, _ in zip(socks, round_, strict=False):
-                status, _, content = _answer(sock, bytearray())
-                answers.append((status, content))
+        for first in range(0, len(requests), callers):
+            round_ = requests[first : first + callers]
+            for sock, (payload, headers) in zip(socks, round_, strict=False):
+                sock.sendall(_post(path, payload, *(f"{k}: {v}" for k, v in headers.items())))
+            answers += [_answer(sock, bytearray()) for sock, _ in zip(socks, round_, strict=False)]
     finally:
         for sock in socks:
             sock.close()
     return answers
 
 
+def _call(i: int, rows: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    """Caller i's request, in one of the forms clients send: JSON (i % 4 == 0), JSON naming its output (1), and
+    tritonclient's binary tensors with the outputs in binary as a request parameter (2) or named (3)."""
+    if i % 4 < 2:
+        payload = {"id": f"call-{i}", **json.loads(body(rows.tolist()))}
+        if i % 4 == 1:
+            payload["outputs"] = [{"name": mc.OUTPUT_NAME}]
+        return json.dumps(payload).encode(), {"Content-Type": "application/json"}
+    tensor = httpclient.InferInput(mc.INPUT_NAME, list(rows.shape), "FP32")
+    tensor.set_data_from_numpy(rows, binary_data=True)
+    outputs = [httpclient.InferRequestedOutput(mc.OUTPUT_NAME, binary_data=True)] if i % 4 == 3 else None
+    payload, length = httpclient.InferenceServerClient.generate_request_body([tensor], outputs, f"call-{i}")
+    return payload, {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(length)}
+
+
+def _result(answer: tuple) -> tuple[str | None, np.ndarray]:
+    """The id and output of an answer from _bursts, JSON or binary."""
+    _, headers, content = answer
+    length = headers.get("inference-header-content-length")
+    parsed = httpclient.InferenceServerClient.parse_response_body(content, header_length=length and int(length))
+    return parsed.get_response().get("id"), parsed.as_numpy(mc.OUTPUT_NAME)
+
+
 def test_joined_requests_answer_each_caller_as_triton_does_in_fewer_triton_requests(gateway, triton, registered):
-    """joinRequests: concurrent callers' requests of a few rows each reach Triton as fewer, larger requests, and
-    each caller gets exactly its own rows' answer and its own id; a lone request goes to Triton byte for byte."""
+    """joinRequests: concurrent callers' requests of a few rows each (JSON or binary, as clients send them) reach
+    Triton as fewer, larger requests, and each caller gets exactly its own rows' answer, in the form it asked for,
+    and its own id; a lone request goes to Triton byte for byte."""
     gw = gateway(table(registered, triton.url, joinRequests=True))
     rng = np.random.default_rng(7)
-    requests = []
-    for i in range(400):
-        rows = rng.standard_normal((int(rng.integers(1, 4)), 4)).round(4).tolist()
-        payload = {"id": f"call-{i}", **json.loads(body(rows))}
-        if i % 10 == 0:  # an output selection: sent on its own
-            payload["outputs"] = [{"name": mc.OUTPUT_NAME}]
-        requests.append((json.dumps(payload).encode(), {"content-type": "application/json"}))
-    pinned = f"{triton.url}/v2/models/{registered.name}/versions/{registered.stable}/infer"
-    direct = send(pinned, requests, concurrency=1)
+    rows = [rng.standard_normal((int(rng.integers(1, 4)), 4)).astype(np.float32) for _ in range(400)]
+    requests = [_call(i, x) for i, x in enumerate(rows)]
+    path = f"/v2/models/{registered.name}/infer"
+    direct = _bursts(triton.http_port, f"/v2/models/{registered.name}/versions/{registered.stable}/infer", requests, 1)
     before = answered(triton.url, registered.name, registered.stable)
     tries = {"version": registered.stable, "outcome": "ok"}
     counted = gw.metric("kubeforge_upstream_requests_total", **tries)
-    joined = _bursts(gw.port, f"/v2/models/{registered.name}/infer", [p for p, _ in requests], callers=16)
+    joined = _bursts(gw.port, path, requests, callers=16)
     at_triton = answered(triton.url, registered.name, registered.stable) - before
-    assert [status for status, _ in joined] == ["HTTP/1.1 200 OK"] * len(requests), joined
-    for (payload, _), want, (_, content) in zip(requests, direct, joined, strict=True):
-        asked, want_answer, got_answer = json.loads(payload), json.loads(want.content), json.loads(content)
-        assert got_answer["id"] == asked["id"] and got_answer["model_version"] == registered.stable
-        [want_out], [got_out] = want_answer["outputs"], got_answer["outputs"]
-        assert got_out["shape"] == want_out["shape"] == [len(asked["inputs"][0]["data"]) // 4, 2]
-        np.testing.assert_allclose(got_out["data"], want_out["data"], rtol=1e-6)
+    assert [status for status, _, _ in joined] == ["HTTP/1.1 200 OK"] * len(requests), joined
+    for i, (x, want, got) in enumerate(zip(rows, direct, joined, strict=True)):
+        (want_id, want_out), (got_id, got_out) = _result(want), _result(got)
+        assert got_id == want_id == f"call-{i}" and got[1]["kubeforge-model-version"] == registered.stable
+        assert ("inference-header-content-length" in got[1]) == (i % 4 >= 2), "the form the caller asked for"
+        assert got_out.shape == want_out.shape == (len(x), 2)
+        np.testing.assert_allclose(got_out, want_out, rtol=1e-6)
     assert at_triton < len(requests) * 0.9, f"Triton answered {at_triton} requests for {len(requests)} callers"
     # Error rates and canary analysis read tries per caller's request, joined or not.
     assert gw.metric("kubeforge_upstream_requests_total", **tries) - counted == len(requests)
@@ -248,9 +265,9 @@ def test_joined_requests_answer_each_caller_as_triton_does_in_fewer_triton_reque
     assert joins > 0 and saved == len(requests) - at_triton
 
     before = answered(triton.url, registered.name, registered.stable)
-    one_by_one = send(infer_url(gw, registered.name), requests[:20], concurrency=1)
+    one_by_one = _bursts(gw.port, path, requests[:20], callers=1)
     assert answered(triton.url, registered.name, registered.stable) - before == 20
-    assert [r.content for r in one_by_one] == [r.content for r in direct[:20]]
+    assert [content for _, _, content in one_by_one] == [content for _, _, content in direct[:20]]
 
 
 @pytest.mark.parametrize("join", [False, True], ids=["each-request", "joined-requests"])

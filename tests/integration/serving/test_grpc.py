@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import socket
+import time
 
 import grpc
 import numpy as np
@@ -86,6 +87,34 @@ def test_tritonclient_grpc_works_unchanged_and_is_counted(gateway, triton, regis
 
     assert gw.metric("kubeforge_gateway_grpc_requests_total", method="ModelInfer", code="OK") == 3
     assert gw.metric("kubeforge_gateway_requests_total", version=registered.stable, code="200") == 3
+
+
+def test_grpc_calls_are_joined_with_join_requests_and_each_gets_its_own_rows(gateway, triton, registered):
+    """tritonclient.grpc's calls become binary requests at the gateway; with joinRequests those that arrive together
+    go to Triton joined, and each caller gets its own rows back as raw output contents."""
+    gw, client, _ = start(gateway, table(registered, triton.url, joinRequests=True))
+    direct = grpcclient.InferenceServerClient(f"127.0.0.1:{triton.grpc_port}")
+    rng = np.random.default_rng(3)
+    rows = [rng.standard_normal((int(rng.integers(1, 4)), 4)).astype(np.float32) for _ in range(96)]
+    answers: dict[int, object] = {}
+    for i, x in enumerate(rows):  # sent without waiting: they reach the gateway while others are on their way
+        client.async_infer(
+            registered.name,
+            inputs(x),
+            lambda result, error, i=i: answers.update({i: error or result}),
+            request_id=f"call-{i}",
+        )
+    deadline = time.monotonic() + 60
+    while len(answers) < len(rows) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(answers) == len(rows)
+    for i, x in enumerate(rows):
+        got = answers[i]
+        assert isinstance(got, grpcclient.InferResult), got
+        want = direct.infer(registered.name, inputs(x), model_version=registered.stable)
+        assert got.get_response().id == f"call-{i}"
+        np.testing.assert_allclose(got.as_numpy(mc.OUTPUT_NAME), want.as_numpy(mc.OUTPUT_NAME), rtol=1e-6)
+    assert gw.metric("kubeforge_gateway_joins_total", version=registered.stable) > 0
 
 
 def test_canary_split_and_fallback_over_grpc(gateway, triton, registered):

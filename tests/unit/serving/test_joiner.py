@@ -7,10 +7,11 @@ import asyncio
 import json
 from typing import Any
 
+import numpy as np
 import pytest
 
-from kubeforge.serving.joiner import Joiner, join_key
-from kubeforge.serving.oip import Schema, TensorSchema
+from kubeforge.serving.joiner import Joiner, _Joined, _split, join_key
+from kubeforge.serving.oip import Schema, TensorSchema, tensors
 from kubeforge.serving.routes import Target
 from kubeforge.serving.upstream import Answer, UpstreamFailure
 
@@ -25,8 +26,13 @@ def request(*rows: list[float], **extra: Any) -> dict[str, Any]:
 def test_only_requests_whose_answers_can_be_told_apart_are_joined():
     assert join_key(request([1, 2]), SCHEMA) == join_key(request([3, 4], [5, 6], id="a"), SCHEMA) is not None
     assert join_key(request([1, 2]), Schema("clf", SCHEMA.inputs, SCHEMA.outputs, max_batch_size=0)) is None
-    assert join_key(request([1, 2], outputs=[{"name": "y"}]), SCHEMA) is None
+    asked = request([1, 2], outputs=[{"name": "y", "parameters": {"binary_data": True}}])
+    assert join_key(asked, SCHEMA) is not None and join_key(asked, SCHEMA) != join_key(request([1, 2]), SCHEMA)
+    assert join_key(request([1, 2], outputs=[{"name": "y", "parameters": {"classification": 2}}]), SCHEMA) is None
     assert join_key(request([1, 2], parameters={"priority": 1}), SCHEMA) is None
+    binary_out = request([1, 2], parameters={"binary_data_output": True})
+    assert join_key(binary_out, SCHEMA) not in (None, join_key(request([1, 2]), SCHEMA))
+    assert binary_out["parameters"] == {"binary_data_output": True}  # read, not taken
     with_parameters = request([1, 2])
     with_parameters["inputs"][0]["parameters"] = {"shared_memory_region": "r"}
     assert join_key(with_parameters, SCHEMA) is None
@@ -63,7 +69,11 @@ async def _call(
 ) -> list[Answer | BaseException]:
     joiner = Joiner(triton)  # type: ignore[arg-type]
     target = target or Target("clf", "1", "http://127.0.0.1:1", "clf")
-    calls = [joiner.infer(target, join_key(r, SCHEMA), r, (json.dumps(r).encode(), {}), SCHEMA, 1.0) for r in requests]
+    bodies = [json.dumps(r).encode() for r in requests]
+    calls = [
+        joiner.infer(target, join_key(r, SCHEMA), r, (body, None), (body, {}), SCHEMA, 1.0)
+        for r, body in zip(requests, bodies, strict=True)
+    ]
     return await asyncio.gather(*calls, return_exceptions=True)
 
 
@@ -120,3 +130,27 @@ def test_a_joined_answer_that_cannot_be_split_is_asked_again_one_by_one_and_the_
     assert not target.splits
     asyncio.run(_call(triton, three, target))
     assert [b["inputs"][0]["shape"][0] for b in triton.bodies[4:]] == [1, 1, 1]  # each on its own: not joined
+
+
+def test_a_binary_answer_splits_by_each_callers_rows_fixed_size_and_bytes_alike():
+    y = np.arange(6, dtype=np.float32).reshape(3, 2)
+    labels = [b"a", b"bb", b"ccc"]
+    packed = b"".join(len(v).to_bytes(4, "little") + v for v in labels)
+    outputs = [
+        {"name": "y", "datatype": "FP32", "shape": [3, 2], "parameters": {"binary_data_size": y.nbytes}},
+        {"name": "label", "datatype": "BYTES", "shape": [3, 1], "parameters": {"binary_data_size": len(packed)}},
+    ]
+    head = json.dumps({"model_name": "clf", "model_version": "1", "outputs": outputs}).encode()
+    answer = Answer(200, head + y.tobytes() + packed, "application/octet-stream", str(len(head)), 0.001)
+    joined = _Joined(requests=[request([1, 2], id="a"), request([3, 4], [5, 6], id="b")], rows=3)
+
+    split = _split(answer, joined)
+
+    assert split is not None
+    got = [(a, tensors(a.content, a.header_size)) for a in split if isinstance(a, Answer)]
+    assert [json.loads(a.content[: a.header_size])["id"] for a, _ in got] == ["a", "b"]
+    np.testing.assert_array_equal(got[0][1]["y"], y[:1])
+    np.testing.assert_array_equal(got[1][1]["y"], y[1:])
+    assert got[0][1]["label"].ravel().tolist() == [b"a"] and got[1][1]["label"].ravel().tolist() == [b"bb", b"ccc"]
+    short = Answer(200, head + y.tobytes(), "application/octet-stream", str(len(head)), 0.001)
+    assert _split(short, joined) is None  # the answer ends before its outputs' bytes do

@@ -161,7 +161,7 @@ class Joiner:
                 target.splits = False  # the version's answers do not split: each request goes on its own from now on
                 log.warning(
                     "version %s of %s answered a joined request in a form that does not split by caller "
-                    "(an output without the batch dimension, or binary); its requests are no longer joined",
+                    "(an output without the batch dimension); its requests are no longer joined",
                     target.version,
                     target.model,
                 )

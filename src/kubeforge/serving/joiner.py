@@ -86,6 +86,7 @@ class Joiner:
     def __init__(self, upstreams: Upstreams):
         self.upstreams = upstreams
         self.open: dict[tuple[int, Hashable], _Joined] = {}
+        self.in_flight: dict[int, int] = {}  # per version (by id of its Target): requests on their way to Triton
         self.tasks: set[asyncio.Task[None]] = set()  # kept referenced until done
 
     async def infer(
@@ -105,12 +106,12 @@ class Joiner:
         most = schema.max_batch_size
         slot = (id(target), key)
         joined = self.open.get(slot)
-        if joined is None and (not target.in_flight or not target.splits):
-            target.in_flight += 1
+        if joined is None and (id(target) not in self.in_flight or not target.splits):
+            self._going(target, 1)
             try:
                 return await self.upstreams.infer(target, *sent, timeout)
             finally:
-                target.in_flight -= 1
+                self._going(target, -1)
         if joined is not None and joined.rows + rows > most:
             self._send(slot, target, timeout)
             joined = None
@@ -131,8 +132,15 @@ class Joiner:
         if self.open.get(slot) is joined:  # not sent full already
             self._send(slot, target, timeout)
 
+    def _going(self, target: Target, change: int) -> None:
+        count = self.in_flight.get(id(target), 0) + change
+        if count:
+            self.in_flight[id(target)] = count
+        else:
+            del self.in_flight[id(target)]
+
     def _send(self, slot: tuple[int, Hashable], target: Target, timeout: float) -> None:
-        target.in_flight += 1
+        self._going(target, 1)
         task = asyncio.get_running_loop().create_task(self._run(self.open.pop(slot), target, timeout))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -167,7 +175,7 @@ class Joiner:
             if not isinstance(err, Exception):
                 raise
         finally:
-            target.in_flight -= 1
+            self._going(target, -1)
 
     @staticmethod
     def _settle(waiting: list[asyncio.Future[Answer]], results: list[Answer | BaseException]) -> None:

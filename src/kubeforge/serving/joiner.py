@@ -85,8 +85,6 @@ class Joiner:
 
     def __init__(self, upstreams: Upstreams):
         self.upstreams = upstreams
-        self.open: dict[tuple[int, Hashable], _Joined] = {}
-        self.in_flight: dict[int, int] = {}  # per version (by id of its Target): requests on their way to Triton
         self.tasks: set[asyncio.Task[None]] = set()  # kept referenced until done
 
     async def infer(
@@ -104,20 +102,19 @@ class Joiner:
         UpstreamFailure where the joined request failed."""
         rows = request["inputs"][0]["shape"][0]
         most = schema.max_batch_size
-        slot = (id(target), key)
-        joined = self.open.get(slot)
-        if joined is None and (id(target) not in self.in_flight or not target.splits):
-            self._going(target, 1)
+        joined = target.joining.get(key)
+        if joined is None and (not target.in_flight or not target.splits):
+            target.in_flight += 1
             try:
                 return await self.upstreams.infer(target, *sent, timeout)
             finally:
-                self._going(target, -1)
+                target.in_flight -= 1
         if joined is not None and joined.rows + rows > most:
-            self._send(slot, target, timeout)
+            self._send(key, target, timeout)
             joined = None
         if joined is None:
-            joined = self.open[slot] = _Joined()
-            asyncio.get_running_loop().call_soon(self._turn_over, slot, joined, target, timeout)
+            joined = target.joining[key] = _Joined()
+            asyncio.get_running_loop().call_soon(self._turn_over, key, joined, target, timeout)
         answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         joined.requests.append(request)
         joined.plains.append(plain)
@@ -125,23 +122,16 @@ class Joiner:
         joined.waiting.append(answer)
         joined.rows += rows
         if joined.rows >= most:
-            self._send(slot, target, timeout)
+            self._send(key, target, timeout)
         return await answer
 
-    def _turn_over(self, slot: tuple[int, Hashable], joined: _Joined, target: Target, timeout: float) -> None:
-        if self.open.get(slot) is joined:  # not sent full already
-            self._send(slot, target, timeout)
+    def _turn_over(self, key: Hashable, joined: _Joined, target: Target, timeout: float) -> None:
+        if target.joining.get(key) is joined:  # not sent full already
+            self._send(key, target, timeout)
 
-    def _going(self, target: Target, change: int) -> None:
-        count = self.in_flight.get(id(target), 0) + change
-        if count:
-            self.in_flight[id(target)] = count
-        else:
-            del self.in_flight[id(target)]
-
-    def _send(self, slot: tuple[int, Hashable], target: Target, timeout: float) -> None:
-        self._going(target, 1)
-        task = asyncio.get_running_loop().create_task(self._run(self.open.pop(slot), target, timeout))
+    def _send(self, key: Hashable, target: Target, timeout: float) -> None:
+        target.in_flight += 1
+        task = asyncio.get_running_loop().create_task(self._run(target.joining.pop(key), target, timeout))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -175,7 +165,7 @@ class Joiner:
             if not isinstance(err, Exception):
                 raise
         finally:
-            self._going(target, -1)
+            target.in_flight -= 1
 
     @staticmethod
     def _settle(waiting: list[asyncio.Future[Answer]], results: list[Answer | BaseException]) -> None:

@@ -191,6 +191,8 @@ class Target:
     classes: Any = None  # class labels in output order (its drift entry's), or None: labels are class indices
     features: tuple[str, ...] | None = None  # its input features in order: its drift entry's, else its featureOrder
     splits: bool = True  # its answers to joined requests split by caller (serving.joiner); False once one did not
+    in_flight: int = 0  # with joining: its requests on their way to Triton (serving.joiner)
+    joining: dict[Any, Any] = field(default_factory=dict)  # with joining: its requests gathering, by join key
 
     @property
     def key(self) -> tuple[str, str, str]:

@@ -25,6 +25,12 @@ from urllib.parse import urlsplit
 SWEEP_S = 0.01
 """How often calls past their deadline are looked for: a timeout fires at most this late."""
 
+CONNECT_TIMEOUT_S = 1.0
+"""How long a new connection may take. A server that accepts answers a connect in well under a millisecond here;
+one that does not within a second is dropping the attempt (its accept queue full, or its address gone with its
+pod, where nothing answers at all), and the kernel would only try again after a second: the call fails as
+ConnectionFailed, so a caller with another replica still has the rest of its timeout for it."""
+
 
 class ConnectionFailed(OSError):
     """The upstream refused, reset or closed the connection before answering."""
@@ -171,7 +177,8 @@ class Client:
     async def request(
         self, method: str, url: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None, timeout=5.0
     ) -> Reply:
-        """Send one request; raises ConnectionFailed, or TimeoutError after timeout seconds."""
+        """Send one request; raises ConnectionFailed (also where a new connection is not made within timeout or
+        CONNECT_TIMEOUT_S, whichever is shorter), or TimeoutError after timeout seconds."""
         origin = self._origin(url)
         head = [f"{method} {path} HTTP/1.1\r\nHost: {origin[0]}:{origin[1]}\r\nContent-Length: {len(body)}\r\n"]
         head += [f"{k}: {v}\r\n" for k, v in (headers or {}).items()]
@@ -187,9 +194,14 @@ class Client:
                 return await self._exchange(loop, conn, data, deadline)
             except ConnectionFailed:
                 continue
+        connect_by = min(deadline, loop.time() + CONNECT_TIMEOUT_S)
         try:
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout_at(connect_by):
                 transport, conn = await loop.create_connection(lambda: _Conn(origin), *origin)
+        except TimeoutError as err:  # before OSError, which it is a kind of
+            waited = min(timeout, CONNECT_TIMEOUT_S)
+            message = f"cannot connect to {origin[0]}:{origin[1]}: not accepted within {waited:g}s"
+            raise ConnectionFailed(message) from err
         except OSError as err:
             raise ConnectionFailed(f"cannot connect to {origin[0]}:{origin[1]}: {err}") from err
         conn.transport = transport  # set here: uvloop calls connection_made later

@@ -78,8 +78,10 @@ class Upstreams:
         failure: ConnectionFailed | None = None
         while (url := target.address(tried)) is not None:
             left = timeout - (time.perf_counter() - start) if tried else timeout
-            tried.append(url)
             try:
+                if left <= 0:  # a replica that did not accept in time took what was left for another
+                    raise TimeoutError
+                tried.append(url)
                 resp = await self.client.request("POST", url, target.base + "/infer", body, headers, left)
                 break
             except TimeoutError as err:

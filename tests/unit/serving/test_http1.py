@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
 import uvloop
 
-from kubeforge.serving.http1 import SWEEP_S, Client, ConnectionFailed
+from kubeforge.serving.http1 import CONNECT_TIMEOUT_S, SWEEP_S, Client, ConnectionFailed
 
 
 @pytest.fixture(params=["uvloop", "asyncio"])
@@ -192,3 +194,29 @@ def test_refused_connection(run: Callable) -> None:
             await Client().request("GET", url, "/")
 
     run(main())
+
+
+@pytest.mark.parametrize("timeout, waits", [(0.3, 0.3), (5.0, CONNECT_TIMEOUT_S)])
+def test_a_connection_not_accepted_in_time_fails_as_a_connection_failure(
+    run: Callable, timeout: float, waits: float
+) -> None:
+    """A server whose accept queue is full drops new connection attempts, as one gone with its address does: the
+    call fails as ConnectionFailed, naming the wait, after its timeout or CONNECT_TIMEOUT_S, whichever is shorter,
+    so a caller with another replica has the rest of its time for it."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)  # never accepts: one connection fills its queue, and the kernel drops the next attempts
+    port = listener.getsockname()[1]
+    queued = socket.create_connection(("127.0.0.1", port))
+
+    async def main() -> None:
+        start = time.monotonic()
+        with pytest.raises(ConnectionFailed, match=re.escape(f"127.0.0.1:{port}: not accepted within {waits:g}s")):
+            await Client().request("POST", f"http://127.0.0.1:{port}", "/infer", b"{}", timeout=timeout)
+        assert waits <= time.monotonic() - start < waits + 0.5
+
+    try:
+        run(main())
+    finally:
+        queued.close()
+        listener.close()

@@ -143,6 +143,8 @@ class Call:
     fell_back: bool = False
     """The stable version answered after the version chosen failed or was known not to be ready."""
     throttled: str | None = None
+    answered_by: Target | None = None
+    """The version that answered (its log line names it), once one did."""
 
 
 def request_id(given: object) -> str:
@@ -375,8 +377,8 @@ class Gateway:
         """Count an answered inference request against its tenant and write its access log line."""
         self.admission.count(call.caller, response.status_code)
         if self.access.enabled:
-            version, role = response.headers.get(VERSION_HEADER), response.headers.get(ROLE_HEADER)
-            role = "fallback" if call.fell_back else role
+            by = call.answered_by
+            version, role = (None, None) if by is None else (by.version, "fallback" if call.fell_back else by.role)
             self._log(call, method, path, model, version, role, response.status_code, sent)
 
     def _log(
@@ -407,7 +409,6 @@ class Gateway:
     async def _forward(
         self, call: Call, route: Route, pinned: Target | None, headers: Mapping[str, str], receive: Receive
     ) -> Response:
-        start = call.start
         target = pinned or route.pick(headers.get(route.sticky_header) if route.sticky_header else None)
         can_fall_back = pinned is None and route.spec.fallback and target is not route.stable
         if can_fall_back and not target.ready:
@@ -434,7 +435,7 @@ class Gateway:
             if schema is None:
                 self._not_ready(target)
                 message = f"model {route.name!r} version {target.version} is not ready"
-                return self._answered(target, start, error(503, message))
+                return self._answered(call, target, error(503, message))
             if request is None:
                 checked = validate(plain, length, schema)
                 call.request_id = request_id(checked.get("id"))
@@ -446,7 +447,7 @@ class Gateway:
                 body, forward = lookup.body(target)
                 validate(body, int(forward[HEADER_LENGTH]), schema)
         except (BadRequest, Unavailable) as err:
-            return self._answered(target, start, error(err.status, str(err)))
+            return self._answered(call, target, error(err.status, str(err)))
         try:
             if joining is None:
                 answer = await self.upstreams.infer(target, body, forward, route.timeout)
@@ -456,7 +457,7 @@ class Gateway:
                 )
         except UpstreamFailure as err:
             if not can_fall_back:
-                return self._answered(target, start, error(504 if err.reason == "timeout" else 502, str(err)))
+                return self._answered(call, target, error(504 if err.reason == "timeout" else 502, str(err)))
             FALLBACKS.labels(route.name, target.version, target.role, err.reason).inc()
             target, call.fell_back = route.stable, True
             try:
@@ -464,10 +465,10 @@ class Gateway:
                     body, forward = lookup.body(target)
                 answer = await self.upstreams.infer(target, body, forward, route.timeout)
             except (BadRequest, Unavailable) as refused:
-                return self._answered(target, start, error(refused.status, str(refused)))
+                return self._answered(call, target, error(refused.status, str(refused)))
             except UpstreamFailure as again:
-                return self._answered(target, start, error(504 if again.reason == "timeout" else 502, str(again)))
-        response = self._answered(target, start, self._response(answer))
+                return self._answered(call, target, error(504 if again.reason == "timeout" else 502, str(again)))
+        response = self._answered(call, target, self._response(answer))
         if answer.status != 200:
             return response
         # What the version received: the caller's request (inflated), or the one rebuilt from the online store.
@@ -480,7 +481,7 @@ class Gateway:
         if route.spec.payload_log is not None:
             rebuilt = None if lookup is None else received
             self.payloads.offer(
-                route, target, call.request_id, start, caller, rebuilt, (answer.content, answer.header_size)
+                route, target, call.request_id, call.start, caller, rebuilt, (answer.content, answer.header_size)
             )
         if pinned is None:
             for mirrored in route.mirrors(target):
@@ -512,11 +513,12 @@ class Gateway:
             response.raw_headers.append((_HEADER_LENGTH_KEY, answer.header_length.encode("latin-1")))
         return response
 
-    def _answered(self, target: Target, start: float, response: Response) -> Response:
+    def _answered(self, call: Call, target: Target, response: Response) -> Response:
         """Name the version that answered; its headers are appended raw (none of them is there yet), since
         ``response.headers[...] =`` builds a header view and scans it each time."""
+        call.answered_by = target
         response.raw_headers += ((_VERSION_KEY, target.version.encode()), (_ROLE_KEY, target.role.encode()))
-        self.upstreams.bind(target).answered(response.status_code, time.perf_counter() - start)
+        self.upstreams.bind(target).answered(response.status_code, time.perf_counter() - call.start)
         return response
 
     def _route_of(self, request: Request) -> tuple[Route, Target | None]:

@@ -285,6 +285,13 @@ def test_killing_the_canary_under_load_fails_no_request(gateway, triton, canary_
     assert {r.version for r in results[-100:]} == {registered.stable}
     assert gw.metric("kubeforge_fallbacks_total", model=registered.name, version=registered.canary) > 0
     assert gw.metric("kubeforge_upstream_requests_total", version=registered.canary, outcome="error") > 0
+    deadline, fell_back = time.monotonic() + 10, []
+    while not fell_back and time.monotonic() < deadline:  # the access log is written a moment later
+        time.sleep(0.2)
+        logged = [json.loads(line) for line in gw.log.read_text().splitlines() if line.startswith('{"time"')]
+        fell_back = [entry for entry in logged if entry["role"] == "fallback"]
+    assert fell_back, "the answers the stable version gave in the canary's place are logged as fallbacks"
+    assert {entry["version"] for entry in fell_back} == {registered.stable}
 
 
 def test_a_versions_replicas_share_its_requests_and_one_killed_or_gone_fails_none(

@@ -3,12 +3,15 @@
 Every series about model traffic carries model, version and role, so error rate and
 latency percentiles can be computed per version and compared between stable and canary.
 Upstream series count each try (a canary error that a fallback hid still counts against
-the canary); request series count what callers saw.
+the canary); request series count what callers saw. The series every request updates are
+:mod:`.loopmetrics` families (plain numbers on the event loop), the rest prometheus_client's.
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from . import loopmetrics
 
 REGISTRY = CollectorRegistry()
 
@@ -24,20 +27,20 @@ _DELTA_STEPS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
 _DELTA_BUCKETS = (*(-s for s in reversed(_DELTA_STEPS)), 0, *_DELTA_STEPS)
 _LABELS = ("model", "version", "role")
 
-REQUESTS = Counter(
+REQUESTS = loopmetrics.Counter(
     "kubeforge_gateway_requests",
     "Inference requests answered by the gateway, by the version that answered and HTTP status code",
     [*_LABELS, "code"],
     registry=REGISTRY,
 )
-REQUEST_DURATION = Histogram(
+REQUEST_DURATION = loopmetrics.Histogram(
     "kubeforge_gateway_request_duration_seconds",
     "Time from request received to response ready in the gateway, by the version that answered",
     _LABELS,
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
-UPSTREAM_REQUESTS = Counter(
+UPSTREAM_REQUESTS = loopmetrics.Counter(
     "kubeforge_upstream_requests",
     "Tries sent to Triton (live and shadow), one per caller's request also where the gateway joined several into one "
     "Triton request; outcome ok, error (5xx, refused, reset), timeout, or not_ready (not sent: the version was known "
@@ -45,20 +48,20 @@ UPSTREAM_REQUESTS = Counter(
     [*_LABELS, "outcome"],
     registry=REGISTRY,
 )
-UPSTREAM_DURATION = Histogram(
+UPSTREAM_DURATION = loopmetrics.Histogram(
     "kubeforge_upstream_request_duration_seconds",
     "Duration of one try against Triton, observed once per caller's request in it",
     _LABELS,
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
-JOINS = Counter(
+JOINS = loopmetrics.Counter(
     "kubeforge_gateway_joins",
     "Triton requests that carried several callers' requests joined (spec.gateway.joinRequests)",
     _LABELS,
     registry=REGISTRY,
 )
-JOINED = Counter(
+JOINED = loopmetrics.Counter(
     "kubeforge_gateway_joined_requests",
     "Callers' requests the gateway sent to Triton joined with others in one request (spec.gateway.joinRequests)",
     _LABELS,
@@ -160,13 +163,13 @@ class TargetMetrics:
         self.joins = JOINS.labels(*labels)
         self.joined = JOINED.labels(*labels)
         self.labels = labels
-        self._codes: dict[int, object] = {}
+        self._codes: dict[int, loopmetrics.CounterChild] = {}
 
     def answered(self, code: int, seconds: float) -> None:
         child = self._codes.get(code)
         if child is None:
             child = self._codes[code] = REQUESTS.labels(*self.labels, str(code))
-        child.inc()  # type: ignore[attr-defined]
+        child.inc()
         self.duration.observe(seconds)
 
 
@@ -195,7 +198,7 @@ THROTTLED = Counter(
     ["tenant", "reason"],
     registry=REGISTRY,
 )
-TENANT_REQUESTS = Counter(
+TENANT_REQUESTS = loopmetrics.Counter(
     "kubeforge_gateway_tenant_requests",
     "Inference requests by the caller's tenant (none: no tenant), priority (interactive or batch) and HTTP status "
     "code, throttled ones included",

@@ -23,6 +23,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .auth import NO_TENANT, Caller, GatewayLimits, TenantLimits, Tokens
+from .loopmetrics import CounterChild
 from .metrics import TENANT_REQUESTS, THROTTLED
 
 REASONS = ("rate", "concurrency", "overload")
@@ -94,7 +95,7 @@ class Admission:
         self.tenants: dict[str, Tenant] = {}
         self.gateway: GatewayLimits | None = None
         self.in_flight = 0
-        self._counted: dict[tuple[str, str, int], Any] = {}
+        self._counted: dict[tuple[str, str, int], CounterChild] = {}
 
     def load(self, tokens: Tokens | None, now: float) -> None:
         """Take the limits of a (re)loaded token file: tenants that stay keep their bucket and requests in flight."""

@@ -16,8 +16,9 @@ forwarder (tests/benchmarks/forwarder.py): what any Python hop costs here, the f
 against. Then tenancy, at concurrency 1: what tokens, tenant limits and the access log cost (a gateway with a YAML token
 file and an access log file against one with neither), and a tenant's p50/p99 with and without a noisy neighbour that
 its rate limit keeps answering 429 (4 connections sending as fast as they can, from a thread of their own).
-Run from the repository root:
-.venv/bin/python -m tests.benchmarks.bench_gateway [--tenancy-only]
+With --against a checkout's src folder, a gateway of that code runs beside this one's (the same route table), so a
+change is measured against the code before it in one run. Run from the repository root:
+.venv/bin/python -m tests.benchmarks.bench_gateway [--tenancy-only] [--against OTHER_CHECKOUT/src]
 """
 
 from __future__ import annotations
@@ -101,12 +102,16 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _gateway(work: Path, name: str, routes: dict, stops: list, args: tuple[str, ...] = ()) -> tuple[int, int]:
-    """Start a gateway process serving routes; returns its port and pid."""
+def _gateway(
+    work: Path, name: str, routes: dict, stops: list, args: tuple[str, ...] = (), src: str | None = None
+) -> tuple[int, int]:
+    """Start a gateway process serving routes (src: the kubeforge package from that source folder instead of
+    this one's); returns its port and pid."""
     (work / f"{name}.yaml").write_text(yaml.safe_dump(routes))
     port = free_port()
     argv = [sys.executable, "-m", "kubeforge.serving", "gateway", "--routes", str(work / f"{name}.yaml")]
-    proc = spawn([*argv, "--port", str(port), *args], work / f"{name}.log")
+    env = None if src is None else {**os.environ, "PYTHONPATH": src}
+    proc = spawn([*argv, "--port", str(port), *args], work / f"{name}.log", env)
     stops.append(lambda: terminate(proc.pid))
     wait_http(f"http://127.0.0.1:{port}/v2/health/ready", proc, work / f"{name}.log")
     return port, proc.pid
@@ -278,6 +283,20 @@ def _measure(
             f"{on:.0f} µs with it ({on / off - 1:+.1%}), {joined:.0f} µs joining requests ({joined / off - 1:+.1%}); "
             f"the bare forwarder {floor:.0f} µs"
         )
+        if "before" in targets:
+            _compare(
+                concurrency,
+                "this tree over --against",
+                lat["gateway"],
+                lat["before"],
+                median["gateway"],
+                median["before"],
+            )
+            before = cpu["before"] / len(lat["before"]) * 1e6
+            print(
+                f"concurrency {concurrency}: gateway CPU per request {off:.0f} µs, --against's {before:.0f} µs "
+                f"({off / before - 1:+.1%})"
+            )
 
 
 def _tree(pid: int) -> set[int]:
@@ -356,6 +375,9 @@ def main() -> None:
             "joined": _gateway(work, "joined", {"models": {"bench": joining}}, procs),
             "floor": _forwarder(work, triton.url, pinned, procs),
         }
+        if "--against" in sys.argv[1:]:  # another checkout's src folder: its gateway measured beside this one's
+            src = sys.argv[sys.argv.index("--against") + 1]
+            gateways["before"] = _gateway(work, "before", {"models": {"bench": {"versions": [stable]}}}, procs, src=src)
         targets = {"direct": (triton.http_port, pinned), **{k: (port, infer) for k, (port, _) in gateways.items()}}
         if "--tenancy-only" not in sys.argv[1:]:
             print("Triton, the load generator and the gateways share every core:")

@@ -28,12 +28,12 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import Field, model_validator
 
 from kubeforge.api.featureview import ValueType
 from kubeforge.api.meta import KubeModel, UniqueNames
 from kubeforge.api.modeldeployment import DriftMonitoring, FeedbackMonitoring, PayloadLog, Role
+from kubeforge.core import yamltext
 from kubeforge.core.modelcontract import INPUT_NAME, FeatureHistogram
 
 Task = Literal["classification", "regression"]
@@ -166,7 +166,7 @@ class RouteTable(KubeModel):
     @classmethod
     def parse(cls, text: str | bytes) -> RouteTable:
         """From YAML or JSON (JSON is YAML)."""
-        return cls.model_validate(yaml.safe_load(text))
+        return cls.model_validate(yamltext.load(text))
 
 
 @dataclass(eq=False)

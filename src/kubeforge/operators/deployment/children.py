@@ -19,9 +19,8 @@ import json
 import re
 from typing import Any
 
-import yaml
-
 from ...api import ModelDeployment
+from ...core import yamltext
 from ...core.kube import owner_reference
 from ...monitoring import rules
 from ...serving.routes import FeatureRoute, ModelRoute, RouteTable, VersionRoute
@@ -278,7 +277,7 @@ def route_table(
 def routes_configmap(owner: dict[str, Any], table: RouteTable) -> dict[str, Any]:
     """The table as YAML with lists of plain values in flow style, one number after another: a version's drift
     baseline (its histograms' edges and counts) takes a third less of the ConfigMap's 1 MiB than one per line."""
-    text = yaml.safe_dump(table.to_wire(), sort_keys=True, default_flow_style=None, width=120)
+    text = yamltext.dump(table.to_wire(), sort_keys=True, default_flow_style=None, width=120)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",

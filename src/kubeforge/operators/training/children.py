@@ -14,10 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml
-
 from ...api import TrainingJob
 from ...api.trainingjob import INTENDED_USE_ANNOTATION, LIMITATIONS_ANNOTATION, QUEUE_NAME_LABEL
+from ...core import yamltext
 from ...core.kube import Capabilities, owner_reference
 from .. import labels, resources
 from ..settings import Settings
@@ -66,7 +65,7 @@ def spec_configmap(
     if carded:  # for the model card; no other annotation (kubectl's last-applied copy, say) goes to the pod
         metadata["annotations"] = carded
     data = {"apiVersion": tj.api_version, "kind": tj.kind, "metadata": metadata, "spec": tj.spec.to_wire()}
-    files = {SPEC_FILE: yaml.safe_dump(data, sort_keys=False)}
+    files = {SPEC_FILE: yamltext.dump(data, sort_keys=False)}
     if feature_view is not None:
         view = {
             "apiVersion": feature_view["apiVersion"],
@@ -74,7 +73,7 @@ def spec_configmap(
             "metadata": {k: feature_view["metadata"][k] for k in ("name", "namespace", "uid", "generation")},
             "spec": feature_view["spec"],
         }
-        files[FEATUREVIEW_FILE] = yaml.safe_dump(view, sort_keys=False)
+        files[FEATUREVIEW_FILE] = yamltext.dump(view, sort_keys=False)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",

@@ -50,7 +50,7 @@ def test_a_versions_baseline_reaches_its_route_entry_with_the_input_order_and_cl
 
 
 def test_the_route_table_is_written_as_pyyamls_own_emitter_writes_it_and_reads_back_as_planned() -> None:
-    """The operator writes the table through libyaml (core.yamltext), four to eight times faster than PyYAML's own
+    """The operator writes the table through libyaml (core.yamltext), three to eight times faster than PyYAML's own
     emitter and to the same text: an operator of either kind finds the route ConfigMap the other applied as it
     would apply it (its digest, see applied), and the gateway reads back the table that was planned."""
     p = run(md(monitoring={"drift": {}}), Resolved(stable="1", baselines={("clf", "1"): TRACKED}))

@@ -155,6 +155,14 @@ def request_id(given: object) -> str:
     return os.urandom(16).hex()
 
 
+def _parsed(content: bytes) -> RouteTable | Exception:
+    """The route table content holds, or why it is refused."""
+    try:
+        return RouteTable.parse(content)
+    except Exception as err:
+        return err
+
+
 def _count_fallbacks_from_zero(routes: Iterable[Route]) -> None:
     """A series at 0 for each fallback that can happen: dashboards show 0 rather than no data, and the first
     fallback is an increase rate() sees (a series born at 1 is not one)."""
@@ -192,39 +200,51 @@ class Gateway:
         """Apply changed route table and token files; a malformed one is refused and the old one kept."""
         content = self._route_watch.changed()
         if content is not None:
-            try:
-                table = RouteTable.parse(content)
-            except Exception as err:
-                RELOADS.labels("routes", "failed").inc()
-                log.error("route table %s refused, keeping the previous one: %s", self.settings.routes, err)
-            else:
-                known = {t.key: t for r in self.routes.values() for t in r.versions.values()}
-                self.routes = compile_table(table, known)  # one assignment: requests see old or new, never half
-                self.monitor.load(self.routes.values())
-                self.feedback.load(self.routes.values())
-                self.peers.load(table.peers or [])
-                _count_fallbacks_from_zero(self.routes.values())
-                self.loaded = True
-                RELOADS.labels("routes", "ok").inc()
-                log.info("route table loaded: %s", ", ".join(sorted(self.routes)) or "no models")
-        if self._token_watch is not None:
-            tokens = self._token_watch.changed()
-            if tokens is not None:
-                try:
-                    self.tokens = Tokens(tokens.decode())
-                except (ValueError, UnicodeDecodeError) as err:
-                    RELOADS.labels("tokens", "failed").inc()
-                    log.error("token file %s refused, keeping the previous one: %s", self.settings.tokens, err)
-                else:
-                    self.admission.load(self.tokens, time.monotonic())
-                    RELOADS.labels("tokens", "ok").inc()
-                    log.info("token file loaded: tenants %s", ", ".join(sorted(self.tokens.tenants)) or "none")
+            self._take_routes(_parsed(content))
+        self._reload_tokens()
+
+    def _take_routes(self, table: RouteTable | Exception) -> None:
+        if isinstance(table, Exception):
+            RELOADS.labels("routes", "failed").inc()
+            log.error("route table %s refused, keeping the previous one: %s", self.settings.routes, table)
+            return
+        known = {t.key: t for r in self.routes.values() for t in r.versions.values()}
+        self.routes = compile_table(table, known)  # one assignment: requests see old or new, never half
+        self.monitor.load(self.routes.values())
+        self.feedback.load(self.routes.values())
+        self.peers.load(table.peers or [])
+        _count_fallbacks_from_zero(self.routes.values())
+        self.loaded = True
+        RELOADS.labels("routes", "ok").inc()
+        log.info("route table loaded: %s", ", ".join(sorted(self.routes)) or "no models")
+
+    def _reload_tokens(self) -> None:
+        if self._token_watch is None:
+            return
+        tokens = self._token_watch.changed()
+        if tokens is None:
+            return
+        try:
+            self.tokens = Tokens(tokens.decode())
+        except (ValueError, UnicodeDecodeError) as err:
+            RELOADS.labels("tokens", "failed").inc()
+            log.error("token file %s refused, keeping the previous one: %s", self.settings.tokens, err)
+        else:
+            self.admission.load(self.tokens, time.monotonic())
+            RELOADS.labels("tokens", "ok").inc()
+            log.info("token file loaded: tenants %s", ", ".join(sorted(self.tokens.tenants)) or "none")
 
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self.settings.reload_interval)
             try:
-                self.reload()
+                content = self._route_watch.changed()
+                if content is not None:
+                    # Parsed in a thread: a table with many features' drift baselines takes a good part of a second
+                    # to parse, all of which would hold up the requests on this loop (docs/benchmarks.md, gateway,
+                    # "A large route table").
+                    self._take_routes(await asyncio.to_thread(_parsed, content))
+                self._reload_tokens()
             except OSError as err:
                 log.error("cannot read configuration: %s", err)
 

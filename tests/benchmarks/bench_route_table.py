@@ -1,0 +1,108 @@
+"""What a large route table costs the operator that writes it and the gateway that reads it, measured side by side.
+
+The table is the one the operator plans for a ModelDeployment with a stable version, a canary and a shadow, each with
+a drift baseline of --features features (300 by default: near the ConfigMap's 1 MiB, as in the unit test that holds
+that limit). Prints, as ratios measured in one run: the operator's writing of it through libyaml (core.yamltext)
+against PyYAML's own emitter, and one whole pass of rollout.plan; the gateway's reading of it (RouteTable.parse)
+against PyYAML's own parser; and how long the gateway's event loop stops answering while a changed table is read on
+the loop against in a thread, as the gateway reads it: the longest gap between the ticks of a 1 ms timer. Run from
+the repository root:
+.venv/bin/python -m tests.benchmarks.bench_route_table [--features N]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import yaml
+from tests.unit.operators.test_rollout_plan import CANARY, md, run
+
+from kubeforge.core import modelcontract as mc
+from kubeforge.core import yamltext
+from kubeforge.operators.deployment.rollout import Resolved
+from kubeforge.operators.deployment.versions import version_drift
+from kubeforge.serving.routes import RouteTable
+from kubeforge.training.baseline import compute
+
+TIMES = 5
+
+
+def _ms(fn: Callable[[], Any]) -> float:
+    """The median of TIMES calls, in milliseconds."""
+    took = []
+    for _ in range(TIMES):
+        start = time.perf_counter()
+        fn()
+        took.append(time.perf_counter() - start)
+    return statistics.median(took) * 1e3
+
+
+async def _longest_stall(read: Callable[[], Any]) -> float:
+    """Milliseconds of the longest gap between ticks of a 1 ms timer while read runs (a coroutine function's call
+    awaited, or a plain call on the loop)."""
+    gaps: list[float] = []
+    done = asyncio.Event()
+
+    async def tick() -> None:
+        last = time.perf_counter()
+        while not done.is_set():
+            await asyncio.sleep(0.001)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0.02)
+    result = read()
+    if asyncio.iscoroutine(result):
+        await result
+    await asyncio.sleep(0.02)
+    done.set()
+    await ticker
+    return max(gaps) * 1e3
+
+
+def main() -> None:
+    features = int(sys.argv[sys.argv.index("--features") + 1]) if "--features" in sys.argv else 300
+    names = [f"feature_{i:03d}" for i in range(features)]
+    rows = np.random.default_rng(1).normal(size=(2000, features))
+    found = version_drift(compute(rows, names).model_dump_json().encode(), {mc.TAG_FEATURES: json.dumps(names)})
+    body = md(canary=CANARY, shadow={"model": {"name": "clf", "alias": "shadow"}}, monitoring={"drift": {}})
+    resolved = Resolved(stable="1", canary="2", shadow="3", baselines={("clf", v): found for v in ("1", "2", "3")})
+    run(body, resolved)
+    planned = run(body, resolved)
+    text = next(o for o in planned.apply if o["kind"] == "ConfigMap")["data"]["routes.yaml"]
+    wire = RouteTable.parse(text).to_wire()
+    print(f"route table: 3 versions with {features} features' baselines each, {len(text.encode()):,} bytes")
+
+    options: dict[str, Any] = {"sort_keys": True, "default_flow_style": None, "width": 120}
+    ours = _ms(lambda: yamltext.dump(wire, **options))
+    pure = _ms(lambda: yaml.safe_dump(wire, **options))
+    print(f"operator, writing it: {ours:.0f} ms through libyaml, {pure:.0f} ms PyYAML's own ({pure / ours:.1f}x)")
+    print(f"operator, one pass of rollout.plan: {_ms(lambda: run(body, resolved)):.0f} ms")
+
+    parse = _ms(lambda: RouteTable.parse(text))
+    pure = _ms(lambda: RouteTable.model_validate(yaml.safe_load(text)))
+    print(f"gateway, reading it: {parse:.0f} ms through libyaml, {pure:.0f} ms PyYAML's own ({pure / parse:.1f}x)")
+
+    async def stalls() -> tuple[float, float]:
+        on_loop = [await _longest_stall(lambda: RouteTable.parse(text)) for _ in range(TIMES)]
+        threaded = [await _longest_stall(lambda: asyncio.to_thread(RouteTable.parse, text)) for _ in range(TIMES)]
+        return statistics.median(on_loop), statistics.median(threaded)
+
+    on_loop, threaded = asyncio.run(stalls())
+    print(
+        f"gateway, its event loop's longest stall while reading it: {on_loop:.0f} ms on the loop, {threaded:.0f} ms "
+        f"in a thread ({threaded / on_loop:.0%})"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -20,12 +20,12 @@ import re
 from typing import Any
 
 from ...api import ModelDeployment
-from ...core import yamltext
 from ...core.kube import owner_reference
 from ...monitoring import rules
 from ...serving.routes import FeatureRoute, ModelRoute, RouteTable, VersionRoute
 from .. import labels, resources
 from ..settings import Settings
+from . import routetext
 
 REPO_MOUNT = "/models"
 ROUTES_MOUNT = "/etc/kubeforge/routes"
@@ -275,9 +275,8 @@ def route_table(
 
 
 def routes_configmap(owner: dict[str, Any], table: RouteTable) -> dict[str, Any]:
-    """The table as YAML with lists of plain values in flow style, one number after another: a version's drift
-    baseline (its histograms' edges and counts) takes a third less of the ConfigMap's 1 MiB than one per line."""
-    text = yamltext.dump(table.to_wire(), sort_keys=True, default_flow_style=None, width=120)
+    """The table as YAML (routetext)."""
+    text = routetext.TEXTS.text(table.to_wire())
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",

@@ -1,7 +1,7 @@
 """YAML through libyaml where PyYAML was built with it (its wheels are): the same documents as PyYAML's own
 pure-Python emitter and parser of the safe subset, three to eight times faster (docs/benchmarks.md, Operator, round
-sixteen). An operator pass writes a ModelDeployment's route table and a TrainingJob's spec files each time, and a
-gateway reads its route table on each change on the event loop that answers requests."""
+sixteen). The operator writes a ModelDeployment's route table whenever it changed (operators.deployment.routetext)
+and a TrainingJob's spec files on each pass, and a gateway reads its route table at each change."""
 
 from __future__ import annotations
 

@@ -95,25 +95,29 @@ def test_grpc_calls_are_joined_with_join_requests_and_each_gets_its_own_rows(gat
     gw, client, _ = start(gateway, table(registered, triton.url, joinRequests=True))
     direct = grpcclient.InferenceServerClient(f"127.0.0.1:{triton.grpc_port}")
     rng = np.random.default_rng(3)
-    rows = [rng.standard_normal((int(rng.integers(1, 4)), 4)).astype(np.float32) for _ in range(96)]
-    answers: dict[int, object] = {}
-    for i, x in enumerate(rows):  # sent without waiting: they reach the gateway while others are on their way
-        client.async_infer(
-            registered.name,
-            inputs(x),
-            lambda result, error, i=i: answers.update({i: error or result}),
-            request_id=f"call-{i}",
-        )
-    deadline = time.monotonic() + 60
-    while len(answers) < len(rows) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert len(answers) == len(rows)
-    for i, x in enumerate(rows):
-        got = answers[i]
-        assert isinstance(got, grpcclient.InferResult), got
-        want = direct.infer(registered.name, inputs(x), model_version=registered.stable)
-        assert got.get_response().id == f"call-{i}"
-        np.testing.assert_allclose(got.as_numpy(mc.OUTPUT_NAME), want.as_numpy(mc.OUTPUT_NAME), rtol=1e-6)
+    for _ in range(5):  # calls join only where they reach the gateway while others are on their way to Triton: on a
+        # busy machine a burst may arrive one call at a time, so another is sent until one has joined
+        rows = [rng.standard_normal((int(rng.integers(1, 4)), 4)).astype(np.float32) for _ in range(96)]
+        answers: dict[int, object] = {}
+        for i, x in enumerate(rows):  # sent without waiting
+            client.async_infer(
+                registered.name,
+                inputs(x),
+                lambda result, error, i=i, answers=answers: answers.update({i: error or result}),
+                request_id=f"call-{i}",
+            )
+        deadline = time.monotonic() + 60
+        while len(answers) < len(rows) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(answers) == len(rows)
+        for i, x in enumerate(rows):
+            got = answers[i]
+            assert isinstance(got, grpcclient.InferResult), got
+            want = direct.infer(registered.name, inputs(x), model_version=registered.stable)
+            assert got.get_response().id == f"call-{i}"
+            np.testing.assert_allclose(got.as_numpy(mc.OUTPUT_NAME), want.as_numpy(mc.OUTPUT_NAME), rtol=1e-6)
+        if gw.metric("kubeforge_gateway_joins_total", version=registered.stable) > 0:
+            break
     assert gw.metric("kubeforge_gateway_joins_total", version=registered.stable) > 0
 
 

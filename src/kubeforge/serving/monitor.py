@@ -182,7 +182,7 @@ class Monitor:
         settings = route.spec.drift
         assert settings is not None
         tracker = from_baseline(
-            {"features": [h.model_dump() for h in spec.baseline]},
+            {"features": spec.histograms()},
             spec.features,
             task=spec.task,
             classes=spec.classes,

@@ -21,14 +21,15 @@ indices (the argmax position of the answer).
 
 from __future__ import annotations
 
+import json
 import random
 import zlib
 from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
-from pydantic import Field, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from kubeforge.api.featureview import ValueType
 from kubeforge.api.meta import KubeModel, UniqueNames
@@ -37,6 +38,7 @@ from kubeforge.core import yamltext
 from kubeforge.core.modelcontract import INPUT_NAME, FeatureHistogram
 
 Task = Literal["classification", "regression"]
+_HISTOGRAMS = TypeAdapter(list[FeatureHistogram])
 
 
 class VersionDrift(KubeModel):
@@ -44,12 +46,43 @@ class VersionDrift(KubeModel):
 
     features: UniqueNames
     """The version's input features in input order (its kubeforge.features tag, else the baseline's order)."""
-    baseline: list[FeatureHistogram]
-    """The histograms of its baseline artifact; a feature without a usable one is not tracked."""
+    baseline: str
+    """The histograms of its baseline artifact (a feature without a usable one is not tracked) as one JSON list. Kept
+    as text, one YAML string per version: a table is then written and read in a fifteenth to a fiftieth of the time
+    its numbers take as YAML, and takes a sixth less of the ConfigMap's 1 MiB
+    (docs/benchmarks.md, Gateway, "A large route table"). A list (a table written by an earlier release) is taken
+    and kept as its JSON."""
     task: Task | None = None
     """classification (predictions counted by class) or regression (by value); none: predictions not tracked."""
     classes: list[str] | None = None
     """Class labels in output order, for classification."""
+
+    @field_validator("baseline", mode="before")
+    @classmethod
+    def _as_text(cls, value: Any) -> Any:
+        return baseline_text(value) if isinstance(value, list) else value
+
+    @field_validator("baseline")
+    @classmethod
+    def _histograms(cls, text: str) -> str:
+        try:
+            _HISTOGRAMS.validate_json(text)
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise ValueError(
+                f"not a JSON list of feature histograms ({where + ': ' if where else ''}{first['msg']})"
+            ) from None
+        return text
+
+    def histograms(self) -> list[dict[str, Any]]:
+        """The baseline's histograms as the drift tracker reads them."""
+        return cast(list[dict[str, Any]], json.loads(self.baseline))
+
+
+def baseline_text(histograms: list[FeatureHistogram] | list[dict[str, Any]]) -> str:
+    """Histograms as a route table carries them: one JSON list."""
+    return _HISTOGRAMS.dump_json(_HISTOGRAMS.validate_python(histograms)).decode()
 
 
 class VersionRoute(KubeModel):

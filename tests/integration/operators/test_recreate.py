@@ -9,6 +9,7 @@ says so, and creates its own. Whatever else the API server refuses shows up as
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -290,7 +291,7 @@ def edge_routed(api: client.ApiClient, namespace: str, name: str) -> float | Non
     table = yaml.safe_load(found.items[0].data[ROUTES_FILE]) if found.items else {}
     versions = ((table.get("models") or {}).get(name) or {}).get("versions") or [{}]
     drift = versions[0].get("drift")
-    return drift["baseline"][0]["edges"][0] if drift else None
+    return json.loads(drift["baseline"])[0]["edges"][0] if drift else None
 
 
 def test_a_registered_model_deleted_and_registered_again_routes_with_its_new_versions_baseline(

@@ -44,7 +44,7 @@ def test_a_versions_baseline_reaches_its_route_entry_with_the_input_order_and_cl
     }
     drift = table["versions"][0]["drift"]
     assert drift["features"] == FEATURES and drift["task"] == "classification" and drift["classes"] == ["0", "1"]
-    assert [h["name"] for h in drift["baseline"]] == FEATURES
+    assert [h["name"] for h in json.loads(drift["baseline"])] == FEATURES
     assert RouteTable.model_validate({"models": {"clf": table}})  # the gateway takes what the operator writes
     assert cond(b, "DriftMonitored")["status"] == "True"
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
 from pydantic import ValidationError
 
+from kubeforge.core import yamltext
 from kubeforge.serving.routes import RouteTable, compile_table
 
 URL = "http://triton:8000"
@@ -55,6 +57,8 @@ def test_reload_keeps_readiness_and_schema_of_unchanged_versions():
         ([v("1", "stable", weight=0)], "weights are all 0"),
         ([v("1", "stable", weight=1), v("2", "shadow", weight=5)], "shadows get a mirror"),
         ([v("1", "stable", weight=1, url="triton:8000")], "url"),
+        ([v("1", "stable", weight=1, drift={"features": ["f0"], "baseline": '[{"name": "f0"}]'})], "0.edges"),
+        ([v("1", "stable", weight=1, drift={"features": ["f0"], "baseline": "f0: 1"})], "feature histograms"),
     ],
 )
 def test_malformed_tables_are_refused(versions, message):
@@ -62,6 +66,22 @@ def test_malformed_tables_are_refused(versions, message):
         RouteTable.model_validate({"models": {"clf": {"versions": versions}}})
     with pytest.raises(ValidationError):
         RouteTable.parse("models: {clf: {versions: [], bogus: 1}}")
+
+
+def test_a_baseline_of_yaml_numbers_as_an_earlier_release_wrote_it_reads_as_the_json_text_written_now() -> None:
+    """Each version's baseline is kept as one JSON text (far cheaper to write and read than YAML numbers); a table
+    written before, with the histograms as YAML lists, is still read, to the same baseline."""
+    histogram = {"name": "f0", "edges": [-1.5, 0.0, 2.25e-05], "counts": [3, 4], "mean": 0.5, "std": 0.25}
+    drift = {"features": ["f0"], "baseline": [histogram]}
+    older = yamltext.dump({"models": {"clf": {"versions": [v("1", "stable", weight=1, drift=drift)]}}})
+    assert "- -1.5" in older  # the histogram's numbers in the YAML
+
+    table = RouteTable.parse(older)
+    read = table.models["clf"].versions[0].drift
+    assert read is not None and read.histograms() == [histogram]
+    written = yamltext.load(yamltext.dump(table.to_wire()))
+    assert json.loads(written["models"]["clf"]["versions"][0]["drift"]["baseline"]) == [histogram]
+    assert RouteTable.model_validate(written) == table
 
 
 def test_stable_answers_are_compared_with_the_canary_at_its_percent() -> None:

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from ...core import modelcontract as mc
 from ...core.approval import Approval
 from ...core.mlflow_rest import MLflowError, MLflowRegistry, ModelVersion, NotFound
-from ...serving.routes import Task, VersionDrift
+from ...serving.routes import Task, VersionDrift, baseline_text
 from .clock import Ref
 from .rollout import DriftBaseline
 
@@ -173,7 +173,7 @@ def version_drift(raw: bytes, tags: dict[str, str]) -> DriftBaseline:
     try:
         drift = VersionDrift(
             features=features,
-            baseline=baseline.features,
+            baseline=baseline_text(baseline.features),
             task=cast(Task, task) if task in ("classification", "regression") else None,  # `in` does not narrow
             classes=[str(c) for c in _json_list(tags.get(mc.TAG_CLASSES)) or []] or None,
         )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,6 +24,7 @@ from ...api.meta import duration_seconds
 from ...core import podfailure
 from ...core.conditions import FALSE, TRUE, UNKNOWN, StatusDraft, get_condition, is_true, parse_rfc3339, rfc3339
 from ...featurestore.errors import SchemaMismatch, SourceNotFound
+from ..jobplan import JobPlan
 from ..settings import Settings
 from . import children
 
@@ -71,13 +72,9 @@ class Registration:
 
 
 @dataclass
-class Plan:
-    """What reconcile must do, in order: create Jobs, delete Jobs, then write status and events."""
+class Plan(JobPlan):
+    """A FeatureView's: its Jobs are the materialization runs."""
 
-    apply: list[dict[str, Any]] = field(default_factory=list)
-    delete_jobs: list[str] = field(default_factory=list)
-    status: dict[str, Any] = field(default_factory=dict)
-    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
     finished: tuple[str, int] | None = None
     """A run that ended in this pass: ("succeeded" | "failed", rows written), for the metrics."""
 

@@ -15,7 +15,7 @@ and never repeats one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Any
@@ -27,6 +27,7 @@ from ...core import podfailure
 from ...core.conditions import FALSE, TRUE, StatusDraft, get_condition, parse_rfc3339
 from ...core.kube import Capabilities, ChildNotApplied
 from ...core.mlflow_rest import ModelVersion
+from ..jobplan import JobPlan
 from ..settings import Settings
 from . import children
 
@@ -56,13 +57,9 @@ TERMINAL = ("Succeeded", "Failed")
 
 
 @dataclass
-class Plan:
-    """What reconcile must do, in order: apply, delete, then write status and events."""
+class Plan(JobPlan):
+    """A TrainingJob's: its Job is the current attempt's, and a finished one's model may still need registering."""
 
-    apply: list[dict[str, Any]] = field(default_factory=list)
-    delete_jobs: list[str] = field(default_factory=list)
-    status: dict[str, Any] = field(default_factory=dict)
-    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
     needs_registration: bool = False
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import yaml
-
 from kubeforge.operators.deployment.rollout import Plan, Resolved
 from kubeforge.operators.deployment.routetext import Texts
 from tests.unit.operators.test_rollout_drift import TRACKED
@@ -25,9 +23,6 @@ def test_a_pass_whose_table_has_not_changed_reuses_its_text_and_a_step_writes_th
     again = run(body, resolved, results=PASS, now=T0 + timedelta(seconds=5))  # a clock pass within the step
     assert text(again) is text(first), "the same text object: not written again"
     assert {v["role"]: v["weight"] for v in routes(again)["versions"]} == {"stable": 80, "canary": 20}
-    assert yaml.safe_dump(yaml.safe_load(text(first)), sort_keys=True, default_flow_style=None, width=120) == text(
-        first
-    )
 
     later = run(body, resolved, results=PASS, now=T0 + timedelta(seconds=11))  # the step's pause is over
     assert {v["role"]: v["weight"] for v in routes(later)["versions"]} == {"stable": 40, "canary": 60}

@@ -8,7 +8,8 @@ throughput ratio, and the gateway's CPU time per request (from /proc) for gRPC b
 which is what translating between the two costs, and beside servers whose ModelInfer only returns an empty answer:
 a grpc.aio server (the floor Python's gRPC server costs before any gateway work), grpcio's thread-pool server, and
 the thread-pool server handing each call to an asyncio loop in another thread, as the gateway's async work would
-need it. Run from the repository root:
+need it. A second gateway with joinRequests takes the same calls over gRPC and REST: how many of its callers were
+joined over each. Run from the repository root:
 .venv/bin/python -m tests.benchmarks.bench_grpc
 """
 
@@ -19,6 +20,7 @@ import statistics
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -38,6 +40,7 @@ from kubeforge.local.processes import free_port, spawn, terminate
 ROUNDS = 5
 PER_ROUND = {1: 300, 16: 1200}
 INFER = "/inference.GRPCInferenceService/ModelInfer"
+JOINED = "kubeforge_gateway_joined_requests_total"
 
 
 def _request(version: str = "") -> bytes:
@@ -129,15 +132,30 @@ class Seen:
     latencies: list[float] = field(default_factory=list)
     throughputs: list[float] = field(default_factory=list)
     cpu: float = 0.0
+    joined: float = 0.0
 
     def measure(
-        self, run: Callable[[int, int], Coroutine[Any, Any, tuple[list[float], float]]], pid: int, c: int, n: int
+        self,
+        run: Callable[[int, int], Coroutine[Any, Any, tuple[list[float], float]]],
+        pid: int,
+        c: int,
+        n: int,
+        joins: int | None = None,
     ):
-        used = _cpu_seconds(pid)
+        """One round; joins: the HTTP port of a joining gateway, whose callers joined are counted."""
+        used, joined = _cpu_seconds(pid), _joined(joins) if joins else 0.0
         latencies, throughput = asyncio.run(run(c, n))
         self.cpu += _cpu_seconds(pid) - used
+        self.joined += _joined(joins) - joined if joins else 0.0
         self.latencies += latencies
         self.throughputs.append(throughput)
+
+
+def _joined(port: int) -> float:
+    """The callers' requests a gateway has sent inside joined requests so far."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(JOINED + "{"))
 
 
 def main() -> None:
@@ -148,13 +166,20 @@ def main() -> None:
         http_port, pid = _gateway(
             work, "gateway", routes, procs, ("--grpc-port", str(grpc_port), "--access-log", "off")
         )
+        joining = {"models": {"bench": {"versions": [bench.stable], "joinRequests": True}}}
+        joined_grpc = free_port()
+        joined_http, joined_pid = _gateway(
+            work, "joined", joining, procs, ("--grpc-port", str(joined_grpc), "--access-log", "off")
+        )
         floors = {kind: _start_floor(work, procs, kind) for kind in FLOORS}
         rounds: dict[str, Callable[[int, int], Coroutine[Any, Any, tuple[list[float], float]]]] = {
             "direct": lambda c, n: _grpc_round(triton.grpc_port, _request(version), c, n),
             "gateway": lambda c, n: _grpc_round(grpc_port, _request(), c, n),
             "rest": lambda c, n: _round(http_port, "/v2/models/bench/infer", c, n),
+            "j-grpc": lambda c, n: _grpc_round(joined_grpc, _request(), c, n),
+            "j-rest": lambda c, n: _round(joined_http, "/v2/models/bench/infer", c, n),
         }
-        pids = {"direct": triton.pid, "gateway": pid, "rest": pid}
+        pids = {"direct": triton.pid, "gateway": pid, "rest": pid, "j-grpc": joined_pid, "j-rest": joined_pid}
         for kind, (port, floor_pid) in floors.items():
             rounds[kind] = lambda c, n, port=port: _grpc_round(port, _request(), c, n)
             pids[kind] = floor_pid
@@ -165,7 +190,7 @@ def main() -> None:
                 asyncio.run(run(concurrency, per_round // 4))
             for _ in range(ROUNDS):  # alternate, so a shared machine's changing load hits each alike
                 for k, run in rounds.items():
-                    seen[k].measure(run, pids[k], concurrency, per_round)
+                    seen[k].measure(run, pids[k], concurrency, per_round, joined_http if k.startswith("j-") else None)
             lat = {k: v.latencies for k, v in seen.items()}
             cpu = {k: v.cpu for k, v in seen.items()}
             rps = {k: v.throughputs for k, v in seen.items()}
@@ -182,6 +207,13 @@ def main() -> None:
                 f"{per['rest']:.0f} µs over REST; {per['direct']:.0f} µs in Triton; empty servers: "
                 f"{per['aio']:.0f} µs grpc.aio, {per['threads']:.0f} µs thread pool, "
                 f"{per['bridged']:.0f} µs thread pool handing each call to an asyncio loop"
+            )
+            share = {k: seen[k].joined / len(lat[k]) for k in ("j-grpc", "j-rest")}
+            print(
+                f"concurrency {concurrency}, joinRequests: {share['j-grpc']:.1%} of the callers joined over gRPC, "
+                f"{share['j-rest']:.1%} over REST; throughput of the gateway without joining "
+                f"{median['j-grpc'] / median['gateway']:.1%} over gRPC, {median['j-rest'] / median['rest']:.1%} over "
+                f"REST; gateway CPU per request {per['j-grpc']:.0f} µs over gRPC, {per['j-rest']:.0f} µs over REST"
             )
 
 

@@ -120,11 +120,12 @@ class GatewaySpec(KubeModel):
     (monitoring.feedback.maxPending, about 450 bytes each) live in it."""
     join_requests: bool = False
     """Join the small requests to one version that reach a gateway replica at the same moment (one turn of its event
-    loop, no timer) into one Triton request of up to runtime.maxBatchSize rows, and split the answer: Triton then
-    spends a fifth to a half less CPU per request (docs/benchmarks.md). For many concurrent one-row callers, over
-    REST (JSON or binary tensors) or gRPC. A lone request, and one with parameters Triton reads per request, go as
-    they came; a joined request Triton refuses is sent again one by one, so each caller gets Triton's verdict on its
-    own input. Triton's own request counts then count joined requests; the gateway's count callers' requests."""
+    loop, no timer) into one Triton request of up to runtime.maxBatchSize rows, and split the answer: Triton then spends
+    a fifth to a half less CPU per request (docs/benchmarks.md). For many concurrent one-row callers over REST (JSON or
+    binary tensors); gRPC calls join too, but seldom meet in one turn. A lone request, and one with parameters Triton
+    reads per request, go as they came; a joined request Triton refuses is sent again one by one, so each caller gets
+    Triton's verdict on its own input. Triton's own request counts then count joined requests; the gateway's count
+    callers' requests."""
 
 
 class Autoscaling(KubeModel):

@@ -9,16 +9,17 @@ of its version on the way to Triton goes at once, as it came, byte for byte: a l
 join the requests that reach the gateway in the same turn of its event loop, and the joined request leaves at the
 start of the next turn, or at once when it holds the version's maxBatchSize rows.
 
-Requests join others of the same form: the same inputs in the same order, each JSON or binary tensor data alike
-and of the same shape after the batch dimension, and the same outputs asked for in the same form (JSON or binary),
-to a version that batches; each caller's answer comes in the form it asked for. So tritonclient's binary requests
-and the gateway's gRPC calls (binary at the gateway) join as JSON ones do. Any other request or input parameter
-(a classification, a priority, shared memory) is Triton's to read per request: such a request goes on its own. A
-joined request Triton refuses (4xx) or answers in a form that
-cannot be split is sent again one request at a time, so each caller gets Triton's own verdict on its request (and
-a version whose answers do not split is not joined again); a joined request that fails (5xx, timeout, unreachable)
-fails each of its callers, whose fallback then retries on its own. The upstream metrics count a joined try once per
-caller in it, as the callers' own tries would have counted (a refused one, sent again, counts twice).
+Requests join others of the same form: the same inputs in the same order, each JSON or binary tensor data alike and of
+the same shape after the batch dimension, and the same outputs asked for in the same form (JSON or binary), to a version
+that batches; each caller's answer comes in the form it asked for. So tritonclient's binary requests and the gateway's
+gRPC calls (binary at the gateway) join as JSON ones do, when they meet: gRPC calls seldom do, since grpc.aio takes one
+new call per completion-queue round trip and concurrent calls arrive a few turns apart. Any other request or input
+parameter (a classification, a priority, shared memory) is Triton's to read per request: such a request goes on its own.
+A joined request Triton refuses (4xx) or answers in a form that cannot be split is sent again one request at a time, so
+each caller gets Triton's own verdict on its request (and a version whose answers do not split is not joined again); a
+joined request that fails (5xx, timeout, unreachable) fails each of its callers, whose fallback then retries on its own.
+The upstream metrics count a joined try once per caller in it, as the callers' own tries would have counted (a refused
+one, sent again, counts twice).
 """
 
 from __future__ import annotations

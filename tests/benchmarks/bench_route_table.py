@@ -17,7 +17,7 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -44,9 +44,8 @@ def _ms(fn: Callable[[], Any]) -> float:
     return statistics.median(took) * 1e3
 
 
-async def _longest_stall(read: Callable[[], Any]) -> float:
-    """Milliseconds of the longest gap between ticks of a 1 ms timer while read runs (a coroutine function's call
-    awaited, or a plain call on the loop)."""
+async def _longest_stall(read: Callable[[], Awaitable[Any]]) -> float:
+    """Milliseconds of the longest gap between ticks of a 1 ms timer while read() is awaited."""
     gaps: list[float] = []
     done = asyncio.Event()
 
@@ -60,9 +59,7 @@ async def _longest_stall(read: Callable[[], Any]) -> float:
 
     ticker = asyncio.create_task(tick())
     await asyncio.sleep(0.02)
-    result = read()
-    if asyncio.iscoroutine(result):
-        await result
+    await read()
     await asyncio.sleep(0.02)
     done.set()
     await ticker

@@ -226,16 +226,17 @@ def _tenancy(work: Path, routes: dict, infer: str, procs: list) -> None:
     )
 
 
+def metric_total(url: str, name: str) -> float:
+    """The sum of a metric's labelled series, as the Prometheus endpoint at url shows them now."""
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    return sum(float(m.group(1)) for m in re.finditer(rf"^{name}{{[^}}]*}} (\S+)$", text, re.MULTILINE))
+
+
 def _triton_counts(triton: local_triton.TritonServer, pids: set[int]) -> tuple[float, float]:
     """Model executions Triton ran (a dynamic batch is one), and the CPU seconds of its processes (pids: its process
     tree), so far."""
-    text = urllib.request.urlopen(triton.metrics_url, timeout=10).read().decode()
-
-    def total(name: str) -> float:
-        return sum(float(m.group(1)) for m in re.finditer(rf"^{name}{{[^}}]*}} (\S+)$", text, re.MULTILINE))
-
-    cpu = sum(_cpu_seconds(pid) for pid in pids)
-    return total("nv_inference_exec_count"), cpu
+    executions = metric_total(triton.metrics_url, "nv_inference_exec_count")
+    return executions, sum(_cpu_seconds(pid) for pid in pids)
 
 
 def _measure(

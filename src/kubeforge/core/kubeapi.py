@@ -6,7 +6,10 @@ answer takes to read: it re-reads its kubeconfig credentials, looks up proxy set
 environment and walks every request body to serialise it. The operators only ever send JSON to
 paths they know, so this connection does just that: one keep-alive HTTPS connection per thread,
 credentials loaded once (a service account token is read again when the file changes, as the
-kubelet rotates it), and discovery of each kind's path cached per connection.
+kubelet rotates it), and discovery of each kind's path cached per connection. The HTTP/1.1 exchange
+is written here too (:class:`_Connection`): http.client checks every header it sends and parses
+every answer's headers through the email package, which cost about as much client CPU per request
+as everything else a request does (docs/benchmarks.md, Operator, rounds seventeen and eighteen).
 
 Credentials come from a kubeconfig (its current context: token or token file, client certificate,
 basic auth; certificate authority as file or data) or from the pod's service account, as
@@ -18,9 +21,9 @@ them either.
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import os
+import socket
 import ssl
 import tempfile
 import threading
@@ -60,7 +63,7 @@ class KubeApi:
         self.server = server.rstrip("/")
         self._host, self._port, self._tls = parts.hostname or "", parts.port, tls if parts.scheme == "https" else None
         self._prefix = parts.path.rstrip("/")
-        self._headers = {"Accept": "application/json", **headers}
+        self._headers = _checked({"Accept": "application/json", **headers}, "the kubeconfig's credentials")
         self._token_file, self._token_mtime = token_file, 0.0
         self._local = threading.local()
         self._resources: dict[tuple[str, str], _Resource] = {}
@@ -188,7 +191,8 @@ class KubeApi:
             return
         mtime = self._token_file.stat().st_mtime
         if mtime != self._token_mtime:
-            self._headers["Authorization"] = f"Bearer {self._token_file.read_text().strip()}"
+            token = {"Authorization": f"Bearer {self._token_file.read_text().strip()}"}
+            self._headers |= _checked(token, str(self._token_file))
             self._token_mtime = mtime
 
     def _exchange(
@@ -196,30 +200,123 @@ class KubeApi:
     ) -> tuple[int, str, bytes]:
         """Send on this thread's kept-alive connection; a connection the server closed while idle is
         opened again and the request sent once more (the server never read it)."""
-        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        conn: _Connection | None = getattr(self._local, "conn", None)
         fresh = conn is None
         while True:
             if conn is None:
-                conn = self._local.conn = self._connect()
+                conn = self._local.conn = _Connection(self._host, self._port, self._tls)
             try:
-                conn.request(method, target, data, headers)
-                response = conn.getresponse()
-                return response.status, response.reason, response.read()
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ssl.SSLEOFError):
+                status, reason, body, keep = conn.exchange(method, target, data, headers)
+            except (_Closed, ConnectionResetError, BrokenPipeError, ssl.SSLEOFError):
                 conn.close()
                 self._local.conn = conn = None
                 if fresh:
                     raise
                 fresh = True
+                continue
             except BaseException:
                 conn.close()
                 self._local.conn = None
                 raise
+            if not keep:
+                conn.close()
+                self._local.conn = None
+            return status, reason, body
 
-    def _connect(self) -> http.client.HTTPConnection:
-        if self._tls is None:
-            return http.client.HTTPConnection(self._host, self._port, timeout=60)
-        return http.client.HTTPSConnection(self._host, self._port, context=self._tls, timeout=60)
+
+class _Closed(ConnectionError):
+    """The server closed the connection before an answer began: it never read the request (a kept-alive connection
+    it closed while idle), which may then be sent again."""
+
+
+class _Connection:
+    """One kept-alive HTTP/1.1 connection to the API server: each request written in one send, each answer's
+    status line and headers read line by line, its body by Content-Length or in chunks."""
+
+    MAX_LINE = 65536
+    MAX_HEADERS = 100
+
+    def __init__(self, host: str, port: int | None, tls: ssl.SSLContext | None) -> None:
+        port = port or (443 if tls else 80)
+        sock = socket.create_connection((host, port), timeout=60)
+        try:
+            self.sock = tls.wrap_socket(sock, server_hostname=host) if tls else sock
+        except BaseException:
+            sock.close()
+            raise
+        self.file = self.sock.makefile("rb")
+        self.host = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def exchange(
+        self, method: str, target: str, data: bytes | None, headers: dict[str, str]
+    ) -> tuple[int, str, bytes, bool]:
+        """Status, reason, body, and whether the connection may carry another request."""
+        head = [f"{method} {target} HTTP/1.1\r\nHost: {self.host}\r\n"]
+        head += [f"{name}: {value}\r\n" for name, value in headers.items()]
+        if data is not None or method in ("POST", "PUT", "PATCH"):
+            head.append(f"Content-Length: {len(data or b'')}\r\n")
+        self.sock.sendall(("".join(head) + "\r\n").encode("latin-1") + (data or b""))
+        version, status, reason, fields = self._head(first=True)
+        while 100 <= status < 200:  # interim answers (100 Continue) a proxy may send unasked: the final one follows
+            version, status, reason, fields = self._head(first=False)
+        keep = version != "HTTP/1.0" and fields.get(b"connection", b"").lower() != b"close"
+        if status in (204, 304) or method == "HEAD":
+            return status, reason, b"", keep
+        if b"chunked" in fields.get(b"transfer-encoding", b"").lower():
+            return status, reason, self._chunks(), keep
+        if (length := fields.get(b"content-length")) is not None:
+            body = self.file.read(int(length))
+            if len(body) != int(length):  # read by the server: not to be sent again
+                raise ConnectionError(f"the API server closed the connection {len(body)} of {int(length)} bytes in")
+            return status, reason, body, keep
+        return status, reason, self.file.read(), False  # no length: the answer ends with the connection
+
+    def _head(self, first: bool) -> tuple[str, int, str, dict[bytes, bytes]]:
+        """An answer's status line and headers (names in lower case)."""
+        line = self._line()
+        if not line:
+            if first:
+                raise _Closed("the API server closed the connection")
+            raise ConnectionError("the API server closed the connection after an interim answer")
+        version, status, reason = [*line.decode("latin-1").rstrip("\r\n").split(" ", 2), ""][:3]
+        if not version.startswith("HTTP/1.") or not status.isdigit():
+            raise ConnectionError(f"the API server answered something that is not HTTP/1.1: {line[:80]!r}")
+        fields: dict[bytes, bytes] = {}
+        for _ in range(self.MAX_HEADERS):
+            line = self._line()
+            if line in (b"\r\n", b"\n", b""):
+                return version, int(status), reason, fields
+            name, _, value = line.partition(b":")
+            fields[name.strip().lower()] = value.strip()
+        raise ConnectionError(f"the API server answered more than {self.MAX_HEADERS} headers")
+
+    def _line(self) -> bytes:
+        line = self.file.readline(self.MAX_LINE + 1)
+        if len(line) > self.MAX_LINE:
+            raise ConnectionError("the API server answered a line longer than 64 KiB")
+        return line
+
+    def _chunks(self) -> bytes:
+        parts = []
+        while size := int(self._line().split(b";", 1)[0].strip() or b"0", 16):
+            parts.append(self.file.read(size))
+            if len(parts[-1]) != size or self._line() not in (b"\r\n", b"\n"):
+                raise ConnectionError("the API server closed the connection inside a chunked answer")
+        while self._line() not in (b"\r\n", b"\n", b""):  # trailers, if any
+            pass
+        return b"".join(parts)
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+def _checked(headers: dict[str, str], source: str) -> dict[str, str]:
+    """headers, when no value holds a line break (it would end the header in the request and start another)."""
+    for name, value in headers.items():
+        if "\r" in value or "\n" in value:
+            raise CredentialsError(f"the {name} header from {source} holds a line break; remove it from the credential")
+    return headers
 
 
 def _file_or_data(section: dict[str, Any], key: str, base: Path) -> bytes | None:

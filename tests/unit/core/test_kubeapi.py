@@ -41,3 +41,9 @@ def test_files_joined_with_a_colon_merge_and_the_first_current_context_wins(tmp_
     second = write(tmp_path / "second", {"token": "t"}, current="elsewhere")
     api = KubeApi.from_kubeconfig(f"{first}:{tmp_path / 'missing'}:{second}")
     assert api.server == "https://127.0.0.1:6443"
+
+
+def test_a_token_with_a_line_break_is_refused_naming_where_it_came_from(tmp_path: Path) -> None:
+    """The request would carry a header the token's line break starts."""
+    with pytest.raises(CredentialsError, match="Authorization header from the kubeconfig's credentials holds a line"):
+        KubeApi.from_kubeconfig(write(tmp_path / "config", {"token": "abc\r\nX-Other: 1"}))

@@ -208,20 +208,23 @@ class KubeApi:
             try:
                 status, reason, body, keep = conn.exchange(method, target, data, headers)
             except (_Closed, ConnectionResetError, BrokenPipeError, ssl.SSLEOFError):
-                conn.close()
-                self._local.conn = conn = None
+                self._forget(conn)
+                conn = None
                 if fresh:
                     raise
                 fresh = True
                 continue
             except BaseException:
-                conn.close()
-                self._local.conn = None
+                self._forget(conn)
                 raise
             if not keep:
-                conn.close()
-                self._local.conn = None
+                self._forget(conn)
             return status, reason, body
+
+    def _forget(self, conn: _Connection) -> None:
+        """Close this thread's connection; the next request opens another."""
+        conn.close()
+        self._local.conn = None
 
 
 class _Closed(ConnectionError):
@@ -265,9 +268,9 @@ class _Connection:
         if b"chunked" in fields.get(b"transfer-encoding", b"").lower():
             return status, reason, self._chunks(), keep
         if (length := fields.get(b"content-length")) is not None:
-            body = self.file.read(int(length))
-            if len(body) != int(length):  # read by the server: not to be sent again
-                raise ConnectionError(f"the API server closed the connection {len(body)} of {int(length)} bytes in")
+            body = self.file.read(size := int(length))
+            if len(body) != size:  # read by the server: not to be sent again
+                raise ConnectionError(f"the API server closed the connection {len(body)} of {size} bytes in")
             return status, reason, body, keep
         return status, reason, self.file.read(), False  # no length: the answer ends with the connection
 

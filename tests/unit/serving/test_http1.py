@@ -42,6 +42,8 @@ class Server:
                     return
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
+        except asyncio.CancelledError:  # the loop's end cancels an answer still waiting: end quietly, as a server would
+            pass
         finally:
             self.closed += 1
             writer.close()

@@ -259,9 +259,21 @@ class _Connection:
         if data is not None or method in ("POST", "PUT", "PATCH"):
             head.append(f"Content-Length: {len(data or b'')}\r\n")
         self.sock.sendall(("".join(head) + "\r\n").encode("latin-1") + (data or b""))
-        version, status, reason, fields = self._head(first=True)
+        line = self._line()
+        if not line:
+            raise _Closed("the API server closed the connection")
+        try:  # the answer has begun, so the server read the request: whatever cuts it off, it is not sent again
+            return self._answer(method, line)
+        except (ConnectionResetError, ssl.SSLEOFError, ValueError) as err:
+            raise ConnectionError(f"the API server's answer was cut off or malformed: {err}") from err
+
+    def _answer(self, method: str, line: bytes) -> tuple[int, str, bytes, bool]:
+        """The rest of the answer whose first line is line."""
+        version, status, reason, fields = self._head(line)
         while 100 <= status < 200:  # interim answers (100 Continue) a proxy may send unasked: the final one follows
-            version, status, reason, fields = self._head(first=False)
+            if not (line := self._line()):
+                raise ConnectionError("the API server closed the connection after an interim answer")
+            version, status, reason, fields = self._head(line)
         keep = version != "HTTP/1.0" and fields.get(b"connection", b"").lower() != b"close"
         if status in (204, 304) or method == "HEAD":
             return status, reason, b"", keep
@@ -269,18 +281,13 @@ class _Connection:
             return status, reason, self._chunks(), keep
         if (length := fields.get(b"content-length")) is not None:
             body = self.file.read(size := int(length))
-            if len(body) != size:  # read by the server: not to be sent again
+            if len(body) != size:
                 raise ConnectionError(f"the API server closed the connection {len(body)} of {size} bytes in")
             return status, reason, body, keep
         return status, reason, self.file.read(), False  # no length: the answer ends with the connection
 
-    def _head(self, first: bool) -> tuple[str, int, str, dict[bytes, bytes]]:
-        """An answer's status line and headers (names in lower case)."""
-        line = self._line()
-        if not line:
-            if first:
-                raise _Closed("the API server closed the connection")
-            raise ConnectionError("the API server closed the connection after an interim answer")
+    def _head(self, line: bytes) -> tuple[str, int, str, dict[bytes, bytes]]:
+        """An answer's status line (line) and headers (names in lower case)."""
         version, status, reason = [*line.decode("latin-1").rstrip("\r\n").split(" ", 2), ""][:3]
         if not version.startswith("HTTP/1.") or not status.isdigit():
             raise ConnectionError(f"the API server answered something that is not HTTP/1.1: {line[:80]!r}")

@@ -1,13 +1,16 @@
 """The operators' HTTP/1.1 exchange with the API server, against small real servers on 127.0.0.1 that answer the ways
 an API server (or a proxy in front of one) can: in chunks with trailers after a 100 Continue, by Content-Length,
-with Connection: close, closing a kept-alive connection while idle, or closing in the middle of an answer."""
+with Connection: close, closing a kept-alive connection while idle, closing or resetting it in the middle of an
+answer, or answering something malformed."""
 
 from __future__ import annotations
 
 import contextlib
 import itertools
 import socket
+import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -107,6 +110,33 @@ def test_an_answer_cut_off_is_an_error_and_the_request_is_not_sent_again() -> No
         with pytest.raises(ConnectionError, match="closed the connection"):
             api.request("POST", "/api/v1/namespaces/a/events", {"n": 1})
     assert len(seen) == 2, "the event was sent once"
+
+
+def test_an_answer_reset_midway_is_an_error_and_the_request_is_not_sent_again() -> None:
+    def answer(n: int, conn: socket.socket) -> bool:
+        if n == 1:
+            conn.sendall(ok(b"{}"))
+            return True
+        conn.sendall(b'HTTP/1.1 201 Created\r\nContent-Length: 100\r\n\r\n{"kind":')
+        time.sleep(0.05)  # the client has the answer's head and waits for the rest
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+        return False
+
+    with server(answer) as (api, seen):
+        api.request("GET", "/api/v1/namespaces/a")
+        with pytest.raises(ConnectionError, match="cut off"):
+            api.request("POST", "/api/v1/namespaces/a/events", {"n": 1})
+    assert len(seen) == 2, "the event was sent once"
+
+
+def test_a_malformed_answer_is_a_connection_error_naming_it() -> None:
+    def answer(n: int, conn: socket.socket) -> bool:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n")
+        return False
+
+    with server(answer) as (api, seen), pytest.raises(ConnectionError, match="malformed"):
+        api.request("GET", "/api/v1/namespaces/a")
+    assert len(seen) == 1
 
 
 def test_an_error_status_raises_api_error_with_the_reason_and_body() -> None:

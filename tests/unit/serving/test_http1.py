@@ -40,9 +40,8 @@ class Server:
                     await result
                 if writer.is_closing():
                     return
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        except asyncio.CancelledError:  # the loop's end cancels an answer still waiting: end quietly, as a server would
+        # CancelledError: the loop's end cancels an answer still waiting; end quietly, as a server would.
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass
         finally:
             self.closed += 1

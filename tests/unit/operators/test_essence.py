@@ -1,91 +1,75 @@
-"""The operators' diff base builds the same essence kopf's own does, without copying what kopf drops."""
+"""The operators show kopf no difference between an object and its diff base: kopf copies nothing per event, stores
+nothing on objects, and the one change handler there is (a FeatureView's deletion) still starts."""
 
 from __future__ import annotations
 
-import copy
+import logging
 from typing import Any
 
 import kopf
 import pytest
+from kopf._cogs.structs import diffs
+from kopf._cogs.structs.patches import Patch
+from kopf._core.intents import causes
 
-from kubeforge import api
 from kubeforge.operators import run
-from kubeforge.operators.runtime import ANNOTATION_PREFIX, DELETION_HANDLERS_ONLY, EssenceStorage
+from kubeforge.operators.runtime import ANNOTATION_PREFIX, NoDiffBase
 
-KEY = "last-handled-configuration"
-
-DEPLOYMENT: dict[str, Any] = {
-    "apiVersion": "apps/v1",
-    "kind": "Deployment",
-    "metadata": {
-        "name": "fraud-v3",
-        "namespace": "ml",
-        "uid": "0b5c",
-        "resourceVersion": "812",
-        "generation": 2,
-        "creationTimestamp": "2026-12-04T10:00:00Z",
-        "labels": {"kubeforge.dev/modeldeployment": "fraud", "kubeforge.dev/model-version": "3"},
-        "annotations": {
-            "deployment.kubernetes.io/revision": "2",
-            "kubectl.kubernetes.io/last-applied-configuration": '{"spec": {}}',
-            f"{ANNOTATION_PREFIX}/{KEY}": '{"spec":{"replicas":1}}',
-            "team": "risk",
-        },
-        "ownerReferences": [{"apiVersion": "kubeforge.dev/v1alpha1", "kind": "ModelDeployment", "name": "fraud"}],
-        "managedFields": [{"manager": "kubeforge/0b5c", "operation": "Apply", "fieldsV1": {"f:spec": {}}}],
-        "finalizers": ["example.com/keep"],
-    },
-    "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "triton", "image": "triton:24"}]}}},
-    "status": {"availableReplicas": 1, "conditions": [{"type": "Available", "status": "True"}]},
-}
-
-BARE: dict[str, Any] = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "routes"}, "data": {"a": "1"}}
+FINALIZER = f"{ANNOTATION_PREFIX}/finalizer"
+VIEWS = kopf.Resource("kubeforge.dev", "v1alpha1", "featureviews", kind="FeatureView", namespaced=True)
 
 
-@pytest.mark.parametrize("raw", [DEPLOYMENT, BARE], ids=["deployment", "bare"])
-@pytest.mark.parametrize("extra", [set(), {"status.availableReplicas"}, {"metadata.generation"}], ids=str)
-def test_the_essence_is_kopfs(raw: dict[str, Any], extra: set[str]) -> None:
-    fields = {tuple(f.split(".")) for f in extra}  # as kopf's registry passes them (FieldPath)
-    ours = EssenceStorage(prefix=ANNOTATION_PREFIX, key=KEY).build(
-        body=kopf.Body(copy.deepcopy(raw)), extra_fields=fields
+def cause_of(raw: dict[str, Any], event: str = "MODIFIED") -> causes.ChangingCause:
+    """The change kopf finds in raw (its own detection, from what the operators' diff base gives it)."""
+    storage = NoDiffBase(prefix=ANNOTATION_PREFIX, key="last-handled-configuration")
+    body = kopf.Body(raw)
+    old, new = storage.fetch(body=body), storage.build(body=body)
+    assert old == new, "kopf stores a diff base only when it differs from the one it fetched"
+    return causes.detect_changing_cause(
+        finalizer=FINALIZER,
+        raw_event={"type": event, "object": raw},
+        body=body,
+        old=old,
+        new=new,
+        diff=diffs.diff(old, new),
+        resource=VIEWS,
+        logger=logging.getLogger(__name__),
+        patch=Patch(),
+        memo=kopf.Memo(),
+        indices={},
     )
-    kopfs = kopf.AnnotationsDiffBaseStorage(prefix=ANNOTATION_PREFIX, key=KEY).build(
-        body=kopf.Body(copy.deepcopy(raw)), extra_fields=fields
-    )
-    assert ours == kopfs
 
 
-def test_the_essence_is_a_copy() -> None:
-    """A later change of the object must not change the essence kopf compares with."""
-    raw = copy.deepcopy(DEPLOYMENT)
-    essence = EssenceStorage(prefix=ANNOTATION_PREFIX, key=KEY).build(body=kopf.Body(raw))
-    raw["spec"]["template"]["spec"]["containers"][0]["image"] = "triton:25"
-    raw["metadata"]["labels"]["kubeforge.dev/model-version"] = "4"
-    assert essence["spec"]["template"]["spec"]["containers"][0]["image"] == "triton:24"
-    assert essence["metadata"]["labels"]["kubeforge.dev/model-version"] == "3"
-    assert "status" not in essence and "managedFields" not in essence["metadata"]
+def view(**meta: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "kubeforge.dev/v1alpha1",
+        "kind": "FeatureView",
+        "metadata": {"name": "patients", "namespace": "ml", **meta},
+        "spec": {"entities": [{"name": "patient_id"}]},
+    }
 
 
-def test_a_kind_with_deletion_handlers_only_gets_no_diff_base_written() -> None:
-    """kopf writes a diff base on a new object and on each change of its spec; for a kind whose only change
-    handlers are deletion handlers nothing compares it, so kopf is shown no change (no write, no pass for its
-    event), whatever an earlier release left in the object's annotations."""
-    storage = EssenceStorage(prefix=ANNOTATION_PREFIX, key=KEY)
-    view = {"apiVersion": "kubeforge.dev/v1alpha1", "kind": "FeatureView", "metadata": {"name": "patients"}}
-    view["spec"] = {"entities": [{"name": "patient_id"}]}
-    for left in ({}, {f"{ANNOTATION_PREFIX}/{KEY}": '{"spec":{"entities":[]}}'}):
-        body = kopf.Body({**view, "metadata": {**view["metadata"], "annotations": left}})
-        assert storage.fetch(body=body) == storage.build(body=body)
-    deployment = kopf.Body(copy.deepcopy(DEPLOYMENT))
-    assert storage.fetch(body=deployment) == {"spec": {"replicas": 1}}, "other kinds keep theirs"
+@pytest.mark.parametrize("event", ["ADDED", "MODIFIED"])
+def test_a_new_or_changed_object_is_no_change_to_kopf(event: str) -> None:
+    """Neither a creation nor an update, whatever an earlier release stored in the object's annotations."""
+    stored = {f"{ANNOTATION_PREFIX}/last-handled-configuration": '{"spec":{"entities":[]}}'}
+    assert cause_of(view(), event).reason == causes.Reason.NOOP
+    assert cause_of(view(annotations=stored), event).reason == causes.Reason.NOOP
 
 
-@pytest.mark.parametrize("kind", sorted(DELETION_HANDLERS_ONLY))
-def test_a_kind_without_a_diff_base_has_no_change_handler_but_deletion_handlers(kind: str) -> None:
-    """A creation, update, resume or field handler on such a kind would never run: the diff base it needs is not
-    kept."""
+def test_a_deletion_still_reaches_the_deletion_handlers() -> None:
+    deleting = view(deletionTimestamp="2026-12-07T10:00:00Z", finalizers=[FINALIZER])
+    assert cause_of(deleting).reason == causes.Reason.DELETE
+
+
+def test_no_handler_needs_a_diff_base() -> None:
+    """A creation, update, resume or field handler would never run, nor would an idle timer restart: kopf is shown no
+    difference between an object and its diff base. Such a handler needs NoDiffBase gone first."""
     run.load()
-    resource = kopf.Resource(api.GROUP, api.VERSION, getattr(api, kind).crd.plural, kind=kind, namespaced=True)
-    handlers = kopf.get_default_registry()._changing.get_resource_handlers(resource=resource)
-    assert handlers, f"{kind} has a deletion handler, else it needs no entry"
-    assert {h.reason for h in handlers} == {kopf.Reason.DELETE}
+    registry = kopf.get_default_registry()
+    changing = registry._changing.get_all_handlers()
+    assert changing, "the FeatureView's deletion handler is registered"
+    for handler in changing:
+        assert handler.reason == kopf.Reason.DELETE and handler.field is None, handler.id
+    for handler in registry._spawning.get_all_handlers():
+        assert getattr(handler, "idle", None) is None, handler.id

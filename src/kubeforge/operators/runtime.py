@@ -86,7 +86,7 @@ class NoDiffBase(kopf.AnnotationsDiffBaseStorage):
     handlers (``kopf.on.create``, ``on.update``, ``on.resume``, ``on.field``) and to restart idle timers. kubeforge's
     operators have none of them: each pass reads the object as it is (``kopf.on.event``), and a FeatureView's
     deletion handler is started by the deletion timestamp, which kopf checks before any difference. So kopf is
-    shown no difference: it stores nothing on the object and copies nothing per event (150 µs of a Deployment's
+    shown no difference: it stores nothing on the object and copies nothing per event (145 µs of a Deployment's
     event, docs/benchmarks.md, Operator, round twenty). A unit test fails if a handler that needs the diff base is
     added; an essence an earlier release stored is left where it is, unread.
     """

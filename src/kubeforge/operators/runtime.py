@@ -78,6 +78,10 @@ def context() -> Context:
     return Context(api, settings, kube.capabilities(api), MLflowRegistry(settings.mlflow_tracking_uri))
 
 
+FINALIZER = f"{ANNOTATION_PREFIX}/finalizer"
+"""The finalizer kopf adds to a kind with deletion handlers (the FeatureView), until they have run."""
+
+
 class NoDiffBase(kopf.AnnotationsDiffBaseStorage):
     """kopf's diff base, for operators that compare none: every object's essence is the same empty one.
 
@@ -102,7 +106,7 @@ class NoDiffBase(kopf.AnnotationsDiffBaseStorage):
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
     settings.persistence.diffbase_storage = NoDiffBase(prefix=ANNOTATION_PREFIX, key="last-handled-configuration")
-    settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/finalizer"
+    settings.persistence.finalizer = FINALIZER
     settings.posting.enabled = False  # kubeforge posts its own events, on transitions only
     settings.watching.server_timeout = 300
     settings.queueing.worker_limit = WORKERS  # type: ignore[assignment]  # an int once indexed (see WorkerLimit)

@@ -12,11 +12,11 @@ from kopf._cogs.structs import diffs
 from kopf._cogs.structs.patches import Patch
 from kopf._core.intents import causes
 
+from kubeforge import api
 from kubeforge.operators import run
-from kubeforge.operators.runtime import ANNOTATION_PREFIX, NoDiffBase
+from kubeforge.operators.runtime import ANNOTATION_PREFIX, FINALIZER, NoDiffBase
 
-FINALIZER = f"{ANNOTATION_PREFIX}/finalizer"
-VIEWS = kopf.Resource("kubeforge.dev", "v1alpha1", "featureviews", kind="FeatureView", namespaced=True)
+VIEWS = kopf.Resource(api.GROUP, api.VERSION, api.FeatureView.crd.plural, kind="FeatureView", namespaced=True)
 
 
 def cause_of(raw: dict[str, Any], event: str = "MODIFIED") -> causes.ChangingCause:

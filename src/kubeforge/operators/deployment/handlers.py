@@ -101,7 +101,8 @@ class State:
     deleted: bool = False
     """The object is gone: a pass still queued must not create its children again."""
     inputs: tuple[Any, ...] | None = None
-    """What the last pass that succeeded read (see reconcile); None after one that failed."""
+    """What the next pass reads if nothing comes back but the last successful pass's own writes (see reconcile); None
+    after one that failed."""
     live: frozenset[str] = frozenset()
     """The versions the last pass kept live."""
     runs: dict[str, str] = field(default_factory=dict)
@@ -404,8 +405,8 @@ def reconcile(
 ) -> None:
     """One level-based pass over the newest known body (seen: the one an event brought), read from the API server
     only when this process knows none. A pass an event started ends early when nothing it reads differs from what
-    the last pass read (a child's event that changes nothing the plan uses: the Deployment just applied being
-    created); the clock's passes always run, as time is one of their inputs."""
+    the last pass left (a child's event that changes nothing the plan uses: the Deployment just applied being
+    created, after the status that pass wrote); the clock's passes always run, as time is one of their inputs."""
     ctx = context()
     state = state_of(memo)
     with lock_of(memo, namespace, name):  # type: ignore[arg-type]
@@ -478,7 +479,12 @@ def reconcile(
             state.body = _kept(written)
             if any(reason == ROLLED_BACK for _, reason, _ in p.events):
                 metrics.ROLLBACKS.labels(namespace, name).inc()
-        state.inputs, state.live = inputs, frozenset(p.live_versions)
+        # Its own writes coming back are no news: the body it wrote (a pass over its own status with the same inputs
+        # decides nothing more, as tests/unit/operators/test_rollout_plan holds every step to) and the runs it applied
+        # (the next pass reads them from State.runs).
+        settled = replace(observed, runs={**observed.runs, **p.runs})
+        state.inputs = (state.body["metadata"].get("resourceVersion"), resolved, settled, stray)
+        state.live = frozenset(p.live_versions)
 
 
 REEXPORT_MANAGER = "kubeforge-reexport"

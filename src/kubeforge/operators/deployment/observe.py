@@ -153,7 +153,10 @@ def observed(ctx: Context, body: dict[str, Any], watched: Watched) -> Observed:
             parts[part].append(pod)
         picked = {part: podfailure.pick(pods, children.MEMORY_FIELDS) for part, pods in parts.items()}
         failures = {part: failure for part, failure in picked.items() if failure is not None}
-    replicas = {w.part: w.replicas for w in workloads if w.part != GATEWAY}
+    # What each version's Triton asks for now, only where an autoscaler chooses it (children.triton_deployment keeps
+    # its choice): without one, the count the pass itself applied is no news to a later pass.
+    scaled = bool((body.get("spec") or {}).get("autoscaling"))
+    replicas = {w.part: w.replicas for w in workloads if w.part != GATEWAY} if scaled else {}
     return Observed(
         ready,
         urls,

@@ -132,7 +132,7 @@ class Observed:
     # Why pods fail (core.podfailure.pick), per model version and GATEWAY; read only while something is not ready.
     failures: dict[str, dict[str, Any]] = field(default_factory=dict)
     gateway_grpc: str | None = None  # host:port of the gateway's gRPC endpoint
-    replicas: dict[str, int] = field(default_factory=dict)  # version -> its Triton Deployment's replicas now
+    replicas: dict[str, int] = field(default_factory=dict)  # version -> its Triton's replicas now, where autoscaled
     runs: dict[str, str] = field(default_factory=dict)  # version -> the run its Triton Deployment says it serves
     # version -> each of its ready Triton replicas' URL, where no Service balances over them (endpoints addressing)
     # and there is more than one; version_urls has the first.

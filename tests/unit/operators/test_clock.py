@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from kubeforge.operators.deployment.clock import POLL_S, ROLLING_S, Cadence, Clock, due, registry_due
@@ -46,6 +47,18 @@ def test_an_events_pass_counts_as_the_clocks_and_a_running_pass_is_not_doubled()
     assert not due(polled, Clock(last_pass=50.0), now=50.0 + POLL_S - 1)
     assert due(polled, Clock(last_pass=50.0), now=50.0 + POLL_S)
     assert not due(polled, Clock(last_pass=0.0, running=True), now=1e6)
+
+
+def test_a_deployment_new_to_the_process_waits_for_the_pass_its_event_started() -> None:
+    # In a burst its first pass may wait behind hundreds of others: the clock must not start a second one meanwhile.
+    made = time.monotonic()
+    ticks = Clock()
+    polled, rolling = Cadence(polled=True), Cadence(rolling=True, follows=(("fraud", "champion", None),))
+    assert not due(polled, ticks, now=made + POLL_S - 1)
+    assert not due(rolling, ticks, now=made + ROLLING_S - 0.1)
+    assert not registry_due(rolling, ticks, now=made + POLL_S - 1)
+    assert due(polled, ticks, now=made + POLL_S + 1)
+    assert registry_due(rolling, ticks, now=made + POLL_S + 1)
 
 
 def test_a_failed_pass_is_retried_at_its_time_whatever_the_cadence() -> None:

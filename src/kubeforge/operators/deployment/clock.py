@@ -12,8 +12,9 @@ change is left alone.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..memos import Retries
@@ -80,10 +81,13 @@ class Cadence:
 class Clock(Retries):
     """One ModelDeployment's timekeeping (in its State); monotonic seconds."""
 
-    last_pass: float = 0.0
-    """When its last pass ended, whatever started it: an event's pass counts, so the clock does not repeat it."""
-    last_look: float = 0.0
-    """When the loop last compared its registry answers."""
+    last_pass: float = field(default_factory=time.monotonic)
+    """When its last pass ended, whatever started it: an event's pass counts, so the clock does not repeat it.
+    Before the first, when this process began to keep time for it: the pass its first event started is on its way
+    (behind others', in a burst), and the clock adds none before it is due anyway."""
+    last_look: float = field(default_factory=time.monotonic)
+    """When the loop last compared its registry answers (before the first time, as last_pass: the first pass
+    resolves them)."""
     answers: tuple[Any, ...] | None = None
     """Its registry answers as its last pass resolved them."""
     running: bool = False

@@ -13,7 +13,10 @@ from kubeforge.operators.deployment import analysis as an
 from kubeforge.operators.deployment.rollout import Observed, Plan, Resolved, plan
 from kubeforge.operators.settings import Settings
 
-SETTINGS = Settings("http://mlflow:5000", "kf:1", "triton:1", "kf:1", "http://prom:9090")
+# Addressed as the local runtime addresses them: each version by its ready replicas (Observed.version_urls).
+SETTINGS = Settings(
+    "http://mlflow:5000", "kf:1", "triton:1", "kf:1", "http://prom:9090", service_addressing="endpoints"
+)
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 URLS = {v: f"http://127.0.0.1:90{v}" for v in ("1", "2", "3")}
 EVERYTHING_READY = Observed(
@@ -73,6 +76,23 @@ def routes(p: Plan) -> dict[str, Any]:
 
 def weights(p: Plan) -> dict[str, int]:
     return {v["version"]: v.get("weight", 0) for v in routes(p)["versions"] if v["role"] != "shadow"}
+
+
+def test_in_a_cluster_the_first_pass_routes_to_the_service_it_applies() -> None:
+    # The version's Service is applied in the same pass as its Deployment: the route table that will serve is
+    # written at once, and the Deployment's creation coming back changes nothing the operator writes.
+    b = md()
+    in_cluster = replace(SETTINGS, service_addressing="dns")
+    p = plan(b, Resolved(stable="1"), Observed(), None, in_cluster, T0)
+    assert [(r["version"], r["url"], r["weight"]) for r in routes(p)["versions"]] == [
+        ("1", "http://clf-v1.ml.svc:8000", 100)
+    ]
+    service = next(o for o in p.apply if o["kind"] == "Service" and o["metadata"]["name"] == "clf-v1")
+    assert ("http", 8000) in [(port["name"], port["port"]) for port in service["spec"]["ports"]]
+    assert p.status["traffic"] == [{"version": "1", "role": "stable", "percent": 100}]
+    b["status"] = p.status
+    created = Observed(replicas={"1": 1})
+    assert plan(b, Resolved(stable="1"), created, None, in_cluster, T0).apply == p.apply
 
 
 def test_first_version_serves_once_triton_and_gateway_are_ready() -> None:

@@ -49,6 +49,11 @@ def version_name(md: str, version: str) -> str:
     return f"{md}-v{version}"
 
 
+def version_url(md: str, namespace: str, version: str) -> str:
+    """Where a version's Triton answers HTTP in a cluster: its Service (triton_service)."""
+    return f"http://{version_name(md, version)}.{namespace}.svc:{PORTS['http']}"
+
+
 def gateway_name(md: str) -> str:
     return f"{md}-gateway"
 

@@ -133,10 +133,7 @@ def observed(ctx: Context, body: dict[str, Any], watched: Watched) -> Observed:
         gateway_url, gateway_grpc = next(((a.urls[0], a.grpc) for a in slices if a.part == GATEWAY), (None, None))
         endpoints = {part: tuple(sorted(u)) for part, u in found.items() if part != GATEWAY}
         urls = {part: replicas[0] for part, replicas in endpoints.items()}
-    else:
-        port = children.PORTS["http"]
-        urls = {w.part: f"http://{children.version_name(name, w.part)}.{ns}.svc:{port}" for w in workloads}
-        urls.pop(GATEWAY, None)
+    else:  # the versions' Services: the plan addresses them (rollout._addressed)
         gateway_url = f"http://{children.gateway_name(name)}.{ns}.svc:{children.GATEWAY_PORT}"
         gateway_grpc = f"{children.gateway_name(name)}.{ns}.svc:{children.GATEWAY_PORTS['grpc']}"
     model_ready = False

@@ -10,7 +10,7 @@ restarted operator resumes at the same step.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -125,7 +125,9 @@ class Observed:
     """What runs: which versions' Triton is available, their addresses, the gateway's."""
 
     ready_versions: frozenset[str] = frozenset()
-    version_urls: dict[str, str] = field(default_factory=dict)  # version -> Triton URL for the route table
+    # version -> its first ready Triton replica's URL, with endpoints addressing (the route table's; with Services,
+    # the plan addresses each live version by its Service)
+    version_urls: dict[str, str] = field(default_factory=dict)
     gateway_ready: bool = False
     gateway_url: str | None = None
     model_ready: bool = False  # the gateway answers /v2/models/<name>/ready: the route table is in force
@@ -480,7 +482,7 @@ def _children(
         p.out.apply.append(children.triton_service(body, version))
         if md.spec.autoscaling is not None:
             p.out.apply.append(children.autoscaler(body, md, version))
-    routes = _routes(st.s, md, p.observed, model, p.stable, p.canary, p.shadow)
+    routes = _routes(st.s, md, _addressed(p.observed, settings, body, live), model, p.stable, p.canary, p.shadow)
     features, feature_problems = _feature_routes(md, body["metadata"]["namespace"], p.resolved.features, routes)
     p.degraded += [(reason, message) for _, reason, message in feature_problems]
     _drift_routes(st, p.out, p.old, md, p.resolved.baselines, routes)
@@ -496,6 +498,16 @@ def _children(
     if p.observed.gateway_grpc:
         st.s["grpcUrl"] = p.observed.gateway_grpc
     return feature_problems
+
+
+def _addressed(observed: Observed, settings: Settings, body: dict[str, Any], live: dict[str, str]) -> Observed:
+    """observed with each live version's address. Where Services address the versions (in a cluster), that is the
+    Service this very pass applies, known before the version's Deployment exists: the first pass's route table is
+    the one that serves, and the Deployment's creation coming back changes nothing."""
+    if settings.service_addressing == "endpoints":
+        return observed
+    name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
+    return replace(observed, version_urls={v: children.version_url(name, namespace, v) for v in live})
 
 
 def _run(p: _Pass, name: str, model: str, version: str) -> str | None:

@@ -2,9 +2,10 @@
 
 Starts a local control plane, applies the CRDs, starts MLflow with one registered
 model and alias, then the real operator process (`kubeforge operator run`, endpoints
-addressing). The control plane has no kubelet, so no pod runs and no gateway becomes
-reachable; the operator still resolves the version, creates every child and writes
-status, which is what a user waits for after `kubectl apply`. Measures, in one run:
+addressing, or with --addressing dns a cluster's Services addressing). The control
+plane has no kubelet, so no pod runs and no gateway becomes reachable; the operator
+still resolves the version, creates every child and writes status, which is what a
+user waits for after `kubectl apply`. Measures, in one run:
 
 0. the physical limit: a plain client server-side applying the same children for --count
    resources (the operator's own plan, without the ModelDeployment label, so the operator
@@ -28,7 +29,7 @@ status, which is what a user waits for after `kubectl apply`. Measures, in one r
 6. with --restart and any of them, the operator restarted once more, over every resource of the three kinds.
 
 Run from the repository root: .venv/bin/python -m tests.benchmarks.bench_operator [--count 500] [--applies 50]
-[--restart] [--trainingjobs 200] [--featureviews 100]
+[--restart] [--trainingjobs 200] [--featureviews 100] [--addressing dns]
 """
 
 from __future__ import annotations
@@ -224,7 +225,6 @@ def operator(kubeconfig: Path, mlflow_url: str, log: Path) -> Iterator[int]:
         **os.environ,
         "KUBECONFIG": str(kubeconfig),
         "KUBEFORGE_MLFLOW_TRACKING_URI": mlflow_url,
-        "KUBEFORGE_SERVICE_ADDRESSING": "endpoints",  # no cluster DNS lookups
         "KUBEFORGE_FEAST_DIR": str(log.parent / "features"),
     }
     argv = [sys.executable, "-m", "kubeforge.cli", "operator", "run", "--liveness", f"http://127.0.0.1:{port}/healthz"]
@@ -536,7 +536,15 @@ def main() -> None:
     parser.add_argument("--featureviews", type=int, default=100, help="FeatureViews left waiting on their Jobs")
     parser.add_argument("--idle", type=float, default=40.0, help="seconds to count what waiting resources cost")
     parser.add_argument("--restart", action="store_true", help="restart the operator over every ModelDeployment")
+    parser.add_argument(
+        "--addressing",
+        choices=["endpoints", "dns"],
+        default="endpoints",
+        help="how route tables address versions: by their ready replicas (the local runtime) or their Services (a "
+        "cluster; no pod runs here, so no name is looked up)",
+    )
     args = parser.parse_args()
+    os.environ["KUBEFORGE_SERVICE_ADDRESSING"] = args.addressing  # the operator's plans and the plain client's alike
     load_start = os.getloadavg()
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kubeforge-bench-op-")))

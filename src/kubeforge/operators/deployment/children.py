@@ -49,9 +49,14 @@ def version_name(md: str, version: str) -> str:
     return f"{md}-v{version}"
 
 
+def service_address(service: str, namespace: str, port: int) -> str:
+    """host:port of a Service's port by its cluster DNS name."""
+    return f"{service}.{namespace}.svc:{port}"
+
+
 def version_url(md: str, namespace: str, version: str) -> str:
     """Where a version's Triton answers HTTP in a cluster: its Service (triton_service)."""
-    return f"http://{version_name(md, version)}.{namespace}.svc:{PORTS['http']}"
+    return f"http://{service_address(version_name(md, version), namespace, PORTS['http'])}"
 
 
 def gateway_name(md: str) -> str:

@@ -226,6 +226,34 @@ class _Draft(StatusDraft):
         return [("Warning", reason, message)]
 
 
+@dataclass
+class _Pass:
+    """What one plan() works on: the view, the status being drafted and the Plan being built. Each step of plan()
+    (registration, the run in progress, a new run, finished Jobs, conditions) reads and extends it."""
+
+    body: dict[str, Any]
+    spec: FeatureViewSpec
+    old: dict[str, Any]
+    st: _Draft
+    out: Plan
+    generation: int | None
+    now: datetime
+    last: dict[str, Any]
+    """The last run, as recorded so far in this pass (status.lastMaterialization)."""
+    problem: tuple[str, str] | None = None
+    """(reason, message) of a registration that failed in this pass."""
+
+    @property
+    def registered(self) -> bool:
+        """The current generation is in the Feast registry (also when registered in this very pass)."""
+        return self.st.s.get("registeredGeneration") == self.generation
+
+    @property
+    def running(self) -> bool:
+        """The last run is recorded as running: no new one starts until it ends."""
+        return self.last.get("phase") == "Running"
+
+
 def plan(
     body: dict[str, Any],
     registration: Registration | None,
@@ -239,8 +267,7 @@ def plan(
     registration: what registering the current generation did in this pass (None: not tried).
     jobs: the view's materialization Jobs (owned by it). pods: the pods of result_job(), if any.
     """
-    meta = body["metadata"]
-    generation = meta.get("generation")
+    generation = body["metadata"].get("generation")
     old = dict(body.get("status") or {})
     st = _Draft(old, generation, now)
     out = Plan()
@@ -250,79 +277,103 @@ def plan(
         st.cond(MATERIALIZING, FALSE, INVALID_SPEC, "nothing is materialized until the spec is fixed")
         out.status = st.s
         return out
+    p = _Pass(body, spec, old, st, out, generation, now, last=dict(st.s.get("lastMaterialization") or {}))
+    _registration(p, registration)
+    _run_in_progress(p, jobs, pods)
+    _new_run(p, settings)
+    _finished_jobs(p, jobs)
+    _ready(p)
+    _materializing(p)
+    _stale(p)
+    out.status = st.s
+    return out
 
-    # Registration.
-    problem: tuple[str, str] | None = None
-    if registration is not None and registration.reason is None:
-        st.s["registeredGeneration"] = generation
-        project = meta["namespace"].replace("-", "_")
-        out.events.append(("Normal", REGISTERED, f"generation {generation} registered in Feast project {project}"))
-    elif registration is not None and registration.reason is not None:
-        problem = (registration.reason, registration.message)
-    registered = st.s.get("registeredGeneration") == generation
 
-    # The run in progress.
-    last = dict(st.s.get("lastMaterialization") or {})
-    if last.get("phase") == "Running":
-        job = next((j for j in jobs if j["metadata"]["name"] == last["job"]), None)
-        outcome: tuple[bool, dict[str, Any]] | None = None
-        if job is None:
-            message = f"Job {last['job']} was deleted before it finished"
-            outcome = False, {"reason": MATERIALIZATION_FAILED, "message": message}
-        elif _finished(job):
-            outcome = read_result(job, pods, now)
-        if outcome is not None:
-            last = _record(st, last, outcome, out)
-            st.s["lastMaterialization"] = last
+def _registration(p: _Pass, registration: Registration | None) -> None:
+    """Record a registration of the current generation that worked in this pass; keep one that failed for Ready."""
+    if registration is None:
+        return
+    if registration.reason is not None:
+        p.problem = (registration.reason, registration.message)
+        return
+    p.st.s["registeredGeneration"] = p.generation
+    project = p.body["metadata"]["namespace"].replace("-", "_")
+    p.out.events.append(("Normal", REGISTERED, f"generation {p.generation} registered in Feast project {project}"))
 
-    # A new run.
-    interval = _interval(spec)
+
+def _run_in_progress(p: _Pass, jobs: list[dict[str, Any]], pods: list[dict[str, Any]]) -> None:
+    """The outcome of the run recorded as running, once its Job has finished (and its result is there) or is gone."""
+    if not p.running:
+        return
+    job = next((j for j in jobs if j["metadata"]["name"] == p.last["job"]), None)
+    outcome: tuple[bool, dict[str, Any]] | None = None
+    if job is None:
+        message = f"Job {p.last['job']} was deleted before it finished"
+        outcome = False, {"reason": MATERIALIZATION_FAILED, "message": message}
+    elif _finished(job):
+        outcome = read_result(job, pods, p.now)
+    if outcome is not None:
+        p.last = _record(p.st, p.last, outcome, p.out)
+        p.st.s["lastMaterialization"] = p.last
+
+
+def _new_run(p: _Pass, settings: Settings) -> None:
+    """A new run of a registered online view when none runs: asked for by a new annotation value, or (unless
+    suspended) its first, one for a newly registered generation, or one the interval made due."""
+    spec, st, last, meta = p.spec, p.st, p.last, p.body["metadata"]
+    if not p.registered or not spec.online or p.running:
+        return
     suspended = spec.materialization.suspend
-    if registered and spec.online and last.get("phase") != "Running":
-        requested = (meta.get("annotations") or {}).get(MATERIALIZE_NOW)
-        started = parse_rfc3339(last.get("startTime"))
-        why = None
-        if requested and requested != old.get("materializeNow"):
-            why = f"requested by annotation {MATERIALIZE_NOW}={requested}"
-        elif not suspended and not last:
-            why = "first run"
-        elif not suspended and last.get("generation") != generation:
-            why = f"generation {generation} registered"
-        elif not suspended and started is not None and now >= started + interval:
-            why = f"due every {spec.materialization.interval}"
-        if why:
-            run = int(st.s.get("materializations") or 0) + 1
-            name = children.job_name(meta["name"], run)
-            out.apply.append(children.job(body, spec, run, settings))
-            st.s["materializations"] = run
-            last = {"job": name, "generation": generation, "phase": "Running", "startTime": st.now}
-            st.s["lastMaterialization"] = last
-            if requested:
-                st.s["materializeNow"] = requested
-            out.events.append(("Normal", MATERIALIZATION_STARTED, f"Job {name} started: {why}"))
+    requested = (meta.get("annotations") or {}).get(MATERIALIZE_NOW)
+    started = parse_rfc3339(last.get("startTime"))
+    why = None
+    if requested and requested != p.old.get("materializeNow"):
+        why = f"requested by annotation {MATERIALIZE_NOW}={requested}"
+    elif not suspended and not last:
+        why = "first run"
+    elif not suspended and last.get("generation") != p.generation:
+        why = f"generation {p.generation} registered"
+    elif not suspended and started is not None and p.now >= started + _interval(spec):
+        why = f"due every {spec.materialization.interval}"
+    if not why:
+        return
+    run = int(st.s.get("materializations") or 0) + 1
+    name = children.job_name(meta["name"], run)
+    p.out.apply.append(children.job(p.body, spec, run, settings))
+    st.s["materializations"] = run
+    p.last = {"job": name, "generation": p.generation, "phase": "Running", "startTime": st.now}
+    st.s["lastMaterialization"] = p.last
+    if requested:
+        st.s["materializeNow"] = requested
+    p.out.events.append(("Normal", MATERIALIZATION_STARTED, f"Job {name} started: {why}"))
 
-    # Finished Jobs beyond the newest few.
-    done = sorted((j for j in jobs if _finished(j) and j["metadata"]["name"] != last.get("job")), key=_run_number)
-    keep = KEEP_FINISHED - (1 if last.get("phase") != "Running" else 0)
-    out.delete_jobs = [j["metadata"]["name"] for j in done[: max(0, len(done) - keep)]]
 
-    newest = parse_rfc3339(st.s.get("newestEventTime"))
+def _finished_jobs(p: _Pass, jobs: list[dict[str, Any]]) -> None:
+    """Delete the finished Jobs beyond the newest KEEP_FINISHED, which stay for `kubectl logs`; the last run's own
+    Job, once finished, is one of those kept."""
+    last_job = p.last.get("job")
+    done = sorted((j for j in jobs if _finished(j) and j["metadata"]["name"] != last_job), key=_run_number)
+    keep = KEEP_FINISHED - (0 if p.running else 1)
+    p.out.delete_jobs = [j["metadata"]["name"] for j in done[: max(0, len(done) - keep)]]
 
-    # Conditions.
-    running = last.get("phase") == "Running"
-    if problem is not None:
-        out.events += st.ready_problem(old, *problem)
-    elif not registered:
+
+def _ready(p: _Pass) -> None:
+    """Ready: whether the view serves values online, else what it waits for or what went wrong (a Warning when
+    that is new)."""
+    st, out, spec, last = p.st, p.out, p.spec, p.last
+    if p.problem is not None:
+        out.events += st.ready_problem(p.old, *p.problem)
+    elif not p.registered:
         st.cond(READY, FALSE, REGISTERING, "registering the view in the Feast registry")
     elif not spec.online:
         st.cond(READY, TRUE, REGISTERED, "registered in Feast; spec.online is false, so nothing is materialized")
     elif last.get("phase") == "Failed":
-        out.events += st.ready_problem(old, last["reason"], f"Job {last['job']}: {last['message']}")
+        out.events += st.ready_problem(p.old, last["reason"], f"Job {last['job']}: {last['message']}")
     elif st.s.get("lastMaterializedTime"):
         rows = st.s.get("onlineRows")
         online = f"{rows} entities online" if rows is not None else "online"
         st.cond(READY, TRUE, MATERIALIZED, f"{online}, materialized up to {st.s['lastMaterializedTime']}")
-    elif running:
+    elif p.running:
         st.cond(READY, FALSE, WAITING_FOR_MATERIALIZATION, f"the first materialization runs as Job {last['job']}")
     else:
         st.cond(
@@ -333,36 +384,44 @@ def plan(
             f"annotation {MATERIALIZE_NOW} to a new value for one run",
         )
 
-    if running:
+
+def _materializing(p: _Pass) -> None:
+    """Materializing: the Job that runs now, else why none does or when the next one is due."""
+    st, spec, last = p.st, p.spec, p.last
+    if p.running:
         st.cond(MATERIALIZING, TRUE, JOB_RUNNING, f"Job {last['job']} materializes generation {last['generation']}")
     elif not spec.online:
         st.cond(MATERIALIZING, FALSE, ONLINE_DISABLED, "spec.online is false")
-    elif not registered:
+    elif not p.registered:
         st.cond(MATERIALIZING, FALSE, NOT_REGISTERED, "materialization starts once the view is registered")
-    elif suspended:
+    elif spec.materialization.suspend:
         st.cond(MATERIALIZING, FALSE, SUSPENDED, f"spec.materialization.suspend is true; {MATERIALIZE_NOW} still works")
     else:
         last_start = parse_rfc3339(last["startTime"])
         assert last_start is not None  # every run is recorded with its startTime
-        due = last_start + interval
+        due = last_start + _interval(spec)
         st.cond(MATERIALIZING, FALSE, IDLE, f"next run at {rfc3339(due)}")
 
+
+def _stale(p: _Pass) -> None:
+    """Stale: whether the newest value online is older than the ttl, so nothing is served (a Warning when it
+    becomes so)."""
+    st, spec = p.st, p.spec
+    newest = parse_rfc3339(st.s.get("newestEventTime"))
     if not spec.online:
         st.cond(STALE, FALSE, ONLINE_DISABLED, "spec.online is false")
     elif newest is None:
         st.cond(STALE, UNKNOWN, NO_VALUES, "no value has been materialized yet")
-    elif _past_ttl(spec, newest, now):
+    elif _past_ttl(spec, newest, p.now):
         message = (
             f"the newest value online is from {rfc3339(newest)}, older than ttl {spec.ttl}, so no value is served: "
             "check that the source gets new data and that materialization runs"
         )
-        if not is_true(old.get("conditions"), STALE):
-            out.events.append(("Warning", OLDER_THAN_TTL, message))
+        if not is_true(p.old.get("conditions"), STALE):
+            p.out.events.append(("Warning", OLDER_THAN_TTL, message))
         st.cond(STALE, TRUE, OLDER_THAN_TTL, message)
     else:
         st.cond(STALE, FALSE, WITHIN_TTL, f"the newest value online is from {rfc3339(newest)}")
-    out.status = st.s
-    return out
 
 
 def leaves_as_is(body: dict[str, Any], jobs: list[dict[str, Any]], settings: Settings, now: datetime) -> bool:

@@ -181,128 +181,174 @@ def plan(
     failure is why the current attempt's pod fails or does not run (:func:`core.podfailure.pick`), if it does.
     feature_view is the FeatureView spec.dataset.featureView names, None when it does not exist (or none is named).
     """
-    meta = body["metadata"]
     old = dict(body.get("status") or {})
-    st = _Status(old, meta.get("generation"), now)
+    st = _Status(old, body["metadata"].get("generation"), now)
     out = Plan()
-
-    try:
-        # Only the spec is the user's; a status this operator wrote is not re-validated.
-        tj = parse({"kind": body["kind"], "metadata": {"name": meta["name"]}, "spec": body.get("spec")})
-    except InvalidResource as err:
-        st.phase("Failed", INVALID_SPEC, str(err))
-        out.status = st.s
-        out.events.append(("Warning", INVALID_SPEC, str(err)))
-        return out
-    assert isinstance(tj, TrainingJob)
-    problems = semantic_errors(tj, caps)
-    if problems and not (old.get("phase") in TERMINAL and old.get("attempts")):
-        reason = problems[0][0]
-        message = "; ".join(f"{f}: {m}" for _, f, m in problems)
-        st.phase("Failed", reason, message)
-        out.status = st.s
-        if old.get("phase") != "Failed" or (old.get("conditions") and message not in str(old["conditions"])):
-            out.events.append(("Warning", reason, message))
-        return out
-
-    if old.get("phase") in TERMINAL and old.get("attempts"):
+    tj = _valid(body, old, caps, st, out)
+    if tj is not None and old.get("phase") in TERMINAL and old.get("attempts"):
         # Finished for good; a succeeded job may still wait for its registry lookup.
         out.needs_registration = old.get("phase") == "Succeeded" and not (old.get("mlflow") or {}).get("modelVersion")
         out.status = old
         return out
+    if tj is not None:
+        p = _Pass(body, tj, old, st, out, settings, caps, feature_view, now)
+        if (last := podfailure.newer(old.get("lastFailure"), failure, st.now)) is not None:
+            st.s["lastFailure"] = last
+            out.events.append(podfailure.event(last))
+        if not _stopped(p, job):
+            _next_attempt(p, job, failure)
+    out.status = st.s
+    return out
 
-    if (last := podfailure.newer(old.get("lastFailure"), failure, st.now)) is not None:
-        st.s["lastFailure"] = last
-        out.events.append(podfailure.event(last))
 
-    name = meta["name"]
-    attempts = int(old.get("attempts") or 0)
-    start = parse_rfc3339(old.get("startTime"))
-    deadline = tj.spec.active_deadline_seconds
-    remaining = None if deadline is None or start is None else deadline - int((now - start).total_seconds())
+def _valid(body: dict[str, Any], old: dict[str, Any], caps: Capabilities, st: _Status, out: Plan) -> TrainingJob | None:
+    """The TrainingJob's spec; None, with the TrainingJob Failed saying why, where it is invalid. One that finished
+    keeps its outcome whatever a newer operator or cluster finds wrong with its spec since."""
+    try:
+        # Only the spec is the user's; a status this operator wrote is not re-validated.
+        tj = parse({"kind": body["kind"], "metadata": {"name": body["metadata"]["name"]}, "spec": body.get("spec")})
+    except InvalidResource as err:
+        st.phase("Failed", INVALID_SPEC, str(err))
+        out.events.append(("Warning", INVALID_SPEC, str(err)))
+        return None
+    assert isinstance(tj, TrainingJob)
+    problems = semantic_errors(tj, caps)
+    if not problems or (old.get("phase") in TERMINAL and old.get("attempts")):
+        return tj
+    reason = problems[0][0]
+    message = "; ".join(f"{f}: {m}" for _, f, m in problems)
+    st.phase("Failed", reason, message)
+    if old.get("phase") != "Failed" or (old.get("conditions") and message not in str(old["conditions"])):
+        out.events.append(("Warning", reason, message))
+    return None
 
-    def start_attempt(number: int, reason: str, message: str, event: str) -> None:
-        st.s["attempts"] = number
-        st.s["jobName"] = children.job_name(name, number)
-        if (wait := _feature_view_wait(tj, feature_view)) is not None:
-            kind, reason, message = wait
-            before = get_condition(old.get("conditions"), READY) or {}
-            st.phase("Pending", reason, message)
-            if (before.get("reason"), before.get("message")) != (reason, message):
-                out.events.append((kind, reason, message))
-            return
-        st.s.setdefault("startTime", st.now)
-        left = deadline if remaining is None else remaining
-        out.apply.append(children.spec_configmap(body, tj, feature_view))
-        if tj.spec.replicas > 1:
-            out.apply.append(children.headless_service(body))
-        out.apply.append(children.job(body, tj, number, settings, caps, left))
-        st.phase("Running", reason, message)
-        out.events.append(("Warning" if reason == RETRYING else "Normal", reason, event))
 
+@dataclass
+class _Pass:
+    """What a pass over a TrainingJob that has not finished reads, and the plan it is building."""
+
+    body: dict[str, Any]
+    tj: TrainingJob
+    old: dict[str, Any]
+    st: _Status
+    out: Plan
+    settings: Settings
+    caps: Capabilities
+    feature_view: dict[str, Any] | None
+    now: datetime
+
+    @property
+    def attempts(self) -> int:
+        """Attempts started so far (or counted while waiting for a FeatureView)."""
+        return int(self.old.get("attempts") or 0)
+
+    @property
+    def budget(self) -> int:
+        """The first attempt plus backoffLimit retries."""
+        return self.tj.spec.backoff_limit + 1
+
+    @property
+    def remaining(self) -> int | None:
+        """Seconds left of activeDeadlineSeconds; None without a deadline or before the first attempt started."""
+        deadline, start = self.tj.spec.active_deadline_seconds, parse_rfc3339(self.old.get("startTime"))
+        return None if deadline is None or start is None else deadline - int((self.now - start).total_seconds())
+
+    def job_name(self, attempt: int) -> str:
+        return children.job_name(self.body["metadata"]["name"], attempt)
+
+
+def _stopped(p: _Pass, job: dict[str, Any] | None) -> bool:
+    """Whether the deadline has passed or the user suspended training: then the current attempt's Job goes."""
+    remaining, st, out = p.remaining, p.st, p.out
     if remaining is not None and remaining <= 0:
-        if job is not None:
-            out.delete_jobs.append(job["metadata"]["name"])
-        msg = f"activeDeadlineSeconds={deadline} passed after {attempts} attempt(s)"
+        msg = f"activeDeadlineSeconds={p.tj.spec.active_deadline_seconds} passed after {p.attempts} attempt(s)"
         st.phase("Failed", DEADLINE_EXCEEDED, msg)
         out.events.append(("Warning", DEADLINE_EXCEEDED, msg))
-        out.status = st.s
-        return out
-
-    if tj.spec.suspend:
-        if job is not None:
-            out.delete_jobs.append(job["metadata"]["name"])
-        if old.get("phase") != "Suspended":
+    elif p.tj.spec.suspend:
+        if p.old.get("phase") != "Suspended":
             out.events.append(("Normal", SUSPENDED_BY_USER, "training stopped; set spec.suspend=false to resume"))
         st.phase("Suspended", SUSPENDED_BY_USER, "spec.suspend is true")
-        out.status = st.s
-        return out
+    else:
+        return False
+    if job is not None:
+        out.delete_jobs.append(job["metadata"]["name"])
+    return True
 
+
+def _next_attempt(p: _Pass, job: dict[str, Any] | None, failure: dict[str, Any] | None) -> None:
+    """What the current attempt's Job says: start the first attempt, resume one, retry a failed one within the
+    budget (or fail), wait in the queue, succeed, or keep running."""
     state, detail = _job_state(job)
-    budget = tj.spec.backoff_limit + 1  # the first attempt plus backoffLimit retries
-
+    attempts, budget, st, old = p.attempts, p.budget, p.st, p.old
     if attempts == 0:
-        msg = f"attempt 1/{budget} started as Job {children.job_name(name, 1)}"
-        start_attempt(1, JOB_CREATED, msg, msg)
+        msg = f"attempt 1/{budget} started as Job {p.job_name(1)}"
+        _start_attempt(p, 1, JOB_CREATED, msg, msg)
     elif state == "missing" and old.get("phase") in ("Suspended", "Pending"):
         # Resumed, or done waiting for the FeatureView: the attempt recorded then starts now.
-        job_name = children.job_name(name, attempts)
-        msg = f"attempt {attempts}/{budget} started as Job {job_name}"
+        msg = f"attempt {attempts}/{budget} started as Job {p.job_name(attempts)}"
         if old.get("phase") == "Suspended":
-            msg = f"resumed: attempt {attempts}/{budget} restarted as Job {job_name}"
-        start_attempt(attempts, JOB_CREATED, msg, msg)
+            msg = f"resumed: attempt {attempts}/{budget} restarted as Job {p.job_name(attempts)}"
+        _start_attempt(p, attempts, JOB_CREATED, msg, msg)
     elif state in ("missing", "failed"):
-        why = f"Job {children.job_name(name, attempts)} was deleted"
-        if state == "failed":
-            # The pod says why (a cluster's Job only says that its backoff limit was reached).
-            why = podfailure.describe(failure) if failure else detail
-        if attempts < budget:
-            start_attempt(
-                attempts + 1,
-                RETRYING,
-                f"attempt {attempts} failed ({why}); retry {attempts + 1}/{budget}",
-                f"attempt {attempts} failed: {why}; starting attempt {attempts + 1}",
-            )
-        else:
-            msg = f"{attempts} attempt(s) failed, backoffLimit={tj.spec.backoff_limit} reached; last: {why}"
-            reason = BACKOFF_LIMIT_EXCEEDED if attempts > 1 else (JOB_FAILED if state == "failed" else JOB_DELETED)
-            st.phase("Failed", reason, msg)
-            out.events.append(("Warning", reason, msg))
+        _retry(p, state, detail, failure)
     elif state == "queued":
-        message = f"attempt {attempts}/{budget}: Job {children.job_name(name, attempts)} is {detail}"
+        message = f"attempt {attempts}/{budget}: Job {p.job_name(attempts)} is {detail}"
         if (get_condition(old.get("conditions"), READY) or {}).get("reason") != QUEUED:
-            out.events.append(("Normal", QUEUED, message))
+            p.out.events.append(("Normal", QUEUED, message))
         st.phase("Pending", QUEUED, message)
     elif state == "complete":
         st.phase("Succeeded", JOB_SUCCEEDED, f"attempt {attempts} succeeded")
-        out.needs_registration = True
-        out.events.append(("Normal", JOB_SUCCEEDED, f"training finished in attempt {attempts}"))
+        p.out.needs_registration = True
+        p.out.events.append(("Normal", JOB_SUCCEEDED, f"training finished in attempt {attempts}"))
     elif old.get("phase") != "Running":
         # Active, but reported otherwise (e.g. by an older operator): report Running.
-        msg = f"attempt {attempts}/{budget} running as Job {children.job_name(name, attempts)}"
-        st.phase("Running", JOB_RUNNING, msg)
-    out.status = st.s
-    return out
+        st.phase("Running", JOB_RUNNING, f"attempt {attempts}/{budget} running as Job {p.job_name(attempts)}")
+
+
+def _retry(p: _Pass, state: str, detail: str, failure: dict[str, Any] | None) -> None:
+    """The current attempt's Job failed or was deleted: the next attempt, or Failed once the budget is spent."""
+    attempts, budget = p.attempts, p.budget
+    why = f"Job {p.job_name(attempts)} was deleted"
+    if state == "failed":
+        # The pod says why (a cluster's Job only says that its backoff limit was reached).
+        why = podfailure.describe(failure) if failure else detail
+    if attempts < budget:
+        _start_attempt(
+            p,
+            attempts + 1,
+            RETRYING,
+            f"attempt {attempts} failed ({why}); retry {attempts + 1}/{budget}",
+            f"attempt {attempts} failed: {why}; starting attempt {attempts + 1}",
+        )
+        return
+    msg = f"{attempts} attempt(s) failed, backoffLimit={p.tj.spec.backoff_limit} reached; last: {why}"
+    reason = BACKOFF_LIMIT_EXCEEDED if attempts > 1 else (JOB_FAILED if state == "failed" else JOB_DELETED)
+    p.st.phase("Failed", reason, msg)
+    p.out.events.append(("Warning", reason, msg))
+
+
+def _start_attempt(p: _Pass, number: int, reason: str, message: str, event: str) -> None:
+    """Count attempt number and start its Job, or, while the FeatureView it reads is not there yet, wait Pending
+    (the attempt counted already, so the wait costs no retry)."""
+    st, out, tj = p.st, p.out, p.tj
+    st.s["attempts"] = number
+    st.s["jobName"] = p.job_name(number)
+    if (wait := _feature_view_wait(tj, p.feature_view)) is not None:
+        kind, reason, message = wait
+        before = get_condition(p.old.get("conditions"), READY) or {}
+        st.phase("Pending", reason, message)
+        if (before.get("reason"), before.get("message")) != (reason, message):
+            out.events.append((kind, reason, message))
+        return
+    st.s.setdefault("startTime", st.now)
+    remaining = p.remaining
+    left = tj.spec.active_deadline_seconds if remaining is None else remaining
+    out.apply.append(children.spec_configmap(p.body, tj, p.feature_view))
+    if tj.spec.replicas > 1:
+        out.apply.append(children.headless_service(p.body))
+    out.apply.append(children.job(p.body, tj, number, p.settings, p.caps, left))
+    st.phase("Running", reason, message)
+    out.events.append(("Warning" if reason == RETRYING else "Normal", reason, event))
 
 
 def leaves_as_is(p: Plan, body: dict[str, Any]) -> bool:

@@ -412,58 +412,21 @@ def reconcile(
     with lock_of(memo, namespace, name):  # type: ignore[arg-type]
         if state.deleted:
             return
-        state.resend.update(_edited(state, watched, namespace, name))
-        if state.resend:
-            gone = set(state.resend)
-            state.resend -= gone
-            for key in gone:
-                state.sent.pop(key, None)
-            state.inputs = None
+        _take_resend(state, watched, namespace, name)
         body = _newest(state, seen) or kube.get(ctx.api, API_VERSION, KIND, name, namespace)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return
         state.body = _kept(body)
         now = datetime.now(UTC)
-        try:
-            md = parse({"kind": KIND, "metadata": {"name": name}, "spec": body.get("spec")})
-            assert isinstance(md, ModelDeployment)
-            versions = memo[VERSIONS]
-            resolved = resolve(ctx, versions, md, namespace, body.get("status") or {})
-            state.clock.answers = versions.answers(clock.Cadence.of(body["spec"], {}).follows)
-        except InvalidResource:
-            md, resolved = None, Resolved()
-        observed = observe.observed(ctx, body, watched)
-        observed = replace(observed, runs={**observed.runs, **state.runs})
-        stray = _deployed(watched, namespace, name) - state.live  # what _prune would delete
-        inputs = (body["metadata"].get("resourceVersion"), resolved, observed, stray)
+        md, inputs = _inputs(ctx, memo, state, body, watched)
         if event and inputs == state.inputs:
             return
         state.inputs = None
+        _, resolved, observed, stray = inputs
         old_status = body.get("status") or {}
-        results = None
-        metrics_text = None
-        texts: dict[str, str] = {}
-        if md is not None and (old_status.get("canaryVersion") or old_status.get("shadowVersion")):
-            due = analysis_due(old_status, md, now)
-            if due or old_status.get("shadowVersion"):
-                texts = observe.scrape(observed.gateway_replicas)
-                metrics_text = observe.together(texts)
-            if due:
-                results = _analyse(ctx, body, md, state, texts, observed.gateway_replicas)
+        results, metrics_text = _analysis(ctx, body, md, state, observed, now)
         p = plan(body, resolved, observed, results, ctx.settings, now)
-        try:
-            for deployment, run in p.reexports.items():  # before the apply that records the run on the Deployment
-                _reexport(ctx, namespace, deployment, run)
-            _apply(ctx, state, [*p.apply, *_alert_rules(ctx, body, md, state)], _found(ctx, memo, body, state, watched))
-        except kube.ChildNotApplied as err:
-            # Nothing the plan decided took effect: the last status stays, with Ready=False saying why.
-            st = StatusDraft(old_status, body["metadata"].get("generation"), now)
-            events = err.report(st, old_status)
-            written = kube.write_status(ctx.api, body, old_status, st.s, events, component=EVENT_SOURCE)
-            state.body = _kept(written) if written is not None else body
-            raise kopf.TemporaryError(err.message, delay=err.retry_after(state.clock.retries)) from err
-        state.runs = p.runs
-        _prune(ctx, namespace, name, state, watched, set(p.live_versions))
+        _act(ctx, memo, state, body, watched, md, p, now)
         if md is not None and md.spec.retrain is not None:
             _retrain(ctx, body, md, state, observed, metrics_text, p, now)
         elif md is not None:  # no retrain policy (any more): nothing of one is left to say
@@ -485,6 +448,85 @@ def reconcile(
         settled = replace(observed, runs={**observed.runs, **p.runs})
         state.inputs = (state.body["metadata"].get("resourceVersion"), resolved, settled, stray)
         state.live = frozenset(p.live_versions)
+
+
+def _take_resend(state: State, watched: observe.Watched, namespace: str, name: str) -> None:
+    """Children deleted or edited by someone else since the last pass are sent again, whatever State.sent says."""
+    state.resend.update(_edited(state, watched, namespace, name))
+    if state.resend:
+        gone = set(state.resend)
+        state.resend -= gone
+        for key in gone:
+            state.sent.pop(key, None)
+        state.inputs = None
+
+
+def _inputs(
+    ctx: Context, memo: Mapping[str, Any], state: State, body: dict[str, Any], watched: observe.Watched
+) -> tuple[ModelDeployment | None, tuple[Any, Resolved, Observed, frozenset[str]]]:
+    """The spec (None where it is invalid) and everything a pass decides from: the body's resourceVersion, the
+    registry's answers, the children as the indexes hold them (with the runs this process applied and the watch
+    has not brought back yet), and the versions left to prune."""
+    meta = body["metadata"]
+    try:
+        md = parse({"kind": KIND, "metadata": {"name": meta["name"]}, "spec": body.get("spec")})
+        assert isinstance(md, ModelDeployment)
+        versions = memo[VERSIONS]
+        resolved = resolve(ctx, versions, md, meta["namespace"], body.get("status") or {})
+        state.clock.answers = versions.answers(clock.Cadence.of(body["spec"], {}).follows)
+    except InvalidResource:
+        md, resolved = None, Resolved()
+    observed = observe.observed(ctx, body, watched)
+    observed = replace(observed, runs={**observed.runs, **state.runs})
+    stray = _deployed(watched, meta["namespace"], meta["name"]) - state.live  # what _prune would delete
+    return md, (meta.get("resourceVersion"), resolved, observed, stray)
+
+
+def _analysis(
+    ctx: Context, body: dict[str, Any], md: ModelDeployment | None, state: State, observed: Observed, now: datetime
+) -> tuple[list[dict[str, Any]] | None, str | None]:
+    """The canary's verdicts where an analysis is due, and the gateway replicas' metrics where the canary's analysis
+    or the shadow's report reads them (None: neither is due)."""
+    old_status = body.get("status") or {}
+    if md is None or not (old_status.get("canaryVersion") or old_status.get("shadowVersion")):
+        return None, None
+    due = analysis_due(old_status, md, now)
+    texts: dict[str, str] = {}
+    metrics_text = None
+    if due or old_status.get("shadowVersion"):
+        texts = observe.scrape(observed.gateway_replicas)
+        metrics_text = observe.together(texts)
+    results = _analyse(ctx, body, md, state, texts, observed.gateway_replicas) if due else None
+    return results, metrics_text
+
+
+def _act(
+    ctx: Context,
+    memo: Mapping[str, Any],
+    state: State,
+    body: dict[str, Any],
+    watched: observe.Watched,
+    md: ModelDeployment | None,
+    p: Plan,
+    now: datetime,
+) -> None:
+    """Restart the pods of versions re-registered, apply the children that changed, delete those of versions no
+    longer live. Where a child cannot be applied nothing the plan decided takes effect: the last status stays, with
+    Ready=False saying why, and the clock tries again after the error's delay."""
+    try:
+        for deployment, run in p.reexports.items():  # before the apply that records the run on the Deployment
+            _reexport(ctx, body["metadata"]["namespace"], deployment, run)
+        _apply(ctx, state, [*p.apply, *_alert_rules(ctx, body, md, state)], _found(ctx, memo, body, state, watched))
+    except kube.ChildNotApplied as err:
+        old_status = body.get("status") or {}
+        st = StatusDraft(old_status, body["metadata"].get("generation"), now)
+        events = err.report(st, old_status)
+        written = kube.write_status(ctx.api, body, old_status, st.s, events, component=EVENT_SOURCE)
+        state.body = _kept(written) if written is not None else body
+        raise kopf.TemporaryError(err.message, delay=err.retry_after(state.clock.retries)) from err
+    state.runs = p.runs
+    meta = body["metadata"]
+    _prune(ctx, meta["namespace"], meta["name"], state, watched, set(p.live_versions))
 
 
 REEXPORT_MANAGER = "kubeforge-reexport"

@@ -6,10 +6,10 @@ gRPC port and to the gateway's in alternating rounds at concurrency 1 and 16, on
 pre-serialized request so the load generator spends no CPU on protobuf. Prints p50/p99, added latency and the
 throughput ratio, and the gateway's CPU time per request (from /proc) for gRPC beside the same request over REST,
 which is what translating between the two costs, and beside servers whose ModelInfer only returns an empty answer:
-a grpc.aio server (the floor Python's gRPC server costs before any gateway work), grpcio's thread-pool server, and
-the thread-pool server handing each call to an asyncio loop in another thread, as the gateway's async work would
-need it. A second gateway with joinRequests takes the same calls over gRPC and REST: how many of its callers were
-joined over each. Run from the repository root:
+a grpc.aio server on uvloop, as the gateway runs it (the floor Python's gRPC server costs before any gateway
+work), grpcio's thread-pool server, and the thread-pool server handing each call to an asyncio loop in another
+thread, as the gateway's async work would need it. A second gateway with joinRequests takes the same calls over
+gRPC and REST: how many of its callers were joined over each. Run from the repository root:
 .venv/bin/python -m tests.benchmarks.bench_grpc
 """
 
@@ -219,7 +219,7 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--floor"]:
         kind, floor_port = sys.argv[2], int(sys.argv[3])
         if kind == "aio":
-            asyncio.run(_aio_floor(floor_port))
+            uvloop.run(_aio_floor(floor_port))  # on the gateway's kind of loop, which costs grpc.aio less per call
         else:
             _thread_floor(floor_port, bridged=kind == "bridged")
     else:

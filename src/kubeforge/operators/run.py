@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import logging
 
 import kopf
 import prometheus_client
+import uvloop
 
 from . import indexgate
 
@@ -59,7 +59,7 @@ def run(
         prometheus_client.start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0")
     load(kinds)
     indexgate.install()  # a restart over thousands of objects otherwise spends minutes waking workers
-    asyncio.run(
+    uvloop.run(
         kopf.operator(
             clusterwide=not namespaces,
             namespaces=namespaces or [],

@@ -134,8 +134,9 @@ def observed(ctx: Context, body: dict[str, Any], watched: Watched) -> Observed:
         endpoints = {part: tuple(sorted(u)) for part, u in found.items() if part != GATEWAY}
         urls = {part: replicas[0] for part, replicas in endpoints.items()}
     else:  # the versions' Services: the plan addresses them (rollout._addressed)
-        gateway_url = f"http://{children.service_address(children.gateway_name(name), ns, children.GATEWAY_PORT)}"
-        gateway_grpc = children.service_address(children.gateway_name(name), ns, children.GATEWAY_PORTS["grpc"])
+        gateway = children.gateway_name(name)
+        gateway_url = f"http://{children.service_address(gateway, ns, children.GATEWAY_PORT)}"
+        gateway_grpc = children.service_address(gateway, ns, children.GATEWAY_PORTS["grpc"])
     model_ready = False
     if gateway_ready and gateway_url:
         try:

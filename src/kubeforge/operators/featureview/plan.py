@@ -17,6 +17,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 from ...api import FeatureView, FeatureViewSpec, InvalidResource, parse
@@ -248,6 +249,11 @@ class _Pass:
         """The current generation is in the Feast registry (also when registered in this very pass)."""
         return self.st.s.get("registeredGeneration") == self.generation
 
+    @cached_property
+    def interval(self) -> timedelta:
+        """spec.materialization.interval, parsed once for the pass."""
+        return _interval(self.spec)
+
     @property
     def running(self) -> bool:
         """The last run is recorded as running: no new one starts until it ends."""
@@ -333,7 +339,7 @@ def _new_run(p: _Pass, settings: Settings) -> None:
         why = "first run"
     elif not suspended and last.get("generation") != p.generation:
         why = f"generation {p.generation} registered"
-    elif not suspended and started is not None and p.now >= started + _interval(spec):
+    elif not suspended and started is not None and p.now >= started + p.interval:
         why = f"due every {spec.materialization.interval}"
     if not why:
         return
@@ -399,7 +405,7 @@ def _materializing(p: _Pass) -> None:
     else:
         last_start = parse_rfc3339(last["startTime"])
         assert last_start is not None  # every run is recorded with its startTime
-        due = last_start + _interval(spec)
+        due = last_start + p.interval
         st.cond(MATERIALIZING, FALSE, IDLE, f"next run at {rfc3339(due)}")
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -247,7 +248,7 @@ class _Pass:
         """The first attempt plus backoffLimit retries."""
         return self.tj.spec.backoff_limit + 1
 
-    @property
+    @cached_property
     def remaining(self) -> int | None:
         """Seconds left of activeDeadlineSeconds; None without a deadline or before the first attempt started."""
         deadline, start = self.tj.spec.active_deadline_seconds, parse_rfc3339(self.old.get("startTime"))

@@ -241,17 +241,23 @@ def train(args: tuple[str, ...]) -> None:
 )
 def demo(data_dir: Path | None, examples: Path, out: Path) -> None:
     """Train, serve, canary-promote v2 and roll back a broken v3, with live traffic; writes a summary and a plot."""
-    from .local import runtime
+    import time
+
+    from .local import runtime, supervisor
     from .local.demo import Demo, Stopped, why
 
     data_dir = data_dir or runtime.default_data_dir()
+    began = time.time()
     try:
         Demo(data_dir, examples, out).run()
     except runtime.UpFailed as err:
         raise click.ClickException(str(err)) from err
     except Stopped as err:
         down = [name for name, running, _ in runtime.status(data_dir) if not running]
-        parts = f"not running now: {', '.join(down)}" if down else "every part of the local platform still runs"
+        again = supervisor.restarted_since(data_dir, began)
+        said = [f"not running now: {', '.join(down)}"] if down else []
+        said += [f"started again by the supervisor: {', '.join(again)}"] if again else []
+        parts = "; ".join(said) or "every part of the local platform still runs"
         raise click.ClickException(
             f"the demo stopped: {why(err)}\n{parts} (`kubeforge status`; logs under {runtime.Layout(data_dir).logs}). "
             "`kubeforge demo` again starts the platform's missing parts and the story over."

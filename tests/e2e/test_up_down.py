@@ -6,6 +6,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -83,7 +84,7 @@ def local(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def recorded_pids(data_dir: Path) -> list[int]:
     state = json.loads((data_dir / "local.json").read_text())
     cp = json.loads((data_dir / "controlplane" / "controlplane.json").read_text())
-    parts = ("mlflow_pid", "operator_pid", "runner_pid", "prometheus_pid", "alertmanager_pid")
+    parts = ("mlflow_pid", "operator_pid", "runner_pid", "prometheus_pid", "alertmanager_pid", "supervisor_pid")
     return [state[k] for k in parts] + [cp["etcd_pid"], cp["apiserver_pid"]]
 
 
@@ -111,7 +112,7 @@ def test_up_status_down(tmp_path):
 
         status = local(tmp_path, "status")
         assert status.returncode == 0, status.stdout
-        assert status.stdout.count("running") == 6
+        assert status.stdout.count("running") == 7  # six parts and the supervisor
 
         # Prometheus scrapes the operators and evaluates kubeforge's rules; Alertmanager is its receiver.
         prometheus = next(line.split()[-1] for line in up.stdout.splitlines() if line.startswith("Prometheus:"))
@@ -169,3 +170,55 @@ def _get_json(url: str) -> dict:
 def _operator_scraped(prometheus: str) -> bool:
     targets = _get_json(f"{prometheus}/api/v1/targets")["data"]["activeTargets"]
     return any(t["labels"]["job"] == "kubeforge-operator" and t["health"] == "up" for t in targets)
+
+
+@pytest.mark.timeout(400)
+def test_the_supervisor_starts_again_what_stops_and_says_why_when_it_cannot(tmp_path):
+    """kill -9 of parts, with no `up` after it: they run again within a minute, at the addresses users were given."""
+    assert local(tmp_path, "up").returncode == 0
+    try:
+        state, cp = _states(tmp_path)
+        for pid in (state["operator_pid"], state["mlflow_pid"], cp["apiserver_pid"]):
+            os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: local(tmp_path, "status").returncode == 0, 90, "every part running again")
+        again, cp_again = _states(tmp_path)
+        assert again["operator_pid"] != state["operator_pid"] and cp_again["apiserver_pid"] != cp["apiserver_pid"]
+        assert again["mlflow_port"] == state["mlflow_port"]  # tracking URIs in use stay valid
+        with urllib.request.urlopen(f"http://127.0.0.1:{again['mlflow_port']}/health", timeout=5) as resp:
+            assert resp.status == 200
+        supervisor = local(tmp_path, "status").stdout.splitlines()[-1]
+        assert "started control plane, MLflow, operators" in supervisor, supervisor
+
+        # A part that cannot start (a file where Prometheus's storage should be): status names it and why, and it
+        # starts once it can.
+        storage = tmp_path / "prometheus" / "data"
+        storage.rename(storage.with_suffix(".saved"))
+        storage.write_text("not a directory")
+        os.kill(again["prometheus_pid"], signal.SIGKILL)
+
+        def failure() -> str:
+            line = local(tmp_path, "status").stdout.splitlines()[-1]
+            return line if "could not start Prometheus" in line else ""
+
+        said = wait_for(failure, 60, "the supervisor's failure in status")
+        assert "Prometheus failed to start" in said and "(tries again)" in said, said
+        assert local(tmp_path, "status").returncode == 1
+        storage.unlink()
+        storage.with_suffix(".saved").rename(storage)
+        wait_for(lambda: local(tmp_path, "status").returncode == 0, 120, "Prometheus running again once it could")
+
+        # The supervisor itself killed: status says so, and `up` starts it again.
+        os.kill(_states(tmp_path)[0]["supervisor_pid"], signal.SIGKILL)
+        status = local(tmp_path, "status")
+        assert status.returncode == 1 and "supervisor     stopped" in status.stdout, status.stdout
+        assert local(tmp_path, "up").returncode == 0
+        assert alive(_states(tmp_path)[0]["supervisor_pid"])
+    finally:
+        local(tmp_path, "down")
+    assert not runtime.leftovers(tmp_path)
+
+
+def _states(data_dir: Path) -> tuple[dict, dict]:
+    """local.json and the control plane's state."""
+    cp = json.loads((data_dir / "controlplane" / "controlplane.json").read_text())
+    return json.loads((data_dir / "local.json").read_text()), cp

@@ -37,7 +37,7 @@ _listen_address = click.option(
 @_data_dir
 @_listen_address
 def up(data_dir: Path, listen_address: str) -> None:
-    """Run the platform locally: control plane, CRDs, MLflow, operators and workload runner."""
+    """Run the platform locally: control plane, CRDs, MLflow, operators, workload runner and their supervisor."""
     from . import runtime
 
     try:
@@ -58,7 +58,7 @@ def up(data_dir: Path, listen_address: str) -> None:
 @click.command("down")
 @_data_dir
 def down(data_dir: Path) -> None:
-    """Stop workloads, runner, operators, MLflow and the control plane; data stays."""
+    """Stop the supervisor, workloads, runner, operators, MLflow and the control plane; data stays."""
     from . import runtime
 
     pods = runtime.down(data_dir)
@@ -68,7 +68,8 @@ def down(data_dir: Path) -> None:
 @click.command("status")
 @_data_dir
 def status(data_dir: Path) -> None:
-    """Show each part of the local runtime and whether it runs; exit 1 when one does not."""
+    """Show each part of the local runtime, whether it runs and the supervisor's last restart; exit 1 when one does
+    not run."""
     from . import runtime
 
     parts = runtime.status(data_dir)

@@ -7,6 +7,11 @@ that a freshly started part's address feeds (the operators read the kubeconfig a
 MLflow's URL, Prometheus scrapes the operators and alerts Alertmanager) is restarted with
 it. Pids and ports go to ``<data dir>/local.json`` for ``status`` and ``down``.
 
+Last, ``up`` starts the supervisor (``supervisor.py``), which does what a kubelet and
+systemd do for a cluster's own parts: a part that stops (kill -9, a crash) is started
+again the way ``up`` starts it. ``up``, ``down`` and the supervisor's restarts take one
+lock on the data directory, so they never interleave.
+
 An ``up`` that fails stops every part it started itself and says which part failed, so
 nothing is left running that ``down`` would not know of. ``down`` stops the parts it knows
 and then any process still running from this data directory (a part started by an
@@ -15,19 +20,21 @@ and then any process still running from this data directory (a part started by a
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..api import crdgen
 from ..core import kube
-from . import mlflow_server, monitoring
+from . import mlflow_server, monitoring, supervisor
 from .controlplane import ControlPlane, ControlPlaneState
 from .controlplane import status as controlplane_status
 from .processes import alive, find, free_port, spawn, terminate, wait_http
@@ -35,6 +42,7 @@ from .runner import stop_workloads
 from .runner.loop import scrape_targets, state_dir
 
 STATE_FILE = "local.json"
+LOCK_FILE = "up.lock"
 CRD_ESTABLISHED_TIMEOUT = 30.0
 
 
@@ -63,6 +71,8 @@ class LocalState:
     alertmanager_port: int = 0
     prometheus_pid: int = 0
     prometheus_port: int = 0
+    supervisor_pid: int = 0
+    listen_address: str = "127.0.0.1"  # the runner's, for the supervisor's restarts
 
     @classmethod
     def read(cls, data_dir: Path) -> LocalState:
@@ -72,7 +82,10 @@ class LocalState:
         return cls(**{k: v for k, v in saved.items() if k in known})
 
     def write(self, data_dir: Path) -> None:
-        (data_dir / STATE_FILE).write_text(json.dumps(asdict(self), indent=2))
+        """Whole or not at all: a process killed while writing leaves the previous state."""
+        partial = data_dir / f"{STATE_FILE}.partial"
+        partial.write_text(json.dumps(asdict(self), indent=2))
+        partial.replace(data_dir / STATE_FILE)
 
     @property
     def mlflow_url(self) -> str:
@@ -122,6 +135,16 @@ class Layout:
         return state_dir(self.root) / "pods"
 
 
+@contextlib.contextmanager
+def _exclusive(layout: Layout) -> Iterator[None]:
+    """One `up`, `down` or supervisor restart at a time in a data directory. The lock goes with its process, so
+    one killed while holding it blocks nobody."""
+    layout.root.mkdir(parents=True, exist_ok=True)
+    with (layout.root / LOCK_FILE).open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def _port_free(port: int) -> bool:
     """Whether a server could listen on port now: it sets SO_REUSEADDR, as servers do, so connections
     of its previous run still in TIME_WAIT do not count as taken."""
@@ -155,6 +178,7 @@ def _mlflow(layout: Layout, saved: LocalState) -> tuple[int, int, bool]:
     """(pid, port, freshly started); keeps its last port when free, so tracking URIs stay valid."""
     if _running(saved.mlflow_pid):
         return saved.mlflow_pid, saved.mlflow_port, False
+    _stop(saved.mlflow_pid)  # the server's workers outlive a killed `mlflow server` and keep its port
     port = saved.mlflow_port if saved.mlflow_port and _port_free(saved.mlflow_port) else None
     server = mlflow_server.start(layout.mlflow, port)
     return server.pid, server.port, True
@@ -208,11 +232,61 @@ def _runner(layout: Layout, listen_address: str) -> int:
     return spawn(argv, layout.logs / "runner.log", {**os.environ, "PYTHONUNBUFFERED": "1"}).pid
 
 
+def _supervisor(layout: Layout) -> int:
+    argv = _module("kubeforge.local.supervisor", "--data-dir", str(layout.root))
+    return spawn(argv, layout.logs / "supervisor.log", {**os.environ, "PYTHONUNBUFFERED": "1"}).pid
+
+
 def up(data_dir: Path, listen_address: str = "127.0.0.1") -> tuple[ControlPlaneState, LocalState]:
-    """Start (or reuse) every part; returns where they are. Raises UpFailed, having stopped what it started."""
+    """Start (or reuse) every part and the supervisor; returns where they are. Raises UpFailed, having stopped
+    what it started."""
     layout = Layout(data_dir.resolve())
+    with _exclusive(layout):
+        controlplane, state = _start(layout, listen_address)
+        if not _running(state.supervisor_pid):
+            state.supervisor_pid = _supervisor(layout)
+            state.write(layout.root)
+    return controlplane, state
+
+
+def stopped(data_dir: Path) -> list[str]:
+    """The parts not running now, the supervisor aside."""
+    return [name for name, running, _ in _parts(Layout(data_dir.resolve())) if not running]
+
+
+def start_stopped(data_dir: Path, starting: Callable[[list[str]], None]) -> list[str]:
+    """The supervisor's restart: the parts found stopped started again as `up` starts them, told to starting(names)
+    first; returns the names of the parts started (with those their address feeds), none when every part runs.
+    Raises UpFailed as `up` does."""
+    layout = Layout(data_dir.resolve())
+    with _exclusive(layout):
+        if not (names := stopped(layout.root)):
+            return []
+        starting(names)
+        before = _pids(layout)
+        _start(layout, LocalState.read(layout.root).listen_address)
+        after = _pids(layout)
+        return [name for name in after if after[name] != before[name]]
+
+
+def _pids(layout: Layout) -> dict[str, object]:
+    """Each part's process ids, in start order: a part started again has new ones."""
+    state = LocalState.read(layout.root)
+    _, cp = controlplane_status(layout.controlplane)
+    return {
+        "control plane": cp and (cp.etcd_pid, cp.apiserver_pid),
+        "MLflow": state.mlflow_pid,
+        "operators": state.operator_pid,
+        "Alertmanager": state.alertmanager_pid,
+        "Prometheus": state.prometheus_pid,
+        "runner": state.runner_pid,
+    }
+
+
+def _start(layout: Layout, listen_address: str) -> tuple[ControlPlaneState, LocalState]:
     layout.logs.mkdir(parents=True, exist_ok=True)
     state = LocalState.read(layout.root)
+    state.listen_address = listen_address
     started: list[tuple[str, Callable[[], None]]] = []  # (part, how to stop it), in start order
     failed: list[tuple[str, BaseException]] = []
     part = "control plane"
@@ -288,8 +362,16 @@ def up(data_dir: Path, listen_address: str = "127.0.0.1") -> tuple[ControlPlaneS
 
 
 def status(data_dir: Path) -> list[tuple[str, bool, str]]:
-    """(part, running, where) for each part."""
+    """(part, running, where) for each part, the supervisor last."""
     layout = Layout(data_dir.resolve())
+    pid = LocalState.read(layout.root).supervisor_pid
+    where = f"pid {pid}, log {layout.logs / 'supervisor.log'}"
+    if last := supervisor.last(layout.root):
+        where += f"; {last}"
+    return [*_parts(layout), ("supervisor", _running(pid), where)]
+
+
+def _parts(layout: Layout) -> list[tuple[str, bool, str]]:
     state = LocalState.read(layout.root)
     cp_running, cp = controlplane_status(layout.controlplane)
     return [
@@ -325,15 +407,17 @@ def leftovers(data_dir: Path) -> list[int]:
 def down(data_dir: Path) -> int:
     """Stop everything `up` started, workloads first; data stays. Returns how many workload pods were stopped."""
     layout = Layout(data_dir.resolve())
-    state = LocalState.read(layout.root)
-    _stop(state.runner_pid)  # first, so it does not restart the workloads stopped next
-    stopped = stop_workloads(layout.root)
-    _stop(state.operator_pid)
-    _stop(state.prometheus_pid)
-    _stop(state.alertmanager_pid)
-    _stop(state.mlflow_pid)
-    ControlPlane(layout.controlplane).stop()
-    for pid in leftovers(layout.root):
-        _stop(pid)
-    LocalState(mlflow_port=state.mlflow_port).write(layout.root)  # the next `up` keeps MLflow's URL
+    with _exclusive(layout):  # a restart under way ends first, so every part it started is in local.json
+        state = LocalState.read(layout.root)
+        _stop(state.supervisor_pid)  # first, so it does not start again what is stopped next
+        _stop(state.runner_pid)  # then the runner, so it does not restart the workloads stopped next
+        stopped = stop_workloads(layout.root)
+        _stop(state.operator_pid)
+        _stop(state.prometheus_pid)
+        _stop(state.alertmanager_pid)
+        _stop(state.mlflow_pid)
+        ControlPlane(layout.controlplane).stop()
+        for pid in leftovers(layout.root):
+            _stop(pid)
+        LocalState(mlflow_port=state.mlflow_port).write(layout.root)  # the next `up` keeps MLflow's URL
     return stopped

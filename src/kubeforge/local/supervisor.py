@@ -1,0 +1,131 @@
+"""The local runtime's supervisor: a part that stops is started again, as a kubelet restarts a cluster's own parts.
+
+``kubeforge up`` starts it last; it checks every part each ``INTERVAL`` seconds and, when one has stopped (kill -9,
+a crash, an out-of-memory kill), runs ``runtime.start_stopped``: what ``up`` would do, under the same lock, so the
+parts that stopped part's address feeds start again with it and workloads are adopted by the new runner. A part
+that keeps stopping is started with a growing delay (``BACKOFF``), as a kubelet's CrashLoopBackOff, so a broken
+part does not take the machine; the delay is forgotten once every part has run for ``QUIET`` seconds.
+
+What it did goes to ``<data dir>/supervisor.json`` (the last ``KEPT`` restarts), which ``kubeforge status`` shows:
+when a part does not come back, the status says which and why. ``down`` stops the supervisor before anything
+else; a supervisor whose pid is no longer the one in ``local.json`` (a ``down`` ran) exits by itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+
+import click
+
+RECORD_FILE = "supervisor.json"
+INTERVAL = 2.0
+BACKOFF = (0.0, 5.0, 10.0, 20.0, 40.0, 80.0)
+QUIET = 300.0
+KEPT = 20
+STARTING, STARTED = "starting", "started"
+
+
+def delay(restarts_in_a_row: int) -> float:
+    """Seconds to wait before the next restart, after restarts_in_a_row restarts without QUIET seconds between."""
+    return BACKOFF[min(restarts_in_a_row, len(BACKOFF) - 1)]
+
+
+def record(data_dir: Path, parts: list[str], outcome: str) -> None:
+    """Keep a step of a restart (STARTING, STARTED or the error), the newest last."""
+    path = data_dir / RECORD_FILE
+    kept = _restarts(data_dir)[-(KEPT - 1) :]
+    kept.append({"at": time.time(), "parts": parts, "outcome": outcome})
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(kept, indent=2))
+    partial.replace(path)
+
+
+def restarted_since(data_dir: Path, since: float) -> list[str]:
+    """The parts started again since the time.time() `since`, in the order they were."""
+    restarts = (r for r in _restarts(data_dir) if r["at"] >= since and r["outcome"] == STARTED)
+    return list(dict.fromkeys(name for r in restarts for name in r["parts"]))
+
+
+def last(data_dir: Path) -> str:
+    """The last restart in words, for `kubeforge status`; empty when there was none."""
+    restarts = _restarts(data_dir)
+    if not restarts:
+        return ""
+    r = restarts[-1]
+    at = datetime.fromtimestamp(r["at"]).strftime("%Y-%m-%d %H:%M:%S")
+    parts = ", ".join(r["parts"])
+    if r["outcome"] == STARTING:
+        return f"starting {parts} since {at}"
+    if r["outcome"] == STARTED:
+        return f"started {parts} again at {at}"
+    return f"could not start {parts} at {at} (tries again): {r['outcome'].splitlines()[0]}"
+
+
+def _restarts(data_dir: Path) -> list[dict]:
+    path = data_dir / RECORD_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):  # none yet
+        return []
+
+
+def _reap() -> None:
+    """Collect the exit of the parts this process started and that stopped, so none lingers as a zombie."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def run(data_dir: Path) -> None:
+    from . import runtime  # runtime imports this module for status; this process needs all of it
+
+    say = logging.getLogger("kubeforge.supervisor").info
+    root = data_dir.resolve()
+    in_a_row, since_restart = 0, time.monotonic()
+    while runtime.LocalState.read(root).supervisor_pid == os.getpid():
+        time.sleep(INTERVAL)
+        _reap()
+        stopped = runtime.stopped(root)
+        if not stopped:
+            if time.monotonic() - since_restart > QUIET:
+                in_a_row = 0
+            continue
+        if wait := delay(in_a_row):
+            say(f"{', '.join(stopped)} stopped; starting again in {wait:.0f} s ({in_a_row} restarts in a row)")
+            time.sleep(wait)
+
+        def starting(parts: list[str]) -> None:
+            say(f"starting {', '.join(parts)}")
+            record(root, parts, STARTING)
+
+        try:
+            started = runtime.start_stopped(root, starting)
+        except runtime.UpFailed as err:
+            say(f"failed: {err}")
+            record(root, stopped, str(err))
+        else:
+            if started:  # none when an `up` started them first
+                say(f"started {', '.join(started)} again")
+                record(root, started, STARTED)
+        in_a_row, since_restart = in_a_row + 1, time.monotonic()
+
+
+@click.command()
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+def main(data_dir: Path) -> None:
+    """Start again each part of the local runtime in data_dir that stops, until `kubeforge down`."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    run(data_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -78,6 +78,16 @@ class Sent(NamedTuple):
     written: kube.Written  # where the apply left it: a later resourceVersion or generation is someone else's change
 
 
+class Inputs(NamedTuple):
+    """Everything a pass decides from but the clock: a pass an event started, finding the ones the last pass left,
+    has nothing to do (see reconcile)."""
+
+    resource_version: str | None  # of the ModelDeployment
+    resolved: Resolved  # the registry's answers
+    observed: Observed  # the children as the indexes hold them, with the runs this process applied
+    stray: frozenset[str]  # versions whose children _prune would delete
+
+
 @dataclass
 class State:
     """What this process remembers about one ModelDeployment between passes; all of it can be lost (a restart
@@ -100,7 +110,7 @@ class State:
     """The object as its newest event or status write had it: a pass reads it instead of the API server."""
     deleted: bool = False
     """The object is gone: a pass still queued must not create its children again."""
-    inputs: tuple[Any, ...] | None = None
+    inputs: Inputs | None = None
     """What the next pass reads if nothing comes back but the last successful pass's own writes (see reconcile); None
     after one that failed."""
     live: frozenset[str] = frozenset()
@@ -422,10 +432,10 @@ def reconcile(
         if event and inputs == state.inputs:
             return
         state.inputs = None
-        _, resolved, observed, stray = inputs
         old_status = body.get("status") or {}
+        observed = inputs.observed
         results, metrics_text = _analysis(ctx, body, md, state, observed, now)
-        p = plan(body, resolved, observed, results, ctx.settings, now)
+        p = plan(body, inputs.resolved, observed, results, ctx.settings, now)
         _act(ctx, memo, state, body, watched, md, p, now)
         if md is not None and md.spec.retrain is not None:
             _retrain(ctx, body, md, state, observed, metrics_text, p, now)
@@ -446,7 +456,7 @@ def reconcile(
         # decides nothing more, as tests/unit/operators/test_rollout_plan holds every step to) and the runs it applied
         # (the next pass reads them from State.runs).
         settled = replace(observed, runs={**observed.runs, **p.runs})
-        state.inputs = (state.body["metadata"].get("resourceVersion"), resolved, settled, stray)
+        state.inputs = inputs._replace(resource_version=state.body["metadata"].get("resourceVersion"), observed=settled)
         state.live = frozenset(p.live_versions)
 
 
@@ -463,10 +473,9 @@ def _take_resend(state: State, watched: observe.Watched, namespace: str, name: s
 
 def _inputs(
     ctx: Context, memo: Mapping[str, Any], state: State, body: dict[str, Any], watched: observe.Watched
-) -> tuple[ModelDeployment | None, tuple[Any, Resolved, Observed, frozenset[str]]]:
-    """The spec (None where it is invalid) and everything a pass decides from: the body's resourceVersion, the
-    registry's answers, the children as the indexes hold them (with the runs this process applied and the watch
-    has not brought back yet), and the versions left to prune."""
+) -> tuple[ModelDeployment | None, Inputs]:
+    """The spec (None where it is invalid) and what the pass decides from; the runs this process applied stand in
+    for those the watch has not brought back yet."""
     meta = body["metadata"]
     try:
         md = parse({"kind": KIND, "metadata": {"name": meta["name"]}, "spec": body.get("spec")})
@@ -479,7 +488,7 @@ def _inputs(
     observed = observe.observed(ctx, body, watched)
     observed = replace(observed, runs={**observed.runs, **state.runs})
     stray = _deployed(watched, meta["namespace"], meta["name"]) - state.live  # what _prune would delete
-    return md, (meta.get("resourceVersion"), resolved, observed, stray)
+    return md, Inputs(meta.get("resourceVersion"), resolved, observed, stray)
 
 
 def _analysis(

@@ -2,13 +2,13 @@
 
 ``kubeforge up`` starts it last; it checks every part each ``INTERVAL`` seconds and, when one has stopped (kill -9,
 a crash, an out-of-memory kill), runs ``runtime.start_stopped``: what ``up`` would do, under the same lock, so the
-parts that stopped part's address feeds start again with it and workloads are adopted by the new runner. A part
+parts that read a restarted part's address start again with it and a new runner adopts the workloads. A part
 that keeps stopping is started with a growing delay (``BACKOFF``), as a kubelet's CrashLoopBackOff, so a broken
 part does not take the machine; the delay is forgotten once every part has run for ``QUIET`` seconds.
 
-What it did goes to ``<data dir>/supervisor.json`` (the last ``KEPT`` restarts), which ``kubeforge status`` shows:
-when a part does not come back, the status says which and why. ``down`` stops the supervisor before anything
-else; a supervisor whose pid is no longer the one in ``local.json`` (a ``down`` ran) exits by itself.
+What it did goes to ``<data dir>/supervisor.json`` (the last ``KEPT`` steps of restarts), which ``kubeforge
+status`` shows: when a part does not come back, the status says which and why. ``down`` stops the supervisor before
+anything else; a supervisor whose pid is no longer the one in ``local.json`` (a ``down`` ran) exits by itself.
 """
 
 from __future__ import annotations

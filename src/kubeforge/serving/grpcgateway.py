@@ -34,7 +34,7 @@ from tritonclient.grpc import service_pb2 as pb
 
 from .gateway import REQUEST_ID_HEADER, SERVER_METADATA, Call, Gateway, request_id
 from .metrics import GRPC_REQUESTS
-from .oip import HEADER_LENGTH, NUMPY, BadRequest
+from .oip import HEADER_LENGTH, NUMPY, BadRequest, encode_header
 
 SERVICE = "/inference.GRPCInferenceService/"
 CODES = {
@@ -169,7 +169,7 @@ def rest_request(request: pb.ModelInferRequest) -> tuple[bytes, int]:
         params["binary_data_output"] = True
     if params:
         header["parameters"] = params
-    head = json.dumps(header, separators=(",", ":")).encode()
+    head = encode_header(header).encode()
     return head + b"".join(chunks), len(head)
 
 

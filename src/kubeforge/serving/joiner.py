@@ -34,12 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from .oip import HEADER_LENGTH, NUMPY, Body, Schema, binary_bytes, flatten
+from .oip import HEADER_LENGTH, NUMPY, Body, Schema, binary_bytes, encode_header, flatten
 from .routes import Target
 from .upstream import Answer, Upstreams
 
 log = logging.getLogger(__name__)
-_ENCODE = json.JSONEncoder(separators=(",", ":")).encode  # built once: json.dumps builds one per call with options
 _REQUEST_KEYS = frozenset({"inputs", "outputs", "parameters", "id"})
 _INPUT_KEYS = frozenset({"name", "shape", "datatype", "data", "parameters"})
 _OUTPUT_KEYS = frozenset({"name", "parameters"})
@@ -212,7 +211,7 @@ def _joined_body(joined: _Joined) -> Body:
             tail.append(blob)
     header: dict[str, Any] = {"inputs": inputs}
     header.update((k, first[k]) for k in ("outputs", "parameters") if k in first)
-    head = _ENCODE(header).encode()
+    head = encode_header(header).encode()
     return head + b"".join(tail), (len(head) if tail else None)
 
 
@@ -283,7 +282,7 @@ def _split(answer: Answer, joined: _Joined) -> list[Answer | BaseException] | No
                 one["outputs"].append({**o, "shape": shape, "parameters": size})
                 tail.append(piece)
         row = last
-        head = _ENCODE(one).encode()
+        head = encode_header(one).encode()
         header_length = str(len(head)) if tail else None
         answers.append(Answer(200, head + b"".join(tail), answer.content_type, header_length, answer.seconds))
     return answers

@@ -78,6 +78,8 @@ def _no_constants(name: str) -> float:
 # Built once: json.loads with an option builds a decoder per call, and numpy's type limits cost microseconds
 # per lookup, both on every request.
 _DECODER = json.JSONDecoder(parse_constant=_no_constants)
+encode_header = json.JSONEncoder(separators=(",", ":")).encode
+"""A binary request's JSON header, compact; built once, as json.dumps with options builds an encoder per call."""
 _FLOAT_MAX = {t: float(np.finfo(NUMPY[t]).max) for t in ("FP16", "FP32", "FP64")}
 _INT_RANGE = {t: (int(np.iinfo(d).min), int(np.iinfo(d).max)) for t, d in NUMPY.items() if t[0] in "IU"}
 _ITEMSIZE = {t: np.dtype(d).itemsize for t, d in NUMPY.items()}

@@ -32,14 +32,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..api import crdgen
-from ..core import kube
 from . import mlflow_server, monitoring, supervisor
 from .controlplane import ControlPlane, ControlPlaneState
 from .controlplane import status as controlplane_status
 from .processes import alive, find, free_port, spawn, terminate, wait_http
-from .runner import stop_workloads
-from .runner.loop import scrape_targets, state_dir
 
 STATE_FILE = "local.json"
 LOCK_FILE = "up.lock"
@@ -132,6 +128,8 @@ class Layout:
 
     @property
     def workloads(self) -> Path:
+        from .runner.loop import state_dir
+
         return state_dir(self.root) / "pods"
 
 
@@ -185,6 +183,9 @@ def _mlflow(layout: Layout, saved: LocalState) -> tuple[int, int, bool]:
 
 
 def _apply_crds(kubeconfig: Path) -> None:
+    from ..api import crdgen  # here, as the Kubernetes client: the supervisor imports this module to check parts
+    from ..core import kube
+
     api = kube.api_client(kubeconfig)
     crds = [*(crdgen.crd(kind) for kind in crdgen.KINDS), monitoring.PROMETHEUS_RULE_CRD]
     names = [kube.apply(api, crd)["metadata"]["name"] for crd in crds]
@@ -284,6 +285,8 @@ def _pids(layout: Layout) -> dict[str, object]:
 
 
 def _start(layout: Layout, listen_address: str) -> tuple[ControlPlaneState, LocalState]:
+    from .runner.loop import scrape_targets  # here: the runner's modules load the Kubernetes client (see _apply_crds)
+
     layout.logs.mkdir(parents=True, exist_ok=True)
     state = LocalState.read(layout.root)
     state.listen_address = listen_address
@@ -406,6 +409,8 @@ def leftovers(data_dir: Path) -> list[int]:
 
 def down(data_dir: Path) -> int:
     """Stop everything `up` started, workloads first; data stays. Returns how many workload pods were stopped."""
+    from .runner import stop_workloads  # here, as in _start
+
     layout = Layout(data_dir.resolve())
     with _exclusive(layout):  # a restart under way ends first, so every part it started is in local.json
         state = LocalState.read(layout.root)

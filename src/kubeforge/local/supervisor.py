@@ -1,10 +1,11 @@
 """The local runtime's supervisor: a part that stops is started again, as a kubelet restarts a cluster's own parts.
 
 ``kubeforge up`` starts it last; it checks every part each ``INTERVAL`` seconds and, when one has stopped (kill -9,
-a crash, an out-of-memory kill), runs ``runtime.start_stopped``: what ``up`` would do, under the same lock, so the
-parts that read a restarted part's address start again with it and a new runner adopts the workloads. A part
-that keeps stopping is started with a growing delay (``BACKOFF``), as a kubelet's CrashLoopBackOff, so a broken
-part does not take the machine; the delay is forgotten once every part has run for ``QUIET`` seconds.
+a crash, an out-of-memory kill), runs ``runtime.start_stopped`` in a process of its own (see ``run``): what ``up``
+would do, under the same lock, so the parts that read a restarted part's address start again with it and a new
+runner adopts the workloads. A part that keeps stopping is started with a growing delay (``BACKOFF``), as a
+kubelet's CrashLoopBackOff, so a broken part does not take the machine; the delay is forgotten once every part has
+run for ``QUIET`` seconds.
 
 What it did goes to ``<data dir>/supervisor.json`` (the last ``KEPT`` steps of restarts), which ``kubeforge
 status`` shows: when a part does not come back, the status says which and why. ``down`` stops the supervisor before
@@ -16,6 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -74,57 +77,59 @@ def _restarts(data_dir: Path) -> list[dict]:
         return []
 
 
-def _reap() -> None:
-    """Collect the exit of the parts this process started and that stopped, so none lingers as a zombie."""
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-
-
 def run(data_dir: Path) -> None:
-    from . import runtime  # runtime imports this module for status; this process needs all of it
+    """Check the parts every INTERVAL seconds until a `down`; start the stopped ones in a process of its own each time
+    (restart), so what a start imports and allocates (the API models, the Kubernetes client) goes with that process
+    and the supervisor stays small."""
+    from . import runtime  # runtime imports this module for status
 
-    say = logging.getLogger("kubeforge.supervisor").info
     root = data_dir.resolve()
     in_a_row, since_restart = 0, time.monotonic()
     while runtime.LocalState.read(root).supervisor_pid == os.getpid():
         time.sleep(INTERVAL)
-        _reap()
         stopped = runtime.stopped(root)
         if not stopped:
             if time.monotonic() - since_restart > QUIET:
                 in_a_row = 0
             continue
         if wait := delay(in_a_row):
-            say(f"{', '.join(stopped)} stopped; starting again in {wait:.0f} s ({in_a_row} restarts in a row)")
+            _say(f"{', '.join(stopped)} stopped; starting again in {wait:.0f} s ({in_a_row} restarts in a row)")
             time.sleep(wait)
-
-        def starting(parts: list[str]) -> None:
-            say(f"starting {', '.join(parts)}")
-            record(root, parts, STARTING)
-
-        try:
-            started = runtime.start_stopped(root, starting)
-        except runtime.UpFailed as err:
-            say(f"failed: {err}")
-            record(root, stopped, str(err))
-        else:
-            if started:  # none when an `up` started them first
-                say(f"started {', '.join(started)} again")
-                record(root, started, STARTED)
+        subprocess.run([sys.executable, "-m", __spec__.name, "--data-dir", str(root), "--restart"], check=False)
         in_a_row, since_restart = in_a_row + 1, time.monotonic()
+
+
+def restart(data_dir: Path) -> None:
+    """Start the parts stopped now, as `up` does, and record how it went."""
+    from . import runtime
+
+    def starting(parts: list[str]) -> None:
+        _say(f"starting {', '.join(parts)}")
+        record(data_dir, parts, STARTING)
+
+    stopped = runtime.stopped(data_dir)
+    try:
+        started = runtime.start_stopped(data_dir, starting)
+    except runtime.UpFailed as err:
+        _say(f"failed: {err}")
+        record(data_dir, stopped, str(err))
+    else:
+        if started:  # none when an `up` started them first
+            _say(f"started {', '.join(started)} again")
+            record(data_dir, started, STARTED)
+
+
+def _say(text: str) -> None:
+    logging.getLogger("kubeforge.supervisor").info(text)
 
 
 @click.command()
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
-def main(data_dir: Path) -> None:
+@click.option("--restart", "once", is_flag=True, help="Start the parts stopped now, once, and exit.")
+def main(data_dir: Path, once: bool) -> None:
     """Start again each part of the local runtime in data_dir that stops, until `kubeforge down`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    run(data_dir)
+    (restart if once else run)(data_dir.resolve())
 
 
 if __name__ == "__main__":

@@ -103,11 +103,13 @@ def restart(data_dir: Path) -> None:
     """Start the parts stopped now, as `up` does, and record how it went."""
     from . import runtime
 
+    stopped: list[str] = []
+
     def starting(parts: list[str]) -> None:
+        stopped.extend(parts)
         _say(f"starting {', '.join(parts)}")
         record(data_dir, parts, STARTING)
 
-    stopped = runtime.stopped(data_dir)
     try:
         started = runtime.start_stopped(data_dir, starting)
     except runtime.UpFailed as err:

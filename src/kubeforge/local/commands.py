@@ -50,6 +50,7 @@ def up(data_dir: Path, listen_address: str) -> None:
     click.echo(f"Prometheus:  {state.prometheus_url}")
     click.echo(f"Alertmanager: {state.alertmanager_url}")
     click.echo(f"logs:        {layout.logs} (workloads: {layout.workloads}/<namespace>/<pod>/<container>.log)")
+    click.echo("supervisor:  starts again any part that stops; `kubeforge status` shows its last restart")
     click.echo(f"kubeconfig:  {cp.kubeconfig}")
     click.echo(f"export KUBECONFIG={cp.kubeconfig}")
     click.echo("gateway URLs: `kubectl get md -o wide` once a ModelDeployment is deployed")

@@ -180,31 +180,61 @@ def test_train_serve_promote_and_roll_back_with_no_failed_request(tmp_path: Path
     assert json.loads((data / "local.json").read_text())  # state kept for the next `up`
 
 
-@pytest.mark.timeout(600)
-def test_the_demo_stops_with_what_is_down_when_the_api_server_is_killed(tmp_path: Path) -> None:
-    data = tmp_path / "kubeforge"
+def _demo_until(tmp_path: Path, data: Path, text: str) -> tuple[subprocess.Popen[str], Path]:
+    """`kubeforge demo` in a process of its own, read until it has said text; and its stderr's file."""
     argv = [sys.executable, "-m", "kubeforge.cli", "demo", "--data-dir", str(data), "--examples", "docs/examples"]
     log = tmp_path / "demo.err"
     with log.open("w") as stderr:
         demo = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    _lines_until(demo, text, log)
+    return demo, log
+
+
+def _lines_until(demo: subprocess.Popen[str], text: str, log: Path) -> list[str]:
+    """What the demo says until text, that line included."""
+    assert demo.stdout is not None
+    said = []
+    for line in demo.stdout:
+        said.append(line)
+        if text in line:
+            return said
+    raise AssertionError(f"the story ended before {text!r}: {said} {log.read_text()}")
+
+
+@pytest.mark.timeout(600)
+def test_the_demo_goes_on_when_the_api_server_is_killed(tmp_path: Path) -> None:
+    """The supervisor starts the control plane again at the address it had, and the story's wait goes on."""
+    data = tmp_path / "kubeforge"
+    demo, log = _demo_until(tmp_path, data, "TrainingJob cancer-v1 applied")
     try:
-        assert demo.stdout is not None
-        said = []
-        for line in demo.stdout:
-            said.append(line)
-            if "TrainingJob cancer-v1 applied" in line:
-                break
-        assert said and "cancer-v1 applied" in said[-1], f"the story did not get to training: {said} {log.read_text()}"
+        before = read_state(data / "controlplane")
+        assert before is not None
+        os.kill(before.apiserver_pid, signal.SIGKILL)
+        said = _lines_until(demo, "cancer-v1 registered as version 1", log)
+        assert any("the API server does not answer" in line for line in said), said
+        assert any("the API server answers again" in line for line in said), said
+        after = read_state(data / "controlplane")
+        assert after is not None and after.apiserver_pid != before.apiserver_pid and after.server == before.server
+    finally:
+        demo.kill()
+        runtime.down(data)
+    assert not runtime.leftovers(data)
+
+
+@pytest.mark.timeout(600)
+def test_the_demo_stops_with_what_is_down_when_the_api_server_is_killed_with_no_supervisor(tmp_path: Path) -> None:
+    data = tmp_path / "kubeforge"
+    demo, log = _demo_until(tmp_path, data, "TrainingJob cancer-v1 applied")
+    try:
         apiserver = read_state(data / "controlplane")
         assert apiserver is not None
+        os.kill(json.loads((data / "local.json").read_text())["supervisor_pid"], signal.SIGKILL)
         os.kill(apiserver.apiserver_pid, signal.SIGKILL)
         demo.communicate(timeout=120)
         err = log.read_text()
         assert demo.returncode == 1
         assert "Traceback" not in err, err
-        assert "Error: the demo stopped: " in err, err
-        # The supervisor starts the control plane again within seconds: the demo names it either way.
-        assert "not running now: control plane" in err or "started again by the supervisor: control plane" in err, err
+        assert "Error: the demo stopped: " in err and "not running now: control plane, supervisor" in err, err
         assert f"logs under {data / 'logs'}" in err
     finally:
         demo.kill()

@@ -54,10 +54,13 @@ def test_data_survives_down_and_up(tmp_path: Path) -> None:
     try:
         assert kubeforge("controlplane", "up", "--data-dir", str(data)).returncode == 0
         subprocess.run(["kubectl", "create", "namespace", "keep-me"], env=env, check=True, capture_output=True)
+        before = read_state(data)
         assert kubeforge("controlplane", "down", "--data-dir", str(data)).returncode == 0
         assert kubeforge("controlplane", "up", "--data-dir", str(data)).returncode == 0
         got = subprocess.run(["kubectl", "get", "namespace", "keep-me"], env=env, capture_output=True, text=True)
         assert got.returncode == 0, got.stderr
+        after = read_state(data)
+        assert before and after and after.server == before.server  # the address clients hold stays valid
     finally:
         kubeforge("controlplane", "down", "--data-dir", str(data))
 

@@ -19,9 +19,10 @@ import subprocess
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from . import binaries
-from .processes import alive, argv, free_port, listening, spawn, terminate, wait_http
+from .processes import alive, argv, free_port, listening, port_free, spawn, terminate, wait_http
 
 STATE_FILE = "controlplane.json"
 SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
@@ -122,7 +123,11 @@ class ControlPlane:
         logs = self.data_dir / "logs"
         logs.mkdir(exist_ok=True)
 
-        etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
+        etcd_port, peer_port = free_port(), free_port()
+        # The API server keeps its port while it is free (its certificate stays in pki/): clients holding the
+        # kubeconfig's address carry on across a restart or a stop and start.
+        kept = _last_port(self.kubeconfig)
+        api_port = kept if kept and port_free(kept) else free_port()
         self._etcd_port = etcd_port
         etcd_url = f"http://127.0.0.1:{etcd_port}"
         etcd = self._spawn(
@@ -209,6 +214,13 @@ class ControlPlane:
         self.state = None
         if self._owns_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def _last_port(kubeconfig: Path) -> int | None:
+    """The API server's port in the kubeconfig of the last start, if there was one."""
+    with contextlib.suppress(OSError, ValueError, KeyError, IndexError):
+        return urlsplit(json.loads(kubeconfig.read_text())["clusters"][0]["cluster"]["server"]).port
+    return None
 
 
 def read_state(data_dir: Path | str) -> ControlPlaneState | None:

@@ -11,6 +11,7 @@ canary promotes it.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -48,6 +49,11 @@ Stopped = (
 )
 """What ends the story early: a step that does not get there, a TrainingJob that fails, a part of the platform that
 stops answering (the command says which parts are down)."""
+
+
+RECONNECT = 90.0
+"""How long the story waits for an API server that stopped answering, while the supervisor runs (it starts the
+control plane again in about 10 s)."""
 
 
 def why(err: BaseException) -> str:
@@ -165,7 +171,25 @@ class Demo:
         return client.CustomObjectsApi(self.api)
 
     def get(self, plural: str, name: str) -> dict[str, Any]:
-        return self._custom().get_namespaced_custom_object(GROUP, VERSION, self.ns, plural, name)
+        """The object; while the API server does not answer and the supervisor is there to start it again, waits
+        up to RECONNECT seconds for it (the story's waits go on across a restart of the control plane)."""
+        try:
+            return self._custom().get_namespaced_custom_object(GROUP, VERSION, self.ns, plural, name)
+        except urllib3.exceptions.MaxRetryError as err:
+            self.say(f"the API server does not answer ({why(err)}); waiting for the supervisor to start it again")
+            began, deadline = time.monotonic(), time.monotonic() + RECONNECT
+            while self._supervised() and time.monotonic() < deadline:
+                time.sleep(1)
+                # A starting API server answers before it serves every kind: any refusal until the deadline is its.
+                with contextlib.suppress(urllib3.exceptions.MaxRetryError, ApiException):
+                    self.api = kube.api_client(runtime.Layout(self.data_dir).kubeconfig)
+                    obj = self._custom().get_namespaced_custom_object(GROUP, VERSION, self.ns, plural, name)
+                    self.say(f"  the API server answers again, after {time.monotonic() - began:.0f} s")
+                    return obj
+            raise
+
+    def _supervised(self) -> bool:
+        return any(running for part, running, _ in runtime.status(self.data_dir) if part == "supervisor")
 
     def apply(self, filename: str, **replace: str) -> dict[str, Any]:
         text = (self.examples / filename).read_text()

@@ -64,6 +64,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def port_free(port: int) -> bool:
+    """Whether a server could listen on port now: it sets SO_REUSEADDR, as servers do, so connections
+    of its previous run still in TIME_WAIT do not count as taken."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def listening(port: int, timeout: float = 2.0) -> bool:
     """Whether something on 127.0.0.1 takes connections on port now (a process can be alive and no longer
     serving, e.g. an API server on its way out after SIGTERM)."""

@@ -24,7 +24,6 @@ import contextlib
 import fcntl
 import json
 import os
-import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -35,7 +34,7 @@ from pathlib import Path
 from . import mlflow_server, monitoring, supervisor
 from .controlplane import ControlPlane, ControlPlaneState
 from .controlplane import status as controlplane_status
-from .processes import alive, find, free_port, spawn, terminate, wait_http
+from .processes import alive, find, free_port, port_free, spawn, terminate, wait_http
 
 STATE_FILE = "local.json"
 LOCK_FILE = "up.lock"
@@ -143,18 +142,6 @@ def _exclusive(layout: Layout) -> Iterator[None]:
         yield
 
 
-def _port_free(port: int) -> bool:
-    """Whether a server could listen on port now: it sets SO_REUSEADDR, as servers do, so connections
-    of its previous run still in TIME_WAIT do not count as taken."""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
 def _running(pid: int) -> bool:
     return pid > 0 and alive(pid)  # pid 0 would be our own process group
 
@@ -177,7 +164,7 @@ def _mlflow(layout: Layout, saved: LocalState) -> tuple[int, int, bool]:
     if _running(saved.mlflow_pid):
         return saved.mlflow_pid, saved.mlflow_port, False
     _stop(saved.mlflow_pid)  # the server's workers outlive a killed `mlflow server` and keep its port
-    port = saved.mlflow_port if saved.mlflow_port and _port_free(saved.mlflow_port) else None
+    port = saved.mlflow_port if saved.mlflow_port and port_free(saved.mlflow_port) else None
     server = mlflow_server.start(layout.mlflow, port)
     return server.pid, server.port, True
 

@@ -184,6 +184,7 @@ def test_the_supervisor_starts_again_what_stops_and_says_why_when_it_cannot(tmp_
         again, cp_again = _states(tmp_path)
         assert again["operator_pid"] != state["operator_pid"] and cp_again["apiserver_pid"] != cp["apiserver_pid"]
         assert again["mlflow_port"] == state["mlflow_port"]  # tracking URIs in use stay valid
+        assert cp_again["apiserver_port"] == cp["apiserver_port"]  # and the kubeconfig's address
         with urllib.request.urlopen(f"http://127.0.0.1:{again['mlflow_port']}/health", timeout=5) as resp:
             assert resp.status == 200
         supervisor = local(tmp_path, "status").stdout.splitlines()[-1]

@@ -8,11 +8,13 @@ platform's Prometheus at the end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -180,14 +182,21 @@ def test_train_serve_promote_and_roll_back_with_no_failed_request(tmp_path: Path
     assert json.loads((data / "local.json").read_text())  # state kept for the next `up`
 
 
-def _demo_until(tmp_path: Path, data: Path, text: str) -> tuple[subprocess.Popen[str], Path]:
-    """`kubeforge demo` in a process of its own, read until it has said text; and its stderr's file."""
+@contextlib.contextmanager
+def _demo_training(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path, Path]]:
+    """`kubeforge demo` in a process of its own, once it has applied its first TrainingJob: (the process, its stderr's
+    file, the data directory). The demo and the platform are stopped after, and nothing of either is left."""
+    data, log = tmp_path / "kubeforge", tmp_path / "demo.err"
     argv = [sys.executable, "-m", "kubeforge.cli", "demo", "--data-dir", str(data), "--examples", "docs/examples"]
-    log = tmp_path / "demo.err"
     with log.open("w") as stderr:
         demo = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=stderr, text=True)
-    _lines_until(demo, text, log)
-    return demo, log
+    try:
+        _lines_until(demo, "TrainingJob cancer-v1 applied", log)
+        yield demo, log, data
+    finally:
+        demo.kill()
+        runtime.down(data)
+    assert not runtime.leftovers(data)
 
 
 def _lines_until(demo: subprocess.Popen[str], text: str, log: Path) -> list[str]:
@@ -204,9 +213,7 @@ def _lines_until(demo: subprocess.Popen[str], text: str, log: Path) -> list[str]
 @pytest.mark.timeout(600)
 def test_the_demo_goes_on_when_the_api_server_is_killed(tmp_path: Path) -> None:
     """The supervisor starts the control plane again at the address it had, and the story's wait goes on."""
-    data = tmp_path / "kubeforge"
-    demo, log = _demo_until(tmp_path, data, "TrainingJob cancer-v1 applied")
-    try:
+    with _demo_training(tmp_path) as (demo, log, data):
         before = read_state(data / "controlplane")
         assert before is not None
         os.kill(before.apiserver_pid, signal.SIGKILL)
@@ -215,17 +222,11 @@ def test_the_demo_goes_on_when_the_api_server_is_killed(tmp_path: Path) -> None:
         assert any("the API server answers again" in line for line in said), said
         after = read_state(data / "controlplane")
         assert after is not None and after.apiserver_pid != before.apiserver_pid and after.server == before.server
-    finally:
-        demo.kill()
-        runtime.down(data)
-    assert not runtime.leftovers(data)
 
 
 @pytest.mark.timeout(600)
 def test_the_demo_stops_with_what_is_down_when_the_api_server_is_killed_with_no_supervisor(tmp_path: Path) -> None:
-    data = tmp_path / "kubeforge"
-    demo, log = _demo_until(tmp_path, data, "TrainingJob cancer-v1 applied")
-    try:
+    with _demo_training(tmp_path) as (demo, log, data):
         apiserver = read_state(data / "controlplane")
         assert apiserver is not None
         os.kill(json.loads((data / "local.json").read_text())["supervisor_pid"], signal.SIGKILL)
@@ -236,10 +237,6 @@ def test_the_demo_stops_with_what_is_down_when_the_api_server_is_killed_with_no_
         assert "Traceback" not in err, err
         assert "Error: the demo stopped: " in err and "not running now: control plane, supervisor" in err, err
         assert f"logs under {data / 'logs'}" in err
-    finally:
-        demo.kill()
-        runtime.down(data)
-    assert not runtime.leftovers(data)
 
 
 def prometheus_has(url: str, promql: str) -> bool:

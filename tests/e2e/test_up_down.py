@@ -180,15 +180,21 @@ def test_the_supervisor_starts_again_what_stops_and_says_why_when_it_cannot(tmp_
         state, cp = _states(tmp_path)
         for pid in (state["operator_pid"], state["mlflow_pid"], cp["apiserver_pid"]):
             os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: local(tmp_path, "status").returncode == 0, 90, "every part running again")
+
+        def restarted() -> str:
+            """The supervisor's line once every part runs again and it has recorded the restart (a moment after)."""
+            status = local(tmp_path, "status")
+            line = status.stdout.splitlines()[-1]
+            return line if status.returncode == 0 and " again at " in line else ""
+
+        supervisor = wait_for(restarted, 90, "every part running again, and the supervisor saying so")
+        assert "started control plane, MLflow, operators" in supervisor, supervisor
         again, cp_again = _states(tmp_path)
         assert again["operator_pid"] != state["operator_pid"] and cp_again["apiserver_pid"] != cp["apiserver_pid"]
         assert again["mlflow_port"] == state["mlflow_port"]  # tracking URIs in use stay valid
         assert cp_again["apiserver_port"] == cp["apiserver_port"]  # and the kubeconfig's address
         with urllib.request.urlopen(f"http://127.0.0.1:{again['mlflow_port']}/health", timeout=5) as resp:
             assert resp.status == 200
-        supervisor = local(tmp_path, "status").stdout.splitlines()[-1]
-        assert "started control plane, MLflow, operators" in supervisor, supervisor
 
         # A part that cannot start (a file where Prometheus's storage should be): status names it and why, and it
         # starts once it can.

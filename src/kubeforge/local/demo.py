@@ -176,6 +176,8 @@ class Demo:
         try:
             return self._custom().get_namespaced_custom_object(GROUP, VERSION, self.ns, plural, name)
         except urllib3.exceptions.MaxRetryError as err:
+            if not self._supervised():
+                raise
             self.say(f"the API server does not answer ({why(err)}); waiting for the supervisor to start it again")
             began, deadline = time.monotonic(), time.monotonic() + RECONNECT
             while self._supervised() and time.monotonic() < deadline:

@@ -14,7 +14,6 @@ Triton loading the repository never sees half a version.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -29,6 +28,7 @@ import yaml
 
 from kubeforge.api.modeldeployment import ModelRef, TritonRuntime
 from kubeforge.core import modelcontract, plainhttp
+from kubeforge.core.files import replace_whole
 from kubeforge.core.mlflow_rest import MLflowError, MLflowRegistry
 
 from . import tritonconfig
@@ -197,7 +197,7 @@ def export(
         staging.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    _write_atomic(model_dir / "config.pbtxt", config)
+    replace_whole(model_dir / "config.pbtxt", config)
     return ExportedModel(name, found.version, model_dir, found.task, inputs, outputs)
 
 
@@ -208,9 +208,3 @@ def _write_version(
     if flavour == "python":
         template = ONNX_MODEL_PY if model_format == "onnx" else MODEL_PY
         (directory / "model.py").write_text(resources.files(__package__).joinpath(template).read_text())
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

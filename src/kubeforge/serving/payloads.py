@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from kubeforge.api.modeldeployment import PayloadLog
+from kubeforge.core.files import replace_whole
 
 from .metrics import PAYLOAD_RECORDS
 from .oip import Body, tensors
@@ -257,10 +258,8 @@ class PayloadLogger:
             return
         updated = {**known, sample.version: names}
         path = features_path(self.directory, sample.model)
-        partial = path.with_suffix(".json.partial")
         try:
-            partial.write_text(json.dumps(updated))
-            partial.replace(path)
+            replace_whole(path, json.dumps(updated))
         except OSError as err:  # the record is written; its version's names are tried again with its next one
             self._report_once("features", f"feature names of model {sample.model} not written: {err!r}")
             return

@@ -8,11 +8,11 @@ mistaken for the container) instead of starting them a second time.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ...core.files import replace_whole
 from ..processes import alive, group_alive
 
 STATE_FILE = "state.json"
@@ -133,9 +133,7 @@ class RunnerState:
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / f".{STATE_FILE}.tmp"
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        os.replace(tmp, directory / STATE_FILE)
+        replace_whole(directory / STATE_FILE, json.dumps(asdict(self), indent=1))
 
     def of_owner(self, uid: str) -> list[PodState]:
         return [p for p in self.pods.values() if p.owner_uid == uid]

@@ -7,10 +7,10 @@ rename, so a reader (the gateway hot-reloading its route table) never sees half 
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 from typing import Any
 
+from ...core.files import replace_whole
 from .snapshot import Snapshot
 
 SOURCES = {"configMap": "name", "secret": "secretName"}
@@ -30,9 +30,7 @@ def write_atomic(path: Path, content: bytes) -> None:
         if path.read_bytes() == content:
             return
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(content)
-    os.replace(tmp, path)
+    replace_whole(path, content)
 
 
 def _files(volume: dict[str, Any], kind: str, data: dict[str, bytes]) -> dict[str, bytes]:

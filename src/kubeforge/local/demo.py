@@ -176,11 +176,11 @@ class Demo:
         try:
             return self._custom().get_namespaced_custom_object(GROUP, VERSION, self.ns, plural, name)
         except urllib3.exceptions.MaxRetryError as err:
-            if not self._supervised():
+            if not runtime.supervised(self.data_dir):
                 raise
             self.say(f"the API server does not answer ({why(err)}); waiting for the supervisor to start it again")
             began, deadline = time.monotonic(), time.monotonic() + RECONNECT
-            while self._supervised() and time.monotonic() < deadline:
+            while runtime.supervised(self.data_dir) and time.monotonic() < deadline:
                 time.sleep(1)
                 # A starting API server answers before it serves every kind: any refusal until the deadline is its.
                 with contextlib.suppress(urllib3.exceptions.MaxRetryError, ApiException):
@@ -189,9 +189,6 @@ class Demo:
                     self.say(f"  the API server answers again, after {time.monotonic() - began:.0f} s")
                     return obj
             raise
-
-    def _supervised(self) -> bool:
-        return any(running for part, running, _ in runtime.status(self.data_dir) if part == "supervisor")
 
     def apply(self, filename: str, **replace: str) -> dict[str, Any]:
         text = (self.examples / filename).read_text()

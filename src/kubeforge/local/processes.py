@@ -167,6 +167,21 @@ def log_tail(log: Path, chars: int = 3000) -> str:
     return log.read_text(errors="replace")[-chars:] if log.exists() else ""
 
 
+_LOOPBACK_TLS = ssl.create_default_context()
+_LOOPBACK_TLS.check_hostname = False
+_LOOPBACK_TLS.verify_mode = ssl.CERT_NONE  # loopback servers with self-signed certificates
+
+
+def unanswered(url: str, timeout: float = 2.0, headers: Mapping[str, str] | None = None) -> str:
+    """Why url does not answer 200 within timeout seconds; empty when it does."""
+    try:
+        req = urllib.request.Request(url, headers=dict(headers or {}))
+        with urllib.request.urlopen(req, context=_LOOPBACK_TLS, timeout=timeout) as resp:
+            return "" if resp.status == 200 else f"HTTP {resp.status}"
+    except OSError as err:  # refused, timed out, an HTTP error status
+        return str(err)
+
+
 def wait_http(
     url: str,
     proc: subprocess.Popen[bytes] | None = None,
@@ -175,9 +190,6 @@ def wait_http(
     headers: Mapping[str, str] | None = None,
 ) -> None:
     """Poll url until it answers 200; fail early with the log's tail if proc exits."""
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE  # loopback servers with self-signed certificates
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
@@ -186,13 +198,8 @@ def wait_http(
             raise RuntimeError(
                 f"{name} exited with code {proc.returncode} while starting:\n{log_tail(log) if log else ''}"
             )
-        try:
-            req = urllib.request.Request(url, headers=dict(headers or {}))
-            with urllib.request.urlopen(req, context=ctx, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError as err:
-            last = str(err)
+        if not (last := unanswered(url, 2, headers)):
+            return
         time.sleep(0.1)
     raise TimeoutError(f"{url} not ready after {timeout:.0f}s: {last}")
 

@@ -30,7 +30,9 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
+from ..core.files import replace_whole
 from . import mlflow_server, monitoring, supervisor
 from .controlplane import ControlPlane, ControlPlaneState
 from .controlplane import status as controlplane_status
@@ -39,6 +41,8 @@ from .processes import alive, find, free_port, port_free, spawn, terminate, wait
 STATE_FILE = "local.json"
 LOCK_FILE = "up.lock"
 CRD_ESTABLISHED_TIMEOUT = 30.0
+HUNG_GRACE = 5.0
+"""Seconds a hung part is given to exit on SIGTERM before SIGKILL (a hung process may never act on SIGTERM)."""
 
 
 class UpFailed(RuntimeError):
@@ -77,10 +81,7 @@ class LocalState:
         return cls(**{k: v for k, v in saved.items() if k in known})
 
     def write(self, data_dir: Path) -> None:
-        """Whole or not at all: a process killed while writing leaves the previous state."""
-        partial = data_dir / f"{STATE_FILE}.partial"
-        partial.write_text(json.dumps(asdict(self), indent=2))
-        partial.replace(data_dir / STATE_FILE)
+        replace_whole(data_dir / STATE_FILE, json.dumps(asdict(self), indent=2))
 
     @property
     def mlflow_url(self) -> str:
@@ -237,9 +238,40 @@ def up(data_dir: Path, listen_address: str = "127.0.0.1") -> tuple[ControlPlaneS
     return controlplane, state
 
 
-def stopped(data_dir: Path) -> list[str]:
-    """The parts not running now, the supervisor aside."""
-    return [name for name, running, _ in _parts(Layout(data_dir.resolve())) if not running]
+class Part(NamedTuple):
+    """A part of the local platform as `status` shows it, with its process ids (a part started again has new ones)
+    and the URL that answers 200 while it is well (none for the runner)."""
+
+    name: str
+    running: bool
+    where: str
+    pids: object
+    health: str = ""
+
+
+def parts(data_dir: Path) -> list[Part]:
+    """Each part of the platform, the supervisor aside, in start order."""
+    return _parts(Layout(data_dir.resolve()))
+
+
+def stop_hung(data_dir: Path, part: Part) -> bool:
+    """Stop a part that runs but does not answer its health URL, so that the supervisor starts it again; False when
+    an `up` or a restart has replaced it since it was checked."""
+    layout = Layout(data_dir.resolve())
+    with _exclusive(layout):
+        now = {p.name: p for p in _parts(layout)}[part.name]
+        if not now.running or now.pids != part.pids:
+            return False
+        if part.name == "control plane":
+            ControlPlane(layout.controlplane).stop()
+        elif isinstance(part.pids, int) and part.pids > 0:  # 0 would be our own process group
+            terminate(part.pids, timeout=HUNG_GRACE)
+        return True
+
+
+def supervised(data_dir: Path) -> bool:
+    """Whether the supervisor runs, to start again what stops."""
+    return _running(LocalState.read(data_dir.resolve()).supervisor_pid)
 
 
 def start_stopped(data_dir: Path, starting: Callable[[list[str]], None]) -> list[str]:
@@ -248,27 +280,13 @@ def start_stopped(data_dir: Path, starting: Callable[[list[str]], None]) -> list
     Raises UpFailed as `up` does."""
     layout = Layout(data_dir.resolve())
     with _exclusive(layout):
-        if not (names := stopped(layout.root)):
+        before = _parts(layout)
+        if not (names := [part.name for part in before if not part.running]):
             return []
         starting(names)
-        before = _pids(layout)
-        _start(layout, LocalState.read(layout.root).listen_address)
-        after = _pids(layout)
-        return [name for name in after if after[name] != before[name]]
-
-
-def _pids(layout: Layout) -> dict[str, object]:
-    """Each part's process ids, in start order: a part started again has new ones."""
-    state = LocalState.read(layout.root)
-    _, cp = controlplane_status(layout.controlplane)
-    return {
-        "control plane": cp and (cp.etcd_pid, cp.apiserver_pid),
-        "MLflow": state.mlflow_pid,
-        "operators": state.operator_pid,
-        "Alertmanager": state.alertmanager_pid,
-        "Prometheus": state.prometheus_pid,
-        "runner": state.runner_pid,
-    }
+        controlplane, state = _start(layout, LocalState.read(layout.root).listen_address)
+        after = _parts(layout, state, (True, controlplane))
+        return [new.name for old, new in zip(before, after, strict=True) if new.pids != old.pids]
 
 
 def _start(layout: Layout, listen_address: str) -> tuple[ControlPlaneState, LocalState]:
@@ -352,25 +370,61 @@ def _start(layout: Layout, listen_address: str) -> tuple[ControlPlaneState, Loca
 
 
 def status(data_dir: Path) -> list[tuple[str, bool, str]]:
-    """(part, running, where) for each part, the supervisor last."""
+    """(part, running, where) for each part in start order, the supervisor last."""
     layout = Layout(data_dir.resolve())
-    pid = LocalState.read(layout.root).supervisor_pid
-    where = f"pid {pid}, log {layout.logs / 'supervisor.log'}"
+    state = LocalState.read(layout.root)
+    where = f"pid {state.supervisor_pid}, log {layout.logs / 'supervisor.log'}"
     if last := supervisor.last(layout.root):
         where += f"; {last}"
-    return [*_parts(layout), ("supervisor", _running(pid), where)]
+    parts = [(part.name, part.running, part.where) for part in _parts(layout, state)]
+    return [*parts, ("supervisor", _running(state.supervisor_pid), where)]
 
 
-def _parts(layout: Layout) -> list[tuple[str, bool, str]]:
-    state = LocalState.read(layout.root)
-    cp_running, cp = controlplane_status(layout.controlplane)
+def _parts(
+    layout: Layout, state: LocalState | None = None, controlplane: tuple[bool, ControlPlaneState | None] | None = None
+) -> list[Part]:
+    """Each part of the platform, the supervisor aside, in start order; from local.json and the control plane's
+    state unless given."""
+    state = state or LocalState.read(layout.root)
+    cp_running, cp = controlplane or controlplane_status(layout.controlplane)
+    logs = layout.logs
+
+    def process(name: str, pid: int, where: str, health: str = "") -> Part:
+        return Part(name, _running(pid), where, pid, health)
+
     return [
-        ("control plane", cp_running, f"{cp.server}, kubeconfig {cp.kubeconfig}" if cp else "not started"),
-        ("MLflow", _running(state.mlflow_pid), state.mlflow_url if state.mlflow_port else "not started"),
-        ("operators", _running(state.operator_pid), f"pid {state.operator_pid}, log {layout.logs / 'operator.log'}"),
-        ("runner", _running(state.runner_pid), f"pid {state.runner_pid}, log {layout.logs / 'runner.log'}"),
-        ("Prometheus", _running(state.prometheus_pid), state.prometheus_url if state.prometheus_port else "-"),
-        ("Alertmanager", _running(state.alertmanager_pid), state.alertmanager_url if state.alertmanager_port else "-"),
+        Part(
+            "control plane",
+            cp_running,
+            f"{cp.server}, kubeconfig {cp.kubeconfig}" if cp else "not started",
+            cp and (cp.etcd_pid, cp.apiserver_pid),
+            f"{cp.server}/livez" if cp else "",  # its etcd check included
+        ),
+        process(
+            "MLflow",
+            state.mlflow_pid,
+            state.mlflow_url if state.mlflow_port else "not started",
+            f"{state.mlflow_url}/health",
+        ),
+        process(
+            "operators",
+            state.operator_pid,
+            f"pid {state.operator_pid}, log {logs / 'operator.log'}",
+            f"http://127.0.0.1:{state.operator_port}/healthz",
+        ),
+        process(
+            "Alertmanager",
+            state.alertmanager_pid,
+            state.alertmanager_url if state.alertmanager_port else "-",
+            f"{state.alertmanager_url}/-/healthy",
+        ),
+        process(
+            "Prometheus",
+            state.prometheus_pid,
+            state.prometheus_url if state.prometheus_port else "-",
+            f"{state.prometheus_url}/-/healthy",
+        ),
+        process("runner", state.runner_pid, f"pid {state.runner_pid}, log {logs / 'runner.log'}"),
     ]
 
 

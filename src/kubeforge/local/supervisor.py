@@ -7,9 +7,14 @@ runner adopts the workloads. A part that keeps stopping is started with a growin
 kubelet's CrashLoopBackOff, so a broken part does not take the machine; the delay is forgotten once every part has
 run for ``QUIET`` seconds.
 
-What it did goes to ``<data dir>/supervisor.json`` (the last ``KEPT`` steps of restarts), which ``kubeforge
-status`` shows: when a part does not come back, the status says which and why. ``down`` stops the supervisor before
-anything else; a supervisor whose pid is no longer the one in ``local.json`` (a ``down`` ran) exits by itself.
+A part can hang without exiting (a deadlock, SIGSTOP): it runs and its port takes connections, so the supervisor also
+asks each running part's health URL, as a kubelet's liveness probe does (``Probes``); one that fails
+``PROBE_FAILURES`` times in a row is stopped, and so started again.
+
+What it did goes to ``<data dir>/supervisor.json`` (the last ``KEPT`` steps: parts stopped, restarts), which
+``kubeforge status`` shows: when a part does not come back, the status says which and why. ``down`` stops the
+supervisor before anything else; a supervisor whose pid is no longer the one in ``local.json`` (a ``down`` ran) exits
+by itself.
 """
 
 from __future__ import annotations
@@ -22,15 +27,27 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+from ..core.files import replace_whole
+
+if TYPE_CHECKING:
+    from .runtime import Part
 
 RECORD_FILE = "supervisor.json"
 INTERVAL = 2.0
 BACKOFF = (0.0, 5.0, 10.0, 20.0, 40.0, 80.0)
 QUIET = 300.0
 KEPT = 20
-STARTING, STARTED = "starting", "started"
+STARTING, STARTED, HUNG = "starting", "started", "did not answer"
+PROBE_EVERY = 5.0
+PROBE_TIMEOUT = 5.0
+PROBE_FAILURES = 3
+"""A running part's health URL is asked every PROBE_EVERY seconds; one that fails PROBE_FAILURES times in a row
+(no answer within PROBE_TIMEOUT, an error status) is hung: it is stopped, and so started again. A kubelet's
+liveness probe, with periodSeconds 5, timeoutSeconds 5 and failureThreshold 3."""
 
 
 def delay(restarts_in_a_row: int) -> float:
@@ -43,9 +60,7 @@ def record(data_dir: Path, parts: list[str], outcome: str) -> None:
     path = data_dir / RECORD_FILE
     kept = _restarts(data_dir)[-(KEPT - 1) :]
     kept.append({"at": time.time(), "parts": parts, "outcome": outcome})
-    partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps(kept, indent=2))
-    partial.replace(path)
+    replace_whole(path, json.dumps(kept, indent=2))
 
 
 def restarted_since(data_dir: Path, since: float) -> list[str]:
@@ -65,8 +80,22 @@ def last(data_dir: Path) -> str:
     if r["outcome"] == STARTING:
         return f"starting {parts} since {at}"
     if r["outcome"] == STARTED:
-        return f"started {parts} again at {at}"
+        return f"started {parts} again at {at}" + _why_stopped(restarts[:-1])
+    if r["outcome"].startswith(HUNG):
+        return f"stopped {parts} at {at}: it {r['outcome']}"
     return f"could not start {parts} at {at} (tries again): {r['outcome'].splitlines()[0]}"
+
+
+def _why_stopped(before: list[dict]) -> str:
+    """Why the supervisor stopped parts itself, when it did before this restart: its steps before the restart's
+    STARTING say which did not answer."""
+    if before and before[-1]["outcome"] == STARTING:
+        before = before[:-1]
+    hung: list[str] = []
+    while before and before[-1]["outcome"].startswith(HUNG):
+        hung.insert(0, f"{', '.join(before[-1]['parts'])} {before[-1]['outcome']}")
+        before = before[:-1]
+    return f" ({'; '.join(hung)})" if hung else ""
 
 
 def _restarts(data_dir: Path) -> list[dict]:
@@ -85,10 +114,13 @@ def run(data_dir: Path) -> None:
 
     root = data_dir.resolve()
     in_a_row, since_restart = 0, time.monotonic()
+    probes = Probes(root)
     while runtime.LocalState.read(root).supervisor_pid == os.getpid():
         time.sleep(INTERVAL)
-        stopped = runtime.stopped(root)
+        parts = runtime.parts(root)
+        stopped = [part.name for part in parts if not part.running]
         if not stopped:
+            probes.check(parts)  # a hung part it stops is found stopped at the next check
             if time.monotonic() - since_restart > QUIET:
                 in_a_row = 0
             continue
@@ -97,6 +129,37 @@ def run(data_dir: Path) -> None:
             time.sleep(wait)
         subprocess.run([sys.executable, "-m", __spec__.name, "--data-dir", str(root), "--restart"], check=False)
         in_a_row, since_restart = in_a_row + 1, time.monotonic()
+
+
+class Probes:
+    """The health checks of the running parts (see PROBE_EVERY), and how many times in a row each has failed."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.failed: dict[tuple[str, object], int] = {}  # by part and its pids: a part started again starts at 0
+        self.due = time.monotonic() + PROBE_EVERY
+
+    def check(self, parts: list[Part]) -> None:
+        """Ask each running part's health URL when due; stop each that has failed PROBE_FAILURES times in a row."""
+        from . import runtime
+        from .processes import unanswered
+
+        if time.monotonic() < self.due:
+            return
+        failed = {}
+        for part in parts:
+            if not (part.running and part.health) or not (why := unanswered(part.health, PROBE_TIMEOUT)):
+                continue
+            key = (part.name, part.pids)
+            if (times := self.failed.get(key, 0) + 1) < PROBE_FAILURES:
+                failed[key] = times
+                continue
+            said = f"{HUNG} {part.health} {times} times in a row: {why}"
+            _say(f"{part.name} {said}; stopping it")
+            if runtime.stop_hung(self.root, part):
+                record(self.root, [part.name], said)
+        self.failed = failed
+        self.due = time.monotonic() + PROBE_EVERY
 
 
 def restart(data_dir: Path) -> None:

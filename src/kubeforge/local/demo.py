@@ -16,10 +16,11 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import urllib3
@@ -29,6 +30,8 @@ from kubernetes.client.exceptions import ApiException
 from ..api.trainingjob import RETRAIN_OF_LABEL
 from ..core import kube
 from . import runtime
+
+T = TypeVar("T")
 
 GROUP, VERSION = "kubeforge.dev", "v1alpha1"
 SHIFTED = ("mean_radius", "mean_perimeter", "mean_area", "worst_radius", "worst_perimeter", "worst_area")
@@ -171,10 +174,25 @@ class Demo:
         return client.CustomObjectsApi(self.api)
 
     def get(self, plural: str, name: str) -> dict[str, Any]:
-        """The object; while the API server does not answer and the supervisor is there to start it again, waits
-        up to RECONNECT seconds for it (the story's waits go on across a restart of the control plane)."""
+        return self._answered(
+            lambda: self._custom().get_namespaced_custom_object(GROUP, VERSION, self.ns, plural, name)
+        )
+
+    def apply(self, filename: str, **replace: str) -> dict[str, Any]:
+        text = (self.examples / filename).read_text()
+        for key, value in replace.items():
+            text = text.replace(key, value)
+        obj = yaml.safe_load(text)
+        obj["metadata"]["namespace"] = self.ns
+        self._answered(lambda: kube.apply(self.api, obj))
+        return obj
+
+    def _answered(self, call: Callable[[], T]) -> T:
+        """call(), a request to the API server that is safe to repeat (a get, a server-side apply); while the API
+        server does not answer and the supervisor is there to start it again, tries again for up to RECONNECT
+        seconds (the story goes on across a restart of the control plane)."""
         try:
-            return self._custom().get_namespaced_custom_object(GROUP, VERSION, self.ns, plural, name)
+            return call()
         except urllib3.exceptions.MaxRetryError as err:
             if not runtime.supervised(self.data_dir):
                 raise
@@ -183,21 +201,12 @@ class Demo:
             while runtime.supervised(self.data_dir) and time.monotonic() < deadline:
                 time.sleep(1)
                 # A starting API server answers before it serves every kind: any refusal until the deadline is its.
-                with contextlib.suppress(urllib3.exceptions.MaxRetryError, ApiException):
+                with contextlib.suppress(urllib3.exceptions.MaxRetryError, ApiException, kube.ApiError):
                     self.api = kube.api_client(runtime.Layout(self.data_dir).kubeconfig)
-                    obj = self._custom().get_namespaced_custom_object(GROUP, VERSION, self.ns, plural, name)
+                    answer = call()
                     self.say(f"  the API server answers again, after {time.monotonic() - began:.0f} s")
-                    return obj
+                    return answer
             raise
-
-    def apply(self, filename: str, **replace: str) -> dict[str, Any]:
-        text = (self.examples / filename).read_text()
-        for key, value in replace.items():
-            text = text.replace(key, value)
-        obj = yaml.safe_load(text)
-        obj["metadata"]["namespace"] = self.ns
-        kube.apply(self.api, obj)
-        return obj
 
     def wait(self, plural: str, name: str, done, progress=None, timeout: float = 600) -> dict[str, Any]:
         deadline, last = time.monotonic() + timeout, None

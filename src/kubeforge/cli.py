@@ -278,6 +278,11 @@ def operator() -> None:
     help="Only these kinds.",
 )
 @click.option("--namespace", "-n", "namespaces", multiple=True, help="Only these namespaces (default: all).")
+@click.option(
+    "--kubeconfig",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The cluster to run against (default: $KUBECONFIG, ~/.kube/config, or in-cluster credentials).",
+)
 @click.option("--verbose", "-v", is_flag=True)
 @click.option("--liveness", metavar="URL", help="Serve a health endpoint, e.g. http://0.0.0.0:8080/healthz.")
 @click.option(
@@ -286,11 +291,14 @@ def operator() -> None:
 def operator_run(
     kinds: tuple[str, ...],
     namespaces: tuple[str, ...],
+    kubeconfig: Path | None,
     verbose: bool,
     liveness: str | None,
     metrics_address: str | None,
 ) -> None:
-    """Run the operators against $KUBECONFIG (or in-cluster credentials) until stopped."""
+    """Run the operators against a cluster until stopped."""
+    if kubeconfig:
+        os.environ["KUBECONFIG"] = str(kubeconfig)
     # The operators talk to the API server through kubeforge.core.kubeapi. kopf imports the Kubernetes client
     # package whenever it is installed, only to recognise the client's model objects, which the operators never
     # hand it; kept out of this process, that import's 25 MB are too (docs/benchmarks.md, Operator).

@@ -246,3 +246,40 @@ def _states(data_dir: Path) -> tuple[dict, dict]:
     """local.json and the control plane's state."""
     cp = json.loads((data_dir / "controlplane" / "controlplane.json").read_text())
     return json.loads((data_dir / "local.json").read_text()), cp
+
+
+def _of_data_dir(data_dir: Path) -> dict[int, int]:
+    """{pid: process group} of every live process whose command line or environment names data_dir."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError):
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split() if proc.name.isdigit() else []
+            named = str(data_dir).encode() in (proc / "cmdline").read_bytes() + (proc / "environ").read_bytes()
+            if fields and fields[0] != "Z" and named and int(proc.name) != os.getpid():
+                found[int(proc.name)] = int(fields[2])
+    return found
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("moment", ["controlplane/logs/etcd.log", "logs/operator.log"])
+def test_an_up_killed_at_any_moment_leaves_nothing_that_the_next_up_trips_on_or_down_misses(tmp_path, moment):
+    """kill -9 of `kubeforge up` as it starts etcd (beside MLflow), or the operators: what it started is not recorded
+    yet. The next `up` starts each part once (an etcd left running would hold its data directory, an operator would
+    run twice), and `down` leaves no process of the data directory."""
+    env = {**os.environ, "KUBEFORGE_DATA_DIR": str(tmp_path)}
+    up = subprocess.Popen([sys.executable, "-m", "kubeforge.local.commands", "up"], env=env, stdout=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: (tmp_path / moment).exists(), 120, f"`up` at {moment}")
+    finally:
+        up.kill()
+        up.wait()
+    assert _of_data_dir(tmp_path), "the killed `up` left parts running"
+    try:
+        again = local(tmp_path, "up")
+        assert again.returncode == 0, again.stderr
+        assert local(tmp_path, "status").returncode == 0
+        groups = set(recorded_pids(tmp_path))
+        assert {pid: group for pid, group in _of_data_dir(tmp_path).items() if group not in groups} == {}
+    finally:
+        local(tmp_path, "down")
+    assert _of_data_dir(tmp_path) == {}

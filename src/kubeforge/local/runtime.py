@@ -35,6 +35,7 @@ from typing import NamedTuple
 from ..core.files import replace_whole
 from . import mlflow_server, monitoring, supervisor
 from .controlplane import ControlPlane, ControlPlaneState
+from .controlplane import read_state as read_controlplane
 from .controlplane import status as controlplane_status
 from .processes import alive, find, free_port, port_free, spawn, terminate, wait_http
 
@@ -198,12 +199,12 @@ def _operator(layout: Layout, mlflow_url: str) -> tuple[int, int, int]:
     port, metrics = free_port(), free_port()
     env = {
         **os.environ,
-        "KUBECONFIG": str(layout.kubeconfig),
         "KUBEFORGE_MLFLOW_TRACKING_URI": mlflow_url,
         "KUBEFORGE_SERVICE_ADDRESSING": "endpoints",
         "KUBEFORGE_FEAST_DIR": str(layout.root / "features"),
     }
-    argv = _module("kubeforge.cli", "operator", "run", "--liveness", f"http://127.0.0.1:{port}/healthz")
+    argv = _module("kubeforge.cli", "operator", "run", "--kubeconfig", str(layout.kubeconfig))
+    argv += ["--liveness", f"http://127.0.0.1:{port}/healthz"]
     argv += ["--metrics-address", f"127.0.0.1:{metrics}"]
     log = layout.logs / "operator.log"
     proc = spawn(argv, log, env)
@@ -289,11 +290,44 @@ def start_stopped(data_dir: Path, starting: Callable[[list[str]], None]) -> list
         return [new.name for old, new in zip(before, after, strict=True) if new.pids != old.pids]
 
 
+PART_PROGRAMS = ("etcd", "kube-apiserver", *monitoring.PROGRAMS)
+PART_MODULES = (("mlflow", "server"), ("kubeforge.cli", "operator", "run"), ("kubeforge.local.runner",))
+"""How the processes of the platform's parts (the supervisor aside) are told from workloads and kubeforge commands:
+by program, or by the Python module run and its first arguments."""
+
+
+def _strays(layout: Layout, state: LocalState) -> list[int]:
+    """Processes of the platform's parts from this data directory that neither local.json nor the control plane's
+    state records: what an `up` or a restart killed before it recorded them left. Left running, they hold what a new
+    start needs (etcd's data directory, MLflow's port) or run twice (an operator)."""
+    root = str(layout.root)
+    recorded = {state.mlflow_pid, state.operator_pid, state.alertmanager_pid, state.prometheus_pid, state.runner_pid}
+    if cp := read_controlplane(layout.controlplane):
+        recorded |= {cp.etcd_pid, cp.apiserver_pid}
+
+    def part(argv: list[str]) -> bool:
+        if not any(root in arg for arg in argv[1:]):
+            return False
+        if (program := Path(argv[0]).name) in PART_PROGRAMS:
+            return True
+        module = argv[argv.index("-m") + 1 :] if program.startswith("python") and "-m" in argv else []
+        return any(tuple(module[: len(prefix)]) == prefix for prefix in PART_MODULES)
+
+    strays = []
+    for pid in find(part):
+        with contextlib.suppress(OSError):  # gone meanwhile
+            if os.getpgid(pid) not in recorded:  # a recorded part's own children (MLflow's workers) are its
+                strays.append(pid)
+    return strays
+
+
 def _start(layout: Layout, listen_address: str) -> tuple[ControlPlaneState, LocalState]:
     from .runner.loop import scrape_targets  # here: the runner's modules load the Kubernetes client (see _apply_crds)
 
     layout.logs.mkdir(parents=True, exist_ok=True)
     state = LocalState.read(layout.root)
+    for pid in _strays(layout, state):
+        _stop(pid)
     state.listen_address = listen_address
     started: list[tuple[str, Callable[[], None]]] = []  # (part, how to stop it), in start order
     failed: list[tuple[str, BaseException]] = []

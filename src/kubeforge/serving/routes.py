@@ -27,7 +27,7 @@ import zlib
 from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, cast
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 
@@ -36,6 +36,13 @@ from kubeforge.api.meta import KubeModel, UniqueNames
 from kubeforge.api.modeldeployment import DriftMonitoring, FeedbackMonitoring, PayloadLog, Role
 from kubeforge.core import yamltext
 from kubeforge.core.modelcontract import INPUT_NAME, FeatureHistogram
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .metrics import TargetMetrics
+    from .monitor import Tracked
+    from .oip import Schema
 
 Task = Literal["classification", "regression"]
 _HISTOGRAMS = TypeAdapter(list[FeatureHistogram])
@@ -216,12 +223,12 @@ class Target:
     endpoints: tuple[str, ...] = ()  # every replica's address (see VersionRoute.endpoints); empty: url alone
     down: set[str] = field(default_factory=set)  # replicas that refused a connection, until a probe finds them ready
     turn: int = 0  # round-robin position over endpoints
-    schema: Any = None  # the version's input schema, once fetched from Triton
-    metrics: Any = None  # labelled metric children, bound once per target
-    columns: Any = None  # with features: where its feature_order's features are in Route.lookup (numpy indices)
-    drift: Any = None  # with a baseline: its drift tracker and the requests waiting for it (monitor.Tracked)
+    schema: Schema | None = None  # the version's input schema, once fetched from Triton
+    metrics: TargetMetrics | None = None  # labelled metric children, bound once per target
+    columns: np.ndarray | None = None  # with features: where its feature_order's features are in Route.lookup
+    drift: Tracked | None = None  # with a baseline: its drift tracker and the requests waiting for it
     task: str = "classification"  # how its answers read for feedback: its drift entry's task, else the model's
-    classes: Any = None  # class labels in output order (its drift entry's), or None: labels are class indices
+    classes: tuple[str, ...] | None = None  # class labels in output order (its drift entry's); None: class indices
     features: tuple[str, ...] | None = None  # its input features in order: its drift entry's, else its featureOrder
     splits: bool = True  # its answers to joined requests split by caller (serving.joiner); False once one did not
     in_flight: int = 0  # with joining: its requests on their way to Triton (serving.joiner)

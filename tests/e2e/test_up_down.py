@@ -221,10 +221,11 @@ def test_the_supervisor_starts_again_what_stops_and_says_why_when_it_cannot(tmp_
         assert local(tmp_path, "up").returncode == 0
         assert alive(_states(tmp_path)[0]["supervisor_pid"])
 
-        # Hung, not dead (SIGSTOP: the process runs, its port takes connections, nothing answers): the operators and
-        # the API server are stopped for not answering their health URLs, started again, and status says why.
+        # Hung, not dead (SIGSTOP: the process runs, its port takes connections, nothing answers): the operators, the
+        # runner and the API server are stopped for not answering their health URLs, started again, and status says
+        # why.
         hung, cp_hung = _states(tmp_path)
-        for pid in (hung["operator_pid"], cp_hung["apiserver_pid"]):
+        for pid in (hung["operator_pid"], hung["runner_pid"], cp_hung["apiserver_pid"]):
             os.kill(pid, signal.SIGSTOP)
         said = wait_for(
             lambda: " did not answer " in (line := restarted()) and line,
@@ -234,8 +235,9 @@ def test_the_supervisor_starts_again_what_stops_and_says_why_when_it_cannot(tmp_
         assert "started control plane, operators" in said, said
         assert f"control plane did not answer https://127.0.0.1:{cp_hung['apiserver_port']}/livez 3 times" in said
         assert f"operators did not answer http://127.0.0.1:{hung['operator_port']}/healthz 3 times" in said, said
+        assert f"runner did not answer http://127.0.0.1:{hung['runner_port']}/healthz 3 times" in said, said
         again, cp_again = _states(tmp_path)
-        assert not alive(hung["operator_pid"]) and not alive(cp_hung["apiserver_pid"])
+        assert not any(alive(pid) for pid in (hung["operator_pid"], hung["runner_pid"], cp_hung["apiserver_pid"]))
         assert cp_again["apiserver_port"] == cp_hung["apiserver_port"]
     finally:
         local(tmp_path, "down")

@@ -96,6 +96,11 @@ def local() -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Load PrometheusRule objects into the local Prometheus whose data is here.",
 )
+@click.option(
+    "--health-address",
+    metavar="HOST:PORT",
+    help="Serve /healthz, which answers 200 while the runner's loop goes round, e.g. 127.0.0.1:9103 (off).",
+)
 @click.option("--verbose", "-v", is_flag=True)
 def runner(
     kubeconfig: Path,
@@ -104,6 +109,7 @@ def runner(
     namespace_selector: str | None,
     listen_address: str,
     prometheus_dir: Path | None,
+    health_address: str | None,
     verbose: bool,
 ) -> None:
     """Run kubeforge's Jobs and Deployments as local processes (the local kubelet) until stopped."""
@@ -116,7 +122,11 @@ def runner(
         level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
     )
     api = kube.api_client(kubeconfig)
-    Runner(api, data_dir, interval, namespace_selector, listen_address, prometheus_dir).run()
+    runner = Runner(api, data_dir, interval, namespace_selector, listen_address, prometheus_dir)
+    if health_address:
+        host, _, port = health_address.rpartition(":")
+        runner.health.serve(host.strip("[]") or "127.0.0.1", int(port))
+    runner.run()
 
 
 local_runtime = click.Group("kubeforge", commands=[up, down, status, local])

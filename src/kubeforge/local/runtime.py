@@ -67,6 +67,7 @@ class LocalState:
     operator_port: int = 0
     operator_metrics_port: int = 0
     runner_pid: int = 0
+    runner_port: int = 0  # its health URL's
     alertmanager_pid: int = 0
     alertmanager_port: int = 0
     prometheus_pid: int = 0
@@ -216,10 +217,13 @@ def _operator(layout: Layout, mlflow_url: str) -> tuple[int, int, int]:
     return proc.pid, port, metrics
 
 
-def _runner(layout: Layout, listen_address: str) -> int:
+def _runner(layout: Layout, listen_address: str) -> tuple[int, int]:
+    """(pid, health port) of a fresh runner."""
+    port = free_port()
     argv = _module("kubeforge.local.runner", "--kubeconfig", str(layout.kubeconfig), "--data-dir", str(layout.root))
     argv += ["--listen-address", listen_address, "--prometheus-dir", str(layout.prometheus)]
-    return spawn(argv, layout.logs / "runner.log", {**os.environ, "PYTHONUNBUFFERED": "1"}).pid
+    argv += ["--health-address", f"127.0.0.1:{port}"]
+    return spawn(argv, layout.logs / "runner.log", {**os.environ, "PYTHONUNBUFFERED": "1"}).pid, port
 
 
 def _supervisor(layout: Layout) -> int:
@@ -241,7 +245,7 @@ def up(data_dir: Path, listen_address: str = "127.0.0.1") -> tuple[ControlPlaneS
 
 class Part(NamedTuple):
     """A part of the local platform as `status` shows it, with its process ids (a part started again has new ones)
-    and the URL that answers 200 while it is well (none for the runner)."""
+    and the URL that answers 200 while it is well."""
 
     name: str
     running: bool
@@ -380,7 +384,7 @@ def _start(layout: Layout, listen_address: str) -> tuple[ControlPlaneState, Loca
         part = "runner"
         if cp_fresh or not _running(state.runner_pid):
             _stop(state.runner_pid)
-            state.runner_pid = _runner(layout, listen_address)
+            state.runner_pid, state.runner_port = _runner(layout, listen_address)
             state.write(layout.root)
     except Exception as err:
         for _, stop in reversed(started):
@@ -458,7 +462,12 @@ def _parts(
             state.prometheus_url if state.prometheus_port else "-",
             f"{state.prometheus_url}/-/healthy",
         ),
-        process("runner", state.runner_pid, f"pid {state.runner_pid}, log {logs / 'runner.log'}"),
+        process(
+            "runner",
+            state.runner_pid,
+            f"pid {state.runner_pid}, log {logs / 'runner.log'}",
+            f"http://127.0.0.1:{state.runner_port}/healthz" if state.runner_port else "",  # none from older releases
+        ),
     ]
 
 

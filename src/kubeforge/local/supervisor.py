@@ -25,6 +25,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -146,9 +147,12 @@ class Probes:
 
         if time.monotonic() < self.due:
             return
+        asked = [part for part in parts if part.running and part.health]
+        with ThreadPoolExecutor(len(asked) or 1) as pool:  # at once: a hung part's timeout delays none of the others
+            answers = list(pool.map(lambda part: unanswered(part.health, PROBE_TIMEOUT), asked))
         failed = {}
-        for part in parts:
-            if not (part.running and part.health) or not (why := unanswered(part.health, PROBE_TIMEOUT)):
+        for part, why in zip(asked, answers, strict=True):
+            if not why:
                 continue
             key = (part.name, part.pids)
             if (times := self.failed.get(key, 0) + 1) < PROBE_FAILURES:

@@ -26,6 +26,7 @@ from ...operators import labels, resources
 from .. import monitoring
 from . import deployments, endpoints, gc, jobs, pods, scrape, stored
 from .executables import Executables
+from .health import Health
 from .podobjects import PodObjects
 from .rules import RuleSync
 from .snapshot import Snapshot
@@ -72,6 +73,7 @@ class Runner:
         prometheus_dir: Path | None = None,
     ):
         self.api = api
+        self.health = Health()
         self.namespace_selector = namespace_selector  # None: every namespace
         self.dir = state_dir(data_dir)
         self.interval = interval
@@ -97,6 +99,7 @@ class Runner:
                 self.tick()
             except Exception:  # an API server restart or a bad object must not end the runner
                 log.exception("tick failed")
+            self.health.beat = time.monotonic()
             self.stopping.wait(self.interval)
         self.state.save(self.dir)
 

@@ -254,9 +254,9 @@ class Part(NamedTuple):
     health: str = ""
 
 
-def parts(data_dir: Path) -> list[Part]:
-    """Each part of the platform, the supervisor aside, in start order."""
-    return _parts(Layout(data_dir.resolve()))
+def parts(data_dir: Path, state: LocalState | None = None) -> list[Part]:
+    """Each part of the platform, the supervisor aside, in start order; from local.json unless given as state."""
+    return _parts(Layout(data_dir.resolve()), state)
 
 
 def stop_hung(data_dir: Path, part: Part) -> bool:
@@ -298,6 +298,13 @@ PART_PROGRAMS = ("etcd", "kube-apiserver", *monitoring.PROGRAMS)
 PART_MODULES = (("mlflow", "server"), ("kubeforge.cli", "operator", "run"), ("kubeforge.local.runner",))
 """How the processes of the platform's parts (the supervisor aside) are told from workloads and kubeforge commands:
 by program, or by the Python module run and its first arguments."""
+WORKLOAD_PROGRAMS = ("sh", "tritonserver", "triton_python_backend_stub")
+"""The programs of the runner's containers besides Python ones: their wrappers and Triton."""
+
+
+def _names(root: str, argv: list[str]) -> bool:
+    """Whether a command line names a path under the data directory root: how its processes are told from a user's."""
+    return any(root in arg for arg in argv[1:])
 
 
 def _strays(layout: Layout, state: LocalState) -> list[int]:
@@ -310,7 +317,7 @@ def _strays(layout: Layout, state: LocalState) -> list[int]:
         recorded |= {cp.etcd_pid, cp.apiserver_pid}
 
     def part(argv: list[str]) -> bool:
-        if not any(root in arg for arg in argv[1:]):
+        if not _names(root, argv):
             return False
         if (program := Path(argv[0]).name) in PART_PROGRAMS:
             return True
@@ -480,13 +487,13 @@ def leftovers(data_dir: Path) -> list[int]:
     a log there is never among them.
     """
     root = str(data_dir.resolve())
-    programs = ("etcd", "kube-apiserver", "sh", "tritonserver", "triton_python_backend_stub", *monitoring.PROGRAMS)
+    programs = (*PART_PROGRAMS, *WORKLOAD_PROGRAMS)
 
     def ours(argv: list[str]) -> bool:
         program = Path(argv[0]).name
         if program not in programs and not (program.startswith("python") and "-m" in argv):
             return False
-        return any(root in arg for arg in argv[1:])
+        return _names(root, argv)
 
     return find(ours)
 

@@ -116,9 +116,12 @@ def run(data_dir: Path) -> None:
     root = data_dir.resolve()
     in_a_row, since_restart = 0, time.monotonic()
     probes = Probes(root)
-    while runtime.LocalState.read(root).supervisor_pid == os.getpid():
-        time.sleep(INTERVAL)
-        parts = runtime.parts(root)
+    while True:
+        time.sleep(INTERVAL)  # first: `up` records this process's pid just after starting it
+        state = runtime.LocalState.read(root)
+        if state.supervisor_pid != os.getpid():
+            return
+        parts = runtime.parts(root, state)
         stopped = [part.name for part in parts if not part.running]
         if not stopped:
             probes.check(parts)  # a hung part it stops is found stopped at the next check
